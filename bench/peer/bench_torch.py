@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""PyTorch twin of `vigil bench`: SmallCnn throughput on the CPU, images per second.
+
+Model: SmallCnn at its reference size (width 32, hidden 128), 1x28x28 inputs, 10 classes,
+batch 128, random data (fixed once, reused every iteration), float32.
+
+  train_step      forward, mean cross-entropy, backward, SGD(momentum 0.9, nesterov,
+                  weight decay 5e-4) step.
+  forward_loss    eval mode under torch.no_grad(): per-sample cross-entropy
+                  (reduction='none'), copied out to a numpy array.
+  pgd_step        one L-inf PGD step: parameters frozen (requires_grad False), eval mode,
+                  input requires grad, loss = summed cross-entropy, grad w.r.t. the input,
+                  x = clamp(clip_eps(x + alpha * sign(grad), x0), 0, 1). Successive
+                  iterations continue from the previous x, as an attack would.
+
+Each measurement runs --warmup untimed iterations, then --iters timed ones;
+img/s = batch * iters / seconds. Prints ONE JSON object on stdout (everything else goes to stderr).
+
+Usage: python3 bench/peer/bench_torch.py [--threads N] [--warmup 5] [--iters 30]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:  # pragma: no cover - reported to the user
+    sys.stderr.write(f"bench_torch.py: {e}. Install PyTorch first: pip install torch numpy\n")
+    sys.exit(3)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tests", "fixtures", "torch"))
+from reference_models import SmallCnn  # noqa: E402
+
+
+def timed(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch.set_num_threads (default: the machine's core count)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eps", type=float, default=8 / 255, help="PGD L-inf radius")
+    ap.add_argument("--alpha", type=float, default=2 / 255, help="PGD step size")
+    args = ap.parse_args()
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.threads < 1:
+        ap.error("--iters, --batch and --threads must be >= 1, --warmup >= 0")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    batch = args.batch
+
+    model = SmallCnn(1, 10, width=32, hidden=128, height=28, width_px=28)
+    x = torch.rand(batch, 1, 28, 28, dtype=torch.float32)
+    y = torch.randint(0, 10, (batch,))
+
+    # (a) training step
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    t_train = timed(train_step, args.warmup, args.iters)
+
+    # (b) batched eval forward -> per-sample losses on the host
+    model.eval()
+    sink = []
+
+    def forward_loss():
+        with torch.no_grad():
+            losses = F.cross_entropy(model(x), y, reduction="none")
+        sink.append(np.array(losses.numpy(), copy=True))
+        if len(sink) > 4:
+            sink.clear()
+
+    t_fwd = timed(forward_loss, args.warmup, args.iters)
+
+    # (c) one PGD step, parameters frozen
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x0 = x.clone()
+    state = {"x": x0.clone()}
+
+    def pgd_step():
+        xa = state["x"].detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xa), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+        with torch.no_grad():
+            xn = xa + args.alpha * grad.sign()
+            xn = torch.min(torch.max(xn, x0 - args.eps), x0 + args.eps).clamp_(0.0, 1.0)
+        state["x"] = xn
+
+    t_pgd = timed(pgd_step, args.warmup, args.iters)
+
+    n = batch * args.iters
+    out = {
+        "backend": "pytorch",
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "train_step_img_per_s": round(n / t_train, 1),
+        "forward_loss_img_per_s": round(n / t_fwd, 1),
+        "pgd_step_img_per_s": round(n / t_pgd, 1),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

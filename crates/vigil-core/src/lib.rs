@@ -1,0 +1,18 @@
+//! vigil: catch neural networks running on anomalous mechanisms.
+//!
+//! The engine behind the `vigil` command, usable from Rust: data loaders ([`data`]), image
+//! classifiers ([`models`]), training ([`train`]), losses ([`loss`]), checkpoints
+//! ([`checkpoint`]), evaluation metrics ([`metrics`]) and throughput benchmarks ([`bench`]).
+//!
+//! Tensors come from burn 0.22, whose backend is a property of the [`burn::tensor::Device`]
+//! rather than a type parameter: [`device::default_device`] picks the build's backend (the
+//! pure-Rust `flex` CPU backend by default, CUDA with the `cuda` feature).
+
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod io;
+pub mod loss;
+pub mod metrics;
+pub mod models;
+pub mod optim;

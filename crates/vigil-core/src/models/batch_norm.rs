@@ -1,0 +1,117 @@
+//! BatchNorm with an explicit mode, named and updated as PyTorch's `BatchNorm2d`.
+//!
+//! burn's own `BatchNorm` picks its behaviour from the device and a training flag, names its
+//! affine parameters `gamma`/`beta`, and updates `running_var` with the biased batch variance.
+//! vigil needs three behaviours chosen per call (MAD-FA steps in one mode and records losses in
+//! another), PyTorch's state-dict names, and PyTorch's update rule, so that a checkpoint trained
+//! in either framework behaves the same in the other.
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Device, Tensor};
+
+/// How BatchNorm layers normalise during a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnMode {
+    /// Batch statistics; running statistics updated with momentum (PyTorch `model.train()`).
+    Train,
+    /// Batch statistics; running statistics left untouched. MAD-FA's `frozen` BatchNorm option
+    /// steps in this mode so the recorded (eval-mode) losses keep w*'s statistics.
+    BatchStatsFrozen,
+    /// Running statistics (PyTorch `model.eval()`).
+    #[default]
+    Eval,
+}
+
+impl BnMode {
+    /// Whether the batch's own statistics normalise it.
+    pub fn uses_batch_stats(self) -> bool {
+        !matches!(self, BnMode::Eval)
+    }
+}
+
+/// 2-D batch normalisation over `[batch, channels, height, width]`.
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    /// Affine scale (PyTorch `weight`, burn `gamma`).
+    pub weight: Param<Tensor<1>>,
+    /// Affine shift (PyTorch `bias`, burn `beta`).
+    pub bias: Param<Tensor<1>>,
+    /// Running mean, a buffer: never a gradient target.
+    pub running_mean: RunningState<Tensor<1>>,
+    /// Running (unbiased) variance, a buffer.
+    pub running_var: RunningState<Tensor<1>>,
+    /// Weight of the newest batch in the running statistics (PyTorch default 0.1).
+    #[module(skip)]
+    pub momentum: f64,
+    /// Added to the variance before the square root (PyTorch default 1e-5).
+    #[module(skip)]
+    pub epsilon: f64,
+}
+
+impl BatchNorm2d {
+    /// A fresh layer as PyTorch initialises it: weight 1, bias 0, mean 0, variance 1.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([channels], device)),
+            bias: Param::from_tensor(Tensor::zeros([channels], device)),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum: 0.1,
+            epsilon: 1e-5,
+        }
+    }
+
+    /// Normalises `input` according to `mode`.
+    pub fn forward(&self, input: Tensor<4>, mode: BnMode) -> Tensor<4> {
+        match mode {
+            BnMode::Eval => burn::tensor::module::batch_norm(
+                input,
+                self.weight.val(),
+                self.bias.val(),
+                self.running_mean.value(),
+                self.running_var.value(),
+                self.epsilon,
+            ),
+            BnMode::Train | BnMode::BatchStatsFrozen => {
+                let [n, _, h, w] = input.dims();
+                let out = burn::tensor::module::batch_norm_train(
+                    input,
+                    self.weight.val(),
+                    self.bias.val(),
+                    self.epsilon,
+                );
+                if mode == BnMode::Train {
+                    self.update_running_stats(out.mean, out.variance, n * h * w);
+                }
+                out.output
+            }
+        }
+    }
+
+    /// PyTorch's rule: the running variance tracks the *unbiased* batch variance.
+    fn update_running_stats(&self, mean: Tensor<1>, biased_var: Tensor<1>, count: usize) {
+        let m = self.momentum;
+        let unbias = if count > 1 {
+            count as f64 / (count as f64 - 1.0)
+        } else {
+            1.0
+        };
+        let mean = mean.detach().without_autodiff();
+        let var = biased_var.detach().without_autodiff().mul_scalar(unbias);
+        let new_mean = self
+            .running_mean
+            .value_sync()
+            .without_autodiff()
+            .mul_scalar(1.0 - m)
+            .add(mean.mul_scalar(m));
+        let new_var = self
+            .running_var
+            .value_sync()
+            .without_autodiff()
+            .mul_scalar(1.0 - m)
+            .add(var.mul_scalar(m));
+        self.running_mean.update(new_mean);
+        self.running_var.update(new_var);
+    }
+}

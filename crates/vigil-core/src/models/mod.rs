@@ -1,0 +1,278 @@
+//! Image classifiers: the architectures vigil trains, attacks and inspects.
+//!
+//! Every network names its parameters as the PyTorch reference model does
+//! (`layer1.0.bn1.running_mean`), so a PyTorch `state_dict` saved as safetensors loads unchanged
+//! (see [`crate::checkpoint`]). A [`Classifier`] pairs a [`Network`] with its [`ModelSpec`] and
+//! applies the input normalisation inside `forward`, so attacks and triggers always work in
+//! `[0, 1]` pixel space.
+
+pub mod batch_norm;
+mod layers;
+pub mod preact_resnet;
+pub mod resnet;
+pub mod small_cnn;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+pub use batch_norm::{BatchNorm2d, BnMode};
+pub use preact_resnet::{PreActHead, PreActResNet18};
+pub use resnet::ResNet18;
+pub use small_cnn::SmallCnn;
+
+/// Errors in describing or building a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The input shape does not suit the architecture.
+    #[error("{architecture} needs {needs}, got input {c}x{h}x{w}", c = .input[0], h = .input[1], w = .input[2])]
+    UnsupportedInput {
+        /// Architecture name.
+        architecture: String,
+        /// What it needs, in words.
+        needs: String,
+        /// The offending `[channels, height, width]`.
+        input: [usize; 3],
+    },
+    /// A size that must be positive is zero, or a list has the wrong length.
+    #[error("invalid model spec: {0}")]
+    InvalidSpec(String),
+    /// The architecture name is not one vigil knows.
+    #[error(
+        "unknown architecture `{0}` (known: small-cnn, resnet18, preact-resnet18, preact-resnet18-halo)"
+    )]
+    UnknownArchitecture(String),
+}
+
+/// Which network, with its size knobs. Serialised into every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Architecture {
+    /// [`SmallCnn`]: conv(`width`)-conv(2 `width`)-fc(`hidden`).
+    SmallCnn {
+        /// Channels of the first convolution (32 in the reference).
+        width: usize,
+        /// Units of the hidden fully-connected layer (128).
+        hidden: usize,
+    },
+    /// [`ResNet18`], HALO's CIFAR-style ResNet-18.
+    #[serde(rename = "resnet18")]
+    ResNet18 {
+        /// Stem channels (64).
+        width: usize,
+    },
+    /// [`PreActResNet18`] with BackdoorBench's head (used by MAD-FA).
+    #[serde(rename = "preact-resnet18")]
+    PreActResNet18 {
+        /// Stem channels (64).
+        width: usize,
+    },
+    /// [`PreActResNet18`] with HALO's head (final BatchNorm, 4x4 pool).
+    #[serde(rename = "preact-resnet18-halo")]
+    PreActResNet18Halo {
+        /// Stem channels (64).
+        width: usize,
+    },
+}
+
+impl Architecture {
+    /// The architecture at the reference size, by registry name.
+    pub fn by_name(name: &str) -> Result<Self, ModelError> {
+        Ok(match name {
+            "small-cnn" => Architecture::SmallCnn {
+                width: 32,
+                hidden: 128,
+            },
+            "resnet18" => Architecture::ResNet18 { width: 64 },
+            "preact-resnet18" => Architecture::PreActResNet18 { width: 64 },
+            "preact-resnet18-halo" => Architecture::PreActResNet18Halo { width: 64 },
+            other => return Err(ModelError::UnknownArchitecture(other.to_string())),
+        })
+    }
+
+    /// The registry name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::SmallCnn { .. } => "small-cnn",
+            Architecture::ResNet18 { .. } => "resnet18",
+            Architecture::PreActResNet18 { .. } => "preact-resnet18",
+            Architecture::PreActResNet18Halo { .. } => "preact-resnet18-halo",
+        }
+    }
+
+    /// Replaces the channel width (keeps `hidden` for the small CNN).
+    pub fn with_width(self, width: usize) -> Self {
+        match self {
+            Architecture::SmallCnn { hidden, .. } => Architecture::SmallCnn { width, hidden },
+            Architecture::ResNet18 { .. } => Architecture::ResNet18 { width },
+            Architecture::PreActResNet18 { .. } => Architecture::PreActResNet18 { width },
+            Architecture::PreActResNet18Halo { .. } => Architecture::PreActResNet18Halo { width },
+        }
+    }
+
+    /// Whether the network has BatchNorm layers (and so cares about [`BnMode`]).
+    pub fn has_batch_norm(&self) -> bool {
+        !matches!(self, Architecture::SmallCnn { .. })
+    }
+}
+
+/// Per-channel input normalisation `(x - mean) / std`, applied inside the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Channel means.
+    pub mean: Vec<f32>,
+    /// Channel standard deviations.
+    pub std: Vec<f32>,
+}
+
+/// Everything needed to rebuild a classifier before its weights are loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Network and size.
+    pub architecture: Architecture,
+    /// `[channels, height, width]` of one input.
+    pub input_shape: [usize; 3],
+    /// Class names; their count is the number of logits.
+    pub class_names: Vec<String>,
+    /// Input normalisation, if the model expects normalised inputs.
+    pub normalization: Option<Normalization>,
+}
+
+impl ModelSpec {
+    /// Number of output classes.
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// Checks that the network can be built for this input and class count.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let [c, h, w] = self.input_shape;
+        let unsupported = |needs: &str| ModelError::UnsupportedInput {
+            architecture: self.architecture.name().to_string(),
+            needs: needs.to_string(),
+            input: self.input_shape,
+        };
+        if c == 0 || h == 0 || w == 0 {
+            return Err(unsupported("a non-empty input"));
+        }
+        if self.class_names.len() < 2 {
+            return Err(ModelError::InvalidSpec(format!(
+                "need at least 2 classes, got {}",
+                self.class_names.len()
+            )));
+        }
+        match self.architecture {
+            Architecture::SmallCnn { width, hidden } => {
+                if width == 0 || hidden == 0 {
+                    return Err(ModelError::InvalidSpec(
+                        "width and hidden must be > 0".into(),
+                    ));
+                }
+                if h % 4 != 0 || w % 4 != 0 || h < 4 || w < 4 {
+                    return Err(unsupported("height and width divisible by 4"));
+                }
+            }
+            Architecture::ResNet18 { width }
+            | Architecture::PreActResNet18 { width }
+            | Architecture::PreActResNet18Halo { width } => {
+                if width == 0 {
+                    return Err(ModelError::InvalidSpec("width must be > 0".into()));
+                }
+                let halo_pool = !matches!(self.architecture, Architecture::PreActResNet18 { .. });
+                // Three stride-2 stages: side s -> ceil(s / 8); the 4x4 pool needs exactly 4.
+                if halo_pool && (h.div_ceil(8) != 4 || w.div_ceil(8) != 4) {
+                    return Err(unsupported(
+                        "a side of 25..32 pixels (the 4x4 average pool)",
+                    ));
+                }
+            }
+        }
+        if let Some(norm) = &self.normalization
+            && (norm.mean.len() != c || norm.std.len() != c || norm.std.iter().any(|s| *s <= 0.0))
+        {
+            return Err(ModelError::InvalidSpec(format!(
+                "normalisation needs {c} means and {c} positive stds"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The networks vigil knows, as one module type so code can hold any of them.
+#[derive(Module, Debug)]
+pub enum Network {
+    /// See [`SmallCnn`].
+    SmallCnn(SmallCnn),
+    /// See [`ResNet18`].
+    ResNet18(ResNet18),
+    /// See [`PreActResNet18`] (either head).
+    PreActResNet18(PreActResNet18),
+}
+
+impl Network {
+    /// Logits for a batch of (already normalised) inputs.
+    pub fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        match self {
+            Network::SmallCnn(net) => net.forward(x),
+            Network::ResNet18(net) => net.forward(x, bn),
+            Network::PreActResNet18(net) => net.forward(x, bn),
+        }
+    }
+}
+
+/// A network, its spec, and its input normalisation: what vigil trains and inspects.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    /// The parameters live here; optimisers and samplers map over this module.
+    pub network: Network,
+    /// How to rebuild it.
+    pub spec: ModelSpec,
+}
+
+impl Classifier {
+    /// A freshly initialised classifier. Seed the device first for a reproducible draw.
+    pub fn new(spec: ModelSpec, device: &Device) -> Result<Self, ModelError> {
+        spec.validate()?;
+        let [c, _, _] = spec.input_shape;
+        let k = spec.num_classes();
+        let network =
+            match spec.architecture {
+                Architecture::SmallCnn { width, hidden } => {
+                    Network::SmallCnn(SmallCnn::new(spec.input_shape, k, width, hidden, device))
+                }
+                Architecture::ResNet18 { width } => {
+                    Network::ResNet18(ResNet18::new(c, k, width, device))
+                }
+                Architecture::PreActResNet18 { width } => Network::PreActResNet18(
+                    PreActResNet18::new(c, k, width, PreActHead::BackdoorBench, device),
+                ),
+                Architecture::PreActResNet18Halo { width } => Network::PreActResNet18(
+                    PreActResNet18::new(c, k, width, PreActHead::Halo, device),
+                ),
+            };
+        Ok(Self { network, spec })
+    }
+
+    /// Logits for a batch of `[0, 1]` images; normalisation is applied here.
+    pub fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        self.network.forward(self.normalize(x), bn)
+    }
+
+    /// Applies the spec's normalisation (identity without one).
+    pub fn normalize(&self, x: Tensor<4>) -> Tensor<4> {
+        let Some(norm) = &self.spec.normalization else {
+            return x;
+        };
+        let device = x.device();
+        let c = norm.mean.len();
+        let stat = |v: &[f32]| {
+            Tensor::<1>::from_data(TensorData::new(v.to_vec(), [c]), &device).reshape([1, c, 1, 1])
+        };
+        (x - stat(&norm.mean)) / stat(&norm.std)
+    }
+
+    /// Number of scalar parameters (buffers included).
+    pub fn num_params(&self) -> usize {
+        self.network.num_params()
+    }
+}

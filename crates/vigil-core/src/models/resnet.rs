@@ -1,0 +1,119 @@
+//! CIFAR-style ResNet-18 as HALO's `architectures/resnet.py` (the kuangliu layout).
+//!
+//! conv1 3x3/`width` + bn1, four stages of two `BasicBlock`s (strides 1, 2, 2, 2), a 4x4 average
+//! pool and `linear`. 32x32 inputs reach the pool at 4x4, and so do 28x28 ones
+//! (28 -> 14 -> 7 -> 4), so the same network serves Fashion-MNIST.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::batch_norm::{BatchNorm2d, BnMode};
+use super::layers::{avg_pool4, conv1x1, conv3x3, resnet18_stages};
+
+/// conv-bn-relu-conv-bn plus the identity or a projection, then ReLU.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    /// First 3x3 convolution (carries the stride).
+    pub conv1: Conv2d,
+    /// BatchNorm after `conv1`.
+    pub bn1: BatchNorm2d,
+    /// Second 3x3 convolution.
+    pub conv2: Conv2d,
+    /// BatchNorm after `conv2`.
+    pub bn2: BatchNorm2d,
+    /// Projection where the shape changes; PyTorch names it `shortcut.0` / `shortcut.1`.
+    pub shortcut: Vec<ShortcutPart>,
+}
+
+/// One entry of the PyTorch `nn.Sequential` shortcut, so state-dict indices line up.
+#[derive(Module, Debug)]
+pub enum ShortcutPart {
+    /// `shortcut.0`, the 1x1 convolution.
+    Conv(Conv2d),
+    /// `shortcut.1`, its BatchNorm.
+    Bn(BatchNorm2d),
+}
+
+impl BasicBlock {
+    fn new(in_planes: usize, planes: usize, stride: usize, device: &Device) -> Self {
+        let shortcut = if stride != 1 || in_planes != planes {
+            vec![
+                ShortcutPart::Conv(conv1x1(in_planes, planes, stride, device)),
+                ShortcutPart::Bn(BatchNorm2d::new(planes, device)),
+            ]
+        } else {
+            Vec::new()
+        };
+        Self {
+            conv1: conv3x3(in_planes, planes, stride, device),
+            bn1: BatchNorm2d::new(planes, device),
+            conv2: conv3x3(planes, planes, 1, device),
+            bn2: BatchNorm2d::new(planes, device),
+            shortcut,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<4> {
+        let out = relu(self.bn1.forward(self.conv1.forward(x.clone()), bn));
+        let out = self.bn2.forward(self.conv2.forward(out), bn);
+        let mut skip = x;
+        for part in &self.shortcut {
+            skip = match part {
+                ShortcutPart::Conv(conv) => conv.forward(skip),
+                ShortcutPart::Bn(norm) => norm.forward(skip, bn),
+            };
+        }
+        relu(out + skip)
+    }
+}
+
+/// ResNet-18 (HALO, CIFAR-style). Registry name `resnet18`.
+#[derive(Module, Debug)]
+pub struct ResNet18 {
+    /// Stem convolution, 3x3, stride 1, no bias.
+    pub conv1: Conv2d,
+    /// Stem BatchNorm.
+    pub bn1: BatchNorm2d,
+    /// Stage 1 (stride 1).
+    pub layer1: Vec<BasicBlock>,
+    /// Stage 2 (stride 2).
+    pub layer2: Vec<BasicBlock>,
+    /// Stage 3 (stride 2).
+    pub layer3: Vec<BasicBlock>,
+    /// Stage 4 (stride 2).
+    pub layer4: Vec<BasicBlock>,
+    /// Classifier head.
+    pub linear: Linear,
+}
+
+impl ResNet18 {
+    /// `width` is the stem's channel count (64 in the reference).
+    pub fn new(in_channels: usize, num_classes: usize, width: usize, device: &Device) -> Self {
+        let [layer1, layer2, layer3, layer4] =
+            resnet18_stages(width, |i, p, s| BasicBlock::new(i, p, s, device));
+        Self {
+            conv1: conv3x3(in_channels, width, 1, device),
+            bn1: BatchNorm2d::new(width, device),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            linear: LinearConfig::new(8 * width, num_classes).init(device),
+        }
+    }
+
+    /// Logits for a batch `[n, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        let mut out = relu(self.bn1.forward(self.conv1.forward(x), bn));
+        for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .flatten()
+        {
+            out = block.forward(out, bn);
+        }
+        self.linear.forward(avg_pool4(out).flatten(1, 3))
+    }
+}
