@@ -1,1 +1,61 @@
-fn main() {}
+//! `vigil`: catch neural networks running on anomalous mechanisms.
+//!
+//! A thin command-line layer over `vigil-core`: it parses arguments, wires the library
+//! together, draws progress and prints results. Every command's `--help` is its manual.
+
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// vigil trains image classifiers and inspects them for anomalous mechanisms (backdoors,
+/// adversarial and out-of-distribution inputs).
+///
+/// Data: Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (Debian package
+/// dataset-fashion-mnist); other datasets from $VIGIL_DATA_DIR or ./data (run
+/// scripts/setup-data.sh once). Every command that writes results writes them atomically.
+#[derive(Parser, Debug)]
+#[command(name = "vigil", version, about, long_about)]
+struct Cli {
+    /// Worker threads for tensor operations (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Train(commands::train::TrainArgs),
+    Eval(commands::eval::EvalArgs),
+    Info(commands::info::InfoArgs),
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+    {
+        eprintln!("error: cannot start {threads} threads: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Info(args) => commands::info::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -147,8 +148,10 @@ pub fn to_bytes(
     if let Some(training) = training {
         store = store.metadata(TRAINING_KEY, training.to_string());
     }
+    // `valid()` drops autodiff and folds pending BatchNorm running-stat updates into the values.
     classifier
         .network
+        .valid()
         .save_into(&mut store)
         .map_err(|e| e.to_string())?;
     store.get_bytes().map_err(|e| e.to_string())
@@ -219,7 +222,7 @@ pub fn load_with_spec_bytes(
             .errors
             .iter()
             .take(3)
-            .map(|e| format!("{e:?}"))
+            .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join("; ");
         return Err(CheckpointError::Mismatch {
@@ -351,4 +354,118 @@ fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
 
 fn examples<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.take(3).collect::<Vec<_>>().join(", ")
+}
+
+/// Named `f32` tensors (flat, with a shape) for files vigil writes beside models: optimiser state,
+/// loss traces. Stored as safetensors so any safetensors reader opens them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TensorFile {
+    /// `(name, shape, values)`; `values.len()` is the product of `shape`.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Header metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Serialises to safetensors bytes (tensors in the order given, little-endian `F32`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        if !self.metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::json!(self.metadata));
+        }
+        let mut offset = 0usize;
+        for (name, shape, values) in &self.tensors {
+            let end = offset + 4 * values.len();
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            );
+            offset = end;
+        }
+        let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+        // safetensors pads the header with spaces to an 8-byte boundary.
+        while !json.len().is_multiple_of(8) {
+            json.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + json.len() + offset);
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for (_, _, values) in &self.tensors {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Parses safetensors bytes holding only `F32` tensors (`path` names the source in errors).
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let format = |reason: String| CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let header = parse_header(bytes).map_err(format)?;
+        let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
+        let data = &bytes[data_start..];
+        let serde_json::Value::Object(map) = header else {
+            return Err(format("header is not a JSON object".into()));
+        };
+        let mut file = TensorFile::default();
+        let mut entries = Vec::new();
+        for (name, value) in map {
+            if name == "__metadata__" {
+                if let serde_json::Value::Object(meta) = value {
+                    for (k, v) in meta {
+                        if let serde_json::Value::String(v) = v {
+                            file.metadata.insert(k, v);
+                        }
+                    }
+                }
+                continue;
+            }
+            let entry: OffsetEntry = serde_json::from_value(value)
+                .map_err(|e| format(format!("tensor `{name}`: {e}")))?;
+            if entry.dtype != "F32" {
+                return Err(format(format!(
+                    "tensor `{name}` is {}, expected F32",
+                    entry.dtype
+                )));
+            }
+            let [start, end] = entry.data_offsets;
+            let numel: usize = entry.shape.iter().product();
+            if end < start || end > data.len() || end - start != 4 * numel {
+                return Err(format(format!(
+                    "tensor `{name}`: offsets {start}..{end} do not hold {numel} f32 values within {} data bytes",
+                    data.len()
+                )));
+            }
+            let values = data[start..end]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            entries.push((start, name, entry.shape, values));
+        }
+        entries.sort_by_key(|e| e.0);
+        file.tensors = entries.into_iter().map(|(_, n, s, v)| (n, s, v)).collect();
+        Ok(file)
+    }
+
+    /// Writes the file atomically.
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        write_atomic(path, &self.to_bytes())?;
+        Ok(())
+    }
+
+    /// Reads a file written by [`TensorFile::save`].
+    pub fn load(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = read(path)?;
+        Self::from_bytes(path, &bytes)
+    }
+}
+
+#[derive(Deserialize)]
+struct OffsetEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
 }

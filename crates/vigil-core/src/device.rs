@@ -19,3 +19,12 @@ pub fn default_device() -> Device {
 pub fn autodiff_device() -> Device {
     default_device().autodiff()
 }
+
+/// Short name of the build's backend, for reports: `burn-flex` or `burn-cuda`.
+pub fn backend_name() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "burn-cuda"
+    } else {
+        "burn-flex"
+    }
+}

@@ -8,11 +8,15 @@
 //! rather than a type parameter: [`device::default_device`] picks the build's backend (the
 //! pure-Rust `flex` CPU backend by default, CUDA with the `cuda` feature).
 
+pub mod attack;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod inference;
 pub mod io;
 pub mod loss;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod train;

@@ -69,8 +69,8 @@ impl BatchNorm2d {
                 input,
                 self.weight.val(),
                 self.bias.val(),
-                self.running_mean.value(),
-                self.running_var.value(),
+                self.running_mean.value_sync(),
+                self.running_var.value_sync(),
                 self.epsilon,
             ),
             BnMode::Train | BnMode::BatchStatsFrozen => {

@@ -1,7 +1,7 @@
 //! The small CNN that carries vigil's full experiment tables.
 //!
-//! conv(3x3, `width`) - ReLU - maxpool 2 - conv(3x3, 2 `width`) - ReLU - maxpool 2 - fc(`hidden`)
-//! - ReLU - fc(classes). Padding 1 keeps each convolution size-preserving, so any input whose
+//! conv(3x3, `width`), ReLU, maxpool 2, conv(3x3, 2 `width`), ReLU, maxpool 2, fc(`hidden`),
+//! ReLU, fc(classes). Padding 1 keeps each convolution size-preserving, so any input whose
 //! sides divide by 4 works (28x28 Fashion-MNIST, 32x32 CIFAR). No dropout: MAD-FA needs a
 //! deterministic forward. PyTorch twin: `tests/fixtures/torch/reference_models.py::SmallCnn`.
 

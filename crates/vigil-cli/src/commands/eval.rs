@@ -1,0 +1,130 @@
+//! `vigil eval`: accuracy and loss of a checkpoint on a dataset split.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+use vigil_core::checkpoint;
+use vigil_core::data::{DatasetKind, Split};
+use vigil_core::device::default_device;
+use vigil_core::inference::evaluate;
+use vigil_core::models::BnMode;
+
+use super::{DataArgs, limit};
+use crate::progress::bar;
+
+/// Evaluate a checkpoint: accuracy, mean loss and per-class accuracy on a split.
+///
+/// The dataset defaults to the one the checkpoint was trained on (from its metadata).
+/// Prints a table on stderr and, with --json, one JSON object on stdout.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint written by `vigil train` (model.safetensors).
+    checkpoint: PathBuf,
+
+    #[command(flatten)]
+    data: DataArgs,
+
+    /// Which split to evaluate.
+    #[arg(long, default_value = "test", value_parser = parse_split)]
+    split: Split,
+
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+
+    /// Evaluate on this many samples only (a seeded random subset).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    match s {
+        "train" => Ok(Split::Train),
+        "test" => Ok(Split::Test),
+        other => Err(format!("unknown split `{other}` (train or test)")),
+    }
+}
+
+#[derive(Serialize)]
+struct EvalReport {
+    checkpoint: String,
+    dataset: String,
+    split: String,
+    samples: usize,
+    accuracy: f64,
+    mean_loss: f64,
+    per_class_accuracy: Vec<(String, f64)>,
+    seconds: f64,
+}
+
+pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    let device = default_device();
+    let info = checkpoint::inspect(&args.checkpoint)?;
+    let trained_on = info
+        .training
+        .as_ref()
+        .and_then(|t| t.get("dataset"))
+        .and_then(|d| d.as_str())
+        .and_then(|d| d.parse::<DatasetKind>().ok());
+    let kind =
+        args.data.dataset.or(trained_on).context(
+            "the checkpoint does not say which dataset it was trained on: pass --dataset",
+        )?;
+    let classifier = checkpoint::load_classifier(&args.checkpoint, &device)?;
+    let set = limit(args.data.load(kind, args.split)?, args.limit, 0)?;
+    let started = std::time::Instant::now();
+    let progress = bar(1, "evaluating".into());
+    let outputs = evaluate(
+        &classifier,
+        &set,
+        None,
+        args.batch_size,
+        BnMode::Eval,
+        &device,
+    );
+    progress.finish_and_clear();
+    let mut per_class = vec![(0usize, 0usize); set.num_classes()];
+    for (p, l) in outputs.predicted.iter().zip(&outputs.labels) {
+        let entry = &mut per_class[usize::from(*l)];
+        entry.1 += 1;
+        entry.0 += usize::from(p == l);
+    }
+    let report = EvalReport {
+        checkpoint: args.checkpoint.display().to_string(),
+        dataset: kind.to_string(),
+        split: args.split.to_string(),
+        samples: set.len(),
+        accuracy: outputs.accuracy(),
+        mean_loss: outputs.mean_loss(),
+        per_class_accuracy: set
+            .class_names()
+            .iter()
+            .zip(&per_class)
+            .map(|(name, (c, n))| (name.clone(), *c as f64 / (*n).max(1) as f64))
+            .collect(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    eprintln!(
+        "{} on {} {} ({} samples): accuracy {:.4}, mean loss {:.4}",
+        report.checkpoint,
+        report.dataset,
+        report.split,
+        report.samples,
+        report.accuracy,
+        report.mean_loss
+    );
+    for (name, acc) in &report.per_class_accuracy {
+        eprintln!("  {name:>14}  {acc:.4}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

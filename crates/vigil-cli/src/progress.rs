@@ -1,0 +1,100 @@
+//! Progress bars for long work, drawn on stderr so stdout stays machine-readable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use vigil_core::train::{EpochRecord, TrainObserver};
+
+/// Set by Ctrl-C; long loops poll it and stop cleanly after checkpointing.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    // A second Ctrl-C while the first is being handled exits at once.
+    let _ = ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: finishing the current batch and checkpointing (Ctrl-C again to abort)"
+        );
+    });
+    flag
+}
+
+/// A bar over `len` items with a message.
+pub fn bar(len: u64, prefix: String) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec:>10} eta {eta:>4} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
+}
+
+/// Draws training progress and prints each epoch's record as one JSON line on stdout.
+pub struct TrainProgress {
+    epochs: usize,
+    bar: Option<ProgressBar>,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl TrainProgress {
+    /// Progress for a run of `epochs` epochs, stopping when `interrupted` is set.
+    pub fn new(epochs: usize, interrupted: Arc<AtomicBool>) -> Self {
+        Self {
+            epochs,
+            bar: None,
+            interrupted,
+        }
+    }
+}
+
+impl TrainObserver for TrainProgress {
+    fn epoch_started(&mut self, epoch: usize, batches: usize, done: usize) {
+        let bar = bar(
+            batches as u64,
+            format!("epoch {}/{}", epoch + 1, self.epochs),
+        );
+        bar.set_position(done as u64);
+        self.bar = Some(bar);
+    }
+
+    fn batch_finished(&mut self, _batch: usize, loss: f64, accuracy: f64, lr: f64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(format!("loss {loss:.4} acc {accuracy:.4} lr {lr:.2e}"));
+        }
+    }
+
+    fn evaluating(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message("evaluating");
+        }
+    }
+
+    fn epoch_finished(&mut self, record: &EpochRecord) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "epoch {}/{}: train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | {:.0}s",
+            record.epoch,
+            self.epochs,
+            record.train_loss,
+            record.train_accuracy,
+            record.test_loss,
+            record.test_accuracy,
+            record.seconds
+        );
+        println!("{}", serde_json::to_string(record).unwrap_or_default());
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,193 @@
+//! The `vigil` binary end to end on tiny generated data: train, info, eval, resume, bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A fresh temporary folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a learnable Fashion-MNIST-format dataset: class k is a bright horizontal bar at row
+/// 2 + 2k plus deterministic noise, so a small CNN separates it within a few epochs.
+fn write_idx_dataset(dir: &Path, prefix: &str, n: usize, salt: u32) {
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n as u32, 28, 28] {
+        images.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend_from_slice(&(n as u32).to_be_bytes());
+    let mut state = 0x1234_5678u32 ^ salt;
+    for i in 0..n {
+        let class = (i % 10) as u8;
+        labels.push(class);
+        for r in 0..28 {
+            for _ in 0..28 {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let noise = (state % 60) as u8;
+                let bar = if r == 2 + 2 * class as usize { 190 } else { 0 };
+                images.push(bar + noise);
+            }
+        }
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("vigil runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn train_info_eval_end_to_end_on_tiny_data() {
+    let dir = temp_dir("e2e");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx_dataset(&data, "train", 400, 1);
+    write_idx_dataset(&data, "t10k", 100, 2);
+    let run = dir.join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+
+    let out = vigil(&[
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        data_s,
+        "--out",
+        run_s,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "32",
+        "--width",
+        "8",
+        "--lr",
+        "0.05",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    // One JSON line per epoch on stdout, the same lines in metrics.jsonl.
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout is JSON lines"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    let last_acc = lines[2]["test_accuracy"].as_f64().unwrap();
+    assert!(
+        last_acc > 0.5,
+        "tiny bars dataset should be learnt, got accuracy {last_acc}"
+    );
+
+    let model = run.join("model.safetensors");
+    let model_s = model.to_str().unwrap();
+    let out = vigil(&["info", model_s, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(info["spec"]["architecture"]["name"], "small-cnn");
+    assert_eq!(info["spec"]["architecture"]["width"], 8);
+    assert_eq!(info["spec"]["input_shape"], serde_json::json!([1, 28, 28]));
+    assert_eq!(info["training"]["dataset"], "fashion-mnist");
+
+    // The dataset comes from the checkpoint's metadata; the data folder from the flag.
+    let out = vigil(&["eval", model_s, "--data-dir", data_s, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(eval["samples"], 100);
+    let acc = eval["accuracy"].as_f64().unwrap();
+    assert!(
+        (acc - last_acc).abs() < 1e-9,
+        "eval {acc} vs last epoch {last_acc}"
+    );
+
+    // A finished run is not trained again; a second fresh run into the same folder is refused.
+    let out = vigil(&["train", "--out", run_s, "--resume", "--data-dir", data_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("all 3 epochs are done"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vigil(&["train", "--out", run_s, "--data-dir", data_s]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_no_panic() {
+    let dir = temp_dir("bad");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx_dataset(&data, "train", 20, 1);
+    // A consistent labels file with one label fewer than there are images.
+    let labels = data.join("train-labels-idx1-ubyte");
+    let mut bytes = std::fs::read(&labels).unwrap();
+    bytes.pop();
+    bytes[4..8].copy_from_slice(&19u32.to_be_bytes());
+    std::fs::write(&labels, bytes).unwrap();
+    let out = vigil(&[
+        "train",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error:"), "{err}");
+    assert!(
+        err.contains("train-labels-idx1-ubyte"),
+        "error should name the file: {err}"
+    );
+    assert!(
+        err.contains("20 images") && err.contains("19 labels"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = vigil(&["info", dir.join("missing.safetensors").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("missing.safetensors"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = vigil(&[
+        "train",
+        "--arch",
+        "vgg",
+        "--out",
+        dir.join("r2").to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown architecture"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

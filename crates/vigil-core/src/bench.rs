@@ -1,0 +1,139 @@
+//! Throughput of vigil's three inner loops, for `vigil bench` and the PyTorch comparison in
+//! `bench/`: a training step, a batched forward with per-sample losses (MAD-FA's hot path), and
+//! a PGD step (input gradient through frozen parameters). Same model, sizes and data as
+//! `bench/peer/bench_torch.py`.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::attack::pgd::{frozen, input_gradient, linf_step};
+use crate::loss::{cross_entropy, cross_entropy_per_sample};
+use crate::models::{Architecture, BnMode, Classifier, ModelSpec};
+use crate::optim::sgd::{Sgd, SgdConfig};
+use crate::optim::{ParamSlots, apply_update};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchConfig {
+    /// Images per batch.
+    pub batch: usize,
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Timed iterations.
+    pub iters: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            batch: 128,
+            warmup: 3,
+            iters: 20,
+        }
+    }
+}
+
+/// Images per second of each loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Backend name.
+    pub backend: String,
+    /// Images per batch.
+    pub batch: usize,
+    /// Timed iterations per measurement.
+    pub iters: usize,
+    /// Forward, mean CE, backward, SGD (momentum, Nesterov, weight decay) update.
+    pub train_step_img_per_s: f64,
+    /// Eval-mode forward, per-sample CE, losses copied to the host.
+    pub forward_loss_img_per_s: f64,
+    /// Input gradient through frozen parameters plus the projected sign step.
+    pub pgd_step_img_per_s: f64,
+}
+
+/// The benchmark model: the small CNN at its reference size on 1x28x28 inputs, 10 classes.
+pub fn bench_spec() -> ModelSpec {
+    ModelSpec {
+        architecture: Architecture::SmallCnn {
+            width: 32,
+            hidden: 128,
+        },
+        input_shape: [1, 28, 28],
+        class_names: (0..10).map(|c| c.to_string()).collect(),
+        normalization: None,
+    }
+}
+
+/// Runs the three measurements on `device`.
+pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
+    let train_device = device.clone().autodiff();
+    train_device.seed(0);
+    let mut classifier = Classifier::new(bench_spec(), &train_device).expect("bench spec is valid");
+    let n = config.batch;
+    let images = Tensor::<4>::random(
+        [n, 1, 28, 28],
+        Distribution::Uniform(0.0, 1.0),
+        &train_device,
+    );
+    let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &train_device);
+
+    let mut slots = ParamSlots::new();
+    let mut sgd = Sgd {
+        config: SgdConfig::default(),
+        lr: 0.01,
+        momentum: 0.9,
+    };
+    let train_step_img_per_s = time(config, n, || {
+        let loss = cross_entropy(
+            classifier.forward(images.clone(), BnMode::Train),
+            labels.clone(),
+        );
+        let grads = loss.backward();
+        classifier.network = apply_update(classifier.network.clone(), &grads, &mut sgd, &mut slots);
+    });
+
+    let inference = classifier.for_inference();
+    let plain_images = images.clone().without_autodiff();
+    let plain_labels = labels.clone().without_autodiff();
+    let forward_loss_img_per_s = time(config, n, || {
+        let logits = inference.forward(plain_images.clone(), BnMode::Eval);
+        let losses = cross_entropy_per_sample(logits, plain_labels.clone());
+        let host: Vec<f32> = losses.into_data().iter::<f32>().collect();
+        std::hint::black_box(host);
+    });
+
+    let attacked = frozen(&classifier);
+    let x0 = plain_images.clone();
+    let mut x = plain_images;
+    let pgd_step_img_per_s = time(config, n, || {
+        let grad = input_gradient(
+            &attacked,
+            x.clone().autodiff(),
+            labels.clone(),
+            BnMode::Eval,
+        );
+        x = linf_step(x.clone(), x0.clone(), grad, 2.0 / 255.0, 8.0 / 255.0);
+    });
+
+    BenchReport {
+        backend: crate::device::backend_name().to_string(),
+        batch: n,
+        iters: config.iters,
+        train_step_img_per_s,
+        forward_loss_img_per_s,
+        pgd_step_img_per_s,
+    }
+}
+
+fn time(config: BenchConfig, batch: usize, mut step: impl FnMut()) -> f64 {
+    for _ in 0..config.warmup {
+        step();
+    }
+    let start = Instant::now();
+    for _ in 0..config.iters {
+        step();
+    }
+    (config.iters * batch) as f64 / start.elapsed().as_secs_f64()
+}

@@ -1,0 +1,478 @@
+//! Supervised training of a [`Classifier`]: SGD, schedules, per-epoch evaluation, checkpoints and
+//! exact resume.
+//!
+//! A run lives in one folder:
+//! - `model.safetensors`: the latest weights (a plain PyTorch-layout checkpoint with metadata);
+//! - `metrics.jsonl`: one JSON line per finished epoch;
+//! - `resume/`: what `--resume` needs: `state.json` (config, position, history), `model.safetensors`
+//!   and `optimizer.safetensors` (momentum buffers by parameter name), written at every epoch end
+//!   and on interruption. `state.json` is written last and atomically, and names the step the other
+//!   two were written at, so a crash between writes is detected instead of resumed from.
+//!
+//! Shuffling and augmentation draw from RNGs seeded by `(seed, epoch)` and `(seed, epoch, batch)`,
+//! so an interrupted run resumed mid-epoch produces the same weights as an uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointError, TensorFile};
+use crate::data::{Augmentation, ImageSet, augmented_batch};
+use crate::inference::evaluate;
+use crate::io::{IoError, write_atomic, write_json_atomic};
+use crate::loss::{cross_entropy, predictions};
+use crate::models::{BnMode, Classifier};
+use crate::optim::schedule::Schedule;
+use crate::optim::sgd::{MOMENTUM_SLOT, Sgd, SgdConfig};
+use crate::optim::{ParamSlots, apply_update};
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration cannot work.
+    #[error("invalid training config: {0}")]
+    InvalidConfig(String),
+    /// The datasets do not fit the model.
+    #[error("dataset does not fit the model: {0}")]
+    DataMismatch(String),
+    /// A checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A results file could not be written.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The resume state is missing, unreadable or inconsistent.
+    #[error("cannot resume from {path}: {reason}")]
+    Resume {
+        /// The run folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "training diverged at epoch {epoch}, batch {batch}: loss is {loss}; lower the learning rate"
+    )]
+    Diverged {
+        /// Epoch (0-based).
+        epoch: usize,
+        /// Batch within the epoch.
+        batch: usize,
+        /// The loss value.
+        loss: f64,
+    },
+}
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Name of the training data (informational; `vigil eval` defaults to it).
+    pub dataset: String,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Batch size of the evaluation passes.
+    pub eval_batch_size: usize,
+    /// Learning-rate schedule (stepped per batch).
+    pub schedule: Schedule,
+    /// Optimiser.
+    pub sgd: SgdConfig,
+    /// Zero padding of the random crop (0 = no crop).
+    pub crop_padding: usize,
+    /// Random horizontal flips.
+    pub horizontal_flip: bool,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The recipe vigil uses for the small CNN on Fashion-MNIST.
+    pub fn small_cnn_default() -> Self {
+        Self {
+            dataset: "fashion-mnist".into(),
+            epochs: 10,
+            batch_size: 128,
+            eval_batch_size: 512,
+            schedule: Schedule::one_cycle(0.05, 0.25),
+            sgd: SgdConfig::default(),
+            crop_padding: 0,
+            horizontal_flip: false,
+            seed: 0,
+        }
+    }
+
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(TrainError::InvalidConfig(m.to_string()));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1");
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch sizes must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) {
+            return bad("momentum must lie in [0, 1)");
+        }
+        if self.sgd.weight_decay < 0.0 {
+            return bad("weight decay must be >= 0");
+        }
+        Ok(())
+    }
+
+    fn augmentation(&self) -> Augmentation {
+        Augmentation {
+            crop_padding: self.crop_padding,
+            horizontal_flip: self.horizontal_flip,
+        }
+    }
+}
+
+/// One finished epoch, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch's batches (augmented inputs, train-mode BatchNorm).
+    pub train_accuracy: f64,
+    /// Loss on the evaluation set.
+    pub test_loss: f64,
+    /// Accuracy on the evaluation set.
+    pub test_accuracy: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Wall time of the epoch, evaluation included.
+    pub seconds: f64,
+}
+
+/// Where a run stands: enough to resume it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The configuration the run was started with.
+    pub config: TrainConfig,
+    /// Current epoch (0-based).
+    pub epoch: usize,
+    /// Batches of the current epoch already done.
+    pub batch: usize,
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Running sums of the current epoch: loss, correct, seen.
+    pub epoch_sums: (f64, usize, usize),
+    /// Seconds spent in the current epoch before the last interruption.
+    pub epoch_seconds: f64,
+    /// Finished epochs.
+    pub history: Vec<EpochRecord>,
+}
+
+impl TrainState {
+    /// The state of a run that has not started.
+    pub fn new(config: TrainConfig) -> Self {
+        Self {
+            config,
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            epoch_sums: (0.0, 0, 0),
+            epoch_seconds: 0.0,
+            history: Vec::new(),
+        }
+    }
+
+    /// Whether every epoch is done.
+    pub fn finished(&self) -> bool {
+        self.epoch >= self.config.epochs
+    }
+}
+
+/// What the trainer tells its caller while it runs; the CLI draws progress bars from it.
+pub trait TrainObserver {
+    /// An epoch starts, with this many batches in all.
+    fn epoch_started(&mut self, _epoch: usize, _batches: usize, _done: usize) {}
+    /// A batch finished; `loss` and `accuracy` are running means over the epoch so far.
+    fn batch_finished(&mut self, _batch: usize, _loss: f64, _accuracy: f64, _lr: f64) {}
+    /// Evaluation of the epoch starts.
+    fn evaluating(&mut self) {}
+    /// An epoch finished and was checkpointed.
+    fn epoch_finished(&mut self, _record: &EpochRecord) {}
+    /// Polled after every batch: `true` stops the run cleanly (it checkpoints first).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// An observer that watches nothing.
+pub struct Silent;
+impl TrainObserver for Silent {}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainOutcome {
+    /// All epochs done.
+    Finished,
+    /// Stopped by the observer; resumable.
+    Interrupted,
+}
+
+/// Trains `classifier` on `train_set`, evaluating on `eval_set` after every epoch and writing
+/// the run folder `run_dir`. `state` says where to start (fresh or resumed) and is advanced.
+/// `slots` carries the optimiser state (empty for a fresh run).
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    classifier: &mut Classifier,
+    slots: &mut ParamSlots,
+    state: &mut TrainState,
+    train_set: &ImageSet,
+    eval_set: &ImageSet,
+    run_dir: &Path,
+    device: &Device,
+    observer: &mut impl TrainObserver,
+) -> Result<TrainOutcome, TrainError> {
+    let config = state.config.clone();
+    config.validate()?;
+    check_fits(classifier, train_set, "training")?;
+    check_fits(classifier, eval_set, "evaluation")?;
+    let device = device.clone().autodiff();
+    let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let augmentation = config.augmentation();
+
+    while !state.finished() {
+        let started = Instant::now();
+        let order = epoch_order(train_set.len(), config.seed, state.epoch);
+        observer.epoch_started(state.epoch, steps_per_epoch, state.batch);
+        let mut lr = 0.0;
+        for (b, chunk) in order
+            .chunks(config.batch_size)
+            .enumerate()
+            .skip(state.batch)
+        {
+            let hyper = config.schedule.at(state.step, total_steps, steps_per_epoch);
+            lr = hyper.lr;
+            let mut rng = StdRng::seed_from_u64(mix(config.seed, state.epoch as u64, b as u64));
+            let batch = augmented_batch(train_set, chunk, &augmentation, &mut rng, &device);
+            let logits = classifier.forward(batch.images, BnMode::Train);
+            let loss = cross_entropy(logits.clone(), batch.labels.clone());
+            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: state.epoch,
+                    batch: b,
+                    loss: loss_value,
+                });
+            }
+            let correct: i64 = predictions(logits.detach())
+                .equal(batch.labels)
+                .int()
+                .sum()
+                .into_scalar::<i64>();
+            let grads = loss.backward();
+            let mut rule = Sgd {
+                config: config.sgd,
+                lr: hyper.lr,
+                momentum: hyper.momentum.unwrap_or(config.sgd.momentum),
+            };
+            classifier.network = apply_update(classifier.network.clone(), &grads, &mut rule, slots);
+            state.step += 1;
+            state.batch = b + 1;
+            let sums = &mut state.epoch_sums;
+            sums.0 += loss_value * chunk.len() as f64;
+            sums.1 += correct as usize;
+            sums.2 += chunk.len();
+            observer.batch_finished(b, sums.0 / sums.2 as f64, sums.1 as f64 / sums.2 as f64, lr);
+            if state.batch < steps_per_epoch && observer.should_stop() {
+                state.epoch_seconds += started.elapsed().as_secs_f64();
+                save_resume(run_dir, classifier, slots, state)?;
+                return Ok(TrainOutcome::Interrupted);
+            }
+        }
+        observer.evaluating();
+        let eval = evaluate(
+            classifier,
+            eval_set,
+            None,
+            config.eval_batch_size,
+            BnMode::Eval,
+            &device,
+        );
+        let (loss_sum, correct, seen) = state.epoch_sums;
+        let record = EpochRecord {
+            epoch: state.epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            test_loss: eval.mean_loss(),
+            test_accuracy: eval.accuracy(),
+            lr,
+            seconds: state.epoch_seconds + started.elapsed().as_secs_f64(),
+        };
+        state.history.push(record.clone());
+        state.epoch += 1;
+        state.batch = 0;
+        state.epoch_sums = (0.0, 0, 0);
+        state.epoch_seconds = 0.0;
+        save_epoch(run_dir, classifier, slots, state)?;
+        observer.epoch_finished(&record);
+        if !state.finished() && observer.should_stop() {
+            return Ok(TrainOutcome::Interrupted);
+        }
+    }
+    Ok(TrainOutcome::Finished)
+}
+
+fn check_fits(classifier: &Classifier, set: &ImageSet, what: &str) -> Result<(), TrainError> {
+    let s = set.shape();
+    let shape = [s.channels, s.height, s.width];
+    if shape != classifier.spec.input_shape {
+        return Err(TrainError::DataMismatch(format!(
+            "{what} images are {}x{}x{}, the model takes {:?}",
+            s.channels, s.height, s.width, classifier.spec.input_shape
+        )));
+    }
+    if set.num_classes() > classifier.spec.num_classes() {
+        return Err(TrainError::DataMismatch(format!(
+            "{what} set has {} classes, the model {}",
+            set.num_classes(),
+            classifier.spec.num_classes()
+        )));
+    }
+    if set.is_empty() {
+        return Err(TrainError::DataMismatch(format!("{what} set is empty")));
+    }
+    Ok(())
+}
+
+/// The sample order of `epoch`: a permutation seeded by `(seed, epoch)`.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix(
+        seed,
+        epoch as u64,
+        u64::MAX,
+    )));
+    order
+}
+
+/// Combines seeds into one (splitmix64 finaliser over a running hash), so nearby inputs give
+/// unrelated streams.
+pub fn mix(a: u64, b: u64, c: u64) -> u64 {
+    let mut h = 0x9E37_79B9_7F4A_7C15u64;
+    for v in [a, b, c] {
+        h ^= v;
+        h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+    }
+    h
+}
+
+/// File names inside a run folder.
+pub mod files {
+    /// Latest weights.
+    pub const MODEL: &str = "model.safetensors";
+    /// One JSON line per epoch.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// Resume folder.
+    pub const RESUME_DIR: &str = "resume";
+    /// Position and history (written last).
+    pub const STATE: &str = "state.json";
+    /// Momentum buffers.
+    pub const OPTIMIZER: &str = "optimizer.safetensors";
+}
+
+const STEP_KEY: &str = "vigil.step";
+
+fn save_epoch(
+    run_dir: &Path,
+    classifier: &Classifier,
+    slots: &ParamSlots,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let config = serde_json::to_value(&state.config).ok();
+    checkpoint::save_classifier(&run_dir.join(files::MODEL), classifier, config.as_ref())?;
+    let mut lines = String::new();
+    for record in &state.history {
+        lines.push_str(&serde_json::to_string(record).unwrap_or_default());
+        lines.push('\n');
+    }
+    write_atomic(&run_dir.join(files::METRICS), lines.as_bytes())?;
+    save_resume(run_dir, classifier, slots, state)
+}
+
+fn save_resume(
+    run_dir: &Path,
+    classifier: &Classifier,
+    slots: &ParamSlots,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let dir = run_dir.join(files::RESUME_DIR);
+    let step = serde_json::json!({ "step": state.step });
+    checkpoint::save_classifier(&dir.join(files::MODEL), classifier, Some(&step))?;
+    let mut optimizer = TensorFile::default();
+    for (name, values) in slots.export(&classifier.network, MOMENTUM_SLOT) {
+        let n = values.len();
+        optimizer.tensors.push((name, vec![n], values));
+    }
+    optimizer
+        .metadata
+        .insert(STEP_KEY.into(), state.step.to_string());
+    optimizer.save(&dir.join(files::OPTIMIZER))?;
+    write_json_atomic(&dir.join(files::STATE), state)?;
+    Ok(())
+}
+
+/// Loads the resume state of `run_dir`: classifier, optimiser slots and position.
+pub fn load_resume(
+    run_dir: &Path,
+    device: &Device,
+) -> Result<(Classifier, ParamSlots, TrainState), TrainError> {
+    let dir = run_dir.join(files::RESUME_DIR);
+    let fail = |reason: String| TrainError::Resume {
+        path: run_dir.to_path_buf(),
+        reason,
+    };
+    let state_path = dir.join(files::STATE);
+    let text = std::fs::read_to_string(&state_path)
+        .map_err(|e| fail(format!("{}: {e}", state_path.display())))?;
+    let state: TrainState =
+        serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", state_path.display())))?;
+    let model_path = dir.join(files::MODEL);
+    let info = checkpoint::inspect(&model_path)?;
+    let model_step = info
+        .training
+        .as_ref()
+        .and_then(|t| t.get("step"))
+        .and_then(|s| s.as_u64());
+    let classifier = checkpoint::load_classifier(&model_path, &device.clone().autodiff())?;
+    let optimizer = TensorFile::load(&dir.join(files::OPTIMIZER))?;
+    let optimizer_step = optimizer
+        .metadata
+        .get(STEP_KEY)
+        .and_then(|s| s.parse::<u64>().ok());
+    let step = state.step as u64;
+    if model_step != Some(step) || optimizer_step != Some(step) {
+        return Err(fail(format!(
+            "files disagree (state at step {step}, model at {model_step:?}, optimizer at {optimizer_step:?}): the run stopped while checkpointing; start it again"
+        )));
+    }
+    let mut slots = ParamSlots::new();
+    let entries = optimizer
+        .tensors
+        .into_iter()
+        .map(|(name, _, values)| (name, values))
+        .collect();
+    let rejected = slots.import(&classifier.network, MOMENTUM_SLOT, entries);
+    if !rejected.is_empty() {
+        return Err(fail(format!(
+            "optimizer state does not fit the model: {}",
+            rejected.join(", ")
+        )));
+    }
+    Ok((classifier, slots, state))
+}

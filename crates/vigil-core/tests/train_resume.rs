@@ -1,0 +1,185 @@
+//! An interrupted run resumed from its checkpoint ends exactly where an uninterrupted run does.
+
+use burn::module::Module;
+use vigil_core::data::{ImageSet, ImageShape};
+use vigil_core::device::default_device;
+use vigil_core::models::{Architecture, Classifier, ModelSpec};
+use vigil_core::optim::schedule::Schedule;
+use vigil_core::optim::sgd::SgdConfig;
+use vigil_core::optim::{ParamSlots, param_infos};
+use vigil_core::train::{self, TrainConfig, TrainObserver, TrainOutcome, TrainState};
+
+/// 3 classes of 8x8 images, class k brighter in row band k, with deterministic noise.
+fn dataset(n: usize, salt: u64) -> ImageSet {
+    let shape = ImageShape::new(1, 8, 8);
+    let mut pixels = Vec::with_capacity(n * 64);
+    let mut labels = Vec::with_capacity(n);
+    let mut s = 0x9E37_79B9u64 ^ salt;
+    for i in 0..n {
+        let k = (i % 3) as u16;
+        labels.push(k);
+        for r in 0..8 {
+            for _ in 0..8 {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let noise = (s >> 40) as f32 / (1u64 << 24) as f32 * 0.3;
+                let band = if r / 3 == k as usize { 0.6 } else { 0.0 };
+                pixels.push(band + noise);
+            }
+        }
+    }
+    let names = vec!["a".into(), "b".into(), "c".into()];
+    ImageSet::new(pixels, labels, shape, names, "synthetic").unwrap()
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        dataset: "synthetic".into(),
+        epochs: 2,
+        batch_size: 16,
+        eval_batch_size: 32,
+        schedule: Schedule::one_cycle(0.1, 0.25),
+        sgd: SgdConfig::default(),
+        crop_padding: 1,
+        horizontal_flip: true,
+        seed: 9,
+    }
+}
+
+fn fresh(architecture: &Architecture) -> Classifier {
+    let device = default_device().autodiff();
+    device.seed(4);
+    let spec = ModelSpec {
+        architecture: architecture.clone(),
+        input_shape: [1, 8, 8],
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        normalization: None,
+    };
+    Classifier::new(spec, &device).unwrap()
+}
+
+/// Stops the run after `after` batches in all.
+struct StopAfter {
+    after: usize,
+    seen: usize,
+}
+
+impl TrainObserver for StopAfter {
+    fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
+        self.seen += 1;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.seen >= self.after
+    }
+}
+
+fn weights(c: &Classifier) -> Vec<(String, Vec<f32>)> {
+    let net = c.network.valid();
+    let mut out = Vec::new();
+    for info in param_infos(&net) {
+        out.push((info.path, Vec::new()));
+    }
+    let mut values = Vec::new();
+    struct Grab<'a>(&'a mut Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Grab<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.0
+                .push(p.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    net.visit(&mut Grab(&mut values));
+    for (slot, v) in out.iter_mut().zip(values) {
+        slot.1 = v;
+    }
+    out
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_run_exactly() {
+    // The small CNN, and a BatchNorm network whose running statistics must survive the resume.
+    resume_matches(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    });
+    resume_matches(Architecture::PreActResNet18 { width: 2 });
+}
+
+fn resume_matches(architecture: Architecture) {
+    let device = default_device();
+    let train_set = dataset(80, 1);
+    let eval_set = dataset(30, 2);
+    let root = std::env::temp_dir().join(format!("vigil-resume-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+
+    // Uninterrupted.
+    let initial = weights(&fresh(&architecture));
+    let mut straight = fresh(&architecture);
+    let mut slots = ParamSlots::new();
+    let mut state = TrainState::new(config());
+    let outcome = train::train(
+        &mut straight,
+        &mut slots,
+        &mut state,
+        &train_set,
+        &eval_set,
+        &root.join("a"),
+        &device,
+        &mut train::Silent,
+    )
+    .unwrap();
+    assert_eq!(outcome, TrainOutcome::Finished);
+    let straight_history = state.history.clone();
+
+    // Interrupted mid-epoch 0 (batch 3 of 5), then mid-epoch 1, resumed from disk each time.
+    let dir = root.join("b");
+    let mut c = fresh(&architecture);
+    let mut slots = ParamSlots::new();
+    let mut state = TrainState::new(config());
+    let mut stop = StopAfter { after: 3, seen: 0 };
+    let outcome = train::train(
+        &mut c, &mut slots, &mut state, &train_set, &eval_set, &dir, &device, &mut stop,
+    )
+    .unwrap();
+    assert_eq!(outcome, TrainOutcome::Interrupted);
+    assert_eq!((state.epoch, state.batch), (0, 3));
+    let (mut c, mut slots, mut state) = train::load_resume(&dir, &device).unwrap();
+    let mut stop = StopAfter { after: 4, seen: 0 };
+    let outcome = train::train(
+        &mut c, &mut slots, &mut state, &train_set, &eval_set, &dir, &device, &mut stop,
+    )
+    .unwrap();
+    assert_eq!(outcome, TrainOutcome::Interrupted);
+    assert_eq!((state.epoch, state.batch), (1, 2));
+    let (mut c, mut slots, mut state) = train::load_resume(&dir, &device).unwrap();
+    let outcome = train::train(
+        &mut c,
+        &mut slots,
+        &mut state,
+        &train_set,
+        &eval_set,
+        &dir,
+        &device,
+        &mut train::Silent,
+    )
+    .unwrap();
+    assert_eq!(outcome, TrainOutcome::Finished);
+
+    assert_ne!(weights(&straight), initial, "training changed nothing");
+    assert_eq!(weights(&c), weights(&straight), "resumed weights differ");
+    let strip = |h: &[train::EpochRecord]| -> Vec<(usize, f64, f64, f64)> {
+        h.iter()
+            .map(|r| (r.epoch, r.train_loss, r.test_loss, r.test_accuracy))
+            .collect()
+    };
+    assert_eq!(strip(&state.history), strip(&straight_history));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn resume_without_a_run_is_a_clear_error() {
+    let missing = std::env::temp_dir().join("vigil-no-such-run");
+    let err = train::load_resume(&missing, &default_device()).unwrap_err();
+    assert!(err.to_string().contains("vigil-no-such-run"), "{err}");
+}
