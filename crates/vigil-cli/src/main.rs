@@ -10,6 +10,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Tensor code allocates and frees multi-megabyte buffers every step. By default glibc serves
+/// those with `mmap` and returns them to the kernel on free, so every step page-faults them in
+/// and zeroes them again (about a tenth of a training step under perf). Keeping freed memory in
+/// the heap removes that cost; peak memory is unchanged.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// vigil trains image classifiers and inspects them for anomalous mechanisms (backdoors,
 /// adversarial and out-of-distribution inputs).
 ///
@@ -36,6 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Some(threads) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()

