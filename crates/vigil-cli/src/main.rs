@@ -43,8 +43,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Train(commands::train::TrainArgs),
+    Attack(commands::attack::AttackArgs),
     Eval(commands::eval::EvalArgs),
     Info(commands::info::InfoArgs),
+    Table(commands::table::TableArgs),
     Bench(commands::bench::BenchArgs),
 }
 
@@ -61,8 +63,10 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
+        Command::Attack(args) => commands::attack::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Table(args) => commands::table::run(args),
         Command::Bench(args) => commands::bench::run(args),
     };
     match result {

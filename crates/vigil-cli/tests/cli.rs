@@ -191,3 +191,87 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn attack_writes_a_record_and_the_backdoor_takes() {
+    let dir = temp_dir("attack");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx_dataset(&data, "train", 600, 1);
+    write_idx_dataset(&data, "t10k", 200, 2);
+    let out = dir.join("badnets");
+    let (data_s, out_s) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "attack",
+        "--attack",
+        "badnets",
+        "--patch-size",
+        "4",
+        "--rate",
+        "0.2",
+        "--target",
+        "3",
+        "--data-dir",
+        data_s,
+        "--out",
+        out_s,
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--width",
+        "8",
+        "--lr",
+        "0.05",
+    ];
+    let run = vigil(&args);
+    assert!(run.status.success(), "attack failed: {}", stderr(&run));
+    for file in [
+        "attack.json",
+        "poison.json",
+        "backdoor_test.safetensors",
+        "backdoor_test.json",
+        "results.json",
+        "examples.png",
+        "model.safetensors",
+        "metrics.jsonl",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // Target class 3 is excluded from the backdoor test set: 180 of 200 test images remain.
+    assert_eq!(results["backdoor_test_size"], 180);
+    assert_eq!(results["poisoned_samples"], 120);
+    let asr = results["attack_success_rate"].as_f64().unwrap();
+    let acc = results["clean_accuracy"].as_f64().unwrap();
+    // Chance of landing on the target without a backdoor is about 1/10.
+    assert!(asr > 0.5, "the backdoor did not take: ASR {asr}");
+    assert!(acc > 0.5, "clean accuracy collapsed: {acc}");
+    let poison: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("poison.json")).unwrap()).unwrap();
+    let samples = poison["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 120);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["label"] == 3 && s["kind"] == "triggered")
+    );
+
+    // Repeating the command finds the finished run; the table reads the record.
+    let again = vigil(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("nothing to train"),
+        "{}",
+        stderr(&again)
+    );
+    let table = vigil(&["table", out_s]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(
+        stdout(&table).contains("| badnets | all-to-one 3 | 0.2 | 120 |"),
+        "{}",
+        stdout(&table)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -19,4 +19,5 @@ pub mod loss;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod report;
 pub mod train;

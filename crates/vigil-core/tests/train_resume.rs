@@ -42,6 +42,8 @@ fn config() -> TrainConfig {
         crop_padding: 1,
         horizontal_flip: true,
         seed: 9,
+        train_limit: None,
+        test_limit: None,
     }
 }
 

@@ -1,9 +1,12 @@
 //! One file per subcommand: its arguments (with their manual) and its `run`.
 
+pub mod attack;
 pub mod bench;
 pub mod eval;
 pub mod info;
+pub mod table;
 pub mod train;
+pub mod training;
 
 use std::path::PathBuf;
 

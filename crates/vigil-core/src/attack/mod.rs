@@ -1,4 +1,5 @@
-//! Attacks on inputs and training data. Today: the projected-gradient (PGD) primitives that
-//! HALO training, OOD evaluation and the benchmarks share.
+//! Attacks on inputs and training data: backdoor poisoning ([`backdoor`]) and projected-gradient
+//! input attacks ([`pgd`]).
 
+pub mod backdoor;
 pub mod pgd;

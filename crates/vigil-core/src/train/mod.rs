@@ -89,6 +89,13 @@ pub struct TrainConfig {
     pub horizontal_flip: bool,
     /// Seed of initialisation, shuffling and augmentation.
     pub seed: u64,
+    /// Size of the seeded random subset of the training data used, if not all of it (the CLI's
+    /// `--train-limit`; recorded so a resumed run sees the same data).
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+    /// Likewise for the evaluation data (`--test-limit`).
+    #[serde(default)]
+    pub test_limit: Option<usize>,
 }
 
 impl TrainConfig {
@@ -104,6 +111,8 @@ impl TrainConfig {
             crop_padding: 0,
             horizontal_flip: false,
             seed: 0,
+            train_limit: None,
+            test_limit: None,
         }
     }
 
@@ -427,6 +436,23 @@ fn save_resume(
     Ok(())
 }
 
+/// The state saved in `run_dir`, if it holds a run (`None` if it has none).
+pub fn saved_state(run_dir: &Path) -> Result<Option<TrainState>, TrainError> {
+    let path = run_dir.join(files::RESUME_DIR).join(files::STATE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let fail = |reason: String| TrainError::Resume {
+        path: run_dir.to_path_buf(),
+        reason,
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))
+}
+
 /// Loads the resume state of `run_dir`: classifier, optimiser slots and position.
 pub fn load_resume(
     run_dir: &Path,
@@ -437,11 +463,8 @@ pub fn load_resume(
         path: run_dir.to_path_buf(),
         reason,
     };
-    let state_path = dir.join(files::STATE);
-    let text = std::fs::read_to_string(&state_path)
-        .map_err(|e| fail(format!("{}: {e}", state_path.display())))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", state_path.display())))?;
+    let state = saved_state(run_dir)?
+        .ok_or_else(|| fail(format!("no {} in {}", files::STATE, dir.display())))?;
     let model_path = dir.join(files::MODEL);
     let info = checkpoint::inspect(&model_path)?;
     let model_step = info

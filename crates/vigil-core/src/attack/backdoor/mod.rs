@@ -5,6 +5,25 @@
 //! functions here turn an attack into a poisoned training set and a triggered test set; the
 //! `vigil attack` command trains on the former and measures attack success on the latter.
 
+pub mod badnets;
+pub mod blended;
+pub mod dataset;
+pub mod experiment;
+pub mod record;
+pub mod registry;
+pub mod selection;
+pub mod sig;
+pub mod wanet;
+
+pub use badnets::{BadNets, Patch, PatchMask, PatchPattern, PatchPosition};
+pub use blended::Blended;
+pub use dataset::{TriggeredTestSet, poison_training_set, triggered_test_set};
+pub use experiment::{PoisonedData, measure, poison};
+pub use registry::{ATTACK_NAMES, AttackParams};
+pub use selection::{CandidatePool, select_poison_indices, select_poison_indices_from_pool};
+pub use sig::Sig;
+pub use wanet::{WaNet, WaNetConfig};
+
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataError, ImageSet, ImageShape, Label};
@@ -174,4 +193,128 @@ pub fn default_plan(
         })
         .collect();
     Ok(PoisonPlan { samples })
+}
+
+// helper additions
+
+/// Largest width or height accepted for a user-supplied trigger image, in pixels: a guard
+/// against decompression bombs (trigger images are at most a few hundred pixels wide).
+pub(crate) const MAX_PATTERN_SIDE: u32 = 4096;
+
+/// The 8-bit level (0..=255) BackdoorBench's uint8 image holds for a pixel value in `[0, 1]`.
+///
+/// vigil's loaders store `byte / 255`, so `value * 255` lies within float error of the byte:
+/// it is rounded when within `1e-3` of an integer, which recovers the byte exactly; other
+/// values (from non-8-bit data) are truncated, as numpy's `np.uint32(img)` does. NaN maps to 0.
+pub(crate) fn u8_level(value: f32) -> f64 {
+    let scaled = (f64::from(value) * 255.0).clamp(0.0, 255.0);
+    if scaled.is_nan() {
+        return 0.0;
+    }
+    let nearest = scaled.round();
+    if (scaled - nearest).abs() < 1e-3 {
+        nearest
+    } else {
+        scaled.floor()
+    }
+}
+
+/// A value on the 0..255 scale stored the way BackdoorBench stores a triggered image,
+/// `np.clip(v, 0, 255).astype(np.uint8)` (clip, then truncate toward zero), returned as the
+/// `[0, 1]` value vigil's loaders would read back (`byte / 255`). NaN maps to 0.
+pub(crate) fn truncated_u8_unit(value_255: f64) -> f32 {
+    let level = if value_255.is_nan() {
+        0
+    } else {
+        value_255.clamp(0.0, 255.0) as u8
+    };
+    f32::from(level) / 255.0
+}
+
+/// A user image decoded into a trigger pattern: `C x h x w` values in `[0, 1]` and the same
+/// number of opacities in `[0, 1]` (from the image's alpha channel, 1 where it has none).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DecodedPattern {
+    /// Shape of the pattern.
+    pub(crate) shape: ImageShape,
+    /// Values, `C x h x w`, in `[0, 1]`.
+    pub(crate) values: Vec<f32>,
+    /// Opacity of every value, `C x h x w`, in `[0, 1]`.
+    pub(crate) alpha: Vec<f32>,
+}
+
+/// Decodes a PNG (or JPEG) trigger image from `bytes`, resizes it to `size` (height, width)
+/// with `filter` when given and different, and converts it to `channels` (1: ITU-R 601-2 luma,
+/// `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16` as PIL's `convert("L")`; 3: RGB).
+/// `origin` names the bytes in errors. Every failure is an [`AttackError::Pattern`] or
+/// [`AttackError::InvalidConfig`]; nothing panics on bad input.
+pub(crate) fn decode_pattern(
+    bytes: &[u8],
+    channels: usize,
+    size: Option<(usize, usize)>,
+    filter: image::imageops::FilterType,
+    origin: &std::path::Path,
+) -> Result<DecodedPattern, AttackError> {
+    let pattern_error = |reason: String| AttackError::Pattern {
+        path: origin.to_path_buf(),
+        reason,
+    };
+    if channels != 1 && channels != 3 {
+        return Err(AttackError::InvalidConfig {
+            attack: "trigger pattern".to_string(),
+            reason: format!("{channels} channels requested; trigger images support 1 or 3"),
+        });
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|err| pattern_error(format!("cannot read image: {err}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_PATTERN_SIDE);
+    limits.max_image_height = Some(MAX_PATTERN_SIDE);
+    reader.limits(limits);
+    let decoded = reader
+        .decode()
+        .map_err(|err| pattern_error(format!("cannot decode image: {err}")))?;
+    let mut rgba = decoded.to_rgba8();
+    if let Some((height, width)) = size {
+        let valid = |side: usize| side > 0 && side <= MAX_PATTERN_SIDE as usize;
+        if !valid(height) || !valid(width) {
+            return Err(pattern_error(format!(
+                "cannot resize to {height}x{width} (each side must be 1..={MAX_PATTERN_SIDE})"
+            )));
+        }
+        let (height, width) = (height as u32, width as u32);
+        if rgba.dimensions() != (width, height) {
+            rgba = image::imageops::resize(&rgba, width, height, filter);
+        }
+    }
+    let (width, height) = rgba.dimensions();
+    let shape = ImageShape::new(channels, height as usize, width as usize);
+    let plane = shape.plane_len();
+    let mut values = vec![0.0; shape.num_values()];
+    let mut alpha = vec![0.0; shape.num_values()];
+    for (pixel_index, pixel) in rgba.pixels().enumerate() {
+        let [red, green, blue, opacity] = pixel.0;
+        let levels = [red, green, blue];
+        for channel in 0..channels {
+            let level = if channels == 1 {
+                pil_luma(red, green, blue)
+            } else {
+                levels[channel]
+            };
+            values[channel * plane + pixel_index] = f32::from(level) / 255.0;
+            alpha[channel * plane + pixel_index] = f32::from(opacity) / 255.0;
+        }
+    }
+    Ok(DecodedPattern {
+        shape,
+        values,
+        alpha,
+    })
+}
+
+/// PIL's `convert("L")` luma of an RGB pixel (ITU-R 601-2, fixed point, rounded).
+fn pil_luma(red: u8, green: u8, blue: u8) -> u8 {
+    let weighted = 19595 * u32::from(red) + 38470 * u32::from(green) + 7471 * u32::from(blue);
+    ((weighted + 0x8000) >> 16) as u8
 }

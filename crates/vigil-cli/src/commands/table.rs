@@ -1,0 +1,86 @@
+//! `vigil table`: one Markdown table from several attack records.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vigil_core::attack::backdoor::TargetRule;
+use vigil_core::attack::backdoor::record::{self, AttackManifest, AttackResults, files};
+use vigil_core::checkpoint;
+
+/// Summarise attack records (folders written by `vigil attack`) as a Markdown table: clean
+/// accuracy, attack success rate (on non-target-class test images), poisoned samples, epochs
+/// and training time. With --clean, also the clean model's accuracy and each drop from it.
+#[derive(Args, Debug)]
+pub struct TableArgs {
+    /// Attack record folders.
+    #[arg(required = true)]
+    records: Vec<PathBuf>,
+
+    /// A clean training run (folder written by `vigil train`) to compare accuracy against.
+    #[arg(long, value_name = "DIR")]
+    clean: Option<PathBuf>,
+}
+
+pub fn run(args: TableArgs) -> Result<ExitCode> {
+    let clean_accuracy = match &args.clean {
+        Some(dir) => {
+            let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .with_context(|| format!("reading {}/metrics.jsonl", dir.display()))?;
+            let last = metrics.lines().last().context("empty metrics.jsonl")?;
+            let record: serde_json::Value = serde_json::from_str(last)?;
+            let info = checkpoint::inspect(&dir.join("model.safetensors"))?;
+            let arch = info.spec.map(|s| s.architecture.name().to_string());
+            println!(
+                "Clean model ({}): test accuracy {:.2}%\n",
+                arch.unwrap_or_default(),
+                100.0 * record["test_accuracy"].as_f64().unwrap_or(0.0)
+            );
+            record["test_accuracy"].as_f64()
+        }
+        None => None,
+    };
+    println!(
+        "| attack | target | rate | poisoned (+noise) | clean acc | Δ vs clean | ASR | epochs | train time |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for dir in &args.records {
+        let manifest: AttackManifest = record::read_json(dir, files::MANIFEST)?;
+        let results: Option<AttackResults> = dir
+            .join(files::RESULTS)
+            .exists()
+            .then(|| record::read_json(dir, files::RESULTS))
+            .transpose()?;
+        let target = match manifest.rule {
+            TargetRule::AllToOne { target } => format!("all-to-one {target}"),
+            TargetRule::AllToAll => "all-to-all".to_string(),
+        };
+        let Some(r) = results else {
+            println!(
+                "| {} | {target} | {} | - | unfinished | - | - | - | - |",
+                manifest.attack, manifest.rate
+            );
+            continue;
+        };
+        let delta = clean_accuracy
+            .map(|c| format!("{:+.2}", 100.0 * (r.clean_accuracy - c)))
+            .unwrap_or_else(|| "-".into());
+        let noise = if r.noise_samples > 0 {
+            format!(" (+{})", r.noise_samples)
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {target} | {} | {}{noise} | {:.2}% | {delta} | {:.2}% | {} | {:.0} s |",
+            manifest.attack,
+            manifest.rate,
+            r.poisoned_samples,
+            100.0 * r.clean_accuracy,
+            100.0 * r.attack_success_rate,
+            r.epochs,
+            r.train_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,140 @@
+//! Attacks by name with their parameters: what `vigil attack` builds and what an attack
+//! record stores, so a record says exactly which trigger its model learnt.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::badnets::DEFAULT_PATCH_SIZE;
+use super::blended::{DEFAULT_ALPHA, DEFAULT_PATTERN_SEED};
+use super::sig::{DEFAULT_DELTA, DEFAULT_FREQUENCY};
+use super::{
+    AttackError, BackdoorAttack, BadNets, Blended, PatchMask, PatchPattern, PatchPosition, Sig,
+    WaNet, WaNetConfig,
+};
+use crate::data::ImageShape;
+
+/// Names of the attacks vigil can mount today.
+pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet"];
+
+/// An attack and its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "attack", rename_all = "kebab-case")]
+pub enum AttackParams {
+    /// A patch stamped on the image.
+    Badnets {
+        /// Side of the built-in square patch.
+        patch_size: usize,
+        /// Built-in pattern (ignored with `patch_png`).
+        pattern: PatchPattern,
+        /// Where the patch goes.
+        position: PatchPosition,
+        /// A user image as the patch (its alpha channel is the mask).
+        patch_png: Option<PathBuf>,
+    },
+    /// A fixed pattern alpha-blended over the image.
+    Blended {
+        /// Blend weight of the pattern.
+        alpha: f64,
+        /// Seed of the default noise pattern (ignored with `pattern_png`).
+        pattern_seed: u64,
+        /// A user image as the pattern.
+        pattern_png: Option<PathBuf>,
+    },
+    /// A horizontal sinusoid added to target-class images (clean-label).
+    Sig {
+        /// Amplitude on the 0..255 scale.
+        delta: f64,
+        /// Periods across the image width.
+        frequency: f64,
+    },
+    /// A smooth warping field, with noise-mode samples.
+    Wanet(WaNetConfig),
+}
+
+impl AttackParams {
+    /// The parameters of `name` at BackdoorBench's defaults (`seed` seeds the trigger where it
+    /// is random).
+    pub fn defaults(name: &str, seed: u64) -> Result<Self, AttackError> {
+        Ok(match name {
+            "badnets" => AttackParams::Badnets {
+                patch_size: DEFAULT_PATCH_SIZE,
+                pattern: PatchPattern::WhiteSquare,
+                position: PatchPosition::default(),
+                patch_png: None,
+            },
+            "blended" => AttackParams::Blended {
+                alpha: DEFAULT_ALPHA,
+                pattern_seed: DEFAULT_PATTERN_SEED,
+                pattern_png: None,
+            },
+            "sig" => AttackParams::Sig {
+                delta: DEFAULT_DELTA,
+                frequency: DEFAULT_FREQUENCY,
+            },
+            "wanet" => AttackParams::Wanet(WaNetConfig {
+                seed,
+                ..WaNetConfig::default()
+            }),
+            other => {
+                return Err(AttackError::InvalidConfig {
+                    attack: other.to_string(),
+                    reason: format!("unknown attack (known: {})", ATTACK_NAMES.join(", ")),
+                });
+            }
+        })
+    }
+
+    /// Registry name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttackParams::Badnets { .. } => "badnets",
+            AttackParams::Blended { .. } => "blended",
+            AttackParams::Sig { .. } => "sig",
+            AttackParams::Wanet(_) => "wanet",
+        }
+    }
+
+    /// Builds the attack for images of `shape`, reading any user image from disk.
+    pub fn build(&self, shape: ImageShape) -> Result<Box<dyn BackdoorAttack>, AttackError> {
+        Ok(match self {
+            AttackParams::Badnets {
+                patch_size,
+                pattern,
+                position,
+                patch_png,
+            } => {
+                let attack = match patch_png {
+                    Some(path) => BadNets::from_png_bytes(
+                        &read_pattern(path)?,
+                        shape.channels,
+                        None,
+                        PatchMask::AlphaChannel,
+                        *position,
+                        path,
+                    )?,
+                    None => BadNets::square(*pattern, *patch_size, *position)?,
+                };
+                attack.check_fits(shape)?;
+                Box::new(attack)
+            }
+            AttackParams::Blended {
+                alpha,
+                pattern_seed,
+                pattern_png,
+            } => Box::new(match pattern_png {
+                Some(path) => Blended::from_png_bytes(&read_pattern(path)?, shape, *alpha, path)?,
+                None => Blended::with_noise_pattern(shape, *pattern_seed, *alpha)?,
+            }),
+            AttackParams::Sig { delta, frequency } => Box::new(Sig::new(*delta, *frequency)?),
+            AttackParams::Wanet(config) => Box::new(WaNet::new(*config, shape)?),
+        })
+    }
+}
+
+fn read_pattern(path: &Path) -> Result<Vec<u8>, AttackError> {
+    std::fs::read(path).map_err(|e| AttackError::Pattern {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}

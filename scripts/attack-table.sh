@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Trains one backdoored model per attack and prints the table of clean accuracy and attack
+# success rate. Resumable: run it again after an interruption and finished attacks are skipped,
+# an unfinished one continues from its checkpoint.
+#
+#   scripts/attack-table.sh OUT_DIR [extra `vigil attack` options, e.g. --arch preact-resnet18]
+#
+# Defaults: small CNN, full Fashion-MNIST, 10 epochs, all-to-one target 0, rate 0.1.
+set -euo pipefail
+out=${1:?usage: scripts/attack-table.sh OUT_DIR [vigil attack options]}
+shift
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+vigil=${VIGIL_BIN:-$root/target/release/vigil}
+[ -x "$vigil" ] || cargo build --release -p vigil-cli --manifest-path "$root/Cargo.toml"
+mkdir -p "$out"
+for attack in ${ATTACKS:-badnets blended sig wanet}; do
+    if [ -f "$out/$attack/results.json" ]; then
+        echo "attack-table: $attack done" >&2
+        continue
+    fi
+    "$vigil" attack --attack "$attack" --out "$out/$attack" "$@" > "$out/$attack.log"
+done
+"$vigil" table ${CLEAN_RUN:+--clean "$CLEAN_RUN"} "$out"/*/
