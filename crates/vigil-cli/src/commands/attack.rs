@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use vigil_core::attack::backdoor::record::{self, AttackManifest, AttackResults, files};
 use vigil_core::attack::backdoor::{
-    AttackParams, PatchPattern, PatchPosition, TargetRule, measure, poison,
+    AttackParams, BuildContext, PatchPattern, PatchPosition, TargetRule, measure, poison,
 };
 use vigil_core::data::{ImageSet, Split};
 use vigil_core::device::default_device;
@@ -27,7 +27,8 @@ use super::{DataArgs, limit};
 ///
 /// Attacks: badnets (3x3 white patch, bottom-right), blended (noise pattern, alpha 0.2), sig
 /// (sinusoid, clean-label: poisons target-class images only), wanet (warping field, k 4,
-/// s 0.5, noise mode with cross ratio 2). Defaults are BackdoorBench's: all-to-one, target 0,
+/// s 0.5, noise mode with cross ratio 2), lc (label-consistent: target-class images perturbed
+/// by PGD against --clean-model, eps 16/255, plus a four-corner checkerboard). Defaults are BackdoorBench's: all-to-one, target 0,
 /// poisoning rate 10%.
 #[derive(Args, Debug)]
 pub struct AttackArgs {
@@ -103,6 +104,22 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 2.0)]
     cross_ratio: f64,
 
+    /// LC: the clean model to compute adversarial images against (a vigil checkpoint).
+    #[arg(long, value_name = "FILE")]
+    clean_model: Option<PathBuf>,
+
+    /// LC: L-infinity radius of the adversarial perturbation, in 1/255 units.
+    #[arg(long, default_value_t = 16.0)]
+    lc_eps: f64,
+
+    /// LC: PGD steps.
+    #[arg(long, default_value_t = 10)]
+    lc_steps: usize,
+
+    /// LC: trigger contrast in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    lc_amplitude: f32,
+
     #[command(flatten)]
     training: TrainingArgs,
 }
@@ -113,6 +130,8 @@ enum AttackName {
     Blended,
     Sig,
     Wanet,
+    /// Label-consistent (needs --clean-model).
+    Lc,
 }
 
 impl AttackArgs {
@@ -147,6 +166,16 @@ impl AttackArgs {
                 config.s = self.wanet_s;
                 config.k = self.wanet_k;
                 config.cross_ratio = self.cross_ratio;
+            }
+            AttackParams::Lc {
+                amplitude,
+                perturbation,
+                clean_model,
+            } => {
+                *amplitude = self.lc_amplitude;
+                perturbation.eps = self.lc_eps / 255.0;
+                perturbation.steps = self.lc_steps;
+                clean_model.clone_from(&self.clean_model);
             }
         }
         Ok(params)
@@ -204,7 +233,11 @@ pub fn run(args: AttackArgs) -> Result<ExitCode> {
 
     let train_set = limit(args.data.load(kind, Split::Train)?, train_limit, seed)?;
     let test_set = limit(args.data.load(kind, Split::Test)?, test_limit, seed)?;
-    let attack = params.build(train_set.shape())?;
+    let attack = params.build(&BuildContext {
+        train: &train_set,
+        rule: manifest.rule,
+        device: &device,
+    })?;
     let data = poison(
         attack.as_ref(),
         &train_set,

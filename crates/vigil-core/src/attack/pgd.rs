@@ -42,6 +42,28 @@ pub fn linf_step(x: Tensor<4>, x0: Tensor<4>, grad: Tensor<4>, alpha: f64, eps: 
     stepped.max_pair(lower).min_pair(upper).clamp(0.0, 1.0)
 }
 
+/// Untargeted L-infinity PGD: `steps` signed-gradient steps of size `alpha` that increase the
+/// cross-entropy of `labels`, each projected to the `eps`-ball around `x0` and to `[0, 1]`,
+/// starting from `x0` (no random start). Returns the final iterate, without autodiff.
+/// `model` should be [`frozen`] and live on an autodiff device.
+pub fn pgd_linf(
+    model: &Classifier,
+    x0: Tensor<4>,
+    labels: Tensor<1, Int>,
+    eps: f64,
+    alpha: f64,
+    steps: usize,
+    bn: BnMode,
+) -> Tensor<4> {
+    let x0 = x0.without_autodiff();
+    let mut x = x0.clone();
+    for _ in 0..steps {
+        let grad = input_gradient(model, x.clone().autodiff(), labels.clone(), bn);
+        x = linf_step(x, x0.clone(), grad.without_autodiff(), alpha, eps);
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +88,42 @@ mod tests {
         for (g, e) in got.iter().zip(expected) {
             assert!((g - e).abs() < 1e-6, "{got:?}");
         }
+    }
+
+    #[test]
+    fn pgd_raises_the_loss_and_stays_in_the_ball() {
+        use crate::models::{Architecture, ModelSpec};
+        use burn::tensor::Distribution;
+        let device = default_device().autodiff();
+        device.seed(1);
+        let spec = ModelSpec {
+            architecture: Architecture::SmallCnn {
+                width: 4,
+                hidden: 8,
+            },
+            input_shape: [1, 8, 8],
+            class_names: vec!["a".into(), "b".into()],
+            normalization: None,
+        };
+        let model = frozen(&Classifier::new(spec, &device).unwrap());
+        let x0 = Tensor::<4>::random([6, 1, 8, 8], Distribution::Uniform(0.0, 1.0), &device);
+        let y =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 0, 1, 0, 1], [6]), &device);
+        let loss = |x: Tensor<4>| {
+            cross_entropy_per_sample(model.forward(x, BnMode::Eval), y.clone())
+                .sum()
+                .into_scalar::<f32>()
+        };
+        let eps = 0.05;
+        let adv = pgd_linf(&model, x0.clone(), y.clone(), eps, 0.02, 5, BnMode::Eval);
+        assert!(loss(adv.clone().autodiff()) > loss(x0.clone()));
+        let gap = (adv.clone() - x0.without_autodiff())
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(gap <= eps as f32 + 1e-6, "left the ball: {gap}");
+        let range =
+            adv.clone().min().into_scalar::<f32>() >= 0.0 && adv.max().into_scalar::<f32>() <= 1.0;
+        assert!(range);
     }
 }

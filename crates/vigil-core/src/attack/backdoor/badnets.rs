@@ -307,7 +307,7 @@ impl BadNets {
     }
 
     /// Stamps the patch on `out` (already a copy of the image), skipping parts outside it.
-    fn stamp(&self, shape: ImageShape, out: &mut [f32]) {
+    pub(crate) fn stamp(&self, shape: ImageShape, out: &mut [f32]) {
         let patch = self.patch.shape;
         let (top, left) = self.top_left(shape);
         for channel in 0..shape.channels {

@@ -9,6 +9,7 @@ pub mod badnets;
 pub mod blended;
 pub mod dataset;
 pub mod experiment;
+pub mod label_consistent;
 pub mod record;
 pub mod registry;
 pub mod selection;
@@ -19,7 +20,8 @@ pub use badnets::{BadNets, Patch, PatchMask, PatchPattern, PatchPosition};
 pub use blended::Blended;
 pub use dataset::{TriggeredTestSet, poison_training_set, triggered_test_set};
 pub use experiment::{PoisonedData, measure, poison};
-pub use registry::{ATTACK_NAMES, AttackParams};
+pub use label_consistent::{LabelConsistent, LcPerturbation};
+pub use registry::{ATTACK_NAMES, AttackParams, BuildContext};
 pub use selection::{CandidatePool, select_poison_indices, select_poison_indices_from_pool};
 pub use sig::Sig;
 pub use wanet::{WaNet, WaNetConfig};
@@ -42,6 +44,14 @@ pub enum AttackError {
     /// A trigger pattern (e.g. a user PNG) could not be used.
     #[error("trigger pattern {path}: {reason}")]
     Pattern {
+        /// File.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A model the attack is computed against could not be loaded.
+    #[error("cannot use model {path}: {reason}")]
+    Model {
         /// File.
         path: std::path::PathBuf,
         /// What is wrong.

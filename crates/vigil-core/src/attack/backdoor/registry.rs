@@ -12,10 +12,26 @@ use super::{
     AttackError, BackdoorAttack, BadNets, Blended, PatchMask, PatchPattern, PatchPosition, Sig,
     WaNet, WaNetConfig,
 };
-use crate::data::ImageShape;
+use burn::tensor::Device;
+
+use super::TargetRule;
+use super::label_consistent::{LabelConsistent, LcPerturbation};
+use crate::checkpoint;
+use crate::data::ImageSet;
 
 /// Names of the attacks vigil can mount today.
-pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet"];
+pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet", "lc"];
+
+/// What building an attack may need beyond its parameters: attacks computed against a model or
+/// the training data (label-consistent) use them.
+pub struct BuildContext<'a> {
+    /// The clean training set.
+    pub train: &'a ImageSet,
+    /// The target rule.
+    pub rule: TargetRule,
+    /// Device for model-based preparation.
+    pub device: &'a Device,
+}
 
 /// An attack and its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +66,16 @@ pub enum AttackParams {
     },
     /// A smooth warping field, with noise-mode samples.
     Wanet(WaNetConfig),
+    /// Label-consistent: adversarially perturbed target-class images plus a four-corner
+    /// trigger (clean-label).
+    Lc {
+        /// Trigger contrast in (0, 1].
+        amplitude: f32,
+        /// The PGD perturbation.
+        perturbation: LcPerturbation,
+        /// The clean model the perturbation is computed against.
+        clean_model: Option<PathBuf>,
+    },
 }
 
 impl AttackParams {
@@ -76,6 +102,11 @@ impl AttackParams {
                 seed,
                 ..WaNetConfig::default()
             }),
+            "lc" => AttackParams::Lc {
+                amplitude: 1.0,
+                perturbation: LcPerturbation::default(),
+                clean_model: None,
+            },
             other => {
                 return Err(AttackError::InvalidConfig {
                     attack: other.to_string(),
@@ -92,11 +123,13 @@ impl AttackParams {
             AttackParams::Blended { .. } => "blended",
             AttackParams::Sig { .. } => "sig",
             AttackParams::Wanet(_) => "wanet",
+            AttackParams::Lc { .. } => "lc",
         }
     }
 
-    /// Builds the attack for images of `shape`, reading any user image from disk.
-    pub fn build(&self, shape: ImageShape) -> Result<Box<dyn BackdoorAttack>, AttackError> {
+    /// Builds the attack for `ctx.train`, reading any user image or model from disk.
+    pub fn build(&self, ctx: &BuildContext) -> Result<Box<dyn BackdoorAttack>, AttackError> {
+        let shape = ctx.train.shape();
         Ok(match self {
             AttackParams::Badnets {
                 patch_size,
@@ -128,6 +161,30 @@ impl AttackParams {
             }),
             AttackParams::Sig { delta, frequency } => Box::new(Sig::new(*delta, *frequency)?),
             AttackParams::Wanet(config) => Box::new(WaNet::new(*config, shape)?),
+            AttackParams::Lc {
+                amplitude,
+                perturbation,
+                clean_model,
+            } => {
+                let path = clean_model.as_ref().ok_or_else(|| AttackError::InvalidConfig {
+                    attack: "lc".into(),
+                    reason: "needs a clean model to compute adversarial images against (--clean-model, e.g. the model.safetensors of `vigil train`)".into(),
+                })?;
+                let clean = checkpoint::load_classifier(path, ctx.device).map_err(|e| {
+                    AttackError::Model {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Box::new(LabelConsistent::prepare(
+                    &clean,
+                    ctx.train,
+                    ctx.rule,
+                    *amplitude,
+                    *perturbation,
+                    ctx.device,
+                )?)
+            }
         })
     }
 }
