@@ -28,7 +28,8 @@ use super::{DataArgs, limit};
 /// Attacks: badnets (3x3 white patch, bottom-right), blended (noise pattern, alpha 0.2), sig
 /// (sinusoid, clean-label: poisons target-class images only), wanet (warping field, k 4,
 /// s 0.5, noise mode with cross ratio 2), lc (label-consistent: target-class images perturbed
-/// by PGD against --clean-model, eps 16/255, plus a four-corner checkerboard). Defaults are BackdoorBench's: all-to-one, target 0,
+/// by PGD against --clean-model, eps 16/255, plus a four-corner checkerboard), lf (a smooth
+/// universal perturbation searched against --clean-model, DCT window 6, eps 0.1). Defaults are BackdoorBench's: all-to-one, target 0,
 /// poisoning rate 10%.
 #[derive(Args, Debug)]
 pub struct AttackArgs {
@@ -104,7 +105,7 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 2.0)]
     cross_ratio: f64,
 
-    /// LC: the clean model to compute adversarial images against (a vigil checkpoint).
+    /// LC, LF: the clean model the trigger is computed against (a vigil checkpoint).
     #[arg(long, value_name = "FILE")]
     clean_model: Option<PathBuf>,
 
@@ -115,6 +116,10 @@ pub struct AttackArgs {
     /// LC: PGD steps.
     #[arg(long, default_value_t = 10)]
     lc_steps: usize,
+
+    /// LF: L-infinity bound of the perturbation.
+    #[arg(long, default_value_t = 0.1)]
+    lf_eps: f64,
 
     /// LC: trigger contrast in (0, 1].
     #[arg(long, default_value_t = 1.0)]
@@ -132,6 +137,8 @@ enum AttackName {
     Wanet,
     /// Label-consistent (needs --clean-model).
     Lc,
+    /// Low-frequency universal perturbation (needs --clean-model).
+    Lf,
 }
 
 impl AttackArgs {
@@ -175,6 +182,13 @@ impl AttackArgs {
                 *amplitude = self.lc_amplitude;
                 perturbation.eps = self.lc_eps / 255.0;
                 perturbation.steps = self.lc_steps;
+                clean_model.clone_from(&self.clean_model);
+            }
+            AttackParams::Lf {
+                search,
+                clean_model,
+            } => {
+                search.eps = self.lf_eps;
                 clean_model.clone_from(&self.clean_model);
             }
         }

@@ -16,11 +16,12 @@ use burn::tensor::Device;
 
 use super::TargetRule;
 use super::label_consistent::{LabelConsistent, LcPerturbation};
+use super::low_frequency::{LfSearch, LowFrequency};
 use crate::checkpoint;
 use crate::data::ImageSet;
 
 /// Names of the attacks vigil can mount today.
-pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet", "lc"];
+pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet", "lc", "lf"];
 
 /// What building an attack may need beyond its parameters: attacks computed against a model or
 /// the training data (label-consistent) use them.
@@ -76,6 +77,13 @@ pub enum AttackParams {
         /// The clean model the perturbation is computed against.
         clean_model: Option<PathBuf>,
     },
+    /// Low-frequency universal perturbation searched against a clean model.
+    Lf {
+        /// The search.
+        search: LfSearch,
+        /// The clean model the perturbation is searched against.
+        clean_model: Option<PathBuf>,
+    },
 }
 
 impl AttackParams {
@@ -107,6 +115,13 @@ impl AttackParams {
                 perturbation: LcPerturbation::default(),
                 clean_model: None,
             },
+            "lf" => AttackParams::Lf {
+                search: LfSearch {
+                    seed,
+                    ..LfSearch::default()
+                },
+                clean_model: None,
+            },
             other => {
                 return Err(AttackError::InvalidConfig {
                     attack: other.to_string(),
@@ -124,6 +139,7 @@ impl AttackParams {
             AttackParams::Sig { .. } => "sig",
             AttackParams::Wanet(_) => "wanet",
             AttackParams::Lc { .. } => "lc",
+            AttackParams::Lf { .. } => "lf",
         }
     }
 
@@ -166,16 +182,7 @@ impl AttackParams {
                 perturbation,
                 clean_model,
             } => {
-                let path = clean_model.as_ref().ok_or_else(|| AttackError::InvalidConfig {
-                    attack: "lc".into(),
-                    reason: "needs a clean model to compute adversarial images against (--clean-model, e.g. the model.safetensors of `vigil train`)".into(),
-                })?;
-                let clean = checkpoint::load_classifier(path, ctx.device).map_err(|e| {
-                    AttackError::Model {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                let clean = load_clean_model("lc", clean_model.as_deref(), ctx.device)?;
                 Box::new(LabelConsistent::prepare(
                     &clean,
                     ctx.train,
@@ -185,8 +192,33 @@ impl AttackParams {
                     ctx.device,
                 )?)
             }
+            AttackParams::Lf {
+                search,
+                clean_model,
+            } => {
+                let clean = load_clean_model("lf", clean_model.as_deref(), ctx.device)?;
+                Box::new(LowFrequency::search(
+                    &clean, ctx.train, ctx.rule, *search, ctx.device,
+                )?)
+            }
         })
     }
+}
+
+/// The clean model an attack is computed against.
+fn load_clean_model(
+    attack: &str,
+    path: Option<&Path>,
+    device: &Device,
+) -> Result<crate::models::Classifier, AttackError> {
+    let path = path.ok_or_else(|| AttackError::InvalidConfig {
+        attack: attack.into(),
+        reason: "needs a clean model to compute its trigger against (--clean-model, e.g. the model.safetensors of `vigil train`)".into(),
+    })?;
+    checkpoint::load_classifier(path, device).map_err(|e| AttackError::Model {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 fn read_pattern(path: &Path) -> Result<Vec<u8>, AttackError> {
