@@ -13,7 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 vigil=${VIGIL_BIN:-$root/target/release/vigil}
 [ -x "$vigil" ] || cargo build --release -p vigil-cli --manifest-path "$root/Cargo.toml"
 mkdir -p "$out"
-for attack in ${ATTACKS:-badnets blended sig wanet}; do
+for attack in ${ATTACKS:-badnets blended sig wanet lc lf}; do
     if [ -f "$out/$attack/results.json" ]; then
         echo "attack-table: $attack done" >&2
         continue

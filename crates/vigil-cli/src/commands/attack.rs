@@ -29,7 +29,9 @@ use super::{DataArgs, limit};
 /// (sinusoid, clean-label: poisons target-class images only), wanet (warping field, k 4,
 /// s 0.5, noise mode with cross ratio 2), lc (label-consistent: target-class images perturbed
 /// by PGD against --clean-model, eps 16/255, plus a four-corner checkerboard), lf (a smooth
-/// universal perturbation searched against --clean-model, DCT window 6, eps 0.1). Defaults are BackdoorBench's: all-to-one, target 0,
+/// universal perturbation searched against --clean-model, DCT window 6, eps 0.1), trojannn (a
+/// 5x5 patch generated to excite the most connected penultimate units of --clean-model).
+/// Defaults are BackdoorBench's: all-to-one, target 0,
 /// poisoning rate 10%.
 #[derive(Args, Debug)]
 pub struct AttackArgs {
@@ -121,6 +123,10 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 0.1)]
     lf_eps: f64,
 
+    /// TrojanNN: side of the generated patch.
+    #[arg(long, default_value_t = 5)]
+    trojan_patch_size: usize,
+
     /// LC: trigger contrast in (0, 1].
     #[arg(long, default_value_t = 1.0)]
     lc_amplitude: f32,
@@ -139,6 +145,8 @@ enum AttackName {
     Lc,
     /// Low-frequency universal perturbation (needs --clean-model).
     Lf,
+    /// A patch generated to excite neurons of --clean-model.
+    Trojannn,
 }
 
 impl AttackArgs {
@@ -189,6 +197,13 @@ impl AttackArgs {
                 clean_model,
             } => {
                 search.eps = self.lf_eps;
+                clean_model.clone_from(&self.clean_model);
+            }
+            AttackParams::Trojannn {
+                search,
+                clean_model,
+            } => {
+                search.patch_size = self.trojan_patch_size;
                 clean_model.clone_from(&self.clean_model);
             }
         }

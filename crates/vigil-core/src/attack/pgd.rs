@@ -26,9 +26,19 @@ pub fn input_gradient(
     labels: Tensor<1, Int>,
     bn: BnMode,
 ) -> Tensor<4> {
+    gradient_wrt_input(x, |x| {
+        cross_entropy_per_sample(model.forward(x, bn), labels).sum()
+    })
+}
+
+/// Gradient of a scalar `objective` of the inputs `x` (no autodiff in the result; zeros if the
+/// objective does not depend on `x`). `x` must live on an autodiff device.
+pub fn gradient_wrt_input(
+    x: Tensor<4>,
+    objective: impl FnOnce(Tensor<4>) -> Tensor<1>,
+) -> Tensor<4> {
     let x = x.detach().require_grad();
-    let loss = cross_entropy_per_sample(model.forward(x.clone(), bn), labels).sum();
-    let grads = loss.backward();
+    let grads = objective(x.clone()).backward();
     x.grad(&grads)
         .unwrap_or_else(|| x.clone().without_autodiff().zeros_like())
 }

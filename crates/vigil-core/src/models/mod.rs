@@ -218,6 +218,24 @@ impl Network {
             Network::PreActResNet18(net) => net.forward(x, bn),
         }
     }
+
+    /// The penultimate representation (the classifier head's input), `[n, features]`.
+    pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        match self {
+            Network::SmallCnn(net) => net.features(x),
+            Network::ResNet18(net) => net.features(x, bn),
+            Network::PreActResNet18(net) => net.features(x, bn),
+        }
+    }
+
+    /// The classifier head's weight as `[features, classes]` (burn's Linear layout).
+    pub fn head_weight(&self) -> Tensor<2> {
+        match self {
+            Network::SmallCnn(net) => net.fc2.weight.val(),
+            Network::ResNet18(net) => net.linear.weight.val(),
+            Network::PreActResNet18(net) => net.linear.weight.val(),
+        }
+    }
 }
 
 /// A network, its spec, and its input normalisation: what vigil trains and inspects.
@@ -256,6 +274,11 @@ impl Classifier {
     /// Logits for a batch of `[0, 1]` images; normalisation is applied here.
     pub fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
         self.network.forward(self.normalize(x), bn)
+    }
+
+    /// Penultimate features of a batch of `[0, 1]` images.
+    pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        self.network.features(self.normalize(x), bn)
     }
 
     /// Applies the spec's normalisation (identity without one).

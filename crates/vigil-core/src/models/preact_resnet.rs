@@ -116,6 +116,11 @@ impl PreActResNet18 {
 
     /// Logits for a batch `[n, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        self.linear.forward(self.features(x, bn))
+    }
+
+    /// The pooled penultimate representation (`8 width` values), the input of `linear`.
+    pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
         let mut out = self.conv1.forward(x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
@@ -127,6 +132,6 @@ impl PreActResNet18 {
             Some(norm) => avg_pool4(relu(norm.forward(out, bn))),
             None => adaptive_avg_pool2d(out, [1, 1]),
         };
-        self.linear.forward(pooled.flatten(1, 3))
+        pooled.flatten(1, 3)
     }
 }

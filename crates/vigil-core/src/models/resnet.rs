@@ -107,6 +107,11 @@ impl ResNet18 {
 
     /// Logits for a batch `[n, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        self.linear.forward(self.features(x, bn))
+    }
+
+    /// The pooled penultimate representation (`8 width` values), the input of `linear`.
+    pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
         let mut out = relu(self.bn1.forward(self.conv1.forward(x), bn));
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
@@ -114,6 +119,6 @@ impl ResNet18 {
         {
             out = block.forward(out, bn);
         }
-        self.linear.forward(avg_pool4(out).flatten(1, 3))
+        avg_pool4(out).flatten(1, 3)
     }
 }

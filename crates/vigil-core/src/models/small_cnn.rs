@@ -51,10 +51,15 @@ impl SmallCnn {
 
     /// Logits for a batch `[n, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.fc2.forward(self.features(x))
+    }
+
+    /// The penultimate representation (`hidden` units after ReLU), the input of `fc2`.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = pool2(relu(self.conv1.forward(x)));
         let x = pool2(relu(self.conv2.forward(x)));
         let x: Tensor<2> = x.flatten(1, 3);
-        self.fc2.forward(relu(self.fc1.forward(x)))
+        relu(self.fc1.forward(x))
     }
 }
 

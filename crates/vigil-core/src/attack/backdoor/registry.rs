@@ -17,11 +17,12 @@ use burn::tensor::Device;
 use super::TargetRule;
 use super::label_consistent::{LabelConsistent, LcPerturbation};
 use super::low_frequency::{LfSearch, LowFrequency};
+use super::trojannn::{TrojanNn, TrojanSearch};
 use crate::checkpoint;
 use crate::data::ImageSet;
 
 /// Names of the attacks vigil can mount today.
-pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet", "lc", "lf"];
+pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet", "lc", "lf", "trojannn"];
 
 /// What building an attack may need beyond its parameters: attacks computed against a model or
 /// the training data (label-consistent) use them.
@@ -77,6 +78,13 @@ pub enum AttackParams {
         /// The clean model the perturbation is computed against.
         clean_model: Option<PathBuf>,
     },
+    /// A patch generated to excite chosen neurons of a clean model.
+    Trojannn {
+        /// The search.
+        search: TrojanSearch,
+        /// The clean model the trigger is generated against.
+        clean_model: Option<PathBuf>,
+    },
     /// Low-frequency universal perturbation searched against a clean model.
     Lf {
         /// The search.
@@ -115,6 +123,13 @@ impl AttackParams {
                 perturbation: LcPerturbation::default(),
                 clean_model: None,
             },
+            "trojannn" => AttackParams::Trojannn {
+                search: TrojanSearch {
+                    seed,
+                    ..TrojanSearch::default()
+                },
+                clean_model: None,
+            },
             "lf" => AttackParams::Lf {
                 search: LfSearch {
                     seed,
@@ -140,6 +155,7 @@ impl AttackParams {
             AttackParams::Wanet(_) => "wanet",
             AttackParams::Lc { .. } => "lc",
             AttackParams::Lf { .. } => "lf",
+            AttackParams::Trojannn { .. } => "trojannn",
         }
     }
 
@@ -191,6 +207,13 @@ impl AttackParams {
                     *perturbation,
                     ctx.device,
                 )?)
+            }
+            AttackParams::Trojannn {
+                search,
+                clean_model,
+            } => {
+                let clean = load_clean_model("trojannn", clean_model.as_deref(), ctx.device)?;
+                Box::new(TrojanNn::generate(&clean, ctx.train, *search, ctx.device)?)
             }
             AttackParams::Lf {
                 search,
