@@ -30,7 +30,8 @@ use super::{DataArgs, limit};
 /// s 0.5, noise mode with cross ratio 2), lc (label-consistent: target-class images perturbed
 /// by PGD against --clean-model, eps 16/255, plus a four-corner checkerboard), lf (a smooth
 /// universal perturbation searched against --clean-model, DCT window 6, eps 0.1), trojannn (a
-/// 5x5 patch generated to excite the most connected penultimate units of --clean-model).
+/// 5x5 patch generated to excite the most connected penultimate units of --clean-model), ssba
+/// (a sample-specific residual of at most 0.05 from a small encoder trained to hide a code).
 /// Defaults are BackdoorBench's: all-to-one, target 0,
 /// poisoning rate 10%.
 #[derive(Args, Debug)]
@@ -123,6 +124,10 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 0.1)]
     lf_eps: f64,
 
+    /// SSBA: largest residual per pixel.
+    #[arg(long, default_value_t = 0.05)]
+    ssba_eps: f64,
+
     /// TrojanNN: side of the generated patch.
     #[arg(long, default_value_t = 5)]
     trojan_patch_size: usize,
@@ -147,6 +152,8 @@ enum AttackName {
     Lf,
     /// A patch generated to excite neurons of --clean-model.
     Trojannn,
+    /// Sample-specific invisible residual from a small trained encoder.
+    Ssba,
 }
 
 impl AttackArgs {
@@ -206,6 +213,7 @@ impl AttackArgs {
                 search.patch_size = self.trojan_patch_size;
                 clean_model.clone_from(&self.clean_model);
             }
+            AttackParams::Ssba(config) => config.eps = self.ssba_eps,
         }
         Ok(params)
     }

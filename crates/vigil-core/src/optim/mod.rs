@@ -6,6 +6,7 @@
 //! tensors) are left as they are. Later methods plug in here: MAD-FA's localized SGLD keeps w* and
 //! the RMSprop average in slots beside each parameter; HALO's weight average is a rule too.
 
+pub mod adam;
 pub mod schedule;
 pub mod sgd;
 

@@ -15,6 +15,7 @@ pub mod record;
 pub mod registry;
 pub mod selection;
 pub mod sig;
+pub mod ssba;
 pub mod trojannn;
 pub mod wanet;
 
@@ -27,6 +28,7 @@ pub use low_frequency::{LfSearch, LowFrequency};
 pub use registry::{ATTACK_NAMES, AttackParams, BuildContext};
 pub use selection::{CandidatePool, select_poison_indices, select_poison_indices_from_pool};
 pub use sig::Sig;
+pub use ssba::{Ssba, SsbaTraining};
 pub use trojannn::{TrojanNn, TrojanSearch};
 pub use wanet::{WaNet, WaNetConfig};
 

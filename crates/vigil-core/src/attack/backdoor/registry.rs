@@ -17,12 +17,15 @@ use burn::tensor::Device;
 use super::TargetRule;
 use super::label_consistent::{LabelConsistent, LcPerturbation};
 use super::low_frequency::{LfSearch, LowFrequency};
+use super::ssba::{Ssba, SsbaTraining};
 use super::trojannn::{TrojanNn, TrojanSearch};
 use crate::checkpoint;
 use crate::data::ImageSet;
 
 /// Names of the attacks vigil can mount today.
-pub const ATTACK_NAMES: &[&str] = &["badnets", "blended", "sig", "wanet", "lc", "lf", "trojannn"];
+pub const ATTACK_NAMES: &[&str] = &[
+    "badnets", "blended", "sig", "wanet", "lc", "lf", "trojannn", "ssba",
+];
 
 /// What building an attack may need beyond its parameters: attacks computed against a model or
 /// the training data (label-consistent) use them.
@@ -85,6 +88,8 @@ pub enum AttackParams {
         /// The clean model the trigger is generated against.
         clean_model: Option<PathBuf>,
     },
+    /// Sample-specific invisible residual from a trained encoder (SSBA-style).
+    Ssba(SsbaTraining),
     /// Low-frequency universal perturbation searched against a clean model.
     Lf {
         /// The search.
@@ -130,6 +135,10 @@ impl AttackParams {
                 },
                 clean_model: None,
             },
+            "ssba" => AttackParams::Ssba(SsbaTraining {
+                seed,
+                ..SsbaTraining::default()
+            }),
             "lf" => AttackParams::Lf {
                 search: LfSearch {
                     seed,
@@ -156,6 +165,7 @@ impl AttackParams {
             AttackParams::Lc { .. } => "lc",
             AttackParams::Lf { .. } => "lf",
             AttackParams::Trojannn { .. } => "trojannn",
+            AttackParams::Ssba(_) => "ssba",
         }
     }
 
@@ -208,6 +218,7 @@ impl AttackParams {
                     ctx.device,
                 )?)
             }
+            AttackParams::Ssba(config) => Box::new(Ssba::train(ctx.train, *config, ctx.device)?),
             AttackParams::Trojannn {
                 search,
                 clean_model,
