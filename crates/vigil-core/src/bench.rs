@@ -104,7 +104,7 @@ pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
         std::hint::black_box(host);
     });
 
-    let attacked = frozen(&classifier);
+    let attacked = frozen(&classifier, &train_device);
     let x0 = plain_images.clone();
     let mut x = plain_images;
     let pgd_step_img_per_s = time(config, n, || {

@@ -4,16 +4,20 @@
 //! order of the HALO reference (project to the ball, then clip to the image range).
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::loss::cross_entropy_per_sample;
 use crate::models::{BnMode, Classifier};
 
-/// A classifier whose parameters do not require gradients, so a backward pass computes only the
-/// input gradient. Its device must have autodiff enabled.
-pub fn frozen(classifier: &Classifier) -> Classifier {
+/// A copy of `classifier` on `device` with autodiff enabled and parameters that do not require
+/// gradients, so a backward pass computes only the input gradient.
+pub fn frozen(classifier: &Classifier, device: &Device) -> Classifier {
     Classifier {
-        network: classifier.network.clone().no_grad(),
+        network: classifier
+            .network
+            .clone()
+            .fork(&device.clone().autodiff())
+            .no_grad(),
         spec: classifier.spec.clone(),
     }
 }
@@ -115,7 +119,7 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             normalization: None,
         };
-        let model = frozen(&Classifier::new(spec, &device).unwrap());
+        let model = frozen(&Classifier::new(spec, &device).unwrap(), &device);
         let x0 = Tensor::<4>::random([6, 1, 8, 8], Distribution::Uniform(0.0, 1.0), &device);
         let y =
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 0, 1, 0, 1], [6]), &device);

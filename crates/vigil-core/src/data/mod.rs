@@ -17,6 +17,7 @@ pub mod error;
 pub mod idx;
 pub mod image_folder;
 pub mod mnist_json;
+pub mod sampler;
 pub mod source;
 
 mod files;

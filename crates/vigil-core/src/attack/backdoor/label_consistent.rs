@@ -99,15 +99,8 @@ impl LabelConsistent {
         for corner in &attack.corners {
             corner.check_fits(train.shape())?;
         }
-        let model = frozen(&Classifier {
-            network: clean.network.clone(),
-            spec: clean.spec.clone(),
-        });
         let device = device.clone().autodiff();
-        let model = Classifier {
-            network: burn::module::Module::fork(model.network, &device),
-            spec: model.spec,
-        };
+        let model = frozen(clean, &device);
         let targets: Vec<usize> = (0..train.len())
             .filter(|&i| train.label(i) == target)
             .collect();

@@ -13,12 +13,10 @@
 //! `eps`. Test-time trigger: `clip(x + delta, 0, 1)`.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
 use super::{AttackError, BackdoorAttack, TargetRule};
 use crate::attack::pgd::{frozen, input_gradient};
+use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, ImageShape, images_tensor};
 use crate::models::{BnMode, Classifier};
 
@@ -90,28 +88,18 @@ impl LowFrequency {
         }
         let shape = train.shape();
         let device = device.clone().autodiff();
-        let model = frozen(clean);
-        let model = Classifier {
-            network: burn::module::Module::fork(model.network, &device),
-            spec: model.spec,
-        };
-        let mut pool: Vec<usize> = (0..train.len())
+        let model = frozen(clean, &device);
+        let pool: Vec<usize> = (0..train.len())
             .filter(|&i| train.label(i) != target)
             .collect();
         if pool.is_empty() {
             return Err(invalid("no non-target training images".into()));
         }
-        let mut rng = StdRng::seed_from_u64(search.seed);
+        let mut batches = CycledShuffle::new(pool, search.seed);
         let mut delta = vec![0.0f32; shape.num_values()];
-        let mut cursor = pool.len();
         let [c, h, w] = [shape.channels, shape.height, shape.width];
         for _ in 0..search.iterations {
-            if cursor + search.batch > pool.len() {
-                pool.shuffle(&mut rng);
-                cursor = 0;
-            }
-            let chunk = &pool[cursor..(cursor + search.batch).min(pool.len())];
-            cursor += chunk.len();
+            let chunk = batches.next_batch(search.batch);
             let x = images_tensor(train, chunk, &device);
             let d = Tensor::<1>::from_data(TensorData::new(delta.clone(), [c * h * w]), &device)
                 .reshape([1, c, h, w]);

@@ -13,13 +13,11 @@
 //!    like every other attack, which the record documents.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
 use super::badnets::{BadNets, Patch, PatchPosition};
-use super::{AttackError, BackdoorAttack, PoisonKind};
+use super::{AttackError, BackdoorAttack};
 use crate::attack::pgd::{frozen, gradient_wrt_input};
+use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, ImageShape, images_tensor};
 use crate::models::{BnMode, Classifier};
 
@@ -113,11 +111,7 @@ impl TrojanNn {
             most_connected_units(&weights, features, classes, search.neurons.min(features));
 
         let device = device.clone().autodiff();
-        let model = frozen(clean);
-        let model = Classifier {
-            network: burn::module::Module::fork(model.network, &device),
-            spec: model.spec,
-        };
+        let model = frozen(clean, &device);
         let (c, h, w) = (shape.channels, shape.height, shape.width);
         // Mask of the patch area (bottom-right p x p), as a tensor broadcast over the batch.
         let mut mask = vec![0.0f32; c * h * w];
@@ -138,16 +132,9 @@ impl TrojanNn {
             Tensor::<1>::from_data(TensorData::new(s, [features]), &device).reshape([1, features])
         };
         let mut trigger = vec![0.5f32; c * h * w];
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        let mut rng = StdRng::seed_from_u64(search.seed);
-        let mut cursor = order.len();
+        let mut batches = CycledShuffle::new((0..train.len()).collect(), search.seed);
         for _ in 0..search.iterations {
-            if cursor + search.batch > order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
-            }
-            let chunk = &order[cursor..(cursor + search.batch).min(order.len())];
-            cursor += chunk.len();
+            let chunk = batches.next_batch(search.batch);
             let x = images_tensor(train, chunk, &device);
             let t = Tensor::<1>::from_data(TensorData::new(trigger.clone(), [c * h * w]), &device)
                 .reshape([1, c, h, w]);
@@ -227,17 +214,6 @@ impl BackdoorAttack for TrojanNn {
 
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, sample: usize, out: &mut [f32]) {
         self.patch.apply_trigger(image, shape, sample, out);
-    }
-
-    fn poison_training_image(
-        &self,
-        image: &[f32],
-        shape: ImageShape,
-        sample: usize,
-        _kind: PoisonKind,
-        out: &mut [f32],
-    ) {
-        self.apply_trigger(image, shape, sample, out);
     }
 }
 
