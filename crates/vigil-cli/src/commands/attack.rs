@@ -7,14 +7,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use vigil_core::attack::backdoor::record::{self, AttackManifest, AttackResults, files};
 use vigil_core::attack::backdoor::{
-    AttackParams, BuildContext, PatchPattern, PatchPosition, TargetRule, measure, poison,
+    AttackParams, BuildContext, InputAwareConfig, InputAwareOutcome, PatchPattern, PatchPosition,
+    TargetRule, measure, poison, train_input_aware, triggered_test_set,
 };
+use vigil_core::checkpoint;
 use vigil_core::data::{ImageSet, Split};
 use vigil_core::device::default_device;
 use vigil_core::report::grid::{amplified_difference, image_grid_png};
 
 use super::training::{TrainingArgs, data_selection, drive, open_run};
 use super::{DataArgs, limit};
+use crate::progress::{TrainProgress, interrupt_flag};
 
 /// Mount a backdoor attack: poison the training set, train on it, and write an attack record.
 ///
@@ -31,7 +34,9 @@ use super::{DataArgs, limit};
 /// by PGD against --clean-model, eps 16/255, plus a four-corner checkerboard), lf (a smooth
 /// universal perturbation searched against --clean-model, DCT window 6, eps 0.1), trojannn (a
 /// 5x5 patch generated to excite the most connected penultimate units of --clean-model), ssba
-/// (a sample-specific residual of at most 0.05 from a small encoder trained to hide a code).
+/// (a sample-specific residual of at most 0.05 from a small encoder trained to hide a code),
+/// input-aware (pattern and mask generators trained with the classifier; poisons 10% of every
+/// batch, crosses another 10%; no mid-run resume).
 /// Defaults are BackdoorBench's: all-to-one, target 0,
 /// poisoning rate 10%.
 #[derive(Args, Debug)]
@@ -154,11 +159,16 @@ enum AttackName {
     Trojannn,
     /// Sample-specific invisible residual from a small trained encoder.
     Ssba,
+    /// Input-dependent trigger from generators trained with the classifier.
+    InputAware,
 }
 
 impl AttackArgs {
     fn params(&self) -> Result<AttackParams> {
-        let name = format!("{:?}", self.attack).to_lowercase();
+        let name = match self.attack {
+            AttackName::InputAware => "input-aware".to_string(),
+            other => format!("{other:?}").to_lowercase(),
+        };
         let mut params = AttackParams::defaults(&name, self.attack_seed)?;
         match &mut params {
             AttackParams::Badnets {
@@ -214,6 +224,7 @@ impl AttackArgs {
                 clean_model.clone_from(&self.clean_model);
             }
             AttackParams::Ssba(config) => config.eps = self.ssba_eps,
+            AttackParams::InputAware(_) => {}
         }
         Ok(params)
     }
@@ -270,6 +281,11 @@ pub fn run(args: AttackArgs) -> Result<ExitCode> {
 
     let train_set = limit(args.data.load(kind, Split::Train)?, train_limit, seed)?;
     let test_set = limit(args.data.load(kind, Split::Test)?, test_limit, seed)?;
+    if let AttackParams::InputAware(config) = params {
+        return run_input_aware(
+            &args, &manifest, config, kind, &train_set, &test_set, &device,
+        );
+    }
     let attack = params.build(&BuildContext {
         train: &train_set,
         rule: manifest.rule,
@@ -339,6 +355,85 @@ pub fn run(args: AttackArgs) -> Result<ExitCode> {
         manifest.attack,
         clean_accuracy,
         attack_success_rate,
+        args.out.display()
+    );
+    println!(
+        "{}",
+        serde_json::to_string(&serde_json::json!({ "attack": manifest, "results": results }))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Input-Aware trains its trigger with the classifier, so it has its own flow: no poisoned
+/// dataset up front, no mid-run resume (an interrupted run starts again).
+fn run_input_aware(
+    args: &AttackArgs,
+    manifest: &AttackManifest,
+    config: InputAwareConfig,
+    kind: vigil_core::data::DatasetKind,
+    train_set: &ImageSet,
+    test_set: &ImageSet,
+    device: &burn::tensor::Device,
+) -> Result<ExitCode> {
+    if args.out.join(files::RESULTS).exists() {
+        eprintln!("{}: input-aware run already finished", args.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    record::write_json(&args.out, files::MANIFEST, manifest)?;
+    // Poisoning is dynamic (a fraction of every batch), so the plan lists no fixed samples.
+    record::write_plan(&args.out, &Default::default())?;
+    let mut run = open_run(&args.out, false, &args.training, kind, train_set, device)?;
+    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag());
+    let outcome = train_input_aware(
+        &mut run.classifier,
+        train_set,
+        test_set,
+        manifest.rule,
+        config,
+        &run.state.config,
+        device,
+        &mut progress,
+    )?;
+    let InputAwareOutcome::Finished(attack, history) = outcome else {
+        eprintln!("stopped; input-aware runs cannot resume yet: run the command again to restart");
+        return Ok(ExitCode::from(130));
+    };
+    let training = serde_json::to_value(&run.state.config)?;
+    checkpoint::save_classifier(
+        &args.out.join("model.safetensors"),
+        &run.classifier,
+        Some(&training),
+    )?;
+    let lines: String = history
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
+        .collect();
+    vigil_core::io::write_atomic(&args.out.join("metrics.jsonl"), lines.as_bytes())?;
+    let backdoor = triggered_test_set(test_set, &attack, manifest.rule)?;
+    record::write_backdoor_test(&args.out, &backdoor)?;
+    write_examples(
+        &args.out.join(files::EXAMPLES),
+        test_set,
+        &backdoor.images,
+        &backdoor.original_indices,
+    )?;
+    let (clean_accuracy, attack_success_rate) =
+        measure(&run.classifier, test_set, &backdoor, 512, device);
+    let results = AttackResults {
+        clean_accuracy,
+        attack_success_rate,
+        clean_test_size: test_set.len(),
+        backdoor_test_size: backdoor.images.len(),
+        poisoned_samples: 0,
+        noise_samples: 0,
+        epochs: history.len(),
+        train_seconds: history.iter().map(|r| r.seconds).sum(),
+    };
+    record::write_json(&args.out, files::RESULTS, &results)?;
+    eprintln!(
+        "input-aware: clean accuracy {clean_accuracy:.4}, attack success rate {attack_success_rate:.4}; record in {}",
         args.out.display()
     );
     println!(

@@ -15,6 +15,7 @@ use super::{
 use burn::tensor::Device;
 
 use super::TargetRule;
+use super::input_aware::InputAwareConfig;
 use super::label_consistent::{LabelConsistent, LcPerturbation};
 use super::low_frequency::{LfSearch, LowFrequency};
 use super::ssba::{Ssba, SsbaTraining};
@@ -90,6 +91,9 @@ pub enum AttackParams {
     },
     /// Sample-specific invisible residual from a trained encoder (SSBA-style).
     Ssba(SsbaTraining),
+    /// Input-Aware: generators trained jointly with the classifier (see
+    /// [`train_input_aware`](super::train_input_aware); [`AttackParams::build`] refuses it).
+    InputAware(InputAwareConfig),
     /// Low-frequency universal perturbation searched against a clean model.
     Lf {
         /// The search.
@@ -139,6 +143,10 @@ impl AttackParams {
                 seed,
                 ..SsbaTraining::default()
             }),
+            "input-aware" => AttackParams::InputAware(InputAwareConfig {
+                seed,
+                ..InputAwareConfig::default()
+            }),
             "lf" => AttackParams::Lf {
                 search: LfSearch {
                     seed,
@@ -166,6 +174,7 @@ impl AttackParams {
             AttackParams::Lf { .. } => "lf",
             AttackParams::Trojannn { .. } => "trojannn",
             AttackParams::Ssba(_) => "ssba",
+            AttackParams::InputAware(_) => "input-aware",
         }
     }
 
@@ -219,6 +228,14 @@ impl AttackParams {
                 )?)
             }
             AttackParams::Ssba(config) => Box::new(Ssba::train(ctx.train, *config, ctx.device)?),
+            AttackParams::InputAware(_) => {
+                return Err(AttackError::InvalidConfig {
+                    attack: "input-aware".into(),
+                    reason:
+                        "its trigger is trained together with the classifier: use train_input_aware"
+                            .into(),
+                });
+            }
             AttackParams::Trojannn {
                 search,
                 clean_model,

@@ -27,6 +27,8 @@ use crate::data::{ImageSet, ImageShape, images_tensor};
 use crate::optim::adam::Adam;
 use crate::optim::{ParamSlots, apply_update};
 
+use super::host_net::HostConvStack;
+
 /// Registry name.
 pub const NAME: &str = "ssba";
 
@@ -127,67 +129,16 @@ fn bce_with_logits(z: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
     (relu(z.clone()) - z * y + softplus_neg_abs).mean()
 }
 
-/// One 3x3, stride-1, padding-1 convolution on the host: `input` is `c_in x h x w`, `weight`
-/// `c_out x c_in x 3 x 3`.
-fn host_conv3x3(
-    input: &[f32],
-    (c_in, h, w): (usize, usize, usize),
-    weight: &[f32],
-    bias: &[f32],
-) -> Vec<f32> {
-    let c_out = bias.len();
-    let mut out = vec![0.0f32; c_out * h * w];
-    for o in 0..c_out {
-        let plane = &mut out[o * h * w..(o + 1) * h * w];
-        plane.iter_mut().for_each(|v| *v = bias[o]);
-        for i in 0..c_in {
-            let src = &input[i * h * w..(i + 1) * h * w];
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let k = weight[((o * c_in + i) * 3 + ky) * 3 + kx];
-                    for y in 0..h {
-                        let sy = y as isize + ky as isize - 1;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        for x in 0..w {
-                            let sx = x as isize + kx as isize - 1;
-                            if sx < 0 || sx >= w as isize {
-                                continue;
-                            }
-                            plane[y * w + x] += k * src[sy as usize * w + sx as usize];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A trained encoder's weights, run on the host.
 #[derive(Debug, Clone)]
 struct HostEncoder {
-    layers: [(Vec<f32>, Vec<f32>); 3],
+    stack: HostConvStack,
 }
 
 impl HostEncoder {
     fn from(encoder: &SsbaEncoder) -> Self {
-        let take = |c: &Conv2d| {
-            let w: Vec<f32> = c.weight.val().into_data().iter::<f32>().collect();
-            let b: Vec<f32> = c
-                .bias
-                .as_ref()
-                .map(|b| b.val().into_data().iter::<f32>().collect())
-                .unwrap_or_default();
-            (w, b)
-        };
         Self {
-            layers: [
-                take(&encoder.conv1),
-                take(&encoder.conv2),
-                take(&encoder.conv3),
-            ],
+            stack: HostConvStack::from_convs(&[&encoder.conv1, &encoder.conv2, &encoder.conv3]),
         }
     }
 
@@ -197,16 +148,11 @@ impl HostEncoder {
         for bit in code {
             input.extend(std::iter::repeat_n(*bit, h * w));
         }
-        let mut x = input;
-        let mut c_in = shape.channels + code.len();
-        for (k, (weight, bias)) in self.layers.iter().enumerate() {
-            x = host_conv3x3(&x, (c_in, h, w), weight, bias);
-            c_in = bias.len();
-            if k < 2 {
-                x.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-        }
-        x.iter().map(|v| v.tanh() * eps).collect()
+        self.stack
+            .forward(input, shape.channels + code.len(), h, w)
+            .iter()
+            .map(|v| v.tanh() * eps)
+            .collect()
     }
 }
 
