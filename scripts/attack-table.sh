@@ -6,6 +6,8 @@
 #   scripts/attack-table.sh OUT_DIR [extra `vigil attack` options, e.g. --arch preact-resnet18]
 #
 # Defaults: small CNN, full Fashion-MNIST, 10 epochs, all-to-one target 0, rate 0.1.
+# lc, lf and trojannn need --clean-model (the model.safetensors of a `vigil train` run).
+# CLEAN_RUN=DIR adds the clean run to the final table.
 set -euo pipefail
 out=${1:?usage: scripts/attack-table.sh OUT_DIR [vigil attack options]}
 shift
@@ -13,7 +15,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 vigil=${VIGIL_BIN:-$root/target/release/vigil}
 [ -x "$vigil" ] || cargo build --release -p vigil-cli --manifest-path "$root/Cargo.toml"
 mkdir -p "$out"
-for attack in ${ATTACKS:-badnets blended sig wanet lc lf}; do
+for attack in ${ATTACKS:-badnets blended sig wanet lc lf trojannn ssba input-aware}; do
     if [ -f "$out/$attack/results.json" ]; then
         echo "attack-table: $attack done" >&2
         continue
