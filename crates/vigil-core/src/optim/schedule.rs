@@ -154,6 +154,43 @@ mod tests {
         assert!((0..10).all(|i| s.at(i, 10, 5).lr <= 0.21 + 1e-12));
     }
 
+    // Recorded from PyTorch 2.15:
+    //   p = torch.zeros(1, requires_grad=True)
+    //   opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True)
+    //   s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.21, total_steps=10, pct_start=0.25)
+    //   for _ in range(10):
+    //       g = opt.param_groups[0]; print(g['lr'], g['momentum']); opt.step(); s.step()
+    const TORCH_ONE_CYCLE: [(f64, f64); 10] = [
+        (0.00839999999999999, 0.95),
+        (0.15959999999999996, 0.875),
+        (0.2077055072550573, 0.8510926199633096),
+        (0.18994686462223184, 0.8595491502812526),
+        (0.15750021, 0.875),
+        (0.11597586474114904, 0.8947735768366173),
+        (0.07255376537776817, 0.9154508497187474),
+        (0.03474198736717459, 0.9334565303179428),
+        (0.009078530636619108, 0.94567727288213),
+        (8.399999999999999e-07, 0.95),
+    ];
+
+    #[test]
+    fn one_cycle_matches_pytorch_step_by_step() {
+        let s = Schedule::one_cycle(0.21, 0.25);
+        for (step, (lr, momentum)) in TORCH_ONE_CYCLE.iter().enumerate() {
+            let got = s.at(step, 10, 5);
+            assert!(
+                (got.lr - lr).abs() < 1e-12,
+                "step {step}: lr {} vs {lr}",
+                got.lr
+            );
+            let m = got.momentum.unwrap();
+            assert!(
+                (m - momentum).abs() < 1e-12,
+                "step {step}: momentum {m} vs {momentum}"
+            );
+        }
+    }
+
     #[test]
     fn step_schedule_multiplies_at_milestones() {
         let s = Schedule::Step {
