@@ -13,7 +13,6 @@ use vigil_core::inference::evaluate;
 use vigil_core::models::BnMode;
 
 use super::{DataArgs, limit};
-use crate::progress::bar;
 
 /// Evaluate a checkpoint: accuracy, mean loss and per-class accuracy on a split.
 ///
@@ -80,7 +79,6 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let classifier = checkpoint::load_classifier(&args.checkpoint, &device)?;
     let set = limit(args.data.load(kind, args.split)?, args.limit, 0)?;
     let started = std::time::Instant::now();
-    let progress = bar(1, "evaluating".into());
     let outputs = evaluate(
         &classifier,
         &set,
@@ -89,7 +87,6 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         BnMode::Eval,
         &device,
     );
-    progress.finish_and_clear();
     let mut per_class = vec![(0usize, 0usize); set.num_classes()];
     for (p, l) in outputs.predicted.iter().zip(&outputs.labels) {
         let entry = &mut per_class[usize::from(*l)];
