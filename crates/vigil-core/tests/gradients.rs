@@ -174,8 +174,11 @@ fn check(architecture: Architecture, input: [usize; 3], bn: BnMode, seed: u64) {
     eprintln!("{checked} coordinates, worst relative error {worst:.2e}");
 }
 
+// One test, run in sequence: burn's device RNG (initialisation, inputs, jitter) is shared by
+// all threads, so parallel tests would draw different values on every run.
 #[test]
-fn small_cnn_gradients_match_finite_differences() {
+fn gradients_match_finite_differences() {
+    // Small CNN: max-pool, ReLU, linear.
     check(
         Architecture::SmallCnn {
             width: 3,
@@ -185,20 +188,14 @@ fn small_cnn_gradients_match_finite_differences() {
         BnMode::Eval,
         7,
     );
-}
-
-#[test]
-fn batchnorm_resnet_gradients_match_finite_differences_in_train_mode() {
+    // BatchNorm ResNet normalising with batch statistics (gradients through mean and variance).
     check(
         Architecture::ResNet18 { width: 2 },
         [1, 28, 28],
         BnMode::BatchStatsFrozen,
         11,
     );
-}
-
-#[test]
-fn preact_resnet_gradients_match_finite_differences_in_eval_mode() {
+    // HALO PreAct-ResNet with its final BatchNorm, eval mode.
     check(
         Architecture::PreActResNet18Halo { width: 2 },
         [3, 28, 28],
