@@ -27,7 +27,7 @@ use std::path::Path;
 use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
 
-use super::{AttackError, BackdoorAttack, decode_pattern};
+use super::{AttackError, BackdoorAttack, decode_pattern, fits};
 use crate::data::ImageShape;
 
 /// Registry name of the attack.
@@ -354,7 +354,7 @@ impl BackdoorAttack for BadNets {
     /// Copies `image` and stamps the patch; values outside the patch are copied exactly.
     /// If `out`, `image` and `shape` disagree in size (a caller bug), `out` is left unchanged.
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() {
+        if !fits(image, shape, out) {
             return;
         }
         out.copy_from_slice(image);

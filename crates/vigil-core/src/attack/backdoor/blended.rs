@@ -27,7 +27,7 @@ use image::imageops::FilterType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{AttackError, BackdoorAttack, decode_pattern, truncated_u8_unit, u8_level};
+use super::{AttackError, BackdoorAttack, decode_pattern, fits, truncated_u8_unit, u8_level};
 use crate::data::ImageShape;
 
 /// Registry name of the attack.
@@ -171,7 +171,7 @@ impl BackdoorAttack for Blended {
     /// [`Blended::stores_as_u8`]). If `out`, `image` and `shape` disagree in size (a caller
     /// bug), `out` is left unchanged.
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() {
+        if !fits(image, shape, out) {
             return;
         }
         let plane = shape.plane_len();

@@ -23,7 +23,7 @@ use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::host_net::HostConvStack;
-use super::{AttackError, BackdoorAttack, TargetRule};
+use super::{AttackError, BackdoorAttack, TargetRule, fits};
 use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, ImageShape, Label, images_tensor};
 use crate::inference::evaluate;
@@ -139,7 +139,7 @@ impl BackdoorAttack for InputAware {
     }
 
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() || shape != self.shape {
+        if !fits(image, shape, out) || shape != self.shape {
             return;
         }
         let (c, h, w) = (shape.channels, shape.height, shape.width);

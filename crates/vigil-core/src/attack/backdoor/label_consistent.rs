@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 
 use super::badnets::{BadNets, Patch, PatchPattern, PatchPosition};
-use super::{AttackError, BackdoorAttack, LabelMode, PoisonKind, TargetRule};
+use super::{AttackError, BackdoorAttack, LabelMode, PoisonKind, TargetRule, fits};
 use crate::attack::pgd::{frozen, pgd_linf};
 use crate::data::{ImageSet, ImageShape, batch};
 use crate::models::{BnMode, Classifier};
@@ -147,7 +147,7 @@ impl BackdoorAttack for LabelConsistent {
     }
 
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() {
+        if !fits(image, shape, out) {
             return;
         }
         out.copy_from_slice(image);

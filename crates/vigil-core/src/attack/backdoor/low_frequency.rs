@@ -14,7 +14,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{AttackError, BackdoorAttack, TargetRule};
+use super::{AttackError, BackdoorAttack, TargetRule, fits};
 use crate::attack::pgd::{frozen, input_gradient};
 use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, ImageShape, images_tensor};
@@ -136,7 +136,7 @@ impl BackdoorAttack for LowFrequency {
     }
 
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() || shape != self.shape {
+        if !fits(image, shape, out) || shape != self.shape {
             return;
         }
         for ((o, x), d) in out.iter_mut().zip(image).zip(&self.delta) {

@@ -186,6 +186,13 @@ pub trait BackdoorAttack: Send + Sync {
     }
 }
 
+/// Whether `image` and `out` both hold one image of `shape`. Triggers cannot return errors
+/// (callers have checked shapes), so on a mismatch they leave `out` untouched instead of
+/// panicking; this is the one place that check is written.
+pub(crate) fn fits(image: &[f32], shape: ImageShape, out: &[f32]) -> bool {
+    image.len() == shape.num_values() && out.len() == image.len()
+}
+
 /// The plan of a plain attack: the samples [`select_poison_indices`] picks, each triggered and
 /// labelled by `rule` (poison-label) or left with its own label (clean-label).
 pub fn default_plan(

@@ -17,7 +17,7 @@
 //! an 8-wide image with f = 6, `sin(6 pi) = -7e-16`), the truncation drops the pixel one level.
 //! [`Sig::with_u8_storage`]`(false)` gives the continuous `clip(x + delta / 255 * sin(..))`.
 
-use super::{AttackError, BackdoorAttack, LabelMode, truncated_u8_unit, u8_level};
+use super::{AttackError, BackdoorAttack, LabelMode, fits, truncated_u8_unit, u8_level};
 use crate::data::ImageShape;
 
 /// Registry name of the attack.
@@ -117,7 +117,7 @@ impl BackdoorAttack for Sig {
     /// Adds the sinusoid. If `out`, `image` and `shape` disagree in size (a caller bug), `out`
     /// is left unchanged.
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() {
+        if !fits(image, shape, out) {
             return;
         }
         let signals: Vec<f32> = (0..shape.width)

@@ -22,7 +22,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{AttackError, BackdoorAttack};
+use super::{AttackError, BackdoorAttack, fits};
 use crate::data::{ImageSet, ImageShape, images_tensor};
 use crate::optim::adam::Adam;
 use crate::optim::{ParamSlots, apply_update};
@@ -261,7 +261,7 @@ impl BackdoorAttack for Ssba {
     }
 
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() || shape != self.shape {
+        if !fits(image, shape, out) || shape != self.shape {
             return;
         }
         let residual = self.encoder.residual(image, &self.code, shape, self.eps);

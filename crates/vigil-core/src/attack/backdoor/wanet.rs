@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AttackError, BackdoorAttack, LabelMode, PoisonKind, PoisonPlan, PoisonedSample, TargetRule,
-    select_poison_indices,
+    fits, select_poison_indices,
 };
 use crate::data::{ImageSet, ImageShape};
 
@@ -190,7 +190,7 @@ impl WaNet {
 
     /// Warps `image` with the trigger grid, perturbed per `sample` if `noise`.
     fn warp(&self, image: &[f32], shape: ImageShape, sample: usize, noise: bool, out: &mut [f32]) {
-        if image.len() != shape.num_values() || out.len() != image.len() {
+        if !fits(image, shape, out) {
             return;
         }
         let size = (shape.height, shape.width);
