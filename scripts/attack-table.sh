@@ -15,11 +15,21 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 vigil=${VIGIL_BIN:-$root/target/release/vigil}
 [ -x "$vigil" ] || cargo build --release -p vigil-cli --manifest-path "$root/Cargo.toml"
 mkdir -p "$out"
+failed=()
 for attack in ${ATTACKS:-badnets blended sig wanet lc lf trojannn ssba input-aware}; do
     if [ -f "$out/$attack/results.json" ]; then
         echo "attack-table: $attack done" >&2
         continue
     fi
-    "$vigil" attack --attack "$attack" --out "$out/$attack" "$@" > "$out/$attack.log"
+    # One failing attack (e.g. a clean-label rate larger than the target class) does not stop
+    # the others; the script still fails at the end.
+    if ! "$vigil" attack --attack "$attack" --out "$out/$attack" "$@" > "$out/$attack.log"; then
+        echo "attack-table: $attack failed (its error is above)" >&2
+        failed+=("$attack")
+    fi
 done
 "$vigil" table ${CLEAN_RUN:+--clean "$CLEAN_RUN"} "$out"/*/
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "attack-table: failed: ${failed[*]}" >&2
+    exit 1
+fi

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +219,13 @@ pub fn load_with_spec_bytes(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    check_applied(path, &arch, &result)?;
+    Ok(classifier)
+}
+
+/// Fails unless loading applied every tensor of the file to the module and left none of the
+/// module's tensors unset (PyTorch's `num_batches_tracked` counters aside).
+fn check_applied(path: &Path, arch: &str, result: &ApplyResult) -> Result<(), CheckpointError> {
     if !result.errors.is_empty() {
         let details = result
             .errors
@@ -227,14 +236,14 @@ pub fn load_with_spec_bytes(
             .join("; ");
         return Err(CheckpointError::Mismatch {
             path: path.to_path_buf(),
-            arch,
+            arch: arch.to_string(),
             details,
         });
     }
     if !result.missing.is_empty() {
         return Err(CheckpointError::Missing {
             path: path.to_path_buf(),
-            arch,
+            arch: arch.to_string(),
             count: result.missing.len(),
             examples: examples(result.missing.iter().map(|(name, _)| name.as_str())),
         });
@@ -248,12 +257,57 @@ pub fn load_with_spec_bytes(
     if !unused.is_empty() {
         return Err(CheckpointError::Unused {
             path: path.to_path_buf(),
-            arch,
+            arch: arch.to_string(),
             count: unused.len(),
             examples: examples(unused.into_iter()),
         });
     }
-    Ok(classifier)
+    Ok(())
+}
+
+/// Writes any module atomically under burn's own tensor names, with `training` as metadata: the
+/// auxiliary networks an attack trains beside the classifier, for its resume folder.
+pub fn save_module<M: Module>(
+    path: &Path,
+    module: &M,
+    training: &serde_json::Value,
+) -> Result<(), CheckpointError> {
+    let format = |reason: String| CheckpointError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut store = SafetensorsStore::from_bytes(None)
+        .metadata(TRAINING_KEY, training.to_string())
+        .metadata(VERSION_KEY, env!("CARGO_PKG_VERSION"));
+    module
+        .valid()
+        .save_into(&mut store)
+        .map_err(|e| format(e.to_string()))?;
+    let bytes = store.get_bytes().map_err(|e| format(e.to_string()))?;
+    write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Loads a file written by [`save_module`] into `module` (named `what` in errors), which must
+/// have exactly the file's tensors; returns the module and the file's `training` metadata.
+pub fn load_module<M: Module>(
+    path: &Path,
+    mut module: M,
+    what: &str,
+) -> Result<(M, Option<serde_json::Value>), CheckpointError> {
+    let bytes = read(path)?;
+    let info = inspect_bytes(path, &bytes)?;
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .allow_partial(true)
+        .validate(false);
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    check_applied(path, what, &result)?;
+    Ok((module, info.training))
 }
 
 /// Header of a checkpoint file: spec, training config, version, tensor list.

@@ -10,7 +10,6 @@ use vigil_core::attack::backdoor::{
     AttackParams, BuildContext, InputAwareConfig, InputAwareOutcome, PatchPattern, PatchPosition,
     TargetRule, measure, poison, train_input_aware, triggered_test_set,
 };
-use vigil_core::checkpoint;
 use vigil_core::data::{ImageSet, Split};
 use vigil_core::device::default_device;
 use vigil_core::report::grid::{amplified_difference, image_grid_png};
@@ -36,7 +35,7 @@ use crate::progress::{TrainProgress, interrupt_flag};
 /// 5x5 patch generated to excite the most connected penultimate units of --clean-model), ssba
 /// (a sample-specific residual of at most 0.05 from a small encoder trained to hide a code),
 /// input-aware (pattern and mask generators trained with the classifier; poisons 10% of every
-/// batch, crosses another 10%; no mid-run resume).
+/// batch, crosses another 10%; resumes like any run).
 /// Defaults are BackdoorBench's: all-to-one, target 0,
 /// poisoning rate 10%.
 #[derive(Args, Debug)]
@@ -365,7 +364,8 @@ pub fn run(args: AttackArgs) -> Result<ExitCode> {
 }
 
 /// Input-Aware trains its trigger with the classifier, so it has its own flow: no poisoned
-/// dataset up front, no mid-run resume (an interrupted run starts again).
+/// dataset up front; the run folder and its resume files are those of any training run, plus the
+/// generators.
 fn run_input_aware(
     args: &AttackArgs,
     manifest: &AttackManifest,
@@ -384,33 +384,43 @@ fn run_input_aware(
     record::write_json(&args.out, files::MANIFEST, manifest)?;
     // Poisoning is dynamic (a fraction of every batch), so the plan lists no fixed samples.
     record::write_plan(&args.out, &Default::default())?;
-    let mut run = open_run(&args.out, false, &args.training, kind, train_set, device)?;
+    let mut run = open_run(
+        &args.out,
+        args.resume,
+        &args.training,
+        kind,
+        train_set,
+        device,
+    )?;
+    if run.state.step == 0 {
+        eprintln!(
+            "training {} ({} parameters) with input-aware generators on {} {} images, evaluating on {}",
+            run.classifier.spec.architecture.name(),
+            run.classifier.num_params(),
+            train_set.len(),
+            run.state.config.dataset,
+            test_set.len()
+        );
+    }
     let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag());
     let outcome = train_input_aware(
         &mut run.classifier,
+        &mut run.slots,
+        &mut run.state,
         train_set,
         test_set,
         manifest.rule,
         config,
-        &run.state.config,
+        &args.out,
         device,
         &mut progress,
     )?;
-    let InputAwareOutcome::Finished(attack, history) = outcome else {
-        eprintln!("stopped; input-aware runs cannot resume yet: run the command again to restart");
+    drop(progress);
+    let InputAwareOutcome::Finished(attack) = outcome else {
+        eprintln!("stopped; the run is checkpointed: run the same command again to continue it");
         return Ok(ExitCode::from(130));
     };
-    let training = serde_json::to_value(&run.state.config)?;
-    checkpoint::save_classifier(
-        &args.out.join("model.safetensors"),
-        &run.classifier,
-        Some(&training),
-    )?;
-    let lines: String = history
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
-        .collect();
-    vigil_core::io::write_atomic(&args.out.join("metrics.jsonl"), lines.as_bytes())?;
+    let history = &run.state.history;
     let backdoor = triggered_test_set(test_set, &attack, manifest.rule)?;
     record::write_backdoor_test(&args.out, &backdoor)?;
     write_examples(

@@ -8,8 +8,10 @@ use burn::tensor::Tensor;
 
 use super::{ParamSlots, UpdateRule};
 
-const FIRST: &str = "adam_m";
-const SECOND: &str = "adam_v";
+/// Slot of the first-moment average.
+pub const FIRST: &str = "adam_m";
+/// Slot of the second-moment average.
+pub const SECOND: &str = "adam_v";
 
 /// One Adam step at step number `t` (1-based).
 #[derive(Debug, Clone, Copy)]

@@ -395,9 +395,9 @@ pub mod files {
     pub const OPTIMIZER: &str = "optimizer.safetensors";
 }
 
-const STEP_KEY: &str = "vigil.step";
+pub(crate) const STEP_KEY: &str = "vigil.step";
 
-fn save_epoch(
+pub(crate) fn save_epoch(
     run_dir: &Path,
     classifier: &Classifier,
     slots: &ParamSlots,
@@ -414,7 +414,7 @@ fn save_epoch(
     save_resume(run_dir, classifier, slots, state)
 }
 
-fn save_resume(
+pub(crate) fn save_resume(
     run_dir: &Path,
     classifier: &Classifier,
     slots: &ParamSlots,

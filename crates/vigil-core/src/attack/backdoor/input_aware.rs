@@ -12,27 +12,36 @@
 //! vigil's version, documented where it differs: G and M are three-layer 3x3 convolutional
 //! networks (the reference uses U-Net-like encoder-decoders), the mask is the soft
 //! `(tanh + 1) / 2` without the reference's hard threshold, the generator uses Adam
-//! (the reference: Adam for M, SGD for G), and the joint training has no mid-run resume.
+//! (the reference: Adam for M, SGD for G). The joint training resumes mid-epoch like any vigil
+//! run: the generators and their Adam state are checkpointed beside the classifier.
 //! Defaults are BackdoorBench's: `p_attack` 0.1, `p_cross` 0.1, `lambda_div` 1,
 //! `lambda_norm` 100, `mask_density` 0.032.
 
-use burn::module::Module;
+use std::path::Path;
+
+use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::{relu, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::host_net::HostConvStack;
 use super::{AttackError, BackdoorAttack, TargetRule, fits};
+use crate::checkpoint::{self, TensorFile};
 use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, ImageShape, Label, images_tensor};
 use crate::inference::evaluate;
 use crate::loss::{cross_entropy, predictions};
 use crate::models::{BnMode, Classifier};
-use crate::optim::adam::Adam;
+use crate::optim::adam::{self, Adam};
 use crate::optim::sgd::Sgd;
 use crate::optim::{ParamSlots, apply_update};
-use crate::train::{EpochRecord, TrainConfig, TrainObserver, epoch_order};
+use crate::train::{
+    EpochRecord, STEP_KEY, TrainError, TrainObserver, TrainState, epoch_order,
+    files as train_files, save_epoch, save_resume,
+};
 
 /// Registry name.
 pub const NAME: &str = "input-aware";
@@ -85,11 +94,27 @@ pub struct TriggerNet {
 }
 
 impl TriggerNet {
-    fn new(c_in: usize, c_out: usize, device: &Device) -> Self {
-        let conv = |i, o| {
-            Conv2dConfig::new([i, o], [3, 3])
+    /// Weights drawn from `rng` (PyTorch's default conv initialisation: uniform in
+    /// `+-1/sqrt(fan_in)` for weights and biases), so the generators do not depend on burn's
+    /// process-wide device RNG.
+    fn new(c_in: usize, c_out: usize, device: &Device, rng: &mut StdRng) -> Self {
+        let mut conv = |i: usize, o: usize| {
+            let bound = 1.0 / ((i * 9) as f32).sqrt();
+            let mut draw = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+            };
+            let mut conv = Conv2dConfig::new([i, o], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device)
+                .init(device);
+            conv.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(draw(o * i * 9), [o, i, 3, 3]),
+                device,
+            ));
+            conv.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(draw(o), [o]),
+                device,
+            )));
+            conv
         };
         Self {
             conv1: conv(c_in, HIDDEN),
@@ -156,23 +181,54 @@ impl BackdoorAttack for InputAware {
 
 /// How a joint training run ended.
 pub enum InputAwareOutcome {
-    /// Trained: the trigger and the per-epoch records.
-    Finished(InputAware, Vec<EpochRecord>),
-    /// Stopped by the observer; this attack cannot resume mid-run yet.
+    /// Trained: the trigger (the per-epoch records are in the run's [`TrainState`]).
+    Finished(InputAware),
+    /// Stopped by the observer after checkpointing; calling again with the loaded state resumes.
     Interrupted,
 }
 
-/// Trains `classifier` with the Input-Aware poisoning (both stages) under `train_config`'s
-/// optimiser and schedule, evaluating clean accuracy on `eval_set` after every epoch.
+/// The two generators, saved together in the resume folder.
+#[derive(Module, Debug)]
+struct TriggerNets {
+    pattern: TriggerNet,
+    mask: TriggerNet,
+}
+
+/// Resume files of the generators, beside the classifier's in `resume/`.
+const NETS_FILE: &str = "trigger_nets.safetensors";
+const NETS_OPTIMIZER_FILE: &str = "trigger_optimizer.safetensors";
+
+/// How many images of a batch of `n` get their own trigger, and how many another image's.
+fn batch_split(n: usize, config: &InputAwareConfig) -> (usize, usize) {
+    (
+        (n as f64 * config.p_attack) as usize,
+        (n as f64 * config.p_cross) as usize,
+    )
+}
+
+/// Size of the batch of other images a joint step of `n` images draws.
+fn extra_draw(n: usize, config: &InputAwareConfig) -> usize {
+    let (n_bd, n_cross) = batch_split(n, config);
+    n_cross.max(n_bd).max(1)
+}
+
+/// Trains `classifier` with the Input-Aware poisoning (both stages) under `state`'s optimiser and
+/// schedule, evaluating clean accuracy on `eval_set` after every epoch, and keeps the run folder
+/// `run_dir` as [`train::train`](crate::train::train) does (model, metrics, `resume/`), plus the
+/// generators and their Adam state in `resume/`. A resumed state (`state.step > 0`, with the
+/// classifier and `slots` from [`load_resume`](crate::train::load_resume)) continues exactly: the
+/// generators are reloaded and the extra-batch sampler is replayed to where it stood.
 // The same inputs as `train::train` plus the attack's rule and configuration.
 #[allow(clippy::too_many_arguments)]
 pub fn train_input_aware(
     classifier: &mut Classifier,
+    slots: &mut ParamSlots,
+    state: &mut TrainState,
     train: &ImageSet,
     eval_set: &ImageSet,
     rule: TargetRule,
     config: InputAwareConfig,
-    train_config: &TrainConfig,
+    run_dir: &Path,
     device: &Device,
     observer: &mut impl TrainObserver,
 ) -> Result<InputAwareOutcome, AttackError> {
@@ -188,60 +244,70 @@ pub fn train_input_aware(
             "p_attack and p_cross must lie in [0, 1] and sum to at most 1".into(),
         ));
     }
+    let train_config = state.config.clone();
     train_config
         .validate()
         .map_err(|e| invalid(e.to_string()))?;
     let shape = train.shape();
     let k = train.num_classes();
     let device = device.clone().autodiff();
-    device.seed(config.seed);
     let c = shape.channels;
-    let mut generator = TriggerNet::new(c, c, &device);
-    let mut mask_net = TriggerNet::new(c, 1, &device);
+    let mut init = StdRng::seed_from_u64(config.seed);
+    let mut generator = TriggerNet::new(c, c, &device, &mut init);
+    let mut mask_net = TriggerNet::new(c, 1, &device, &mut init);
     let mut extra = CycledShuffle::new((0..train.len()).collect(), config.seed);
-
-    // Stage 1: sparse, diverse masks.
-    let mut mask_slots = ParamSlots::new();
     let batch = train_config.batch_size;
-    for t in 1..=config.mask_iterations {
-        let x1 = images_tensor(train, extra.next_batch(batch), &device);
-        let x2 = images_tensor(train, extra.next_batch(batch), &device);
-        let m1 = mask_net.forward(x1.clone());
-        let m2 = mask_net.forward(x2.clone());
-        let density =
-            relu(m1.clone().mean().sub_scalar(config.mask_density)).mul_scalar(config.lambda_norm);
-        let loss = density + diversity(x1, x2, m1, m2).mul_scalar(config.lambda_div);
-        let grads = loss.backward();
-        mask_net = apply_update(
-            mask_net,
-            &grads,
-            &mut Adam::new(config.generator_lr, t as i32),
-            &mut mask_slots,
-        );
+    let steps_per_epoch = train.len().div_ceil(batch);
+    let total = steps_per_epoch * train_config.epochs;
+    let mut gen_slots = ParamSlots::new();
+
+    if state.step > 0 {
+        (generator, mask_net) =
+            load_generators(run_dir, generator, mask_net, &mut gen_slots, state.step)?;
+        // Replay the extra batches drawn so far: stage 1's, then one per joint step.
+        for _ in 0..2 * config.mask_iterations {
+            extra.next_batch(batch);
+        }
+        for s in 0..state.step {
+            let b = s % steps_per_epoch;
+            extra.next_batch(extra_draw(batch.min(train.len() - b * batch), &config));
+        }
+    } else {
+        // Stage 1: sparse, diverse masks.
+        let mut mask_slots = ParamSlots::new();
+        for t in 1..=config.mask_iterations {
+            let x1 = images_tensor(train, extra.next_batch(batch), &device);
+            let x2 = images_tensor(train, extra.next_batch(batch), &device);
+            let m1 = mask_net.forward(x1.clone());
+            let m2 = mask_net.forward(x2.clone());
+            let density = relu(m1.clone().mean().sub_scalar(config.mask_density))
+                .mul_scalar(config.lambda_norm);
+            let loss = density + diversity(x1, x2, m1, m2).mul_scalar(config.lambda_div);
+            let grads = loss.backward();
+            mask_net = apply_update(
+                mask_net,
+                &grads,
+                &mut Adam::new(config.generator_lr, t as i32),
+                &mut mask_slots,
+            );
+        }
     }
     let mask_net = mask_net.no_grad();
 
     // Stage 2: classifier and pattern generator together.
-    let steps_per_epoch = train.len().div_ceil(batch);
-    let total = steps_per_epoch * train_config.epochs;
-    let (mut slots, mut gen_slots) = (ParamSlots::new(), ParamSlots::new());
-    let mut history = Vec::new();
-    let mut step = 0;
-    for epoch in 0..train_config.epochs {
+    while !state.finished() {
         let started = std::time::Instant::now();
-        observer.epoch_started(epoch, steps_per_epoch, 0);
-        let order = epoch_order(train.len(), train_config.seed, epoch);
-        let (mut loss_sum, mut correct_sum, mut seen) = (0.0, 0usize, 0usize);
+        observer.epoch_started(state.epoch, steps_per_epoch, state.batch);
+        let order = epoch_order(train.len(), train_config.seed, state.epoch);
         let mut lr = 0.0;
-        for (b, chunk) in order.chunks(batch).enumerate() {
+        for (b, chunk) in order.chunks(batch).enumerate().skip(state.batch) {
             let n = chunk.len();
-            let n_bd = (n as f64 * config.p_attack) as usize;
-            let n_cross = (n as f64 * config.p_cross) as usize;
+            let (n_bd, n_cross) = batch_split(n, &config);
             let x = images_tensor(train, chunk, &device);
             let mut labels: Vec<Label> = chunk.iter().map(|&i| train.label(i)).collect();
             let mut parts = Vec::new();
             let mut div = None;
-            let others = images_tensor(train, extra.next_batch(n_cross.max(n_bd).max(1)), &device);
+            let others = images_tensor(train, extra.next_batch(extra_draw(n, &config)), &device);
             if n_bd > 0 {
                 let xb = x.clone().narrow(0, 0, n_bd);
                 let pb = generator.forward(xb.clone());
@@ -274,37 +340,44 @@ pub fn train_input_aware(
                 .into_scalar::<i64>();
             let ce = cross_entropy(logits, targets);
             let ce_value = f64::from(ce.clone().into_scalar::<f32>());
+            if !ce_value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: state.epoch,
+                    batch: b,
+                    loss: ce_value,
+                }
+                .into());
+            }
             let loss = match div {
                 Some(d) => ce + d.mul_scalar(config.lambda_div),
                 None => ce,
             };
             let grads = loss.backward();
-            let hyper = train_config.schedule.at(step, total, steps_per_epoch);
+            let hyper = train_config.schedule.at(state.step, total, steps_per_epoch);
             lr = hyper.lr;
             let mut sgd = Sgd {
                 config: train_config.sgd,
                 lr: hyper.lr,
                 momentum: hyper.momentum.unwrap_or(train_config.sgd.momentum),
             };
-            classifier.network =
-                apply_update(classifier.network.clone(), &grads, &mut sgd, &mut slots);
+            classifier.network = apply_update(classifier.network.clone(), &grads, &mut sgd, slots);
             generator = apply_update(
                 generator,
                 &grads,
-                &mut Adam::new(config.generator_lr, step as i32 + 1),
+                &mut Adam::new(config.generator_lr, state.step as i32 + 1),
                 &mut gen_slots,
             );
-            step += 1;
-            loss_sum += ce_value * n as f64;
-            correct_sum += correct as usize;
-            seen += n;
-            observer.batch_finished(
-                b,
-                loss_sum / seen as f64,
-                correct_sum as f64 / seen as f64,
-                lr,
-            );
-            if observer.should_stop() {
+            state.step += 1;
+            state.batch = b + 1;
+            let sums = &mut state.epoch_sums;
+            sums.0 += ce_value * n as f64;
+            sums.1 += correct as usize;
+            sums.2 += n;
+            observer.batch_finished(b, sums.0 / sums.2 as f64, sums.1 as f64 / sums.2 as f64, lr);
+            if state.batch < steps_per_epoch && observer.should_stop() {
+                state.epoch_seconds += started.elapsed().as_secs_f64();
+                save_generators(run_dir, &generator, &mask_net, &gen_slots, state.step)?;
+                save_resume(run_dir, classifier, slots, state)?;
                 return Ok(InputAwareOutcome::Interrupted);
             }
         }
@@ -317,28 +390,125 @@ pub fn train_input_aware(
             BnMode::Eval,
             &device,
         );
+        let (loss_sum, correct, seen) = state.epoch_sums;
         let record = EpochRecord {
-            epoch: epoch + 1,
+            epoch: state.epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct_sum as f64 / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
             test_loss: eval.mean_loss(),
             test_accuracy: eval.accuracy(),
             lr,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: state.epoch_seconds + started.elapsed().as_secs_f64(),
         };
+        state.history.push(record.clone());
+        state.epoch += 1;
+        state.batch = 0;
+        state.epoch_sums = (0.0, 0, 0);
+        state.epoch_seconds = 0.0;
+        // The generators first: `save_epoch` writes `state.json` last, naming the step.
+        save_generators(run_dir, &generator, &mask_net, &gen_slots, state.step)?;
+        save_epoch(run_dir, classifier, slots, state)?;
         observer.epoch_finished(&record);
-        history.push(record);
+        if !state.finished() && observer.should_stop() {
+            return Ok(InputAwareOutcome::Interrupted);
+        }
     }
     let generator = generator.valid();
     let mask_net = mask_net.valid();
-    Ok(InputAwareOutcome::Finished(
-        InputAware {
-            pattern: generator.host(),
-            mask: mask_net.host(),
-            shape,
-        },
-        history,
-    ))
+    Ok(InputAwareOutcome::Finished(InputAware {
+        pattern: generator.host(),
+        mask: mask_net.host(),
+        shape,
+    }))
+}
+
+/// Writes the generators (with `step` in their metadata) and the pattern generator's Adam state.
+fn save_generators(
+    run_dir: &Path,
+    generator: &TriggerNet,
+    mask_net: &TriggerNet,
+    gen_slots: &ParamSlots,
+    step: usize,
+) -> Result<(), TrainError> {
+    let dir = run_dir.join(train_files::RESUME_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::Resume {
+        path: run_dir.to_path_buf(),
+        reason: format!("creating {}: {e}", dir.display()),
+    })?;
+    let nets = TriggerNets {
+        pattern: generator.clone(),
+        mask: mask_net.clone(),
+    };
+    checkpoint::save_module(
+        &dir.join(NETS_FILE),
+        &nets,
+        &serde_json::json!({ "step": step }),
+    )?;
+    let mut optimizer = TensorFile::default();
+    for slot in [adam::FIRST, adam::SECOND] {
+        for (path, values) in gen_slots.export(generator, slot) {
+            let n = values.len();
+            optimizer
+                .tensors
+                .push((format!("{slot}/{path}"), vec![n], values));
+        }
+    }
+    optimizer.metadata.insert(STEP_KEY.into(), step.to_string());
+    optimizer.save(&dir.join(NETS_OPTIMIZER_FILE))?;
+    Ok(())
+}
+
+/// Reads what [`save_generators`] wrote into fresh networks, checking it was written at `step`.
+fn load_generators(
+    run_dir: &Path,
+    generator: TriggerNet,
+    mask_net: TriggerNet,
+    gen_slots: &mut ParamSlots,
+    step: usize,
+) -> Result<(TriggerNet, TriggerNet), TrainError> {
+    let dir = run_dir.join(train_files::RESUME_DIR);
+    let fail = |reason: String| TrainError::Resume {
+        path: run_dir.to_path_buf(),
+        reason,
+    };
+    let nets = TriggerNets {
+        pattern: generator,
+        mask: mask_net,
+    };
+    let (nets, training) =
+        checkpoint::load_module(&dir.join(NETS_FILE), nets, "input-aware generators")?;
+    let nets_step = training
+        .as_ref()
+        .and_then(|t| t.get("step"))
+        .and_then(|s| s.as_u64());
+    let optimizer = TensorFile::load(&dir.join(NETS_OPTIMIZER_FILE))?;
+    let optimizer_step = optimizer
+        .metadata
+        .get(STEP_KEY)
+        .and_then(|s| s.parse::<u64>().ok());
+    if nets_step != Some(step as u64) || optimizer_step != Some(step as u64) {
+        return Err(fail(format!(
+            "generator files disagree with the run (run at step {step}, generators at {nets_step:?}, their optimizer at {optimizer_step:?}): start the attack again in a fresh folder"
+        )));
+    }
+    for slot in [adam::FIRST, adam::SECOND] {
+        let prefix = format!("{slot}/");
+        let entries = optimizer
+            .tensors
+            .iter()
+            .filter_map(|(name, _, values)| {
+                Some((name.strip_prefix(&prefix)?.to_string(), values.clone()))
+            })
+            .collect();
+        let rejected = gen_slots.import(&nets.pattern, slot, entries);
+        if !rejected.is_empty() {
+            return Err(fail(format!(
+                "generator optimizer state does not fit: {}",
+                rejected.join(", ")
+            )));
+        }
+    }
+    Ok((nets.pattern, nets.mask))
 }
 
 #[cfg(test)]
@@ -348,7 +518,7 @@ mod tests {
     use crate::models::{Architecture, ModelSpec};
     use crate::optim::schedule::Schedule;
     use crate::optim::sgd::SgdConfig;
-    use crate::train::Silent;
+    use crate::train::{Silent, TrainConfig};
 
     fn images(n: usize) -> ImageSet {
         let pixels: Vec<f32> = (0..n * 64)
@@ -368,10 +538,10 @@ mod tests {
     #[test]
     fn host_trigger_matches_the_networks() {
         let device = default_device();
-        device.seed(3);
+        let mut rng = StdRng::seed_from_u64(3);
         let (pattern, mask) = (
-            TriggerNet::new(1, 1, &device),
-            TriggerNet::new(1, 1, &device),
+            TriggerNet::new(1, 1, &device, &mut rng),
+            TriggerNet::new(1, 1, &device, &mut rng),
         );
         let set = images(1);
         let attack = InputAware {
@@ -391,11 +561,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn trains_and_gives_image_specific_triggers_in_range() {
-        let device = default_device();
-        let train = images(48);
-        let spec = ModelSpec {
+    fn small_spec() -> ModelSpec {
+        ModelSpec {
             architecture: Architecture::SmallCnn {
                 width: 4,
                 hidden: 8,
@@ -403,13 +570,13 @@ mod tests {
             input_shape: [1, 8, 8],
             class_names: vec!["a".into(), "b".into()],
             normalization: None,
-        };
-        let train_device = device.clone().autodiff();
-        train_device.seed(1);
-        let mut classifier = Classifier::new(spec, &train_device).unwrap();
-        let train_config = TrainConfig {
+        }
+    }
+
+    fn train_config(epochs: usize) -> TrainConfig {
+        TrainConfig {
             dataset: "t".into(),
-            epochs: 2,
+            epochs,
             batch_size: 16,
             eval_batch_size: 16,
             schedule: Schedule::Constant { lr: 0.05 },
@@ -419,36 +586,184 @@ mod tests {
             seed: 0,
             train_limit: None,
             test_limit: None,
-        };
-        let config = InputAwareConfig {
+        }
+    }
+
+    fn attack_config() -> InputAwareConfig {
+        InputAwareConfig {
             mask_iterations: 20,
             p_attack: 0.25,
             p_cross: 0.25,
             ..InputAwareConfig::default()
-        };
+        }
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vigil-ia-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Stops the run after `after` batches (counted over calls), once.
+    struct StopAfter {
+        after: usize,
+        seen: usize,
+    }
+
+    impl TrainObserver for StopAfter {
+        fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
+            self.seen += 1;
+        }
+        fn should_stop(&mut self) -> bool {
+            self.seen == self.after
+        }
+    }
+
+    type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+    /// The same starting classifier every time: weights from a host RNG, not burn's
+    /// process-wide device RNG (which tests running in parallel reseed).
+    fn initial_classifier(device: &Device) -> Classifier {
+        let train_device = device.clone().autodiff();
+        let classifier = Classifier::new(small_spec(), &train_device).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let bytes = checkpoint::to_bytes(&classifier, None).unwrap();
+        let mut file = TensorFile::from_bytes(Path::new("init"), &bytes).unwrap();
+        for (_, _, values) in &mut file.tensors {
+            for v in values.iter_mut() {
+                *v = rng.random_range(-0.3..0.3);
+            }
+        }
+        file.metadata = checkpoint::inspect_bytes(Path::new("init"), &bytes)
+            .unwrap()
+            .metadata;
+        checkpoint::load_with_spec_bytes(
+            Path::new("init"),
+            file.to_bytes(),
+            small_spec(),
+            &train_device,
+        )
+        .unwrap()
+    }
+
+    /// Runs the attack to the end in `dir`, stopping once after `stop_after` batches and resuming
+    /// from the files when that is given; returns the classifier's values and two triggered images.
+    fn run(dir: &Path, stop_after: Option<usize>) -> (Tensors, Vec<f32>) {
+        let device = default_device();
+        let train = images(40);
+        let mut classifier = initial_classifier(&device);
+        let mut slots = ParamSlots::new();
+        let mut state = TrainState::new(train_config(2));
         let rule = TargetRule::AllToOne { target: 1 };
-        let outcome = train_input_aware(
+        let mut observer = StopAfter {
+            after: stop_after.unwrap_or(usize::MAX),
+            seen: 0,
+        };
+        let mut outcome = train_input_aware(
             &mut classifier,
+            &mut slots,
+            &mut state,
             &train,
             &train,
             rule,
-            config,
-            &train_config,
+            attack_config(),
+            dir,
             &device,
-            &mut Silent,
+            &mut observer,
         )
         .unwrap();
-        let InputAwareOutcome::Finished(attack, history) = outcome else {
-            panic!("not interrupted")
+        if matches!(outcome, InputAwareOutcome::Interrupted) {
+            assert!(stop_after.is_some());
+            let (c, sl, st) = crate::train::load_resume(dir, &device).unwrap();
+            (classifier, slots, state) = (c, sl, st);
+            outcome = train_input_aware(
+                &mut classifier,
+                &mut slots,
+                &mut state,
+                &train,
+                &train,
+                rule,
+                attack_config(),
+                dir,
+                &device,
+                &mut Silent,
+            )
+            .unwrap();
+        }
+        let InputAwareOutcome::Finished(attack) = outcome else {
+            panic!("the resumed run should finish")
         };
-        assert_eq!(history.len(), 2);
-        let (mut a, mut b) = (vec![0.0; 64], vec![0.0; 64]);
-        attack.apply_trigger(train.image(0), train.shape(), 0, &mut a);
-        attack.apply_trigger(train.image(1), train.shape(), 1, &mut b);
-        assert!(a.iter().chain(&b).all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(state.history.len(), 2);
+        // Every tensor of the model, BatchNorm statistics included, by name.
+        let bytes = checkpoint::to_bytes(&classifier, None).unwrap();
+        let mut weights = TensorFile::from_bytes(Path::new("model"), &bytes)
+            .unwrap()
+            .tensors;
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut triggered = vec![0.0; 128];
+        let (a, b) = triggered.split_at_mut(64);
+        attack.apply_trigger(train.image(0), train.shape(), 0, a);
+        attack.apply_trigger(train.image(1), train.shape(), 1, b);
+        (weights, triggered)
+    }
+
+    #[test]
+    fn trains_and_gives_image_specific_triggers_in_range() {
+        let dir = scratch("fresh");
+        let (_, triggered) = run(&dir, None);
+        let train = images(40);
+        let (a, b) = triggered.split_at(64);
+        assert!(triggered.iter().all(|v| (0.0..=1.0).contains(v)));
         let da: Vec<f32> = a.iter().zip(train.image(0)).map(|(t, x)| t - x).collect();
         let db: Vec<f32> = b.iter().zip(train.image(1)).map(|(t, x)| t - x).collect();
         assert!(da.iter().any(|d| d.abs() > 1e-4), "trigger changes nothing");
         assert_ne!(da, db, "triggers should differ between images");
+        assert!(dir.join("model.safetensors").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .count(),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_run_resumes_to_the_same_model_and_trigger() {
+        // 40 images in batches of 16: 3 batches per epoch; stop mid-epoch 0 (after batch 2),
+        // and separately at the end of epoch 0 (after batch 3).
+        let straight = scratch("straight");
+        let expected = run(&straight, None);
+        for stop in [2, 3] {
+            let dir = scratch(&format!("stop{stop}"));
+            let got = run(&dir, Some(stop));
+            assert_eq!(
+                got.0, expected.0,
+                "classifier differs after stopping at {stop}"
+            );
+            assert_eq!(
+                got.1, expected.1,
+                "trigger differs after stopping at {stop}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::remove_dir_all(&straight).unwrap();
+    }
+
+    #[test]
+    fn resume_refuses_generators_from_another_step() {
+        let dir = scratch("mismatch");
+        let device = default_device().autodiff();
+        let mut rng = StdRng::seed_from_u64(2);
+        let (g, m) = (
+            TriggerNet::new(1, 1, &device, &mut rng),
+            TriggerNet::new(1, 1, &device, &mut rng),
+        );
+        save_generators(&dir, &g, &m, &ParamSlots::new(), 5).unwrap();
+        let err = load_generators(&dir, g, m, &mut ParamSlots::new(), 6).unwrap_err();
+        assert!(err.to_string().contains("step 6"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -69,6 +69,9 @@ pub enum AttackError {
     /// The data could not be subset or relabelled.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// Training with the attack (Input-Aware's joint run) failed or could not resume.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
 }
 
 /// Which label a triggered input should receive.
