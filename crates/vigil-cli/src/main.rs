@@ -43,7 +43,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Train(commands::train::TrainArgs),
-    Attack(commands::attack::AttackArgs),
+    // Boxed: the attack options are by far the largest variant.
+    Attack(Box<commands::attack::AttackArgs>),
     Eval(commands::eval::EvalArgs),
     Info(commands::info::InfoArgs),
     Table(commands::table::TableArgs),
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
-        Command::Attack(args) => commands::attack::run(args),
+        Command::Attack(args) => commands::attack::run(*args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Table(args) => commands::table::run(args),

@@ -269,7 +269,7 @@ fn attack_writes_a_record_and_the_backdoor_takes() {
     let table = vigil(&["table", out_s]);
     assert!(table.status.success(), "{}", stderr(&table));
     assert!(
-        stdout(&table).contains("| badnets | all-to-one 3 | 0.2 | 120 |"),
+        stdout(&table).contains("| badnets | patch_size 4 | all-to-one 3 | 0.2 | 120 |"),
         "{}",
         stdout(&table)
     );

@@ -100,6 +100,12 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 6.0)]
     sig_frequency: f64,
 
+    /// SIG: amplitude of the test-time signal, 0..255 scale (default: --sig-delta, as
+    /// BackdoorBench). The attacker is not bound by stealth at test time; Barni et al. study a
+    /// test-time amplitude different from the training one.
+    #[arg(long, value_name = "DELTA")]
+    sig_test_delta: Option<f64>,
+
     /// WaNet: warping strength s.
     #[arg(long, default_value_t = 0.5)]
     wanet_s: f64,
@@ -189,9 +195,14 @@ impl AttackArgs {
                 *alpha = self.alpha;
                 pattern_png.clone_from(&self.pattern_png);
             }
-            AttackParams::Sig { delta, frequency } => {
+            AttackParams::Sig {
+                delta,
+                frequency,
+                test_delta,
+            } => {
                 *delta = self.sig_delta;
                 *frequency = self.sig_frequency;
+                *test_delta = self.sig_test_delta;
             }
             AttackParams::Wanet(config) => {
                 config.s = self.wanet_s;

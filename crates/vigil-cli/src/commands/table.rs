@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vigil_core::attack::backdoor::TargetRule;
 use vigil_core::attack::backdoor::record::{self, AttackManifest, AttackResults, files};
+use vigil_core::attack::backdoor::{AttackParams, TargetRule};
 use vigil_core::checkpoint;
 
 /// Summarise attack records (folders written by `vigil attack`) as a Markdown table: clean
@@ -42,9 +42,9 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
         None => None,
     };
     println!(
-        "| attack | target | rate | poisoned (+noise) | clean acc | Δ vs clean | ASR | epochs | train time |"
+        "| attack | settings | target | rate | poisoned (+noise) | clean acc | Δ vs clean | ASR | epochs | train time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for dir in &args.records {
         let manifest: AttackManifest = record::read_json(dir, files::MANIFEST)?;
         let results: Option<AttackResults> = dir
@@ -56,9 +56,10 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
             TargetRule::AllToOne { target } => format!("all-to-one {target}"),
             TargetRule::AllToAll => "all-to-all".to_string(),
         };
+        let settings = changed_settings(&manifest);
         let Some(r) = results else {
             println!(
-                "| {} | {target} | {} | - | unfinished | - | - | - | - |",
+                "| {} | {settings} | {target} | {} | - | unfinished | - | - | - | - |",
                 manifest.attack, manifest.rate
             );
             continue;
@@ -72,7 +73,7 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
             String::new()
         };
         println!(
-            "| {} | {target} | {} | {}{noise} | {:.2}% | {delta} | {:.2}% | {} | {:.0} s |",
+            "| {} | {settings} | {target} | {} | {}{noise} | {:.2}% | {delta} | {:.2}% | {} | {:.0} s |",
             manifest.attack,
             manifest.rate,
             r.poisoned_samples,
@@ -83,4 +84,54 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The trigger parameters of a record that differ from the attack's defaults, as `name value`
+/// pairs (`default` when none do), so two rows of one attack can be told apart.
+fn changed_settings(manifest: &AttackManifest) -> String {
+    let defaults = AttackParams::defaults(&manifest.attack, manifest.seed)
+        .ok()
+        .and_then(|d| serde_json::to_value(d).ok());
+    let mut changed = Vec::new();
+    if let Some(defaults) = defaults {
+        diff("", &manifest.params, &defaults, &mut changed);
+    }
+    if changed.is_empty() {
+        "default".into()
+    } else {
+        changed.join(", ")
+    }
+}
+
+/// Leaves of `value` that differ from `default` (the clean model's path is not a setting).
+fn diff(
+    prefix: &str,
+    value: &serde_json::Value,
+    default: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if key == "clean_model" {
+                    continue;
+                }
+                let d = default.get(key).unwrap_or(&serde_json::Value::Null);
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                diff(&name, v, d, out);
+            }
+        }
+        _ if value != default => {
+            let shown = match value.as_f64() {
+                Some(x) => format!("{}", (x * 1e4).round() / 1e4),
+                None => value.to_string(),
+            };
+            out.push(format!("{prefix} {shown}"));
+        }
+        _ => {}
+    }
 }

@@ -69,6 +69,10 @@ pub enum AttackParams {
         delta: f64,
         /// Periods across the image width.
         frequency: f64,
+        /// Amplitude of the test-time trigger, if stronger or weaker than the training one
+        /// (absent: the same, as in BackdoorBench).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test_delta: Option<f64>,
     },
     /// A smooth warping field, with noise-mode samples.
     Wanet(WaNetConfig),
@@ -122,6 +126,7 @@ impl AttackParams {
             "sig" => AttackParams::Sig {
                 delta: DEFAULT_DELTA,
                 frequency: DEFAULT_FREQUENCY,
+                test_delta: None,
             },
             "wanet" => AttackParams::Wanet(WaNetConfig {
                 seed,
@@ -210,7 +215,17 @@ impl AttackParams {
                 Some(path) => Blended::from_png_bytes(&read_pattern(path)?, shape, *alpha, path)?,
                 None => Blended::with_noise_pattern(shape, *pattern_seed, *alpha)?,
             }),
-            AttackParams::Sig { delta, frequency } => Box::new(Sig::new(*delta, *frequency)?),
+            AttackParams::Sig {
+                delta,
+                frequency,
+                test_delta,
+            } => {
+                let sig = Sig::new(*delta, *frequency)?;
+                Box::new(match test_delta {
+                    Some(d) => sig.with_test_delta(*d)?,
+                    None => sig,
+                })
+            }
             AttackParams::Wanet(config) => Box::new(WaNet::new(*config, shape)?),
             AttackParams::Lc {
                 amplitude,
@@ -277,4 +292,23 @@ fn read_pattern(path: &Path) -> Result<Vec<u8>, AttackError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_a_field_existed_read_back_unchanged() {
+        // attack.json of a SIG record from before `test_delta`: resuming compares the
+        // re-serialised parameters with the saved ones, so they must round-trip exactly.
+        let saved = serde_json::json!({ "attack": "sig", "delta": 40.0, "frequency": 6.0 });
+        let params: AttackParams = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&params).unwrap(), saved);
+        let with = serde_json::json!({
+            "attack": "sig", "delta": 40.0, "frequency": 6.0, "test_delta": 60.0
+        });
+        let params: AttackParams = serde_json::from_value(with.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&params).unwrap(), with);
+    }
 }

@@ -17,7 +17,9 @@
 //! an 8-wide image with f = 6, `sin(6 pi) = -7e-16`), the truncation drops the pixel one level.
 //! [`Sig::with_u8_storage`]`(false)` gives the continuous `clip(x + delta / 255 * sin(..))`.
 
-use super::{AttackError, BackdoorAttack, LabelMode, fits, truncated_u8_unit, u8_level};
+use super::{
+    AttackError, BackdoorAttack, LabelMode, PoisonKind, fits, truncated_u8_unit, u8_level,
+};
 use crate::data::ImageShape;
 
 /// Registry name of the attack.
@@ -34,6 +36,8 @@ pub const DEFAULT_FREQUENCY: f64 = 6.0;
 pub struct Sig {
     delta: f64,
     frequency: f64,
+    /// Amplitude applied at test time (equal to `delta` unless set).
+    test_delta: f64,
     store_as_u8: bool,
 }
 
@@ -43,6 +47,7 @@ impl Default for Sig {
         Self {
             delta: DEFAULT_DELTA,
             frequency: DEFAULT_FREQUENCY,
+            test_delta: DEFAULT_DELTA,
             store_as_u8: true,
         }
     }
@@ -61,8 +66,21 @@ impl Sig {
         Ok(Self {
             delta,
             frequency,
+            test_delta: delta,
             store_as_u8: true,
         })
+    }
+
+    /// The same training-time poison, with amplitude `test_delta` for the test-time trigger.
+    pub fn with_test_delta(mut self, test_delta: f64) -> Result<Self, AttackError> {
+        if !test_delta.is_finite() {
+            return Err(AttackError::InvalidConfig {
+                attack: NAME.to_string(),
+                reason: format!("test delta {test_delta} must be finite"),
+            });
+        }
+        self.test_delta = test_delta;
+        Ok(self)
     }
 
     /// Chooses between BackdoorBench's 8-bit storage (`true`, the default) and the continuous
@@ -77,6 +95,11 @@ impl Sig {
         self.delta
     }
 
+    /// Amplitude of the test-time trigger, on the 0..255 scale.
+    pub fn test_delta(&self) -> f64 {
+        self.test_delta
+    }
+
     /// Periods across the image width.
     pub fn frequency(&self) -> f64 {
         self.frequency
@@ -87,11 +110,24 @@ impl Sig {
         self.store_as_u8
     }
 
-    /// The signal added to column `col` of a `width`-wide image, 0..255 scale, as
-    /// BackdoorBench's float32 pattern array holds it.
-    fn signal(&self, col: usize, width: usize) -> f32 {
+    /// The signal of amplitude `delta` added to column `col` of a `width`-wide image, 0..255
+    /// scale, as BackdoorBench's float32 pattern array holds it.
+    fn signal(&self, delta: f64, col: usize, width: usize) -> f32 {
         let angle = 2.0 * std::f64::consts::PI * col as f64 * self.frequency / width as f64;
-        (self.delta * angle.sin()) as f32
+        (delta * angle.sin()) as f32
+    }
+
+    /// Adds the sinusoid of amplitude `delta`; leaves `out` unchanged on a size mismatch.
+    fn add_signal(&self, delta: f64, image: &[f32], shape: ImageShape, out: &mut [f32]) {
+        if !fits(image, shape, out) {
+            return;
+        }
+        let signals: Vec<f32> = (0..shape.width)
+            .map(|col| self.signal(delta, col, shape.width))
+            .collect();
+        for (index, (out, &value)) in out.iter_mut().zip(image).enumerate() {
+            *out = self.add(value, signals[index % shape.width]);
+        }
     }
 
     /// One triggered value.
@@ -114,18 +150,22 @@ impl BackdoorAttack for Sig {
         LabelMode::CleanLabel
     }
 
-    /// Adds the sinusoid. If `out`, `image` and `shape` disagree in size (a caller bug), `out`
-    /// is left unchanged.
+    /// Adds the test-time sinusoid. If `out`, `image` and `shape` disagree in size (a caller
+    /// bug), `out` is left unchanged.
     fn apply_trigger(&self, image: &[f32], shape: ImageShape, _sample: usize, out: &mut [f32]) {
-        if !fits(image, shape, out) {
-            return;
-        }
-        let signals: Vec<f32> = (0..shape.width)
-            .map(|col| self.signal(col, shape.width))
-            .collect();
-        for (index, (out, &value)) in out.iter_mut().zip(image).enumerate() {
-            *out = self.add(value, signals[index % shape.width]);
-        }
+        self.add_signal(self.test_delta, image, shape, out);
+    }
+
+    /// Adds the training-time sinusoid (amplitude `delta`).
+    fn poison_training_image(
+        &self,
+        image: &[f32],
+        shape: ImageShape,
+        _sample: usize,
+        _kind: PoisonKind,
+        out: &mut [f32],
+    ) {
+        self.add_signal(self.delta, image, shape, out);
     }
 }
 
@@ -200,6 +240,29 @@ mod tests {
             assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
             assert_eq!(out, run(&attack, &image, shape));
         }
+    }
+
+    #[test]
+    fn test_time_amplitude_is_separate_from_the_training_one() {
+        let shape = ImageShape::new(1, 2, 8);
+        let image = vec![0.5; shape.num_values()];
+        let attack = Sig::new(20.0, 6.0)
+            .unwrap()
+            .with_u8_storage(false)
+            .with_test_delta(60.0)
+            .unwrap();
+        let mut train = vec![0.0; image.len()];
+        attack.poison_training_image(&image, shape, 0, PoisonKind::Triggered, &mut train);
+        let test = run(&attack, &image, shape);
+        // Column 3 of 8 at f 6: sin(9 pi / 2) = 1, so +20/255 in training, +60/255 at test.
+        assert!((train[3] - (0.5 + 20.0 / 255.0)).abs() < 1e-6);
+        assert!((test[3] - (0.5 + 60.0 / 255.0)).abs() < 1e-6);
+        // By default the two are the same.
+        let plain = Sig::default();
+        let mut poisoned = vec![0.0; image.len()];
+        plain.poison_training_image(&image, shape, 0, PoisonKind::Triggered, &mut poisoned);
+        assert_eq!(poisoned, run(&plain, &image, shape));
+        assert!(attack.with_test_delta(f64::NAN).is_err());
     }
 
     #[test]
