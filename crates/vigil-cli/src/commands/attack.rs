@@ -80,9 +80,16 @@ pub struct AttackArgs {
     #[arg(long)]
     checkerboard: bool,
 
-    /// BadNets: a PNG to use as the patch (its alpha channel is the mask), bottom-right.
+    /// BadNets: a PNG to use as the patch (its alpha channel is the mask), placed at
+    /// --patch-position.
     #[arg(long, value_name = "PNG")]
     patch_png: Option<PathBuf>,
+
+    /// BadNets: where the patch goes: bottom-right (default), bottom-left, top-right or
+    /// top-left, each with an optional margin in pixels (`top-left:2`), or the patch's top-left
+    /// pixel as ROW,COL (`10,12`).
+    #[arg(long, value_name = "WHERE", default_value = "bottom-right", value_parser = parse_position)]
+    patch_position: PatchPosition,
 
     /// Blended: weight of the pattern.
     #[arg(long, default_value_t = 0.2)]
@@ -186,7 +193,7 @@ impl AttackArgs {
                 if self.checkerboard {
                     *pattern = PatchPattern::Checkerboard;
                 }
-                *position = PatchPosition::default();
+                *position = self.patch_position;
                 patch_png.clone_from(&self.patch_png);
             }
             AttackParams::Blended {
@@ -484,4 +491,56 @@ fn write_examples(
         .context("drawing examples.png")?;
     vigil_core::io::write_atomic(path, &png)?;
     Ok(())
+}
+
+/// Parses `--patch-position`: a corner with an optional `:margin`, or `ROW,COL`.
+fn parse_position(text: &str) -> Result<PatchPosition, String> {
+    let number = |s: &str, what: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{what} `{s}` is not a whole number of pixels"))
+    };
+    if let Some((row, col)) = text.split_once(',') {
+        return Ok(PatchPosition::At {
+            row: number(row, "row")?,
+            col: number(col, "column")?,
+        });
+    }
+    let (corner, margin) = match text.split_once(':') {
+        Some((corner, margin)) => (corner, number(margin, "margin")?),
+        None => (text, 0),
+    };
+    match corner.trim() {
+        "bottom-right" => Ok(PatchPosition::BottomRight { margin }),
+        "bottom-left" => Ok(PatchPosition::BottomLeft { margin }),
+        "top-right" => Ok(PatchPosition::TopRight { margin }),
+        "top-left" => Ok(PatchPosition::TopLeft { margin }),
+        other => Err(format!(
+            "`{other}` is not a position: use bottom-right, bottom-left, top-right, top-left (optionally `:MARGIN`) or ROW,COL"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_positions_parse() {
+        assert_eq!(
+            parse_position("bottom-right"),
+            Ok(PatchPosition::BottomRight { margin: 0 })
+        );
+        assert_eq!(
+            parse_position("top-left:2"),
+            Ok(PatchPosition::TopLeft { margin: 2 })
+        );
+        assert_eq!(
+            parse_position("10, 12"),
+            Ok(PatchPosition::At { row: 10, col: 12 })
+        );
+        assert!(parse_position("middle").is_err());
+        assert!(parse_position("top-left:x").is_err());
+        assert!(parse_position("3,-1").is_err());
+    }
 }
