@@ -273,5 +273,12 @@ fn attack_writes_a_record_and_the_backdoor_takes() {
         "{}",
         stdout(&table)
     );
+    // With the record's own (backdoored) model standing in as the clean one, the "ASR of
+    // clean model" column re-measures the same model on the same triggered set: it must
+    // equal the ASR column.
+    let table = vigil(&["table", out_s, "--clean", out_s]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let shown = format!("{:.2}% | {:.2}% |", 100.0 * asr, 100.0 * asr);
+    assert!(stdout(&table).contains(&shown), "{}", stdout(&table));
     std::fs::remove_dir_all(&dir).unwrap();
 }

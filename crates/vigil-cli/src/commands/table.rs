@@ -8,10 +8,16 @@ use clap::Args;
 use vigil_core::attack::backdoor::record::{self, AttackManifest, AttackResults, files};
 use vigil_core::attack::backdoor::{AttackParams, TargetRule};
 use vigil_core::checkpoint;
+use vigil_core::device::default_device;
+use vigil_core::inference::evaluate;
+use vigil_core::models::BnMode;
 
 /// Summarise attack records (folders written by `vigil attack`) as a Markdown table: clean
 /// accuracy, attack success rate (on non-target-class test images), poisoned samples, epochs
-/// and training time. With --clean, also the clean model's accuracy and each drop from it.
+/// and training time. With --clean, also the clean model's accuracy, each drop from it, and the
+/// clean model's own "ASR" on each record's triggered test set: how often the trigger alone,
+/// without a backdoor, sends an image to the target (a trigger that is merely adversarial would
+/// score high there).
 #[derive(Args, Debug)]
 pub struct TableArgs {
     /// Attack record folders.
@@ -24,6 +30,16 @@ pub struct TableArgs {
 }
 
 pub fn run(args: TableArgs) -> Result<ExitCode> {
+    let device = default_device();
+    let clean_model = args
+        .clean
+        .as_ref()
+        .map(|dir| {
+            let path = dir.join("model.safetensors");
+            checkpoint::load_classifier(&path, &device)
+                .with_context(|| format!("loading the clean model {}", path.display()))
+        })
+        .transpose()?;
     let clean_accuracy = match &args.clean {
         Some(dir) => {
             let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -42,9 +58,9 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
         None => None,
     };
     println!(
-        "| attack | settings | target | rate | poisoned (+noise) | clean acc | Δ vs clean | ASR | epochs | train time |"
+        "| attack | settings | target | rate | poisoned (+noise) | clean acc | Δ vs clean | ASR | ASR of clean model | epochs | train time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for dir in &args.records {
         let manifest: AttackManifest = record::read_json(dir, files::MANIFEST)?;
         let results: Option<AttackResults> = dir
@@ -59,7 +75,7 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
         let settings = changed_settings(&manifest);
         let Some(r) = results else {
             println!(
-                "| {} | {settings} | {target} | {} | - | unfinished | - | - | - | - |",
+                "| {} | {settings} | {target} | {} | - | unfinished | - | - | - | - | - |",
                 manifest.attack, manifest.rate
             );
             continue;
@@ -67,13 +83,17 @@ pub fn run(args: TableArgs) -> Result<ExitCode> {
         let delta = clean_accuracy
             .map(|c| format!("{:+.2}", 100.0 * (r.clean_accuracy - c)))
             .unwrap_or_else(|| "-".into());
+        let clean_asr = match &clean_model {
+            Some(model) => trigger_alone(model, dir, &device)?,
+            None => "-".into(),
+        };
         let noise = if r.noise_samples > 0 {
             format!(" (+{})", r.noise_samples)
         } else {
             String::new()
         };
         println!(
-            "| {} | {settings} | {target} | {} | {}{noise} | {:.2}% | {delta} | {:.2}% | {} | {:.0} s |",
+            "| {} | {settings} | {target} | {} | {}{noise} | {:.2}% | {delta} | {:.2}% | {clean_asr} | {} | {:.0} s |",
             manifest.attack,
             manifest.rate,
             r.poisoned_samples,
@@ -134,4 +154,21 @@ fn diff(
         }
         _ => {}
     }
+}
+
+/// The clean model's accuracy against the target labels of the record's triggered test set, as
+/// a percentage (`-` if the images do not fit the model).
+fn trigger_alone(
+    model: &vigil_core::models::Classifier,
+    dir: &std::path::Path,
+    device: &burn::tensor::Device,
+) -> Result<String> {
+    let triggered = record::read_backdoor_test(dir)
+        .with_context(|| format!("reading the triggered test set of {}", dir.display()))?;
+    let s = triggered.images.shape();
+    if [s.channels, s.height, s.width] != model.spec.input_shape || triggered.images.is_empty() {
+        return Ok("-".into());
+    }
+    let outputs = evaluate(model, &triggered.images, None, 512, BnMode::Eval, device);
+    Ok(format!("{:.2}%", 100.0 * outputs.accuracy()))
 }
