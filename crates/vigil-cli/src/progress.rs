@@ -41,15 +41,24 @@ pub struct TrainProgress {
     epochs: usize,
     bar: Option<ProgressBar>,
     interrupted: Arc<AtomicBool>,
+    /// Classes of the task, for the loss blow-up warning (none: no check).
+    classes: Option<usize>,
 }
 
 impl TrainProgress {
+    /// Warns after any epoch whose losses look diverged for a `classes`-way task.
+    pub fn warn_on_blowup(mut self, classes: usize) -> Self {
+        self.classes = Some(classes);
+        self
+    }
+
     /// Progress for a run of `epochs` epochs, stopping when `interrupted` is set.
     pub fn new(epochs: usize, interrupted: Arc<AtomicBool>) -> Self {
         Self {
             epochs,
             bar: None,
             interrupted,
+            classes: None,
         }
     }
 }
@@ -92,6 +101,12 @@ impl TrainObserver for TrainProgress {
             record.seconds
         );
         println!("{}", serde_json::to_string(record).unwrap_or_default());
+        if let Some(warning) = self
+            .classes
+            .and_then(|k| vigil_core::train::loss_blowup(record, k))
+        {
+            eprintln!("warning: {warning}");
+        }
     }
 
     fn should_stop(&mut self) -> bool {

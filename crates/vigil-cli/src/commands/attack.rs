@@ -420,7 +420,8 @@ fn run_input_aware(
             test_set.len()
         );
     }
-    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag());
+    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag())
+        .warn_on_blowup(run.classifier.spec.num_classes());
     let outcome = train_input_aware(
         &mut run.classifier,
         &mut run.slots,

@@ -257,7 +257,8 @@ pub fn drive(
         run.state.config.dataset,
         test_set.len()
     );
-    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag());
+    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag())
+        .warn_on_blowup(run.classifier.spec.num_classes());
     let outcome = train::train(
         &mut run.classifier,
         &mut run.slots,

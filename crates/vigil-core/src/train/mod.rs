@@ -356,6 +356,22 @@ fn check_fits(classifier: &Classifier, set: &ImageSet, what: &str) -> Result<(),
     Ok(())
 }
 
+/// A warning when an epoch looks diverged although its losses are finite (the case
+/// [`TrainError::Diverged`] does not catch): a mean training loss above twice chance level
+/// (`ln K`, the cross-entropy of uniform predictions over `num_classes`), or a test loss above
+/// ten times it. A healthy run starts near chance level and goes down.
+pub fn loss_blowup(record: &EpochRecord, num_classes: usize) -> Option<String> {
+    let chance = (num_classes.max(2) as f64).ln();
+    if record.train_loss > 2.0 * chance || record.test_loss > 10.0 * chance {
+        Some(format!(
+            "epoch {}: losses (train {:.3}, test {:.3}) are far above chance level ({chance:.3}): the run has probably diverged; try a lower --lr",
+            record.epoch, record.train_loss, record.test_loss
+        ))
+    } else {
+        None
+    }
+}
+
 /// The sample order of `epoch`: a permutation seeded by `(seed, epoch)`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -498,4 +514,28 @@ pub fn load_resume(
         )));
     }
     Ok((classifier, slots, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blown_up_losses_are_flagged() {
+        let record = |train_loss, test_loss| EpochRecord {
+            epoch: 1,
+            train_loss,
+            train_accuracy: 0.1,
+            test_loss,
+            test_accuracy: 0.1,
+            lr: 0.05,
+            seconds: 1.0,
+        };
+        // Chance level for 10 classes is ln 10 = 2.303.
+        assert!(loss_blowup(&record(0.97, 0.69), 10).is_none());
+        assert!(loss_blowup(&record(2.30, 2.31), 10).is_none());
+        // The diverged full-width SIG run of docs/attacks.md: train 14.5, test 13161.
+        assert!(loss_blowup(&record(14.51, 13161.25), 10).is_some());
+        assert!(loss_blowup(&record(1.0, 30.0), 10).is_some());
+    }
 }
