@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointError, TensorFile};
 use crate::data::{Augmentation, ImageSet, augmented_batch};
-use crate::inference::evaluate;
+use crate::inference::{SampleOutputs, evaluate};
 use crate::io::{IoError, write_atomic, write_json_atomic};
 use crate::loss::{cross_entropy, predictions};
 use crate::models::{BnMode, Classifier};
@@ -198,6 +198,50 @@ impl TrainState {
     pub fn finished(&self) -> bool {
         self.epoch >= self.config.epochs
     }
+
+    /// Counts batch `b` of the current epoch as done: one optimiser step over `n` images with
+    /// mean loss `loss`, `correct` of them right. Returns the epoch's running mean loss and
+    /// accuracy.
+    pub fn record_batch(&mut self, b: usize, n: usize, loss: f64, correct: usize) -> (f64, f64) {
+        self.step += 1;
+        self.batch = b + 1;
+        let sums = &mut self.epoch_sums;
+        sums.0 += loss * n as f64;
+        sums.1 += correct;
+        sums.2 += n;
+        (sums.0 / sums.2 as f64, sums.1 as f64 / sums.2 as f64)
+    }
+
+    /// Closes the current epoch with its evaluation `eval`, last learning rate `lr` and the
+    /// `seconds` spent on it since the last resume: appends its record to the history, moves to
+    /// the next epoch, and returns the record.
+    pub fn finish_epoch(&mut self, eval: &SampleOutputs, lr: f64, seconds: f64) -> EpochRecord {
+        let (loss_sum, correct, seen) = self.epoch_sums;
+        let record = EpochRecord {
+            epoch: self.epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            test_loss: eval.mean_loss(),
+            test_accuracy: eval.accuracy(),
+            lr,
+            seconds: self.epoch_seconds + seconds,
+        };
+        self.history.push(record.clone());
+        self.epoch += 1;
+        self.batch = 0;
+        self.epoch_sums = (0.0, 0, 0);
+        self.epoch_seconds = 0.0;
+        record
+    }
+}
+
+/// `loss` if it is finite, else the error that stops a diverged run at `epoch`, `batch`.
+pub fn finite_loss(loss: f64, epoch: usize, batch: usize) -> Result<f64, TrainError> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(TrainError::Diverged { epoch, batch, loss })
+    }
 }
 
 /// What the trainer tells its caller while it runs; the CLI draws progress bars from it.
@@ -268,14 +312,8 @@ pub fn train(
             let batch = augmented_batch(train_set, chunk, &augmentation, &mut rng, &device);
             let logits = classifier.forward(batch.images, BnMode::Train);
             let loss = cross_entropy(logits.clone(), batch.labels.clone());
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: state.epoch,
-                    batch: b,
-                    loss: loss_value,
-                });
-            }
+            let loss_value =
+                finite_loss(f64::from(loss.clone().into_scalar::<f32>()), state.epoch, b)?;
             let correct: i64 = predictions(logits.detach())
                 .equal(batch.labels)
                 .int()
@@ -288,13 +326,9 @@ pub fn train(
                 momentum: hyper.momentum.unwrap_or(config.sgd.momentum),
             };
             classifier.network = apply_update(classifier.network.clone(), &grads, &mut rule, slots);
-            state.step += 1;
-            state.batch = b + 1;
-            let sums = &mut state.epoch_sums;
-            sums.0 += loss_value * chunk.len() as f64;
-            sums.1 += correct as usize;
-            sums.2 += chunk.len();
-            observer.batch_finished(b, sums.0 / sums.2 as f64, sums.1 as f64 / sums.2 as f64, lr);
+            let (mean_loss, accuracy) =
+                state.record_batch(b, chunk.len(), loss_value, correct as usize);
+            observer.batch_finished(b, mean_loss, accuracy, lr);
             if state.batch < steps_per_epoch && observer.should_stop() {
                 state.epoch_seconds += started.elapsed().as_secs_f64();
                 save_resume(run_dir, classifier, slots, state)?;
@@ -310,21 +344,7 @@ pub fn train(
             BnMode::Eval,
             &device,
         );
-        let (loss_sum, correct, seen) = state.epoch_sums;
-        let record = EpochRecord {
-            epoch: state.epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            test_loss: eval.mean_loss(),
-            test_accuracy: eval.accuracy(),
-            lr,
-            seconds: state.epoch_seconds + started.elapsed().as_secs_f64(),
-        };
-        state.history.push(record.clone());
-        state.epoch += 1;
-        state.batch = 0;
-        state.epoch_sums = (0.0, 0, 0);
-        state.epoch_seconds = 0.0;
+        let record = state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64());
         save_epoch(run_dir, classifier, slots, state)?;
         observer.epoch_finished(&record);
         if !state.finished() && observer.should_stop() {

@@ -39,8 +39,8 @@ use crate::optim::adam::{self, Adam};
 use crate::optim::sgd::Sgd;
 use crate::optim::{ParamSlots, apply_update};
 use crate::train::{
-    EpochRecord, STEP_KEY, TrainError, TrainObserver, TrainState, epoch_order,
-    files as train_files, save_epoch, save_resume,
+    STEP_KEY, TrainError, TrainObserver, TrainState, epoch_order, files as train_files,
+    finite_loss, save_epoch, save_resume,
 };
 
 /// Registry name.
@@ -339,15 +339,7 @@ pub fn train_input_aware(
                 .sum()
                 .into_scalar::<i64>();
             let ce = cross_entropy(logits, targets);
-            let ce_value = f64::from(ce.clone().into_scalar::<f32>());
-            if !ce_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: state.epoch,
-                    batch: b,
-                    loss: ce_value,
-                }
-                .into());
-            }
+            let ce_value = finite_loss(f64::from(ce.clone().into_scalar::<f32>()), state.epoch, b)?;
             let loss = match div {
                 Some(d) => ce + d.mul_scalar(config.lambda_div),
                 None => ce,
@@ -367,13 +359,8 @@ pub fn train_input_aware(
                 &mut Adam::new(config.generator_lr, state.step as i32 + 1),
                 &mut gen_slots,
             );
-            state.step += 1;
-            state.batch = b + 1;
-            let sums = &mut state.epoch_sums;
-            sums.0 += ce_value * n as f64;
-            sums.1 += correct as usize;
-            sums.2 += n;
-            observer.batch_finished(b, sums.0 / sums.2 as f64, sums.1 as f64 / sums.2 as f64, lr);
+            let (mean_loss, accuracy) = state.record_batch(b, n, ce_value, correct as usize);
+            observer.batch_finished(b, mean_loss, accuracy, lr);
             if state.batch < steps_per_epoch && observer.should_stop() {
                 state.epoch_seconds += started.elapsed().as_secs_f64();
                 save_generators(run_dir, &generator, &mask_net, &gen_slots, state.step)?;
@@ -390,21 +377,7 @@ pub fn train_input_aware(
             BnMode::Eval,
             &device,
         );
-        let (loss_sum, correct, seen) = state.epoch_sums;
-        let record = EpochRecord {
-            epoch: state.epoch + 1,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            test_loss: eval.mean_loss(),
-            test_accuracy: eval.accuracy(),
-            lr,
-            seconds: state.epoch_seconds + started.elapsed().as_secs_f64(),
-        };
-        state.history.push(record.clone());
-        state.epoch += 1;
-        state.batch = 0;
-        state.epoch_sums = (0.0, 0, 0);
-        state.epoch_seconds = 0.0;
+        let record = state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64());
         // The generators first: `save_epoch` writes `state.json` last, naming the step.
         save_generators(run_dir, &generator, &mask_net, &gen_slots, state.step)?;
         save_epoch(run_dir, classifier, slots, state)?;
