@@ -16,7 +16,6 @@ use vigil_core::report::grid::{amplified_difference, image_grid_png};
 
 use super::training::{TrainingArgs, data_selection, drive, open_run};
 use super::{DataArgs, limit};
-use crate::progress::{TrainProgress, interrupt_flag};
 
 /// Mount a backdoor attack: poison the training set, train on it, and write an attack record.
 ///
@@ -411,17 +410,13 @@ fn run_input_aware(
         device,
     )?;
     if run.state.step == 0 {
-        eprintln!(
-            "training {} ({} parameters) with input-aware generators on {} {} images, evaluating on {}",
-            run.classifier.spec.architecture.name(),
-            run.classifier.num_params(),
+        run.announce(
+            " with input-aware generators",
             train_set.len(),
-            run.state.config.dataset,
-            test_set.len()
+            test_set.len(),
         );
     }
-    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag())
-        .warn_on_blowup(run.classifier.spec.num_classes());
+    let mut progress = run.progress();
     let outcome = train_input_aware(
         &mut run.classifier,
         &mut run.slots,

@@ -175,6 +175,24 @@ pub struct Run {
     pub state: TrainState,
 }
 
+impl Run {
+    /// Announces the training on stderr; `with` names anything trained beside the model.
+    pub fn announce(&self, with: &str, train_images: usize, test_images: usize) {
+        eprintln!(
+            "training {} ({} parameters){with} on {train_images} {} images, evaluating on {test_images}",
+            self.classifier.spec.architecture.name(),
+            self.classifier.num_params(),
+            self.state.config.dataset,
+        );
+    }
+
+    /// The run's progress display: stops on Ctrl-C, warns on a loss blow-up.
+    pub fn progress(&self) -> TrainProgress {
+        TrainProgress::new(self.state.config.epochs, interrupt_flag())
+            .warn_on_blowup(self.classifier.spec.num_classes())
+    }
+}
+
 /// Opens the run in `out`: resumes it with `--resume`, or when `out` holds a run of the same
 /// configuration and architecture (so repeating a command continues it); refuses a different
 /// one; else starts fresh with a model shaped like `shape_source`.
@@ -249,16 +267,8 @@ pub fn drive(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "training {} ({} parameters) on {} {} images, evaluating on {}",
-        run.classifier.spec.architecture.name(),
-        run.classifier.num_params(),
-        train_set.len(),
-        run.state.config.dataset,
-        test_set.len()
-    );
-    let mut progress = TrainProgress::new(run.state.config.epochs, interrupt_flag())
-        .warn_on_blowup(run.classifier.spec.num_classes());
+    run.announce("", train_set.len(), test_set.len());
+    let mut progress = run.progress();
     let outcome = train::train(
         &mut run.classifier,
         &mut run.slots,
