@@ -106,19 +106,10 @@ mod tests {
 
     #[test]
     fn pgd_raises_the_loss_and_stays_in_the_ball() {
-        use crate::models::{Architecture, ModelSpec};
         use burn::tensor::Distribution;
         let device = default_device().autodiff();
         device.seed(1);
-        let spec = ModelSpec {
-            architecture: Architecture::SmallCnn {
-                width: 4,
-                hidden: 8,
-            },
-            input_shape: [1, 8, 8],
-            class_names: vec!["a".into(), "b".into()],
-            normalization: None,
-        };
+        let spec = crate::attack::test_data::tiny_cnn_spec();
         let model = frozen(&Classifier::new(spec, &device).unwrap(), &device);
         let x0 = Tensor::<4>::random([6, 1, 8, 8], Distribution::Uniform(0.0, 1.0), &device);
         let y =

@@ -487,25 +487,14 @@ fn load_generators(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
     use crate::device::default_device;
-    use crate::models::{Architecture, ModelSpec};
     use crate::optim::schedule::Schedule;
     use crate::optim::sgd::SgdConfig;
-    use crate::train::{Silent, TrainConfig};
+    use crate::train::TrainConfig;
 
     fn images(n: usize) -> ImageSet {
-        let pixels: Vec<f32> = (0..n * 64)
-            .map(|i| ((i * 29 + i / 64 * 7) % 89) as f32 / 88.0)
-            .collect();
-        let labels = (0..n).map(|i| (i % 2) as u16).collect();
-        ImageSet::new(
-            pixels,
-            labels,
-            ImageShape::new(1, 8, 8),
-            vec!["a".into(), "b".into()],
-            "t",
-        )
-        .unwrap()
+        two_class_8x8(n, |i| ((i * 29 + i / 64 * 7) % 89) as f32 / 88.0)
     }
 
     #[test]
@@ -531,18 +520,6 @@ mod tests {
         attack.apply_trigger(set.image(0), set.shape(), 0, &mut got);
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() < 1e-5, "{g} vs {e}");
-        }
-    }
-
-    fn small_spec() -> ModelSpec {
-        ModelSpec {
-            architecture: Architecture::SmallCnn {
-                width: 4,
-                hidden: 8,
-            },
-            input_shape: [1, 8, 8],
-            class_names: vec!["a".into(), "b".into()],
-            normalization: None,
         }
     }
 
@@ -599,7 +576,7 @@ mod tests {
     /// process-wide device RNG (which tests running in parallel reseed).
     fn initial_classifier(device: &Device) -> Classifier {
         let train_device = device.clone().autodiff();
-        let classifier = Classifier::new(small_spec(), &train_device).unwrap();
+        let classifier = Classifier::new(tiny_cnn_spec(), &train_device).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let bytes = checkpoint::to_bytes(&classifier, None).unwrap();
         let mut file = TensorFile::from_bytes(Path::new("init"), &bytes).unwrap();
@@ -614,7 +591,7 @@ mod tests {
         checkpoint::load_with_spec_bytes(
             Path::new("init"),
             file.to_bytes(),
-            small_spec(),
+            tiny_cnn_spec(),
             &train_device,
         )
         .unwrap()
@@ -633,23 +610,9 @@ mod tests {
             after: stop_after.unwrap_or(usize::MAX),
             seen: 0,
         };
-        let mut outcome = train_input_aware(
-            &mut classifier,
-            &mut slots,
-            &mut state,
-            &train,
-            &train,
-            rule,
-            attack_config(),
-            dir,
-            &device,
-            &mut observer,
-        )
-        .unwrap();
-        if matches!(outcome, InputAwareOutcome::Interrupted) {
-            assert!(stop_after.is_some());
-            let (c, sl, st) = crate::train::load_resume(dir, &device).unwrap();
-            (classifier, slots, state) = (c, sl, st);
+        // At most one stop: the second call resumes from the files and runs to the end.
+        let mut outcome;
+        loop {
             outcome = train_input_aware(
                 &mut classifier,
                 &mut slots,
@@ -660,9 +623,14 @@ mod tests {
                 attack_config(),
                 dir,
                 &device,
-                &mut Silent,
+                &mut observer,
             )
             .unwrap();
+            if matches!(outcome, InputAwareOutcome::Finished(_)) {
+                break;
+            }
+            assert!(stop_after.is_some() && observer.seen == observer.after);
+            (classifier, slots, state) = crate::train::load_resume(dir, &device).unwrap();
         }
         let InputAwareOutcome::Finished(attack) = outcome else {
             panic!("the resumed run should finish")

@@ -274,19 +274,11 @@ impl BackdoorAttack for Ssba {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attack::test_data::two_class_8x8;
     use crate::device::default_device;
 
     fn images(n: usize) -> ImageSet {
-        let pixels: Vec<f32> = (0..n * 64).map(|i| ((i * 53) % 97) as f32 / 96.0).collect();
-        let labels = (0..n).map(|i| (i % 2) as u16).collect();
-        ImageSet::new(
-            pixels,
-            labels,
-            ImageShape::new(1, 8, 8),
-            vec!["a".into(), "b".into()],
-            "t",
-        )
-        .unwrap()
+        two_class_8x8(n, |i| ((i * 53) % 97) as f32 / 96.0)
     }
 
     #[test]

@@ -220,8 +220,8 @@ impl BackdoorAttack for TrojanNn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
     use crate::device::default_device;
-    use crate::models::{Architecture, ModelSpec};
 
     #[test]
     fn connectivity_ranks_by_absolute_outgoing_weight() {
@@ -235,28 +235,9 @@ mod tests {
     fn generated_trigger_excites_its_neurons_and_touches_only_the_patch() {
         let device = default_device();
         device.seed(2);
-        let spec = ModelSpec {
-            architecture: Architecture::SmallCnn {
-                width: 4,
-                hidden: 8,
-            },
-            input_shape: [1, 8, 8],
-            class_names: vec!["a".into(), "b".into()],
-            normalization: None,
-        };
+        let spec = tiny_cnn_spec();
         let clean = Classifier::new(spec, &device).unwrap();
-        let pixels: Vec<f32> = (0..20 * 64)
-            .map(|i| ((i * 37) % 101) as f32 / 100.0)
-            .collect();
-        let labels = (0..20).map(|i| (i % 2) as u16).collect();
-        let set = ImageSet::new(
-            pixels,
-            labels,
-            ImageShape::new(1, 8, 8),
-            vec!["a".into(), "b".into()],
-            "t",
-        )
-        .unwrap();
+        let set = two_class_8x8(20, |i| ((i * 37) % 101) as f32 / 100.0);
         let search = TrojanSearch {
             patch_size: 3,
             iterations: 30,
