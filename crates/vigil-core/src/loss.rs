@@ -14,6 +14,25 @@ pub fn cross_entropy_per_sample(logits: Tensor<2>, labels: Tensor<1, Int>) -> Te
         .neg()
 }
 
+/// Per-sample cross-entropy in a form that keeps its precision for confident samples, shape `[n]`.
+///
+/// `log1p(sum_{j != y} exp(z_j - z_y))`, computed as `softplus(L)` with
+/// `L = logsumexp_{j != y}(z_j - z_y)`. Mathematically equal to [`cross_entropy_per_sample`], but
+/// where that form rounds to exactly 0 in float32 once `p_y` is within 6e-8 of 1 (`-log_softmax`
+/// subtracts two nearly equal numbers), this one stays positive down to float32's smallest
+/// numbers, so a confident sample's loss still moves when the weights do (MAD-FA's traces).
+pub fn cross_entropy_per_sample_precise(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [n, k] = logits.dims();
+    let is_label = labels.clone().one_hot::<2>(k).equal_elem(1);
+    let z_y = logits.clone().gather(1, labels.reshape([n, 1]));
+    let others = (logits - z_y).mask_fill(is_label, f32::NEG_INFINITY);
+    let max = others.clone().max_dim(1);
+    let lse = (others - max.clone()).exp().sum_dim(1).log() + max;
+    let lse = lse.reshape([n]);
+    // softplus(L) = max(L, 0) + log1p(exp(-|L|)), exact for L of either sign.
+    lse.clone().clamp_min(0.0) + lse.abs().neg().exp().log1p()
+}
+
 /// Mean cross-entropy over the batch, shape `[1]`.
 pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     cross_entropy_per_sample(logits, labels).mean()
@@ -76,6 +95,36 @@ mod tests {
         let lse1 = ((-1f64).exp() + 0.5f64.exp() + 1.0).ln();
         assert!((got[0] as f64 - (lse0 - 3.0)).abs() < 1e-5);
         assert!((got[1] as f64 - (lse1 + 1.0)).abs() < 1e-5);
+    }
+
+    /// Values from the textbook formula in f64 (log1p of the sum over the other classes); a
+    /// confident row whose float32 `-log_softmax` is exactly 0 keeps its tiny positive loss.
+    #[test]
+    fn precise_cross_entropy_matches_f64_and_survives_confidence() {
+        let device = default_device();
+        let rows: [[f64; 3]; 3] = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0], [0.0, 25.0, -3.0]];
+        let labels = [2i64, 0, 1];
+        let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+        let logits = Tensor::<2>::from_data(TensorData::new(flat, [3, 3]), &device);
+        let labels_t = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [3]), &device);
+        let precise = to_vec(cross_entropy_per_sample_precise(
+            logits.clone(),
+            labels_t.clone(),
+        ));
+        let plain = to_vec(cross_entropy_per_sample(logits, labels_t));
+        for (r, (row, &y)) in rows.iter().zip(&labels).enumerate() {
+            let y = y as usize;
+            let s: f64 = (0..3)
+                .filter(|&j| j != y)
+                .map(|j| (row[j] - row[y]).exp())
+                .sum();
+            let expected = s.ln_1p();
+            let rel = (f64::from(precise[r]) - expected).abs() / expected;
+            assert!(rel < 1e-5, "row {r}: {} vs {expected}", precise[r]);
+        }
+        // Row 2: p_y = 1 - 1.4e-11; float32 log-softmax gives exactly 0.
+        assert_eq!(plain[2], 0.0);
+        assert!(precise[2] > 1e-12);
     }
 
     #[test]

@@ -298,4 +298,86 @@ impl Classifier {
     pub fn num_params(&self) -> usize {
         self.network.num_params()
     }
+
+    /// An independent copy: same values, own BatchNorm running statistics.
+    ///
+    /// `clone()` is not one: burn's `RunningState` keeps its value behind an `Arc`, so a clone
+    /// shares the running mean and variance with the original, and stepping the clone in
+    /// [`BnMode::Train`] moves the original's statistics too. A sampler's w* and a saved "best"
+    /// model need this instead. Parameters keep their ids and whether they track gradients.
+    pub fn deep_copy(&self) -> Classifier {
+        // `valid()` rebuilds every RunningState around a fresh Arc; `train()` restores each
+        // parameter's gradient flag and forking moves it back to the original autodiff device.
+        let device = self.network.devices().into_iter().next();
+        let mut network = self.network.valid();
+        if let Some(device) = device
+            && device.is_autodiff()
+        {
+            network = network.train().fork(&device);
+        }
+        Classifier {
+            network,
+            spec: self.spec.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::autodiff_device;
+    use burn::tensor::Distribution;
+
+    fn running_means(classifier: &Classifier) -> Vec<f32> {
+        let Network::ResNet18(net) = &classifier.network else {
+            unreachable!("the test builds a ResNet");
+        };
+        net.bn1
+            .running_mean
+            .value_sync()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn deep_copy_has_its_own_batch_norm_statistics() {
+        let device = autodiff_device();
+        let spec = ModelSpec {
+            architecture: Architecture::ResNet18 { width: 4 },
+            input_shape: [1, 28, 28],
+            class_names: vec!["a".into(), "b".into()],
+            normalization: None,
+        };
+        let original = Classifier::new(spec, &device).unwrap();
+        let before = running_means(&original);
+        let x = Tensor::<4>::random([4, 1, 28, 28], Distribution::Default, &device);
+
+        // The hazard this guards against: a plain clone shares the statistics.
+        let shallow = original.clone();
+        let _ = shallow.forward(x.clone(), BnMode::Train);
+        let moved = running_means(&original);
+        assert_ne!(
+            before, moved,
+            "clone() no longer shares running stats; revisit deep_copy"
+        );
+
+        let copy = original.deep_copy();
+        let _ = copy.forward(x, BnMode::Train);
+        assert_eq!(
+            running_means(&original),
+            moved,
+            "stepping the copy moved the original"
+        );
+        assert_ne!(
+            running_means(&copy),
+            moved,
+            "the copy's own statistics did not move"
+        );
+        assert!(copy.network.devices()[0].is_autodiff());
+        let Network::ResNet18(net) = &copy.network else {
+            unreachable!()
+        };
+        assert!(net.conv1.weight.val().is_require_grad());
+    }
 }

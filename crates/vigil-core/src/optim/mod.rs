@@ -96,6 +96,23 @@ impl ParamSlots {
     }
 }
 
+/// Sets slot `name` of every float tensor of `module` (buffers included) to its current value,
+/// flat and without autodiff: a snapshot that update rules can read, such as MAD-FA's w*.
+pub fn snapshot_slots<M: Module>(module: &M, slots: &mut ParamSlots, name: &'static str) {
+    struct Snapshot<'a> {
+        slots: &'a mut ParamSlots,
+        name: &'static str,
+    }
+    impl ModuleVisitor for Snapshot<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val().without_autodiff();
+            let n = value.dims().iter().product::<usize>();
+            self.slots.insert(param.id, self.name, value.reshape([n]));
+        }
+    }
+    module.visit(&mut Snapshot { slots, name });
+}
+
 /// One update rule: new value of a parameter from its value and gradient (both flat, without
 /// autodiff) and its slots.
 pub trait UpdateRule {
