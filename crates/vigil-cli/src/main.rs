@@ -48,6 +48,9 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     Info(commands::info::InfoArgs),
     Table(commands::table::TableArgs),
+    Sample(Box<commands::sample::SampleArgs>),
+    Score(commands::score::ScoreArgs),
+    Merge(commands::merge::MergeArgs),
     Bench(commands::bench::BenchArgs),
 }
 
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Table(args) => commands::table::run(args),
+        Command::Sample(args) => commands::sample::run(*args),
+        Command::Score(args) => commands::score::run(args),
+        Command::Merge(args) => commands::merge::run(args),
         Command::Bench(args) => commands::bench::run(args),
     };
     match result {

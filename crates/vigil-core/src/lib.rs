@@ -1,7 +1,7 @@
 //! vigil: catch neural networks running on anomalous mechanisms.
 //!
 //! The engine behind the `vigil` command, usable from Rust: data loaders ([`data`]), image
-//! classifiers ([`models`]), training ([`train`]), losses ([`loss`]), checkpoints
+//! classifiers ([`models`]), training ([`train`]), losses ([`loss`]), MAD-FA ([`madfa`]), checkpoints
 //! ([`checkpoint`]), evaluation metrics ([`metrics`]) and throughput benchmarks ([`bench`]).
 //!
 //! Tensors come from burn 0.22, whose backend is a property of the [`burn::tensor::Device`]
@@ -16,6 +16,7 @@ pub mod device;
 pub mod inference;
 pub mod io;
 pub mod loss;
+pub mod madfa;
 pub mod metrics;
 pub mod models;
 pub mod optim;

@@ -1,0 +1,138 @@
+//! `vigil score`: MAD-FA anomaly scores from a trace file.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vigil_core::io::write_atomic;
+use vigil_core::madfa::{self, LossTraces};
+
+/// Score every test sample of a trace file (from `vigil sample`, or any .npz with `trusted`,
+/// `test` [chains, draws, samples] and `trusted_labels`) by how strongly its loss co-varies
+/// with the trusted samples' losses. Scores are anomaly scores: higher = more anomalous.
+///
+/// Writes a CSV with one row per test sample (mean_corr, clc, mean_ccc, class_ccc, and the
+/// anomaly flag when the file has one). When the file says which samples are anomalous, prints
+/// the AUROC of every score; with --json, stdout is one object
+/// {"auroc": {"mean_corr": .., "clc": .., "mean_ccc": .., "class_ccc": ..}, ...}.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Trace file (.npz).
+    traces: PathBuf,
+
+    /// Draws to drop at the start of every chain (vigil's own files hold kept draws only).
+    #[arg(long, default_value_t = 0)]
+    burn_in: usize,
+
+    /// Where to write the per-sample scores (default: scores.csv beside the traces).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+
+    /// Also write, per test sample, the K trusted samples that explain it most (correlation
+    /// and covariance-form BIF) to attribution.csv beside the scores.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+
+    /// Print the AUROCs as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ScoreArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let traces = LossTraces::load(&args.traces)?;
+    let coupling = madfa::coupling(&traces, args.burn_in)
+        .with_context(|| format!("scoring {}", args.traces.display()))?;
+    let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.traces.with_file_name("scores.csv"));
+    let flags = traces.test_is_anomalous.as_deref();
+    let ids = traces.test_ids.clone();
+    let mut csv = String::from("test_index,source_id,mean_corr,clc,mean_ccc,class_ccc");
+    if flags.is_some() {
+        csv.push_str(",is_anomalous");
+    }
+    csv.push('\n');
+    for i in 0..traces.n_test() {
+        let id = ids.as_ref().map_or(i as i64, |ids| ids[i]);
+        let _ = write!(
+            csv,
+            "{i},{id},{},{},{},{}",
+            scores.mean_corr[i], scores.clc[i], scores.mean_ccc[i], scores.class_ccc[i]
+        );
+        if let Some(flags) = flags {
+            let _ = write!(csv, ",{}", u8::from(flags[i]));
+        }
+        csv.push('\n');
+    }
+    write_atomic(&out, csv.as_bytes())?;
+    eprintln!(
+        "{}: {} chains x {} draws ({} after burn-in), {} trusted, {} test; scores in {}",
+        args.traces.display(),
+        traces.chains(),
+        traces.draws(),
+        traces.draws() - args.burn_in,
+        traces.n_trusted(),
+        traces.n_test(),
+        out.display()
+    );
+    if let Some(k) = args.top_k {
+        let path = out.with_file_name("attribution.csv");
+        let mut table =
+            String::from("test_index,rank,trusted_index,trusted_source_id,correlation,bif\n");
+        for (i, row) in madfa::top_attributions(&coupling, k).iter().enumerate() {
+            for (rank, a) in row.iter().enumerate() {
+                let source = traces
+                    .trusted_ids
+                    .as_ref()
+                    .map_or(a.trusted as i64, |ids| ids[a.trusted]);
+                let _ = writeln!(
+                    table,
+                    "{i},{},{},{source},{},{}",
+                    rank + 1,
+                    a.trusted,
+                    a.correlation,
+                    a.bif
+                );
+            }
+        }
+        write_atomic(&path, table.as_bytes())?;
+        eprintln!("attributions in {}", path.display());
+    }
+    let report = match flags {
+        Some(flags) if flags.iter().any(|&f| f) && !flags.iter().all(|&f| f) => {
+            Some(madfa::evaluate_scores(&scores, flags)?)
+        }
+        _ => None,
+    };
+    if let Some(report) = &report {
+        eprintln!(
+            "{} normal vs {} anomalous test samples:",
+            report.normal, report.anomalous
+        );
+        for (name, auroc) in &report.auroc {
+            eprintln!("  AUROC {name:>10}: {auroc:.4}");
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "traces": args.traces.display().to_string(),
+                "burn_in": args.burn_in,
+                "chains": traces.chains(),
+                "draws": traces.draws(),
+                "auroc": report.as_ref().map(|r| &r.auroc),
+                "normal": report.as_ref().map(|r| r.normal),
+                "anomalous": report.as_ref().map(|r| r.anomalous),
+                "scores_csv": out.display().to_string(),
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,722 @@
+//! Localized SGLD chains around a trained model, recording per-sample loss traces.
+//!
+//! A chain starts at w* (a deep copy of the trained model), takes `burn_in` steps, then records
+//! a draw every `thinning` steps until it has `draws`: at each, the per-sample loss of every
+//! trusted and test sample, against the model's own prediction at w*. Burn-in draws are not
+//! traced at all (the reference records and then drops them), which saves their trace passes.
+//!
+//! Every random choice of chain `k` is a pure function of `(seed, k, step)`: the sampling
+//! minibatch of a step comes from a per-pass permutation seeded by `(seed, k, pass)` and the
+//! noise from a generator seeded by `(seed, k, step)`. So a chain resumed from its checkpoint
+//! (model, RMSprop state, traces so far) continues bit for bit, and chains are independent: run
+//! them in one process or as separate jobs and merge the files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::MadError;
+use super::sgld::{LocalizedSgld, SQUARED_GRADIENT_SLOT, SgldConfig, StepNorms, W_STAR_SLOT};
+use super::task::MadTask;
+use super::traces::LossTraces;
+use crate::checkpoint::{self, TensorFile};
+use crate::data::{ImageSet, batch, images_tensor, labels_tensor};
+use crate::inference::evaluate;
+use crate::io::write_json_atomic;
+use crate::loss::{cross_entropy, cross_entropy_per_sample, cross_entropy_per_sample_precise};
+use crate::models::{BnMode, Classifier};
+use crate::optim::{ParamSlots, apply_update, snapshot_slots};
+use crate::train::{epoch_order, mix};
+
+/// How BatchNorm behaves along the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnPolicy {
+    /// The reference: steps in train mode (batch statistics, running statistics updated with
+    /// momentum 0.1), traces in eval mode with the drifted running statistics.
+    #[default]
+    Reference,
+    /// Steps with batch statistics but running statistics kept at w*'s; traces in eval mode
+    /// with w*'s statistics.
+    Frozen,
+}
+
+impl BnPolicy {
+    fn step_mode(self) -> BnMode {
+        match self {
+            BnPolicy::Reference => BnMode::Train,
+            BnPolicy::Frozen => BnMode::BatchStatsFrozen,
+        }
+    }
+}
+
+/// Which form of the per-sample cross-entropy the traces record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TraceLoss {
+    /// `-log_softmax(z)_y`, as the reference: exactly 0 in float32 for confident samples.
+    #[default]
+    Reference,
+    /// `log1p(sum_{j != y} exp(z_j - z_y))`: keeps confident samples' losses moving.
+    Precise,
+}
+
+/// Everything that decides a chain's traces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainConfig {
+    /// The update.
+    pub sgld: SgldConfig,
+    /// Kept draws per chain.
+    pub draws: usize,
+    /// Steps before the first kept draw (not traced).
+    pub burn_in: usize,
+    /// Steps per kept draw (1 = every step).
+    pub thinning: usize,
+    /// BatchNorm behaviour.
+    pub bn: BnPolicy,
+    /// Loss form of the traces.
+    pub loss: TraceLoss,
+    /// Batch size of the trace passes.
+    pub trace_batch_size: usize,
+    /// Seed of the minibatch order and the noise of every chain.
+    pub seed: u64,
+}
+
+impl ChainConfig {
+    /// The reference protocol: reference SGLD settings, 2000 steps of which the first 250 are
+    /// burn-in (1750 kept draws), a draw at every step, trace batch 256.
+    pub fn reference() -> Self {
+        Self {
+            sgld: SgldConfig::reference(),
+            draws: 1750,
+            burn_in: 250,
+            thinning: 1,
+            bn: BnPolicy::Reference,
+            loss: TraceLoss::Reference,
+            trace_batch_size: 256,
+            seed: 0,
+        }
+    }
+
+    /// Steps of one chain.
+    pub fn total_steps(&self) -> usize {
+        self.burn_in + self.draws * self.thinning
+    }
+
+    /// The draw recorded after `steps_done` steps, if that step records one.
+    pub fn draw_after(&self, steps_done: usize) -> Option<usize> {
+        let past = steps_done.checked_sub(self.burn_in)?;
+        (past > 0 && past % self.thinning == 0).then(|| past / self.thinning - 1)
+    }
+
+    /// Checks the values (and the sampler's stability).
+    pub fn validate(&self) -> Result<(), MadError> {
+        if self.draws < 2 {
+            return Err(MadError::InvalidConfig(format!(
+                "need at least 2 kept draws to correlate traces, got {}",
+                self.draws
+            )));
+        }
+        if self.thinning == 0 || self.trace_batch_size == 0 {
+            return Err(MadError::InvalidConfig(
+                "thinning and the trace batch size must be at least 1".into(),
+            ));
+        }
+        self.sgld.validate()
+    }
+}
+
+/// How a chain went: per-step figures and a summary, written beside the traces.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChainDiagnostics {
+    /// Chain index.
+    pub chain: usize,
+    /// Minibatch loss (mean cross-entropy, before the update) at every step.
+    pub loss: Vec<f64>,
+    /// Per-step norms of the gradient drift term.
+    pub drift_norm: Vec<f64>,
+    /// Per-step norms of the localization pull.
+    pub localization_norm: Vec<f64>,
+    /// Per-step norms of the injected noise.
+    pub noise_norm: Vec<f64>,
+    /// Distance from w* after every step.
+    pub distance: Vec<f64>,
+    /// Fraction of trusted samples whose trace is constant over the chain's draws.
+    pub constant_trusted_fraction: f64,
+    /// Fraction of test samples whose trace is constant.
+    pub constant_test_fraction: f64,
+    /// Median over steps of drift norm / noise norm (1e-4 at the reference settings).
+    pub median_drift_to_noise: f64,
+    /// Seconds in sampler steps.
+    pub step_seconds: f64,
+    /// Seconds in trace passes.
+    pub trace_seconds: f64,
+    /// Things a user should know about this chain.
+    pub warnings: Vec<String>,
+}
+
+impl ChainDiagnostics {
+    fn record(&mut self, loss: f64, norms: StepNorms) {
+        self.loss.push(loss);
+        self.drift_norm.push(norms.drift);
+        self.localization_norm.push(norms.localization);
+        self.noise_norm.push(norms.noise);
+        self.distance.push(norms.distance);
+    }
+}
+
+/// What the chains report while they run; the CLI draws progress bars from it.
+pub trait ChainObserver {
+    /// Chain `chain` starts (or resumes after `done` of `total` steps).
+    fn chain_started(&mut self, _chain: usize, _total: usize, _done: usize) {}
+    /// A step finished with minibatch loss `loss`, at `distance` from w*.
+    fn step_finished(&mut self, _step: usize, _loss: f64, _distance: f64) {}
+    /// A chain finished.
+    fn chain_finished(&mut self, _diagnostics: &ChainDiagnostics) {}
+    /// Polled after every step: `true` checkpoints and stops.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// An observer that watches nothing.
+pub struct Quiet;
+impl ChainObserver for Quiet {}
+
+/// The samples a chain traces, on the device, batched once: trusted first, then test, each
+/// labelled with the model's prediction at w*.
+pub struct TraceInputs {
+    batches: Vec<(Tensor<4>, Tensor<1, Int>)>,
+    /// Number of trusted samples (the first ones).
+    pub n_trusted: usize,
+    /// Predictions at w* of every traced sample, trusted then test.
+    pub labels: Vec<i64>,
+    fingerprint: u64,
+}
+
+impl TraceInputs {
+    /// Predicts every trusted and test sample of `task` with `w_star` and uploads the samples
+    /// in batches of `batch_size`.
+    pub fn new(
+        w_star: &Classifier,
+        task: &MadTask,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Self, MadError> {
+        let set = task
+            .trusted
+            .concat(&task.test)
+            .map_err(|e| MadError::Data(format!("trusted and test sets do not fit: {e}")))?;
+        let device = device.clone().inner();
+        let predicted = evaluate(w_star, &set, None, batch_size, BnMode::Eval, &device).predicted;
+        let labels: Vec<i64> = predicted.iter().map(|&p| i64::from(p)).collect();
+        let all: Vec<usize> = (0..set.len()).collect();
+        let batches = all
+            .chunks(batch_size.max(1))
+            .map(|chunk| {
+                let y: Vec<_> = chunk.iter().map(|&i| predicted[i]).collect();
+                (
+                    images_tensor(&set, chunk, &device),
+                    labels_tensor(&y, &device),
+                )
+            })
+            .collect();
+        let fingerprint = [&set, &task.sampling]
+            .iter()
+            .fold(labels.len() as u64, |h, s| mix(h, fingerprint(s), 0));
+        Ok(Self {
+            batches,
+            n_trusted: task.trusted.len(),
+            labels,
+            fingerprint,
+        })
+    }
+
+    /// Number of traced samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether nothing is traced.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Per-sample losses of `model` (inference copy) on every traced sample.
+    fn losses(&self, model: &Classifier, form: TraceLoss) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.len());
+        for (x, y) in &self.batches {
+            let logits = model.forward(x.clone(), BnMode::Eval);
+            let l = match form {
+                TraceLoss::Reference => cross_entropy_per_sample(logits, y.clone()),
+                TraceLoss::Precise => cross_entropy_per_sample_precise(logits, y.clone()),
+            };
+            out.extend(l.into_data().iter::<f32>());
+        }
+        out
+    }
+}
+
+/// A cheap content hash of a set (pixels, labels), so a resumed chain can check its data.
+fn fingerprint(set: &ImageSet) -> u64 {
+    let mut h = set.len() as u64;
+    for chunk in set.pixels().chunks(4096) {
+        let mut acc = 0u64;
+        for v in chunk {
+            acc = acc.rotate_left(5) ^ u64::from(v.to_bits());
+        }
+        h = mix(h, acc, 1);
+    }
+    set.labels()
+        .iter()
+        .fold(h, |h, &l| h.rotate_left(3) ^ u64::from(l))
+}
+
+/// The minibatch of step `step` (0-based) of chain `chain`: passes over the sampling set in
+/// seeded permutations, the last batch of a pass shorter when the size does not divide (as a
+/// PyTorch loader with `shuffle=True` cycles).
+pub fn sampling_batch(
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    chain: usize,
+    step: usize,
+) -> Vec<usize> {
+    let per_pass = n.div_ceil(batch_size).max(1);
+    let (pass, position) = (step / per_pass, step % per_pass);
+    let order = epoch_order(n, mix(seed, chain as u64, 0xBA7C), pass);
+    let start = position * batch_size;
+    order[start..(start + batch_size).min(n)].to_vec()
+}
+
+/// Seed of the noise of step `step` of chain `chain`.
+fn noise_seed(seed: u64, chain: usize, step: usize) -> u64 {
+    mix(seed, chain as u64, step as u64)
+}
+
+/// What a resumable chain keeps in its folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChainProgress {
+    config: ChainConfig,
+    chain: usize,
+    fingerprint: u64,
+    step: usize,
+    diagnostics: ChainDiagnostics,
+}
+
+mod files {
+    pub const STATE: &str = "state.json";
+    pub const MODEL: &str = "model.safetensors";
+    pub const RMSPROP: &str = "rmsprop.safetensors";
+    pub const TRACES: &str = "traces.safetensors";
+    pub const STEP_KEY: &str = "vigil.step";
+}
+
+/// Folder of chain `chain`'s checkpoint under `resume_dir`.
+pub fn chain_dir(resume_dir: &Path, chain: usize) -> PathBuf {
+    resume_dir.join(format!("chain-{chain}"))
+}
+
+/// A chain in progress.
+struct Chain {
+    live: Classifier,
+    slots: ParamSlots,
+    traces: Vec<f32>,
+    progress: ChainProgress,
+}
+
+impl Chain {
+    fn fresh(
+        w_star: &Classifier,
+        config: &ChainConfig,
+        chain: usize,
+        inputs: &TraceInputs,
+        device: &Device,
+    ) -> Self {
+        let live = Classifier {
+            network: w_star
+                .deep_copy()
+                .network
+                .fork(&device.clone().autodiff())
+                .train(),
+            spec: w_star.spec.clone(),
+        };
+        let mut slots = ParamSlots::new();
+        snapshot_slots(&live.network, &mut slots, W_STAR_SLOT);
+        Self {
+            live,
+            slots,
+            traces: Vec::new(),
+            progress: ChainProgress {
+                config: config.clone(),
+                chain,
+                fingerprint: inputs.fingerprint,
+                step: 0,
+                diagnostics: ChainDiagnostics {
+                    chain,
+                    ..Default::default()
+                },
+            },
+        }
+    }
+
+    /// The checkpoint in `dir`, if there is one; an error if it belongs to other settings or
+    /// data, or its files disagree.
+    fn load(
+        dir: &Path,
+        w_star: &Classifier,
+        config: &ChainConfig,
+        inputs: &TraceInputs,
+        device: &Device,
+    ) -> Result<Option<Self>, MadError> {
+        let state_path = dir.join(files::STATE);
+        if !state_path.exists() {
+            return Ok(None);
+        }
+        let fail = |reason: String| MadError::Resume {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&state_path).map_err(|e| fail(e.to_string()))?;
+        let progress: ChainProgress =
+            serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        if progress.config != *config {
+            return Err(fail(
+                "it holds a chain with other settings; choose another output folder or delete it"
+                    .into(),
+            ));
+        }
+        if progress.fingerprint != inputs.fingerprint {
+            return Err(fail(
+                "it holds a chain over other data or another split; choose another output folder or delete it"
+                    .into(),
+            ));
+        }
+        let step = progress.step as u64;
+        let model_path = dir.join(files::MODEL);
+        let model_step = checkpoint::inspect(&model_path)?
+            .training
+            .as_ref()
+            .and_then(|t| t.get("step"))
+            .and_then(|s| s.as_u64());
+        let live = checkpoint::load_classifier(&model_path, &device.clone().autodiff())?;
+        let rms = TensorFile::load(&dir.join(files::RMSPROP))?;
+        let traces = TensorFile::load(&dir.join(files::TRACES))?;
+        let step_of = |f: &TensorFile| {
+            f.metadata
+                .get(files::STEP_KEY)
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        if model_step != Some(step) || step_of(&rms) != Some(step) || step_of(&traces) != Some(step)
+        {
+            return Err(fail(format!(
+                "its files are from different steps (state at step {step}): the run stopped while checkpointing; delete the folder to start the chain again"
+            )));
+        }
+        let mut slots = ParamSlots::new();
+        let mut snapshot = ParamSlots::new();
+        snapshot_slots(&w_star.network, &mut snapshot, W_STAR_SLOT);
+        let mut rejected = slots.import(
+            &live.network,
+            W_STAR_SLOT,
+            snapshot.export(&w_star.network, W_STAR_SLOT),
+        );
+        let entries = rms.tensors.into_iter().map(|(n, _, v)| (n, v)).collect();
+        rejected.extend(slots.import(&live.network, SQUARED_GRADIENT_SLOT, entries));
+        if !rejected.is_empty() {
+            return Err(fail(format!(
+                "its state does not fit the model: {}",
+                rejected.join(", ")
+            )));
+        }
+        let traces = traces
+            .tensors
+            .into_iter()
+            .next()
+            .map(|(_, _, v)| v)
+            .unwrap_or_default();
+        let expected = draws_before(config, progress.step) * inputs.len();
+        if traces.len() != expected {
+            return Err(fail(format!(
+                "it holds {} trace values where step {step} implies {expected}",
+                traces.len()
+            )));
+        }
+        Ok(Some(Self {
+            live,
+            slots,
+            traces,
+            progress,
+        }))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), MadError> {
+        let step = self.progress.step;
+        let meta = serde_json::json!({ "step": step });
+        checkpoint::save_classifier(&dir.join(files::MODEL), &self.live, Some(&meta))?;
+        let mut rms = TensorFile::default();
+        for (name, values) in self.slots.export(&self.live.network, SQUARED_GRADIENT_SLOT) {
+            let n = values.len();
+            rms.tensors.push((name, vec![n], values));
+        }
+        let mut traces = TensorFile::default();
+        traces.tensors.push((
+            "traces".into(),
+            vec![self.traces.len()],
+            self.traces.clone(),
+        ));
+        for f in [&mut rms, &mut traces] {
+            f.metadata.insert(files::STEP_KEY.into(), step.to_string());
+        }
+        rms.save(&dir.join(files::RMSPROP))?;
+        traces.save(&dir.join(files::TRACES))?;
+        write_json_atomic(&dir.join(files::STATE), &self.progress)?;
+        Ok(())
+    }
+}
+
+/// Kept draws recorded in the first `steps` steps.
+fn draws_before(config: &ChainConfig, steps: usize) -> usize {
+    steps.saturating_sub(config.burn_in) / config.thinning
+}
+
+/// How a call to [`run_chain`] ended.
+pub enum ChainOutcome {
+    /// All draws recorded: traces `[draws, n]` row-major, and the chain's diagnostics.
+    Finished(Vec<f32>, Box<ChainDiagnostics>),
+    /// Stopped by the observer after checkpointing; run again to continue.
+    Interrupted,
+}
+
+/// Seconds between automatic checkpoints of a running chain.
+const CHECKPOINT_SECONDS: f64 = 60.0;
+
+/// Runs (or resumes) chain `chain` of `config` around `w_star`, drawing minibatches from
+/// `sampling` and tracing `inputs`. With `resume_dir`, the chain checkpoints there every minute
+/// and when stopped, and a later call continues from the checkpoint bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn run_chain(
+    w_star: &Classifier,
+    sampling: &ImageSet,
+    inputs: &TraceInputs,
+    config: &ChainConfig,
+    chain: usize,
+    resume_dir: Option<&Path>,
+    device: &Device,
+    observer: &mut impl ChainObserver,
+) -> Result<ChainOutcome, MadError> {
+    config.validate()?;
+    if sampling.is_empty() {
+        return Err(MadError::Data("the sampling set is empty".into()));
+    }
+    let dir = resume_dir.map(|d| chain_dir(d, chain));
+    let loaded = match &dir {
+        Some(dir) => Chain::load(dir, w_star, config, inputs, device)?,
+        None => None,
+    };
+    let mut state = loaded.unwrap_or_else(|| Chain::fresh(w_star, config, chain, inputs, device));
+    let autodiff = device.clone().autodiff();
+    let total = config.total_steps();
+    let chance = (w_star.spec.num_classes().max(2) as f64).ln();
+    observer.chain_started(chain, total, state.progress.step);
+    let mut last_save = Instant::now();
+    while state.progress.step < total {
+        let step = state.progress.step;
+        let started = Instant::now();
+        let indices = sampling_batch(
+            sampling.len(),
+            config.sgld.batch_size,
+            config.seed,
+            chain,
+            step,
+        );
+        let b = batch(sampling, &indices, &autodiff);
+        let logits = state.live.forward(b.images, config.bn.step_mode());
+        let loss = cross_entropy(logits, b.labels);
+        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+        let diagnostics = &state.progress.diagnostics;
+        let initial = diagnostics.loss.first().copied().unwrap_or(loss_value);
+        if !loss_value.is_finite() || loss_value > initial + 10.0 * chance {
+            return Err(MadError::ChainDiverged {
+                chain,
+                step,
+                reason: format!(
+                    "the minibatch loss is {loss_value} (it started at {initial:.4}); lower lr or n_beta, or raise gamma"
+                ),
+            });
+        }
+        let grads = loss.backward();
+        let mut rule = LocalizedSgld::new(&config.sgld, noise_seed(config.seed, chain, step));
+        state.live.network = apply_update(
+            state.live.network.clone(),
+            &grads,
+            &mut rule,
+            &mut state.slots,
+        );
+        let norms = rule.finish()?;
+        if !norms.distance.is_finite() {
+            return Err(MadError::ChainDiverged {
+                chain,
+                step,
+                reason: "the parameters became non-finite".into(),
+            });
+        }
+        state.progress.step += 1;
+        let diagnostics = &mut state.progress.diagnostics;
+        diagnostics.record(loss_value, norms);
+        diagnostics.step_seconds += started.elapsed().as_secs_f64();
+        if config.draw_after(state.progress.step).is_some() {
+            let started = Instant::now();
+            let model = state.live.for_inference();
+            state.traces.extend(inputs.losses(&model, config.loss));
+            state.progress.diagnostics.trace_seconds += started.elapsed().as_secs_f64();
+        }
+        observer.step_finished(step, loss_value, norms.distance);
+        let stop = observer.should_stop();
+        if let Some(dir) = &dir
+            && state.progress.step < total
+            && (stop || last_save.elapsed().as_secs_f64() >= CHECKPOINT_SECONDS)
+        {
+            state.save(dir)?;
+            last_save = Instant::now();
+        }
+        if stop && state.progress.step < total {
+            return Ok(ChainOutcome::Interrupted);
+        }
+    }
+    let mut diagnostics = state.progress.diagnostics.clone();
+    summarize(&mut diagnostics, &state.traces, inputs, config.draws);
+    state.progress.diagnostics = diagnostics.clone();
+    if let Some(dir) = &dir {
+        state.save(dir)?;
+    }
+    observer.chain_finished(&diagnostics);
+    Ok(ChainOutcome::Finished(state.traces, Box::new(diagnostics)))
+}
+
+/// Fills the summary fields of `d` from the finished chain's traces.
+fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, draws: usize) {
+    let n = inputs.len();
+    let constant = |range: std::ops::Range<usize>| -> f64 {
+        if range.is_empty() {
+            return 0.0;
+        }
+        let len = range.len();
+        let count = range
+            .filter(|&i| (1..draws).all(|k| traces[k * n + i] == traces[i]))
+            .count();
+        count as f64 / len as f64
+    };
+    d.constant_trusted_fraction = constant(0..inputs.n_trusted);
+    d.constant_test_fraction = constant(inputs.n_trusted..n);
+    let mut ratios: Vec<f64> = d
+        .drift_norm
+        .iter()
+        .zip(&d.noise_norm)
+        .filter(|(_, n)| **n > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    d.median_drift_to_noise = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    d.warnings.clear();
+    if d.distance.last().is_none_or(|&x| x == 0.0) {
+        d.warnings
+            .push("the chain did not move from w*: no parameter has a gradient".into());
+    }
+    if d.median_drift_to_noise < 1e-3 {
+        d.warnings.push(format!(
+            "the gradient term is {:.1e} of the noise (median per step): the chain is nearly isotropic noise around w*, and detection quality depends on the noise draw; raise n_beta or lr, or run `vigil calibrate`",
+            d.median_drift_to_noise
+        ));
+    }
+    if d.constant_test_fraction > 0.1 || d.constant_trusted_fraction > 0.1 {
+        d.warnings.push(format!(
+            "{:.0}% of test and {:.0}% of trusted traces are constant (float32 losses stuck at 0): they score as uncoupled; consider --loss precise",
+            100.0 * d.constant_test_fraction,
+            100.0 * d.constant_trusted_fraction
+        ));
+    }
+}
+
+/// Settings of a sampling run, stored in the trace file and beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleSettings {
+    /// Chain settings.
+    pub chain: ChainConfig,
+    /// Chains this file holds.
+    pub chains: Vec<usize>,
+    /// Free-form description of the data (split, seed, record), set by the caller.
+    pub data: serde_json::Value,
+    /// vigil version.
+    pub vigil_version: String,
+}
+
+/// Runs chains `chains` of `config` on `task` and returns their traces, or `None` if the
+/// observer stopped them (each checkpointed under `resume_dir` when given).
+#[allow(clippy::too_many_arguments)]
+pub fn run_chains(
+    w_star: &Classifier,
+    task: &MadTask,
+    config: &ChainConfig,
+    chains: &[usize],
+    data: serde_json::Value,
+    resume_dir: Option<&Path>,
+    device: &Device,
+    observer: &mut impl ChainObserver,
+) -> Result<Option<(LossTraces, Vec<ChainDiagnostics>)>, MadError> {
+    config.validate()?;
+    if chains.is_empty() {
+        return Err(MadError::InvalidConfig("no chain to run".into()));
+    }
+    let inputs = TraceInputs::new(w_star, task, config.trace_batch_size, device)?;
+    let (n, n_trusted) = (inputs.len(), inputs.n_trusted);
+    let mut trusted = ndarray::Array3::<f32>::zeros((chains.len(), config.draws, n_trusted));
+    let mut test = ndarray::Array3::<f32>::zeros((chains.len(), config.draws, n - n_trusted));
+    let mut all_diagnostics = Vec::new();
+    for (slot, &chain) in chains.iter().enumerate() {
+        let outcome = run_chain(
+            w_star,
+            &task.sampling,
+            &inputs,
+            config,
+            chain,
+            resume_dir,
+            device,
+            observer,
+        )?;
+        let ChainOutcome::Finished(traces, diagnostics) = outcome else {
+            return Ok(None);
+        };
+        for (d, row) in traces.chunks_exact(n).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                if i < n_trusted {
+                    trusted[[slot, d, i]] = v;
+                } else {
+                    test[[slot, d, i - n_trusted]] = v;
+                }
+            }
+        }
+        all_diagnostics.push(*diagnostics);
+    }
+    let settings = SampleSettings {
+        chain: config.clone(),
+        chains: chains.to_vec(),
+        data,
+        vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let traces = LossTraces {
+        trusted,
+        test,
+        trusted_labels: inputs.labels[..n_trusted].to_vec(),
+        test_is_anomalous: task.test_is_anomalous.clone(),
+        chain_indices: Some(chains.iter().map(|&c| c as i64).collect()),
+        trusted_ids: Some(task.trusted_ids.clone()),
+        test_ids: Some(task.test_ids.clone()),
+        test_labels: Some(inputs.labels[n_trusted..].to_vec()),
+        settings_json: serde_json::to_string(&settings).ok(),
+    };
+    Ok(Some((traces, all_diagnostics)))
+}

@@ -1,0 +1,84 @@
+//! Mechanistic anomaly detection by functional attribution (MAD-FA, SPEC.md §1).
+//!
+//! Sample parameters around a trained model with localized SGLD ([`sgld`]), record every
+//! trusted and test sample's loss along the chain ([`chain`], [`traces`]), and score each test
+//! sample by how strongly its loss co-varies with the trusted set's ([`scores`]): a sample whose
+//! loss moves with no trusted sample runs on a mechanism the trusted data does not exercise.
+//! [`task`] builds the trusted / sampling / test sets, from an attack record or a user's data.
+
+pub mod chain;
+pub mod scores;
+pub mod sgld;
+pub mod task;
+pub mod traces;
+
+use std::path::PathBuf;
+
+pub use chain::{
+    BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
+    TraceInputs, TraceLoss, run_chain, run_chains,
+};
+pub use scores::{
+    AnomalyScores, Attribution, Coupling, ScoreReport, anomaly_scores, coupling, evaluate_scores,
+    top_attributions,
+};
+pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
+pub use task::{
+    MadTask, RecordTask, SplitSizes, TaskSummary, backdoor_task, record_task, user_task,
+};
+pub use traces::{LossTraces, TraceFileError};
+
+use crate::checkpoint::CheckpointError;
+use crate::io::IoError;
+
+/// Errors of MAD-FA: settings, data, chains and their files.
+#[derive(Debug, thiserror::Error)]
+pub enum MadError {
+    /// A setting is out of range.
+    #[error("invalid MAD-FA settings: {0}")]
+    InvalidConfig(String),
+    /// The sampler's localization term alone would diverge.
+    #[error(
+        "unstable sampler: lr {lr:e} with gamma {gamma:e} and a preconditioner gain of up to {max_gain} makes the localization term diverge ((lr/2) * gamma * max G >= 2); use lr below {max_lr:.1e}"
+    )]
+    Unstable {
+        /// Step size.
+        lr: f64,
+        /// Localization strength.
+        gamma: f64,
+        /// Largest preconditioner gain (1/eps for RMSprop).
+        max_gain: f64,
+        /// Largest stable step size.
+        max_lr: f64,
+    },
+    /// A chain's loss or parameters blew up.
+    #[error("chain {chain} diverged at step {step}: {reason}")]
+    ChainDiverged {
+        /// Chain index.
+        chain: usize,
+        /// Step (0-based).
+        step: usize,
+        /// What happened and what to change.
+        reason: String,
+    },
+    /// The data cannot be used.
+    #[error("MAD-FA data: {0}")]
+    Data(String),
+    /// A chain checkpoint cannot be resumed.
+    #[error("cannot resume the chain in {path}: {reason}")]
+    Resume {
+        /// Chain folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A model or state file could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A results file could not be written.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// A trace file could not be read or written.
+    #[error(transparent)]
+    Traces(#[from] TraceFileError),
+}

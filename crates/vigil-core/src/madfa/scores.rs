@@ -1,0 +1,450 @@
+//! Functional-attribution scores: how strongly each test sample's loss co-varies with the
+//! trusted samples' losses over the draws (SPEC.md §1, as the reference's `analyze.py`).
+//!
+//! Every function is pure, over `[samples, draws]` matrices in f64. A trace is z-scored over
+//! draws as `(l - mean) / (std + 1e-8)` with the population std, Pearson is
+//! `dot(z_test, z_trusted) / draws`, and Lin's concordance is
+//! `2 cov / (var_x + var_y + (mu_x - mu_y)^2 + 1e-8)` with population moments. So a constant
+//! trace (a confident sample whose float32 loss stays exactly 0) correlates 0 with everything,
+//! never NaN. The benign scores are higher for samples the trusted set explains; vigil reports
+//! their negatives as anomaly scores (higher = more anomalous).
+
+use ndarray::{Array2, ArrayView2, ArrayView3, Axis, concatenate, s};
+use serde::{Deserialize, Serialize};
+
+use super::MadError;
+use super::traces::LossTraces;
+
+/// Guard added to the std (z-scores) and to the CCC denominator, as in the reference.
+pub const EPSILON: f64 = 1e-8;
+
+/// The names of the four detection scores, in report order.
+pub const SCORE_NAMES: [&str; 4] = ["mean_corr", "clc", "mean_ccc", "class_ccc"];
+
+/// `[chains, draws, n]` traces as `[n, chains * (draws - burn_in)]` in f64: burn-in dropped per
+/// chain, then the chains concatenated along the draws.
+pub fn by_sample(traces: ArrayView3<f32>, burn_in: usize) -> Array2<f64> {
+    let kept: Vec<_> = traces
+        .outer_iter()
+        .map(|chain| chain.slice(s![burn_in.., ..]).mapv(f64::from))
+        .collect();
+    let views: Vec<_> = kept.iter().map(|a| a.view()).collect();
+    let stacked = concatenate(Axis(0), &views).unwrap_or_else(|_| Array2::zeros((0, 0)));
+    stacked.reversed_axes().as_standard_layout().into_owned()
+}
+
+/// Per-row mean and population variance.
+fn moments(x: ArrayView2<f64>) -> (Vec<f64>, Vec<f64>) {
+    let t = x.ncols().max(1) as f64;
+    x.outer_iter()
+        .map(|row| {
+            let mean = row.sum() / t;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / t;
+            (mean, var)
+        })
+        .unzip()
+}
+
+fn centered(x: ArrayView2<f64>, means: &[f64]) -> Array2<f64> {
+    let mut out = x.to_owned();
+    for (mut row, m) in out.outer_iter_mut().zip(means) {
+        row -= *m;
+    }
+    out
+}
+
+/// Rows z-scored over draws: `(l - mean) / (std + 1e-8)`, population std.
+pub fn standardize(x: ArrayView2<f64>) -> Array2<f64> {
+    let (means, vars) = moments(x);
+    let mut out = centered(x, &means);
+    for (mut row, v) in out.outer_iter_mut().zip(&vars) {
+        row /= v.sqrt() + EPSILON;
+    }
+    out
+}
+
+/// Pearson correlation of every test trace with every trusted trace, `[n_test, n_trusted]`.
+pub fn pearson_matrix(test: ArrayView2<f64>, trusted: ArrayView2<f64>) -> Array2<f64> {
+    let t = test.ncols().max(1) as f64;
+    standardize(test).dot(&standardize(trusted).t()) / t
+}
+
+/// Population covariance of every test trace with every trusted trace, `[n_test, n_trusted]`.
+pub fn covariance_matrix(test: ArrayView2<f64>, trusted: ArrayView2<f64>) -> Array2<f64> {
+    let t = test.ncols().max(1) as f64;
+    let (mt, _) = moments(test);
+    let (mr, _) = moments(trusted);
+    centered(test, &mt).dot(&centered(trusted, &mr).t()) / t
+}
+
+/// Lin's concordance correlation of every test trace with every trusted trace,
+/// `2 cov / (var_x + var_y + (mu_x - mu_y)^2 + 1e-8)`, `[n_test, n_trusted]`.
+pub fn ccc_matrix(test: ArrayView2<f64>, trusted: ArrayView2<f64>) -> Array2<f64> {
+    let (mt, vt) = moments(test);
+    let (mr, vr) = moments(trusted);
+    let mut out = covariance_matrix(test, trusted);
+    for (i, mut row) in out.outer_iter_mut().enumerate() {
+        for (j, c) in row.iter_mut().enumerate() {
+            *c = 2.0 * *c / (vt[i] + vr[j] + (mt[i] - mr[j]).powi(2) + EPSILON);
+        }
+    }
+    out
+}
+
+/// Mean of each row over all trusted samples (Mean Corr, Mean CCC).
+pub fn mean_over_trusted(matrix: ArrayView2<f64>) -> Vec<f64> {
+    let n = matrix.ncols().max(1) as f64;
+    matrix.outer_iter().map(|row| row.sum() / n).collect()
+}
+
+/// Per row, the mean over the trusted samples of each class, then the maximum over classes
+/// (CLC, Class CCC). Classes are the distinct `trusted_labels`; a class without trusted samples
+/// does not exist here, so it is skipped.
+pub fn class_max_over_trusted(matrix: ArrayView2<f64>, trusted_labels: &[i64]) -> Vec<f64> {
+    let mut classes: Vec<i64> = trusted_labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let members: Vec<Vec<usize>> = classes
+        .iter()
+        .map(|c| {
+            (0..trusted_labels.len())
+                .filter(|&j| trusted_labels[j] == *c)
+                .collect()
+        })
+        .collect();
+    matrix
+        .outer_iter()
+        .map(|row| {
+            members
+                .iter()
+                .map(|m| m.iter().map(|&j| row[j]).sum::<f64>() / m.len() as f64)
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
+}
+
+/// The four anomaly scores of every test sample (higher = more anomalous: the negated
+/// coupling scores).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyScores {
+    /// `-` mean Pearson correlation with the trusted set.
+    pub mean_corr: Vec<f64>,
+    /// `-` class-level correlation (max over classes of the class-mean correlation).
+    pub clc: Vec<f64>,
+    /// `-` mean concordance with the trusted set.
+    pub mean_ccc: Vec<f64>,
+    /// `-` class-level concordance.
+    pub class_ccc: Vec<f64>,
+}
+
+impl AnomalyScores {
+    /// The scores by name, in [`SCORE_NAMES`] order.
+    pub fn named(&self) -> [(&'static str, &[f64]); 4] {
+        [
+            (SCORE_NAMES[0], &self.mean_corr),
+            (SCORE_NAMES[1], &self.clc),
+            (SCORE_NAMES[2], &self.mean_ccc),
+            (SCORE_NAMES[3], &self.class_ccc),
+        ]
+    }
+}
+
+/// Correlation and CCC matrices of a trace file after dropping `burn_in` draws per chain.
+pub struct Coupling {
+    /// Pearson, `[n_test, n_trusted]`.
+    pub pearson: Array2<f64>,
+    /// Lin's concordance, `[n_test, n_trusted]`.
+    pub ccc: Array2<f64>,
+    /// Population covariance, `[n_test, n_trusted]` (the BIF is its negative).
+    pub covariance: Array2<f64>,
+}
+
+/// Couplings of the test traces to the trusted traces, after dropping `burn_in` draws of every
+/// chain.
+pub fn coupling(traces: &LossTraces, burn_in: usize) -> Result<Coupling, MadError> {
+    if burn_in >= traces.draws() {
+        return Err(MadError::InvalidConfig(format!(
+            "burn-in {burn_in} leaves no draws (the traces have {} per chain)",
+            traces.draws()
+        )));
+    }
+    let test = by_sample(traces.test.view(), burn_in);
+    let trusted = by_sample(traces.trusted.view(), burn_in);
+    if trusted.nrows() == 0 {
+        return Err(MadError::InvalidConfig("the trusted set is empty".into()));
+    }
+    Ok(Coupling {
+        pearson: pearson_matrix(test.view(), trusted.view()),
+        ccc: ccc_matrix(test.view(), trusted.view()),
+        covariance: covariance_matrix(test.view(), trusted.view()),
+    })
+}
+
+/// The anomaly scores of every test sample from its couplings.
+pub fn anomaly_scores(coupling: &Coupling, trusted_labels: &[i64]) -> AnomalyScores {
+    let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect();
+    AnomalyScores {
+        mean_corr: neg(mean_over_trusted(coupling.pearson.view())),
+        clc: neg(class_max_over_trusted(
+            coupling.pearson.view(),
+            trusted_labels,
+        )),
+        mean_ccc: neg(mean_over_trusted(coupling.ccc.view())),
+        class_ccc: neg(class_max_over_trusted(coupling.ccc.view(), trusted_labels)),
+    }
+}
+
+/// Detection quality of every score on a trace file whose test samples carry anomaly flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreReport {
+    /// AUROC of each score (anomalous = positive), by name.
+    pub auroc: std::collections::BTreeMap<String, f64>,
+    /// Normal test samples.
+    pub normal: usize,
+    /// Anomalous test samples.
+    pub anomalous: usize,
+}
+
+/// AUROC of each anomaly score against the flags (`true` = anomalous).
+pub fn evaluate_scores(
+    scores: &AnomalyScores,
+    is_anomalous: &[bool],
+) -> Result<ScoreReport, MadError> {
+    let mut auroc = std::collections::BTreeMap::new();
+    for (name, values) in scores.named() {
+        let (mut normal, mut anomalous) = (Vec::new(), Vec::new());
+        for (&v, &flag) in values.iter().zip(is_anomalous) {
+            if flag {
+                anomalous.push(v)
+            } else {
+                normal.push(v)
+            }
+        }
+        let value = crate::metrics::auroc(&normal, &anomalous)
+            .map_err(|e| MadError::Data(format!("AUROC of {name}: {e}")))?;
+        auroc.insert(name.to_string(), value);
+    }
+    let anomalous = is_anomalous.iter().filter(|&&f| f).count();
+    Ok(ScoreReport {
+        auroc,
+        normal: is_anomalous.len() - anomalous,
+        anomalous,
+    })
+}
+
+/// One trusted sample's share in explaining a test sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// Position of the trusted sample in the trace file.
+    pub trusted: usize,
+    /// Pearson correlation of the two traces.
+    pub correlation: f64,
+    /// The covariance-form Bayesian influence, `-Cov(l_test, l_trusted)` (negative = the two
+    /// losses move together).
+    pub bif: f64,
+}
+
+/// For every test sample, the `k` trusted samples whose traces correlate most with its own,
+/// strongest first (ties broken by position).
+pub fn top_attributions(coupling: &Coupling, k: usize) -> Vec<Vec<Attribution>> {
+    coupling
+        .pearson
+        .outer_iter()
+        .zip(coupling.covariance.outer_iter())
+        .map(|(corr, cov)| {
+            let mut order: Vec<usize> = (0..corr.len()).collect();
+            order.sort_by(|&a, &b| corr[b].total_cmp(&corr[a]).then(a.cmp(&b)));
+            order
+                .into_iter()
+                .take(k)
+                .map(|j| Attribution {
+                    trusted: j,
+                    correlation: corr[j],
+                    bif: -cov[j],
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array3, array};
+
+    /// Expected values from numpy 2.x in float64, written independently of this code by
+    /// `tests/fixtures/madfa/score_fixture.py` (printed there as these constants).
+    fn fixture() -> (Array2<f64>, Array2<f64>, Vec<i64>) {
+        let trusted = array![
+            [0.10, 0.30, 0.20, 0.50, 0.40, 0.60],
+            [1.00, 0.80, 0.90, 0.60, 0.70, 0.40],
+            [0.20, 0.25, 0.30, 0.50, 0.45, 0.70],
+            [0.05, 0.05, 0.05, 0.05, 0.05, 0.05],
+        ];
+        let test = array![
+            [0.30, 0.50, 0.40, 0.80, 0.60, 0.90],
+            [0.00, 0.00, 0.00, 0.00, 0.00, 0.00],
+            [0.50, 0.10, 0.40, 0.20, 0.30, 0.35],
+        ];
+        (test, trusted, vec![0, 1, 0, 1])
+    }
+
+    fn assert_all_close(got: &[f64], expected: &[f64], what: &str) {
+        assert_eq!(got.len(), expected.len(), "{what}");
+        for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+            assert!((g - e).abs() < 1e-9, "{what}[{i}]: {g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn scores_match_numpy() {
+        let (test, trusted, labels) = fixture();
+        let pearson = pearson_matrix(test.view(), trusted.view());
+        let ccc = ccc_matrix(test.view(), trusted.view());
+        let cov = covariance_matrix(test.view(), trusted.view());
+        // score_fixture.py output.
+        assert_all_close(pearson.as_slice().unwrap(), &PEARSON, "pearson");
+        assert_all_close(ccc.as_slice().unwrap(), &CCC, "ccc");
+        assert_all_close(cov.as_slice().unwrap(), &COV, "cov");
+        assert_all_close(&mean_over_trusted(pearson.view()), &MEAN_CORR, "mean corr");
+        assert_all_close(
+            &class_max_over_trusted(pearson.view(), &labels),
+            &CLC,
+            "clc",
+        );
+        assert_all_close(&mean_over_trusted(ccc.view()), &MEAN_CCC, "mean ccc");
+        assert_all_close(
+            &class_max_over_trusted(ccc.view(), &labels),
+            &CLASS_CCC,
+            "class ccc",
+        );
+    }
+
+    #[test]
+    fn constant_traces_score_zero_not_nan() {
+        let (test, trusted, _) = fixture();
+        let pearson = pearson_matrix(test.view(), trusted.view());
+        let ccc = ccc_matrix(test.view(), trusted.view());
+        for j in 0..4 {
+            assert_eq!(pearson[[1, j]], 0.0);
+            assert_eq!(ccc[[1, j]], 0.0);
+        }
+        // A constant trusted trace: zero up to the rounding of its mean.
+        assert!(pearson[[0, 3]].abs() < 1e-20 && ccc[[2, 3]].abs() < 1e-20);
+        assert!(pearson.iter().chain(ccc.iter()).all(|v| v.is_finite()));
+    }
+
+    /// Test traces driven by the same factor as the trusted traces score as coupled; traces
+    /// driven by an independent factor score as uncoupled; the anomaly scores rank them.
+    #[test]
+    fn coupled_traces_separate_from_uncoupled_ones() {
+        let draws = 400;
+        let mut state = 0x1234_5678u64;
+        let mut noise = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let shared: Vec<f64> = (0..draws).map(|_| noise()).collect();
+        let foreign: Vec<f64> = (0..draws).map(|_| noise()).collect();
+        let trace = |factor: &[f64], noise: &mut dyn FnMut() -> f64| -> Vec<f32> {
+            factor
+                .iter()
+                .map(|f| (1.0 + f + 0.3 * noise()) as f32)
+                .collect()
+        };
+        let n_trusted = 6;
+        let mut trusted = Array3::<f32>::zeros((1, draws, n_trusted));
+        for j in 0..n_trusted {
+            let t = trace(&shared, &mut noise);
+            for d in 0..draws {
+                trusted[[0, d, j]] = t[d];
+            }
+        }
+        let mut test = Array3::<f32>::zeros((1, draws, 4));
+        for i in 0..4 {
+            let t = trace(if i < 2 { &shared } else { &foreign }, &mut noise);
+            for d in 0..draws {
+                test[[0, d, i]] = t[d];
+            }
+        }
+        let traces = LossTraces {
+            trusted,
+            test,
+            trusted_labels: vec![0, 0, 0, 1, 1, 1],
+            test_is_anomalous: Some(vec![false, false, true, true]),
+            chain_indices: None,
+            trusted_ids: None,
+            test_ids: None,
+            test_labels: None,
+            settings_json: None,
+        };
+        let c = coupling(&traces, 50).unwrap();
+        let scores = anomaly_scores(&c, &traces.trusted_labels);
+        for (name, s) in scores.named() {
+            let worst_normal = s[0].max(s[1]);
+            let best_anomaly = s[2].min(s[3]);
+            assert!(worst_normal < best_anomaly, "{name}: {s:?}");
+        }
+        let top = top_attributions(&c, 2);
+        assert_eq!(top[0].len(), 2);
+        assert!(top[0][0].correlation >= top[0][1].correlation);
+        assert!(top[0][0].bif < 0.0, "coupled losses have negative BIF");
+        assert!(coupling(&traces, 400).is_err());
+    }
+
+    #[test]
+    fn burn_in_is_dropped_per_chain_before_chains_are_joined() {
+        let traces = Array3::from_shape_fn((2, 3, 1), |(c, d, _)| (c * 10 + d) as f32);
+        let joined = by_sample(traces.view(), 1);
+        assert_eq!(joined, array![[1.0, 2.0, 11.0, 12.0]]);
+    }
+
+    const PEARSON: [f64; 12] = [
+        0.9921608287819764,
+        -0.9857907006791881,
+        0.9460138134897914,
+        -7.519632578324811e-26,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -0.4302009254366758,
+        0.34556747416339895,
+        -0.11222632837478508,
+        -7.774951796392958e-26,
+    ];
+    const CCC: [f64; 12] = [
+        0.5584415149266351,
+        -0.774869036923337,
+        0.6356588555976256,
+        -7.801234980771538e-34,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -0.3999999165217565,
+        0.07516147656393052,
+        -0.09160303665287885,
+        -2.299617569463258e-33,
+    ];
+    const COV: [f64; 12] = [
+        0.03583333333333333,
+        -0.04111111111111112,
+        0.034166666666666665,
+        -1.2839532962581572e-34,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -0.009583333333333333,
+        0.008888888888888889,
+        -0.002500000000000002,
+        -9.62964972193618e-35,
+    ];
+    const MEAN_CORR: [f64; 3] = [0.23809598539814494, 0.0, -0.04921494491201549];
+    const CLC: [f64; 3] = [0.9690873211358839, 0.0, 0.17278373708169947];
+    const MEAN_CCC: [f64; 3] = [0.10480783340023092, 0.0, -0.1041103691526762];
+    const CLASS_CCC: [f64; 3] = [0.5970501852621304, 0.0, 0.03758073828196526];
+}

@@ -1,0 +1,271 @@
+//! What MAD-FA is run on: a model's trusted, sampling and test sets.
+//!
+//! A [`MadTask`] holds three image sets: trusted (clean samples whose losses are the reference),
+//! sampling (clean samples with ground-truth labels, driving the chain) and test (what gets
+//! scored), with each test sample's anomaly flag when known, for evaluation only. The detector
+//! never reads the flags.
+//!
+//! [`backdoor_task`] builds one from a backdoored model the way the reference does (SPEC.md §1):
+//! a stratified trusted / sampling / test split of the clean test set per class, with a fixed
+//! seed; trusted and clean test samples kept only if the model classifies them correctly;
+//! the triggered versions of the test part's images kept only if the attack succeeds on them.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::MadError;
+use crate::attack::backdoor::TriggeredTestSet;
+use crate::attack::backdoor::record::{self, AttackManifest, files as record_files};
+use crate::checkpoint;
+use crate::data::{DatasetKind, ImageSet, Split};
+use crate::inference::evaluate;
+use crate::models::{BnMode, Classifier};
+use crate::train::files as run_files;
+
+/// The data of one MAD-FA run.
+#[derive(Debug, Clone)]
+pub struct MadTask {
+    /// Trusted reference samples.
+    pub trusted: ImageSet,
+    /// Samples whose minibatches drive the chain (ground-truth labels).
+    pub sampling: ImageSet,
+    /// Samples to score.
+    pub test: ImageSet,
+    /// Whether each test sample is anomalous, if known (evaluation only).
+    pub test_is_anomalous: Option<Vec<bool>>,
+    /// Index of each trusted sample in its source set.
+    pub trusted_ids: Vec<i64>,
+    /// Index of each test sample in its source set (clean and triggered share the index of the
+    /// clean original).
+    pub test_ids: Vec<i64>,
+}
+
+/// Per-class sizes of the three parts of the clean test set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitSizes {
+    /// Trusted samples per class (reference 250).
+    pub trusted: usize,
+    /// Sampling samples per class (reference 250).
+    pub sampling: usize,
+    /// Test samples per class (reference 500).
+    pub test: usize,
+}
+
+impl SplitSizes {
+    /// The reference split: 250 / 250 / 500 per class.
+    pub fn reference() -> Self {
+        Self {
+            trusted: 250,
+            sampling: 250,
+            test: 500,
+        }
+    }
+}
+
+/// How many samples each filter kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// Trusted samples drawn / kept (correctly classified).
+    pub trusted: (usize, usize),
+    /// Sampling samples.
+    pub sampling: usize,
+    /// Clean test samples drawn / kept (correctly classified).
+    pub clean_test: (usize, usize),
+    /// Triggered test samples drawn / kept (attack succeeded).
+    pub triggered_test: (usize, usize),
+}
+
+/// The reference protocol on a backdoored `classifier`: split `clean_test` per class with
+/// `sizes` and `seed`, keep correctly classified trusted and clean test samples, and add the
+/// triggered versions (from `backdoor_test`) of the test part's images on which the attack
+/// succeeds (prediction = that image's target, so all-to-all targets work too).
+pub fn backdoor_task(
+    classifier: &Classifier,
+    clean_test: &ImageSet,
+    backdoor_test: &TriggeredTestSet,
+    sizes: SplitSizes,
+    seed: u64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<(MadTask, TaskSummary), MadError> {
+    let parts = clean_test
+        .stratified_split(&[sizes.trusted, sizes.sampling, sizes.test], seed)
+        .map_err(|e| MadError::Data(e.to_string()))?;
+    let [trusted_part, sampling_part, test_part] = <[Vec<usize>; 3]>::try_from(parts)
+        .map_err(|_| MadError::Data("the split did not return three parts".into()))?;
+
+    let correct = |set: &ImageSet, indices: &[usize]| -> Vec<usize> {
+        let out = evaluate(
+            classifier,
+            set,
+            Some(indices),
+            batch_size,
+            BnMode::Eval,
+            device,
+        );
+        indices
+            .iter()
+            .zip(out.predicted.iter().zip(&out.labels))
+            .filter(|(_, (p, l))| p == l)
+            .map(|(&i, _)| i)
+            .collect()
+    };
+    let trusted_kept = correct(clean_test, &trusted_part);
+    let clean_kept = correct(clean_test, &test_part);
+
+    let mut in_test_part = vec![false; clean_test.len()];
+    for &i in &test_part {
+        in_test_part[i] = true;
+    }
+    let triggered_part: Vec<usize> = backdoor_test
+        .original_indices
+        .iter()
+        .enumerate()
+        .filter(|(_, original)| in_test_part.get(**original).copied().unwrap_or(false))
+        .map(|(position, _)| position)
+        .collect();
+    // A triggered image's label is its target: "correct" means the attack succeeded.
+    let triggered_kept = correct(&backdoor_test.images, &triggered_part);
+
+    let mut test = clean_test.subset(&clean_kept);
+    test.append(&backdoor_test.images.subset(&triggered_kept))
+        .map_err(|e| MadError::Data(format!("triggered images do not fit the clean ones: {e}")))?;
+    let mut flags = vec![false; clean_kept.len()];
+    flags.resize(clean_kept.len() + triggered_kept.len(), true);
+    let ids = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
+    let mut test_ids = ids(&clean_kept);
+    test_ids.extend(
+        triggered_kept
+            .iter()
+            .map(|&p| backdoor_test.original_indices[p] as i64),
+    );
+    let summary = TaskSummary {
+        trusted: (trusted_part.len(), trusted_kept.len()),
+        sampling: sampling_part.len(),
+        clean_test: (test_part.len(), clean_kept.len()),
+        triggered_test: (triggered_part.len(), triggered_kept.len()),
+    };
+    if trusted_kept.is_empty() {
+        return Err(MadError::Data(
+            "the model classifies no trusted sample correctly".into(),
+        ));
+    }
+    let task = MadTask {
+        trusted: clean_test.subset(&trusted_kept),
+        sampling: clean_test.subset(&sampling_part),
+        test,
+        test_is_anomalous: Some(flags),
+        trusted_ids: ids(&trusted_kept),
+        test_ids,
+    };
+    Ok((task, summary))
+}
+
+/// A backdoor task read from an attack record folder written by `vigil attack`: its model, and
+/// [`backdoor_task`] over its dataset's clean test set (from `data_dir` or the default places)
+/// and its triggered test set.
+pub struct RecordTask {
+    /// The backdoored model (w*).
+    pub classifier: Classifier,
+    /// The task.
+    pub task: MadTask,
+    /// What the filters kept.
+    pub summary: TaskSummary,
+    /// The record's attack settings.
+    pub manifest: AttackManifest,
+}
+
+/// Loads the attack record in `dir` and builds its MAD-FA task (see [`backdoor_task`]).
+pub fn record_task(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    sizes: SplitSizes,
+    seed: u64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<RecordTask, MadError> {
+    let data_err = |e: record::RecordError| MadError::Data(e.to_string());
+    let manifest: AttackManifest =
+        record::read_json(dir, record_files::MANIFEST).map_err(data_err)?;
+    let kind: DatasetKind = manifest.dataset.parse().map_err(|e| {
+        MadError::Data(format!(
+            "{}: unknown dataset `{}`: {e}",
+            dir.join(record_files::MANIFEST).display(),
+            manifest.dataset
+        ))
+    })?;
+    let classifier = checkpoint::load_classifier(&dir.join(run_files::MODEL), device)?;
+    let clean_test = crate::data::load(kind, Split::Test, data_dir)
+        .map_err(|e| MadError::Data(format!("loading the {kind} test split: {e}")))?;
+    let backdoor_test = record::read_backdoor_test(dir).map_err(data_err)?;
+    let (task, summary) = backdoor_task(
+        &classifier,
+        &clean_test,
+        &backdoor_test,
+        sizes,
+        seed,
+        batch_size,
+        device,
+    )?;
+    Ok(RecordTask {
+        classifier,
+        task,
+        summary,
+        manifest,
+    })
+}
+
+/// A task from a user's own sets: every `test` sample counts as normal and every `anomalous`
+/// sample (appended after them) as anomalous; without `anomalous` the flags are unknown.
+pub fn user_task(
+    trusted: ImageSet,
+    sampling: ImageSet,
+    test: ImageSet,
+    anomalous: Option<ImageSet>,
+) -> Result<MadTask, MadError> {
+    let shape = trusted.shape();
+    for (name, set) in [("sampling", &sampling), ("test", &test)]
+        .into_iter()
+        .chain(anomalous.as_ref().map(|a| ("anomalous", a)))
+    {
+        if set.shape() != shape {
+            return Err(MadError::Data(format!(
+                "the {name} images are {}, the trusted ones {shape}",
+                set.shape()
+            )));
+        }
+        if set.is_empty() {
+            return Err(MadError::Data(format!("the {name} set is empty")));
+        }
+    }
+    if trusted.is_empty() {
+        return Err(MadError::Data("the trusted set is empty".into()));
+    }
+    let ids = |n: usize| (0..n as i64).collect::<Vec<_>>();
+    let n_normal = test.len();
+    let (test, flags, test_ids) = match anomalous {
+        Some(a) => {
+            let n_anomalous = a.len();
+            let mut joined = test;
+            joined
+                .append(&a)
+                .map_err(|e| MadError::Data(format!("anomalous set: {e}")))?;
+            let mut flags = vec![false; n_normal];
+            flags.resize(n_normal + n_anomalous, true);
+            let mut test_ids = ids(n_normal);
+            test_ids.extend(ids(n_anomalous));
+            (joined, Some(flags), test_ids)
+        }
+        None => (test, None, ids(n_normal)),
+    };
+    Ok(MadTask {
+        trusted_ids: ids(trusted.len()),
+        trusted,
+        sampling,
+        test,
+        test_is_anomalous: flags,
+        test_ids,
+    })
+}

@@ -1,0 +1,458 @@
+//! Loss traces and the trace file that carries them between vigil and Python.
+//!
+//! A trace file is a numpy `.npz` archive (uncompressed) with
+//! - `trusted` f32 `[chains, draws, n_trusted]`: per-sample losses of the trusted set;
+//! - `test` f32 `[chains, draws, n_test]`: per-sample losses of the test set;
+//! - `trusted_labels` i64 `[n_trusted]`: the labels the trusted losses were taken against (the
+//!   model's predictions at w*), which group the trusted set into classes;
+//! - optionally `test_is_anomalous` bool `[n_test]`: ground truth for evaluation only.
+//!
+//! vigil adds arrays of its own, all optional on reading: `chain_indices` i64 `[chains]` (which
+//! chain each slice is, for merging), `trusted_ids` / `test_ids` i64 (indices of the samples in
+//! their source sets), `test_labels` i64 (the test losses' labels) and `vigil_settings` u8 (the
+//! settings that produced the file, as JSON text). A file with just the four pinned arrays,
+//! such as one written by numpy, reads fine.
+
+use std::io::{Cursor, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array3, Axis, concatenate};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpzError};
+
+use crate::io::{IoError, write_atomic};
+
+/// Errors reading, writing or merging trace files; each names the file or the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceFileError {
+    /// The archive or one of its arrays could not be read.
+    #[error("{path}: {reason}")]
+    Read {
+        /// File (or `<bytes>`).
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The arrays do not fit together.
+    #[error("{path}: {reason}")]
+    Inconsistent {
+        /// File (or `<bytes>`).
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// Files that cannot be merged.
+    #[error("cannot merge trace files: {0}")]
+    Merge(String),
+    /// Writing failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Encoding the archive failed.
+    #[error("cannot encode trace file: {0}")]
+    Encode(String),
+}
+
+/// Per-sample loss traces of one run: trusted and test samples over draws and chains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossTraces {
+    /// `[chains, draws, n_trusted]`.
+    pub trusted: Array3<f32>,
+    /// `[chains, draws, n_test]`.
+    pub test: Array3<f32>,
+    /// Labels of the trusted losses (predictions at w*), `[n_trusted]`.
+    pub trusted_labels: Vec<i64>,
+    /// Which test samples are anomalous, if known (evaluation only).
+    pub test_is_anomalous: Option<Vec<bool>>,
+    /// Chain index of each slice along the first axis (`0..chains` if absent).
+    pub chain_indices: Option<Vec<i64>>,
+    /// Index of each trusted sample in its source set.
+    pub trusted_ids: Option<Vec<i64>>,
+    /// Index of each test sample in its source set.
+    pub test_ids: Option<Vec<i64>>,
+    /// Labels of the test losses.
+    pub test_labels: Option<Vec<i64>>,
+    /// The settings that produced the traces, as JSON text.
+    pub settings_json: Option<String>,
+}
+
+impl LossTraces {
+    /// Number of chains.
+    pub fn chains(&self) -> usize {
+        self.trusted.shape()[0]
+    }
+
+    /// Number of draws per chain.
+    pub fn draws(&self) -> usize {
+        self.trusted.shape()[1]
+    }
+
+    /// Number of trusted samples.
+    pub fn n_trusted(&self) -> usize {
+        self.trusted.shape()[2]
+    }
+
+    /// Number of test samples.
+    pub fn n_test(&self) -> usize {
+        self.test.shape()[2]
+    }
+
+    /// The chain index of every slice (`0..chains` when the file does not say).
+    pub fn chain_indices(&self) -> Vec<i64> {
+        self.chain_indices
+            .clone()
+            .unwrap_or_else(|| (0..self.chains() as i64).collect())
+    }
+
+    /// Checks that every array has the shape the others imply; `path` names the source.
+    pub fn validate(&self, path: &Path) -> Result<(), TraceFileError> {
+        let bad = |reason: String| {
+            Err(TraceFileError::Inconsistent {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
+        let (t, s) = (self.trusted.shape(), self.test.shape());
+        if t[0] != s[0] || t[1] != s[1] {
+            return bad(format!(
+                "`trusted` has {} chains x {} draws but `test` {} x {}",
+                t[0], t[1], s[0], s[1]
+            ));
+        }
+        if t[0] == 0 || t[1] == 0 {
+            return bad("the traces hold no draws".into());
+        }
+        if self.trusted_labels.len() != t[2] {
+            return bad(format!(
+                "{} trusted labels for {} trusted samples",
+                self.trusted_labels.len(),
+                t[2]
+            ));
+        }
+        let per_test = [
+            (
+                "test_is_anomalous",
+                self.test_is_anomalous.as_ref().map(Vec::len),
+            ),
+            ("test_ids", self.test_ids.as_ref().map(Vec::len)),
+            ("test_labels", self.test_labels.as_ref().map(Vec::len)),
+        ];
+        for (name, len) in per_test {
+            if let Some(len) = len
+                && len != s[2]
+            {
+                return bad(format!(
+                    "`{name}` has {len} entries for {} test samples",
+                    s[2]
+                ));
+            }
+        }
+        if let Some(ids) = &self.trusted_ids
+            && ids.len() != t[2]
+        {
+            return bad(format!(
+                "`trusted_ids` has {} entries for {} trusted samples",
+                ids.len(),
+                t[2]
+            ));
+        }
+        if let Some(chains) = &self.chain_indices
+            && chains.len() != t[0]
+        {
+            return bad(format!(
+                "`chain_indices` has {} entries for {} chains",
+                chains.len(),
+                t[0]
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a trace file from any seekable reader; `path` names it in errors.
+    pub fn read_npz<R: Read + Seek>(reader: R, path: &Path) -> Result<Self, TraceFileError> {
+        let read_err = |reason: String| TraceFileError::Read {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut npz = NpzReader::new(reader).map_err(|e| read_err(e.to_string()))?;
+        let names = npz.names().map_err(|e| read_err(e.to_string()))?;
+        let has = |name: &str| {
+            names
+                .iter()
+                .any(|n| n == name || n.strip_suffix(".npy") == Some(name))
+        };
+        let ctx =
+            |name: &'static str| move |e: ReadNpzError| read_err(format!("array `{name}`: {e}"));
+        for required in ["trusted", "test", "trusted_labels"] {
+            if !has(required) {
+                return Err(read_err(format!(
+                    "no `{required}` array (a trace file needs trusted, test and trusted_labels)"
+                )));
+            }
+        }
+        let trusted: Array3<f32> = npz.by_name("trusted").map_err(ctx("trusted"))?;
+        let test: Array3<f32> = npz.by_name("test").map_err(ctx("test"))?;
+        let trusted_labels: Array1<i64> = npz
+            .by_name("trusted_labels")
+            .map_err(ctx("trusted_labels"))?;
+        let mut optional_i64 = |name: &'static str| -> Result<Option<Vec<i64>>, TraceFileError> {
+            if !has(name) {
+                return Ok(None);
+            }
+            let a: Array1<i64> = npz.by_name(name).map_err(ctx(name))?;
+            Ok(Some(a.to_vec()))
+        };
+        let chain_indices = optional_i64("chain_indices")?;
+        let trusted_ids = optional_i64("trusted_ids")?;
+        let test_ids = optional_i64("test_ids")?;
+        let test_labels = optional_i64("test_labels")?;
+        let test_is_anomalous = if has("test_is_anomalous") {
+            let a: Array1<bool> = npz
+                .by_name("test_is_anomalous")
+                .map_err(ctx("test_is_anomalous"))?;
+            Some(a.to_vec())
+        } else {
+            None
+        };
+        let settings_json = if has("vigil_settings") {
+            let a: Array1<u8> = npz
+                .by_name("vigil_settings")
+                .map_err(ctx("vigil_settings"))?;
+            Some(
+                String::from_utf8(a.to_vec())
+                    .map_err(|e| read_err(format!("`vigil_settings` is not UTF-8: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let traces = LossTraces {
+            trusted,
+            test,
+            trusted_labels: trusted_labels.to_vec(),
+            test_is_anomalous,
+            chain_indices,
+            trusted_ids,
+            test_ids,
+            test_labels,
+            settings_json,
+        };
+        traces.validate(path)?;
+        Ok(traces)
+    }
+
+    /// Writes the trace file to a seekable writer.
+    pub fn write_npz<W: Write + Seek>(&self, writer: W) -> Result<(), TraceFileError> {
+        let enc = |e: ndarray_npy::WriteNpzError| TraceFileError::Encode(e.to_string());
+        let mut npz = NpzWriter::new(writer);
+        npz.add_array("trusted", &self.trusted).map_err(enc)?;
+        npz.add_array("test", &self.test).map_err(enc)?;
+        npz.add_array("trusted_labels", &Array1::from(self.trusted_labels.clone()))
+            .map_err(enc)?;
+        if let Some(flags) = &self.test_is_anomalous {
+            npz.add_array("test_is_anomalous", &Array1::from(flags.clone()))
+                .map_err(enc)?;
+        }
+        let optional = [
+            ("chain_indices", &self.chain_indices),
+            ("trusted_ids", &self.trusted_ids),
+            ("test_ids", &self.test_ids),
+            ("test_labels", &self.test_labels),
+        ];
+        for (name, values) in optional {
+            if let Some(values) = values {
+                npz.add_array(name, &Array1::from(values.clone()))
+                    .map_err(enc)?;
+            }
+        }
+        if let Some(json) = &self.settings_json {
+            npz.add_array("vigil_settings", &Array1::from(json.as_bytes().to_vec()))
+                .map_err(enc)?;
+        }
+        npz.finish().map_err(enc)?;
+        Ok(())
+    }
+
+    /// Reads a trace file from disk.
+    pub fn load(path: &Path) -> Result<Self, TraceFileError> {
+        let bytes = std::fs::read(path).map_err(|e| TraceFileError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::read_npz(Cursor::new(bytes), path)
+    }
+
+    /// Writes the trace file to disk atomically.
+    pub fn save(&self, path: &Path) -> Result<(), TraceFileError> {
+        let mut buffer = Cursor::new(Vec::new());
+        self.write_npz(&mut buffer)?;
+        write_atomic(path, buffer.get_ref())?;
+        Ok(())
+    }
+
+    /// Joins trace files of the same run (each holding some of its chains) into one, ordered
+    /// by chain index. Refuses files with different settings (other than the chain), samples,
+    /// labels or draw counts, and chains present twice.
+    pub fn merge(mut parts: Vec<(PathBuf, LossTraces)>) -> Result<LossTraces, TraceFileError> {
+        let merge_err = |m: String| Err(TraceFileError::Merge(m));
+        if parts.is_empty() {
+            return merge_err("no files given".into());
+        }
+        let (first_path, first) = &parts[0];
+        let settings = |t: &LossTraces| t.settings_json.as_deref().map(settings_without_chain);
+        for (path, part) in &parts[1..] {
+            let differs = |what: &str| {
+                Err(TraceFileError::Merge(format!(
+                    "{} and {} differ in {what}",
+                    first_path.display(),
+                    path.display()
+                )))
+            };
+            if settings(part) != settings(first) {
+                return differs("their settings");
+            }
+            if part.draws() != first.draws() {
+                return differs("the number of draws");
+            }
+            if part.trusted_labels != first.trusted_labels
+                || part.trusted_ids != first.trusted_ids
+                || part.n_trusted() != first.n_trusted()
+            {
+                return differs("their trusted samples");
+            }
+            if part.test_ids != first.test_ids
+                || part.test_labels != first.test_labels
+                || part.test_is_anomalous != first.test_is_anomalous
+                || part.n_test() != first.n_test()
+            {
+                return differs("their test samples");
+            }
+        }
+        // One (chain index, part, slice) per chain, sorted by chain index.
+        let mut order: Vec<(i64, usize, usize)> = Vec::new();
+        for (p, (_, part)) in parts.iter().enumerate() {
+            for (slice, chain) in part.chain_indices().into_iter().enumerate() {
+                order.push((chain, p, slice));
+            }
+        }
+        order.sort_unstable();
+        if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+            return merge_err(format!(
+                "chain {} appears in {} and {}",
+                w[0].0,
+                parts[w[0].1].0.display(),
+                parts[w[1].1].0.display()
+            ));
+        }
+        let trusted: Vec<_> = order
+            .iter()
+            .map(|&(_, p, s)| parts[p].1.trusted.slice(ndarray::s![s..s + 1, .., ..]))
+            .collect();
+        let test: Vec<_> = order
+            .iter()
+            .map(|&(_, p, s)| parts[p].1.test.slice(ndarray::s![s..s + 1, .., ..]))
+            .collect();
+        let enc = |e: ndarray::ShapeError| TraceFileError::Merge(e.to_string());
+        let trusted = concatenate(Axis(0), &trusted).map_err(enc)?;
+        let test = concatenate(Axis(0), &test).map_err(enc)?;
+        let mut merged = parts.swap_remove(0).1;
+        merged.trusted = trusted;
+        merged.test = test;
+        merged.chain_indices = Some(order.iter().map(|&(c, _, _)| c).collect());
+        merged.settings_json = merged
+            .settings_json
+            .as_deref()
+            .map(settings_without_chain)
+            .map(|v| v.to_string());
+        Ok(merged)
+    }
+}
+
+/// The settings JSON with the field naming which chains a file holds removed, so the files of
+/// one run compare equal.
+fn settings_without_chain(json: &str) -> serde_json::Value {
+    let mut value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or(serde_json::Value::String(json.to_string()));
+    if let Some(map) = value.as_object_mut() {
+        map.remove("chains");
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn example(chains: &[i64]) -> LossTraces {
+        let c = chains.len();
+        let trusted = Array3::from_shape_fn((c, 4, 3), |(k, d, i)| {
+            (chains[k] * 100 + d as i64 * 10 + i as i64) as f32
+        });
+        let test = Array3::from_shape_fn((c, 4, 2), |(k, d, i)| {
+            -((chains[k] * 100 + d as i64 * 10 + i as i64) as f32)
+        });
+        LossTraces {
+            trusted,
+            test,
+            trusted_labels: vec![0, 1, 1],
+            test_is_anomalous: Some(vec![false, true]),
+            chain_indices: Some(chains.to_vec()),
+            trusted_ids: Some(vec![5, 6, 7]),
+            test_ids: None,
+            test_labels: Some(vec![1, 0]),
+            settings_json: Some(format!(r#"{{"seed": 3, "chains": {chains:?}}}"#)),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_npz_bytes() {
+        let traces = example(&[0, 1]);
+        let mut buffer = Cursor::new(Vec::new());
+        traces.write_npz(&mut buffer).unwrap();
+        buffer.set_position(0);
+        let back = LossTraces::read_npz(buffer, Path::new("<bytes>")).unwrap();
+        assert_eq!(back, traces);
+    }
+
+    #[test]
+    fn merging_orders_chains_and_refuses_mismatches() {
+        let parts = vec![
+            (PathBuf::from("b"), example(&[2])),
+            (PathBuf::from("a"), example(&[0, 1])),
+        ];
+        let merged = LossTraces::merge(parts).unwrap();
+        assert_eq!(merged.chain_indices, Some(vec![0, 1, 2]));
+        assert_eq!(merged.trusted, example(&[0, 1, 2]).trusted);
+        assert_eq!(merged.test, example(&[0, 1, 2]).test);
+
+        let twice = vec![
+            (PathBuf::from("a"), example(&[0])),
+            (PathBuf::from("b"), example(&[0])),
+        ];
+        assert!(
+            LossTraces::merge(twice)
+                .unwrap_err()
+                .to_string()
+                .contains("chain 0")
+        );
+        let mut other = example(&[1]);
+        other.settings_json = Some(r#"{"seed": 4, "chains": [1]}"#.into());
+        let err = LossTraces::merge(vec![
+            (PathBuf::from("a"), example(&[0])),
+            ("b".into(), other),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("settings"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_or_incomplete_files_are_typed_errors() {
+        let mut traces = example(&[0]);
+        traces.trusted_labels.pop();
+        let mut buffer = Cursor::new(Vec::new());
+        traces.write_npz(&mut buffer).unwrap();
+        buffer.set_position(0);
+        let err = LossTraces::read_npz(buffer, Path::new("x.npz")).unwrap_err();
+        assert!(err.to_string().contains("2 trusted labels for 3"), "{err}");
+        let err = LossTraces::read_npz(Cursor::new(b"not a zip".to_vec()), Path::new("y.npz"))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("y.npz"), "{err}");
+    }
+}

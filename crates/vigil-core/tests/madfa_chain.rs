@@ -1,0 +1,241 @@
+//! MAD-FA chains: reproducible from their seed alone, resumable bit for bit, mergeable, and
+//! BatchNorm-safe (a chain never moves the original model's running statistics).
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use vigil_core::data::{ImageSet, ImageShape};
+use vigil_core::device::default_device;
+use vigil_core::madfa::{
+    BnPolicy, ChainConfig, ChainObserver, LossTraces, MadTask, Quiet, SgldConfig, TraceLoss,
+    run_chains, user_task,
+};
+use vigil_core::models::{Architecture, Classifier, ModelSpec, Network};
+
+/// 3 classes of 8x8 images, class k brighter in row band k, with deterministic noise.
+fn dataset(n: usize, salt: u64) -> ImageSet {
+    let shape = ImageShape::new(1, 8, 8);
+    let mut pixels = Vec::with_capacity(n * 64);
+    let mut labels = Vec::with_capacity(n);
+    let mut s = 0x9E37_79B9u64 ^ salt;
+    for i in 0..n {
+        let k = (i % 3) as u16;
+        labels.push(k);
+        for r in 0..8 {
+            for _ in 0..8 {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let noise = (s >> 40) as f32 / (1u64 << 24) as f32 * 0.3;
+                let band = if r / 3 == k as usize { 0.6 } else { 0.0 };
+                pixels.push(band + noise);
+            }
+        }
+    }
+    let names = vec!["a".into(), "b".into(), "c".into()];
+    ImageSet::new(pixels, labels, shape, names, "synthetic").unwrap()
+}
+
+fn model(architecture: Architecture) -> Classifier {
+    let spec = ModelSpec {
+        architecture,
+        input_shape: [1, 8, 8],
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        normalization: None,
+    };
+    Classifier::new(spec, &default_device()).unwrap()
+}
+
+fn task() -> MadTask {
+    user_task(
+        dataset(12, 1),
+        dataset(20, 2),
+        dataset(9, 3),
+        Some(dataset(6, 4)),
+    )
+    .unwrap()
+}
+
+/// Settings where every term of the update matters on this tiny model.
+fn config(bn: BnPolicy) -> ChainConfig {
+    ChainConfig {
+        sgld: SgldConfig {
+            lr: 1e-4,
+            n_beta: 10.0,
+            gamma: 100.0,
+            batch_size: 8,
+            ..SgldConfig::reference()
+        },
+        draws: 5,
+        burn_in: 3,
+        thinning: 2,
+        bn,
+        loss: TraceLoss::Precise,
+        trace_batch_size: 7,
+        seed: 11,
+    }
+}
+
+fn run(
+    w_star: &Classifier,
+    config: &ChainConfig,
+    chains: &[usize],
+    resume: Option<&PathBuf>,
+    observer: &mut impl ChainObserver,
+) -> Option<LossTraces> {
+    run_chains(
+        w_star,
+        &task(),
+        config,
+        chains,
+        serde_json::json!({"test": true}),
+        resume.map(PathBuf::as_path),
+        &default_device(),
+        observer,
+    )
+    .unwrap()
+    .map(|(traces, _)| traces)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-madfa-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Stops after `after` steps in all.
+struct StopAfter {
+    after: usize,
+    seen: usize,
+}
+
+impl ChainObserver for StopAfter {
+    fn step_finished(&mut self, _: usize, _: f64, _: f64) {
+        self.seen += 1;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.seen >= self.after
+    }
+}
+
+#[test]
+fn same_seed_same_traces_and_the_chain_moves() {
+    let w_star = model(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    });
+    let config = config(BnPolicy::Reference);
+    // Another thread drawing from burn's device RNG while the chains run must not matter.
+    let noise = std::thread::spawn(|| {
+        for _ in 0..50 {
+            let _ = model(Architecture::SmallCnn {
+                width: 4,
+                hidden: 8,
+            });
+        }
+    });
+    let a = run(&w_star, &config, &[0], None, &mut Quiet).unwrap();
+    let b = run(&w_star, &config, &[0], None, &mut Quiet).unwrap();
+    noise.join().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.trusted.shape(), &[1, 5, 12]);
+    assert_eq!(a.test.shape(), &[1, 5, 15]);
+    // The traces change from draw to draw: the parameters move.
+    assert!(
+        a.test
+            .iter()
+            .zip(a.test.iter().skip(15))
+            .any(|(x, y)| x != y)
+    );
+    let other_seed = ChainConfig { seed: 12, ..config };
+    let c = run(&w_star, &other_seed, &[0], None, &mut Quiet).unwrap();
+    assert_ne!(a.test, c.test);
+}
+
+#[test]
+fn interrupted_chains_resume_bit_for_bit_and_merge_equals_one_run() {
+    let w_star = model(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    });
+    let config = config(BnPolicy::Reference);
+    let uninterrupted = run(&w_star, &config, &[0, 1], None, &mut Quiet).unwrap();
+
+    // Stop during burn-in of chain 0, mid-draws of chain 0, and in chain 1; resume each time.
+    let dir = scratch("resume");
+    for after in [2, 7, 16] {
+        let stopped = run(
+            &w_star,
+            &config,
+            &[0, 1],
+            Some(&dir),
+            &mut StopAfter { after, seen: 0 },
+        );
+        assert!(
+            stopped.is_none(),
+            "the run should have stopped after {after} steps"
+        );
+    }
+    let resumed = run(&w_star, &config, &[0, 1], Some(&dir), &mut Quiet).unwrap();
+    assert_eq!(resumed.trusted, uninterrupted.trusted);
+    assert_eq!(resumed.test, uninterrupted.test);
+
+    // Chains run one by one and merged equal the two-chain run.
+    let one = run(&w_star, &config, &[1], None, &mut Quiet).unwrap();
+    let zero = run(&w_star, &config, &[0], None, &mut Quiet).unwrap();
+    let merged = LossTraces::merge(vec![("one".into(), one), ("zero".into(), zero)]).unwrap();
+    assert_eq!(merged.trusted, uninterrupted.trusted);
+    assert_eq!(merged.test, uninterrupted.test);
+    assert_eq!(merged.chain_indices, Some(vec![0, 1]));
+
+    // A checkpoint of other settings is refused, not silently mixed in.
+    let other = ChainConfig { seed: 99, ..config };
+    let err = run_chains(
+        &w_star,
+        &task(),
+        &other,
+        &[0],
+        serde_json::Value::Null,
+        Some(&dir),
+        &default_device(),
+        &mut Quiet,
+    )
+    .expect_err("other settings must be refused");
+    assert!(err.to_string().contains("other settings"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn running_mean(c: &Classifier) -> Vec<f32> {
+    let Network::PreActResNet18(net) = &c.network else {
+        unreachable!()
+    };
+    net.layer1[0]
+        .bn1
+        .running_mean
+        .value_sync()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn batch_norm_chains_leave_the_model_alone_and_the_modes_differ() {
+    let w_star = model(Architecture::PreActResNet18 { width: 2 });
+    let before = running_mean(&w_star);
+    let reference = run(
+        &w_star,
+        &config(BnPolicy::Reference),
+        &[0],
+        None,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(
+        running_mean(&w_star),
+        before,
+        "the chain moved w*'s running statistics"
+    );
+    let frozen = run(&w_star, &config(BnPolicy::Frozen), &[0], None, &mut Quiet).unwrap();
+    assert_eq!(running_mean(&w_star), before);
+    // Reference mode traces with drifted statistics, frozen mode with w*'s: they differ.
+    assert_ne!(reference.test, frozen.test);
+    assert!(w_star.network.num_params() > 0);
+}
