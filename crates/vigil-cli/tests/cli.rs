@@ -280,5 +280,132 @@ fn attack_writes_a_record_and_the_backdoor_takes() {
     assert!(table.status.success(), "{}", stderr(&table));
     let shown = format!("{:.2}% | {:.2}% |", 100.0 * asr, 100.0 * asr);
     assert!(stdout(&table).contains(&shown), "{}", stdout(&table));
+
+    madfa_on_the_record(&dir, &out, data_s);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `vigil sample`, `score` and `merge` on the attack record: traces of the right shape, AUROCs
+/// of the four scores, and single chains merged equal to one two-chain run.
+fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
+    let sample = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--record",
+            record.to_str().unwrap(),
+            "--data-dir",
+            data_s,
+            "--out",
+            out.to_str().unwrap(),
+            "--split",
+            "5,5,5",
+            "--draws",
+            "12",
+            "--burn-in",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-5",
+            "--gamma",
+            "1000",
+            "--loss",
+            "precise",
+            "--seed",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        let run = vigil(&args);
+        assert!(run.status.success(), "sample failed: {}", stderr(&run));
+        run
+    };
+    let both = dir.join("madfa");
+    let run = sample(&both, &["--chains", "2", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert!(
+        summary["auroc"]["clc"].as_f64().is_some(),
+        "{}",
+        stdout(&run)
+    );
+    for file in ["traces.npz", "diagnostics.json", "task.json"] {
+        assert!(both.join(file).exists(), "{file} missing");
+    }
+    let traces = vigil_core::madfa::LossTraces::load(&both.join("traces.npz")).unwrap();
+    assert_eq!(traces.chains(), 2);
+    assert_eq!(traces.draws(), 12);
+    let flags = traces.test_is_anomalous.clone().unwrap();
+    assert!(flags.iter().any(|&f| f) && flags.iter().any(|&f| !f));
+
+    let score = vigil(&[
+        "score",
+        both.join("traces.npz").to_str().unwrap(),
+        "--json",
+        "--top-k",
+        "3",
+    ]);
+    assert!(score.status.success(), "{}", stderr(&score));
+    let scored: serde_json::Value = serde_json::from_str(&stdout(&score)).unwrap();
+    for name in ["mean_corr", "clc", "mean_ccc", "class_ccc"] {
+        let auroc = scored["auroc"][name].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{name}: {auroc}");
+        // The sample command's own report scores the same traces the same way.
+        assert_eq!(summary["auroc"][name], scored["auroc"][name]);
+    }
+    let csv = std::fs::read_to_string(both.join("scores.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + traces.n_test());
+    let attribution = std::fs::read_to_string(both.join("attribution.csv")).unwrap();
+    assert_eq!(attribution.lines().count(), 1 + 3 * traces.n_test());
+
+    let singles = dir.join("madfa-singles");
+    sample(&singles, &["--chain", "1"]);
+    sample(&singles, &["--chain", "0"]);
+    let merged = dir.join("merged.npz");
+    let run = vigil(&[
+        "merge",
+        singles.join("traces-chain-1.npz").to_str().unwrap(),
+        singles.join("traces-chain-0.npz").to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let merged = vigil_core::madfa::LossTraces::load(&merged).unwrap();
+    assert_eq!(merged.trusted, traces.trusted);
+    assert_eq!(merged.test, traces.test);
+    let again = vigil(&[
+        "merge",
+        singles.join("traces-chain-0.npz").to_str().unwrap(),
+        singles.join("traces-chain-0.npz").to_str().unwrap(),
+        "--out",
+        dir.join("twice.npz").to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("chain 0 appears"),
+        "{}",
+        stderr(&again)
+    );
+
+    // Settings whose localization term diverges are refused before any work, with the fix.
+    let unstable = vigil(&[
+        "sample",
+        "--record",
+        record.to_str().unwrap(),
+        "--out",
+        dir.join("bad").to_str().unwrap(),
+        "--lr",
+        "1e-3",
+    ]);
+    assert!(!unstable.status.success());
+    assert!(
+        stderr(&unstable).contains("use lr below 4.0e-5"),
+        "{}",
+        stderr(&unstable)
+    );
+    let not_npz = vigil(&["score", record.join("attack.json").to_str().unwrap()]);
+    assert!(!not_npz.status.success());
+    assert!(
+        stderr(&not_npz).contains("attack.json"),
+        "{}",
+        stderr(&not_npz)
+    );
 }

@@ -1,6 +1,6 @@
 //! `vigil sample`: MAD-FA's localized SGLD chains, writing loss traces.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,8 @@ use crate::progress::{bar, interrupt_flag};
 /// Writes to --out: traces.npz (numpy: `trusted`, `test` [chains, draws, samples],
 /// `trusted_labels`, `test_is_anomalous`), diagnostics.json (per chain: loss, distance from
 /// w* and the norms of the update's three terms at every step, constant-trace fractions,
-/// timings, warnings), task.json, and resume/ (checkpoints every minute and on Ctrl-C: run the
+/// timings, warnings), task.json and task.npz (the samples, for other implementations), and
+/// resume/ (checkpoints every minute and on Ctrl-C: run the
 /// same command again to continue, bit for bit). With --chain K only chain K runs and the files
 /// are traces-chain-K.npz and diagnostics-chain-K.json; join them with `vigil merge`.
 #[derive(Args, Debug)]
@@ -354,6 +355,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     write_json_atomic(&args.out.join("task.json"), &data)?;
+    task.save_npz(&args.out.join("task.npz"))?;
     let mut observer = ChainProgress {
         bar: None,
         interrupted: interrupt_flag(),
@@ -388,22 +390,53 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         trace_path.display(),
         started.elapsed().as_secs_f64()
     );
-    report(
-        &trace_path,
-        &traces,
-        started.elapsed().as_secs_f64(),
-        args.json,
-    )?;
+    let report = auroc_report(&traces)?;
+    if args.json {
+        let chains: Vec<_> = diagnostics
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "chain": d.chain,
+                    "step_seconds": d.step_seconds,
+                    "trace_seconds": d.trace_seconds,
+                    "final_distance": d.distance.last(),
+                    "median_drift_to_noise": d.median_drift_to_noise,
+                    "constant_trusted_fraction": d.constant_trusted_fraction,
+                    "constant_test_fraction": d.constant_test_fraction,
+                    "warnings": d.warnings,
+                })
+            })
+            .collect();
+        let settings: serde_json::Value = traces
+            .settings_json
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({
+                "traces": trace_path.display().to_string(),
+                "auroc": report.as_ref().map(|r| &r.auroc),
+                "normal": report.as_ref().map(|r| r.normal),
+                "anomalous": report.as_ref().map(|r| r.anomalous),
+                "trusted": traces.n_trusted(),
+                "seconds": started.elapsed().as_secs_f64(),
+                "threads": rayon::current_num_threads(),
+                "settings": settings,
+                "chains": chains,
+            })
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the AUROC of every score when the anomalies are known.
-fn report(path: &Path, traces: &madfa::LossTraces, seconds: f64, json: bool) -> Result<()> {
+/// The AUROC of every score when the anomalies are known (printed on stderr).
+fn auroc_report(traces: &madfa::LossTraces) -> Result<Option<madfa::ScoreReport>> {
     let Some(flags) = &traces.test_is_anomalous else {
-        return Ok(());
+        return Ok(None);
     };
     if !flags.iter().any(|&f| f) || flags.iter().all(|&f| f) {
-        return Ok(());
+        return Ok(None);
     }
     let coupling = madfa::coupling(traces, 0)?;
     let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
@@ -411,17 +444,5 @@ fn report(path: &Path, traces: &madfa::LossTraces, seconds: f64, json: bool) -> 
     for (name, auroc) in &report.auroc {
         eprintln!("  AUROC {name:>10}: {auroc:.4}");
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "traces": path.display().to_string(),
-                "auroc": report.auroc,
-                "normal": report.normal,
-                "anomalous": report.anomalous,
-                "seconds": seconds,
-            })
-        );
-    }
-    Ok(())
+    Ok(Some(report))
 }

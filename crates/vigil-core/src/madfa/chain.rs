@@ -628,7 +628,7 @@ fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, dra
     }
     if d.median_drift_to_noise < 1e-3 {
         d.warnings.push(format!(
-            "the gradient term is {:.1e} of the noise (median per step): the chain is nearly isotropic noise around w*, and detection quality depends on the noise draw; raise n_beta or lr, or run `vigil calibrate`",
+            "the gradient term is {:.1e} of the noise (median per step): the chain is nearly isotropic noise around w*, and detection quality depends on the noise draw; raise n_beta or lr (docs/madfa.md compares settings)",
             d.median_drift_to_noise
         ));
     }

@@ -42,6 +42,59 @@ pub struct MadTask {
     pub test_ids: Vec<i64>,
 }
 
+impl MadTask {
+    /// The task's images and labels as a numpy `.npz` archive, so another implementation (the
+    /// PyTorch twin in `bench/peer/`) runs on exactly the same data: `trusted_images`,
+    /// `sampling_images`, `test_images` f32 `[n, c, h, w]` in `[0, 1]`, `trusted_labels`,
+    /// `sampling_labels`, `test_labels` i64 (the sets' own labels; ground truth for trusted and
+    /// sampling, the target for triggered test images), `trusted_ids`, `test_ids` i64 and, when
+    /// known, `test_is_anomalous` bool.
+    pub fn save_npz(&self, path: &Path) -> Result<(), MadError> {
+        use ndarray::{Array1, Array4};
+        let enc = |e: String| MadError::Data(format!("cannot encode {}: {e}", path.display()));
+        let images = |set: &ImageSet| {
+            let s = set.shape();
+            Array4::from_shape_vec(
+                (set.len(), s.channels, s.height, s.width),
+                set.pixels().to_vec(),
+            )
+            .map_err(|e| enc(e.to_string()))
+        };
+        let labels = |set: &ImageSet| {
+            Array1::from(
+                set.labels()
+                    .iter()
+                    .map(|&l| i64::from(l))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut buffer = std::io::Cursor::new(Vec::new());
+        let mut npz = ndarray_npy::NpzWriter::new(&mut buffer);
+        let e = |e: ndarray_npy::WriteNpzError| enc(e.to_string());
+        for (name, set) in [
+            ("trusted", &self.trusted),
+            ("sampling", &self.sampling),
+            ("test", &self.test),
+        ] {
+            npz.add_array(format!("{name}_images"), &images(set)?)
+                .map_err(e)?;
+            npz.add_array(format!("{name}_labels"), &labels(set))
+                .map_err(e)?;
+        }
+        npz.add_array("trusted_ids", &Array1::from(self.trusted_ids.clone()))
+            .map_err(e)?;
+        npz.add_array("test_ids", &Array1::from(self.test_ids.clone()))
+            .map_err(e)?;
+        if let Some(flags) = &self.test_is_anomalous {
+            npz.add_array("test_is_anomalous", &Array1::from(flags.clone()))
+                .map_err(e)?;
+        }
+        npz.finish().map_err(e)?;
+        crate::io::write_atomic(path, buffer.get_ref())?;
+        Ok(())
+    }
+}
+
 /// Per-class sizes of the three parts of the clean test set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitSizes {

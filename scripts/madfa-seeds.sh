@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs `vigil sample` on one attack record for several seeds and keeps each run's JSON summary
+# (AUROCs, settings, seed, version, timings) under results/, then prints the mean and spread.
+#
+#   scripts/madfa-seeds.sh RECORD NAME [extra vigil sample flags...]
+#
+# RECORD  attack record folder (from `vigil attack`), e.g. runs/badnets
+# NAME    row name, e.g. badnets-reference; results go to $RESULTS/NAME/seed-K.json
+# Environment: SEEDS (default "0 1 2 3 4"), RESULTS (default results/madfa-small-cnn),
+#              RUNS (default runs/madfa), VIGIL (default target/release/vigil).
+# Traces stay under $RUNS/NAME/seed-K (large; not committed). Re-running skips finished seeds.
+set -euo pipefail
+[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+record=$1; name=$2; shift 2
+seeds=${SEEDS:-"0 1 2 3 4"}
+results=${RESULTS:-results/madfa-small-cnn}/$name
+runs=${RUNS:-runs/madfa}/$name
+vigil=${VIGIL:-target/release/vigil}
+mkdir -p "$results" "$runs"
+for seed in $seeds; do
+  out=$results/seed-$seed.json
+  if [ -s "$out" ]; then echo "$name seed $seed: done"; continue; fi
+  echo "$name seed $seed: sampling" >&2
+  "$vigil" sample --record "$record" --out "$runs/seed-$seed" --seed "$seed" --json "$@" \
+    > "$out.tmp" 2> "$runs/seed-$seed.log"
+  mv "$out.tmp" "$out"
+  echo "$name seed $seed: $(grep -o '"clc":[0-9.]*' "$out")"
+done
+python3 "$(dirname "$0")/madfa-summary.py" "$results"
