@@ -27,15 +27,20 @@ def summarize(folder):
     records = [json.loads(p.read_text()) for p in runs]
     if not records:
         return None
+    # vigil's records nest the chain settings; the PyTorch twin's are flat.
+    settings = [r["settings"].get("chain", r["settings"]) for r in records]
+    seconds = [r["seconds"]["total"] if isinstance(r["seconds"], dict) else r["seconds"]
+               for r in records]
     summary = {
         "row": folder.name,
-        "seeds": [r["settings"]["chain"]["seed"] for r in records],
-        "settings": records[0]["settings"]["chain"],
-        "data": records[0]["settings"]["data"],
-        "vigil_version": records[0]["settings"]["vigil_version"],
-        "normal": records[0]["normal"],
-        "anomalous": records[0]["anomalous"],
-        "seconds_per_seed": sum(r["seconds"] for r in records) / len(records),
+        "producer": "vigil" if "chain" in records[0]["settings"] else "pytorch-twin",
+        "seeds": [s["seed"] for s in settings],
+        "settings": settings[0],
+        "data": records[0]["settings"].get("data"),
+        "vigil_version": records[0]["settings"].get("vigil_version"),
+        "normal": records[0].get("normal"),
+        "anomalous": records[0].get("anomalous"),
+        "seconds_per_seed": sum(seconds) / len(seconds),
         "auroc": {s: stats([r["auroc"][s] for r in records]) for s in SCORES},
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

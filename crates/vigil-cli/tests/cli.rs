@@ -351,6 +351,23 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
         // The sample command's own report scores the same traces the same way.
         assert_eq!(summary["auroc"][name], scored["auroc"][name]);
     }
+    // A shorter, thinner chain after the fact: draws 2, 4, 6 of each chain.
+    let short = vigil(&[
+        "score",
+        both.join("traces.npz").to_str().unwrap(),
+        "--burn-in",
+        "2",
+        "--draws",
+        "5",
+        "--every",
+        "2",
+        "--out",
+        dir.join("short.csv").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(short.status.success(), "{}", stderr(&short));
+    let short: serde_json::Value = serde_json::from_str(&stdout(&short)).unwrap();
+    assert_eq!(short["draws"], 3);
     let csv = std::fs::read_to_string(both.join("scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + traces.n_test());
     let attribution = std::fs::read_to_string(both.join("attribution.csv")).unwrap();

@@ -26,6 +26,15 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 0)]
     burn_in: usize,
 
+    /// Use only the first N kept draws of every chain (after --burn-in): detection against
+    /// chain length from one long run.
+    #[arg(long, value_name = "N")]
+    draws: Option<usize>,
+
+    /// Use only every K-th of those draws (thinning after the fact).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    every: usize,
+
     /// Where to write the per-sample scores (default: scores.csv beside the traces).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -42,8 +51,26 @@ pub struct ScoreArgs {
 
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
-    let traces = LossTraces::load(&args.traces)?;
-    let coupling = madfa::coupling(&traces, args.burn_in)
+    let mut traces = LossTraces::load(&args.traces)?;
+    if args.burn_in >= traces.draws() {
+        anyhow::bail!(
+            "--burn-in {} leaves no draws: {} has {} per chain",
+            args.burn_in,
+            args.traces.display(),
+            traces.draws()
+        );
+    }
+    if args.every == 0 {
+        anyhow::bail!("--every must be at least 1");
+    }
+    traces = traces.select_draws(args.burn_in, args.draws, args.every);
+    if traces.draws() < 2 {
+        anyhow::bail!(
+            "the selected draws leave {} per chain; need at least 2",
+            traces.draws()
+        );
+    }
+    let coupling = madfa::coupling(&traces, 0)
         .with_context(|| format!("scoring {}", args.traces.display()))?;
     let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
     let out = args
@@ -71,11 +98,10 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     }
     write_atomic(&out, csv.as_bytes())?;
     eprintln!(
-        "{}: {} chains x {} draws ({} after burn-in), {} trusted, {} test; scores in {}",
+        "{}: {} chains x {} draws used, {} trusted, {} test; scores in {}",
         args.traces.display(),
         traces.chains(),
         traces.draws(),
-        traces.draws() - args.burn_in,
         traces.n_trusted(),
         traces.n_test(),
         out.display()
@@ -124,6 +150,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
             serde_json::json!({
                 "traces": args.traces.display().to_string(),
                 "burn_in": args.burn_in,
+                "every": args.every,
                 "chains": traces.chains(),
                 "draws": traces.draws(),
                 "auroc": report.as_ref().map(|r| &r.auroc),

@@ -102,6 +102,21 @@ impl LossTraces {
             .unwrap_or_else(|| (0..self.chains() as i64).collect())
     }
 
+    /// The traces with only some draws of every chain: drop the first `skip` (burn-in), keep
+    /// at most `count` of the rest, and of those every `every`-th. A chain's draws do not
+    /// depend on how many come after them, so this is what a shorter or more thinned chain
+    /// would have recorded: detection against chain length from one long run.
+    pub fn select_draws(&self, skip: usize, count: Option<usize>, every: usize) -> LossTraces {
+        let start = skip.min(self.draws());
+        let end = count.map_or(self.draws(), |c| start.saturating_add(c).min(self.draws()));
+        let pick = ndarray::s![.., start..end;every.max(1), ..];
+        LossTraces {
+            trusted: self.trusted.slice(pick).to_owned(),
+            test: self.test.slice(pick).to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// Checks that every array has the shape the others imply; `path` names the source.
     pub fn validate(&self, path: &Path) -> Result<(), TraceFileError> {
         let bad = |reason: String| {
@@ -399,6 +414,19 @@ mod tests {
             test_labels: Some(vec![1, 0]),
             settings_json: Some(format!(r#"{{"seed": 3, "chains": {chains:?}}}"#)),
         }
+    }
+
+    #[test]
+    fn selecting_draws_skips_limits_and_thins() {
+        let traces = example(&[0, 1]);
+        let short = traces.select_draws(1, Some(3), 2);
+        assert_eq!(short.draws(), 2);
+        // Draws 1 and 3 of chain 1, trusted sample 2: 100 + 10 d + 2.
+        assert_eq!(short.trusted[[1, 0, 2]], 112.0);
+        assert_eq!(short.trusted[[1, 1, 2]], 132.0);
+        assert_eq!(short.test[[0, 1, 1]], -31.0);
+        assert_eq!(traces.select_draws(0, None, 1), traces);
+        assert_eq!(traces.select_draws(0, Some(100), 1), traces);
     }
 
     #[test]

@@ -115,3 +115,73 @@ impl BatchNorm2d {
         self.running_var.update(new_var);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::default_device;
+    use burn::tensor::TensorData;
+
+    fn input(scale: f32, f: fn(f32) -> f32, mul: f32, add: f32) -> Tensor<4> {
+        let values: Vec<f32> = (0..24).map(|i| f(i as f32 * scale) * mul + add).collect();
+        Tensor::from_data(TensorData::new(values, [3, 2, 2, 2]), &default_device())
+    }
+
+    fn values(t: Tensor<1>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(got: &[f32], expected: &[f32], what: &str) {
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{what}: {got:?} vs {expected:?}");
+        }
+    }
+
+    /// Two train-mode forwards against PyTorch 2.15's `BatchNorm2d` (momentum 0.1, unbiased
+    /// running variance): values printed by `tests/fixtures/torch/batch_norm_running_stats.py`.
+    /// MAD-FA's `reference` BatchNorm policy depends on this update.
+    #[test]
+    fn running_stats_match_pytorch() {
+        let bn = BatchNorm2d::new(2, &default_device());
+        let out = bn.forward(input(0.37, f32::sin, 1.0, 0.0), BnMode::Train);
+        assert_close(
+            &values(bn.running_mean.value_sync()),
+            &[0.010776891373097897, 0.028370777145028114],
+            "mean after one",
+        );
+        assert_close(
+            &values(bn.running_var.value_sync()),
+            &[0.9269174933433533, 0.9760990142822266],
+            "var after one",
+        );
+        let first: Vec<f32> = out.flatten::<1>(0, 3).into_data().try_to_vec().unwrap();
+        assert_close(
+            &first[..4],
+            &[
+                -0.2169509381055832,
+                0.5110216736793518,
+                1.140466570854187,
+                1.5861912965774536,
+            ],
+            "output",
+        );
+        bn.forward(input(1.3, f32::cos, 2.0, 0.5), BnMode::Train);
+        assert_close(
+            &values(bn.running_mean.value_sync()),
+            &[0.058008018881082535, 0.07506975531578064],
+            "mean after two",
+        );
+        assert_close(
+            &values(bn.running_var.value_sync()),
+            &[1.048459529876709, 1.1003636121749878],
+            "var after two",
+        );
+        // Frozen statistics: a batch-statistics forward that leaves them alone.
+        bn.forward(input(0.37, f32::sin, 1.0, 0.0), BnMode::BatchStatsFrozen);
+        assert_close(
+            &values(bn.running_mean.value_sync()),
+            &[0.058008018881082535, 0.07506975531578064],
+            "mean after frozen",
+        );
+    }
+}
