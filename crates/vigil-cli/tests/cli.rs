@@ -136,6 +136,29 @@ fn train_info_eval_end_to_end_on_tiny_data() {
 
 #[test]
 fn bad_input_gives_a_clear_error_and_no_panic() {
+    // A PyTorch pickle needs its architecture; given it, a mismatch is an error naming the file.
+    let pickle = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/torch/preact_resnet18.attack_result.pt");
+    let pickle_s = pickle.to_str().unwrap();
+    let out = vigil(&["eval", pickle_s, "--dataset", "fashion-mnist"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("give --arch"), "{}", stderr(&out));
+    let out = vigil(&[
+        "eval",
+        pickle_s,
+        "--arch",
+        "resnet18",
+        "--dataset",
+        "fashion-mnist",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("preact_resnet18.attack_result.pt"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+
     let dir = temp_dir("bad");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{
-    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
 };
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -209,6 +210,7 @@ pub fn load_with_spec_bytes(
         })?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(PyTorchToBurnAdapter)
+        .with_key_remapping(DATA_PARALLEL_PREFIX, "")
         .skip_enum_variants(true)
         .allow_partial(true)
         .validate(false);
@@ -221,6 +223,64 @@ pub fn load_with_spec_bytes(
         })?;
     check_applied(path, &arch, &result)?;
     Ok(classifier)
+}
+
+/// `nn.DataParallel` saves every key under `module.`; the reference models have no such level.
+const DATA_PARALLEL_PREFIX: &str = r"^module\.";
+
+/// Where a PyTorch checkpoint file may nest its `state_dict`: at the top (HALO), under `model`
+/// (BackdoorBench's `attack_result.pt`), or under the usual training-script keys.
+const STATE_DICT_KEYS: [Option<&str>; 4] = [
+    None,
+    Some("model"),
+    Some("state_dict"),
+    Some("model_state_dict"),
+];
+
+/// Loads a PyTorch `.pt`/`.pth` file (a pickled `state_dict`, read without running pickle code)
+/// into a fresh classifier of `spec`. The state dict may sit at the top level or under `model`,
+/// `state_dict` or `model_state_dict`; a `module.` prefix (DataParallel) is stripped. Every
+/// tensor must fit the architecture, as for safetensors.
+pub fn load_pytorch_file(
+    path: &Path,
+    spec: ModelSpec,
+    device: &Device,
+) -> Result<Classifier, CheckpointError> {
+    let arch = spec.architecture.name().to_string();
+    let mut first_error = None;
+    for key in STATE_DICT_KEYS {
+        let mut classifier =
+            Classifier::new(spec.clone(), device).map_err(|source| CheckpointError::Model {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut store = PytorchStore::from_file(path)
+            .with_key_remapping(DATA_PARALLEL_PREFIX, "")
+            .map_indices_contiguous(false)
+            .allow_partial(true)
+            .validate(false);
+        if let Some(key) = key {
+            store = store.with_top_level_key(key);
+        }
+        let outcome = classifier
+            .network
+            .load_from(&mut store)
+            .map_err(|e| CheckpointError::Format {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+            .and_then(|result| check_applied(path, &arch, &result));
+        match outcome {
+            Ok(()) => return Ok(classifier),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| CheckpointError::Format {
+        path: path.to_path_buf(),
+        reason: "no state dict found".into(),
+    }))
 }
 
 /// Fails unless loading applied every tensor of the file to the module and left none of the

@@ -179,3 +179,38 @@ fn wrong_architecture_or_width_is_a_typed_error_naming_the_file() {
     assert!(matches!(err, CheckpointError::Format { .. }), "{err:?}");
     std::fs::remove_file(&garbage).unwrap();
 }
+
+/// PyTorch pickles as the references save them (a plain state dict, BackdoorBench's
+/// `{"model": state_dict, ...}`, DataParallel's `module.` prefix) load without running pickle
+/// code and give the fixtures' PyTorch logits. Written by `tests/fixtures/torch/make_pt_fixtures.py`.
+#[test]
+fn pytorch_pickles_load_and_match_logits() {
+    let device = default_device();
+    let small = cases().remove(0);
+    let preact = cases().remove(1);
+    for (file, (name, arch, shape)) in [
+        ("small_cnn.state_dict.pt", small.clone()),
+        ("small_cnn.dataparallel.pt", small),
+        ("preact_resnet18.attack_result.pt", preact),
+    ] {
+        let classifier = checkpoint::load_pytorch_file(&fixture(file), spec(arch, shape), &device)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let (input, eval_logits, _) = io(name, &device);
+        assert_close(
+            classifier.forward(input, BnMode::Eval),
+            &eval_logits,
+            &format!("{file} eval"),
+        );
+    }
+    // The wrong architecture is a typed error naming the file, not a panic.
+    let wrong = checkpoint::load_pytorch_file(
+        &fixture("small_cnn.state_dict.pt"),
+        spec(Architecture::ResNet18 { width: 4 }, [3, 32, 32]),
+        &device,
+    )
+    .unwrap_err();
+    assert!(
+        wrong.to_string().contains("small_cnn.state_dict.pt"),
+        "{wrong}"
+    );
+}

@@ -12,7 +12,7 @@ use vigil_core::device::default_device;
 use vigil_core::inference::evaluate;
 use vigil_core::models::BnMode;
 
-use super::{DataArgs, limit};
+use super::{DataArgs, ModelArgs, limit};
 
 /// Evaluate a checkpoint: accuracy, mean loss and per-class accuracy on a split.
 ///
@@ -20,8 +20,12 @@ use super::{DataArgs, limit};
 /// Prints a table on stderr and, with --json, one JSON object on stdout.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Checkpoint written by `vigil train` (model.safetensors).
+    /// Checkpoint written by `vigil train` (model.safetensors), or a PyTorch state_dict with
+    /// --arch.
     checkpoint: PathBuf,
+
+    #[command(flatten)]
+    model: ModelArgs,
 
     #[command(flatten)]
     data: DataArgs,
@@ -65,10 +69,10 @@ struct EvalReport {
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let device = default_device();
-    let info = checkpoint::inspect(&args.checkpoint)?;
+    let info = checkpoint::inspect(&args.checkpoint).ok();
     let trained_on = info
-        .training
         .as_ref()
+        .and_then(|i| i.training.as_ref())
         .and_then(|t| t.get("dataset"))
         .and_then(|d| d.as_str())
         .and_then(|d| d.parse::<DatasetKind>().ok());
@@ -76,7 +80,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         args.data.dataset.or(trained_on).context(
             "the checkpoint does not say which dataset it was trained on: pass --dataset",
         )?;
-    let classifier = checkpoint::load_classifier(&args.checkpoint, &device)?;
+    let classifier = args.model.load(&args.checkpoint, &device)?;
     let set = limit(args.data.load(kind, args.split)?, args.limit, 0)?;
     let started = std::time::Instant::now();
     let outputs = evaluate(

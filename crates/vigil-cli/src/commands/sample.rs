@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
-use vigil_core::checkpoint;
 use vigil_core::data::image_folder::load_image_folder;
 use vigil_core::device::default_device;
 use vigil_core::io::write_json_atomic;
@@ -17,7 +16,7 @@ use vigil_core::madfa::{
     SplitSizes, TraceLoss,
 };
 
-use super::DataArgs;
+use super::{DataArgs, ModelArgs};
 use crate::progress::{bar, interrupt_flag};
 
 /// Sample parameters around a model with localized SGLD and record every trusted and test
@@ -42,9 +41,13 @@ pub struct SampleArgs {
     #[arg(long, value_name = "DIR", required_unless_present = "model")]
     record: Option<PathBuf>,
 
-    /// Your own model: a checkpoint written by vigil (safetensors with vigil's metadata).
+    /// Your own model: a vigil checkpoint, or a PyTorch state_dict (.safetensors, .pt, .pth)
+    /// described by --arch and the flags beside it.
     #[arg(long, value_name = "FILE", conflicts_with = "record", requires_all = ["trusted", "sampling", "test"])]
     model: Option<PathBuf>,
+
+    #[command(flatten)]
+    model_format: ModelArgs,
 
     /// Trusted image folder (with --model).
     #[arg(long, value_name = "DIR")]
@@ -321,8 +324,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         (loaded.classifier, loaded.task, data)
     } else {
         let model = args.model.as_ref().context("give --record or --model")?;
-        let classifier = checkpoint::load_classifier(model, &device)
-            .with_context(|| format!("loading {}", model.display()))?;
+        let classifier = args.model_format.load(model, &device)?;
         let anomalous = match &args.anomalous {
             Some(_) => Some(folder(&args.anomalous, "anomalous")?),
             None => None,
