@@ -1,10 +1,11 @@
 //! MAD-FA chains: reproducible from their seed alone, resumable bit for bit, mergeable, and
 //! BatchNorm-safe (a chain never moves the original model's running statistics).
 
+mod common;
+
 use std::path::PathBuf;
 
 use burn::module::Module;
-use vigil_core::data::{ImageSet, ImageShape};
 use vigil_core::device::default_device;
 use vigil_core::madfa::{
     BnPolicy, ChainConfig, ChainObserver, LossTraces, MadTask, Quiet, SgldConfig, TraceLoss,
@@ -12,27 +13,7 @@ use vigil_core::madfa::{
 };
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Network};
 
-/// 3 classes of 8x8 images, class k brighter in row band k, with deterministic noise.
-fn dataset(n: usize, salt: u64) -> ImageSet {
-    let shape = ImageShape::new(1, 8, 8);
-    let mut pixels = Vec::with_capacity(n * 64);
-    let mut labels = Vec::with_capacity(n);
-    let mut s = 0x9E37_79B9u64 ^ salt;
-    for i in 0..n {
-        let k = (i % 3) as u16;
-        labels.push(k);
-        for r in 0..8 {
-            for _ in 0..8 {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let noise = (s >> 40) as f32 / (1u64 << 24) as f32 * 0.3;
-                let band = if r / 3 == k as usize { 0.6 } else { 0.0 };
-                pixels.push(band + noise);
-            }
-        }
-    }
-    let names = vec!["a".into(), "b".into(), "c".into()];
-    ImageSet::new(pixels, labels, shape, names, "synthetic").unwrap()
-}
+use common::band_dataset as dataset;
 
 fn model(architecture: Architecture) -> Classifier {
     let spec = ModelSpec {
