@@ -29,7 +29,7 @@ use crate::io::write_json_atomic;
 use crate::loss::{cross_entropy, cross_entropy_per_sample, cross_entropy_per_sample_precise};
 use crate::models::{BnMode, Classifier};
 use crate::optim::{ParamSlots, apply_update, snapshot_slots};
-use crate::train::{epoch_order, mix};
+use crate::train::{STEP_KEY, epoch_order, metadata_step, mix, tensor_file_step};
 
 /// How BatchNorm behaves along the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -312,7 +312,6 @@ mod files {
     pub const MODEL: &str = "model.safetensors";
     pub const RMSPROP: &str = "rmsprop.safetensors";
     pub const TRACES: &str = "traces.safetensors";
-    pub const STEP_KEY: &str = "vigil.step";
 }
 
 /// Folder of chain `chain`'s checkpoint under `resume_dir`.
@@ -397,20 +396,13 @@ impl Chain {
         }
         let step = progress.step as u64;
         let model_path = dir.join(files::MODEL);
-        let model_step = checkpoint::inspect(&model_path)?
-            .training
-            .as_ref()
-            .and_then(|t| t.get("step"))
-            .and_then(|s| s.as_u64());
+        let model_step = metadata_step(checkpoint::inspect(&model_path)?.training.as_ref());
         let live = checkpoint::load_classifier(&model_path, &device.clone().autodiff())?;
         let rms = TensorFile::load(&dir.join(files::RMSPROP))?;
         let traces = TensorFile::load(&dir.join(files::TRACES))?;
-        let step_of = |f: &TensorFile| {
-            f.metadata
-                .get(files::STEP_KEY)
-                .and_then(|s| s.parse::<u64>().ok())
-        };
-        if model_step != Some(step) || step_of(&rms) != Some(step) || step_of(&traces) != Some(step)
+        if model_step != Some(step)
+            || tensor_file_step(&rms) != Some(step)
+            || tensor_file_step(&traces) != Some(step)
         {
             return Err(fail(format!(
                 "its files are from different steps (state at step {step}): the run stopped while checkpointing; delete the folder to start the chain again"
@@ -469,7 +461,7 @@ impl Chain {
             self.traces.clone(),
         ));
         for f in [&mut rms, &mut traces] {
-            f.metadata.insert(files::STEP_KEY.into(), step.to_string());
+            f.metadata.insert(STEP_KEY.into(), step.to_string());
         }
         rms.save(&dir.join(files::RMSPROP))?;
         traces.save(&dir.join(files::TRACES))?;

@@ -433,6 +433,18 @@ pub mod files {
 
 pub(crate) const STEP_KEY: &str = "vigil.step";
 
+/// The step a resume checkpoint was written at, from its `training` metadata (`{"step": n}`).
+pub(crate) fn metadata_step(training: Option<&serde_json::Value>) -> Option<u64> {
+    training
+        .and_then(|t| t.get("step"))
+        .and_then(|s| s.as_u64())
+}
+
+/// The step a resume tensor file (optimiser state, traces) was written at.
+pub(crate) fn tensor_file_step(file: &TensorFile) -> Option<u64> {
+    file.metadata.get(STEP_KEY).and_then(|s| s.parse().ok())
+}
+
 pub(crate) fn save_epoch(
     run_dir: &Path,
     classifier: &Classifier,
@@ -502,18 +514,10 @@ pub fn load_resume(
     let state = saved_state(run_dir)?
         .ok_or_else(|| fail(format!("no {} in {}", files::STATE, dir.display())))?;
     let model_path = dir.join(files::MODEL);
-    let info = checkpoint::inspect(&model_path)?;
-    let model_step = info
-        .training
-        .as_ref()
-        .and_then(|t| t.get("step"))
-        .and_then(|s| s.as_u64());
+    let model_step = metadata_step(checkpoint::inspect(&model_path)?.training.as_ref());
     let classifier = checkpoint::load_classifier(&model_path, &device.clone().autodiff())?;
     let optimizer = TensorFile::load(&dir.join(files::OPTIMIZER))?;
-    let optimizer_step = optimizer
-        .metadata
-        .get(STEP_KEY)
-        .and_then(|s| s.parse::<u64>().ok());
+    let optimizer_step = tensor_file_step(&optimizer);
     let step = state.step as u64;
     if model_step != Some(step) || optimizer_step != Some(step) {
         return Err(fail(format!(

@@ -40,7 +40,7 @@ use crate::optim::sgd::Sgd;
 use crate::optim::{ParamSlots, apply_update};
 use crate::train::{
     STEP_KEY, TrainError, TrainObserver, TrainState, epoch_order, files as train_files,
-    finite_loss, save_epoch, save_resume,
+    finite_loss, metadata_step, save_epoch, save_resume, tensor_file_step,
 };
 
 /// Registry name.
@@ -450,15 +450,9 @@ fn load_generators(
     };
     let (nets, training) =
         checkpoint::load_module(&dir.join(NETS_FILE), nets, "input-aware generators")?;
-    let nets_step = training
-        .as_ref()
-        .and_then(|t| t.get("step"))
-        .and_then(|s| s.as_u64());
+    let nets_step = metadata_step(training.as_ref());
     let optimizer = TensorFile::load(&dir.join(NETS_OPTIMIZER_FILE))?;
-    let optimizer_step = optimizer
-        .metadata
-        .get(STEP_KEY)
-        .and_then(|s| s.parse::<u64>().ok());
+    let optimizer_step = tensor_file_step(&optimizer);
     if nets_step != Some(step as u64) || optimizer_step != Some(step as u64) {
         return Err(fail(format!(
             "generator files disagree with the run (run at step {step}, generators at {nets_step:?}, their optimizer at {optimizer_step:?}): start the attack again in a fresh folder"
