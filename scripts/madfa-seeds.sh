@@ -24,6 +24,10 @@ for seed in $seeds; do
   "$vigil" sample --record "$record" --out "$runs/seed-$seed" --seed "$seed" --json "$@" \
     > "$out.tmp" 2> "$runs/seed-$seed.log"
   mv "$out.tmp" "$out"
+  # `--calibrate` runs: keep the calibration (candidates, reliabilities, choice) beside the result.
+  if [ -f "$runs/seed-$seed/calibration.json" ]; then
+    cp "$runs/seed-$seed/calibration.json" "$results/calibration-seed-$seed.json"
+  fi
   echo "$name seed $seed: $(grep -o '"clc":[0-9.]*' "$out")"
 done
 python3 "$(dirname "$0")/madfa-summary.py" "$results"

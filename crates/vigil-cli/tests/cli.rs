@@ -441,6 +441,75 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
         "{}",
         stderr(&unstable)
     );
+    // Settings calibrated from the trusted and sampling data, then used, in one command; the
+    // draws are spread over the chains.
+    let calibrated = dir.join("calibrated");
+    let calibrate_flags = [
+        "--record",
+        record.to_str().unwrap(),
+        "--data-dir",
+        data_s,
+        "--split",
+        "5,5,5",
+        "--batch-size",
+        "16",
+        "--calibrate-gammas",
+        "1e4",
+        "--probe-draws",
+        "4",
+        "--probe-burn-in",
+        "2",
+        "--min-draws",
+        "6",
+        "--max-draws",
+        "8",
+        "--seed",
+        "4",
+    ];
+    let mut args = vec!["sample", "--calibrate", "--chains", "2", "--out"];
+    args.push(calibrated.to_str().unwrap());
+    args.extend_from_slice(&calibrate_flags);
+    let run = vigil(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("recommended"), "{}", stderr(&run));
+    let calibration: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(calibrated.join("calibration.json")).unwrap(),
+    )
+    .unwrap();
+    let draws = calibration["recommended"]["draws"].as_u64().unwrap() as usize;
+    assert!((6..=8).contains(&draws), "{draws}");
+    assert_eq!(
+        calibration["recommended"]["sgld"]["lr"].as_f64(),
+        Some(2e-5)
+    );
+    let traces = vigil_core::madfa::LossTraces::load(&calibrated.join("traces.npz")).unwrap();
+    assert_eq!((traces.chains(), traces.draws()), (2, draws.div_ceil(2)));
+    // `vigil calibrate` alone gives the same calibration.
+    let mut args = vec!["calibrate", "--json", "--out"];
+    let alone = dir.join("calibration-only");
+    args.push(alone.to_str().unwrap());
+    args.extend_from_slice(&calibrate_flags);
+    let run = vigil(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let alone: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(alone["recommended"], calibration["recommended"]);
+    assert_eq!(
+        alone["candidates"][0]["clc_reliability"],
+        calibration["candidates"][0]["clc_reliability"]
+    );
+    // Calibration replaces the sampler's step settings: giving both is refused.
+    let both = vigil(&[
+        "sample",
+        "--calibrate",
+        "--lr",
+        "1e-6",
+        "--record",
+        record.to_str().unwrap(),
+        "--out",
+        dir.join("both").to_str().unwrap(),
+    ]);
+    assert!(!both.status.success());
+    assert!(stderr(&both).contains("--lr"), "{}", stderr(&both));
     let not_npz = vigil(&["score", record.join("attack.json").to_str().unwrap()]);
     assert!(!not_npz.status.success());
     assert!(

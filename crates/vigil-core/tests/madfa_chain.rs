@@ -220,3 +220,66 @@ fn batch_norm_chains_leave_the_model_alone_and_the_modes_differ() {
     assert_ne!(reference.test, frozen.test);
     assert!(w_star.network.num_params() > 0);
 }
+
+#[test]
+fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model() {
+    use vigil_core::madfa::{CalibrationConfig, calibrate};
+    let w_star = model(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    });
+    let task = task();
+    let mut base = config(BnPolicy::Reference);
+    base.sgld.n_beta = 10.0;
+    let mut settings = CalibrationConfig::defaults(base);
+    // A gentle candidate, and one whose noise (gamma 1e-3: lr 200, per-weight noise ~45 a
+    // step) wrecks the model's function: it diverges or its loss rise rejects it.
+    settings.candidates = vec![(1e3, 10.0), (1e-3, 10.0)];
+    settings.probe_draws = 6;
+    settings.burn_in = 2;
+    settings.min_draws = 5;
+    settings.max_draws = 500;
+    let c = calibrate(
+        &w_star,
+        &task.trusted,
+        &task.sampling,
+        &settings,
+        &default_device(),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(c.candidates.len(), 2);
+    assert_eq!((c.reference_size, c.probe_size), (6, 6));
+    let gentle = &c.candidates[0];
+    // (lr/2) gamma max G = pull 1 with max G = 1/eps = 10.
+    assert!(
+        (gentle.lr - 2.0 / (1e3 * 10.0)).abs() < 1e-15,
+        "{}",
+        gentle.lr
+    );
+    assert!(gentle.rejected.is_none(), "{:?}", gentle.rejected);
+    let wild = &c.candidates[1];
+    assert!(
+        wild.rejected
+            .as_deref()
+            .is_some_and(|r| r.contains("loss rose") || r.contains("diverged")),
+        "{wild:?}"
+    );
+    assert_eq!(c.chosen, 0);
+    assert_eq!(c.recommended.sgld.gamma, 1e3);
+    assert_eq!(c.recommended.sgld.lr, gentle.lr);
+    assert_eq!(c.recommended.thinning, 1);
+    assert!((5..=500).contains(&c.recommended.draws));
+    // Deterministic: the same settings give the same calibration.
+    let again = calibrate(
+        &w_star,
+        &task.trusted,
+        &task.sampling,
+        &settings,
+        &default_device(),
+        &mut Quiet,
+    )
+    .unwrap();
+    assert_eq!(again.candidates[0].clc_reliability, gentle.clc_reliability);
+    assert_eq!(again.recommended, c.recommended);
+}

@@ -2,6 +2,7 @@
 
 pub mod attack;
 pub mod bench;
+pub mod calibrate;
 pub mod eval;
 pub mod info;
 pub mod merge;

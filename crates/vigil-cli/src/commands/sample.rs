@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use vigil_core::data::image_folder::load_image_folder;
 use vigil_core::device::default_device;
 use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{
-    self, BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, Preconditioner, SgldConfig,
-    SplitSizes, TraceLoss,
+    self, BnPolicy, CalibrationConfig, ChainConfig, ChainDiagnostics, ChainObserver, MadTask,
+    Preconditioner, SgldConfig, SplitSizes, TraceLoss,
 };
+use vigil_core::models::Classifier;
 
 use super::{DataArgs, ModelArgs};
 use crate::progress::{bar, interrupt_flag};
@@ -35,15 +37,16 @@ use crate::progress::{bar, interrupt_flag};
 /// resume/ (checkpoints every minute and on Ctrl-C: run the
 /// same command again to continue, bit for bit). With --chain K only chain K runs and the files
 /// are traces-chain-K.npz and diagnostics-chain-K.json; join them with `vigil merge`.
+/// Where MAD-FA's model and samples come from (shared by `vigil sample` and `vigil calibrate`).
 #[derive(Args, Debug)]
-pub struct SampleArgs {
+pub struct MadInputArgs {
     /// Attack record folder written by `vigil attack`.
     #[arg(long, value_name = "DIR", required_unless_present = "model")]
     record: Option<PathBuf>,
 
     /// Your own model: a vigil checkpoint, or a PyTorch state_dict (.safetensors, .pt, .pth)
     /// described by --arch and the flags beside it.
-    #[arg(long, value_name = "FILE", conflicts_with = "record", requires_all = ["trusted", "sampling", "test"])]
+    #[arg(long, value_name = "FILE", conflicts_with = "record", requires_all = ["trusted", "sampling"])]
     model: Option<PathBuf>,
 
     #[command(flatten)]
@@ -57,17 +60,13 @@ pub struct SampleArgs {
     #[arg(long, value_name = "DIR")]
     sampling: Option<PathBuf>,
 
-    /// Test image folder of normal inputs (with --model).
+    /// Test image folder of normal inputs (with --model; not needed by `vigil calibrate`).
     #[arg(long, value_name = "DIR")]
     test: Option<PathBuf>,
 
     /// Test image folder of known anomalous inputs, for AUROC (with --model).
     #[arg(long, value_name = "DIR")]
     anomalous: Option<PathBuf>,
-
-    /// Output folder.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
 
     #[command(flatten)]
     data: DataArgs,
@@ -85,6 +84,98 @@ pub struct SampleArgs {
     /// Seed of the split (with --record).
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
+}
+
+/// Settings of `vigil calibrate`, and of `vigil sample --calibrate` (unset: the library's
+/// defaults, `CalibrationConfig::defaults`).
+#[derive(Args, Debug, Clone)]
+pub struct CalibrationArgs {
+    /// Candidate localization strengths gamma, in order of preference on ties (each tried with
+    /// every --calibrate-n-betas) [default: 1e4,3e4,3e3].
+    #[arg(long, value_delimiter = ',', value_name = "G,..")]
+    calibrate_gammas: Vec<f64>,
+
+    /// Candidate inverse temperatures n_beta [default: 100].
+    #[arg(long, value_delimiter = ',', value_name = "N,..")]
+    calibrate_n_betas: Vec<f64>,
+
+    /// Localization pull per step at the largest preconditioner gain, (lr/2) gamma max G: sets
+    /// lr. 1 makes consecutive draws of the flattest weights independent; the reference
+    /// settings are 0.05 [default: 1].
+    #[arg(long)]
+    pull: Option<f64>,
+
+    /// Draws per probe chain (two per candidate; they trace the trusted set only)
+    /// [default: 50].
+    #[arg(long)]
+    probe_draws: Option<usize>,
+
+    /// Steps before the first draw, in the probes and in the recommended run [default: 10].
+    #[arg(long)]
+    probe_burn_in: Option<usize>,
+
+    /// Reliability of the trusted probes' CLC scores between independent runs to aim for
+    /// [default: 0.8].
+    #[arg(long)]
+    target_reliability: Option<f64>,
+
+    /// Fewest draws to recommend [default: 50].
+    #[arg(long)]
+    min_draws: Option<usize>,
+
+    /// Most draws to recommend [default: 1000].
+    #[arg(long)]
+    max_draws: Option<usize>,
+}
+
+impl CalibrationArgs {
+    /// The calibration settings around `base` (whose seed, preconditioner, batch sizes,
+    /// BatchNorm mode and trace loss are kept).
+    pub fn config(&self, base: ChainConfig) -> CalibrationConfig {
+        let mut c = CalibrationConfig::defaults(base);
+        let gammas: Vec<f64> = if self.calibrate_gammas.is_empty() {
+            c.candidates.iter().map(|&(g, _)| g).collect()
+        } else {
+            self.calibrate_gammas.clone()
+        };
+        let n_betas: Vec<f64> = if self.calibrate_n_betas.is_empty() {
+            let mut n: Vec<f64> = c.candidates.iter().map(|&(_, n)| n).collect();
+            n.dedup();
+            n
+        } else {
+            self.calibrate_n_betas.clone()
+        };
+        c.candidates = n_betas
+            .iter()
+            .flat_map(|&n| gammas.iter().map(move |&g| (g, n)))
+            .collect();
+        c.pull = self.pull.unwrap_or(c.pull);
+        c.probe_draws = self.probe_draws.unwrap_or(c.probe_draws);
+        c.burn_in = self.probe_burn_in.unwrap_or(c.burn_in);
+        c.target_reliability = self.target_reliability.unwrap_or(c.target_reliability);
+        c.min_draws = self.min_draws.unwrap_or(c.min_draws);
+        c.max_draws = self.max_draws.unwrap_or(c.max_draws);
+        c
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    input: MadInputArgs,
+
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Choose lr, gamma, n_beta and the number of draws from the trusted and sampling data
+    /// first (`vigil calibrate`; written to calibration.json in --out and reused when the
+    /// command is run again), then sample with them, the draws spread over --chains.
+    #[arg(long, conflicts_with_all = ["draws", "burn_in", "thinning", "lr", "n_beta", "gamma"])]
+    calibrate: bool,
+
+    #[command(flatten)]
+    calibration: CalibrationArgs,
 
     /// Kept draws per chain. The defaults (5 chains of 50 draws, one every 5 steps after 50
     /// burn-in steps) are measured in docs/madfa.md: at the reference settings consecutive draws
@@ -114,6 +205,26 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 1e4)]
     gamma: f64,
 
+    #[command(flatten)]
+    base: SamplerArgs,
+
+    /// Number of chains (run one after another).
+    #[arg(long, default_value_t = 5, conflicts_with = "chain")]
+    chains: usize,
+
+    /// Run only chain K (default: $SLURM_ARRAY_TASK_ID when set), for cluster arrays.
+    #[arg(long, value_name = "K")]
+    chain: Option<usize>,
+
+    /// Print the run summary (and AUROCs when anomalies are known) as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The sampler's settings that calibration keeps (shared by `vigil sample` and `vigil
+/// calibrate`).
+#[derive(Args, Debug)]
+pub struct SamplerArgs {
     /// Preconditioner: rmsprop (the reference) or plain SGLD.
     #[arg(long, value_enum, default_value_t = SamplerKind::Rmsprop)]
     sampler: SamplerKind,
@@ -144,21 +255,9 @@ pub struct SampleArgs {
     #[arg(long, value_enum, default_value_t = LossArg::Reference)]
     loss: LossArg,
 
-    /// Number of chains (run one after another).
-    #[arg(long, default_value_t = 5, conflicts_with = "chain")]
-    chains: usize,
-
-    /// Run only chain K (default: $SLURM_ARRAY_TASK_ID when set), for cluster arrays.
-    #[arg(long, value_name = "K")]
-    chain: Option<usize>,
-
     /// Seed of the minibatch order and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-
-    /// Print the run summary (and AUROCs when anomalies are known) as JSON on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -179,13 +278,12 @@ enum LossArg {
     Precise,
 }
 
-impl SampleArgs {
-    fn chain_config(&self) -> ChainConfig {
+impl SamplerArgs {
+    /// Chain settings with these sampler settings and the reference's lr, n_beta, gamma, draws,
+    /// burn-in and thinning (calibration replaces those).
+    pub fn chain_config(&self) -> ChainConfig {
         ChainConfig {
             sgld: SgldConfig {
-                lr: self.lr,
-                n_beta: self.n_beta,
-                gamma: self.gamma,
                 preconditioner: match self.sampler {
                     SamplerKind::Rmsprop => Preconditioner::RmsProp {
                         alpha: self.rms_alpha,
@@ -194,10 +292,8 @@ impl SampleArgs {
                     SamplerKind::Plain => Preconditioner::Identity,
                 },
                 batch_size: self.batch_size,
+                ..SgldConfig::reference()
             },
-            draws: self.draws,
-            burn_in: self.burn_in,
-            thinning: self.thinning,
             bn: match self.bn {
                 BnArg::Reference => BnPolicy::Reference,
                 BnArg::Frozen => BnPolicy::Frozen,
@@ -208,7 +304,21 @@ impl SampleArgs {
             },
             trace_batch_size: self.trace_batch_size,
             seed: self.seed,
+            ..ChainConfig::reference()
         }
+    }
+}
+
+impl SampleArgs {
+    fn chain_config(&self) -> ChainConfig {
+        let mut config = self.base.chain_config();
+        config.sgld.lr = self.lr;
+        config.sgld.n_beta = self.n_beta;
+        config.sgld.gamma = self.gamma;
+        config.draws = self.draws;
+        config.burn_in = self.burn_in;
+        config.thinning = self.thinning;
+        config
     }
 
     /// The chains to run: `--chain`, else $SLURM_ARRAY_TASK_ID, else `0..--chains`.
@@ -230,9 +340,9 @@ impl SampleArgs {
 }
 
 /// Progress bar per chain; Ctrl-C checkpoints and stops.
-struct ChainProgress {
-    bar: Option<ProgressBar>,
-    interrupted: Arc<AtomicBool>,
+pub struct ChainProgress {
+    pub bar: Option<ProgressBar>,
+    pub interrupted: Arc<AtomicBool>,
 }
 
 impl ChainObserver for ChainProgress {
@@ -281,73 +391,132 @@ fn folder(path: &Option<PathBuf>, what: &str) -> Result<vigil_core::data::ImageS
     load_image_folder(path).with_context(|| format!("loading the {what} images"))
 }
 
+impl MadInputArgs {
+    /// The model, the trusted / sampling / test sets and a description of them, predicted in
+    /// batches of `batch_size`. Without `need_test`, `--model` runs need no `--test` folder
+    /// (the trusted set stands in for it: calibration never looks at test samples).
+    pub fn load(
+        &self,
+        batch_size: usize,
+        need_test: bool,
+        device: &Device,
+    ) -> Result<(Classifier, MadTask, serde_json::Value)> {
+        let loaded = if let Some(record) = &self.record {
+            let [trusted, sampling, test] = <[usize; 3]>::try_from(self.split.as_slice())
+                .map_err(|_| anyhow::anyhow!("--split takes three sizes: trusted,sampling,test"))?;
+            let sizes = SplitSizes {
+                trusted,
+                sampling,
+                test,
+            };
+            let loaded = madfa::record_task(
+                record,
+                self.data.data_dir.as_deref(),
+                sizes,
+                self.split_seed,
+                batch_size,
+                device,
+            )
+            .with_context(|| {
+                format!("preparing MAD-FA on the attack record {}", record.display())
+            })?;
+            let s = &loaded.summary;
+            eprintln!(
+                "{} ({}): trusted {}/{} correct, sampling {}, clean test {}/{} correct, triggered test {}/{} attacked successfully",
+                record.display(),
+                loaded.manifest.attack,
+                s.trusted.1,
+                s.trusted.0,
+                s.sampling,
+                s.clean_test.1,
+                s.clean_test.0,
+                s.triggered_test.1,
+                s.triggered_test.0
+            );
+            let data = serde_json::json!({
+                "record": record.display().to_string(),
+                "attack": loaded.manifest.attack,
+                "dataset": loaded.manifest.dataset,
+                "split_per_class": sizes,
+                "split_seed": self.split_seed,
+                "summary": s,
+            });
+            (loaded.classifier, loaded.task, data)
+        } else {
+            let model = self.model.as_ref().context("give --record or --model")?;
+            let classifier = self.model_format.load(model, device)?;
+            let anomalous = match &self.anomalous {
+                Some(_) => Some(folder(&self.anomalous, "anomalous")?),
+                None => None,
+            };
+            let trusted = folder(&self.trusted, "trusted")?;
+            let test = match (&self.test, need_test) {
+                (None, false) => trusted.clone(),
+                _ => folder(&self.test, "test")?,
+            };
+            let task = madfa::user_task(
+                trusted,
+                folder(&self.sampling, "sampling")?,
+                test,
+                anomalous,
+            )?;
+            let data = serde_json::json!({
+                "model": model.display().to_string(),
+                "trusted": self.trusted.as_ref().map(|p| p.display().to_string()),
+                "sampling": self.sampling.as_ref().map(|p| p.display().to_string()),
+                "test": self.test.as_ref().map(|p| p.display().to_string()),
+                "anomalous": self.anomalous.as_ref().map(|p| p.display().to_string()),
+            });
+            (classifier, task, data)
+        };
+        Ok(loaded)
+    }
+}
+
 pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let device = default_device();
-    let config = args.chain_config();
-    config.validate()?;
     let (chains, single) = args.chains()?;
-    let started = std::time::Instant::now();
-    let (classifier, task, data) = if let Some(record) = &args.record {
-        let [trusted, sampling, test] = <[usize; 3]>::try_from(args.split.as_slice())
-            .map_err(|_| anyhow::anyhow!("--split takes three sizes: trusted,sampling,test"))?;
-        let sizes = SplitSizes {
-            trusted,
-            sampling,
-            test,
-        };
-        let loaded = madfa::record_task(
-            record,
-            args.data.data_dir.as_deref(),
-            sizes,
-            args.split_seed,
-            args.trace_batch_size,
-            &device,
-        )
-        .with_context(|| format!("preparing MAD-FA on the attack record {}", record.display()))?;
-        let s = &loaded.summary;
-        eprintln!(
-            "{} ({}): trusted {}/{} correct, sampling {}, clean test {}/{} correct, triggered test {}/{} attacked successfully",
-            record.display(),
-            loaded.manifest.attack,
-            s.trusted.1,
-            s.trusted.0,
-            s.sampling,
-            s.clean_test.1,
-            s.clean_test.0,
-            s.triggered_test.1,
-            s.triggered_test.0
-        );
-        let data = serde_json::json!({
-            "record": record.display().to_string(),
-            "attack": loaded.manifest.attack,
-            "dataset": loaded.manifest.dataset,
-            "split_per_class": sizes,
-            "split_seed": args.split_seed,
-            "summary": s,
-        });
-        (loaded.classifier, loaded.task, data)
+    let mut config = args.chain_config();
+    // Refuse bad settings before any work.
+    if args.calibrate {
+        args.calibration.config(config.clone()).validate()?;
     } else {
-        let model = args.model.as_ref().context("give --record or --model")?;
-        let classifier = args.model_format.load(model, &device)?;
-        let anomalous = match &args.anomalous {
-            Some(_) => Some(folder(&args.anomalous, "anomalous")?),
-            None => None,
-        };
-        let task = madfa::user_task(
-            folder(&args.trusted, "trusted")?,
-            folder(&args.sampling, "sampling")?,
-            folder(&args.test, "test")?,
-            anomalous,
-        )?;
-        let data = serde_json::json!({
-            "model": model.display().to_string(),
-            "trusted": args.trusted.as_ref().map(|p| p.display().to_string()),
-            "sampling": args.sampling.as_ref().map(|p| p.display().to_string()),
-            "test": args.test.as_ref().map(|p| p.display().to_string()),
-            "anomalous": args.anomalous.as_ref().map(|p| p.display().to_string()),
-        });
-        (classifier, task, data)
+        config.validate()?;
+    }
+    let started = std::time::Instant::now();
+    let (classifier, task, data) = args.input.load(args.base.trace_batch_size, true, &device)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut observer = ChainProgress {
+        bar: None,
+        interrupted: interrupt_flag(),
     };
+    if args.calibrate {
+        let total = args.chains.max(1);
+        let path = args.out.join("calibration.json");
+        let calibration = if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<madfa::Calibration>(&text)
+                .with_context(|| format!("{} is not a calibration file", path.display()))?
+        } else {
+            let calibration = madfa::calibrate(
+                &classifier,
+                &task.trusted,
+                &task.sampling,
+                &args.calibration.config(config.clone()),
+                &device,
+                &mut observer,
+            )?;
+            write_json_atomic(&path, &calibration)?;
+            calibration
+        };
+        super::calibrate::print_calibration(&calibration);
+        config = calibration.recommended.clone();
+        // The recommended draws, spread over the chains (each pays its own burn-in).
+        config.draws = calibration.recommended.draws.div_ceil(total);
+    }
+    config.validate()?;
     eprintln!(
         "sampling {} chain(s) of {} steps ({} burn-in, {} draws, thinning {}), tracing {} trusted + {} test samples per draw",
         chains.len(),
@@ -358,14 +527,8 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         task.trusted.len(),
         task.test.len()
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     write_json_atomic(&args.out.join("task.json"), &data)?;
     task.save_npz(&args.out.join("task.npz"))?;
-    let mut observer = ChainProgress {
-        bar: None,
-        interrupted: interrupt_flag(),
-    };
     let outcome = madfa::run_chains(
         &classifier,
         &task,

@@ -4,8 +4,10 @@
 //! trusted and test sample's loss along the chain ([`chain`], [`traces`]), and score each test
 //! sample by how strongly its loss co-varies with the trusted set's ([`scores`]): a sample whose
 //! loss moves with no trusted sample runs on a mechanism the trusted data does not exercise.
-//! [`task`] builds the trusted / sampling / test sets, from an attack record or a user's data.
+//! [`calibrate`] chooses the sampler's settings from trusted data alone. [`task`] builds the
+//! trusted / sampling / test sets, from an attack record or a user's data.
 
+pub mod calibrate;
 pub mod chain;
 pub mod scores;
 pub mod sgld;
@@ -14,6 +16,7 @@ pub mod traces;
 
 use std::path::PathBuf;
 
+pub use calibrate::{Calibration, CalibrationConfig, CandidateReport, calibrate};
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
     TraceInputs, TraceLoss, run_chain, run_chains,

@@ -1,0 +1,543 @@
+//! Sampler settings chosen from trusted and sampling data alone (`vigil calibrate`): no
+//! anomalous input is seen.
+//!
+//! Why the reference settings are a lottery: the localization term pulls `w - w*` back by the
+//! factor `c = (lr/2) gamma G` per step, and on nearly every weight `G = 1/eps` (RMSprop's `V`
+//! stays far below `eps^2` around a trained model). At lr 1e-6, gamma 1e4, eps 0.1 that is
+//! `c = 0.05`: consecutive draws are correlated over about `1/c = 20` steps, so a chain of a
+//! few hundred draws holds only a dozen independent ones, and the AUROC depends on which
+//! directions the noise happened to explore.
+//!
+//! Calibration therefore (1) sets `lr` so that the pull at the largest gain is `pull`
+//! (1 by default: the flattest weights forget their previous draw in one step, the
+//! fastest-mixing stable choice), (2) for each candidate `(gamma, n_beta)` runs two short
+//! independent chains that trace only the trusted set, split per class into a reference half
+//! and a probe half, and (3) measures how reproducible the probes' class-level coupling scores
+//! (CLC) are between the two chains. That reliability, extrapolated with the Spearman-Brown
+//! formula, gives the number of draws that reaches the target reliability (the most allowed
+//! when the probes do not agree at all). Candidates whose chains diverge, lose the model's
+//! function (minibatch loss well above w*'s) or leave many trusted traces constant are rejected;
+//! of the rest, the one that needs the fewest draws wins.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::chain::{ChainConfig, ChainDiagnostics, ChainObserver, run_chains};
+use super::scores::{anomaly_scores, coupling};
+use super::task::MadTask;
+use super::{LossTraces, MadError};
+use crate::data::ImageSet;
+use crate::models::Classifier;
+use burn::tensor::Device;
+
+/// What [`calibrate`] tries and what it aims for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationConfig {
+    /// Everything not calibrated (preconditioner, batch sizes, BatchNorm mode, trace loss,
+    /// seed); its `lr`, `gamma`, `n_beta`, draws, burn-in and thinning are replaced.
+    pub base: ChainConfig,
+    /// Candidate `(gamma, n_beta)` pairs, in order of preference on ties.
+    pub candidates: Vec<(f64, f64)>,
+    /// Localization pull per step at the largest preconditioner gain, `(lr/2) gamma max G`
+    /// (stable below 2; 1 decorrelates the flattest weights in one step).
+    pub pull: f64,
+    /// Draws per probe chain (two chains per candidate).
+    pub probe_draws: usize,
+    /// Steps before the first draw, in the probes and in the recommended run.
+    pub burn_in: usize,
+    /// Reliability of the probes' CLC scores the recommended run should reach.
+    pub target_reliability: f64,
+    /// Fewest and most draws to recommend.
+    pub min_draws: usize,
+    /// See `min_draws`.
+    pub max_draws: usize,
+    /// Largest accepted rise of the chain's mean minibatch loss over its loss at w*, as a
+    /// fraction of chance-level loss `ln(classes)`.
+    pub max_loss_rise: f64,
+    /// Largest accepted fraction of constant trusted traces.
+    pub max_constant_fraction: f64,
+}
+
+impl CalibrationConfig {
+    /// The defaults of `vigil calibrate` around `base`: gamma 1e4, 3e4 and 3e3 at n_beta 100,
+    /// pull 1, 2 x 50 probe draws after 10 burn-in steps, target reliability 0.8, 50 to 1000
+    /// draws, loss rise under 10% of chance, at most 10% constant trusted traces
+    /// (docs/madfa.md: the sweep these come from).
+    pub fn defaults(base: ChainConfig) -> Self {
+        Self {
+            base,
+            candidates: vec![(1e4, 100.0), (3e4, 100.0), (3e3, 100.0)],
+            pull: 1.0,
+            probe_draws: 50,
+            burn_in: 10,
+            target_reliability: 0.8,
+            min_draws: 50,
+            max_draws: 1000,
+            max_loss_rise: 0.1,
+            max_constant_fraction: 0.1,
+        }
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), MadError> {
+        let bad = |reason: String| Err(MadError::InvalidConfig(reason));
+        if self.candidates.is_empty() {
+            return bad("calibration needs at least one (gamma, n_beta) candidate".into());
+        }
+        if let Some((g, n)) = self
+            .candidates
+            .iter()
+            .find(|(g, n)| !(g.is_finite() && *g > 0.0 && n.is_finite() && *n >= 0.0))
+        {
+            return bad(format!(
+                "candidate gamma {g} / n_beta {n}: gamma must be positive and n_beta >= 0"
+            ));
+        }
+        if !(self.pull > 0.0 && self.pull < 2.0) {
+            return bad(format!(
+                "the pull must lie in (0, 2) (the localization diverges at 2), got {}",
+                self.pull
+            ));
+        }
+        if self.probe_draws < 3 {
+            return bad(format!(
+                "probe chains need at least 3 draws, got {}",
+                self.probe_draws
+            ));
+        }
+        if !(self.target_reliability > 0.0 && self.target_reliability < 1.0) {
+            return bad(format!(
+                "the target reliability must lie in (0, 1), got {}",
+                self.target_reliability
+            ));
+        }
+        if self.min_draws == 0 || self.min_draws > self.max_draws {
+            return bad(format!(
+                "draw bounds must satisfy 1 <= min ({}) <= max ({})",
+                self.min_draws, self.max_draws
+            ));
+        }
+        Ok(())
+    }
+
+    /// The chain settings of candidate `(gamma, n_beta)` with `draws` draws: lr set from the
+    /// pull, thinning 1 (with pull 1 consecutive draws are already nearly independent).
+    pub fn chain_config(&self, gamma: f64, n_beta: f64, draws: usize) -> ChainConfig {
+        let mut config = self.base.clone();
+        config.sgld.gamma = gamma;
+        config.sgld.n_beta = n_beta;
+        config.sgld.lr = lr_for_pull(self.pull, gamma, config.sgld.preconditioner.max_gain());
+        config.draws = draws;
+        config.burn_in = self.burn_in;
+        config.thinning = 1;
+        config
+    }
+}
+
+/// The step size at which the localization pulls `w - w*` back by the fraction `pull` per step
+/// where the preconditioner gain is largest: `(lr/2) gamma max_gain = pull`.
+pub fn lr_for_pull(pull: f64, gamma: f64, max_gain: f64) -> f64 {
+    2.0 * pull / (gamma * max_gain)
+}
+
+/// Spearman-Brown: the reliability of an average of `k` times as many independent draws as a
+/// measurement of reliability `r`.
+pub fn spearman_brown(r: f64, k: f64) -> f64 {
+    k * r / (1.0 + (k - 1.0) * r)
+}
+
+/// How many draws reach reliability `target`, given reliability `r` measured with `draws`
+/// draws (Spearman-Brown solved for the length). `None` when `r <= 0`: no signal to
+/// extrapolate from.
+pub fn draws_for_reliability(r: f64, draws: usize, target: f64) -> Option<f64> {
+    if r.is_nan() || r <= 0.0 {
+        return None;
+    }
+    if r >= 1.0 {
+        return Some(1.0);
+    }
+    Some(draws as f64 * target * (1.0 - r) / (r * (1.0 - target)))
+}
+
+/// Pearson correlation of two equally long series (0 when either is constant).
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let mean = |x: &[f64]| x[..n].iter().sum::<f64>() / n as f64;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let (da, db) = (a[i] - ma, b[i] - mb);
+        sab += da * db;
+        saa += da * da;
+        sbb += db * db;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+/// Splits sample positions per label into two halves, alternating within each label (so both
+/// halves hold every class): `(reference, probe)`.
+pub fn split_halves(labels: &[u16]) -> (Vec<usize>, Vec<usize>) {
+    let mut seen = std::collections::BTreeMap::<u16, usize>::new();
+    let (mut reference, mut probe) = (Vec::new(), Vec::new());
+    for (i, &label) in labels.iter().enumerate() {
+        let count = seen.entry(label).or_default();
+        if count.is_multiple_of(2) {
+            reference.push(i);
+        } else {
+            probe.push(i);
+        }
+        *count += 1;
+    }
+    (reference, probe)
+}
+
+/// One candidate's measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateReport {
+    /// Localization strength.
+    pub gamma: f64,
+    /// Inverse temperature.
+    pub n_beta: f64,
+    /// Step size (from the pull).
+    pub lr: f64,
+    /// Pearson correlation, between the two probe chains, of the probe samples' CLC scores.
+    pub clc_reliability: f64,
+    /// Pearson correlation, between the two probe chains, of every probe-reference trace
+    /// correlation.
+    pub coupling_reliability: f64,
+    /// Draws that reach the target CLC reliability (Spearman-Brown), before the bounds; `None`
+    /// when the probe chains' scores do not agree at all (then the most draws are recommended).
+    pub draws_needed: Option<f64>,
+    /// Mean minibatch loss after burn-in minus the loss of the first step (at w*), averaged
+    /// over the two chains.
+    pub loss_rise: f64,
+    /// Loss at w* on the first minibatch.
+    pub loss_at_w_star: f64,
+    /// Largest fraction of constant trusted traces of the two chains.
+    pub constant_trusted_fraction: f64,
+    /// Median ratio of the gradient drift's norm to the noise's, per step.
+    pub drift_to_noise: f64,
+    /// Distance from w* at the end of the first chain.
+    pub final_distance: f64,
+    /// Seconds spent on this candidate.
+    pub seconds: f64,
+    /// Why the candidate was rejected, if it was.
+    pub rejected: Option<String>,
+}
+
+/// The outcome of [`calibrate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// What was tried.
+    pub config: CalibrationConfig,
+    /// Every candidate's measurements, in the order tried.
+    pub candidates: Vec<CandidateReport>,
+    /// Index of the chosen candidate in `candidates`.
+    pub chosen: usize,
+    /// The recommended chain settings (one chain; split it into several with `--chains` only
+    /// to spread the work, the draws are what count).
+    pub recommended: ChainConfig,
+    /// The CLC reliability the recommended run is predicted to reach.
+    pub predicted_reliability: f64,
+    /// Trusted samples in the reference and probe halves.
+    pub reference_size: usize,
+    /// See `reference_size`.
+    pub probe_size: usize,
+    /// Total seconds.
+    pub seconds: f64,
+    /// vigil version.
+    pub vigil_version: String,
+}
+
+/// Chooses chain settings for `w_star` from its trusted set (correctly classified samples) and
+/// its sampling set alone. See the module documentation for the procedure.
+pub fn calibrate(
+    w_star: &Classifier,
+    trusted: &ImageSet,
+    sampling: &ImageSet,
+    config: &CalibrationConfig,
+    device: &Device,
+    observer: &mut impl ChainObserver,
+) -> Result<Calibration, MadError> {
+    config.validate()?;
+    let started = Instant::now();
+    let (reference, probe) = split_halves(trusted.labels());
+    if reference.len() < 2 || probe.len() < 3 {
+        return Err(MadError::Data(format!(
+            "calibration needs at least 5 trusted samples (2 reference, 3 probe), got {}",
+            trusted.len()
+        )));
+    }
+    let ids = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
+    let task = MadTask {
+        trusted: trusted.subset(&reference),
+        sampling: sampling.clone(),
+        test: trusted.subset(&probe),
+        test_is_anomalous: None,
+        trusted_ids: ids(&reference),
+        test_ids: ids(&probe),
+    };
+    let chance = (w_star.spec.num_classes().max(2) as f64).ln();
+    let mut reports = Vec::new();
+    for &(gamma, n_beta) in &config.candidates {
+        let chain_config = config.chain_config(gamma, n_beta, config.probe_draws);
+        let candidate_started = Instant::now();
+        let report = match run_chains(
+            w_star,
+            &task,
+            &chain_config,
+            &[0, 1],
+            serde_json::json!({"calibration": true}),
+            None,
+            device,
+            observer,
+        ) {
+            Ok(Some((traces, diagnostics))) => measure(
+                &traces,
+                &diagnostics,
+                &chain_config,
+                config,
+                chance,
+                candidate_started.elapsed().as_secs_f64(),
+            )?,
+            // Stopped by the observer (Ctrl-C): calibration is short, nothing to resume.
+            Ok(None) => {
+                return Err(MadError::InvalidConfig("calibration interrupted".into()));
+            }
+            Err(MadError::ChainDiverged { step, reason, .. }) => CandidateReport {
+                gamma,
+                n_beta,
+                lr: chain_config.sgld.lr,
+                clc_reliability: 0.0,
+                coupling_reliability: 0.0,
+                draws_needed: None,
+                loss_rise: f64::INFINITY,
+                loss_at_w_star: f64::NAN,
+                constant_trusted_fraction: 0.0,
+                drift_to_noise: 0.0,
+                final_distance: f64::NAN,
+                seconds: candidate_started.elapsed().as_secs_f64(),
+                rejected: Some(format!("diverged at step {step}: {reason}")),
+            },
+            Err(e) => return Err(e),
+        };
+        reports.push(report);
+    }
+    let chosen = choose(&reports).ok_or_else(|| {
+        let why: Vec<String> = reports
+            .iter()
+            .map(|r| {
+                format!(
+                    "gamma {:e} n_beta {}: {}",
+                    r.gamma,
+                    r.n_beta,
+                    r.rejected.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        MadError::InvalidConfig(format!(
+            "no candidate setting passed calibration ({}); try other candidates (--calibrate-gammas, --calibrate-n-betas)",
+            why.join("; ")
+        ))
+    })?;
+    let best = &reports[chosen];
+    let needed = best.draws_needed.unwrap_or(config.max_draws as f64);
+    let draws = (needed.ceil() as usize).clamp(config.min_draws, config.max_draws);
+    let per_draw = draws as f64 / config.probe_draws as f64;
+    Ok(Calibration {
+        config: config.clone(),
+        recommended: config.chain_config(best.gamma, best.n_beta, draws),
+        predicted_reliability: spearman_brown(best.clc_reliability, per_draw),
+        chosen,
+        candidates: reports,
+        reference_size: reference.len(),
+        probe_size: probe.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// The candidate that needs the fewest draws among those not rejected (the first on ties).
+pub fn choose(reports: &[CandidateReport]) -> Option<usize> {
+    reports
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rejected.is_none())
+        .min_by(|(_, a), (_, b)| {
+            let need = |r: &CandidateReport| r.draws_needed.unwrap_or(f64::INFINITY);
+            need(a).total_cmp(&need(b))
+        })
+        .map(|(i, _)| i)
+}
+
+/// The reliability and health of one candidate's two probe chains.
+fn measure(
+    traces: &LossTraces,
+    diagnostics: &[ChainDiagnostics],
+    chain_config: &ChainConfig,
+    config: &CalibrationConfig,
+    chance: f64,
+    seconds: f64,
+) -> Result<CandidateReport, MadError> {
+    let mut clc = Vec::new();
+    let mut couplings = Vec::new();
+    for k in 0..traces.chains() {
+        let one = LossTraces {
+            trusted: traces
+                .trusted
+                .slice(ndarray::s![k..k + 1, .., ..])
+                .to_owned(),
+            test: traces.test.slice(ndarray::s![k..k + 1, .., ..]).to_owned(),
+            ..traces.clone()
+        };
+        let c = coupling(&one, 0)?;
+        clc.push(anomaly_scores(&c, &traces.trusted_labels).clc);
+        couplings.push(c.pearson.iter().copied().collect::<Vec<f64>>());
+    }
+    let clc_reliability = pearson(&clc[0], &clc[1]);
+    let coupling_reliability = pearson(&couplings[0], &couplings[1]);
+    let draws_needed = draws_for_reliability(
+        clc_reliability,
+        config.probe_draws,
+        config.target_reliability,
+    );
+    let burn_in = chain_config.burn_in;
+    let rise = |d: &ChainDiagnostics| {
+        let after: Vec<f64> = d.loss.iter().skip(burn_in).copied().collect();
+        let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;
+        mean - d.loss.first().copied().unwrap_or(mean)
+    };
+    let loss_rise = diagnostics.iter().map(rise).sum::<f64>() / diagnostics.len().max(1) as f64;
+    let constant = diagnostics
+        .iter()
+        .map(|d| d.constant_trusted_fraction.max(d.constant_test_fraction))
+        .fold(0.0, f64::max);
+    let first = &diagnostics[0];
+    let rejected = if loss_rise > config.max_loss_rise * chance {
+        Some(format!(
+            "the chain's minibatch loss rose by {loss_rise:.3} over w*'s, more than {:.0}% of chance level ({chance:.3}): the chain leaves the model's function",
+            100.0 * config.max_loss_rise
+        ))
+    } else if constant > config.max_constant_fraction {
+        Some(format!(
+            "{:.0}% of trusted traces are constant",
+            100.0 * constant
+        ))
+    } else {
+        None
+    };
+    Ok(CandidateReport {
+        gamma: chain_config.sgld.gamma,
+        n_beta: chain_config.sgld.n_beta,
+        lr: chain_config.sgld.lr,
+        clc_reliability,
+        coupling_reliability,
+        draws_needed,
+        loss_rise,
+        loss_at_w_star: first.loss.first().copied().unwrap_or(f64::NAN),
+        constant_trusted_fraction: constant,
+        drift_to_noise: first.median_drift_to_noise,
+        final_distance: first.distance.last().copied().unwrap_or(0.0),
+        seconds,
+        rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lr_from_pull_matches_the_stability_bound() {
+        // Pull 2 is the stability edge: lr = 4 / (gamma max G), SgldConfig::max_stable_lr.
+        let reference = super::super::SgldConfig::reference();
+        let edge = lr_for_pull(2.0, reference.gamma, reference.preconditioner.max_gain());
+        assert!((edge - reference.max_stable_lr()).abs() < 1e-18);
+        // The reference lr 1e-6 is a pull of 0.05 at gamma 1e4 and eps 0.1.
+        assert!((lr_for_pull(0.05, 1e4, 10.0) - 1e-6).abs() < 1e-18);
+        assert!((lr_for_pull(1.0, 1e4, 10.0) - 2e-5).abs() < 1e-18);
+    }
+
+    #[test]
+    fn spearman_brown_round_trips() {
+        // Doubling a test of reliability 0.5 gives 2/3 (the textbook case).
+        assert!((spearman_brown(0.5, 2.0) - 2.0 / 3.0).abs() < 1e-12);
+        // Length needed for 0.9 from 0.5 at 40 draws: k = 0.9*0.5/(0.5*0.1) = 9, so 360.
+        let d = draws_for_reliability(0.5, 40, 0.9).unwrap();
+        assert!((d - 360.0).abs() < 1e-9);
+        assert!((spearman_brown(0.5, d / 40.0) - 0.9).abs() < 1e-12);
+        assert_eq!(draws_for_reliability(0.0, 40, 0.9), None);
+        assert_eq!(draws_for_reliability(-0.2, 40, 0.9), None);
+    }
+
+    #[test]
+    fn pearson_matches_numpy_and_guards_constants() {
+        // numpy: np.corrcoef([1, 2, 4, 7], [2, 1, 5, 6])[0, 1] = 0.8997354108424372
+        let r = pearson(&[1.0, 2.0, 4.0, 7.0], &[2.0, 1.0, 5.0, 6.0]);
+        assert!((r - 0.899_735_410_842_437_2).abs() < 1e-12, "{r}");
+        assert_eq!(pearson(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0);
+        assert_eq!(pearson(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn halves_alternate_within_each_class() {
+        let (reference, probe) = split_halves(&[0, 1, 0, 1, 0, 2, 2]);
+        assert_eq!(reference, vec![0, 1, 4, 5]);
+        assert_eq!(probe, vec![2, 3, 6]);
+    }
+
+    fn report(need: Option<f64>, rejected: bool) -> CandidateReport {
+        CandidateReport {
+            gamma: 1.0,
+            n_beta: 1.0,
+            lr: 1.0,
+            clc_reliability: 0.5,
+            coupling_reliability: 0.5,
+            draws_needed: need,
+            loss_rise: 0.0,
+            loss_at_w_star: 0.0,
+            constant_trusted_fraction: 0.0,
+            drift_to_noise: 0.0,
+            final_distance: 0.0,
+            seconds: 0.0,
+            rejected: rejected.then(|| "no".into()),
+        }
+    }
+
+    #[test]
+    fn the_healthy_candidate_needing_fewest_draws_wins() {
+        let reports = [
+            report(Some(300.0), false),
+            report(Some(100.0), true),
+            report(Some(200.0), false),
+            report(Some(200.0), false),
+        ];
+        assert_eq!(choose(&reports), Some(2));
+        assert_eq!(choose(&[report(Some(1.0), true)]), None);
+    }
+
+    #[test]
+    fn bad_settings_are_typed_errors() {
+        let base = CalibrationConfig::defaults(ChainConfig::reference());
+        let with = |f: fn(&mut CalibrationConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c.validate()
+        };
+        assert!(base.validate().is_ok());
+        assert!(with(|c| c.pull = 2.0).is_err());
+        assert!(with(|c| c.candidates.clear()).is_err());
+        assert!(with(|c| c.candidates = vec![(0.0, 1.0)]).is_err());
+        assert!(with(|c| c.target_reliability = 1.0).is_err());
+        assert!(with(|c| c.min_draws = 2000).is_err());
+        assert!(with(|c| c.probe_draws = 2).is_err());
+    }
+}
