@@ -91,7 +91,7 @@ pub struct MadInputArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CalibrationArgs {
     /// Candidate localization strengths gamma, in order of preference on ties (each tried with
-    /// every --calibrate-n-betas) [default: 1e4,3e4,3e3].
+    /// every --calibrate-n-betas) [default: 1e4].
     #[arg(long, value_delimiter = ',', value_name = "G,..")]
     calibrate_gammas: Vec<f64>,
 
@@ -110,7 +110,8 @@ pub struct CalibrationArgs {
     #[arg(long)]
     probe_draws: Option<usize>,
 
-    /// Steps before the first draw, in the probes and in the recommended run [default: 10].
+    /// Steps before the first draw, in the probes and in the recommended run [default: RMSprop's
+    /// averaging time 1/(1-alpha), 100 steps; 10 for plain SGLD].
     #[arg(long)]
     probe_burn_in: Option<usize>,
 
@@ -178,9 +179,11 @@ pub struct SampleArgs {
     calibration: CalibrationArgs,
 
     /// Kept draws per chain. The defaults (5 chains of 50 draws, one every 5 steps after 50
-    /// burn-in steps) are measured in docs/madfa.md: at the reference settings consecutive draws
-    /// are strongly correlated, so thinning by 5 loses no AUROC while tracing a fifth as often,
-    /// and independent chains are what shrink the spread. The reference protocol is
+    /// burn-in steps, at the reference lr, gamma and n_beta) are measured in docs/madfa.md: at
+    /// the reference settings consecutive draws are strongly correlated, so thinning by 5 loses
+    /// no AUROC while tracing a fifth as often, and independent chains are what shrink the
+    /// spread. `--calibrate` chooses lr, gamma, n_beta and the draws from the trusted data
+    /// instead, and detects better on both attacks measured there. The reference protocol is
     /// `--chains 1 --draws 1750 --burn-in 250 --thinning 1`.
     #[arg(long, default_value_t = 50)]
     draws: usize,
@@ -208,9 +211,11 @@ pub struct SampleArgs {
     #[command(flatten)]
     base: SamplerArgs,
 
-    /// Number of chains (run one after another).
-    #[arg(long, default_value_t = 5, conflicts_with = "chain")]
-    chains: usize,
+    /// Number of chains (run one after another) [default: 5; with --calibrate 1, since its
+    /// draws are nearly independent and every chain pays its own burn-in: more chains only
+    /// spread the draws, e.g. over a cluster].
+    #[arg(long, conflicts_with = "chain")]
+    chains: Option<usize>,
 
     /// Run only chain K (default: $SLURM_ARRAY_TASK_ID when set), for cluster arrays.
     #[arg(long, value_name = "K")]
@@ -321,6 +326,11 @@ impl SampleArgs {
         config
     }
 
+    /// How many chains the run has: --chains, else 1 with --calibrate and 5 without.
+    fn chain_count(&self) -> usize {
+        self.chains.unwrap_or(if self.calibrate { 1 } else { 5 })
+    }
+
     /// The chains to run: `--chain`, else $SLURM_ARRAY_TASK_ID, else `0..--chains`.
     fn chains(&self) -> Result<(Vec<usize>, bool)> {
         if let Some(k) = self.chain {
@@ -332,10 +342,11 @@ impl SampleArgs {
                 .with_context(|| format!("SLURM_ARRAY_TASK_ID `{id}` is not a chain index"))?;
             return Ok((vec![k], true));
         }
-        if self.chains == 0 {
+        let chains = self.chain_count();
+        if chains == 0 {
             bail!("--chains must be at least 1");
         }
-        Ok(((0..self.chains).collect(), false))
+        Ok(((0..chains).collect(), false))
     }
 }
 
@@ -492,7 +503,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         interrupted: interrupt_flag(),
     };
     if args.calibrate {
-        let total = args.chains.max(1);
+        let total = args.chain_count().max(1);
         let path = args.out.join("calibration.json");
         let calibration = if path.exists() {
             let text = std::fs::read_to_string(&path)

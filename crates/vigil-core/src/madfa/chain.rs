@@ -580,7 +580,7 @@ pub fn run_chain(
         }
     }
     let mut diagnostics = state.progress.diagnostics.clone();
-    summarize(&mut diagnostics, &state.traces, inputs, config.draws);
+    summarize(&mut diagnostics, &state.traces, inputs, config);
     state.progress.diagnostics = diagnostics.clone();
     if let Some(dir) = &dir {
         state.save(dir)?;
@@ -590,7 +590,8 @@ pub fn run_chain(
 }
 
 /// Fills the summary fields of `d` from the finished chain's traces.
-fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, draws: usize) {
+fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, config: &ChainConfig) {
+    let draws = config.draws;
     let n = inputs.len();
     let constant = |range: std::ops::Range<usize>| -> f64 {
         if range.is_empty() {
@@ -618,10 +619,16 @@ fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, dra
         d.warnings
             .push("the chain did not move from w*: no parameter has a gradient".into());
     }
-    if d.median_drift_to_noise < 1e-3 {
+    // Draws closer together than the chain's correlation time repeat each other: at the
+    // reference settings (pull 0.05) a few hundred draws hold about a dozen independent ones,
+    // which is what makes single runs a lottery (docs/madfa.md, "Settings chosen from trusted
+    // data").
+    let pull = config.sgld.lr / 2.0 * config.sgld.gamma * config.sgld.preconditioner.max_gain();
+    let steps_per_independent = (1.0 / pull).max(1.0);
+    if steps_per_independent > 5.0 * config.thinning as f64 {
         d.warnings.push(format!(
-            "the gradient term is {:.1e} of the noise (median per step): the chain is nearly isotropic noise around w*, and detection quality depends on the noise draw; raise n_beta or lr (docs/madfa.md compares settings)",
-            d.median_drift_to_noise
+            "the localization pulls the chain back by {pull:.2} per step, so draws stay correlated over about {steps_per_independent:.0} steps: these {draws} draws hold about {:.0} independent ones, and the AUROC depends on the noise draw; `vigil sample --calibrate` (or `vigil calibrate`) picks a faster-mixing lr",
+            (draws * config.thinning) as f64 / steps_per_independent
         ));
     }
     if d.constant_test_fraction > 0.1 || d.constant_trusted_fraction > 0.1 {
