@@ -239,15 +239,18 @@ fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model()
     settings.burn_in = 2;
     settings.min_draws = 5;
     settings.max_draws = 500;
-    let c = calibrate(
-        &w_star,
-        &task.trusted,
-        &task.sampling,
-        &settings,
-        &default_device(),
-        &mut Quiet,
-    )
-    .unwrap();
+    let run = || {
+        calibrate(
+            &w_star,
+            &task.trusted,
+            &task.sampling,
+            &settings,
+            &default_device(),
+            &mut Quiet,
+        )
+        .unwrap()
+    };
+    let c = run();
     assert_eq!(c.candidates.len(), 2);
     assert_eq!((c.reference_size, c.probe_size), (6, 6));
     let gentle = &c.candidates[0];
@@ -271,15 +274,7 @@ fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model()
     assert_eq!(c.recommended.thinning, 1);
     assert!((5..=500).contains(&c.recommended.draws));
     // Deterministic: the same settings give the same calibration.
-    let again = calibrate(
-        &w_star,
-        &task.trusted,
-        &task.sampling,
-        &settings,
-        &default_device(),
-        &mut Quiet,
-    )
-    .unwrap();
+    let again = run();
     assert_eq!(again.candidates[0].clc_reliability, gentle.clc_reliability);
     assert_eq!(again.recommended, c.recommended);
 }
