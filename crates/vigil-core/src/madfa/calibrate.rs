@@ -474,6 +474,9 @@ mod tests {
 
     #[test]
     fn lr_from_pull_matches_the_stability_bound() {
+        let mut at_pull_one = super::super::SgldConfig::reference();
+        at_pull_one.lr = lr_for_pull(1.0, at_pull_one.gamma, 10.0);
+        assert!((at_pull_one.pull() - 1.0).abs() < 1e-12);
         // Pull 2 is the stability edge: lr = 4 / (gamma max G), SgldConfig::max_stable_lr.
         let reference = super::super::SgldConfig::reference();
         let edge = lr_for_pull(2.0, reference.gamma, reference.preconditioner.max_gain());

@@ -623,7 +623,7 @@ fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, con
     // reference settings (pull 0.05) a few hundred draws hold about a dozen independent ones,
     // which is what makes single runs a lottery (docs/madfa.md, "Settings chosen from trusted
     // data").
-    let pull = config.sgld.lr / 2.0 * config.sgld.gamma * config.sgld.preconditioner.max_gain();
+    let pull = config.sgld.pull();
     let steps_per_independent = (1.0 / pull).max(1.0);
     if steps_per_independent > 5.0 * config.thinning as f64 {
         d.warnings.push(format!(

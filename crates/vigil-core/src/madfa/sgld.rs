@@ -98,6 +98,13 @@ impl SgldConfig {
         4.0 / (self.gamma * self.preconditioner.max_gain())
     }
 
+    /// The fraction by which the localization pulls `w - w*` back per step where the
+    /// preconditioner gain is largest, `(lr/2) gamma max G`: draws stay correlated over about
+    /// `1/pull` steps, and the chain diverges at 2 (`calibrate::lr_for_pull` is its inverse).
+    pub fn pull(&self) -> f64 {
+        self.lr / 2.0 * self.gamma * self.preconditioner.max_gain()
+    }
+
     /// Checks the values, and refuses settings whose localization term alone diverges.
     pub fn validate(&self) -> Result<(), MadError> {
         let bad = |reason: String| Err(MadError::InvalidConfig(reason));
