@@ -15,6 +15,7 @@ pub mod data;
 pub mod device;
 pub mod inference;
 pub mod io;
+pub mod kernels;
 pub mod loss;
 pub mod madfa;
 pub mod metrics;

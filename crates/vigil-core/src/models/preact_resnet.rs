@@ -6,6 +6,7 @@
 //! - [`PreActHead::Halo`] (HALO `architectures/preactresnet.py`): a final `bn` and ReLU, then a
 //!   4x4 average pool. Registry name `preact-resnet18-halo`.
 
+use crate::kernels::conv2d_layer;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
@@ -60,11 +61,11 @@ impl PreActBlock {
         let pre = relu(self.bn1.forward(x.clone(), bn));
         // The projection sees the pre-activation; the identity sees the raw input.
         let skip = match self.shortcut.first() {
-            Some(conv) => conv.forward(pre.clone()),
+            Some(conv) => conv2d_layer(conv, pre.clone()),
             None => x,
         };
-        let out = self.conv1.forward(pre);
-        let out = self.conv2.forward(relu(self.bn2.forward(out, bn)));
+        let out = conv2d_layer(&self.conv1, pre);
+        let out = conv2d_layer(&self.conv2, relu(self.bn2.forward(out, bn)));
         out + skip
     }
 }
@@ -121,7 +122,7 @@ impl PreActResNet18 {
 
     /// The pooled penultimate representation (`8 width` values), the input of `linear`.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
-        let mut out = self.conv1.forward(x);
+        let mut out = conv2d_layer(&self.conv1, x);
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()

@@ -4,6 +4,7 @@
 //! pool and `linear`. 32x32 inputs reach the pool at 4x4, and so do 28x28 ones
 //! (28 -> 14 -> 7 -> 4), so the same network serves Fashion-MNIST.
 
+use crate::kernels::conv2d_layer;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
@@ -57,12 +58,12 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone()), bn));
-        let out = self.bn2.forward(self.conv2.forward(out), bn);
+        let out = relu(self.bn1.forward(conv2d_layer(&self.conv1, x.clone()), bn));
+        let out = self.bn2.forward(conv2d_layer(&self.conv2, out), bn);
         let mut skip = x;
         for part in &self.shortcut {
             skip = match part {
-                ShortcutPart::Conv(conv) => conv.forward(skip),
+                ShortcutPart::Conv(conv) => conv2d_layer(conv, skip),
                 ShortcutPart::Bn(norm) => norm.forward(skip, bn),
             };
         }
@@ -112,7 +113,7 @@ impl ResNet18 {
 
     /// The pooled penultimate representation (`8 width` values), the input of `linear`.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
-        let mut out = relu(self.bn1.forward(self.conv1.forward(x), bn));
+        let mut out = relu(self.bn1.forward(conv2d_layer(&self.conv1, x), bn));
         for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()

@@ -1,0 +1,524 @@
+//! Direct 2-D convolution of NCHW `f32` data: per sample, an im2col matrix in the classic
+//! `[c_in * kh * kw, oh * ow]` layout and one gemm, forward and both backward passes.
+//!
+//! burn-flex lowers every 2-D convolution to its generic 3-D path: a serial NCHW to NHWC copy
+//! of the whole batch, im2col tiles in NHWC order, a scatter back to NCHW, and for the backward
+//! passes burn's backend-generic formulas (transposed convolution, layout swaps). Here the NCHW
+//! layout is kept: the im2col rows are shifted copies of input rows, the gemm writes the
+//! output plane of a sample in place, and samples run in parallel with one single-threaded gemm
+//! each, which is where the two cores pay off at vigil's batch sizes.
+//!
+//! Dilation 1 and one group only: that is every convolution of vigil's models; others go
+//! through burn's own kernels (see [`super::conv2d`]).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Shapes of one convolution: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
+/// output `[batch, c_out, oh, ow]`, symmetric zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Conv2dGeometry {
+    /// The geometry of `x` (`[batch, c_in, h, w]`) convolved with `weight` (`[c_out, c_in, kh,
+    /// kw]`); `None` when the shapes do not fit together or the output would be empty.
+    pub fn new(
+        x: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Option<Self> {
+        let [batch, c_in, h, w] = x;
+        let [c_out, wc_in, kh, kw] = weight;
+        if wc_in != c_in || stride.contains(&0) || kh == 0 || kw == 0 {
+            return None;
+        }
+        let out = |size: usize, k: usize, s: usize, p: usize| {
+            (size + 2 * p).checked_sub(k).map(|span| span / s + 1)
+        };
+        let oh = out(h, kh, stride[0], padding[0])?;
+        let ow = out(w, kw, stride[1], padding[1])?;
+        Some(Self {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            padding,
+            oh,
+            ow,
+        })
+    }
+
+    /// Rows of the im2col matrix: one per input channel and kernel position.
+    pub fn col_rows(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// Columns of the im2col matrix: one per output position.
+    pub fn col_cols(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    fn input_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    fn output_len(&self) -> usize {
+        self.c_out * self.col_cols()
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding: the input plane is its own im2col.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// Output columns `ox` whose input column `ox * stride + kx - pad` lies inside the input.
+    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
+        valid_range(self.w, self.ow, self.stride[1], self.padding[1], kx)
+    }
+
+    fn valid_rows(&self, ky: usize) -> std::ops::Range<usize> {
+        valid_range(self.h, self.oh, self.stride[0], self.padding[0], ky)
+    }
+}
+
+/// The output indices `o` in `0..out` with `o * stride + k - pad` in `0..size`.
+fn valid_range(
+    size: usize,
+    out: usize,
+    stride: usize,
+    pad: usize,
+    k: usize,
+) -> std::ops::Range<usize> {
+    // First o with o * stride + k >= pad; last o with o * stride + k - pad <= size - 1.
+    let first = pad.saturating_sub(k).div_ceil(stride);
+    let end = if size + pad > k {
+        ((size + pad - k - 1) / stride + 1).min(out)
+    } else {
+        0
+    };
+    first.min(end)..end
+}
+
+/// Fills `col` (`[col_rows, col_cols]`, row-major) with the patches of one sample `x`
+/// (`[c_in, h, w]`).
+fn im2col(g: &Conv2dGeometry, x: &[f32], col: &mut [f32]) {
+    let (p, [sy, sx], [py, px]) = (g.col_cols(), g.stride, g.padding);
+    let mut row = 0;
+    for c in 0..g.c_in {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            let rows = g.valid_rows(ky);
+            for kx in 0..g.kw {
+                let cols = g.valid_columns(kx);
+                let dst = &mut col[row * p..(row + 1) * p];
+                for oy in 0..g.oh {
+                    let line = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    if !rows.contains(&oy) {
+                        line.fill(0.0);
+                        continue;
+                    }
+                    line[..cols.start].fill(0.0);
+                    line[cols.end..].fill(0.0);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let iy = oy * sy + ky - py;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let ix0 = cols.start * sx + kx - px;
+                    if sx == 1 {
+                        line[cols.clone()].copy_from_slice(&src[ix0..ix0 + cols.len()]);
+                    } else {
+                        for (o, v) in line[cols.clone()].iter_mut().enumerate() {
+                            *v = src[ix0 + o * sx];
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Adds the patches in `col` back onto one sample's input gradient `dx` (`[c_in, h, w]`): the
+/// adjoint of [`im2col`].
+fn col2im_add(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32]) {
+    let (p, [sy, sx], [py, px]) = (g.col_cols(), g.stride, g.padding);
+    let mut row = 0;
+    for c in 0..g.c_in {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            let rows = g.valid_rows(ky);
+            for kx in 0..g.kw {
+                let cols = g.valid_columns(kx);
+                let src = &col[row * p..(row + 1) * p];
+                if cols.is_empty() {
+                    row += 1;
+                    continue;
+                }
+                for oy in rows.clone() {
+                    let iy = oy * sy + ky - py;
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let line = &src[oy * g.ow..(oy + 1) * g.ow];
+                    let ix0 = cols.start * sx + kx - px;
+                    for (o, v) in line[cols.clone()].iter().enumerate() {
+                        dst[ix0 + o * sx] += v;
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Row-major matrix operand for [`matmul`]: data, rows, columns, and whether it is read
+/// transposed (then `rows x cols` is the shape after transposition).
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        Self {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of the row-major `rows x cols` matrix in `data`.
+    fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        Self {
+            data,
+            rows: cols,
+            cols: rows,
+            transposed: true,
+        }
+    }
+
+    /// (column stride, row stride) of the matrix as read.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (self.rows as isize, 1)
+        } else {
+            (1, self.cols as isize)
+        }
+    }
+}
+
+/// `dst = a b` (or `dst += a b` with `accumulate`), `dst` row-major `a.rows x b.cols`,
+/// single-threaded: the callers parallelise over samples.
+fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
+    assert_eq!(dst.len(), a.rows * b.cols, "matmul: output size");
+    let (a_cs, a_rs) = a.strides();
+    let (b_cs, b_rs) = b.strides();
+    // SAFETY: the pointers and strides describe exactly the slices checked above (a: rows x
+    // cols read through its strides, b likewise, dst row-major a.rows x b.cols); gemm reads
+    // `dst` only when `accumulate` is set.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// The forward pass: `out` (`[batch, c_out, oh, ow]`) from `x` and `weight`, without bias.
+pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), g.batch * g.input_len());
+    assert_eq!(weight.len(), g.c_out * g.col_rows());
+    assert_eq!(out.len(), g.batch * g.output_len());
+    let (k, p) = (g.col_rows(), g.col_cols());
+    let w = Mat::new(weight, g.c_out, k);
+    out.par_chunks_mut(g.output_len().max(1))
+        .zip(x.par_chunks(g.input_len().max(1)))
+        .for_each_init(
+            || vec![0.0f32; if g.is_pointwise() { 0 } else { k * p }],
+            |col, (out, x)| {
+                let col: &[f32] = if g.is_pointwise() {
+                    x
+                } else {
+                    im2col(g, x, col);
+                    col
+                };
+                matmul(out, w, Mat::new(col, k, p), false);
+            },
+        );
+}
+
+/// The gradient with respect to the input, `dx` (`[batch, c_in, h, w]`), from the output
+/// gradient `dout` (`[batch, c_out, oh, ow]`).
+pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32], dx: &mut [f32]) {
+    assert_eq!(weight.len(), g.c_out * g.col_rows());
+    assert_eq!(dout.len(), g.batch * g.output_len());
+    assert_eq!(dx.len(), g.batch * g.input_len());
+    let (k, p) = (g.col_rows(), g.col_cols());
+    let w_t = Mat::transposed(weight, g.c_out, k);
+    dx.par_chunks_mut(g.input_len().max(1))
+        .zip(dout.par_chunks(g.output_len().max(1)))
+        .for_each_init(
+            || vec![0.0f32; if g.is_pointwise() { 0 } else { k * p }],
+            |col, (dx, dout)| {
+                let dout = Mat::new(dout, g.c_out, p);
+                if g.is_pointwise() {
+                    matmul(dx, w_t, dout, false);
+                } else {
+                    matmul(col, w_t, dout, false);
+                    dx.fill(0.0);
+                    col2im_add(g, col, dx);
+                }
+            },
+        );
+}
+
+/// Largest number of partial weight gradients held at once (in floats, 64 MiB): bounds the
+/// memory of [`backward_weight`] on wide layers.
+const PARTIAL_BUDGET: usize = 16 << 20;
+
+/// The gradient with respect to the weight, `[c_out, c_in, kh, kw]`, from the input `x` and
+/// the output gradient `dout`.
+///
+/// The batch is cut into a number of chunks that depends on the shapes only, each chunk sums
+/// its samples into its own partial gradient, and the partials are added in chunk order: the
+/// result does not depend on the thread count or on scheduling.
+pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.input_len());
+    assert_eq!(dout.len(), g.batch * g.output_len());
+    let (k, p) = (g.col_rows(), g.col_cols());
+    let size = g.c_out * k;
+    if g.batch == 0 || size == 0 {
+        return vec![0.0; size];
+    }
+    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(g.batch);
+    let per_chunk = g.batch.div_ceil(chunks);
+    let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut dw = vec![0.0f32; size];
+            let mut col = vec![0.0f32; if g.is_pointwise() { 0 } else { k * p }];
+            let samples = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
+            for (i, b) in samples.enumerate() {
+                let xb = &x[b * g.input_len()..(b + 1) * g.input_len()];
+                let cols: &[f32] = if g.is_pointwise() {
+                    xb
+                } else {
+                    im2col(g, xb, &mut col);
+                    &col
+                };
+                let dout_b = &dout[b * g.output_len()..(b + 1) * g.output_len()];
+                matmul(
+                    &mut dw,
+                    Mat::new(dout_b, g.c_out, p),
+                    Mat::transposed(cols, k, p),
+                    i > 0,
+                );
+            }
+            dw
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; size]);
+    for part in parts {
+        for (a, b) in dw.iter_mut().zip(&part) {
+            *a += b;
+        }
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution straight from its definition, in f64.
+    fn naive_forward(g: &Conv2dGeometry, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut out = vec![0.0f64; g.batch * g.output_len()];
+        for b in 0..g.batch {
+            for co in 0..g.c_out {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = 0.0f64;
+                        for ci in 0..g.c_in {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy =
+                                        (oy * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                                    let ix =
+                                        (ox * g.stride[1] + kx) as isize - g.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((b * g.c_in + ci) * g.h + iy as usize) * g.w
+                                        + ix as usize];
+                                    let wv = w[((co * g.c_in + ci) * g.kh + ky) * g.kw + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out[((b * g.c_out + co) * g.oh + oy) * g.ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (*x as f64 - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Shapes with odd sizes, strides 1-3, paddings 0-2, 1x1 to 5x5 kernels, 1 and 3 channels.
+    fn geometries() -> Vec<Conv2dGeometry> {
+        let cases = [
+            ([2, 1, 7, 9], [4, 1, 3, 3], [1, 1], [1, 1]),
+            ([3, 3, 8, 8], [5, 3, 3, 3], [2, 2], [1, 1]),
+            ([1, 3, 11, 6], [2, 3, 5, 3], [1, 2], [2, 0]),
+            ([2, 4, 5, 5], [3, 4, 1, 1], [1, 1], [0, 0]),
+            ([2, 4, 9, 7], [6, 4, 1, 1], [2, 2], [0, 0]),
+            ([1, 2, 4, 4], [2, 2, 3, 3], [3, 3], [2, 2]),
+            ([5, 1, 3, 3], [1, 1, 3, 3], [1, 1], [0, 0]),
+        ];
+        cases
+            .into_iter()
+            .map(|(x, w, s, p)| Conv2dGeometry::new(x, w, s, p).expect("valid case"))
+            .collect()
+    }
+
+    #[test]
+    fn geometry_matches_the_output_size_formula() {
+        let g = Conv2dGeometry::new([1, 1, 28, 28], [8, 1, 3, 3], [2, 2], [1, 1]).unwrap();
+        assert_eq!((g.oh, g.ow), (14, 14));
+        assert!(Conv2dGeometry::new([1, 2, 4, 4], [1, 3, 3, 3], [1, 1], [0, 0]).is_none());
+        assert!(Conv2dGeometry::new([1, 1, 2, 2], [1, 1, 5, 5], [1, 1], [0, 0]).is_none());
+        assert!(Conv2dGeometry::new([1, 1, 4, 4], [1, 1, 3, 3], [0, 1], [0, 0]).is_none());
+    }
+
+    #[test]
+    fn forward_equals_the_definition() {
+        for (i, g) in geometries().iter().enumerate() {
+            let x = pseudo_random(g.batch * g.input_len(), i as u64);
+            let w = pseudo_random(g.c_out * g.col_rows(), 100 + i as u64);
+            let mut out = vec![0.0; g.batch * g.output_len()];
+            forward(g, &x, &w, &mut out);
+            close(&out, &naive_forward(g, &x, &w));
+        }
+    }
+
+    /// Both gradients against the adjoint identities of the definition: for a random output
+    /// gradient u, <u, conv(x, w)> is linear in x and in w, so d/dx_i = <u, conv(e_i, w)> and
+    /// d/dw_j = <u, conv(x, e_j)>.
+    #[test]
+    fn backward_passes_equal_the_definition() {
+        for (i, g) in geometries().iter().enumerate() {
+            let x = pseudo_random(g.batch * g.input_len(), 7 + i as u64);
+            let w = pseudo_random(g.c_out * g.col_rows(), 70 + i as u64);
+            let u = pseudo_random(g.batch * g.output_len(), 700 + i as u64);
+            let dot = |out: &[f64]| out.iter().zip(&u).map(|(a, b)| a * *b as f64).sum::<f64>();
+
+            let mut dx = vec![0.0; x.len()];
+            backward_input(g, &w, &u, &mut dx);
+            let expected_dx: Vec<f64> = (0..x.len())
+                .map(|j| {
+                    let mut e = vec![0.0f32; x.len()];
+                    e[j] = 1.0;
+                    dot(&naive_forward(g, &e, &w))
+                })
+                .collect();
+            close(&dx, &expected_dx);
+
+            let dw = backward_weight(g, &x, &u);
+            let expected_dw: Vec<f64> = (0..w.len())
+                .map(|j| {
+                    let mut e = vec![0.0f32; w.len()];
+                    e[j] = 1.0;
+                    dot(&naive_forward(g, &x, &e))
+                })
+                .collect();
+            close(&dw, &expected_dw);
+        }
+    }
+
+    #[test]
+    fn valid_range_covers_exactly_the_inside_positions() {
+        for size in 1..9 {
+            for k in 0..4 {
+                for stride in 1..4 {
+                    for pad in 0..3 {
+                        if size + 2 * pad < k + 1 {
+                            continue;
+                        }
+                        let out = (size + 2 * pad - (k + 1)) / stride + 1;
+                        let r = valid_range(size, out, stride, pad, k);
+                        for o in 0..out {
+                            let i = (o * stride + k) as isize - pad as isize;
+                            let inside = i >= 0 && i < size as isize;
+                            assert_eq!(r.contains(&o), inside, "{size} {k} {stride} {pad} {o}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

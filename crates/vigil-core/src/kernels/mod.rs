@@ -1,0 +1,562 @@
+//! vigil's own CPU kernels for the layers that dominate its loops (2-D convolution and
+//! max-pooling), plugged into burn through its backend-extension mechanism, so the models,
+//! autodiff and everything else stay burn's.
+//!
+//! [`KernelOps`] is the extension: the `Flex` implementation runs the kernels of
+//! [`conv2d`](mod@conv2d) and [`max_pool2d`](mod@max_pool2d) on `f32` tensors, and the
+//! `Autodiff` implementation records a backward step that calls the kernels' backward passes.
+//! Any other dtype, and convolutions with dilation, groups or asymmetric padding, fall back to
+//! burn's own operations. The layer functions [`conv2d_layer`] and [`max_pool2d`] are what the
+//! models call; with the `cuda` feature they are burn's operations unchanged.
+//!
+//! Why: `docs/performance.md` ("Own kernels"). The kernels agree with burn's to float rounding
+//! (tests below and in each kernel module), not bit for bit: sums run in another order.
+
+pub mod conv2d;
+pub mod max_pool2d;
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
+
+/// `conv.forward(x)`, through vigil's convolution kernel where it applies.
+pub fn conv2d_layer(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(not(feature = "cuda"))]
+    if let Some(padding) = symmetric_padding(&conv.padding)
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+    {
+        let out = extension::conv2d(x, conv.weight.val(), conv.stride, padding);
+        return match &conv.bias {
+            Some(bias) => {
+                let channels = bias.dims()[0];
+                out + bias.val().reshape([1, channels, 1, 1])
+            }
+            None => out,
+        };
+    }
+    conv.forward(x)
+}
+
+/// Max-pooling without dilation or ceil mode, as `burn::tensor::module::max_pool2d`.
+pub fn max_pool2d(
+    x: Tensor<4>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<4> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        extension::max_pool2d(x, kernel, stride, padding)
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::module::max_pool2d;
+        use burn::tensor::ops::MaxPoolOptions;
+        max_pool2d(
+            x,
+            MaxPoolOptions::new(kernel)
+                .with_stride(stride)
+                .with_padding(padding),
+        )
+    }
+}
+
+/// `[top, left]` of a padding that is the same on both sides of each axis.
+fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
+    match *padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod extension {
+    use super::{conv2d as conv_kernel, max_pool2d as pool_kernel};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::{Autodiff, NodeId};
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::ops::{ConvOptions, ModuleOps};
+    use burn::backend::tensor::FloatTensor;
+    use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+    use burn::tensor::IntDType;
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    /// Convolution and max-pooling with vigil's kernels on the CPU backend. The default bodies
+    /// are burn's own operations: what any backend without its own implementation runs.
+    #[backend_extension(Flex, Autodiff)]
+    pub trait KernelOps: Backend {
+        /// 2-D convolution without bias, dilation 1, one group, symmetric padding.
+        fn vigil_conv2d(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            Self::conv2d(
+                x,
+                weight,
+                None,
+                ConvOptions::new(stride, padding, [1, 1], 1),
+            )
+        }
+
+        /// Gradient of [`Self::vigil_conv2d`] with respect to `x`.
+        fn vigil_conv2d_x_backward(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            output_grad: FloatTensor<Self>,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            let options = ConvOptions::new(stride, padding, [1, 1], 1);
+            Self::conv2d_x_backward(x, weight, output_grad, options)
+        }
+
+        /// Gradient of [`Self::vigil_conv2d`] with respect to `weight`.
+        fn vigil_conv2d_weight_backward(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            output_grad: FloatTensor<Self>,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            let options = ConvOptions::new(stride, padding, [1, 1], 1);
+            Self::conv2d_weight_backward(x, weight, output_grad, options)
+        }
+
+        /// Max-pooling, no dilation, no ceil mode.
+        fn vigil_max_pool2d(
+            x: FloatTensor<Self>,
+            kernel: [usize; 2],
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            Self::max_pool2d(x, kernel, stride, padding, [1, 1], false)
+        }
+
+        /// Gradient of [`Self::vigil_max_pool2d`] with respect to `x`.
+        fn vigil_max_pool2d_backward(
+            x: FloatTensor<Self>,
+            output_grad: FloatTensor<Self>,
+            kernel: [usize; 2],
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            let (dilation, ceil) = ([1, 1], false);
+            let indices = Self::max_pool2d_with_indices(
+                x.clone(),
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil,
+                IntDType::I64,
+            )
+            .indices;
+            Self::max_pool2d_with_indices_backward(
+                x,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil,
+                output_grad,
+                indices,
+            )
+            .x_grad
+        }
+    }
+
+    /// A contiguous `f32` copy (or view) of a tensor and its 4-D shape; `None` for other dtypes
+    /// or ranks, which then go through burn's operations.
+    fn f32_nchw(t: &FlexTensor) -> Option<(FlexTensor, [usize; 4])> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let shape: [usize; 4] = t.layout().shape().as_slice().try_into().ok()?;
+        Some((t.to_contiguous(), shape))
+    }
+
+    fn slice(t: &FlexTensor) -> &[f32] {
+        t.as_slice::<f32>()
+            .expect("a contiguous f32 tensor has a slice view")
+    }
+
+    fn tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(data, shape))
+    }
+
+    /// The convolution's operands as slices and geometry, if the kernel handles them.
+    fn conv_operands(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Option<(FlexTensor, FlexTensor, conv_kernel::Conv2dGeometry)> {
+        let (x, x_shape) = f32_nchw(x)?;
+        let (w, w_shape) = f32_nchw(weight)?;
+        let g = conv_kernel::Conv2dGeometry::new(x_shape, w_shape, stride, padding)?;
+        Some((x, w, g))
+    }
+
+    impl KernelOps for Flex {
+        fn vigil_conv2d(
+            x: FlexTensor,
+            weight: FlexTensor,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FlexTensor {
+            let Some((xc, wc, g)) = conv_operands(&x, &weight, stride, padding) else {
+                return Self::conv2d(
+                    x,
+                    weight,
+                    None,
+                    ConvOptions::new(stride, padding, [1, 1], 1),
+                );
+            };
+            let mut out = vec![0.0; g.batch * g.c_out * g.oh * g.ow];
+            conv_kernel::forward(&g, slice(&xc), slice(&wc), &mut out);
+            tensor(out, [g.batch, g.c_out, g.oh, g.ow])
+        }
+
+        fn vigil_conv2d_x_backward(
+            x: FlexTensor,
+            weight: FlexTensor,
+            output_grad: FlexTensor,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FlexTensor {
+            let operands = conv_operands(&x, &weight, stride, padding);
+            let grad = f32_nchw(&output_grad);
+            let (Some((_, wc, g)), Some((gc, _))) = (operands, grad) else {
+                let options = ConvOptions::new(stride, padding, [1, 1], 1);
+                return Self::conv2d_x_backward(x, weight, output_grad, options);
+            };
+            let mut dx = vec![0.0; g.batch * g.c_in * g.h * g.w];
+            conv_kernel::backward_input(&g, slice(&wc), slice(&gc), &mut dx);
+            tensor(dx, [g.batch, g.c_in, g.h, g.w])
+        }
+
+        fn vigil_conv2d_weight_backward(
+            x: FlexTensor,
+            weight: FlexTensor,
+            output_grad: FlexTensor,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FlexTensor {
+            let operands = conv_operands(&x, &weight, stride, padding);
+            let grad = f32_nchw(&output_grad);
+            let (Some((xc, _, g)), Some((gc, _))) = (operands, grad) else {
+                let options = ConvOptions::new(stride, padding, [1, 1], 1);
+                return Self::conv2d_weight_backward(x, weight, output_grad, options);
+            };
+            let dw = conv_kernel::backward_weight(&g, slice(&xc), slice(&gc));
+            tensor(dw, [g.c_out, g.c_in, g.kh, g.kw])
+        }
+
+        fn vigil_max_pool2d(
+            x: FlexTensor,
+            kernel: [usize; 2],
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FlexTensor {
+            let operands = f32_nchw(&x).and_then(|(xc, shape)| {
+                Some((
+                    xc,
+                    pool_kernel::PoolGeometry::new(shape, kernel, stride, padding)?,
+                ))
+            });
+            let Some((xc, g)) = operands else {
+                return Self::max_pool2d(x, kernel, stride, padding, [1, 1], false);
+            };
+            let shape = x.layout().shape();
+            let mut out = vec![0.0; g.planes * g.oh * g.ow];
+            pool_kernel::forward(&g, slice(&xc), &mut out);
+            tensor(out, [shape[0], shape[1], g.oh, g.ow])
+        }
+
+        fn vigil_max_pool2d_backward(
+            x: FlexTensor,
+            output_grad: FlexTensor,
+            kernel: [usize; 2],
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FlexTensor {
+            let operands = f32_nchw(&x).and_then(|(xc, shape)| {
+                let g = pool_kernel::PoolGeometry::new(shape, kernel, stride, padding)?;
+                Some((xc, shape, g, f32_nchw(&output_grad)?.0))
+            });
+            let Some((xc, shape, g, gc)) = operands else {
+                let (dilation, ceil) = ([1, 1], false);
+                let indices = Self::max_pool2d_with_indices(
+                    x.clone(),
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil,
+                    IntDType::I64,
+                )
+                .indices;
+                return Self::max_pool2d_with_indices_backward(
+                    x,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    ceil,
+                    output_grad,
+                    indices,
+                )
+                .x_grad;
+            };
+            let mut dx = vec![0.0; xc.layout().num_elements()];
+            pool_kernel::backward(&g, slice(&xc), slice(&gc), &mut dx);
+            tensor(dx, shape)
+        }
+    }
+
+    /// Backward step of [`KernelOps::vigil_conv2d`]: the saved input and weight, the geometry.
+    #[derive(Debug)]
+    struct Conv2dBackward;
+
+    impl<B: Backend + KernelOps> Backward<B, 2> for Conv2dBackward {
+        type State = (NodeId, NodeId, [usize; 2], [usize; 2]);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_weight] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, weight_state, stride, padding) = ops.state;
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+            if let Some(node) = node_x {
+                let dx = B::vigil_conv2d_x_backward(
+                    x.clone(),
+                    weight.clone(),
+                    grad.clone(),
+                    stride,
+                    padding,
+                );
+                grads.register::<B>(node.id, dx);
+            }
+            if let Some(node) = node_weight {
+                let dw = B::vigil_conv2d_weight_backward(x, weight, grad, stride, padding);
+                grads.register::<B>(node.id, dw);
+            }
+        }
+    }
+
+    /// Backward step of [`KernelOps::vigil_max_pool2d`]: the saved input and the window.
+    #[derive(Debug)]
+    struct MaxPool2dBackward;
+
+    impl<B: Backend + KernelOps> Backward<B, 1> for MaxPool2dBackward {
+        type State = (NodeId, [usize; 2], [usize; 2], [usize; 2]);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, kernel, stride, padding) = ops.state;
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            if let Some(node) = node_x {
+                let dx = B::vigil_max_pool2d_backward(x, grad, kernel, stride, padding);
+                grads.register::<B>(node.id, dx);
+            }
+        }
+    }
+
+    impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
+        fn vigil_conv2d(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            match Conv2dBackward
+                .prepare::<C>([x.node(), weight.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let weight_state = prep.checkpoint(&weight);
+                    let out = B::vigil_conv2d(
+                        x.into_primitive(),
+                        weight.into_primitive(),
+                        stride,
+                        padding,
+                    );
+                    prep.finish((x_state, weight_state, stride, padding), out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::vigil_conv2d(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    stride,
+                    padding,
+                )),
+            }
+        }
+
+        fn vigil_max_pool2d(
+            x: FloatTensor<Self>,
+            kernel: [usize; 2],
+            stride: [usize; 2],
+            padding: [usize; 2],
+        ) -> FloatTensor<Self> {
+            match MaxPool2dBackward
+                .prepare::<C>([x.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let out = B::vigil_max_pool2d(x.into_primitive(), kernel, stride, padding);
+                    prep.finish((x_state, kernel, stride, padding), out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::vigil_max_pool2d(
+                    x.into_primitive(),
+                    kernel,
+                    stride,
+                    padding,
+                )),
+            }
+        }
+    }
+
+    pub fn conv2d(
+        x: Tensor<4>,
+        weight: Tensor<4>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Tensor<4> {
+        Tensor::from_dispatch(<Dispatch as KernelOps>::vigil_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            stride,
+            padding,
+        ))
+    }
+
+    pub fn max_pool2d(
+        x: Tensor<4>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Tensor<4> {
+        Tensor::from_dispatch(<Dispatch as KernelOps>::vigil_max_pool2d(
+            x.into_dispatch(),
+            kernel,
+            stride,
+            padding,
+        ))
+    }
+}
+
+#[cfg(all(test, not(feature = "cuda")))]
+mod tests {
+    use super::*;
+    use crate::device::{autodiff_device, default_device};
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::module::max_pool2d as burn_max_pool2d;
+    use burn::tensor::ops::MaxPoolOptions;
+    use burn::tensor::{Distribution, Tensor};
+
+    fn assert_close(a: Tensor<4>, b: Tensor<4>, what: &str) {
+        let a = a.into_data().try_to_vec::<f32>().unwrap();
+        let b = b.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}: sizes");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{what}, element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Forward values and both gradients (through autodiff) against burn's own convolution,
+    /// on strides, paddings, odd sizes, 1 and 3 channels, with and without bias.
+    #[test]
+    fn convolution_layer_agrees_with_burn() {
+        let cases = [
+            (1, 4, [3, 3], [1, 1], 1, 7, true),
+            (3, 5, [3, 3], [2, 2], 1, 9, false),
+            (3, 2, [1, 1], [2, 2], 0, 8, false),
+            (2, 3, [5, 5], [1, 1], 2, 6, true),
+            (3, 4, [1, 1], [1, 1], 0, 5, true),
+        ];
+        for (i, (c_in, c_out, k, stride, pad, size, bias)) in cases.into_iter().enumerate() {
+            let device = autodiff_device();
+            let conv = Conv2dConfig::new([c_in, c_out], k)
+                .with_stride(stride)
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_bias(bias)
+                .init(&device);
+            let x = Tensor::<4>::random([2, c_in, size, size + 1], Distribution::Default, &device)
+                .require_grad();
+            let u = Tensor::<4>::random(
+                conv.forward(x.clone()).dims(),
+                Distribution::Default,
+                &device,
+            );
+            let ours = conv2d_layer(&conv, x.clone());
+            let theirs = conv.forward(x.clone());
+            assert_close(ours.clone(), theirs.clone(), &format!("case {i} forward"));
+            let grads_ours = (ours * u.clone()).sum().backward();
+            let grads_theirs = (theirs * u).sum().backward();
+            let dx = |g| x.grad(g).unwrap();
+            assert_close(
+                dx(&grads_ours),
+                dx(&grads_theirs),
+                &format!("case {i} input gradient"),
+            );
+            let dw = |g| conv.weight.grad(g).unwrap();
+            assert_close(
+                dw(&grads_ours),
+                dw(&grads_theirs),
+                &format!("case {i} weight gradient"),
+            );
+        }
+    }
+
+    #[test]
+    fn max_pooling_agrees_with_burn() {
+        for (k, s, p, size) in [(2, 2, 0, 8), (2, 2, 0, 7), (3, 2, 1, 9), (3, 1, 1, 5)] {
+            let device = autodiff_device();
+            let x = Tensor::<4>::random([2, 3, size, size], Distribution::Default, &device)
+                .require_grad();
+            let options = MaxPoolOptions::new([k, k])
+                .with_stride([s, s])
+                .with_padding([p, p]);
+            let ours = max_pool2d(x.clone(), [k, k], [s, s], [p, p]);
+            let theirs = burn_max_pool2d(x.clone(), options);
+            assert_eq!(ours.dims(), theirs.dims());
+            assert_close(ours.clone(), theirs.clone(), "pool forward");
+            let u = Tensor::<4>::random(ours.dims(), Distribution::Default, &device);
+            let g1 = (ours * u.clone()).sum().backward();
+            let g2 = (theirs * u).sum().backward();
+            assert_close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), "pool gradient");
+        }
+        // Without autodiff too.
+        let x = Tensor::<4>::random([1, 2, 6, 6], Distribution::Default, &default_device());
+        let ours = max_pool2d(x.clone(), [2, 2], [2, 2], [0, 0]);
+        let theirs = burn_max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]));
+        assert_close(ours, theirs, "inference pool");
+    }
+}
