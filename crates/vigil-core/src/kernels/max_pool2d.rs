@@ -50,6 +50,11 @@ impl PoolGeometry {
         })
     }
 
+    /// 2x2 windows, stride 2, no padding: the small CNN's pooling, with its own loops.
+    fn is_pair(&self) -> bool {
+        self.kernel == [2, 2] && self.stride == [2, 2] && self.padding == [0, 0] && self.ow > 0
+    }
+
     /// The input rows (or columns) `start..end` under output row `o`, clipped to the input.
     fn window(&self, o: usize, axis: usize) -> (usize, usize) {
         let size = [self.h, self.w][axis];
@@ -87,35 +92,65 @@ pub fn forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
     if plane_out == 0 {
         return;
     }
-    let pair = g.kernel == [2, 2] && g.stride == [2, 2] && g.padding == [0, 0];
+    if g.is_pair() {
+        out.par_chunks_mut(plane_out)
+            .zip(x.par_chunks(plane_in))
+            .for_each(|(out, plane)| {
+                for (line, rows) in out.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
+                    let (r0, r1) = rows.split_at(g.w);
+                    for ((v, p0), p1) in line
+                        .iter_mut()
+                        .zip(r0.chunks_exact(2))
+                        .zip(r1.chunks_exact(2))
+                    {
+                        *v = PairWindow::new(p0, p1).max;
+                    }
+                }
+            });
+        return;
+    }
     out.par_chunks_mut(plane_out)
         .zip(x.par_chunks(plane_in.max(1)))
         .for_each(|(out, plane)| {
             for oy in 0..g.oh {
-                let line = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                if pair {
-                    // The common 2x2 case without the window bookkeeping; same first-maximum
-                    // rule, so the same values as the general loop.
-                    let (r0, r1) = (
-                        &plane[2 * oy * g.w..(2 * oy + 1) * g.w],
-                        &plane[(2 * oy + 1) * g.w..(2 * oy + 2) * g.w],
-                    );
-                    for (ox, v) in line.iter_mut().enumerate() {
-                        let mut m = r0[2 * ox];
-                        for c in [r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]] {
-                            if c > m || (c.is_nan() && !m.is_nan()) {
-                                m = c;
-                            }
-                        }
-                        *v = m;
-                    }
-                } else {
-                    for (ox, v) in line.iter_mut().enumerate() {
-                        *v = plane[g.argmax(plane, oy, ox)];
-                    }
+                for ox in 0..g.ow {
+                    out[oy * g.ow + ox] = plane[g.argmax(plane, oy, ox)];
                 }
             }
         });
+}
+
+/// `x` wins against `y` under the first-maximum rule when it comes first: ties and NaN in `x`
+/// keep `x`, and NaN in `y` alone beats `x`.
+#[inline(always)]
+fn keeps_first(x: f32, y: f32) -> bool {
+    // `|`, not `||`: no branch to mispredict on random data, so the loops compile to selects.
+    (x >= y) | x.is_nan()
+}
+
+/// One 2x2 window (`p0` its top pair, `p1` its bottom pair): its maximum and where it is. The
+/// pairwise comparisons prefer the earlier element, so the winner is the first maximum in scan
+/// order, as in [`PoolGeometry::argmax`].
+struct PairWindow {
+    max: f32,
+    top: bool,
+    left: bool,
+}
+
+impl PairWindow {
+    #[inline(always)]
+    fn new(p0: &[f32], p1: &[f32]) -> Self {
+        let top_left = keeps_first(p0[0], p0[1]);
+        let bottom_left = keeps_first(p1[0], p1[1]);
+        let top_max = if top_left { p0[0] } else { p0[1] };
+        let bottom_max = if bottom_left { p1[0] } else { p1[1] };
+        let top = keeps_first(top_max, bottom_max);
+        Self {
+            max: if top { top_max } else { bottom_max },
+            top,
+            left: if top { top_left } else { bottom_left },
+        }
+    }
 }
 
 /// The gradient with respect to the input: each output gradient goes to its window's first
@@ -126,6 +161,46 @@ pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32], dx: &mut [f32]) {
     assert_eq!(dout.len(), g.planes * plane_out);
     assert_eq!(dx.len(), g.planes * plane_in);
     if plane_in == 0 {
+        return;
+    }
+    if g.is_pair() {
+        let odd = g.h % 2 == 1 || g.w % 2 == 1;
+        dx.par_chunks_mut(plane_in)
+            .zip(x.par_chunks(plane_in))
+            .zip(dout.par_chunks(plane_out.max(1)))
+            .for_each(|((dx, plane), dout)| {
+                if odd {
+                    // The last row or column lies under no window.
+                    dx.fill(0.0);
+                }
+                let lines = dx
+                    .chunks_exact_mut(2 * g.w)
+                    .zip(plane.chunks_exact(2 * g.w))
+                    .zip(dout.chunks_exact(g.ow.max(1)));
+                for ((drows, rows), grads) in lines {
+                    let (r0, r1) = rows.split_at(g.w);
+                    let (d0, d1) = drows.split_at_mut(g.w);
+                    let windows = r0
+                        .chunks_exact(2)
+                        .zip(r1.chunks_exact(2))
+                        .zip(d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)))
+                        .zip(grads);
+                    for (((p0, p1), (q0, q1)), &grad) in windows {
+                        let win = PairWindow::new(p0, p1);
+                        let pick = |top: bool, left: bool| {
+                            if (win.top == top) & (win.left == left) {
+                                grad
+                            } else {
+                                0.0
+                            }
+                        };
+                        q0[0] = pick(true, true);
+                        q0[1] = pick(true, false);
+                        q1[0] = pick(false, true);
+                        q1[1] = pick(false, false);
+                    }
+                }
+            });
         return;
     }
     dx.par_chunks_mut(plane_in)
@@ -166,6 +241,52 @@ mod tests {
         let mut dx = [0.0; 9];
         backward(&g, &x, &[1.0, 10.0, 100.0, 1000.0], &mut dx);
         assert_eq!(dx, [0.0, 1.0, 0.0, 100.0, 0.0, 1010.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The 2x2 loops against the general first-maximum scan (`argmax`) on ties, NaN and odd
+    /// sizes: values bit for bit, gradients exactly.
+    #[test]
+    fn pair_windows_follow_the_general_rule() {
+        let values = [
+            0.0,
+            1.0,
+            1.0,
+            f32::NAN,
+            -1.0,
+            1.0,
+            0.0,
+            f32::NAN,
+            1.0,
+            0.0,
+            1.0,
+        ];
+        for (h, w) in [(4, 4), (5, 7), (2, 3)] {
+            let x: Vec<f32> = (0..2 * h * w)
+                .map(|i| values[(i * 7 + i / 3) % values.len()])
+                .collect();
+            let pair = PoolGeometry::new([1, 2, h, w], [2, 2], [2, 2], [0, 0]).unwrap();
+            let dout: Vec<f32> = (0..2 * pair.oh * pair.ow).map(|i| 1.0 + i as f32).collect();
+            let (mut out, mut dx) = (vec![0.0; dout.len()], vec![5.0; x.len()]);
+            forward(&pair, &x, &mut out);
+            backward(&pair, &x, &dout, &mut dx);
+            for p in 0..2 {
+                let plane = &x[p * h * w..(p + 1) * h * w];
+                let mut expected_dx = vec![0.0; h * w];
+                for oy in 0..pair.oh {
+                    for ox in 0..pair.ow {
+                        let i = pair.argmax(plane, oy, ox);
+                        let o = p * pair.oh * pair.ow + oy * pair.ow + ox;
+                        assert_eq!(out[o].to_bits(), plane[i].to_bits(), "{h}x{w} value {o}");
+                        expected_dx[i] += dout[o];
+                    }
+                }
+                assert_eq!(
+                    &dx[p * h * w..(p + 1) * h * w],
+                    &expected_dx[..],
+                    "{h}x{w} gradient"
+                );
+            }
+        }
     }
 
     #[test]
