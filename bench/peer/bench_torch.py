@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `vigil bench`: SmallCnn throughput on the CPU, images per second.
+"""PyTorch twin of `vigil bench`: SmallCnn (or PreAct-ResNet-18) throughput on the CPU, images
+per second.
 
-Model: SmallCnn at its reference size (width 32, hidden 128), 1x28x28 inputs, 10 classes,
-batch 128, random data (fixed once, reused every iteration), float32.
+Model: SmallCnn at its reference size (width 32, hidden 128), or with --arch preact-resnet18
+BackdoorBench's PreAct-ResNet-18 (width 64), 1x28x28 inputs, 10 classes, batch 128, random data
+(fixed once, reused every iteration), float32.
 
   train_step      forward, mean cross-entropy, backward, SGD(momentum 0.9, nesterov,
                   weight decay 5e-4) step.
@@ -17,6 +19,7 @@ Each measurement runs --warmup untimed iterations, then --iters timed ones;
 img/s = batch * iters / seconds. Prints ONE JSON object on stdout (everything else goes to stderr).
 
 Usage: python3 bench/peer/bench_torch.py [--threads N] [--warmup 5] [--iters 30]
+                                         [--arch small-cnn|preact-resnet18] [--width N]
 """
 
 import argparse
@@ -35,7 +38,7 @@ except ImportError as e:  # pragma: no cover - reported to the user
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "tests", "fixtures", "torch"))
-from reference_models import SmallCnn  # noqa: E402
+from reference_models import PreActResNet18, SmallCnn  # noqa: E402
 
 
 def timed(fn, warmup, iters):
@@ -54,6 +57,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn",
+                    help="model, as `vigil bench --arch` (1x28x28 inputs, 10 classes)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="channel width (small CNN default 32, PreAct-ResNet-18 default 64)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eps", type=float, default=8 / 255, help="PGD L-inf radius")
     ap.add_argument("--alpha", type=float, default=2 / 255, help="PGD step size")
@@ -65,7 +72,10 @@ def main():
     torch.manual_seed(args.seed)
     batch = args.batch
 
-    model = SmallCnn(1, 10, width=32, hidden=128, height=28, width_px=28)
+    if args.arch == "small-cnn":
+        model = SmallCnn(1, 10, width=args.width or 32, hidden=128, height=28, width_px=28)
+    else:
+        model = PreActResNet18(in_channels=1, num_classes=10, width=args.width or 64)
     x = torch.rand(batch, 1, 28, 28, dtype=torch.float32)
     y = torch.randint(0, 10, (batch,))
 
@@ -117,6 +127,7 @@ def main():
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": batch,
+        "arch": args.arch,
         "train_step_img_per_s": round(n / t_train, 1),
         "forward_loss_img_per_s": round(n / t_fwd, 1),
         "pgd_step_img_per_s": round(n / t_pgd, 1),

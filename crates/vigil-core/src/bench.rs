@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::attack::pgd::{frozen, input_gradient, linf_step};
@@ -14,9 +16,17 @@ use crate::models::{Architecture, BnMode, Classifier, ModelSpec};
 use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
 
+/// The benchmark could not build its model (an invalid architecture).
+#[derive(Debug, thiserror::Error)]
+#[error("benchmark model: {0}")]
+pub struct BenchError(String);
+
 /// What to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchConfig {
+    /// The model, on 1x28x28 inputs and 10 classes (the small CNN at its reference size by
+    /// default).
+    pub architecture: Architecture,
     /// Images per batch.
     pub batch: usize,
     /// Untimed iterations first.
@@ -28,6 +38,10 @@ pub struct BenchConfig {
 impl Default for BenchConfig {
     fn default() -> Self {
         Self {
+            architecture: Architecture::SmallCnn {
+                width: 32,
+                hidden: 128,
+            },
             batch: 128,
             warmup: 3,
             iters: 20,
@@ -40,6 +54,8 @@ impl Default for BenchConfig {
 pub struct BenchReport {
     /// Backend name.
     pub backend: String,
+    /// The model measured.
+    pub architecture: Architecture,
     /// Images per batch.
     pub batch: usize,
     /// Timed iterations per measurement.
@@ -52,13 +68,10 @@ pub struct BenchReport {
     pub pgd_step_img_per_s: f64,
 }
 
-/// The benchmark model: the small CNN at its reference size on 1x28x28 inputs, 10 classes.
-pub fn bench_spec() -> ModelSpec {
+/// The benchmark model: `architecture` on 1x28x28 inputs, 10 classes, no normalisation.
+pub fn bench_spec(architecture: Architecture) -> ModelSpec {
     ModelSpec {
-        architecture: Architecture::SmallCnn {
-            width: 32,
-            hidden: 128,
-        },
+        architecture,
         input_shape: [1, 28, 28],
         class_names: (0..10).map(|c| c.to_string()).collect(),
         normalization: None,
@@ -66,16 +79,16 @@ pub fn bench_spec() -> ModelSpec {
 }
 
 /// Runs the three measurements on `device`.
-pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
+pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchError> {
     let train_device = device.clone().autodiff();
-    train_device.seed(0);
-    let mut classifier = Classifier::new(bench_spec(), &train_device).expect("bench spec is valid");
+    let mut classifier = Classifier::new(bench_spec(config.architecture.clone()), &train_device)
+        .map_err(|e| BenchError(e.to_string()))?;
     let n = config.batch;
-    let images = Tensor::<4>::random(
-        [n, 1, 28, 28],
-        Distribution::Uniform(0.0, 1.0),
-        &train_device,
-    );
+    // Uniform images from a seeded host generator: burn's device RNG is process-global, and
+    // library code does not seed it.
+    let mut rng = StdRng::seed_from_u64(0);
+    let pixels: Vec<f32> = (0..n * 28 * 28).map(|_| rng.random::<f32>()).collect();
+    let images = Tensor::<4>::from_data(TensorData::new(pixels, [n, 1, 28, 28]), &train_device);
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &train_device);
 
@@ -85,7 +98,7 @@ pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
         lr: 0.01,
         momentum: 0.9,
     };
-    let train_step_img_per_s = time(config, n, || {
+    let train_step_img_per_s = time(&config, n, || {
         let loss = cross_entropy(
             classifier.forward(images.clone(), BnMode::Train),
             labels.clone(),
@@ -97,7 +110,7 @@ pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
     let inference = classifier.for_inference();
     let plain_images = images.clone().without_autodiff();
     let plain_labels = labels.clone().without_autodiff();
-    let forward_loss_img_per_s = time(config, n, || {
+    let forward_loss_img_per_s = time(&config, n, || {
         let logits = inference.forward(plain_images.clone(), BnMode::Eval);
         let losses = cross_entropy_per_sample(logits, plain_labels.clone());
         let host: Vec<f32> = losses.into_data().iter::<f32>().collect();
@@ -107,7 +120,7 @@ pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
     let attacked = frozen(&classifier, &train_device);
     let x0 = plain_images.clone();
     let mut x = plain_images;
-    let pgd_step_img_per_s = time(config, n, || {
+    let pgd_step_img_per_s = time(&config, n, || {
         let grad = input_gradient(
             &attacked,
             x.clone().autodiff(),
@@ -117,17 +130,18 @@ pub fn run(config: BenchConfig, device: &Device) -> BenchReport {
         x = linf_step(x.clone(), x0.clone(), grad, 2.0 / 255.0, 8.0 / 255.0);
     });
 
-    BenchReport {
+    Ok(BenchReport {
         backend: crate::device::backend_name().to_string(),
+        architecture: config.architecture,
         batch: n,
         iters: config.iters,
         train_step_img_per_s,
         forward_loss_img_per_s,
         pgd_step_img_per_s,
-    }
+    })
 }
 
-fn time(config: BenchConfig, batch: usize, mut step: impl FnMut()) -> f64 {
+fn time(config: &BenchConfig, batch: usize, mut step: impl FnMut()) -> f64 {
     for _ in 0..config.warmup {
         step();
     }

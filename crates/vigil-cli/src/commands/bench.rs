@@ -7,11 +7,22 @@ use anyhow::Result;
 use clap::Args;
 use vigil_core::bench::{BenchConfig, run as run_bench};
 use vigil_core::device::default_device;
+use vigil_core::models::Architecture;
 
 /// Measure throughput of vigil's inner loops on the small CNN (conv32-conv64-fc128,
-/// 1x28x28, batch 128, random data). A benchmark, not a test: figures depend on the machine.
+/// 1x28x28, batch 128, random data) or another architecture. A benchmark, not a test: figures
+/// depend on the machine.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// Architecture: small-cnn, resnet18, preact-resnet18 or preact-resnet18-halo (1x28x28
+    /// inputs, 10 classes).
+    #[arg(long, value_name = "NAME", default_value = "small-cnn")]
+    arch: String,
+
+    /// Channel width (small CNN: first conv, default 32; ResNets: stem, default 64).
+    #[arg(long, value_name = "N")]
+    width: Option<usize>,
+
     /// Images per batch.
     #[arg(long, default_value_t = 128)]
     batch: usize,
@@ -30,20 +41,26 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let mut architecture = Architecture::by_name(&args.arch)?;
+    if let Some(width) = args.width {
+        architecture = architecture.with_width(width);
+    }
     let config = BenchConfig {
+        architecture,
         batch: args.batch,
         warmup: args.warmup,
         iters: args.iters,
     };
-    let report = run_bench(config, &default_device());
+    let report = run_bench(config, &default_device())?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["threads"] = rayon::current_num_threads().into();
         println!("{value}");
     } else {
         println!(
-            "backend {} | batch {} | {} iterations | {} threads",
+            "backend {} | {} | batch {} | {} iterations | {} threads",
             report.backend,
+            report.architecture.name(),
             report.batch,
             report.iters,
             rayon::current_num_threads()
