@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::device::default_device;
 use vigil_core::io::write_json_atomic;
-use vigil_core::madfa::{self, Calibration, TraceLoss};
+use vigil_core::madfa::{self, CALIBRATED_CHAINS, Calibration, TraceLoss};
 
 use super::sample::{CalibrationArgs, ChainProgress, MadInputArgs, SamplerArgs};
 use crate::progress::interrupt_flag;
@@ -82,8 +82,15 @@ pub fn print_calibration(c: &Calibration) {
         TraceLoss::Precise => " --loss precise",
     };
     eprintln!(
-        "recommended (predicted CLC reliability {:.3}): vigil sample --lr {:e} --gamma {:e} --n-beta {} --draws {} --burn-in {} --thinning 1 --chains 1 --seed {}{loss}",
-        c.predicted_reliability, s.sgld.lr, s.sgld.gamma, s.sgld.n_beta, s.draws, s.burn_in, s.seed
+        "recommended (predicted CLC reliability {:.3}, {} draws over {CALIBRATED_CHAINS} chains): vigil sample --lr {:e} --gamma {:e} --n-beta {} --draws {} --burn-in {} --thinning 1 --chains {CALIBRATED_CHAINS} --seed {}{loss}",
+        c.predicted_reliability,
+        s.draws,
+        s.sgld.lr,
+        s.sgld.gamma,
+        s.sgld.n_beta,
+        s.draws.div_ceil(CALIBRATED_CHAINS),
+        s.burn_in,
+        s.seed
     );
 }
 

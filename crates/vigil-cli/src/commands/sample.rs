@@ -13,8 +13,8 @@ use vigil_core::data::image_folder::load_image_folder;
 use vigil_core::device::default_device;
 use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{
-    self, BnPolicy, CalibrationConfig, ChainConfig, ChainDiagnostics, ChainObserver, MadTask,
-    Preconditioner, SgldConfig, SplitSizes, TraceLoss,
+    self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
+    ChainObserver, MadTask, Preconditioner, SgldConfig, SplitSizes, TraceLoss,
 };
 use vigil_core::models::Classifier;
 
@@ -116,7 +116,7 @@ pub struct CalibrationArgs {
     probe_burn_in: Option<usize>,
 
     /// Reliability of the trusted probes' CLC scores between independent runs to aim for
-    /// [default: 0.8].
+    /// [default: 0.9].
     #[arg(long)]
     target_reliability: Option<f64>,
 
@@ -211,9 +211,9 @@ pub struct SampleArgs {
     #[command(flatten)]
     base: SamplerArgs,
 
-    /// Number of chains (run one after another) [default: 5; with --calibrate 1, since its
-    /// draws are nearly independent and every chain pays its own burn-in: more chains only
-    /// spread the draws, e.g. over a cluster].
+    /// Number of chains (run one after another) [default: 5; with --calibrate 2, over which
+    /// the recommended draws are spread: a second independent chain evens out a chain that
+    /// wandered, which more draws from one chain do not (docs/madfa.md)].
     #[arg(long, conflicts_with = "chain")]
     chains: Option<usize>,
 
@@ -246,8 +246,9 @@ pub struct SamplerArgs {
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
 
-    /// Batch size of the trace passes.
-    #[arg(long, default_value_t = 256)]
+    /// Batch size of the trace passes. 64 is where vigil's forward pass is fastest on two cores
+    /// (`bench/scaling.py`; docs/performance.md); the values do not depend on it.
+    #[arg(long, default_value_t = 64)]
     trace_batch_size: usize,
 
     /// BatchNorm: reference (steps in train mode, traces with the drifted running statistics)
@@ -326,9 +327,10 @@ impl SampleArgs {
         config
     }
 
-    /// How many chains the run has: --chains, else 1 with --calibrate and 5 without.
+    /// How many chains the run has: --chains, else 2 with --calibrate and 5 without.
     fn chain_count(&self) -> usize {
-        self.chains.unwrap_or(if self.calibrate { 1 } else { 5 })
+        self.chains
+            .unwrap_or(if self.calibrate { CALIBRATED_CHAINS } else { 5 })
     }
 
     /// The chains to run: `--chain`, else $SLURM_ARRAY_TASK_ID, else `0..--chains`.

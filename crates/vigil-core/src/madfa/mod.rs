@@ -16,7 +16,9 @@ pub mod traces;
 
 use std::path::PathBuf;
 
-pub use calibrate::{Calibration, CalibrationConfig, CandidateReport, calibrate};
+pub use calibrate::{
+    CALIBRATED_CHAINS, Calibration, CalibrationConfig, CandidateReport, calibrate,
+};
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
     TraceInputs, TraceLoss, run_chain, run_chains,
