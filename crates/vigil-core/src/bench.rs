@@ -12,14 +12,9 @@ use serde::Serialize;
 
 use crate::attack::pgd::{frozen, input_gradient, linf_step};
 use crate::loss::{cross_entropy, cross_entropy_per_sample};
-use crate::models::{Architecture, BnMode, Classifier, ModelSpec};
+use crate::models::{Architecture, BnMode, Classifier, ModelError, ModelSpec};
 use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
-
-/// The benchmark could not build its model (an invalid architecture).
-#[derive(Debug, thiserror::Error)]
-#[error("benchmark model: {0}")]
-pub struct BenchError(String);
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -79,10 +74,10 @@ pub fn bench_spec(architecture: Architecture) -> ModelSpec {
 }
 
 /// Runs the three measurements on `device`.
-pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchError> {
+/// Fails only if the architecture cannot be built for 1x28x28 inputs.
+pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, ModelError> {
     let train_device = device.clone().autodiff();
-    let mut classifier = Classifier::new(bench_spec(config.architecture.clone()), &train_device)
-        .map_err(|e| BenchError(e.to_string()))?;
+    let mut classifier = Classifier::new(bench_spec(config.architecture.clone()), &train_device)?;
     let n = config.batch;
     // Uniform images from a seeded host generator: burn's device RNG is process-global, and
     // library code does not seed it.

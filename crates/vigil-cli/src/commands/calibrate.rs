@@ -76,7 +76,7 @@ pub fn print_calibration(c: &Calibration) {
             100.0 * r.constant_trusted_fraction,
         );
     }
-    let s = &c.recommended;
+    let s = c.per_chain(CALIBRATED_CHAINS);
     let loss = match s.loss {
         TraceLoss::Reference => "",
         TraceLoss::Precise => " --loss precise",
@@ -84,11 +84,11 @@ pub fn print_calibration(c: &Calibration) {
     eprintln!(
         "recommended (predicted CLC reliability {:.3}, {} draws over {CALIBRATED_CHAINS} chains): vigil sample --lr {:e} --gamma {:e} --n-beta {} --draws {} --burn-in {} --thinning 1 --chains {CALIBRATED_CHAINS} --seed {}{loss}",
         c.predicted_reliability,
-        s.draws,
+        c.recommended.draws,
         s.sgld.lr,
         s.sgld.gamma,
         s.sgld.n_beta,
-        s.draws.div_ceil(CALIBRATED_CHAINS),
+        s.draws,
         s.burn_in,
         s.seed
     );

@@ -505,7 +505,6 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         interrupted: interrupt_flag(),
     };
     if args.calibrate {
-        let total = args.chain_count().max(1);
         let path = args.out.join("calibration.json");
         let calibration = if path.exists() {
             let text = std::fs::read_to_string(&path)
@@ -525,9 +524,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
             calibration
         };
         super::calibrate::print_calibration(&calibration);
-        config = calibration.recommended.clone();
-        // The recommended draws, spread over the chains (each pays its own burn-in).
-        config.draws = calibration.recommended.draws.div_ceil(total);
+        config = calibration.per_chain(args.chain_count());
     }
     config.validate()?;
     eprintln!(

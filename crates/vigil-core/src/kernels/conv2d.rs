@@ -14,6 +14,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::output_size;
+
 /// Shapes of one convolution: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
 /// output `[batch, c_out, oh, ow]`, symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +47,8 @@ impl Conv2dGeometry {
         if wc_in != c_in || stride.contains(&0) || kh == 0 || kw == 0 {
             return None;
         }
-        let out = |size: usize, k: usize, s: usize, p: usize| {
-            (size + 2 * p).checked_sub(k).map(|span| span / s + 1)
-        };
-        let oh = out(h, kh, stride[0], padding[0])?;
-        let ow = out(w, kw, stride[1], padding[1])?;
+        let oh = output_size(h, kh, stride[0], padding[0])?;
+        let ow = output_size(w, kw, stride[1], padding[1])?;
         Some(Self {
             batch,
             c_in,
@@ -81,6 +80,17 @@ impl Conv2dGeometry {
 
     fn output_len(&self) -> usize {
         self.c_out * self.col_cols()
+    }
+
+    /// A scratch im2col matrix for one sample (empty for pointwise convolutions, which read the
+    /// input itself).
+    fn col_buffer(&self) -> Vec<f32> {
+        let len = if self.is_pointwise() {
+            0
+        } else {
+            self.col_rows() * self.col_cols()
+        };
+        vec![0.0; len]
     }
 
     /// A 1x1 convolution with stride 1 and no padding: the input plane is its own im2col.
@@ -264,17 +274,17 @@ fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     }
 }
 
-/// The forward pass: `out` (`[batch, c_out, oh, ow]`) from `x` and `weight`, without bias.
-pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32], out: &mut [f32]) {
+/// The forward pass: the output (`[batch, c_out, oh, ow]`) of `x` and `weight`, without bias.
+pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(weight.len(), g.c_out * g.col_rows());
-    assert_eq!(out.len(), g.batch * g.output_len());
+    let mut out = vec![0.0; g.batch * g.output_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w = Mat::new(weight, g.c_out, k);
     out.par_chunks_mut(g.output_len().max(1))
         .zip(x.par_chunks(g.input_len().max(1)))
         .for_each_init(
-            || vec![0.0f32; if g.is_pointwise() { 0 } else { k * p }],
+            || g.col_buffer(),
             |col, (out, x)| {
                 let col: &[f32] = if g.is_pointwise() {
                     x
@@ -285,31 +295,33 @@ pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32], out: &mut [f32]) {
                 matmul(out, w, Mat::new(col, k, p), false);
             },
         );
+    out
 }
 
-/// The gradient with respect to the input, `dx` (`[batch, c_in, h, w]`), from the output
-/// gradient `dout` (`[batch, c_out, oh, ow]`).
-pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32], dx: &mut [f32]) {
+/// The gradient with respect to the input (`[batch, c_in, h, w]`) from the output gradient
+/// `dout` (`[batch, c_out, oh, ow]`).
+pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32]) -> Vec<f32> {
     assert_eq!(weight.len(), g.c_out * g.col_rows());
     assert_eq!(dout.len(), g.batch * g.output_len());
-    assert_eq!(dx.len(), g.batch * g.input_len());
+    // Zeroed once here: col2im adds onto it.
+    let mut dx = vec![0.0; g.batch * g.input_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w_t = Mat::transposed(weight, g.c_out, k);
     dx.par_chunks_mut(g.input_len().max(1))
         .zip(dout.par_chunks(g.output_len().max(1)))
         .for_each_init(
-            || vec![0.0f32; if g.is_pointwise() { 0 } else { k * p }],
+            || g.col_buffer(),
             |col, (dx, dout)| {
                 let dout = Mat::new(dout, g.c_out, p);
                 if g.is_pointwise() {
                     matmul(dx, w_t, dout, false);
                 } else {
                     matmul(col, w_t, dout, false);
-                    dx.fill(0.0);
                     col2im_add(g, col, dx);
                 }
             },
         );
+    dx
 }
 
 /// Largest number of partial weight gradients held at once (in floats, 64 MiB): bounds the
@@ -336,7 +348,7 @@ pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> 
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0.0f32; size];
-            let mut col = vec![0.0f32; if g.is_pointwise() { 0 } else { k * p }];
+            let mut col = g.col_buffer();
             let samples = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
             for (i, b) in samples.enumerate() {
                 let xb = &x[b * g.input_len()..(b + 1) * g.input_len()];
@@ -460,9 +472,7 @@ mod tests {
         for (i, g) in geometries().iter().enumerate() {
             let x = pseudo_random(g.batch * g.input_len(), i as u64);
             let w = pseudo_random(g.c_out * g.col_rows(), 100 + i as u64);
-            let mut out = vec![0.0; g.batch * g.output_len()];
-            forward(g, &x, &w, &mut out);
-            close(&out, &naive_forward(g, &x, &w));
+            close(&forward(g, &x, &w), &naive_forward(g, &x, &w));
         }
     }
 
@@ -477,8 +487,7 @@ mod tests {
             let u = pseudo_random(g.batch * g.output_len(), 700 + i as u64);
             let dot = |out: &[f64]| out.iter().zip(&u).map(|(a, b)| a * *b as f64).sum::<f64>();
 
-            let mut dx = vec![0.0; x.len()];
-            backward_input(g, &w, &u, &mut dx);
+            let dx = backward_input(g, &w, &u);
             let expected_dx: Vec<f64> = (0..x.len())
                 .map(|j| {
                     let mut e = vec![0.0f32; x.len()];

@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::output_size;
+
 /// Shapes of one pooling: input `[batch, channels, h, w]`, output `[batch, channels, oh, ow]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolGeometry {
@@ -35,9 +37,6 @@ impl PoolGeometry {
         if 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {
             return None;
         }
-        let out = |size: usize, k: usize, s: usize, p: usize| {
-            (size + 2 * p).checked_sub(k).map(|span| span / s + 1)
-        };
         Some(Self {
             planes: batch * channels,
             h,
@@ -45,8 +44,8 @@ impl PoolGeometry {
             kernel,
             stride,
             padding,
-            oh: out(h, kernel[0], stride[0], padding[0])?,
-            ow: out(w, kernel[1], stride[1], padding[1])?,
+            oh: output_size(h, kernel[0], stride[0], padding[0])?,
+            ow: output_size(w, kernel[1], stride[1], padding[1])?,
         })
     }
 
@@ -84,13 +83,13 @@ impl PoolGeometry {
     }
 }
 
-/// The forward pass: `out` (`[batch, channels, oh, ow]`) from `x`.
-pub fn forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
+/// The forward pass: the output (`[batch, channels, oh, ow]`) of `x`.
+pub fn forward(g: &PoolGeometry, x: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     assert_eq!(x.len(), g.planes * plane_in);
-    assert_eq!(out.len(), g.planes * plane_out);
+    let mut out = vec![0.0; g.planes * plane_out];
     if plane_out == 0 {
-        return;
+        return out;
     }
     if g.is_pair() {
         out.par_chunks_mut(plane_out)
@@ -107,7 +106,7 @@ pub fn forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
                     }
                 }
             });
-        return;
+        return out;
     }
     out.par_chunks_mut(plane_out)
         .zip(x.par_chunks(plane_in.max(1)))
@@ -118,6 +117,7 @@ pub fn forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
                 }
             }
         });
+    out
 }
 
 /// `x` wins against `y` under the first-maximum rule when it comes first: ties and NaN in `x`
@@ -155,24 +155,21 @@ impl PairWindow {
 
 /// The gradient with respect to the input: each output gradient goes to its window's first
 /// maximum in `x`; overlapping windows add up.
-pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32], dx: &mut [f32]) {
+pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     assert_eq!(x.len(), g.planes * plane_in);
     assert_eq!(dout.len(), g.planes * plane_out);
-    assert_eq!(dx.len(), g.planes * plane_in);
+    // Zeroed once here: positions under no window (an odd last row or column) keep 0, and
+    // overlapping windows add onto it.
+    let mut dx = vec![0.0; g.planes * plane_in];
     if plane_in == 0 {
-        return;
+        return dx;
     }
     if g.is_pair() {
-        let odd = g.h % 2 == 1 || g.w % 2 == 1;
         dx.par_chunks_mut(plane_in)
             .zip(x.par_chunks(plane_in))
             .zip(dout.par_chunks(plane_out.max(1)))
             .for_each(|((dx, plane), dout)| {
-                if odd {
-                    // The last row or column lies under no window.
-                    dx.fill(0.0);
-                }
                 let lines = dx
                     .chunks_exact_mut(2 * g.w)
                     .zip(plane.chunks_exact(2 * g.w))
@@ -201,19 +198,19 @@ pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32], dx: &mut [f32]) {
                     }
                 }
             });
-        return;
+        return dx;
     }
     dx.par_chunks_mut(plane_in)
         .zip(x.par_chunks(plane_in))
         .zip(dout.par_chunks(plane_out.max(1)))
         .for_each(|((dx, plane), dout)| {
-            dx.fill(0.0);
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
                     dx[g.argmax(plane, oy, ox)] += dout[oy * g.ow + ox];
                 }
             }
         });
+    dx
 }
 
 #[cfg(test)]
@@ -235,11 +232,8 @@ mod tests {
         // window; the first in scan order takes the gradient.
         let x = [1.0, 2.0, 0.0, 2.0, 0.5, 5.0, 0.0, 0.0, 0.0];
         let g = PoolGeometry::new([1, 1, 3, 3], [2, 2], [1, 1], [0, 0]).unwrap();
-        let mut out = [0.0; 4];
-        forward(&g, &x, &mut out);
-        assert_eq!(out, [2.0, 5.0, 2.0, 5.0]);
-        let mut dx = [0.0; 9];
-        backward(&g, &x, &[1.0, 10.0, 100.0, 1000.0], &mut dx);
+        assert_eq!(forward(&g, &x), [2.0, 5.0, 2.0, 5.0]);
+        let dx = backward(&g, &x, &[1.0, 10.0, 100.0, 1000.0]);
         assert_eq!(dx, [0.0, 1.0, 0.0, 100.0, 0.0, 1010.0, 0.0, 0.0, 0.0]);
     }
 
@@ -266,9 +260,7 @@ mod tests {
                 .collect();
             let pair = PoolGeometry::new([1, 2, h, w], [2, 2], [2, 2], [0, 0]).unwrap();
             let dout: Vec<f32> = (0..2 * pair.oh * pair.ow).map(|i| 1.0 + i as f32).collect();
-            let (mut out, mut dx) = (vec![0.0; dout.len()], vec![5.0; x.len()]);
-            forward(&pair, &x, &mut out);
-            backward(&pair, &x, &dout, &mut dx);
+            let (out, dx) = (forward(&pair, &x), backward(&pair, &x, &dout));
             for p in 0..2 {
                 let plane = &x[p * h * w..(p + 1) * h * w];
                 let mut expected_dx = vec![0.0; h * w];
@@ -293,8 +285,6 @@ mod tests {
     fn padding_never_wins() {
         let x = [-3.0, -1.0, -2.0, -4.0];
         let g = PoolGeometry::new([1, 1, 2, 2], [3, 3], [2, 2], [1, 1]).unwrap();
-        let mut out = [0.0; 1];
-        forward(&g, &x, &mut out);
-        assert_eq!(out, [-1.0]);
+        assert_eq!(forward(&g, &x), [-1.0]);
     }
 }

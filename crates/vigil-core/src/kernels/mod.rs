@@ -62,6 +62,15 @@ pub fn max_pool2d(
     }
 }
 
+/// Output positions along one axis of a window of `kernel` sliding by `stride` over `size`
+/// inputs padded by `pad` on both sides (PyTorch's floor rule); `None` when the window does not
+/// fit. Shared by the convolution's and the pooling's geometry.
+fn output_size(size: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
+    (size + 2 * pad)
+        .checked_sub(kernel)
+        .map(|span| span / stride + 1)
+}
+
 /// `[top, left]` of a padding that is the same on both sides of each axis.
 fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
     match *padding {
@@ -89,7 +98,8 @@ mod extension {
     use burn::tensor::{DType, Tensor, TensorData};
 
     /// Convolution and max-pooling with vigil's kernels on the CPU backend. The default bodies
-    /// are burn's own operations: what any backend without its own implementation runs.
+    /// are burn's own operations (the `burn_*` functions below): what any backend without its
+    /// own implementation runs.
     #[backend_extension(Flex, Autodiff)]
     pub trait KernelOps: Backend {
         /// 2-D convolution without bias, dilation 1, one group, symmetric padding.
@@ -99,12 +109,7 @@ mod extension {
             stride: [usize; 2],
             padding: [usize; 2],
         ) -> FloatTensor<Self> {
-            Self::conv2d(
-                x,
-                weight,
-                None,
-                ConvOptions::new(stride, padding, [1, 1], 1),
-            )
+            burn_conv2d::<Self>(x, weight, stride, padding)
         }
 
         /// Gradient of [`Self::vigil_conv2d`] with respect to `x`.
@@ -115,8 +120,7 @@ mod extension {
             stride: [usize; 2],
             padding: [usize; 2],
         ) -> FloatTensor<Self> {
-            let options = ConvOptions::new(stride, padding, [1, 1], 1);
-            Self::conv2d_x_backward(x, weight, output_grad, options)
+            Self::conv2d_x_backward(x, weight, output_grad, conv_options(stride, padding))
         }
 
         /// Gradient of [`Self::vigil_conv2d`] with respect to `weight`.
@@ -127,8 +131,7 @@ mod extension {
             stride: [usize; 2],
             padding: [usize; 2],
         ) -> FloatTensor<Self> {
-            let options = ConvOptions::new(stride, padding, [1, 1], 1);
-            Self::conv2d_weight_backward(x, weight, output_grad, options)
+            Self::conv2d_weight_backward(x, weight, output_grad, conv_options(stride, padding))
         }
 
         /// Max-pooling, no dilation, no ceil mode.
@@ -149,29 +152,56 @@ mod extension {
             stride: [usize; 2],
             padding: [usize; 2],
         ) -> FloatTensor<Self> {
-            let (dilation, ceil) = ([1, 1], false);
-            let indices = Self::max_pool2d_with_indices(
-                x.clone(),
-                kernel,
-                stride,
-                padding,
-                dilation,
-                ceil,
-                IntDType::I64,
-            )
-            .indices;
-            Self::max_pool2d_with_indices_backward(
-                x,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                ceil,
-                output_grad,
-                indices,
-            )
-            .x_grad
+            burn_max_pool2d_backward::<Self>(x, output_grad, kernel, stride, padding)
         }
+    }
+
+    /// The options of [`KernelOps::vigil_conv2d`] for burn's convolution.
+    fn conv_options(stride: [usize; 2], padding: [usize; 2]) -> ConvOptions<2> {
+        ConvOptions::new(stride, padding, [1, 1], 1)
+    }
+
+    /// burn's convolution without bias, for the default body and the `Flex` fallback.
+    fn burn_conv2d<B: Backend>(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<B> {
+        B::conv2d(x, weight, None, conv_options(stride, padding))
+    }
+
+    /// burn's max-pool gradient (through its index tensor), for the default body and the
+    /// `Flex` fallback.
+    fn burn_max_pool2d_backward<B: Backend>(
+        x: FloatTensor<B>,
+        output_grad: FloatTensor<B>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<B> {
+        let (dilation, ceil) = ([1, 1], false);
+        let indices = B::max_pool2d_with_indices(
+            x.clone(),
+            kernel,
+            stride,
+            padding,
+            dilation,
+            ceil,
+            IntDType::I64,
+        )
+        .indices;
+        B::max_pool2d_with_indices_backward(
+            x,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            ceil,
+            output_grad,
+            indices,
+        )
+        .x_grad
     }
 
     /// A contiguous `f32` copy (or view) of a tensor and its 4-D shape; `None` for other dtypes
@@ -206,6 +236,18 @@ mod extension {
         Some((x, w, g))
     }
 
+    /// The pooling's input as a slice, its shape and the geometry, if the kernel handles them.
+    fn pool_operands(
+        x: &FlexTensor,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Option<(FlexTensor, [usize; 4], pool_kernel::PoolGeometry)> {
+        let (x, shape) = f32_nchw(x)?;
+        let g = pool_kernel::PoolGeometry::new(shape, kernel, stride, padding)?;
+        Some((x, shape, g))
+    }
+
     impl KernelOps for Flex {
         fn vigil_conv2d(
             x: FlexTensor,
@@ -214,15 +256,9 @@ mod extension {
             padding: [usize; 2],
         ) -> FlexTensor {
             let Some((xc, wc, g)) = conv_operands(&x, &weight, stride, padding) else {
-                return Self::conv2d(
-                    x,
-                    weight,
-                    None,
-                    ConvOptions::new(stride, padding, [1, 1], 1),
-                );
+                return burn_conv2d::<Self>(x, weight, stride, padding);
             };
-            let mut out = vec![0.0; g.batch * g.c_out * g.oh * g.ow];
-            conv_kernel::forward(&g, slice(&xc), slice(&wc), &mut out);
+            let out = conv_kernel::forward(&g, slice(&xc), slice(&wc));
             tensor(out, [g.batch, g.c_out, g.oh, g.ow])
         }
 
@@ -236,11 +272,10 @@ mod extension {
             let operands = conv_operands(&x, &weight, stride, padding);
             let grad = f32_nchw(&output_grad);
             let (Some((_, wc, g)), Some((gc, _))) = (operands, grad) else {
-                let options = ConvOptions::new(stride, padding, [1, 1], 1);
+                let options = conv_options(stride, padding);
                 return Self::conv2d_x_backward(x, weight, output_grad, options);
             };
-            let mut dx = vec![0.0; g.batch * g.c_in * g.h * g.w];
-            conv_kernel::backward_input(&g, slice(&wc), slice(&gc), &mut dx);
+            let dx = conv_kernel::backward_input(&g, slice(&wc), slice(&gc));
             tensor(dx, [g.batch, g.c_in, g.h, g.w])
         }
 
@@ -254,7 +289,7 @@ mod extension {
             let operands = conv_operands(&x, &weight, stride, padding);
             let grad = f32_nchw(&output_grad);
             let (Some((xc, _, g)), Some((gc, _))) = (operands, grad) else {
-                let options = ConvOptions::new(stride, padding, [1, 1], 1);
+                let options = conv_options(stride, padding);
                 return Self::conv2d_weight_backward(x, weight, output_grad, options);
             };
             let dw = conv_kernel::backward_weight(&g, slice(&xc), slice(&gc));
@@ -267,18 +302,10 @@ mod extension {
             stride: [usize; 2],
             padding: [usize; 2],
         ) -> FlexTensor {
-            let operands = f32_nchw(&x).and_then(|(xc, shape)| {
-                Some((
-                    xc,
-                    pool_kernel::PoolGeometry::new(shape, kernel, stride, padding)?,
-                ))
-            });
-            let Some((xc, g)) = operands else {
+            let Some((xc, shape, g)) = pool_operands(&x, kernel, stride, padding) else {
                 return Self::max_pool2d(x, kernel, stride, padding, [1, 1], false);
             };
-            let shape = x.layout().shape();
-            let mut out = vec![0.0; g.planes * g.oh * g.ow];
-            pool_kernel::forward(&g, slice(&xc), &mut out);
+            let out = pool_kernel::forward(&g, slice(&xc));
             tensor(out, [shape[0], shape[1], g.oh, g.ow])
         }
 
@@ -289,36 +316,12 @@ mod extension {
             stride: [usize; 2],
             padding: [usize; 2],
         ) -> FlexTensor {
-            let operands = f32_nchw(&x).and_then(|(xc, shape)| {
-                let g = pool_kernel::PoolGeometry::new(shape, kernel, stride, padding)?;
-                Some((xc, shape, g, f32_nchw(&output_grad)?.0))
-            });
-            let Some((xc, shape, g, gc)) = operands else {
-                let (dilation, ceil) = ([1, 1], false);
-                let indices = Self::max_pool2d_with_indices(
-                    x.clone(),
-                    kernel,
-                    stride,
-                    padding,
-                    dilation,
-                    ceil,
-                    IntDType::I64,
-                )
-                .indices;
-                return Self::max_pool2d_with_indices_backward(
-                    x,
-                    kernel,
-                    stride,
-                    padding,
-                    dilation,
-                    ceil,
-                    output_grad,
-                    indices,
-                )
-                .x_grad;
+            let operands = pool_operands(&x, kernel, stride, padding);
+            let grad = f32_nchw(&output_grad);
+            let (Some((xc, shape, g)), Some((gc, _))) = (operands, grad) else {
+                return burn_max_pool2d_backward::<Self>(x, output_grad, kernel, stride, padding);
             };
-            let mut dx = vec![0.0; xc.layout().num_elements()];
-            pool_kernel::backward(&g, slice(&xc), slice(&gc), &mut dx);
+            let dx = pool_kernel::backward(&g, slice(&xc), slice(&gc));
             tensor(dx, shape)
         }
     }

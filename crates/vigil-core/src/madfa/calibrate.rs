@@ -265,8 +265,8 @@ pub struct Calibration {
     pub candidates: Vec<CandidateReport>,
     /// Index of the chosen candidate in `candidates`.
     pub chosen: usize,
-    /// The recommended chain settings (one chain; split it into several with `--chains` only
-    /// to spread the work, the draws are what count).
+    /// The recommended chain settings, all draws in one chain; [`Calibration::per_chain`]
+    /// spreads them over several ([`CALIBRATED_CHAINS`] by default).
     pub recommended: ChainConfig,
     /// The CLC reliability the recommended run is predicted to reach.
     pub predicted_reliability: f64,
@@ -278,6 +278,16 @@ pub struct Calibration {
     pub seconds: f64,
     /// vigil version.
     pub vigil_version: String,
+}
+
+impl Calibration {
+    /// The recommended settings for each of `chains` chains: the recommended draws spread over
+    /// them (rounded up), every chain with the full burn-in.
+    pub fn per_chain(&self, chains: usize) -> ChainConfig {
+        let mut config = self.recommended.clone();
+        config.draws = self.recommended.draws.div_ceil(chains.max(1));
+        config
+    }
 }
 
 /// Chooses chain settings for `w_star` from its trusted set (correctly classified samples) and
