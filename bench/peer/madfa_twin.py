@@ -268,8 +268,9 @@ def trace_pass(model, images, labels, batch_size, form, out):
             out[i:i + batch_size] = per_sample_loss(logits, labels[i:i + batch_size], form)
 
 
-def run_chain(model, start_state, task, trace_images, trace_labels, cfg, chain):
-    """One chain from w*: returns traces [draws, n_traced] float32 and diagnostics."""
+def run_chain(model, start_state, task, trace_images, trace_labels, cfg, chain, on_draw=None):
+    """One chain from w*: returns traces [draws, n_traced] float32 and diagnostics. `on_draw`,
+    if given, is called with (draw index, params, w_star) at every kept draw."""
     model.load_state_dict(start_state)
     params = [p for p in model.parameters() if p.requires_grad]
     w_star = [p.detach().clone() for p in params]
@@ -301,6 +302,8 @@ def run_chain(model, start_state, task, trace_images, trace_labels, cfg, chain):
             trace_pass(model, trace_images, trace_labels, cfg["trace_batch_size"], cfg["loss"],
                        traces[past // cfg["thinning"] - 1])
             trace_s += time.perf_counter() - t0
+            if on_draw is not None:
+                on_draw(past // cfg["thinning"] - 1, params, w_star)
     for bn in bns:
         bn.track_running_stats = True
     diag = chain_diagnostics(chain, losses, norms, params, w_star)
