@@ -78,7 +78,8 @@ import json, sys
 
 KEYS = [("train_step_img_per_s", "train step"),
         ("forward_loss_img_per_s", "forward + per-sample loss"),
-        ("pgd_step_img_per_s", "PGD step")]
+        ("pgd_step_img_per_s", "PGD step"),
+        ("halo_step_img_per_s", "HALO step (ID img/s)")]
 
 def last_json_object(path, who):
     """The last JSON object in the file that carries a benchmark key (tolerates log lines)."""

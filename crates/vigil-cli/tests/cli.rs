@@ -518,3 +518,78 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
         stderr(&not_npz)
     );
 }
+
+#[test]
+fn robust_ladder_trains_std_then_halo_with_letter_outliers() {
+    let dir = temp_dir("halo");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx_dataset(&data, "train", 200, 5);
+    write_idx_dataset(&data, "t10k", 40, 6);
+    let data_s = data.to_str().unwrap();
+    let run = |objective: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            data_s,
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--width",
+            "8",
+            "--objective",
+            objective,
+            "--pgd-steps",
+            "2",
+            "--outlier-variants",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    // HALO without its helper is refused before any work.
+    let out = run("halo", &dir.join("no-helper"), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--helper"), "{}", stderr(&out));
+
+    let std_run = dir.join("std");
+    let out = run("std", &std_run, &[]);
+    assert!(out.status.success(), "std failed: {}", stderr(&out));
+    let helper = std_run.join("model.safetensors");
+    let halo_run = dir.join("halo");
+    let out = run("halo", &halo_run, &["--helper", helper.to_str().unwrap()]);
+    let fonts = Path::new("/usr/share/fonts/truetype/dejavu");
+    if !fonts.exists() {
+        // Without the font packages the outliers cannot be drawn: the error says what to install.
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("fonts-dejavu"), "{}", stderr(&out));
+        return;
+    }
+    assert!(out.status.success(), "halo failed: {}", stderr(&out));
+    assert!(stderr(&out).contains("letter images"), "{}", stderr(&out));
+    let line: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert!(
+        line["validation_loss"].as_f64().is_some_and(f64::is_finite),
+        "{line}"
+    );
+    assert!(halo_run.join("best.safetensors").exists());
+    // The run records its objective, so `vigil info` can tell what it is.
+    let out = vigil(&[
+        "info",
+        halo_run.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        info["training"]["robust"]["halo"]["objective"], "halo",
+        "{info}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::attack::pgd::{frozen, input_gradient, linf_step};
+use crate::halo::{HaloConfig, Objective, objective_loss};
 use crate::loss::{cross_entropy, cross_entropy_per_sample};
 use crate::models::{Architecture, BnMode, Classifier, ModelError, ModelSpec};
 use crate::optim::sgd::{Sgd, SgdConfig};
@@ -61,6 +62,9 @@ pub struct BenchReport {
     pub forward_loss_img_per_s: f64,
     /// Input gradient through frozen parameters plus the projected sign step.
     pub pgd_step_img_per_s: f64,
+    /// One HALO training step (`batch` ID images and as many outliers, PGD-10 on the KL, the
+    /// helper term with a frozen copy of the model as helper, SGD update), ID images per second.
+    pub halo_step_img_per_s: f64,
 }
 
 /// The benchmark model: `architecture` on 1x28x28 inputs, 10 classes, no normalisation.
@@ -125,6 +129,35 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, ModelErr
         x = linf_step(x.clone(), x0.clone(), grad, 2.0 / 255.0, 8.0 / 255.0);
     });
 
+    // One HALO step. `objective_loss` fails only on settings `validate` refuses or on a missing
+    // helper or outlier batch, none of which can happen here.
+    let outliers: Vec<f32> = (0..n * 28 * 28).map(|_| rng.random::<f32>()).collect();
+    let outliers = Tensor::<4>::from_data(TensorData::new(outliers, [n, 1, 28, 28]), &train_device);
+    let helper = frozen(&classifier, &train_device);
+    let halo = HaloConfig::reference_defaults(Objective::Halo);
+    let mut attack_rng = StdRng::seed_from_u64(1);
+    let halo_timing = BenchConfig {
+        warmup: 1,
+        iters: (config.iters / 4).max(2),
+        ..config.clone()
+    };
+    let halo_step_img_per_s = time(&halo_timing, n, || {
+        let terms = objective_loss(
+            &classifier,
+            Some(&helper),
+            images.clone(),
+            labels.clone(),
+            Some(outliers.clone()),
+            &halo,
+            &mut attack_rng,
+        );
+        if let Ok(terms) = terms {
+            let grads = terms.total.backward();
+            classifier.network =
+                apply_update(classifier.network.clone(), &grads, &mut sgd, &mut slots);
+        }
+    });
+
     Ok(BenchReport {
         backend: crate::device::backend_name().to_string(),
         architecture: config.architecture,
@@ -133,6 +166,7 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, ModelErr
         train_step_img_per_s,
         forward_loss_img_per_s,
         pgd_step_img_per_s,
+        halo_step_img_per_s,
     })
 }
 

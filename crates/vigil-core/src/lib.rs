@@ -13,6 +13,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod halo;
 pub mod inference;
 pub mod io;
 pub mod kernels;

@@ -50,15 +50,20 @@ pub fn cross_entropy_to_uniform_per_sample(logits: Tensor<2>) -> Tensor<1> {
         .neg()
 }
 
-/// `KL(softmax(p_logits) || softmax(q_logits))` summed over classes and divided by the batch
-/// size (PyTorch `KLDivLoss(reduction='batchmean')`, as TRADES and HALO use it).
-pub fn kl_divergence_batchmean(p_logits: Tensor<2>, q_logits: Tensor<2>) -> Tensor<1> {
+/// `KL(softmax(p_logits) || softmax(q_logits))` of each row, summed over classes, shape `[n]`.
+pub fn kl_divergence_per_sample(p_logits: Tensor<2>, q_logits: Tensor<2>) -> Tensor<1> {
     let [n, _] = p_logits.dims();
     let log_p = log_softmax(p_logits.clone(), 1);
     let log_q = log_softmax(q_logits, 1);
     (softmax(p_logits, 1) * (log_p - log_q))
-        .sum()
-        .div_scalar(n as f64)
+        .sum_dim(1)
+        .reshape([n])
+}
+
+/// `KL(softmax(p_logits) || softmax(q_logits))` summed over classes and divided by the batch
+/// size (PyTorch `KLDivLoss(reduction='batchmean')`, as TRADES and HALO use it).
+pub fn kl_divergence_batchmean(p_logits: Tensor<2>, q_logits: Tensor<2>) -> Tensor<1> {
+    kl_divergence_per_sample(p_logits, q_logits).mean()
 }
 
 /// Row-wise argmax of logits, shape `[n]`.

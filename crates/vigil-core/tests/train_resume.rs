@@ -25,6 +25,7 @@ fn config() -> TrainConfig {
         seed: 9,
         train_limit: None,
         test_limit: None,
+        robust: None,
     }
 }
 

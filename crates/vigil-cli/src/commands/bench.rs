@@ -77,6 +77,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             "  PGD step              {:>10.0} img/s",
             report.pgd_step_img_per_s
         );
+        println!(
+            "  HALO step (PGD-10)    {:>10.0} ID img/s",
+            report.halo_step_img_per_s
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,14 +1,19 @@
 //! `vigil train`: train a classifier, evaluating and checkpointing after every epoch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::Args;
-use vigil_core::data::Split;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use vigil_core::attack::pgd::frozen;
+use vigil_core::checkpoint;
+use vigil_core::data::glyphs::{GlyphStyle, LetterSet, SYSTEM_FONT_DIR};
+use vigil_core::data::{ImageSet, Split};
 use vigil_core::device::default_device;
+use vigil_core::halo::{HaloConfig, Objective, ReferenceRules, RobustSettings, RobustStep};
+use vigil_core::models::Classifier;
 
-use super::training::{TrainingArgs, data_selection, drive, open_run};
+use super::training::{TrainingArgs, data_selection, drive, drive_with, open_run_with};
 use super::{DataArgs, limit};
 
 /// Train a classifier with SGD and write a run folder.
@@ -20,6 +25,12 @@ use super::{DataArgs, limit};
 ///
 /// Defaults train the small CNN (conv32-conv64-fc128) on Fashion-MNIST: SGD with Nesterov
 /// momentum 0.9, weight decay 5e-4, batch 128, one-cycle cosine schedule peaking at 0.05.
+///
+/// With --objective, the run trains one rung of the robust OOD ladder (SPEC.md section 2): std,
+/// oe (outlier exposure), trades, trades-oe or halo. Outliers are upper-case letters drawn from
+/// the DejaVu and Liberation fonts; a held-out part of the training set, attacked with PGD,
+/// picks the epoch whose weights are kept in best.safetensors. HALO also needs --helper, a
+/// model trained with --objective std.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
@@ -37,6 +48,162 @@ pub struct TrainArgs {
 
     #[command(flatten)]
     training: TrainingArgs,
+
+    #[command(flatten)]
+    robust: RobustArgs,
+}
+
+/// Robust OOD training: the objective and its settings.
+#[derive(Args, Debug)]
+struct RobustArgs {
+    /// Robust OOD objective (without it: plain cross-entropy, no validation split).
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveArg>,
+
+    /// HALO's helper: model.safetensors of a run trained with --objective std.
+    #[arg(long, value_name = "FILE")]
+    helper: Option<PathBuf>,
+
+    /// Weight of the TRADES KL term.
+    #[arg(long, default_value_t = 3.0)]
+    beta: f64,
+
+    /// Weight of HALO's helper term.
+    #[arg(long, default_value_t = 0.5)]
+    gamma: f64,
+
+    /// Weight of the outlier terms.
+    #[arg(long, default_value_t = 2.0)]
+    eta: f64,
+
+    /// L-infinity radius of the training attack, as a fraction (0.0314) or in 255ths (8/255).
+    #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
+    eps: f64,
+
+    /// PGD steps of the training attack (step size 2.5 eps / steps).
+    #[arg(long, default_value_t = 10)]
+    pgd_steps: usize,
+
+    /// Reproduce the reference code's behaviours instead of vigil's fixes: unclipped PGD start
+    /// and batch-best iterate, attack and helper in train mode, unclipped helper input.
+    #[arg(long)]
+    reference_rules: bool,
+
+    /// Outlier images drawn per (font, letter).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    outlier_variants: usize,
+
+    /// Training images held out for validation (default: a tenth of the training set).
+    #[arg(long, value_name = "N")]
+    validation_size: Option<usize>,
+
+    /// Folder of font files for the outliers.
+    #[arg(long, value_name = "DIR", default_value = SYSTEM_FONT_DIR)]
+    font_dir: PathBuf,
+}
+
+/// The objectives of the ladder, by their command-line names.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ObjectiveArg {
+    Std,
+    Oe,
+    Trades,
+    TradesOe,
+    Halo,
+}
+
+impl From<ObjectiveArg> for Objective {
+    fn from(o: ObjectiveArg) -> Self {
+        match o {
+            ObjectiveArg::Std => Objective::Std,
+            ObjectiveArg::Oe => Objective::Oe,
+            ObjectiveArg::Trades => Objective::Trades,
+            ObjectiveArg::TradesOe => Objective::TradesOe,
+            ObjectiveArg::Halo => Objective::Halo,
+        }
+    }
+}
+
+/// `0.0314` or `8/255`.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let value = match text.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (
+                a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+                b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+            );
+            a / b
+        }
+        None => text.trim().parse().map_err(|e| format!("{text}: {e}"))?,
+    };
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{text} is not in [0, 1]"))
+    }
+}
+
+impl RobustArgs {
+    /// The run's robust settings, or `None` for plain training.
+    fn settings(&self, seed: u64, train_len: usize) -> Result<Option<RobustSettings>> {
+        let Some(objective) = self.objective.map(Objective::from) else {
+            return Ok(None);
+        };
+        let mut halo = HaloConfig::reference_defaults(objective);
+        halo.beta = self.beta;
+        halo.gamma = self.gamma;
+        halo.eta = self.eta;
+        halo.eps = self.eps;
+        halo.steps = self.pgd_steps;
+        halo.seed = seed;
+        if self.reference_rules {
+            halo.reference = ReferenceRules::all();
+        }
+        halo.validate()?;
+        if objective.uses_helper() && self.helper.is_none() {
+            bail!("--objective halo needs --helper, a model trained with --objective std");
+        }
+        let validation_size = self.validation_size.unwrap_or(train_len / 10);
+        if validation_size >= train_len {
+            bail!("--validation-size {validation_size} leaves no training images (of {train_len})");
+        }
+        Ok(Some(RobustSettings {
+            halo,
+            outliers: objective
+                .uses_outliers()
+                .then(|| LetterSet::TrainingOutliers.name().to_string()),
+            outlier_variants: self.outlier_variants,
+            helper: objective
+                .uses_helper()
+                .then(|| self.helper.as_ref().map(|p| p.display().to_string()))
+                .flatten(),
+            validation_size,
+        }))
+    }
+}
+
+/// The helper at `path`, frozen on the training device, checked against the model it helps.
+fn load_helper(
+    path: &Path,
+    model: &Classifier,
+    device: &burn::tensor::Device,
+) -> Result<Classifier> {
+    let device = device.clone().autodiff();
+    let helper = checkpoint::load_classifier(path, &device)
+        .with_context(|| format!("loading the helper {}", path.display()))?;
+    if helper.spec.input_shape != model.spec.input_shape
+        || helper.spec.num_classes() != model.spec.num_classes()
+    {
+        bail!(
+            "the helper {} takes {:?} images and {} classes; the model {:?} and {}",
+            path.display(),
+            helper.spec.input_shape,
+            helper.spec.num_classes(),
+            model.spec.input_shape,
+            model.spec.num_classes()
+        );
+    }
+    Ok(frozen(&helper, &device))
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
@@ -47,13 +214,82 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         data_selection(&args.out, args.resume, args.data.dataset, &args.training)?;
     let train_set = limit(args.data.load(kind, Split::Train)?, train_limit, seed)?;
     let test_set = limit(args.data.load(kind, Split::Test)?, test_limit, seed)?;
-    let mut run = open_run(
+    let mut requested = args.training.config(kind);
+    requested.robust = args.robust.settings(seed, train_set.len())?;
+    let mut run = open_run_with(
         &args.out,
         args.resume,
         &args.training,
+        requested,
         kind,
         &train_set,
         &device,
     )?;
-    drive(&mut run, &train_set, &test_set, &args.out, &device)
+    let Some(settings) = run.state.config.robust.clone() else {
+        return drive(&mut run, &train_set, &test_set, &args.out, &device);
+    };
+    // The run's own settings (a resumed run keeps its split, outliers and helper).
+    let config = run.state.config.clone();
+    let (held_out, kept) = train_set.random_split(settings.validation_size, config.seed)?;
+    let validation = train_set.subset(&held_out);
+    let train_part = train_set.subset(&kept);
+    let outliers = match &settings.outliers {
+        Some(_) => Some(outlier_set(
+            &args.robust.font_dir,
+            &settings,
+            &train_part,
+            config.seed,
+        )?),
+        None => None,
+    };
+    let helper = match &settings.helper {
+        Some(path) => Some(load_helper(Path::new(path), &run.classifier, &device)?),
+        None => None,
+    };
+    let mut rule = RobustStep::new(
+        &train_part,
+        outliers.as_ref(),
+        helper,
+        (!validation.is_empty()).then_some(&validation),
+        &config,
+        settings.halo,
+        run.state.step,
+    )?;
+    drive_with(
+        &mut run,
+        &mut rule,
+        train_part.len(),
+        &test_set,
+        &args.out,
+        &device,
+    )
+}
+
+/// The letters drawn as outliers, checked to fit the training images.
+fn outlier_set(
+    font_dir: &Path,
+    settings: &RobustSettings,
+    train: &ImageSet,
+    seed: u64,
+) -> Result<ImageSet> {
+    let shape = train.shape();
+    let style = GlyphStyle {
+        side: shape.height,
+        ..GlyphStyle::mnist_like(settings.outlier_variants, seed)
+    };
+    if shape.channels != 1 || shape.height != shape.width {
+        bail!(
+            "letter outliers are square grayscale images; the training images are {}x{}x{}",
+            shape.channels,
+            shape.height,
+            shape.width
+        );
+    }
+    let set = LetterSet::TrainingOutliers.render(font_dir, &style)?;
+    eprintln!(
+        "outliers: {} letter images from the fonts in {}",
+        set.len(),
+        font_dir.display()
+    );
+    Ok(set)
 }

@@ -12,7 +12,7 @@ use vigil_core::models::{Architecture, Classifier, ModelSpec};
 use vigil_core::optim::ParamSlots;
 use vigil_core::optim::schedule::Schedule;
 use vigil_core::optim::sgd::SgdConfig;
-use vigil_core::train::{self, TrainConfig, TrainOutcome, TrainState};
+use vigil_core::train::{self, StepRule, TrainConfig, TrainOutcome, TrainState};
 
 use crate::progress::{TrainProgress, interrupt_flag};
 
@@ -128,6 +128,7 @@ impl TrainingArgs {
             seed: self.seed,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
+            robust: None,
         }
     }
 
@@ -187,9 +188,16 @@ impl Run {
     }
 
     /// The run's progress display: stops on Ctrl-C, warns on a loss blow-up.
+    /// (Robust objectives are not checked for a blow-up: their loss adds outlier, KL and helper
+    /// terms to the cross-entropy, so chance level is no yardstick; a non-finite loss still
+    /// stops them.)
     pub fn progress(&self) -> TrainProgress {
-        TrainProgress::new(self.state.config.epochs, interrupt_flag())
-            .warn_on_blowup(self.classifier.spec.num_classes())
+        let progress = TrainProgress::new(self.state.config.epochs, interrupt_flag());
+        if self.state.config.robust.is_some() {
+            progress
+        } else {
+            progress.warn_on_blowup(self.classifier.spec.num_classes())
+        }
     }
 }
 
@@ -204,7 +212,28 @@ pub fn open_run(
     shape_source: &ImageSet,
     device: &Device,
 ) -> Result<Run> {
-    let requested = args.config(kind);
+    open_run_with(
+        out,
+        resume,
+        args,
+        args.config(kind),
+        kind,
+        shape_source,
+        device,
+    )
+}
+
+/// [`open_run`] for a run whose configuration is `requested` (the options' plus anything the
+/// command adds, such as robust training settings).
+pub fn open_run_with(
+    out: &Path,
+    resume: bool,
+    args: &TrainingArgs,
+    requested: TrainConfig,
+    kind: DatasetKind,
+    shape_source: &ImageSet,
+    device: &Device,
+) -> Result<Run> {
     requested.validate()?;
     let architecture = args.architecture()?;
     let state_file = out.join(train::files::RESUME_DIR).join(train::files::STATE);
@@ -248,11 +277,28 @@ pub fn open_run(
     })
 }
 
-/// Trains `run` to the end (or to Ctrl-C) with progress on stderr and a JSON line per epoch on
-/// stdout. Returns the exit code to use: success, or 130 when interrupted.
+/// Trains `run` to the end (or to Ctrl-C) with plain cross-entropy, progress on stderr and a JSON
+/// line per epoch on stdout. Returns the exit code to use: success, or 130 when interrupted.
 pub fn drive(
     run: &mut Run,
     train_set: &ImageSet,
+    test_set: &ImageSet,
+    out: &Path,
+    device: &Device,
+) -> Result<ExitCode> {
+    let config = run.state.config.clone();
+    let mut rule = train::Supervised {
+        train_set,
+        config: &config,
+    };
+    drive_with(run, &mut rule, train_set.len(), test_set, out, device)
+}
+
+/// [`drive`] with any step rule over a training set of `n_train` images.
+pub fn drive_with(
+    run: &mut Run,
+    rule: &mut impl StepRule,
+    n_train: usize,
     test_set: &ImageSet,
     out: &Path,
     device: &Device,
@@ -267,17 +313,22 @@ pub fn drive(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    run.announce("", train_set.len(), test_set.len());
+    let with = match &run.state.config.robust {
+        Some(r) => format!(" with the {} objective", r.halo.objective.name()),
+        None => String::new(),
+    };
+    run.announce(&with, n_train, test_set.len());
     let mut progress = run.progress();
-    let outcome = train::train(
+    let outcome = train::run(
         &mut run.classifier,
         &mut run.slots,
         &mut run.state,
-        train_set,
+        n_train,
         test_set,
         out,
         device,
         &mut progress,
+        rule,
     )?;
     match outcome {
         TrainOutcome::Finished => {
@@ -289,6 +340,12 @@ pub fn drive(
                 seconds,
                 out.join(train::files::MODEL).display()
             );
+            if let Some((epoch, loss)) = run.state.best {
+                eprintln!(
+                    "lowest validation loss {loss:.4} at epoch {epoch}: its weights are in {}",
+                    out.join(train::files::BEST).display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         TrainOutcome::Interrupted => {

@@ -290,6 +290,15 @@ pub enum DataError {
         reason: String,
     },
 
+    /// Letters could not be drawn from fonts ([`glyphs`](super::glyphs)).
+    #[error("cannot draw the glyph set {set}: {reason}")]
+    Glyphs {
+        /// The set's name.
+        set: String,
+        /// What went wrong and how to fix it.
+        reason: String,
+    },
+
     /// Pixels, labels, shape and class names passed to
     /// [`ImageSet::new`](super::dataset::ImageSet::new) do not fit together.
     #[error("{origin}: inconsistent image set: {reason}")]

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod cifar;
 pub mod dataset;
 pub mod error;
+pub mod glyphs;
 pub mod idx;
 pub mod image_folder;
 pub mod mnist_json;

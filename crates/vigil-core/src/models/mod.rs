@@ -322,6 +322,40 @@ impl Classifier {
     }
 }
 
+/// Test models whose weights come from a host RNG, not burn's process-wide device RNG (which
+/// tests running in parallel would reseed under each other).
+#[cfg(test)]
+pub(crate) mod test_util {
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::{Device, Tensor, TensorData};
+    use rand::Rng;
+
+    use super::{Classifier, ModelSpec};
+
+    /// A classifier for `spec` with every float tensor uniform in `[-0.3, 0.3)` from `rng`. For
+    /// models without BatchNorm (its running variance would be drawn negative too).
+    pub(crate) fn host_seeded(spec: ModelSpec, rng: &mut impl Rng, device: &Device) -> Classifier {
+        struct Uniform<'a, R>(&'a mut R);
+        impl<R: Rng> ModuleMapper for Uniform<'_, R> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let (id, tensor, mapper) = param.consume();
+                let dims = tensor.dims();
+                let n = dims.iter().product::<usize>();
+                let values: Vec<f32> = (0..n).map(|_| self.0.random_range(-0.3..0.3)).collect();
+                let mut next =
+                    Tensor::<D>::from_data(TensorData::new(values, dims), &tensor.device());
+                if tensor.is_require_grad() {
+                    next = next.require_grad();
+                }
+                Param::from_mapped_value(id, next, mapper)
+            }
+        }
+        let mut classifier = Classifier::new(spec, device).expect("a valid test spec");
+        classifier.network = classifier.network.map(&mut Uniform(rng));
+        classifier
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

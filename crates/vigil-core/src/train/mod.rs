@@ -15,19 +15,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Gradients, Int, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointError, TensorFile};
-use crate::data::{Augmentation, ImageSet, augmented_batch};
+use crate::data::{Augmentation, Batch, ImageSet, augmented_batch};
 use crate::inference::{SampleOutputs, evaluate};
 use crate::io::{IoError, write_atomic, write_json_atomic};
 use crate::loss::{cross_entropy, predictions};
 use crate::models::{BnMode, Classifier};
-use crate::optim::schedule::Schedule;
+use crate::optim::schedule::{Schedule, StepHyper};
 use crate::optim::sgd::{MOMENTUM_SLOT, Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
 
@@ -96,6 +96,10 @@ pub struct TrainConfig {
     /// Likewise for the evaluation data (`--test-limit`).
     #[serde(default)]
     pub test_limit: Option<usize>,
+    /// Robust OOD training (HALO and its ladder): the objective, its outliers, helper and
+    /// validation split. `None` for plain cross-entropy training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust: Option<crate::halo::RobustSettings>,
 }
 
 impl TrainConfig {
@@ -113,6 +117,7 @@ impl TrainConfig {
             seed: 0,
             train_limit: None,
             test_limit: None,
+            robust: None,
         }
     }
 
@@ -134,11 +139,19 @@ impl TrainConfig {
         Ok(())
     }
 
-    fn augmentation(&self) -> Augmentation {
+    /// The configured crop and flip.
+    pub fn augmentation(&self) -> Augmentation {
         Augmentation {
             crop_padding: self.crop_padding,
             horizontal_flip: self.horizontal_flip,
         }
+    }
+
+    /// The augmented batch of step `at` from `set`: the configured crop and flip, drawn from an
+    /// RNG seeded by `(seed, epoch, batch)` so a resumed run draws the same.
+    pub fn batch(&self, set: &ImageSet, at: &StepAt) -> Batch {
+        let mut rng = StdRng::seed_from_u64(mix(self.seed, at.epoch as u64, at.batch as u64));
+        augmented_batch(set, at.samples, &self.augmentation(), &mut rng, at.device)
     }
 }
 
@@ -159,6 +172,10 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Wall time of the epoch, evaluation included.
     pub seconds: f64,
+    /// The step rule's validation loss (robust training: cross-entropy on attacked held-out
+    /// data), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
 }
 
 /// Where a run stands: enough to resume it exactly.
@@ -178,6 +195,10 @@ pub struct TrainState {
     pub epoch_seconds: f64,
     /// Finished epochs.
     pub history: Vec<EpochRecord>,
+    /// The epoch (1-based) with the lowest validation loss so far, and that loss: the weights
+    /// kept in `best.safetensors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<(usize, f64)>,
 }
 
 impl TrainState {
@@ -191,6 +212,7 @@ impl TrainState {
             epoch_sums: (0.0, 0, 0),
             epoch_seconds: 0.0,
             history: Vec::new(),
+            best: None,
         }
     }
 
@@ -212,10 +234,16 @@ impl TrainState {
         (sums.0 / sums.2 as f64, sums.1 as f64 / sums.2 as f64)
     }
 
-    /// Closes the current epoch with its evaluation `eval`, last learning rate `lr` and the
-    /// `seconds` spent on it since the last resume: appends its record to the history, moves to
-    /// the next epoch, and returns the record.
-    pub fn finish_epoch(&mut self, eval: &SampleOutputs, lr: f64, seconds: f64) -> EpochRecord {
+    /// Closes the current epoch with its evaluation `eval`, last learning rate `lr`, the
+    /// `seconds` spent on it since the last resume and the rule's `validation_loss`: appends its
+    /// record to the history, moves to the next epoch, and returns the record.
+    pub fn finish_epoch(
+        &mut self,
+        eval: &SampleOutputs,
+        lr: f64,
+        seconds: f64,
+        validation_loss: Option<f64>,
+    ) -> EpochRecord {
         let (loss_sum, correct, seen) = self.epoch_sums;
         let record = EpochRecord {
             epoch: self.epoch + 1,
@@ -225,6 +253,7 @@ impl TrainState {
             test_accuracy: eval.accuracy(),
             lr,
             seconds: self.epoch_seconds + seconds,
+            validation_loss,
         };
         self.history.push(record.clone());
         self.epoch += 1;
@@ -273,9 +302,120 @@ pub enum TrainOutcome {
     Interrupted,
 }
 
-/// Trains `classifier` on `train_set`, evaluating on `eval_set` after every epoch and writing
-/// the run folder `run_dir`. `state` says where to start (fresh or resumed) and is advanced.
-/// `slots` carries the optimiser state (empty for a fresh run).
+/// Where a training step stands, and what the schedule gives it.
+pub struct StepAt<'a> {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Batch within the epoch (0-based).
+    pub batch: usize,
+    /// Optimiser steps done before this one.
+    pub step: usize,
+    /// The batch: indices into the training set, in the epoch's seeded order.
+    pub samples: &'a [usize],
+    /// Learning rate and momentum of this step.
+    pub hyper: StepHyper,
+    /// The autodiff device the run trains on.
+    pub device: &'a Device,
+}
+
+/// What a step reports to the run's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The step's mean loss (finite: a rule returns [`TrainError::Diverged`] otherwise).
+    pub loss: f64,
+    /// How many of the batch's samples the model classified right.
+    pub correct: usize,
+}
+
+/// One training objective: the part of a step in which plain training, Input-Aware's joint
+/// training and robust (HALO) training differ. [`run`] does the rest: sample order, schedule,
+/// bookkeeping, evaluation, checkpoints, stop and exact resume.
+pub trait StepRule {
+    /// One optimiser step of `classifier` (with optimiser state `slots`) on the batch `at`.
+    fn step(
+        &mut self,
+        classifier: &mut Classifier,
+        slots: &mut ParamSlots,
+        at: &StepAt,
+    ) -> Result<StepStats, TrainError>;
+
+    /// Writes the rule's own state (extra networks, their optimisers) for a resume at `step`.
+    /// Called before the run's state file, which names the step, is written.
+    fn save(&self, _run_dir: &Path, _step: usize) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// A loss on held-out data after an epoch, if the rule has one: the run keeps the weights
+    /// of the epoch where it is lowest in `best.safetensors`.
+    fn validation_loss(
+        &mut self,
+        _classifier: &Classifier,
+        _device: &Device,
+    ) -> Result<Option<f64>, TrainError> {
+        Ok(None)
+    }
+}
+
+/// Plain supervised training: cross-entropy on augmented batches, one SGD step.
+pub struct Supervised<'a> {
+    /// Training data.
+    pub train_set: &'a ImageSet,
+    /// The run's configuration (augmentation, optimiser, seed).
+    pub config: &'a TrainConfig,
+}
+
+impl StepRule for Supervised<'_> {
+    fn step(
+        &mut self,
+        classifier: &mut Classifier,
+        slots: &mut ParamSlots,
+        at: &StepAt,
+    ) -> Result<StepStats, TrainError> {
+        let batch = self.config.batch(self.train_set, at);
+        let logits = classifier.forward(batch.images, BnMode::Train);
+        let correct = count_correct(logits.clone(), batch.labels.clone());
+        let loss = cross_entropy(logits, batch.labels);
+        let loss_value = finite_loss(
+            f64::from(loss.clone().into_scalar::<f32>()),
+            at.epoch,
+            at.batch,
+        )?;
+        sgd_step(classifier, &loss.backward(), slots, self.config, at.hyper);
+        Ok(StepStats {
+            loss: loss_value,
+            correct,
+        })
+    }
+}
+
+/// How many rows of `logits` have their argmax at `labels` (no gradient).
+pub fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> usize {
+    let correct: i64 = predictions(logits.detach())
+        .equal(labels)
+        .int()
+        .sum()
+        .into_scalar::<i64>();
+    correct as usize
+}
+
+/// One SGD update of `classifier` from `grads`, with the configured optimiser at the schedule's
+/// learning rate and momentum.
+pub fn sgd_step(
+    classifier: &mut Classifier,
+    grads: &Gradients,
+    slots: &mut ParamSlots,
+    config: &TrainConfig,
+    hyper: StepHyper,
+) {
+    let mut rule = Sgd {
+        config: config.sgd,
+        lr: hyper.lr,
+        momentum: hyper.momentum.unwrap_or(config.sgd.momentum),
+    };
+    classifier.network = apply_update(classifier.network.clone(), grads, &mut rule, slots);
+}
+
+/// Trains `classifier` on `train_set` with plain cross-entropy ([`Supervised`] under [`run`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     classifier: &mut Classifier,
@@ -288,17 +428,54 @@ pub fn train(
     observer: &mut impl TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
     let config = state.config.clone();
-    config.validate()?;
     check_fits(classifier, train_set, "training")?;
+    let mut rule = Supervised {
+        train_set,
+        config: &config,
+    };
+    run(
+        classifier,
+        slots,
+        state,
+        train_set.len(),
+        eval_set,
+        run_dir,
+        device,
+        observer,
+        &mut rule,
+    )
+}
+
+/// Runs the epochs `state` has left over a training set of `n_train` samples, one `rule` step
+/// per batch, evaluating on `eval_set` after every epoch and writing the run folder `run_dir`
+/// (model, metrics, `resume/`). `state` says where to start (fresh or resumed) and is advanced;
+/// `slots` carries the optimiser state (empty for a fresh run). Batches follow the seeded
+/// [`epoch_order`] and the schedule is stepped per batch, so a resumed run continues bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    classifier: &mut Classifier,
+    slots: &mut ParamSlots,
+    state: &mut TrainState,
+    n_train: usize,
+    eval_set: &ImageSet,
+    run_dir: &Path,
+    device: &Device,
+    observer: &mut impl TrainObserver,
+    rule: &mut impl StepRule,
+) -> Result<TrainOutcome, TrainError> {
+    let config = state.config.clone();
+    config.validate()?;
     check_fits(classifier, eval_set, "evaluation")?;
+    if n_train == 0 {
+        return Err(TrainError::DataMismatch("training set is empty".into()));
+    }
     let device = device.clone().autodiff();
-    let steps_per_epoch = train_set.len().div_ceil(config.batch_size);
+    let steps_per_epoch = n_train.div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
-    let augmentation = config.augmentation();
 
     while !state.finished() {
         let started = Instant::now();
-        let order = epoch_order(train_set.len(), config.seed, state.epoch);
+        let order = epoch_order(n_train, config.seed, state.epoch);
         observer.epoch_started(state.epoch, steps_per_epoch, state.batch);
         let mut lr = 0.0;
         for (b, chunk) in order
@@ -308,29 +485,21 @@ pub fn train(
         {
             let hyper = config.schedule.at(state.step, total_steps, steps_per_epoch);
             lr = hyper.lr;
-            let mut rng = StdRng::seed_from_u64(mix(config.seed, state.epoch as u64, b as u64));
-            let batch = augmented_batch(train_set, chunk, &augmentation, &mut rng, &device);
-            let logits = classifier.forward(batch.images, BnMode::Train);
-            let loss = cross_entropy(logits.clone(), batch.labels.clone());
-            let loss_value =
-                finite_loss(f64::from(loss.clone().into_scalar::<f32>()), state.epoch, b)?;
-            let correct: i64 = predictions(logits.detach())
-                .equal(batch.labels)
-                .int()
-                .sum()
-                .into_scalar::<i64>();
-            let grads = loss.backward();
-            let mut rule = Sgd {
-                config: config.sgd,
-                lr: hyper.lr,
-                momentum: hyper.momentum.unwrap_or(config.sgd.momentum),
+            let at = StepAt {
+                epoch: state.epoch,
+                batch: b,
+                step: state.step,
+                samples: chunk,
+                hyper,
+                device: &device,
             };
-            classifier.network = apply_update(classifier.network.clone(), &grads, &mut rule, slots);
+            let stats = rule.step(classifier, slots, &at)?;
             let (mean_loss, accuracy) =
-                state.record_batch(b, chunk.len(), loss_value, correct as usize);
+                state.record_batch(b, chunk.len(), stats.loss, stats.correct);
             observer.batch_finished(b, mean_loss, accuracy, lr);
             if state.batch < steps_per_epoch && observer.should_stop() {
                 state.epoch_seconds += started.elapsed().as_secs_f64();
+                rule.save(run_dir, state.step)?;
                 save_resume(run_dir, classifier, slots, state)?;
                 return Ok(TrainOutcome::Interrupted);
             }
@@ -344,7 +513,18 @@ pub fn train(
             BnMode::Eval,
             &device,
         );
-        let record = state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64());
+        let validation_loss = rule.validation_loss(classifier, &device)?;
+        let record =
+            state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64(), validation_loss);
+        if let Some(loss) = validation_loss
+            && state.best.is_none_or(|(_, best)| loss < best)
+        {
+            state.best = Some((record.epoch, loss));
+            let meta = serde_json::json!({ "epoch": record.epoch, "validation_loss": loss });
+            checkpoint::save_classifier(&run_dir.join(files::BEST), classifier, Some(&meta))?;
+        }
+        // The rule's files first: `save_epoch` writes `state.json` last, naming the step.
+        rule.save(run_dir, state.step)?;
         save_epoch(run_dir, classifier, slots, state)?;
         observer.epoch_finished(&record);
         if !state.finished() && observer.should_stop() {
@@ -421,6 +601,8 @@ pub fn mix(a: u64, b: u64, c: u64) -> u64 {
 pub mod files {
     /// Latest weights.
     pub const MODEL: &str = "model.safetensors";
+    /// Weights of the epoch with the lowest validation loss (rules that have one).
+    pub const BEST: &str = "best.safetensors";
     /// One JSON line per epoch.
     pub const METRICS: &str = "metrics.jsonl";
     /// Resume folder.
@@ -554,6 +736,7 @@ mod tests {
             test_accuracy: 0.1,
             lr: 0.05,
             seconds: 1.0,
+            validation_loss: None,
         };
         // Chance level for 10 classes is ln 10 = 2.303.
         assert!(loss_blowup(&record(0.97, 0.69), 10).is_none());

@@ -32,15 +32,14 @@ use super::{AttackError, BackdoorAttack, TargetRule, fits};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, ImageShape, Label, images_tensor};
-use crate::inference::evaluate;
-use crate::loss::{cross_entropy, predictions};
+use crate::loss::cross_entropy;
 use crate::models::{BnMode, Classifier};
 use crate::optim::adam::{self, Adam};
-use crate::optim::sgd::Sgd;
 use crate::optim::{ParamSlots, apply_update};
 use crate::train::{
-    STEP_KEY, TrainError, TrainObserver, TrainState, epoch_order, files as train_files,
-    finite_loss, metadata_step, save_epoch, save_resume, tensor_file_step,
+    STEP_KEY, StepAt, StepRule, StepStats, TrainConfig, TrainError, TrainObserver, TrainOutcome,
+    TrainState, count_correct, files as train_files, finite_loss, metadata_step, sgd_step,
+    tensor_file_step,
 };
 
 /// Registry name.
@@ -249,7 +248,6 @@ pub fn train_input_aware(
         .validate()
         .map_err(|e| invalid(e.to_string()))?;
     let shape = train.shape();
-    let k = train.num_classes();
     let device = device.clone().autodiff();
     let c = shape.channels;
     let mut init = StdRng::seed_from_u64(config.seed);
@@ -258,7 +256,6 @@ pub fn train_input_aware(
     let mut extra = CycledShuffle::new((0..train.len()).collect(), config.seed);
     let batch = train_config.batch_size;
     let steps_per_epoch = train.len().div_ceil(batch);
-    let total = steps_per_epoch * train_config.epochs;
     let mut gen_slots = ParamSlots::new();
 
     if state.step > 0 {
@@ -292,107 +289,132 @@ pub fn train_input_aware(
             );
         }
     }
-    let mask_net = mask_net.no_grad();
+    let mut joint = JointStep {
+        train,
+        rule,
+        config,
+        train_config: &train_config,
+        generator,
+        mask_net: mask_net.no_grad(),
+        gen_slots,
+        extra,
+    };
+    // Stage 2: classifier and pattern generator together, under the one training loop.
+    let outcome = crate::train::run(
+        classifier,
+        slots,
+        state,
+        train.len(),
+        eval_set,
+        run_dir,
+        &device,
+        observer,
+        &mut joint,
+    )?;
+    Ok(match outcome {
+        TrainOutcome::Interrupted => InputAwareOutcome::Interrupted,
+        TrainOutcome::Finished => InputAwareOutcome::Finished(InputAware {
+            pattern: joint.generator.valid().host(),
+            mask: joint.mask_net.valid().host(),
+            shape,
+        }),
+    })
+}
 
-    // Stage 2: classifier and pattern generator together.
-    while !state.finished() {
-        let started = std::time::Instant::now();
-        observer.epoch_started(state.epoch, steps_per_epoch, state.batch);
-        let order = epoch_order(train.len(), train_config.seed, state.epoch);
-        let mut lr = 0.0;
-        for (b, chunk) in order.chunks(batch).enumerate().skip(state.batch) {
-            let n = chunk.len();
-            let (n_bd, n_cross) = batch_split(n, &config);
-            let x = images_tensor(train, chunk, &device);
-            let mut labels: Vec<Label> = chunk.iter().map(|&i| train.label(i)).collect();
-            let mut parts = Vec::new();
-            let mut div = None;
-            let others = images_tensor(train, extra.next_batch(extra_draw(n, &config)), &device);
-            if n_bd > 0 {
-                let xb = x.clone().narrow(0, 0, n_bd);
-                let pb = generator.forward(xb.clone());
-                parts.push(blend(xb.clone(), pb.clone(), mask_net.forward(xb.clone())));
-                for label in labels.iter_mut().take(n_bd) {
-                    *label = rule.target_of(*label, k);
-                }
-                let m = n_bd.min(others.dims()[0]);
-                let x2 = others.clone().narrow(0, 0, m);
-                let p2 = generator.forward(x2.clone());
-                div = Some(diversity(xb.narrow(0, 0, m), x2, pb.narrow(0, 0, m), p2));
+/// Stage 2's step: a batch partly carrying its own triggers (target label), partly another
+/// image's (own label), the rest clean; one SGD step of the classifier and one Adam step of the
+/// pattern generator on the cross-entropy plus the diversity loss.
+struct JointStep<'a> {
+    train: &'a ImageSet,
+    rule: TargetRule,
+    config: InputAwareConfig,
+    train_config: &'a TrainConfig,
+    generator: TriggerNet,
+    mask_net: TriggerNet,
+    gen_slots: ParamSlots,
+    extra: CycledShuffle,
+}
+
+impl StepRule for JointStep<'_> {
+    fn step(
+        &mut self,
+        classifier: &mut Classifier,
+        slots: &mut ParamSlots,
+        at: &StepAt,
+    ) -> Result<StepStats, TrainError> {
+        let (train, config, device) = (self.train, &self.config, at.device);
+        let n = at.samples.len();
+        let k = train.num_classes();
+        let (n_bd, n_cross) = batch_split(n, config);
+        // The clean batch with the run's augmentation (none for the default recipes).
+        let x = self.train_config.batch(train, at).images;
+        let mut labels: Vec<Label> = at.samples.iter().map(|&i| train.label(i)).collect();
+        let mut parts = Vec::new();
+        let mut div = None;
+        let others = images_tensor(train, self.extra.next_batch(extra_draw(n, config)), device);
+        if n_bd > 0 {
+            let xb = x.clone().narrow(0, 0, n_bd);
+            let pb = self.generator.forward(xb.clone());
+            parts.push(blend(
+                xb.clone(),
+                pb.clone(),
+                self.mask_net.forward(xb.clone()),
+            ));
+            for label in labels.iter_mut().take(n_bd) {
+                *label = self.rule.target_of(*label, k);
             }
-            if n_cross > 0 {
-                let xc = x.clone().narrow(0, n_bd, n_cross);
-                let x2 = others.clone().narrow(0, 0, n_cross);
-                let p2 = generator.forward(x2.clone());
-                parts.push(blend(xc, p2, mask_net.forward(x2)));
-            }
-            if n_bd + n_cross < n {
-                parts.push(x.narrow(0, n_bd + n_cross, n - n_bd - n_cross));
-            }
-            let inputs = Tensor::cat(parts, 0);
-            let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
-            let logits = classifier.forward(inputs, BnMode::Train);
-            let correct: i64 = predictions(logits.clone().detach())
-                .equal(targets.clone())
-                .int()
-                .sum()
-                .into_scalar::<i64>();
-            let ce = cross_entropy(logits, targets);
-            let ce_value = finite_loss(f64::from(ce.clone().into_scalar::<f32>()), state.epoch, b)?;
-            let loss = match div {
-                Some(d) => ce + d.mul_scalar(config.lambda_div),
-                None => ce,
-            };
-            let grads = loss.backward();
-            let hyper = train_config.schedule.at(state.step, total, steps_per_epoch);
-            lr = hyper.lr;
-            let mut sgd = Sgd {
-                config: train_config.sgd,
-                lr: hyper.lr,
-                momentum: hyper.momentum.unwrap_or(train_config.sgd.momentum),
-            };
-            classifier.network = apply_update(classifier.network.clone(), &grads, &mut sgd, slots);
-            generator = apply_update(
-                generator,
-                &grads,
-                &mut Adam::new(config.generator_lr, state.step as i32 + 1),
-                &mut gen_slots,
-            );
-            let (mean_loss, accuracy) = state.record_batch(b, n, ce_value, correct as usize);
-            observer.batch_finished(b, mean_loss, accuracy, lr);
-            if state.batch < steps_per_epoch && observer.should_stop() {
-                state.epoch_seconds += started.elapsed().as_secs_f64();
-                save_generators(run_dir, &generator, &mask_net, &gen_slots, state.step)?;
-                save_resume(run_dir, classifier, slots, state)?;
-                return Ok(InputAwareOutcome::Interrupted);
-            }
+            let m = n_bd.min(others.dims()[0]);
+            let x2 = others.clone().narrow(0, 0, m);
+            let p2 = self.generator.forward(x2.clone());
+            div = Some(diversity(xb.narrow(0, 0, m), x2, pb.narrow(0, 0, m), p2));
         }
-        observer.evaluating();
-        let eval = evaluate(
-            classifier,
-            eval_set,
-            None,
-            train_config.eval_batch_size,
-            BnMode::Eval,
-            &device,
+        if n_cross > 0 {
+            let xc = x.clone().narrow(0, n_bd, n_cross);
+            let x2 = others.clone().narrow(0, 0, n_cross);
+            let p2 = self.generator.forward(x2.clone());
+            parts.push(blend(xc, p2, self.mask_net.forward(x2)));
+        }
+        if n_bd + n_cross < n {
+            parts.push(x.narrow(0, n_bd + n_cross, n - n_bd - n_cross));
+        }
+        let inputs = Tensor::cat(parts, 0);
+        let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), device);
+        let logits = classifier.forward(inputs, BnMode::Train);
+        let correct = count_correct(logits.clone(), targets.clone());
+        let ce = cross_entropy(logits, targets);
+        let ce_value = finite_loss(
+            f64::from(ce.clone().into_scalar::<f32>()),
+            at.epoch,
+            at.batch,
+        )?;
+        let loss = match div {
+            Some(d) => ce + d.mul_scalar(config.lambda_div),
+            None => ce,
+        };
+        let grads = loss.backward();
+        sgd_step(classifier, &grads, slots, self.train_config, at.hyper);
+        self.generator = apply_update(
+            self.generator.clone(),
+            &grads,
+            &mut Adam::new(config.generator_lr, at.step as i32 + 1),
+            &mut self.gen_slots,
         );
-        let record = state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64());
-        // The generators first: `save_epoch` writes `state.json` last, naming the step.
-        save_generators(run_dir, &generator, &mask_net, &gen_slots, state.step)?;
-        save_epoch(run_dir, classifier, slots, state)?;
-        observer.epoch_finished(&record);
-        if !state.finished() && observer.should_stop() {
-            return Ok(InputAwareOutcome::Interrupted);
-        }
+        Ok(StepStats {
+            loss: ce_value,
+            correct,
+        })
     }
-    let generator = generator.valid();
-    let mask_net = mask_net.valid();
-    Ok(InputAwareOutcome::Finished(InputAware {
-        pattern: generator.host(),
-        mask: mask_net.host(),
-        shape,
-    }))
+
+    fn save(&self, run_dir: &Path, step: usize) -> Result<(), TrainError> {
+        save_generators(
+            run_dir,
+            &self.generator,
+            &self.mask_net,
+            &self.gen_slots,
+            step,
+        )
+    }
 }
 
 /// Writes the generators (with `step` in their metadata) and the pattern generator's Adam state.
@@ -530,6 +552,7 @@ mod tests {
             seed: 0,
             train_limit: None,
             test_limit: None,
+            robust: None,
         }
     }
 
@@ -569,26 +592,8 @@ mod tests {
     /// The same starting classifier every time: weights from a host RNG, not burn's
     /// process-wide device RNG (which tests running in parallel reseed).
     fn initial_classifier(device: &Device) -> Classifier {
-        let train_device = device.clone().autodiff();
-        let classifier = Classifier::new(tiny_cnn_spec(), &train_device).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
-        let bytes = checkpoint::to_bytes(&classifier, None).unwrap();
-        let mut file = TensorFile::from_bytes(Path::new("init"), &bytes).unwrap();
-        for (_, _, values) in &mut file.tensors {
-            for v in values.iter_mut() {
-                *v = rng.random_range(-0.3..0.3);
-            }
-        }
-        file.metadata = checkpoint::inspect_bytes(Path::new("init"), &bytes)
-            .unwrap()
-            .metadata;
-        checkpoint::load_with_spec_bytes(
-            Path::new("init"),
-            file.to_bytes(),
-            tiny_cnn_spec(),
-            &train_device,
-        )
-        .unwrap()
+        crate::models::test_util::host_seeded(tiny_cnn_spec(), &mut rng, &device.clone().autodiff())
     }
 
     /// Runs the attack to the end in `dir`, stopping once after `stop_after` batches and resuming

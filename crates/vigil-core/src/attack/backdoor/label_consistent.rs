@@ -14,12 +14,13 @@
 use std::collections::HashMap;
 
 use burn::tensor::Device;
+use rand::SeedableRng;
 
 use super::badnets::{BadNets, Patch, PatchPattern, PatchPosition};
 use super::{AttackError, BackdoorAttack, LabelMode, PoisonKind, TargetRule, fits};
-use crate::attack::pgd::{frozen, pgd_linf};
+use crate::attack::pgd::{Keep, Pgd, RandomStart, frozen, objective};
 use crate::data::{ImageSet, ImageShape, batch};
-use crate::models::{BnMode, Classifier};
+use crate::models::Classifier;
 
 /// Registry name.
 pub const NAME: &str = "lc";
@@ -105,18 +106,25 @@ impl LabelConsistent {
             .filter(|&i| train.label(i) == target)
             .collect();
         let n = train.shape().num_values();
-        let alpha = 2.5 * perturbation.eps / perturbation.steps.max(1) as f64;
+        // Untargeted L-infinity PGD on the clean model, from the clean image, final iterate.
+        let pgd = Pgd {
+            start: RandomStart::None,
+            keep: Keep::Final,
+            ..Pgd::linf(perturbation.eps, perturbation.steps)
+        };
+        let mut no_randomness = rand::rngs::StdRng::seed_from_u64(0);
         for chunk in targets.chunks(256) {
             let b = batch(train, chunk, &device);
-            let adv = pgd_linf(
-                &model,
-                b.images,
-                b.labels,
-                perturbation.eps,
-                alpha,
-                perturbation.steps,
-                BnMode::Eval,
-            );
+            let adv = pgd
+                .attack(
+                    b.images,
+                    objective::cross_entropy(&model, b.labels),
+                    &mut no_randomness,
+                )
+                .map_err(|e| AttackError::InvalidConfig {
+                    attack: NAME.into(),
+                    reason: e.to_string(),
+                })?;
             let values: Vec<f32> = adv.into_data().iter::<f32>().collect();
             for (index, image) in chunk.iter().zip(values.chunks_exact(n)) {
                 attack.perturbed.insert(*index, image.to_vec());
