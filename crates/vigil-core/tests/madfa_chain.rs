@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use burn::module::Module;
 use vigil_core::device::default_device;
 use vigil_core::madfa::{
-    BnPolicy, ChainConfig, ChainObserver, LossTraces, MadTask, Quiet, SgldConfig, TraceLoss,
-    run_chains, user_task,
+    BnPolicy, ChainConfig, ChainObserver, LossTraces, MadTask, Quiet, SgldConfig, TraceForm,
+    TraceLoss, run_chains, user_task,
 };
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Network};
 
@@ -50,6 +50,7 @@ fn config(bn: BnPolicy) -> ChainConfig {
         thinning: 2,
         bn,
         loss: TraceLoss::Precise,
+        traces: TraceForm::Exact,
         trace_batch_size: 7,
         seed: 11,
     }
@@ -181,6 +182,72 @@ fn interrupted_chains_resume_bit_for_bit_and_merge_equals_one_run() {
     )
     .expect_err("other settings must be refused");
     assert!(err.to_string().contains("other settings"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn linearised_traces_follow_the_exact_ones_near_w_star_and_resume_bit_for_bit() {
+    let w_star = model(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    });
+    // Small steps, so the chain stays where the loss is nearly linear.
+    let exact = ChainConfig {
+        sgld: SgldConfig {
+            lr: 1e-7,
+            ..config(BnPolicy::Reference).sgld
+        },
+        draws: 20,
+        thinning: 1,
+        ..config(BnPolicy::Reference)
+    };
+    let linear = ChainConfig {
+        traces: TraceForm::Linearised,
+        ..exact.clone()
+    };
+    let a = run(&w_star, &exact, &[0], None, &mut Quiet).unwrap();
+    let b = run(&w_star, &linear, &[0], None, &mut Quiet).unwrap();
+    assert_eq!(a.test.shape(), b.test.shape());
+    // Per sample, over the draws: the linearised trace moves with the exact one.
+    let mut correlations = Vec::new();
+    for (x, y) in [(&a.trusted, &b.trusted), (&a.test, &b.test)] {
+        for i in 0..x.shape()[2] {
+            let e: Vec<f64> = (0..20).map(|d| f64::from(x[[0, d, i]])).collect();
+            let l: Vec<f64> = (0..20).map(|d| f64::from(y[[0, d, i]])).collect();
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let (me, ml) = (mean(&e), mean(&l));
+            let cov: f64 = e.iter().zip(&l).map(|(p, q)| (p - me) * (q - ml)).sum();
+            let ve: f64 = e.iter().map(|p| (p - me).powi(2)).sum();
+            let vl: f64 = l.iter().map(|q| (q - ml).powi(2)).sum();
+            // Both traces sit near the loss at w*.
+            assert!(
+                (me - ml).abs() < 1e-2 * me.abs().max(1e-3),
+                "sample {i}: {me} vs {ml}"
+            );
+            if ve > 0.0 && vl > 0.0 {
+                correlations.push(cov / (ve * vl).sqrt());
+            }
+        }
+    }
+    correlations.sort_by(f64::total_cmp);
+    let median = correlations[correlations.len() / 2];
+    assert!(
+        median > 0.95,
+        "median correlation {median}: {correlations:?}"
+    );
+
+    // A linearised chain stopped mid-draws resumes to the same traces.
+    let dir = scratch("linearised-resume");
+    let stopped = run(
+        &w_star,
+        &linear,
+        &[0],
+        Some(&dir),
+        &mut StopAfter { after: 9, seen: 0 },
+    );
+    assert!(stopped.is_none());
+    let resumed = run(&w_star, &linear, &[0], Some(&dir), &mut Quiet).unwrap();
+    assert_eq!(resumed, b);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -106,6 +106,7 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let mut observer = ChainProgress {
         bar: None,
         interrupted: interrupt_flag(),
+        linearised: config.base.traces == madfa::TraceForm::Linearised,
     };
     let calibration = madfa::calibrate(
         &classifier,

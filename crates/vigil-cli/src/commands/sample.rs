@@ -14,7 +14,7 @@ use vigil_core::device::default_device;
 use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{
     self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
-    ChainObserver, MadTask, Preconditioner, SgldConfig, SplitSizes, TraceLoss,
+    ChainObserver, MadTask, Preconditioner, SgldConfig, SplitSizes, TraceForm, TraceLoss,
 };
 use vigil_core::models::Classifier;
 
@@ -261,9 +261,21 @@ pub struct SamplerArgs {
     #[arg(long, value_enum, default_value_t = LossArg::Reference)]
     loss: LossArg,
 
+    /// Traces: exact (the loss of every traced sample at every kept draw, as the reference)
+    /// or linearised (loss at w* plus per-sample gradient times the chain's displacement: one
+    /// matrix product after the chain instead of a forward pass per draw; docs/madfa.md).
+    #[arg(long, value_enum, default_value_t = TracesArg::Exact)]
+    traces: TracesArg,
+
     /// Seed of the minibatch order and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum TracesArg {
+    Exact,
+    Linearised,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -307,6 +319,10 @@ impl SamplerArgs {
             loss: match self.loss {
                 LossArg::Reference => TraceLoss::Reference,
                 LossArg::Precise => TraceLoss::Precise,
+            },
+            traces: match self.traces {
+                TracesArg::Exact => TraceForm::Exact,
+                TracesArg::Linearised => TraceForm::Linearised,
             },
             trace_batch_size: self.trace_batch_size,
             seed: self.seed,
@@ -356,6 +372,8 @@ impl SampleArgs {
 pub struct ChainProgress {
     pub bar: Option<ProgressBar>,
     pub interrupted: Arc<AtomicBool>,
+    /// Linearised traces: formed after all chains, so a chain's line cannot count constant ones.
+    pub linearised: bool,
 }
 
 impl ChainObserver for ChainProgress {
@@ -376,16 +394,23 @@ impl ChainObserver for ChainProgress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        let constant = if self.linearised {
+            "linearised traces follow".to_string()
+        } else {
+            format!(
+                "constant traces: {:.1}% trusted, {:.1}% test",
+                100.0 * d.constant_trusted_fraction,
+                100.0 * d.constant_test_fraction
+            )
+        };
         eprintln!(
-            "chain {}: {} steps in {:.0}s + traces {:.0}s; final |w-w*| {:.3e}; drift/noise {:.1e}; constant traces: {:.1}% trusted, {:.1}% test",
+            "chain {}: {} steps in {:.0}s + traces {:.0}s; final |w-w*| {:.3e}; drift/noise {:.1e}; {constant}",
             d.chain,
             d.loss.len(),
             d.step_seconds,
             d.trace_seconds,
             d.distance.last().copied().unwrap_or(0.0),
             d.median_drift_to_noise,
-            100.0 * d.constant_trusted_fraction,
-            100.0 * d.constant_test_fraction
         );
         for w in &d.warnings {
             eprintln!("warning: chain {}: {w}", d.chain);
@@ -503,6 +528,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let mut observer = ChainProgress {
         bar: None,
         interrupted: interrupt_flag(),
+        linearised: matches!(args.base.traces, TracesArg::Linearised),
     };
     if args.calibrate {
         let path = args.out.join("calibration.json");

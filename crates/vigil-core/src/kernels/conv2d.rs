@@ -200,7 +200,7 @@ fn col2im_add(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32]) {
 /// Row-major matrix operand for [`matmul`]: data, rows, columns, and whether it is read
 /// transposed (then `rows x cols` is the shape after transposition).
 #[derive(Clone, Copy)]
-struct Mat<'a> {
+pub(crate) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -208,8 +208,8 @@ struct Mat<'a> {
 }
 
 impl<'a> Mat<'a> {
-    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        debug_assert_eq!(data.len(), rows * cols);
+    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "Mat: data length");
         Self {
             data,
             rows,
@@ -219,8 +219,8 @@ impl<'a> Mat<'a> {
     }
 
     /// The transpose of the row-major `rows x cols` matrix in `data`.
-    fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        debug_assert_eq!(data.len(), rows * cols);
+    pub(crate) fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "Mat: data length");
         Self {
             data,
             rows: cols,
@@ -242,6 +242,15 @@ impl<'a> Mat<'a> {
 /// `dst = a b` (or `dst += a b` with `accumulate`), `dst` row-major `a.rows x b.cols`,
 /// single-threaded: the callers parallelise over samples.
 fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    matmul_with(dst, a, b, accumulate, Parallelism::None);
+}
+
+/// `dst = a b` on every thread of rayon's pool, for one large product.
+pub(crate) fn matmul_threaded(dst: &mut [f32], a: Mat, b: Mat) {
+    matmul_with(dst, a, b, false, Parallelism::Rayon(0));
+}
+
+fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: Parallelism) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     assert_eq!(dst.len(), a.rows * b.cols, "matmul: output size");
     let (a_cs, a_rs) = a.strides();
@@ -269,7 +278,7 @@ fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
             false,
             false,
             false,
-            Parallelism::None,
+            parallelism,
         );
     }
 }

@@ -18,10 +18,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::MadError;
 use super::sgld::{LocalizedSgld, SQUARED_GRADIENT_SLOT, SgldConfig, StepNorms, W_STAR_SLOT};
 use super::task::MadTask;
 use super::traces::LossTraces;
+use super::{MadError, linearised};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::{ImageSet, batch, images_tensor, labels_tensor};
 use crate::inference::evaluate;
@@ -64,6 +64,19 @@ pub enum TraceLoss {
     Precise,
 }
 
+/// How the traces are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TraceForm {
+    /// The per-sample loss at every kept draw, one forward pass over every traced sample (the
+    /// reference).
+    #[default]
+    Exact,
+    /// `L_i(w*) + g_i . (w_t - w*)`: the chain records displacements, the traces come from one
+    /// matrix product after it ([`linearised`](super::linearised)).
+    Linearised,
+}
+
 /// Everything that decides a chain's traces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainConfig {
@@ -79,6 +92,9 @@ pub struct ChainConfig {
     pub bn: BnPolicy,
     /// Loss form of the traces.
     pub loss: TraceLoss,
+    /// Exact or linearised traces.
+    #[serde(default)]
+    pub traces: TraceForm,
     /// Batch size of the trace passes.
     pub trace_batch_size: usize,
     /// Seed of the minibatch order and the noise of every chain.
@@ -96,6 +112,7 @@ impl ChainConfig {
             thinning: 1,
             bn: BnPolicy::Reference,
             loss: TraceLoss::Reference,
+            traces: TraceForm::Exact,
             trace_batch_size: 256,
             seed: 0,
         }
@@ -245,8 +262,21 @@ impl TraceInputs {
         self.labels.is_empty()
     }
 
+    /// Traced sample `i` as a batch of one (on the inference device).
+    pub(crate) fn image(&self, i: usize) -> Option<Tensor<4>> {
+        let mut offset = i;
+        for (x, _) in &self.batches {
+            let n = x.dims()[0];
+            if offset < n {
+                return Some(x.clone().narrow(0, offset, 1));
+            }
+            offset -= n;
+        }
+        None
+    }
+
     /// Per-sample losses of `model` (inference copy) on every traced sample.
-    fn losses(&self, model: &Classifier, form: TraceLoss) -> Vec<f32> {
+    pub(crate) fn losses(&self, model: &Classifier, form: TraceLoss) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.len());
         for (x, y) in &self.batches {
             let logits = model.forward(x.clone(), BnMode::Eval);
@@ -430,7 +460,8 @@ impl Chain {
             .next()
             .map(|(_, _, v)| v)
             .unwrap_or_default();
-        let expected = draws_before(config, progress.step) * inputs.len();
+        let expected =
+            draws_before(config, progress.step) * values_per_draw(config, inputs, w_star);
         if traces.len() != expected {
             return Err(fail(format!(
                 "it holds {} trace values where step {step} implies {expected}",
@@ -470,6 +501,15 @@ impl Chain {
     }
 }
 
+/// Values a chain keeps per draw: a loss per traced sample, or (linearised) a displacement of
+/// every float of the model.
+fn values_per_draw(config: &ChainConfig, inputs: &TraceInputs, w_star: &Classifier) -> usize {
+    match config.traces {
+        TraceForm::Exact => inputs.len(),
+        TraceForm::Linearised => linearised::flat_len(&w_star.network),
+    }
+}
+
 /// Kept draws recorded in the first `steps` steps.
 fn draws_before(config: &ChainConfig, steps: usize) -> usize {
     steps.saturating_sub(config.burn_in) / config.thinning
@@ -477,7 +517,8 @@ fn draws_before(config: &ChainConfig, steps: usize) -> usize {
 
 /// How a call to [`run_chain`] ended.
 pub enum ChainOutcome {
-    /// All draws recorded: traces `[draws, n]` row-major, and the chain's diagnostics.
+    /// All draws recorded: traces `[draws, n]` row-major (linearised chains: displacements
+    /// `[draws, floats]`, which [`run_chains`] turns into traces), and the chain's diagnostics.
     Finished(Vec<f32>, Box<ChainDiagnostics>),
     /// Stopped by the observer after checkpointing; run again to continue.
     Interrupted,
@@ -562,8 +603,17 @@ pub fn run_chain(
         diagnostics.step_seconds += started.elapsed().as_secs_f64();
         if config.draw_after(state.progress.step).is_some() {
             let started = Instant::now();
-            let model = state.live.for_inference();
-            state.traces.extend(inputs.losses(&model, config.loss));
+            match config.traces {
+                TraceForm::Exact => {
+                    let model = state.live.for_inference();
+                    state.traces.extend(inputs.losses(&model, config.loss));
+                }
+                TraceForm::Linearised => state.traces.extend(linearised::displacement(
+                    &state.live,
+                    &state.slots,
+                    W_STAR_SLOT,
+                )),
+            }
             state.progress.diagnostics.trace_seconds += started.elapsed().as_secs_f64();
         }
         observer.step_finished(step, loss_value, norms.distance);
@@ -580,7 +630,10 @@ pub fn run_chain(
         }
     }
     let mut diagnostics = state.progress.diagnostics.clone();
-    summarize(&mut diagnostics, &state.traces, inputs, config);
+    // Linearised chains hold displacements: `run_chains` adds the trace summary once they are
+    // traces.
+    let traces = (config.traces == TraceForm::Exact).then_some(state.traces.as_slice());
+    summarize(&mut diagnostics, traces, inputs, config);
     state.progress.diagnostics = diagnostics.clone();
     if let Some(dir) = &dir {
         state.save(dir)?;
@@ -589,22 +642,31 @@ pub fn run_chain(
     Ok(ChainOutcome::Finished(state.traces, Box::new(diagnostics)))
 }
 
-/// Fills the summary fields of `d` from the finished chain's traces.
-fn summarize(d: &mut ChainDiagnostics, traces: &[f32], inputs: &TraceInputs, config: &ChainConfig) {
+/// Fills the summary fields of `d`: from the chain's steps, and from its `traces` when they are
+/// known (a linearised chain's traces exist only once `run_chains` has formed them; it calls this
+/// again then).
+fn summarize(
+    d: &mut ChainDiagnostics,
+    traces: Option<&[f32]>,
+    inputs: &TraceInputs,
+    config: &ChainConfig,
+) {
     let draws = config.draws;
     let n = inputs.len();
-    let constant = |range: std::ops::Range<usize>| -> f64 {
-        if range.is_empty() {
-            return 0.0;
-        }
-        let len = range.len();
-        let count = range
-            .filter(|&i| (1..draws).all(|k| traces[k * n + i] == traces[i]))
-            .count();
-        count as f64 / len as f64
-    };
-    d.constant_trusted_fraction = constant(0..inputs.n_trusted);
-    d.constant_test_fraction = constant(inputs.n_trusted..n);
+    if let Some(traces) = traces {
+        let constant = |range: std::ops::Range<usize>| -> f64 {
+            if range.is_empty() {
+                return 0.0;
+            }
+            let len = range.len();
+            let count = range
+                .filter(|&i| (1..draws).all(|k| traces[k * n + i] == traces[i]))
+                .count();
+            count as f64 / len as f64
+        };
+        d.constant_trusted_fraction = constant(0..inputs.n_trusted);
+        d.constant_test_fraction = constant(inputs.n_trusted..n);
+    }
     let mut ratios: Vec<f64> = d
         .drift_norm
         .iter()
@@ -670,12 +732,19 @@ pub fn run_chains(
     if chains.is_empty() {
         return Err(MadError::InvalidConfig("no chain to run".into()));
     }
+    if config.traces == TraceForm::Linearised {
+        linearised::check_memory(
+            chains.len() * config.draws,
+            linearised::flat_len(&w_star.network),
+        )?;
+    }
     let inputs = TraceInputs::new(w_star, task, config.trace_batch_size, device)?;
     let (n, n_trusted) = (inputs.len(), inputs.n_trusted);
     let mut trusted = ndarray::Array3::<f32>::zeros((chains.len(), config.draws, n_trusted));
     let mut test = ndarray::Array3::<f32>::zeros((chains.len(), config.draws, n - n_trusted));
     let mut all_diagnostics = Vec::new();
-    for (slot, &chain) in chains.iter().enumerate() {
+    let mut chain_values = Vec::new();
+    for &chain in chains {
         let outcome = run_chain(
             w_star,
             &task.sampling,
@@ -686,10 +755,30 @@ pub fn run_chains(
             device,
             observer,
         )?;
-        let ChainOutcome::Finished(traces, diagnostics) = outcome else {
+        let ChainOutcome::Finished(values, diagnostics) = outcome else {
             return Ok(None);
         };
-        for (d, row) in traces.chunks_exact(n).enumerate() {
+        chain_values.push(values);
+        all_diagnostics.push(*diagnostics);
+    }
+    if config.traces == TraceForm::Linearised {
+        // One pass of per-sample gradients serves every chain's displacements.
+        let started = Instant::now();
+        let displacements = chain_values.concat();
+        let traces =
+            linearised::linearised_traces(w_star, &inputs, &displacements, config.loss, device)?;
+        let share = started.elapsed().as_secs_f64() / chains.len() as f64;
+        chain_values = traces
+            .chunks_exact(config.draws * n)
+            .map(<[f32]>::to_vec)
+            .collect();
+        for (d, values) in all_diagnostics.iter_mut().zip(&chain_values) {
+            d.trace_seconds += share;
+            summarize(d, Some(values), &inputs, config);
+        }
+    }
+    for (slot, values) in chain_values.iter().enumerate() {
+        for (d, row) in values.chunks_exact(n).enumerate() {
             for (i, &v) in row.iter().enumerate() {
                 if i < n_trusted {
                     trusted[[slot, d, i]] = v;
@@ -698,7 +787,6 @@ pub fn run_chains(
                 }
             }
         }
-        all_diagnostics.push(*diagnostics);
     }
     let settings = SampleSettings {
         chain: config.clone(),

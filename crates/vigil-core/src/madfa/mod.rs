@@ -9,6 +9,7 @@
 
 pub mod calibrate;
 pub mod chain;
+pub mod linearised;
 pub mod scores;
 pub mod sgld;
 pub mod task;
@@ -21,7 +22,7 @@ pub use calibrate::{
 };
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
-    TraceInputs, TraceLoss, run_chain, run_chains,
+    TraceForm, TraceInputs, TraceLoss, run_chain, run_chains,
 };
 pub use scores::{
     AnomalyScores, Attribution, Coupling, ScoreReport, anomaly_scores, coupling, evaluate_scores,
