@@ -33,7 +33,8 @@ def summarize(folder):
                for r in records]
     summary = {
         "row": folder.name,
-        "producer": "vigil" if "chain" in records[0]["settings"] else "pytorch-twin",
+        "producer": "vigil" if "chain" in records[0]["settings"]
+        else "devinterp " + records[0]["devinterp"] if "devinterp" in records[0] else "pytorch-twin",
         "seeds": [s["seed"] for s in settings],
         "settings": settings[0],
         "data": records[0]["settings"].get("data"),

@@ -21,6 +21,7 @@ pub mod loss;
 pub mod madfa;
 pub mod metrics;
 pub mod models;
+pub mod ood;
 pub mod optim;
 pub mod report;
 pub mod train;

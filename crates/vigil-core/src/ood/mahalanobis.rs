@@ -1,0 +1,209 @@
+//! Mahalanobis distance on penultimate features (Lee et al. 2018, without their input
+//! preprocessing and layer ensemble): class means and one shared covariance fitted on ID
+//! training features; the score is the distance to the closest class mean,
+//! `min_c (f - mu_c)^T Sigma^-1 (f - mu_c)`.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{OodError, OodScore, features_of};
+use crate::data::ImageSet;
+use crate::models::{BnMode, Classifier};
+
+/// Mahalanobis score; [`OodScore::fit`] must run first.
+#[derive(Debug, Clone, Default)]
+pub struct Mahalanobis {
+    /// Batch size of the feature pass while fitting.
+    pub batch_size: usize,
+    fitted: Option<Fitted>,
+}
+
+#[derive(Debug, Clone)]
+struct Fitted {
+    dim: usize,
+    /// Class means, `[classes, dim]` row-major.
+    means: Vec<f64>,
+    /// Inverse of the shared covariance, `[dim, dim]` row-major.
+    precision: Vec<f64>,
+}
+
+impl Mahalanobis {
+    /// An unfitted score whose fit reads features in batches of `batch_size`.
+    pub fn new(batch_size: usize) -> Self {
+        Self {
+            batch_size,
+            fitted: None,
+        }
+    }
+
+    /// Fits class means and the inverse shared covariance from features `[n, dim]` and labels.
+    pub fn fit_features(
+        &mut self,
+        features: &[f64],
+        dim: usize,
+        labels: &[usize],
+    ) -> Result<(), OodError> {
+        let fail = |reason: String| OodError::Fit {
+            score: "mahalanobis",
+            reason,
+        };
+        let n = labels.len();
+        if dim == 0 || n == 0 || features.len() != n * dim {
+            return Err(fail(format!(
+                "{} feature values for {n} samples of dimension {dim}",
+                features.len()
+            )));
+        }
+        let classes = labels.iter().max().map_or(0, |m| m + 1);
+        let mut means = vec![0.0; classes * dim];
+        let mut counts = vec![0usize; classes];
+        for (row, &c) in features.chunks_exact(dim).zip(labels) {
+            counts[c] += 1;
+            for (m, v) in means[c * dim..(c + 1) * dim].iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        for (c, &count) in counts.iter().enumerate() {
+            if count == 0 {
+                return Err(fail(format!("class {c} has no training sample")));
+            }
+            for m in &mut means[c * dim..(c + 1) * dim] {
+                *m /= count as f64;
+            }
+        }
+        let mut covariance = vec![0.0; dim * dim];
+        let mut centred = vec![0.0; dim];
+        for (row, &c) in features.chunks_exact(dim).zip(labels) {
+            for (k, v) in centred.iter_mut().enumerate() {
+                *v = row[k] - means[c * dim + k];
+            }
+            for a in 0..dim {
+                for b in 0..=a {
+                    covariance[a * dim + b] += centred[a] * centred[b];
+                }
+            }
+        }
+        for a in 0..dim {
+            for b in 0..=a {
+                let v = covariance[a * dim + b] / n as f64;
+                covariance[a * dim + b] = v;
+                covariance[b * dim + a] = v;
+            }
+        }
+        // A small ridge keeps dead (always-zero) ReLU features from making Sigma singular.
+        let ridge = 1e-6
+            * (0..dim)
+                .map(|i| covariance[i * dim + i])
+                .sum::<f64>()
+                .max(1e-12)
+            / dim as f64;
+        for i in 0..dim {
+            covariance[i * dim + i] += ridge;
+        }
+        let precision = invert_spd(&covariance, dim)
+            .ok_or_else(|| fail("the feature covariance is not positive definite".into()))?;
+        self.fitted = Some(Fitted {
+            dim,
+            means,
+            precision,
+        });
+        Ok(())
+    }
+
+    /// Scores of features `[n, dim]` (a tensor, so the score is differentiable in them).
+    pub fn score_features(&self, features: Tensor<2>) -> Result<Tensor<1>, OodError> {
+        let fitted = self
+            .fitted
+            .as_ref()
+            .ok_or(OodError::NotFitted("mahalanobis"))?;
+        let device = features.device();
+        let [n, dim] = features.dims();
+        if dim != fitted.dim {
+            return Err(OodError::Fit {
+                score: "mahalanobis",
+                reason: format!("fitted on {}-dimensional features, given {dim}", fitted.dim),
+            });
+        }
+        let classes = fitted.means.len() / dim;
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let precision = Tensor::<2>::from_data(
+            TensorData::new(f32s(&fitted.precision), [dim, dim]),
+            &device,
+        );
+        let means = Tensor::<2>::from_data(
+            TensorData::new(f32s(&fitted.means), [classes, dim]),
+            &device,
+        );
+        // (f - mu)^T P (f - mu) = f P f - 2 f P mu + mu P mu, for every sample and class.
+        let fp = features.clone().matmul(precision.clone());
+        let ff = (fp.clone() * features).sum_dim(1); // [n, 1]
+        let fm = fp.matmul(means.clone().transpose()); // [n, classes]
+        let mm = (means.clone().matmul(precision) * means)
+            .sum_dim(1)
+            .reshape([1, classes]);
+        let distances = ff - fm.mul_scalar(2.0) + mm;
+        Ok(distances.min_dim(1).reshape([n]))
+    }
+}
+
+impl OodScore for Mahalanobis {
+    fn name(&self) -> &'static str {
+        "mahalanobis"
+    }
+
+    fn fit(
+        &mut self,
+        model: &Classifier,
+        id_train: &ImageSet,
+        device: &Device,
+    ) -> Result<(), OodError> {
+        let (features, dim, labels) = features_of(model, id_train, self.batch_size.max(1), device);
+        self.fit_features(&features, dim, &labels)
+    }
+
+    fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {
+        self.score_features(model.features(x, BnMode::Eval))
+    }
+}
+
+/// Inverse of a symmetric positive definite `dim x dim` matrix through its Cholesky factor, or
+/// `None` if it is not positive definite.
+pub(crate) fn invert_spd(a: &[f64], dim: usize) -> Option<Vec<f64>> {
+    // a = L L^T.
+    let mut l = vec![0.0; dim * dim];
+    for i in 0..dim {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * dim + k] * l[j * dim + k]).sum();
+            if i == j {
+                let d = a[i * dim + i] - s;
+                if d <= 0.0 || !d.is_finite() {
+                    return None;
+                }
+                l[i * dim + i] = d.sqrt();
+            } else {
+                l[i * dim + j] = (a[i * dim + j] - s) / l[j * dim + j];
+            }
+        }
+    }
+    // L^-1 by forward substitution, then a^-1 = L^-T L^-1.
+    let mut inv_l = vec![0.0; dim * dim];
+    for col in 0..dim {
+        for i in col..dim {
+            let s: f64 = (col..i)
+                .map(|k| l[i * dim + k] * inv_l[k * dim + col])
+                .sum();
+            let rhs = if i == col { 1.0 } else { 0.0 };
+            inv_l[i * dim + col] = (rhs - s) / l[i * dim + i];
+        }
+    }
+    let mut out = vec![0.0; dim * dim];
+    for i in 0..dim {
+        for j in 0..=i {
+            let v: f64 = (i..dim)
+                .map(|k| inv_l[k * dim + i] * inv_l[k * dim + j])
+                .sum();
+            out[i * dim + j] = v;
+            out[j * dim + i] = v;
+        }
+    }
+    Some(out)
+}

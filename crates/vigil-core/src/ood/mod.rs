@@ -1,0 +1,113 @@
+//! Post-hoc out-of-distribution scores behind one interface: fit on in-distribution training
+//! data, then score inputs, **higher = more OOD** (the OpenOOD and pytorch-ood convention).
+//!
+//! One file per score. Every score maps a batch of `[0, 1]` images to one value per image as a
+//! tensor, so when the images live on an autodiff device the score is differentiable and an
+//! adaptive attack can aim at it (`attack::pgd`). [`score_set`] scores a whole data set and
+//! [`evaluate`] turns ID and OOD scores into the one set of metrics every report uses.
+
+pub mod energy;
+pub mod mahalanobis;
+pub mod max_logit;
+pub mod msp;
+
+use burn::tensor::{Device, Tensor};
+
+use crate::data::{ImageSet, batch};
+use crate::metrics::{MetricsError, OodMetrics, ood_metrics};
+use crate::models::Classifier;
+
+pub use energy::Energy;
+pub use mahalanobis::Mahalanobis;
+pub use max_logit::MaxLogit;
+pub use msp::Msp;
+
+/// Errors of fitting or evaluating an OOD score.
+#[derive(Debug, thiserror::Error)]
+pub enum OodError {
+    /// The fitting data cannot support the score.
+    #[error("cannot fit {score}: {reason}")]
+    Fit {
+        /// The score's name.
+        score: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The score was used before [`OodScore::fit`].
+    #[error("{0} is not fitted: call fit on in-distribution training data first")]
+    NotFitted(&'static str),
+    /// The metrics could not be computed (empty or non-finite scores).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+/// An OOD score: fitted on ID training data, then applied to inputs (higher = more OOD).
+pub trait OodScore {
+    /// Short name for reports (`msp`, `energy`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Fits what the score needs from the model on ID training data (nothing for scores of the
+    /// logits alone).
+    fn fit(
+        &mut self,
+        _model: &Classifier,
+        _id_train: &ImageSet,
+        _device: &Device,
+    ) -> Result<(), OodError> {
+        Ok(())
+    }
+
+    /// Scores of a batch of `[0, 1]` images, shape `[n]`, differentiable on an autodiff device.
+    fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError>;
+}
+
+/// Scores of every image of `set`, in order, in batches of `batch_size` (eval mode, no autodiff).
+pub fn score_set(
+    score: &impl OodScore,
+    model: &Classifier,
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<f64>, OodError> {
+    let model = model.for_inference();
+    let device = device.clone().inner();
+    let all: Vec<usize> = (0..set.len()).collect();
+    let mut out = Vec::with_capacity(set.len());
+    for chunk in all.chunks(batch_size.max(1)) {
+        let b = batch(set, chunk, &device);
+        let values = score.score(&model, b.images)?;
+        out.extend(values.into_data().iter::<f32>().map(f64::from));
+    }
+    Ok(out)
+}
+
+/// AUROC, FPR at 95% TPR, AUPR-in and AUPR-out of ID scores against OOD scores, OOD the positive
+/// class.
+pub fn evaluate(id_scores: &[f64], ood_scores: &[f64]) -> Result<OodMetrics, OodError> {
+    Ok(ood_metrics(id_scores, ood_scores)?)
+}
+
+/// Features of `set` under `model` (eval mode), `[n, d]` row-major in f64, with the labels.
+pub(crate) fn features_of(
+    model: &Classifier,
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+) -> (Vec<f64>, usize, Vec<usize>) {
+    let model = model.for_inference();
+    let device = device.clone().inner();
+    let all: Vec<usize> = (0..set.len()).collect();
+    let mut features = Vec::new();
+    let mut dim = 0;
+    for chunk in all.chunks(batch_size.max(1)) {
+        let b = batch(set, chunk, &device);
+        let f = model.features(b.images, crate::models::BnMode::Eval);
+        dim = f.dims()[1];
+        features.extend(f.into_data().iter::<f32>().map(f64::from));
+    }
+    let labels = (0..set.len()).map(|i| usize::from(set.label(i))).collect();
+    (features, dim, labels)
+}
+
+#[cfg(test)]
+mod tests;

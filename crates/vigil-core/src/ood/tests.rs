@@ -1,0 +1,119 @@
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+
+use super::energy::energy_of_logits;
+use super::mahalanobis::invert_spd;
+use super::msp::msp_of_logits;
+use super::*;
+use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
+use crate::device::default_device;
+
+fn logits() -> Tensor<2> {
+    Tensor::from_data(
+        TensorData::new(vec![1.0f32, 2.0, 3.0, -1.0, 0.5, 0.0], [2, 3]),
+        &default_device(),
+    )
+}
+
+fn host(t: Tensor<1>) -> Vec<f64> {
+    t.into_data().iter::<f32>().map(f64::from).collect()
+}
+
+fn lse(row: &[f64]) -> f64 {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+#[test]
+fn logit_scores_match_their_formulas() {
+    let rows = [[1.0f64, 2.0, 3.0], [-1.0, 0.5, 0.0]];
+    let msp = host(msp_of_logits(logits()));
+    let energy = host(energy_of_logits(logits(), 1.0));
+    let energy_t2 = host(energy_of_logits(logits(), 2.0));
+    for (r, row) in rows.iter().enumerate() {
+        let top = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let want_msp = -(top - lse(row)).exp();
+        assert!(
+            (msp[r] - want_msp).abs() < 1e-6,
+            "msp {r}: {} vs {want_msp}",
+            msp[r]
+        );
+        assert!((energy[r] + lse(row)).abs() < 1e-5, "energy {r}");
+        let halved: Vec<f64> = row.iter().map(|v| v / 2.0).collect();
+        assert!(
+            (energy_t2[r] + 2.0 * lse(&halved)).abs() < 1e-5,
+            "energy T=2 {r}"
+        );
+    }
+    // Row 0 is the confident one: lower (more ID) on every score.
+    assert!(msp[0] < msp[1] && energy[0] < energy[1]);
+}
+
+#[test]
+fn cholesky_inverse_matches_the_hand_inverse() {
+    // [[4, 2], [2, 3]]^-1 = [[3, -2], [-2, 4]] / 8.
+    let inv = invert_spd(&[4.0, 2.0, 2.0, 3.0], 2).unwrap();
+    for (g, w) in inv.iter().zip([0.375, -0.25, -0.25, 0.5]) {
+        assert!((g - w).abs() < 1e-12, "{inv:?}");
+    }
+    assert!(invert_spd(&[1.0, 2.0, 2.0, 1.0], 2).is_none(), "indefinite");
+}
+
+#[test]
+fn mahalanobis_is_the_distance_to_the_closest_class_mean() {
+    // Two classes of four points at (+-1, +-1) around (1, 1) and (11, 11): identity covariance.
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for (c, centre) in [(0usize, 1.0f64), (1, 11.0)] {
+        for (dx, dy) in [(-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0)] {
+            features.extend([centre + dx, centre + dy]);
+            labels.push(c);
+        }
+    }
+    let mut score = Mahalanobis::new(8);
+    let query = Tensor::<2>::from_data(
+        TensorData::new(vec![1.0f32, 1.0, 4.0, 1.0, 6.0, 6.0], [3, 2]),
+        &default_device(),
+    );
+    assert!(matches!(
+        score.score_features(query.clone()),
+        Err(OodError::NotFitted(_))
+    ));
+    score.fit_features(&features, 2, &labels).unwrap();
+    let got = host(score.score_features(query).unwrap());
+    for (g, w) in got.iter().zip([0.0, 9.0, 50.0]) {
+        assert!((g - w).abs() < 1e-3 * w.max(1.0), "{got:?}");
+    }
+    let empty_class = score.fit_features(&features, 2, &[0, 0, 0, 0, 2, 2, 2, 2]);
+    assert!(matches!(empty_class, Err(OodError::Fit { .. })));
+}
+
+#[test]
+fn scores_of_a_set_follow_the_model_and_feed_the_metrics() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let device = default_device();
+    let model = crate::models::test_util::host_seeded(tiny_cnn_spec(), &mut rng, &device);
+    let set = two_class_8x8(10, |i| ((i * 31) % 97) as f32 / 96.0);
+    let all = score_set(&MaxLogit, &model, &set, 3, &device).unwrap();
+    let x = crate::data::batch(&set, &(0..10).collect::<Vec<_>>(), &device).images;
+    let logits = model.forward(x.clone(), crate::models::BnMode::Eval);
+    let top: Vec<f64> = logits
+        .into_data()
+        .iter::<f32>()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|r| -f64::from(r[0].max(r[1])))
+        .collect();
+    for (a, b) in all.iter().zip(&top) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    let mut maha = Mahalanobis::new(4);
+    maha.fit(&model, &set, &device).unwrap();
+    assert_eq!(
+        score_set(&maha, &model, &set, 4, &device).unwrap().len(),
+        10
+    );
+    // OOD positive: perfectly separated scores give AUROC 1 and FPR@95 0.
+    let m = evaluate(&[0.0, 1.0, 2.0], &[3.0, 4.0, 5.0]).unwrap();
+    assert_eq!((m.auroc, m.fpr_at_95_tpr), (1.0, 0.0));
+}
