@@ -21,7 +21,7 @@ python3 - "$out" <<'EOF'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"(train step|forward \+ per-sample loss|PGD step)\s+([\d,.]+)\s+([\d,.]+)\s+([\d.]+)x", line)
+    m = re.match(r"(train step|forward \+ per-sample loss|PGD step|HALO step \(ID img/s\))\s+([\d,.]+)\s+([\d,.]+)\s+([\d.]+)x", line)
     if m:
         label, v, t, r = m.groups()
         rows.setdefault(label, []).append((float(v.replace(",", "")), float(t.replace(",", "")), float(r)))

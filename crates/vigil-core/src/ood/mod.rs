@@ -7,9 +7,11 @@
 //! [`evaluate`] turns ID and OOD scores into the one set of metrics every report uses.
 
 pub mod energy;
+pub mod knn;
 pub mod mahalanobis;
 pub mod max_logit;
 pub mod msp;
+pub mod odin;
 
 use burn::tensor::{Device, Tensor};
 
@@ -18,9 +20,11 @@ use crate::metrics::{MetricsError, OodMetrics, ood_metrics};
 use crate::models::Classifier;
 
 pub use energy::Energy;
+pub use knn::Knn;
 pub use mahalanobis::Mahalanobis;
 pub use max_logit::MaxLogit;
 pub use msp::Msp;
+pub use odin::Odin;
 
 /// Errors of fitting or evaluating an OOD score.
 #[derive(Debug, thiserror::Error)]

@@ -117,3 +117,62 @@ fn scores_of_a_set_follow_the_model_and_feed_the_metrics() {
     let m = evaluate(&[0.0, 1.0, 2.0], &[3.0, 4.0, 5.0]).unwrap();
     assert_eq!((m.auroc, m.fpr_at_95_tpr), (1.0, 0.0));
 }
+
+#[test]
+fn odin_without_perturbation_is_tempered_msp_and_its_step_raises_confidence() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let device = default_device();
+    let model = crate::models::test_util::host_seeded(tiny_cnn_spec(), &mut rng, &device);
+    let set = two_class_8x8(6, |i| ((i * 13) % 89) as f32 / 88.0);
+    let x = crate::data::batch(&set, &(0..6).collect::<Vec<_>>(), &device).images;
+    let plain = Odin {
+        temperature: 10.0,
+        eps: 0.0,
+    };
+    let logits = model
+        .forward(x.clone(), crate::models::BnMode::Eval)
+        .div_scalar(10.0);
+    let want = host(msp_of_logits(logits));
+    let got = host(plain.score(&model, x.clone()).unwrap());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+    }
+    let stepped = host(
+        Odin {
+            temperature: 10.0,
+            eps: 1e-3,
+        }
+        .score(&model, x)
+        .unwrap(),
+    );
+    for (s, p) in stepped.iter().zip(&got) {
+        assert!(
+            s <= p,
+            "the perturbation should raise the top softmax score: {s} > {p}"
+        );
+    }
+}
+
+#[test]
+fn knn_is_the_distance_to_the_kth_normalised_neighbour_and_differentiable() {
+    // Bank: unit vectors at 0, 90 and 180 degrees (after normalisation).
+    let bank = [2.0, 0.0, 0.0, 3.0, -1.0, 0.0];
+    let mut knn = Knn::new(2, 4);
+    knn.fit_features(&bank, 2).unwrap();
+    // Query at 0 degrees: distances 0, sqrt(2), 2; the 2nd nearest is sqrt(2).
+    let device = default_device().autodiff();
+    let q =
+        Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 0.0], [1, 2]), &device).require_grad();
+    let s = knn.score_features(q.clone()).unwrap();
+    let got = host(s.clone().without_autodiff());
+    assert!((got[0] - 2f64.sqrt()).abs() < 1e-5, "{got:?}");
+    let grads = s.sum().backward();
+    assert!(
+        q.grad(&grads).is_some(),
+        "the score should be differentiable in the features"
+    );
+    assert!(
+        Knn::new(4, 4).fit_features(&bank, 2).is_err(),
+        "k beyond the bank"
+    );
+}
