@@ -236,6 +236,16 @@ impl Network {
             Network::PreActResNet18(net) => net.linear.weight.val(),
         }
     }
+
+    /// The classifier head's bias, `[classes]`, if it has one.
+    pub fn head_bias(&self) -> Option<Tensor<1>> {
+        let bias = match self {
+            Network::SmallCnn(net) => &net.fc2.bias,
+            Network::ResNet18(net) => &net.linear.bias,
+            Network::PreActResNet18(net) => &net.linear.bias,
+        };
+        bias.as_ref().map(|b| b.val())
+    }
 }
 
 /// A network, its spec, and its input normalisation: what vigil trains and inspects.

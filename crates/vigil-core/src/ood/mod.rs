@@ -12,6 +12,7 @@ pub mod mahalanobis;
 pub mod max_logit;
 pub mod msp;
 pub mod odin;
+pub mod react;
 
 use burn::tensor::{Device, Tensor};
 
@@ -25,6 +26,7 @@ pub use mahalanobis::Mahalanobis;
 pub use max_logit::MaxLogit;
 pub use msp::Msp;
 pub use odin::Odin;
+pub use react::React;
 
 /// Errors of fitting or evaluating an OOD score.
 #[derive(Debug, thiserror::Error)]

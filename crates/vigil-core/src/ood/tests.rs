@@ -176,3 +176,64 @@ fn knn_is_the_distance_to_the_kth_normalised_neighbour_and_differentiable() {
         "k beyond the bank"
     );
 }
+
+#[test]
+fn react_clips_features_then_scores_the_energy_of_the_head() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let device = default_device();
+    let model = crate::models::test_util::host_seeded(tiny_cnn_spec(), &mut rng, &device);
+    let set = two_class_8x8(6, |i| ((i * 17) % 83) as f32 / 82.0);
+    let x = crate::data::batch(&set, &(0..6).collect::<Vec<_>>(), &device).images;
+    // Clipping at the largest activation changes nothing: ReAct is then the plain energy score.
+    let mut unclipped = React::new(1.0, 4);
+    unclipped.fit(&model, &set, &device).unwrap();
+    let logits = model.forward(x.clone(), crate::models::BnMode::Eval);
+    let want = host(energy_of_logits(logits, 1.0));
+    let got = host(unclipped.score(&model, x.clone()).unwrap());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+    }
+    // At the median, the head sees min(f, c): recomputed here on the host in f64.
+    let mut react = React::new(0.5, 4);
+    react.fit(&model, &set, &device).unwrap();
+    let c = react.threshold().unwrap();
+    let f: Vec<f64> = model
+        .features(x.clone(), crate::models::BnMode::Eval)
+        .into_data()
+        .iter::<f32>()
+        .map(f64::from)
+        .collect();
+    let w: Vec<f64> = model
+        .network
+        .head_weight()
+        .into_data()
+        .iter::<f32>()
+        .map(f64::from)
+        .collect();
+    let b: Vec<f64> = model
+        .network
+        .head_bias()
+        .unwrap()
+        .into_data()
+        .iter::<f32>()
+        .map(f64::from)
+        .collect();
+    let (d, k) = (f.len() / 6, b.len());
+    let got = host(react.score(&model, x).unwrap());
+    for i in 0..6 {
+        let z: Vec<f64> = (0..k)
+            .map(|j| {
+                b[j] + (0..d)
+                    .map(|t| f[i * d + t].min(c) * w[t * k + j])
+                    .sum::<f64>()
+            })
+            .collect();
+        assert!(
+            (got[i] + lse(&z)).abs() < 1e-4,
+            "sample {i}: {} vs {}",
+            got[i],
+            -lse(&z)
+        );
+    }
+    assert!(React::new(1.5, 4).fit_activations(&[1.0]).is_err());
+}
