@@ -18,6 +18,7 @@ pub mod glyphs;
 pub mod idx;
 pub mod image_folder;
 pub mod mnist_json;
+pub mod ood_sets;
 pub mod sampler;
 pub mod source;
 
