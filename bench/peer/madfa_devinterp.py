@@ -19,7 +19,6 @@ Prints ONE JSON object: AUROCs, seconds (total, chain including its traces, trac
 settings and the devinterp and torch versions.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -55,19 +54,7 @@ class Samples(torch.utils.data.Dataset):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--draws", type=int, default=250)
-    ap.add_argument("--burn-in", type=int, default=50)
-    ap.add_argument("--thinning", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--n-beta", type=float, default=100.0)
-    ap.add_argument("--gamma", type=float, default=1e4)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--trace-batch-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = twin.peer_arguments(__doc__)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -21,7 +21,6 @@ Settings default to the twin's (reference: lr 1e-6, n_beta 100, gamma 1e4, 300 s
 statistics, which this prototype does not model.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -53,20 +52,8 @@ def per_sample_gradients(model, images, labels, block):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--draws", type=int, default=250)
-    ap.add_argument("--burn-in", type=int, default=50)
-    ap.add_argument("--thinning", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--n-beta", type=float, default=100.0)
-    ap.add_argument("--gamma", type=float, default=1e4)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--trace-batch-size", type=int, default=128)
+    ap = twin.peer_arguments(__doc__)
     ap.add_argument("--grad-block", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -604,6 +604,25 @@ def self_test():
 # --------------------------------------------------------------------------------------------
 
 
+def peer_arguments(description):
+    """The command line the one-chain peers share (madfa_linearised.py, madfa_devinterp.py):
+    model, task, seed, the reference sampler settings and schedule, batch sizes, threads."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draws", type=int, default=250)
+    ap.add_argument("--burn-in", type=int, default=50)
+    ap.add_argument("--thinning", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--n-beta", type=float, default=100.0)
+    ap.add_argument("--gamma", type=float, default=1e4)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--trace-batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()

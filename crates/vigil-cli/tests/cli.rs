@@ -39,6 +39,16 @@ fn write_idx_dataset(dir: &Path, prefix: &str, n: usize, salt: u32) {
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
+/// `dir/data` holding a learnable Fashion-MNIST-format train split of `n_train` images and a
+/// test split of `n_test` (salts `salt` and `salt + 1`).
+fn idx_data(dir: &Path, n_train: usize, n_test: usize, salt: u32) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx_dataset(&data, "train", n_train, salt);
+    write_idx_dataset(&data, "t10k", n_test, salt + 1);
+    data
+}
+
 fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
@@ -58,10 +68,7 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn train_info_eval_end_to_end_on_tiny_data() {
     let dir = temp_dir("e2e");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_idx_dataset(&data, "train", 400, 1);
-    write_idx_dataset(&data, "t10k", 100, 2);
+    let data = idx_data(&dir, 400, 100, 1);
     let run = dir.join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
 
@@ -218,10 +225,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
 #[test]
 fn attack_writes_a_record_and_the_backdoor_takes() {
     let dir = temp_dir("attack");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_idx_dataset(&data, "train", 600, 1);
-    write_idx_dataset(&data, "t10k", 200, 2);
+    let data = idx_data(&dir, 600, 200, 1);
     let out = dir.join("badnets");
     let (data_s, out_s) = (data.to_str().unwrap(), out.to_str().unwrap());
     let args = [
@@ -522,10 +526,7 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
 #[test]
 fn robust_ladder_trains_std_then_halo_with_letter_outliers() {
     let dir = temp_dir("halo");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_idx_dataset(&data, "train", 200, 5);
-    write_idx_dataset(&data, "t10k", 40, 6);
+    let data = idx_data(&dir, 200, 40, 5);
     let data_s = data.to_str().unwrap();
     let run = |objective: &str, out: &Path, extra: &[&str]| {
         let mut args = vec![

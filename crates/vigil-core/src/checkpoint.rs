@@ -160,6 +160,18 @@ pub fn to_bytes(
     store.get_bytes().map_err(|e| e.to_string())
 }
 
+/// Every tensor of `classifier` (parameters and BatchNorm buffers) under its checkpoint name,
+/// in file order, with the checkpoint's metadata: the classifier as [`save_classifier`] would
+/// write it, in memory.
+pub fn classifier_tensors(classifier: &Classifier) -> Result<TensorFile, CheckpointError> {
+    let name = Path::new("in-memory checkpoint");
+    let bytes = to_bytes(classifier, None).map_err(|reason| CheckpointError::Format {
+        path: name.to_path_buf(),
+        reason,
+    })?;
+    TensorFile::from_bytes(name, &bytes)
+}
+
 /// Writes a classifier checkpoint atomically.
 pub fn save_classifier(
     path: &Path,

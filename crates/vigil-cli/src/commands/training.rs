@@ -340,7 +340,7 @@ pub fn drive_with(
                 seconds,
                 out.join(train::files::MODEL).display()
             );
-            if let Some((epoch, loss)) = run.state.best {
+            if let Some((epoch, loss)) = run.state.best_epoch() {
                 eprintln!(
                     "lowest validation loss {loss:.4} at epoch {epoch}: its weights are in {}",
                     out.join(train::files::BEST).display()

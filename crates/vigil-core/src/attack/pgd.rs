@@ -157,7 +157,7 @@ impl Pgd {
         let mut best = BestIterate::new(n, self.keep);
         for _ in 0..self.steps {
             let (values, grad) = value_and_gradient(x.clone(), &objective);
-            best.offer(&x, &values);
+            best.offer(&x, &host(values));
             x = match self.norm {
                 Norm::Linf => linf_step(x, x0.clone(), grad, self.step_size, self.eps),
                 Norm::L2 => l2_step(x, x0.clone(), grad, self.step_size, self.eps),
@@ -278,20 +278,23 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
 }
 
-/// Per-sample values of `objective` at `x` and the gradient of their sum (both without autodiff).
+/// Per-sample values of `objective` at `x` and the gradient of their sum (both without autodiff;
+/// the gradient is zeros if the objective does not depend on `x`). `x` may live on the plain or
+/// the autodiff device; the objective sees it on the autodiff device.
 fn value_and_gradient(
     x: Tensor<4>,
-    objective: &impl Fn(Tensor<4>) -> Tensor<1>,
-) -> (Vec<f32>, Tensor<4>) {
-    let xa = x.clone().autodiff().require_grad();
+    objective: impl FnOnce(Tensor<4>) -> Tensor<1>,
+) -> (Tensor<1>, Tensor<4>) {
+    let plain = x.without_autodiff();
+    let xa = plain.clone().autodiff().require_grad();
     let values = objective(xa.clone());
     let grads = values.clone().sum().backward();
-    let grad = xa.grad(&grads).unwrap_or_else(|| x.zeros_like());
-    (host(values.detach().without_autodiff()), grad)
+    let grad = xa.grad(&grads).unwrap_or_else(|| plain.zeros_like());
+    (values.detach().without_autodiff(), grad)
 }
 
 /// Per-sample objectives of the standard attacks, each a closure for [`Pgd::attack`] over a
-/// [`frozen`] model in eval mode.
+/// [`frozen`] model (in eval mode unless told otherwise).
 pub mod objective {
     use super::*;
 
@@ -303,15 +306,16 @@ pub mod objective {
         move |x| cross_entropy_per_sample(model.forward(x, BnMode::Eval), labels.clone())
     }
 
-    /// TRADES: `KL(softmax(clean) || softmax(f(x)))` per sample, from the clean logits.
+    /// TRADES: `KL(softmax(clean) || softmax(f(x)))` per sample, from the clean logits (held
+    /// constant), with BatchNorm in `bn` mode: eval, or train to reproduce the HALO reference's
+    /// train-mode attack.
     pub fn kl_from_clean<'a>(
         model: &'a Classifier,
         clean_logits: Tensor<2>,
+        bn: BnMode,
     ) -> impl Fn(Tensor<4>) -> Tensor<1> + 'a {
-        move |x| {
-            let clean = clean_logits.clone().detach();
-            kl_divergence_per_sample(clean, model.forward(x, BnMode::Eval))
-        }
+        let clean = clean_logits.detach();
+        move |x| kl_divergence_per_sample(clean.clone(), model.forward(x, bn))
     }
 
     /// ID to OOD: minimise the cross-entropy to the uniform distribution (push an input's
@@ -354,15 +358,12 @@ pub fn input_gradient(
 }
 
 /// Gradient of a scalar `objective` of the inputs `x` (no autodiff in the result; zeros if the
-/// objective does not depend on `x`). `x` must live on an autodiff device.
+/// objective does not depend on `x`). `x` may live on the plain or the autodiff device.
 pub fn gradient_wrt_input(
     x: Tensor<4>,
     objective: impl FnOnce(Tensor<4>) -> Tensor<1>,
 ) -> Tensor<4> {
-    let x = x.detach().require_grad();
-    let grads = objective(x.clone()).backward();
-    x.grad(&grads)
-        .unwrap_or_else(|| x.clone().without_autodiff().zeros_like())
+    value_and_gradient(x, objective).1
 }
 
 /// One ascent step of size `alpha` along `sign(grad)`, projected to the `eps`-ball around `x0`

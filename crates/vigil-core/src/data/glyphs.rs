@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ab_glyph::{Font, FontVec, PxScale, point};
+use ab_glyph::{Font, FontRef, PxScale, point};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -86,7 +86,7 @@ pub fn render(
     let mut labels: Vec<Label> = Vec::new();
     let mut rng = StdRng::seed_from_u64(style.seed);
     for file in fonts {
-        let font = FontVec::try_from_vec(file.bytes.clone())
+        let font = FontRef::try_from_slice(&file.bytes)
             .map_err(|e| invalid(format!("font {}: {e}", file.name)))?;
         for (label, &c) in chars.iter().enumerate() {
             let id = font.glyph_id(c);

@@ -14,36 +14,33 @@ use super::idx::{MNIST_CLASSES, decompress_if_gzip};
 
 /// `n` images of `shape` with every pixel uniform in `[0, 1)`, from a seeded generator.
 pub fn uniform_noise(n: usize, shape: ImageShape, seed: u64) -> Result<ImageSet> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let pixels = (0..n * shape.num_values())
-        .map(|_| rng.random::<f32>())
-        .collect();
-    ImageSet::new(
-        pixels,
-        vec![0; n],
-        shape,
-        vec!["noise".into()],
-        "uniform-noise",
-    )
+    noise(n, shape, seed, "uniform-noise", |rng| rng.random::<f32>())
 }
 
 /// `n` images of `shape` with every pixel drawn from `N(0.5, 0.25^2)` and clipped to `[0, 1]`.
 pub fn gaussian_noise(n: usize, shape: ImageShape, seed: u64) -> Result<ImageSet> {
-    let mut rng = StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.5f32, 0.25).map_err(|e| DataError::InvalidImageSet {
         origin: "gaussian-noise".into(),
         reason: e.to_string(),
     })?;
+    noise(n, shape, seed, "gaussian-noise", |rng| {
+        normal.sample(rng).clamp(0.0, 1.0)
+    })
+}
+
+/// `n` images of one class, `noise`, each pixel drawn by `pixel` from a generator seeded by `seed`.
+fn noise(
+    n: usize,
+    shape: ImageShape,
+    seed: u64,
+    name: &str,
+    mut pixel: impl FnMut(&mut StdRng) -> f32,
+) -> Result<ImageSet> {
+    let mut rng = StdRng::seed_from_u64(seed);
     let pixels = (0..n * shape.num_values())
-        .map(|_| normal.sample(&mut rng).clamp(0.0, 1.0))
+        .map(|_| pixel(&mut rng))
         .collect();
-    ImageSet::new(
-        pixels,
-        vec![0; n],
-        shape,
-        vec!["noise".into()],
-        "gaussian-noise",
-    )
+    ImageSet::new(pixels, vec![0; n], shape, vec!["noise".into()], name)
 }
 
 /// Parses scikit-learn's `digits.csv.gz` (raw or gzipped bytes): rows of 64 intensities 0-16

@@ -28,8 +28,6 @@
 
 pub mod weight_average;
 
-use std::path::Path;
-
 use burn::tensor::{Device, Int, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -39,8 +37,7 @@ use crate::attack::pgd::{Pgd, PgdError, frozen, objective};
 use crate::data::sampler::CycledShuffle;
 use crate::data::{ImageSet, augmented_batch, batch};
 use crate::loss::{
-    cross_entropy, cross_entropy_to_uniform_per_sample, kl_divergence_batchmean,
-    kl_divergence_per_sample, predictions,
+    cross_entropy, cross_entropy_to_uniform_per_sample, kl_divergence_batchmean, predictions,
 };
 use crate::models::{BnMode, Classifier};
 use crate::optim::ParamSlots;
@@ -331,10 +328,10 @@ pub fn objective_loss(
     } else {
         BnMode::Eval
     };
-    let clean = attacked.forward(x.clone(), mode).detach();
+    let clean = attacked.forward(x.clone(), mode);
     let x_adv = config.pgd().attack(
         x.clone(),
-        |xa| kl_divergence_per_sample(clean.clone(), attacked.forward(xa, mode)),
+        objective::kl_from_clean(&attacked, clean, mode),
         rng,
     )?;
     let x_adv = x_adv.autodiff();
@@ -383,20 +380,6 @@ pub struct RobustStep<'a> {
     /// Held-out ID data scored with the robust loss after every epoch, if any.
     pub validation: Option<&'a ImageSet>,
     outliers: Option<(&'a ImageSet, CycledShuffle)>,
-    last: LossParts,
-}
-
-/// The plain-number parts of the last step's loss.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct LossParts {
-    /// CE on clean ID images.
-    pub cross_entropy: f64,
-    /// CE to uniform of clean outliers.
-    pub outlier: f64,
-    /// The KL term.
-    pub adversarial: f64,
-    /// The helper term.
-    pub helper: f64,
 }
 
 /// Stream of the outlier order, apart from the ID order's.
@@ -460,13 +443,7 @@ impl<'a> RobustStep<'a> {
             helper,
             validation,
             outliers,
-            last: LossParts::default(),
         })
-    }
-
-    /// The parts of the last step's loss.
-    pub fn last_parts(&self) -> LossParts {
-        self.last
     }
 
     /// Mean cross-entropy on the validation set after a CE PGD attack with the training attack's
@@ -539,12 +516,6 @@ impl StepRule for RobustStep<'_> {
         )?;
         let loss = finite_loss(scalar(&terms.total), at.epoch, at.batch)?;
         let correct = count_correct(terms.id_logits.clone(), id.labels);
-        self.last = LossParts {
-            cross_entropy: terms.cross_entropy,
-            outlier: terms.outlier,
-            adversarial: terms.adversarial,
-            helper: terms.helper,
-        };
         sgd_step(
             classifier,
             &terms.total.backward(),
@@ -561,10 +532,6 @@ impl StepRule for RobustStep<'_> {
         device: &Device,
     ) -> Result<Option<f64>, TrainError> {
         Ok(RobustStep::validation_loss(self, classifier, device)?)
-    }
-
-    fn save(&self, _run_dir: &Path, _step: usize) -> Result<(), TrainError> {
-        Ok(())
     }
 }
 

@@ -1,15 +1,13 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::TensorData;
 
 use super::*;
 use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
-use crate::checkpoint::{self, TensorFile};
 use crate::device::default_device;
 use crate::loss::cross_entropy_per_sample;
-use crate::optim::schedule::Schedule;
-use crate::optim::sgd::SgdConfig;
-use crate::train::{TrainObserver, TrainOutcome, TrainState, load_resume, run};
+use crate::train::test_util::{StopAfter, Tensors, model_tensors, scratch, tiny_config};
+use crate::train::{TrainOutcome, TrainState, load_resume, run};
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
@@ -220,47 +218,6 @@ fn missing_outliers_or_helper_are_errors() {
 
 // ----- Training under the one loop, with exact resume -----
 
-fn train_config(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        dataset: "t".into(),
-        epochs,
-        batch_size: 8,
-        eval_batch_size: 16,
-        schedule: Schedule::Constant { lr: 0.05 },
-        sgd: SgdConfig::default(),
-        crop_padding: 0,
-        horizontal_flip: false,
-        seed: 0,
-        train_limit: None,
-        test_limit: None,
-        robust: None,
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-halo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Every tensor of a model, by name.
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-struct StopAfter {
-    after: usize,
-    seen: usize,
-}
-
-impl TrainObserver for StopAfter {
-    fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
-        self.seen += 1;
-    }
-    fn should_stop(&mut self) -> bool {
-        self.seen == self.after
-    }
-}
-
 /// Trains HALO on tiny data in `dir`, stopping once after `stop_after` batches and resuming from
 /// the files when that is given; returns every tensor of the model and the run's state.
 fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
@@ -269,7 +226,7 @@ fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
     let outliers = two_class_8x8(14, |i| ((i * 53) % 97) as f32 / 96.0);
     let validation = two_class_8x8(6, |i| ((i * 29) % 89) as f32 / 88.0);
     let helper = model(7);
-    let tc = train_config(2);
+    let tc = tiny_config(2, 8);
     let cfg = HaloConfig {
         steps: 2,
         ..HaloConfig::reference_defaults(Objective::Halo)
@@ -277,10 +234,7 @@ fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
     let mut classifier = model(1);
     let mut slots = ParamSlots::new();
     let mut state = TrainState::new(tc.clone());
-    let mut observer = StopAfter {
-        after: stop_after.unwrap_or(usize::MAX),
-        seen: 0,
-    };
+    let mut observer = StopAfter::new(stop_after);
     loop {
         let mut rule = RobustStep::new(
             &train,
@@ -309,18 +263,13 @@ fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
         }
         (classifier, slots, state) = load_resume(dir, &device).unwrap();
     }
-    let bytes = checkpoint::to_bytes(&classifier, None).unwrap();
-    let mut weights = TensorFile::from_bytes(Path::new("model"), &bytes)
-        .unwrap()
-        .tensors;
-    weights.sort_by(|a, b| a.0.cmp(&b.0));
-    (weights, state)
+    (model_tensors(&classifier), state)
 }
 
 #[test]
 fn halo_training_resumes_bit_for_bit_and_keeps_the_best_validated_epoch() {
     // 20 images in batches of 8: 3 batches per epoch; stop mid-epoch and at an epoch's end.
-    let straight = scratch("straight");
+    let straight = scratch("halo", "straight");
     let (expected, state) = train_halo(&straight, None);
     assert_eq!(state.history.len(), 2);
     assert!(
@@ -329,7 +278,7 @@ fn halo_training_resumes_bit_for_bit_and_keeps_the_best_validated_epoch() {
             .iter()
             .all(|r| r.validation_loss.is_some_and(f64::is_finite))
     );
-    let (best_epoch, best_loss) = state.best.expect("a best epoch");
+    let (best_epoch, best_loss) = state.best_epoch().expect("a best epoch");
     let lowest = state
         .history
         .iter()
@@ -339,13 +288,13 @@ fn halo_training_resumes_bit_for_bit_and_keeps_the_best_validated_epoch() {
     assert!(straight.join(crate::train::files::BEST).exists());
     assert!(best_epoch == 1 || best_epoch == 2);
     for stop in [2, 3] {
-        let dir = scratch(&format!("stop{stop}"));
+        let dir = scratch("halo", &format!("stop{stop}"));
         let (got, resumed) = train_halo(&dir, Some(stop));
         assert_eq!(
             got, expected,
             "model differs after stopping at batch {stop}"
         );
-        assert_eq!(resumed.best, state.best);
+        assert_eq!(resumed.best_epoch(), state.best_epoch());
         std::fs::remove_dir_all(&dir).unwrap();
     }
     std::fs::remove_dir_all(&straight).unwrap();

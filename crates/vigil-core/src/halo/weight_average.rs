@@ -41,9 +41,7 @@ pub struct WeightAverage {
 }
 
 fn tensors_of(model: &Classifier) -> Result<TensorFile, HaloError> {
-    let bytes = checkpoint::to_bytes(model, None).map_err(HaloError::InvalidConfig)?;
-    TensorFile::from_bytes(Path::new("weights"), &bytes)
-        .map_err(|e| HaloError::InvalidConfig(e.to_string()))
+    checkpoint::classifier_tensors(model).map_err(|e| HaloError::InvalidConfig(e.to_string()))
 }
 
 impl WeightAverage {

@@ -64,6 +64,16 @@ pub enum TraceLoss {
     Precise,
 }
 
+impl TraceLoss {
+    /// The per-sample loss of `logits` against `labels` in this form, shape `[n]`.
+    pub fn per_sample(self, logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+        match self {
+            TraceLoss::Reference => cross_entropy_per_sample(logits, labels),
+            TraceLoss::Precise => cross_entropy_per_sample_precise(logits, labels),
+        }
+    }
+}
+
 /// How the traces are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -280,11 +290,7 @@ impl TraceInputs {
         let mut out = Vec::with_capacity(self.len());
         for (x, y) in &self.batches {
             let logits = model.forward(x.clone(), BnMode::Eval);
-            let l = match form {
-                TraceLoss::Reference => cross_entropy_per_sample(logits, y.clone()),
-                TraceLoss::Precise => cross_entropy_per_sample_precise(logits, y.clone()),
-            };
-            out.extend(l.into_data().iter::<f32>());
+            out.extend(form.per_sample(logits, y.clone()).into_data().iter::<f32>());
         }
         out
     }
@@ -608,11 +614,9 @@ pub fn run_chain(
                     let model = state.live.for_inference();
                     state.traces.extend(inputs.losses(&model, config.loss));
                 }
-                TraceForm::Linearised => state.traces.extend(linearised::displacement(
-                    &state.live,
-                    &state.slots,
-                    W_STAR_SLOT,
-                )),
+                TraceForm::Linearised => state
+                    .traces
+                    .extend(linearised::displacement(&state.live, &state.slots)),
             }
             state.progress.diagnostics.trace_seconds += started.elapsed().as_secs_f64();
         }
@@ -762,9 +766,14 @@ pub fn run_chains(
         all_diagnostics.push(*diagnostics);
     }
     if config.traces == TraceForm::Linearised {
-        // One pass of per-sample gradients serves every chain's displacements.
+        // One pass of per-sample gradients serves every chain's displacements, joined in place
+        // (the first chain's buffer grows) rather than copied whole beside them.
         let started = Instant::now();
-        let displacements = chain_values.concat();
+        let mut parts = std::mem::take(&mut chain_values).into_iter();
+        let mut displacements = parts.next().unwrap_or_default();
+        for part in parts {
+            displacements.extend_from_slice(&part);
+        }
         let traces =
             linearised::linearised_traces(w_star, &inputs, &displacements, config.loss, device)?;
         let share = started.elapsed().as_secs_f64() / chains.len() as f64;

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use super::MadError;
 use super::chain::{TraceInputs, TraceLoss};
+use super::sgld::W_STAR_SLOT;
 use crate::kernels::conv2d::{Mat, matmul_threaded};
-use crate::loss::{cross_entropy_per_sample, cross_entropy_per_sample_precise};
 use crate::models::{BnMode, Classifier};
 use crate::optim::{ParamSlots, param_infos};
 
@@ -56,16 +56,11 @@ pub fn check_memory(rows: usize, floats: usize) -> Result<(), MadError> {
     Ok(())
 }
 
-/// `w - w*` of every float of `live`, w* read from slot `w_star_slot` of `slots`, flattened in
-/// visiting order.
-pub(crate) fn displacement(
-    live: &Classifier,
-    slots: &ParamSlots,
-    w_star_slot: &'static str,
-) -> Vec<f32> {
+/// `w - w*` of every float of `live`, w* read from the chain's `slots`, flattened in visiting
+/// order.
+pub(crate) fn displacement(live: &Classifier, slots: &ParamSlots) -> Vec<f32> {
     struct Visit<'a> {
         slots: &'a ParamSlots,
-        slot: &'static str,
         out: Vec<f32>,
     }
     impl ModuleVisitor for Visit<'_> {
@@ -73,7 +68,7 @@ pub(crate) fn displacement(
             let value = param.val().without_autodiff();
             let n = value.dims().iter().product::<usize>();
             let flat = value.reshape([n]);
-            let delta = match self.slots.get(param.id, self.slot) {
+            let delta = match self.slots.get(param.id, W_STAR_SLOT) {
                 Some(w_star) => flat - w_star.clone(),
                 None => flat.zeros_like(),
             };
@@ -82,7 +77,6 @@ pub(crate) fn displacement(
     }
     let mut visit = Visit {
         slots,
-        slot: w_star_slot,
         out: Vec::new(),
     };
     live.network.visit(&mut visit);
@@ -144,11 +138,7 @@ fn gradient_block(
                     &autodiff,
                 );
                 let logits = model.forward(x, BnMode::Eval);
-                let loss = match form {
-                    TraceLoss::Reference => cross_entropy_per_sample(logits, y),
-                    TraceLoss::Precise => cross_entropy_per_sample_precise(logits, y),
-                };
-                let grads = loss.sum().backward();
+                let grads = form.per_sample(logits, y).sum().backward();
                 flat_gradient(&model.network, &grads, &mut out);
             }
             Ok(out)

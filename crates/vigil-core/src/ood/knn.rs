@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{OodError, OodScore, features_of};
+use super::{OodError, OodScore, features_of, on_device_of};
 use crate::data::ImageSet;
 use crate::models::{BnMode, Classifier};
 
@@ -15,7 +15,8 @@ pub struct Knn {
     pub k: usize,
     /// Batch size of the feature pass while fitting.
     pub batch_size: usize,
-    bank: Option<(Vec<f32>, usize)>,
+    /// The normalised training features `[n, dim]`, on the plain device, built once at fit.
+    bank: Option<Tensor<2>>,
 }
 
 impl Knn {
@@ -28,8 +29,13 @@ impl Knn {
         }
     }
 
-    /// Stores ID training features `[n, dim]` (normalised here).
-    pub fn fit_features(&mut self, features: &[f64], dim: usize) -> Result<(), OodError> {
+    /// Stores ID training features `[n, dim]` (normalised here) on `device`.
+    pub fn fit_features(
+        &mut self,
+        features: &[f64],
+        dim: usize,
+        device: &Device,
+    ) -> Result<(), OodError> {
         let n = features.len().checked_div(dim).unwrap_or(0);
         if dim == 0 || n < self.k || self.k == 0 || features.len() != n * dim {
             return Err(OodError::Fit {
@@ -45,23 +51,25 @@ impl Knn {
             let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
             bank.extend(row.iter().map(|v| (v / norm) as f32));
         }
-        self.bank = Some((bank, dim));
+        self.bank = Some(Tensor::from_data(
+            TensorData::new(bank, [n, dim]),
+            &device.clone().inner(),
+        ));
         Ok(())
     }
 
     /// Scores of features `[n, dim]` (differentiable in them).
     pub fn score_features(&self, features: Tensor<2>) -> Result<Tensor<1>, OodError> {
-        let (bank, dim) = self.bank.as_ref().ok_or(OodError::NotFitted("knn"))?;
+        let bank = self.bank.as_ref().ok_or(OodError::NotFitted("knn"))?;
         let [n, d] = features.dims();
-        if d != *dim {
+        let dim = bank.dims()[1];
+        if d != dim {
             return Err(OodError::Fit {
                 score: "knn",
                 reason: format!("fitted on {dim}-dimensional features, given {d}"),
             });
         }
-        let device = features.device();
-        let m = bank.len() / dim;
-        let bank = Tensor::<2>::from_data(TensorData::new(bank.clone(), [m, *dim]), &device);
+        let bank = on_device_of(bank.clone(), &features);
         let norm = features
             .clone()
             .powi_scalar(2)
@@ -92,7 +100,7 @@ impl OodScore for Knn {
         device: &Device,
     ) -> Result<(), OodError> {
         let (features, dim, _) = features_of(model, id_train, self.batch_size.max(1), device);
-        self.fit_features(&features, dim)
+        self.fit_features(&features, dim, device)
     }
 
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {

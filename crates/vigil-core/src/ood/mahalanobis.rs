@@ -5,7 +5,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{OodError, OodScore, features_of};
+use super::{OodError, OodScore, features_of, on_device_of};
 use crate::data::ImageSet;
 use crate::models::{BnMode, Classifier};
 
@@ -18,12 +18,14 @@ pub struct Mahalanobis {
 }
 
 #[derive(Debug, Clone)]
+/// What scoring needs, built once at fit on the plain device.
 struct Fitted {
-    dim: usize,
-    /// Class means, `[classes, dim]` row-major.
-    means: Vec<f64>,
-    /// Inverse of the shared covariance, `[dim, dim]` row-major.
-    precision: Vec<f64>,
+    /// Class means, `[classes, dim]`.
+    means: Tensor<2>,
+    /// Inverse of the shared covariance, `[dim, dim]`.
+    precision: Tensor<2>,
+    /// `mu_c^T Sigma^-1 mu_c` of every class, `[1, classes]`.
+    mean_norms: Tensor<2>,
 }
 
 impl Mahalanobis {
@@ -35,12 +37,14 @@ impl Mahalanobis {
         }
     }
 
-    /// Fits class means and the inverse shared covariance from features `[n, dim]` and labels.
+    /// Fits class means and the inverse shared covariance from features `[n, dim]` and labels,
+    /// kept on `device`.
     pub fn fit_features(
         &mut self,
         features: &[f64],
         dim: usize,
         labels: &[usize],
+        device: &Device,
     ) -> Result<(), OodError> {
         let fail = |reason: String| OodError::Fit {
             score: "mahalanobis",
@@ -101,10 +105,18 @@ impl Mahalanobis {
         }
         let precision = invert_spd(&covariance, dim)
             .ok_or_else(|| fail("the feature covariance is not positive definite".into()))?;
+        let device = device.clone().inner();
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let precision =
+            Tensor::<2>::from_data(TensorData::new(f32s(&precision), [dim, dim]), &device);
+        let means = Tensor::<2>::from_data(TensorData::new(f32s(&means), [classes, dim]), &device);
+        let mean_norms = (means.clone().matmul(precision.clone()) * means.clone())
+            .sum_dim(1)
+            .reshape([1, classes]);
         self.fitted = Some(Fitted {
-            dim,
             means,
             precision,
+            mean_norms,
         });
         Ok(())
     }
@@ -115,31 +127,21 @@ impl Mahalanobis {
             .fitted
             .as_ref()
             .ok_or(OodError::NotFitted("mahalanobis"))?;
-        let device = features.device();
         let [n, dim] = features.dims();
-        if dim != fitted.dim {
+        let fitted_dim = fitted.precision.dims()[0];
+        if dim != fitted_dim {
             return Err(OodError::Fit {
                 score: "mahalanobis",
-                reason: format!("fitted on {}-dimensional features, given {dim}", fitted.dim),
+                reason: format!("fitted on {fitted_dim}-dimensional features, given {dim}"),
             });
         }
-        let classes = fitted.means.len() / dim;
-        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let precision = Tensor::<2>::from_data(
-            TensorData::new(f32s(&fitted.precision), [dim, dim]),
-            &device,
-        );
-        let means = Tensor::<2>::from_data(
-            TensorData::new(f32s(&fitted.means), [classes, dim]),
-            &device,
-        );
+        let precision = on_device_of(fitted.precision.clone(), &features);
+        let means = on_device_of(fitted.means.clone(), &features);
+        let mm = on_device_of(fitted.mean_norms.clone(), &features);
         // (f - mu)^T P (f - mu) = f P f - 2 f P mu + mu P mu, for every sample and class.
-        let fp = features.clone().matmul(precision.clone());
+        let fp = features.clone().matmul(precision);
         let ff = (fp.clone() * features).sum_dim(1); // [n, 1]
-        let fm = fp.matmul(means.clone().transpose()); // [n, classes]
-        let mm = (means.clone().matmul(precision) * means)
-            .sum_dim(1)
-            .reshape([1, classes]);
+        let fm = fp.matmul(means.transpose()); // [n, classes]
         let distances = ff - fm.mul_scalar(2.0) + mm;
         Ok(distances.min_dim(1).reshape([n]))
     }
@@ -157,7 +159,7 @@ impl OodScore for Mahalanobis {
         device: &Device,
     ) -> Result<(), OodError> {
         let (features, dim, labels) = features_of(model, id_train, self.batch_size.max(1), device);
-        self.fit_features(&features, dim, &labels)
+        self.fit_features(&features, dim, &labels, device)
     }
 
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {

@@ -14,6 +14,8 @@ pub mod msp;
 pub mod odin;
 pub mod react;
 
+use std::convert::Infallible;
+
 use burn::tensor::{Device, Tensor};
 
 use crate::data::{ImageSet, batch};
@@ -76,14 +78,12 @@ pub fn score_set(
     device: &Device,
 ) -> Result<Vec<f64>, OodError> {
     let model = model.for_inference();
-    let device = device.clone().inner();
-    let all: Vec<usize> = (0..set.len()).collect();
     let mut out = Vec::with_capacity(set.len());
-    for chunk in all.chunks(batch_size.max(1)) {
-        let b = batch(set, chunk, &device);
-        let values = score.score(&model, b.images)?;
+    for_each_batch::<OodError>(set, batch_size, device, |images| {
+        let values = score.score(&model, images)?;
         out.extend(values.into_data().iter::<f32>().map(f64::from));
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -101,18 +101,40 @@ pub(crate) fn features_of(
     device: &Device,
 ) -> (Vec<f64>, usize, Vec<usize>) {
     let model = model.for_inference();
-    let device = device.clone().inner();
-    let all: Vec<usize> = (0..set.len()).collect();
     let mut features = Vec::new();
     let mut dim = 0;
-    for chunk in all.chunks(batch_size.max(1)) {
-        let b = batch(set, chunk, &device);
-        let f = model.features(b.images, crate::models::BnMode::Eval);
+    let Ok(()) = for_each_batch::<Infallible>(set, batch_size, device, |images| {
+        let f = model.features(images, crate::models::BnMode::Eval);
         dim = f.dims()[1];
         features.extend(f.into_data().iter::<f32>().map(f64::from));
-    }
+        Ok(())
+    });
     let labels = (0..set.len()).map(|i| usize::from(set.label(i))).collect();
     (features, dim, labels)
+}
+
+/// `t` on the device kind of `like`: wrapped for autodiff when `like` is tracked, so a score's
+/// fitted tensors (kept on the plain device) combine with differentiable inputs.
+pub(crate) fn on_device_of<const D: usize, const E: usize>(
+    t: Tensor<D>,
+    like: &Tensor<E>,
+) -> Tensor<D> {
+    if like.is_autodiff() { t.autodiff() } else { t }
+}
+
+/// Calls `f` on the images of `set`, in order, in batches of `batch_size` on the plain device.
+fn for_each_batch<E>(
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+    mut f: impl FnMut(Tensor<4>) -> Result<(), E>,
+) -> Result<(), E> {
+    let device = device.clone().inner();
+    let all: Vec<usize> = (0..set.len()).collect();
+    for chunk in all.chunks(batch_size.max(1)) {
+        f(batch(set, chunk, &device).images)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

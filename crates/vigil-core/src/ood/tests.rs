@@ -79,12 +79,15 @@ fn mahalanobis_is_the_distance_to_the_closest_class_mean() {
         score.score_features(query.clone()),
         Err(OodError::NotFitted(_))
     ));
-    score.fit_features(&features, 2, &labels).unwrap();
+    score
+        .fit_features(&features, 2, &labels, &default_device())
+        .unwrap();
     let got = host(score.score_features(query).unwrap());
     for (g, w) in got.iter().zip([0.0, 9.0, 50.0]) {
         assert!((g - w).abs() < 1e-3 * w.max(1.0), "{got:?}");
     }
-    let empty_class = score.fit_features(&features, 2, &[0, 0, 0, 0, 2, 2, 2, 2]);
+    let empty_class =
+        score.fit_features(&features, 2, &[0, 0, 0, 0, 2, 2, 2, 2], &default_device());
     assert!(matches!(empty_class, Err(OodError::Fit { .. })));
 }
 
@@ -158,7 +161,7 @@ fn knn_is_the_distance_to_the_kth_normalised_neighbour_and_differentiable() {
     // Bank: unit vectors at 0, 90 and 180 degrees (after normalisation).
     let bank = [2.0, 0.0, 0.0, 3.0, -1.0, 0.0];
     let mut knn = Knn::new(2, 4);
-    knn.fit_features(&bank, 2).unwrap();
+    knn.fit_features(&bank, 2, &default_device()).unwrap();
     // Query at 0 degrees: distances 0, sqrt(2), 2; the 2nd nearest is sqrt(2).
     let device = default_device().autodiff();
     let q =
@@ -172,7 +175,9 @@ fn knn_is_the_distance_to_the_kth_normalised_neighbour_and_differentiable() {
         "the score should be differentiable in the features"
     );
     assert!(
-        Knn::new(4, 4).fit_features(&bank, 2).is_err(),
+        Knn::new(4, 4)
+            .fit_features(&bank, 2, &default_device())
+            .is_err(),
         "k beyond the bank"
     );
 }

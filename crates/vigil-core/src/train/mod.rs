@@ -195,10 +195,6 @@ pub struct TrainState {
     pub epoch_seconds: f64,
     /// Finished epochs.
     pub history: Vec<EpochRecord>,
-    /// The epoch (1-based) with the lowest validation loss so far, and that loss: the weights
-    /// kept in `best.safetensors`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub best: Option<(usize, f64)>,
 }
 
 impl TrainState {
@@ -212,13 +208,26 @@ impl TrainState {
             epoch_sums: (0.0, 0, 0),
             epoch_seconds: 0.0,
             history: Vec::new(),
-            best: None,
         }
     }
 
     /// Whether every epoch is done.
     pub fn finished(&self) -> bool {
         self.epoch >= self.config.epochs
+    }
+
+    /// The finished epoch (1-based) with the lowest validation loss, and that loss: the weights
+    /// kept in `best.safetensors`. The first such epoch on a tie; `None` without validation.
+    pub fn best_epoch(&self) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for record in &self.history {
+            if let Some(loss) = record.validation_loss
+                && best.is_none_or(|(_, b)| loss < b)
+            {
+                best = Some((record.epoch, loss));
+            }
+        }
+        best
     }
 
     /// Counts batch `b` of the current epoch as done: one optimiser step over `n` images with
@@ -516,11 +525,10 @@ pub fn run(
         let validation_loss = rule.validation_loss(classifier, &device)?;
         let record =
             state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64(), validation_loss);
-        if let Some(loss) = validation_loss
-            && state.best.is_none_or(|(_, best)| loss < best)
+        if let Some((epoch, loss)) = state.best_epoch()
+            && epoch == record.epoch
         {
-            state.best = Some((record.epoch, loss));
-            let meta = serde_json::json!({ "epoch": record.epoch, "validation_loss": loss });
+            let meta = serde_json::json!({ "epoch": epoch, "validation_loss": loss });
             checkpoint::save_classifier(&run_dir.join(files::BEST), classifier, Some(&meta))?;
         }
         // The rule's files first: `save_epoch` writes `state.json` last, naming the step.
@@ -720,6 +728,81 @@ pub fn load_resume(
         )));
     }
     Ok((classifier, slots, state))
+}
+
+/// What the tests of training runs share: a tiny configuration, a scratch folder, an observer
+/// that stops once, and every tensor of a model for bit-exact comparisons.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::path::PathBuf;
+
+    use super::{TrainConfig, TrainObserver};
+    use crate::checkpoint;
+    use crate::models::Classifier;
+    use crate::optim::schedule::Schedule;
+    use crate::optim::sgd::SgdConfig;
+
+    /// Constant lr 0.05, default SGD, no augmentation, seed 0, evaluation batches of 16.
+    pub(crate) fn tiny_config(epochs: usize, batch_size: usize) -> TrainConfig {
+        TrainConfig {
+            dataset: "t".into(),
+            epochs,
+            batch_size,
+            eval_batch_size: 16,
+            schedule: Schedule::Constant { lr: 0.05 },
+            sgd: SgdConfig::default(),
+            crop_padding: 0,
+            horizontal_flip: false,
+            seed: 0,
+            train_limit: None,
+            test_limit: None,
+            robust: None,
+        }
+    }
+
+    /// An empty temporary folder `vigil-<prefix>-<name>-<pid>`.
+    pub(crate) fn scratch(prefix: &str, name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("vigil-{prefix}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Stops the run after `after` batches (counted over calls), once.
+    pub(crate) struct StopAfter {
+        pub(crate) after: usize,
+        pub(crate) seen: usize,
+    }
+
+    impl StopAfter {
+        /// Stops after `after` batches, or never.
+        pub(crate) fn new(after: Option<usize>) -> Self {
+            Self {
+                after: after.unwrap_or(usize::MAX),
+                seen: 0,
+            }
+        }
+    }
+
+    impl TrainObserver for StopAfter {
+        fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
+            self.seen += 1;
+        }
+        fn should_stop(&mut self) -> bool {
+            self.seen == self.after
+        }
+    }
+
+    /// Every tensor of a model, by name.
+    pub(crate) type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+    /// Every tensor of `model` (BatchNorm statistics included), sorted by name.
+    pub(crate) fn model_tensors(model: &Classifier) -> Tensors {
+        let mut tensors = checkpoint::classifier_tensors(model).unwrap().tensors;
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    }
 }
 
 #[cfg(test)]

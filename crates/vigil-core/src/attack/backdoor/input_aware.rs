@@ -505,9 +505,7 @@ mod tests {
     use super::*;
     use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
     use crate::device::default_device;
-    use crate::optim::schedule::Schedule;
-    use crate::optim::sgd::SgdConfig;
-    use crate::train::TrainConfig;
+    use crate::train::test_util::{StopAfter, Tensors, model_tensors, scratch, tiny_config};
 
     fn images(n: usize) -> ImageSet {
         two_class_8x8(n, |i| ((i * 29 + i / 64 * 7) % 89) as f32 / 88.0)
@@ -539,23 +537,6 @@ mod tests {
         }
     }
 
-    fn train_config(epochs: usize) -> TrainConfig {
-        TrainConfig {
-            dataset: "t".into(),
-            epochs,
-            batch_size: 16,
-            eval_batch_size: 16,
-            schedule: Schedule::Constant { lr: 0.05 },
-            sgd: SgdConfig::default(),
-            crop_padding: 0,
-            horizontal_flip: false,
-            seed: 0,
-            train_limit: None,
-            test_limit: None,
-            robust: None,
-        }
-    }
-
     fn attack_config() -> InputAwareConfig {
         InputAwareConfig {
             mask_iterations: 20,
@@ -564,30 +545,6 @@ mod tests {
             ..InputAwareConfig::default()
         }
     }
-
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vigil-ia-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// Stops the run after `after` batches (counted over calls), once.
-    struct StopAfter {
-        after: usize,
-        seen: usize,
-    }
-
-    impl TrainObserver for StopAfter {
-        fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
-            self.seen += 1;
-        }
-        fn should_stop(&mut self) -> bool {
-            self.seen == self.after
-        }
-    }
-
-    type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
     /// The same starting classifier every time: weights from a host RNG, not burn's
     /// process-wide device RNG (which tests running in parallel reseed).
@@ -603,12 +560,9 @@ mod tests {
         let train = images(40);
         let mut classifier = initial_classifier(&device);
         let mut slots = ParamSlots::new();
-        let mut state = TrainState::new(train_config(2));
+        let mut state = TrainState::new(tiny_config(2, 16));
         let rule = TargetRule::AllToOne { target: 1 };
-        let mut observer = StopAfter {
-            after: stop_after.unwrap_or(usize::MAX),
-            seen: 0,
-        };
+        let mut observer = StopAfter::new(stop_after);
         // At most one stop: the second call resumes from the files and runs to the end.
         let mut outcome;
         loop {
@@ -635,12 +589,7 @@ mod tests {
             panic!("the resumed run should finish")
         };
         assert_eq!(state.history.len(), 2);
-        // Every tensor of the model, BatchNorm statistics included, by name.
-        let bytes = checkpoint::to_bytes(&classifier, None).unwrap();
-        let mut weights = TensorFile::from_bytes(Path::new("model"), &bytes)
-            .unwrap()
-            .tensors;
-        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        let weights = model_tensors(&classifier);
         let mut triggered = vec![0.0; 128];
         let (a, b) = triggered.split_at_mut(64);
         attack.apply_trigger(train.image(0), train.shape(), 0, a);
@@ -650,7 +599,7 @@ mod tests {
 
     #[test]
     fn trains_and_gives_image_specific_triggers_in_range() {
-        let dir = scratch("fresh");
+        let dir = scratch("ia", "fresh");
         let (_, triggered) = run(&dir, None);
         let train = images(40);
         let (a, b) = triggered.split_at(64);
@@ -674,10 +623,10 @@ mod tests {
     fn an_interrupted_run_resumes_to_the_same_model_and_trigger() {
         // 40 images in batches of 16: 3 batches per epoch; stop mid-epoch 0 (after batch 2),
         // and separately at the end of epoch 0 (after batch 3).
-        let straight = scratch("straight");
+        let straight = scratch("ia", "straight");
         let expected = run(&straight, None);
         for stop in [2, 3] {
-            let dir = scratch(&format!("stop{stop}"));
+            let dir = scratch("ia", &format!("stop{stop}"));
             let got = run(&dir, Some(stop));
             assert_eq!(
                 got.0, expected.0,
@@ -694,7 +643,7 @@ mod tests {
 
     #[test]
     fn resume_refuses_generators_from_another_step() {
-        let dir = scratch("mismatch");
+        let dir = scratch("ia", "mismatch");
         let device = default_device().autodiff();
         let mut rng = StdRng::seed_from_u64(2);
         let (g, m) = (
