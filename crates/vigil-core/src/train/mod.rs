@@ -740,9 +740,9 @@ pub(crate) mod test_util {
     use crate::checkpoint;
     use crate::models::Classifier;
     use crate::optim::schedule::Schedule;
-    use crate::optim::sgd::SgdConfig;
 
-    /// Constant lr 0.05, default SGD, no augmentation, seed 0, evaluation batches of 16.
+    /// Constant lr 0.05, evaluation batches of 16, otherwise the small CNN recipe (default SGD,
+    /// no augmentation, seed 0).
     pub(crate) fn tiny_config(epochs: usize, batch_size: usize) -> TrainConfig {
         TrainConfig {
             dataset: "t".into(),
@@ -750,13 +750,7 @@ pub(crate) mod test_util {
             batch_size,
             eval_batch_size: 16,
             schedule: Schedule::Constant { lr: 0.05 },
-            sgd: SgdConfig::default(),
-            crop_padding: 0,
-            horizontal_flip: false,
-            seed: 0,
-            train_limit: None,
-            test_limit: None,
-            robust: None,
+            ..TrainConfig::small_cnn_default()
         }
     }
 
