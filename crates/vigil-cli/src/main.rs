@@ -53,6 +53,7 @@ enum Command {
     Score(commands::score::ScoreArgs),
     Merge(commands::merge::MergeArgs),
     Bench(commands::bench::BenchArgs),
+    Benchmark(commands::benchmark::BenchmarkArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Benchmark(args) => commands::benchmark::run(args),
     };
     match result {
         Ok(code) => code,

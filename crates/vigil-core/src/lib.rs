@@ -10,6 +10,7 @@
 
 pub mod attack;
 pub mod bench;
+pub mod benchmark;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -6,13 +6,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use vigil_core::checkpoint;
-use vigil_core::data::{DatasetKind, Split};
+use vigil_core::data::Split;
 use vigil_core::device::default_device;
 use vigil_core::inference::evaluate;
 use vigil_core::models::BnMode;
 
-use super::{DataArgs, ModelArgs, limit};
+use super::{DataArgs, ModelArgs, limit, trained_on};
 
 /// Evaluate a checkpoint: accuracy, mean loss and per-class accuracy on a split.
 ///
@@ -69,17 +68,11 @@ struct EvalReport {
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let device = default_device();
-    let info = checkpoint::inspect(&args.checkpoint).ok();
-    let trained_on = info
-        .as_ref()
-        .and_then(|i| i.training.as_ref())
-        .and_then(|t| t.get("dataset"))
-        .and_then(|d| d.as_str())
-        .and_then(|d| d.parse::<DatasetKind>().ok());
-    let kind =
-        args.data.dataset.or(trained_on).context(
-            "the checkpoint does not say which dataset it was trained on: pass --dataset",
-        )?;
+    let kind = args
+        .data
+        .dataset
+        .or_else(|| trained_on(&args.checkpoint))
+        .context("the checkpoint does not say which dataset it was trained on: pass --dataset")?;
     let classifier = args.model.load(&args.checkpoint, &device)?;
     let set = limit(args.data.load(kind, args.split)?, args.limit, 0)?;
     let started = std::time::Instant::now();

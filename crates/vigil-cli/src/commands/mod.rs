@@ -2,6 +2,7 @@
 
 pub mod attack;
 pub mod bench;
+pub mod benchmark;
 pub mod calibrate;
 pub mod eval;
 pub mod info;
@@ -149,4 +150,34 @@ impl ModelArgs {
         };
         loaded.with_context(|| format!("loading the model {}", path.display()))
     }
+}
+
+/// Parses a number in `[0, 1]`, written plainly or as a fraction (`8/255`).
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    let value = match text.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (
+                a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+                b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+            );
+            a / b
+        }
+        None => text.trim().parse().map_err(|e| format!("{text}: {e}"))?,
+    };
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{text} is not in [0, 1]"))
+    }
+}
+
+/// The dataset a vigil checkpoint says it was trained on.
+pub fn trained_on(path: &Path) -> Option<DatasetKind> {
+    checkpoint::inspect(path)
+        .ok()?
+        .training?
+        .get("dataset")?
+        .as_str()?
+        .parse()
+        .ok()
 }

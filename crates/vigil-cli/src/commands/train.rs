@@ -14,7 +14,7 @@ use vigil_core::halo::{HaloConfig, Objective, ReferenceRules, RobustSettings, Ro
 use vigil_core::models::Classifier;
 
 use super::training::{TrainingArgs, data_selection, drive, drive_with, open_run_with};
-use super::{DataArgs, limit};
+use super::{DataArgs, limit, parse_fraction};
 
 /// Train a classifier with SGD and write a run folder.
 ///
@@ -121,25 +121,6 @@ impl From<ObjectiveArg> for Objective {
             ObjectiveArg::TradesOe => Objective::TradesOe,
             ObjectiveArg::Halo => Objective::Halo,
         }
-    }
-}
-
-/// `0.0314` or `8/255`.
-fn parse_fraction(text: &str) -> Result<f64, String> {
-    let value = match text.split_once('/') {
-        Some((a, b)) => {
-            let (a, b): (f64, f64) = (
-                a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
-                b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
-            );
-            a / b
-        }
-        None => text.trim().parse().map_err(|e| format!("{text}: {e}"))?,
-    };
-    if value.is_finite() && (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("{text} is not in [0, 1]"))
     }
 }
 

@@ -253,7 +253,7 @@ impl TraceInputs {
             .collect();
         let fingerprint = [&set, &task.sampling]
             .iter()
-            .fold(labels.len() as u64, |h, s| mix(h, fingerprint(s), 0));
+            .fold(labels.len() as u64, |h, s| mix(h, s.fingerprint(), 0));
         Ok(Self {
             batches,
             n_trusted: task.trusted.len(),
@@ -294,21 +294,6 @@ impl TraceInputs {
         }
         out
     }
-}
-
-/// A cheap content hash of a set (pixels, labels), so a resumed chain can check its data.
-fn fingerprint(set: &ImageSet) -> u64 {
-    let mut h = set.len() as u64;
-    for chunk in set.pixels().chunks(4096) {
-        let mut acc = 0u64;
-        for v in chunk {
-            acc = acc.rotate_left(5) ^ u64::from(v.to_bits());
-        }
-        h = mix(h, acc, 1);
-    }
-    set.labels()
-        .iter()
-        .fold(h, |h, &l| h.rotate_left(3) ^ u64::from(l))
 }
 
 /// The minibatch of step `step` (0-based) of chain `chain`: passes over the sampling set in

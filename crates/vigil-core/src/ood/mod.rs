@@ -17,6 +17,7 @@ pub mod react;
 use std::convert::Infallible;
 
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::data::{ImageSet, batch};
 use crate::metrics::{MetricsError, OodMetrics, ood_metrics};
@@ -69,9 +70,89 @@ pub trait OodScore {
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError>;
 }
 
+/// The scores by name, for settings and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreKind {
+    /// [`Msp`].
+    Msp,
+    /// [`Energy`].
+    Energy,
+    /// [`MaxLogit`].
+    MaxLogit,
+    /// [`Odin`].
+    Odin,
+    /// [`Mahalanobis`].
+    Mahalanobis,
+    /// [`Knn`] with k = 50.
+    Knn,
+    /// [`React`] at the 90th percentile.
+    React,
+}
+
+impl ScoreKind {
+    /// Every score, in report order.
+    pub const ALL: [ScoreKind; 7] = [
+        ScoreKind::Msp,
+        ScoreKind::Energy,
+        ScoreKind::MaxLogit,
+        ScoreKind::Odin,
+        ScoreKind::Mahalanobis,
+        ScoreKind::Knn,
+        ScoreKind::React,
+    ];
+
+    /// The name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreKind::Msp => "msp",
+            ScoreKind::Energy => "energy",
+            ScoreKind::MaxLogit => "max-logit",
+            ScoreKind::Odin => "odin",
+            ScoreKind::Mahalanobis => "mahalanobis",
+            ScoreKind::Knn => "knn",
+            ScoreKind::React => "react",
+        }
+    }
+
+    /// An unfitted score with the papers' settings; fitting reads features in batches of
+    /// `batch_size`.
+    pub fn build(self, batch_size: usize) -> Box<dyn OodScore> {
+        match self {
+            ScoreKind::Msp => Box::new(Msp),
+            ScoreKind::Energy => Box::new(Energy::default()),
+            ScoreKind::MaxLogit => Box::new(MaxLogit),
+            ScoreKind::Odin => Box::new(Odin::default()),
+            ScoreKind::Mahalanobis => Box::new(Mahalanobis::new(batch_size)),
+            ScoreKind::Knn => Box::new(Knn::new(50, batch_size)),
+            ScoreKind::React => Box::new(React::new(0.9, batch_size)),
+        }
+    }
+}
+
+impl std::fmt::Display for ScoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ScoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown OOD score `{s}` (one of {})", names.join(", "))
+            })
+    }
+}
+
 /// Scores of every image of `set`, in order, in batches of `batch_size` (eval mode, no autodiff).
 pub fn score_set(
-    score: &impl OodScore,
+    score: &(impl OodScore + ?Sized),
     model: &Classifier,
     set: &ImageSet,
     batch_size: usize,

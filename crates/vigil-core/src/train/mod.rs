@@ -528,7 +528,13 @@ pub fn run(
         if let Some((epoch, loss)) = state.best_epoch()
             && epoch == record.epoch
         {
-            let meta = serde_json::json!({ "epoch": epoch, "validation_loss": loss });
+            // The run's settings (so the file names its data set, like model.safetensors) and
+            // which epoch it is.
+            let mut meta = serde_json::to_value(&state.config).unwrap_or_default();
+            if let Some(map) = meta.as_object_mut() {
+                map.insert("kept_epoch".into(), epoch.into());
+                map.insert("validation_loss".into(), loss.into());
+            }
             checkpoint::save_classifier(&run_dir.join(files::BEST), classifier, Some(&meta))?;
         }
         // The rule's files first: `save_epoch` writes `state.json` last, naming the step.

@@ -1,0 +1,304 @@
+//! `vigil benchmark`: whole experiments on a set of models. `vigil benchmark ood`: OOD detection
+//! under attack (SPEC.md section 2).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::ProgressBar;
+use vigil_core::attack::pgd::Pgd;
+use vigil_core::benchmark::ood::{
+    self, Contender, OodBenchmarkConfig, OodBenchmarkData, OodSet, Progress,
+};
+use vigil_core::data::Split;
+use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
+use vigil_core::data::ood_sets::OodSetSpec;
+use vigil_core::device::default_device;
+use vigil_core::ood::ScoreKind;
+
+use super::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
+use crate::progress::bar;
+
+/// Run a benchmark over several models.
+#[derive(Args, Debug)]
+pub struct BenchmarkArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Subcommand, Debug)]
+enum Which {
+    Ood(Box<OodArgs>),
+}
+
+/// OOD detection under attack: every model x OOD score, on the ID test set against each test
+/// OOD set, clean, with ID inputs attacked (pushed towards a uniform prediction), OOD inputs
+/// attacked (made confident), both, both through the score itself (adaptive) and both crafted
+/// on another model (transfer, with --transfer-from). Metrics per OOD set and averaged:
+/// AUROC, FPR at 95% TPR, AUPR-in, AUPR-out, OOD the positive class; and clean and robust
+/// (PGD cross-entropy) accuracy.
+///
+/// Writes OUT/report.json, OUT/rows.csv and OUT/report.md; every finished stage is saved under
+/// OUT/parts, so rerunning the same command after an interruption continues where it stopped.
+#[derive(Args, Debug)]
+pub struct OodArgs {
+    /// A folder of ladder runs (`scripts/halo-ladder.sh`): evaluates DIR/<objective> for each
+    /// of std, oe, trades, trades-oe and halo present, its best.safetensors (lowest validation
+    /// loss) or else its model.safetensors.
+    #[arg(long, value_name = "DIR")]
+    ladder: Option<PathBuf>,
+
+    /// A model to evaluate, as NAME=CHECKPOINT (repeatable).
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_named)]
+    models: Vec<(String, PathBuf)>,
+
+    /// Craft the transfer attack on this model (a separately trained STD model).
+    #[arg(long, value_name = "PATH")]
+    transfer_from: Option<PathBuf>,
+
+    #[command(flatten)]
+    model_args: ModelArgs,
+
+    #[command(flatten)]
+    data: DataArgs,
+
+    /// Test OOD sets, as NAME[=PATH][@near|@far]: letters-test (FreeFont a-z), sklearn-digits,
+    /// uniform-noise, gaussian-noise, or a data set's test split (mnist, cifar10, cifar100,
+    /// image-folder=DIR).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "letters-test,mnist,sklearn-digits,uniform-noise,gaussian-noise"
+    )]
+    ood: Vec<OodSetSpec>,
+
+    /// OOD scores to evaluate.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "msp,energy,max-logit,odin,mahalanobis,knn,react"
+    )]
+    scores: Vec<ScoreKind>,
+
+    /// Scores also attacked adaptively (one attack of every set per model and score), or `none`.
+    #[arg(long, value_delimiter = ',', default_value = "msp,energy,max-logit,odin,mahalanobis,knn,react", value_parser = parse_adaptive)]
+    adaptive: Vec<Option<ScoreKind>>,
+
+    /// L-infinity radius of every attack.
+    #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
+    eps: f64,
+
+    /// PGD steps (step size 2.5 eps / steps).
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+
+    /// Use the HALO reference's PGD rules (unclipped start, best iterate by batch total).
+    #[arg(long)]
+    reference_pgd: bool,
+
+    /// Attack and scoring batch size.
+    #[arg(long, default_value_t = 200)]
+    batch_size: usize,
+
+    /// ID test images (a seeded subset; all if not given).
+    #[arg(long, value_name = "N")]
+    id_limit: Option<usize>,
+
+    /// Images per OOD set (a seeded subset; noise sets draw this many, 2,000 by default).
+    #[arg(long, value_name = "N")]
+    ood_limit: Option<usize>,
+
+    /// ID training images the scores are fitted on (a seeded subset).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    fit_limit: usize,
+
+    /// Seed of the subsets and the attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Folder of font files for the letter sets.
+    #[arg(long, value_name = "DIR", default_value = SYSTEM_FONT_DIR)]
+    font_dir: PathBuf,
+
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_named(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("`{text}`: give a model as NAME=PATH")),
+    }
+}
+
+fn parse_adaptive(text: &str) -> Result<Option<ScoreKind>, String> {
+    if text == "none" {
+        Ok(None)
+    } else {
+        text.parse().map(Some)
+    }
+}
+
+/// The ladder's objectives, in order.
+const LADDER: [&str; 5] = ["std", "oe", "trades", "trades-oe", "halo"];
+
+pub fn run(args: BenchmarkArgs) -> Result<ExitCode> {
+    match args.which {
+        Which::Ood(args) => run_ood(*args),
+    }
+}
+
+fn run_ood(args: OodArgs) -> Result<ExitCode> {
+    let device = default_device();
+    let mut named = Vec::new();
+    if let Some(dir) = &args.ladder {
+        for objective in LADDER {
+            let run = dir.join(objective);
+            let path = [
+                checkpoint_file(&run, "best.safetensors"),
+                checkpoint_file(&run, "model.safetensors"),
+            ]
+            .into_iter()
+            .flatten()
+            .next();
+            if let Some(path) = path {
+                named.push((objective.to_string(), path));
+            }
+        }
+        if named.is_empty() {
+            bail!(
+                "{} holds no ladder run (std/, oe/, trades/, trades-oe/, halo/ with a checkpoint): train them with scripts/halo-ladder.sh",
+                dir.display()
+            );
+        }
+    }
+    named.extend(args.models.iter().cloned());
+    if named.is_empty() {
+        bail!("no model to evaluate: give --ladder DIR or --model NAME=PATH");
+    }
+    let mut contenders = Vec::new();
+    for (name, path) in &named {
+        eprintln!("model {name}: {}", path.display());
+        contenders.push(Contender {
+            name: name.clone(),
+            model: args.model_args.load(path, &device)?,
+        });
+    }
+    let transfer = match &args.transfer_from {
+        Some(path) => Some(Contender {
+            name: path.display().to_string(),
+            model: args.model_args.load(path, &device)?,
+        }),
+        None => None,
+    };
+
+    let kind = match args.data.dataset {
+        Some(kind) => kind,
+        None => trained_on(&named[0].1).with_context(|| {
+            format!(
+                "{} does not say which dataset it was trained on: pass --dataset",
+                named[0].1.display()
+            )
+        })?,
+    };
+    let id_test = limit(args.data.load(kind, Split::Test)?, args.id_limit, args.seed)?;
+    let id_fit = limit(
+        args.data.load(kind, Split::Train)?,
+        Some(args.fit_limit),
+        args.seed,
+    )?;
+    let shape = id_test.shape();
+    let mut ood = Vec::new();
+    for spec in &args.ood {
+        let name = spec.name();
+        let images = spec
+            .load(
+                shape,
+                args.ood_limit,
+                args.seed,
+                &args.font_dir,
+                args.data.data_dir.as_deref(),
+            )
+            .with_context(|| format!("preparing the OOD set {name}"))?;
+        eprintln!("OOD set {name}: {} images", images.len());
+        ood.push(OodSet {
+            name,
+            group: spec.group,
+            images,
+        });
+    }
+    let data = OodBenchmarkData {
+        id_fit,
+        id_test,
+        ood,
+    };
+
+    let mut attack = Pgd::linf(args.eps, args.steps);
+    if args.reference_pgd {
+        attack = attack.reference();
+    }
+    let config = OodBenchmarkConfig {
+        attack,
+        scores: args.scores.clone(),
+        adaptive: args.adaptive.iter().flatten().copied().collect(),
+        batch_size: args.batch_size,
+        seed: args.seed,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut current: Option<ProgressBar> = None;
+    let report = ood::run(
+        &config,
+        &data,
+        &contenders,
+        transfer.as_ref(),
+        Some(&args.out),
+        &device,
+        &mut |p| match p {
+            Progress::Stage {
+                model,
+                stage,
+                images,
+            } => {
+                if let Some(b) = current.take() {
+                    b.finish_and_clear();
+                }
+                let b = bar(images as u64, model.to_string());
+                b.set_message(stage.to_string());
+                current = Some(b);
+            }
+            Progress::Loaded { model, stage } => eprintln!("{model} {stage}: saved earlier"),
+            Progress::Images(n) => {
+                if let Some(b) = &current {
+                    b.inc(n as u64);
+                }
+            }
+        },
+    )
+    .context("running the OOD benchmark")?;
+    if let Some(b) = current.take() {
+        b.finish_and_clear();
+    }
+    report
+        .save(&args.out)
+        .with_context(|| format!("writing the report into {}", args.out.display()))?;
+    eprintln!("{}", report.to_markdown());
+    eprintln!("report: {}", args.out.join("report.md").display());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint_file(run: &Path, name: &str) -> Option<PathBuf> {
+    let path = run.join(name);
+    path.is_file().then_some(path)
+}

@@ -1,0 +1,50 @@
+//! Whole experiments a benchmark command runs on a user's models and data, resumable and
+//! reported as JSON, CSV and Markdown: OOD detection under attack ([`ood`]).
+
+pub mod ood;
+
+use std::path::PathBuf;
+
+use crate::attack::pgd::PgdError;
+use crate::data::DataError;
+use crate::io::IoError;
+use crate::ood::OodError;
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchmarkError {
+    /// An OOD score could not be fitted or evaluated.
+    #[error(transparent)]
+    Ood(#[from] OodError),
+    /// The attack's settings are invalid.
+    #[error(transparent)]
+    Pgd(#[from] PgdError),
+    /// Results could not be written.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// Data could not be prepared.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The settings or inputs cannot make a benchmark.
+    #[error("{0}")]
+    Invalid(String),
+    /// Results saved earlier in the output folder belong to another run.
+    #[error(
+        "{} holds results of other settings, data or models ({what}): choose another output folder or delete it",
+        .dir.display()
+    )]
+    Mismatch {
+        /// The output folder.
+        dir: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// A saved part could not be read back.
+    #[error("cannot read {}: {reason}", .path.display())]
+    Part {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,942 @@
+//! OOD detection under attack (SPEC.md section 2, evaluation): every model x OOD score, on ID
+//! test data against each test OOD set, in six settings.
+//!
+//! - **clean**;
+//! - **ID attacked**: ID inputs pushed towards a uniform prediction (PGD minimising
+//!   `CE_to_uniform`, so they look OOD);
+//! - **OOD attacked**: OOD inputs made confident (PGD maximising it, so they look ID);
+//! - **both attacked**;
+//! - **adaptive**: both sides attacked through the score itself (ID inputs pushed up the score,
+//!   OOD inputs down), one attack per score;
+//! - **transfer**: both sides attacked on a separately trained source model, then shown to every
+//!   model.
+//!
+//! The attacks on the uniform objective are crafted once per model and shared by every score.
+//! Metrics are AUROC, FPR at 95% TPR, AUPR-in and AUPR-out with **OOD the positive class**, per
+//! OOD set and averaged (over all sets, near ones, far ones); beside them clean accuracy and
+//! accuracy under PGD on the cross-entropy (robust accuracy).
+//!
+//! Each model's stages are saved as they finish (`parts/<model>/<stage>.json`), so an
+//! interrupted run continues where it stopped; saved parts of other settings, data or weights are
+//! refused, never mixed in.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{Device, Int, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::BenchmarkError;
+use crate::attack::pgd::{Pgd, frozen, objective};
+use crate::checkpoint;
+use crate::data::ood_sets::OodGroup;
+use crate::data::{ImageSet, batch};
+use crate::inference::evaluate as classify;
+use crate::io::write_json_atomic;
+use crate::metrics::OodMetrics;
+use crate::models::{BnMode, Classifier};
+use crate::ood::{OodError, OodScore, ScoreKind, evaluate, score_set};
+use crate::train::mix;
+
+/// What the benchmark measures and how hard it attacks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OodBenchmarkConfig {
+    /// The attack of every attacked setting (and of robust accuracy, on the cross-entropy).
+    pub attack: Pgd,
+    /// The scores evaluated in every setting.
+    pub scores: Vec<ScoreKind>,
+    /// The scores also attacked adaptively (each costs one attack of every set per model).
+    pub adaptive: Vec<ScoreKind>,
+    /// Attack and scoring batch size.
+    pub batch_size: usize,
+    /// Seed of the attacks' random starts.
+    pub seed: u64,
+}
+
+impl OodBenchmarkConfig {
+    /// The HALO reference's evaluation: L-inf eps 8/255, 40 PGD steps of 2.5 eps / 40 from a
+    /// random start (best iterate per sample), attack batch 200; every score, each also
+    /// attacked adaptively.
+    pub fn reference_defaults() -> Self {
+        Self {
+            attack: Pgd::linf(8.0 / 255.0, 40),
+            scores: ScoreKind::ALL.to_vec(),
+            adaptive: ScoreKind::ALL.to_vec(),
+            batch_size: 200,
+            seed: 0,
+        }
+    }
+
+    fn validate(&self) -> Result<(), BenchmarkError> {
+        self.attack.validate()?;
+        if self.scores.is_empty() {
+            return Err(BenchmarkError::Invalid("no OOD score to evaluate".into()));
+        }
+        if let Some(s) = self.adaptive.iter().find(|s| !self.scores.contains(s)) {
+            return Err(BenchmarkError::Invalid(format!(
+                "the adaptive attack on {s} needs {s} among the scores"
+            )));
+        }
+        if self.batch_size == 0 {
+            return Err(BenchmarkError::Invalid("the batch size must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A test OOD set, already in the ID images' shape.
+#[derive(Debug, Clone)]
+pub struct OodSet {
+    /// Its name in reports.
+    pub name: String,
+    /// Near or far, for the group averages.
+    pub group: OodGroup,
+    /// The images.
+    pub images: ImageSet,
+}
+
+/// The data of a benchmark.
+#[derive(Debug, Clone)]
+pub struct OodBenchmarkData {
+    /// ID training images the scores are fitted on (Mahalanobis, k-NN, ReAct).
+    pub id_fit: ImageSet,
+    /// ID test images (labelled, for accuracy).
+    pub id_test: ImageSet,
+    /// The test OOD sets.
+    pub ood: Vec<OodSet>,
+}
+
+/// A model under test, by name.
+#[derive(Debug, Clone)]
+pub struct Contender {
+    /// Its name in reports (also its folder of saved parts).
+    pub name: String,
+    /// The model.
+    pub model: Classifier,
+}
+
+/// The six evaluation settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setting {
+    /// Nothing attacked.
+    Clean,
+    /// ID inputs pushed towards a uniform prediction.
+    IdAttacked,
+    /// OOD inputs made confident.
+    OodAttacked,
+    /// Both.
+    BothAttacked,
+    /// Both, through the score itself.
+    Adaptive,
+    /// Both, crafted on another model.
+    Transfer,
+}
+
+impl Setting {
+    /// Report order.
+    pub const ALL: [Setting; 6] = [
+        Setting::Clean,
+        Setting::IdAttacked,
+        Setting::OodAttacked,
+        Setting::BothAttacked,
+        Setting::Adaptive,
+        Setting::Transfer,
+    ];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Clean => "clean",
+            Setting::IdAttacked => "id-attacked",
+            Setting::OodAttacked => "ood-attacked",
+            Setting::BothAttacked => "both-attacked",
+            Setting::Adaptive => "adaptive",
+            Setting::Transfer => "transfer",
+        }
+    }
+}
+
+/// One measurement: a model's score in a setting against one OOD set (or an average over sets:
+/// `mean`, `near`, `far`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OodRow {
+    /// The model.
+    pub model: String,
+    /// The score.
+    pub score: ScoreKind,
+    /// The setting.
+    pub setting: Setting,
+    /// The OOD set, or `mean`, `near`, `far`.
+    pub ood_set: String,
+    /// The metrics (OOD positive).
+    #[serde(flatten)]
+    pub metrics: OodMetrics,
+}
+
+/// A model's classification accuracy on the ID test set, clean and under PGD on the
+/// cross-entropy of the true labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAccuracy {
+    /// The model.
+    pub model: String,
+    /// Clean accuracy.
+    pub clean: f64,
+    /// Robust accuracy.
+    pub robust: f64,
+}
+
+/// Name, group and size of a test OOD set, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OodSetSummary {
+    /// Name.
+    pub name: String,
+    /// Group.
+    pub group: OodGroup,
+    /// Images.
+    pub size: usize,
+}
+
+/// Everything a benchmark measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OodBenchmarkReport {
+    /// vigil's version.
+    pub vigil_version: String,
+    /// The settings.
+    pub config: OodBenchmarkConfig,
+    /// Which class is positive in FPR@95TPR and AUPR-out.
+    pub positive_class: String,
+    /// ID images the scores were fitted on.
+    pub id_fit_size: usize,
+    /// ID test images.
+    pub id_test_size: usize,
+    /// The test OOD sets.
+    pub ood_sets: Vec<OodSetSummary>,
+    /// The model the transfer attack was crafted on, if any.
+    pub transfer_source: Option<String>,
+    /// Accuracy of every model.
+    pub accuracy: Vec<ModelAccuracy>,
+    /// Every measurement per OOD set.
+    pub rows: Vec<OodRow>,
+    /// Averages over OOD sets (`mean`, `near`, `far`).
+    pub averages: Vec<OodRow>,
+    /// Wall-clock seconds of this invocation (parts loaded from disk cost nothing).
+    pub seconds: f64,
+}
+
+/// What the benchmark is doing, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A stage of a model starts; `images` attacked or scored images are ahead.
+    Stage {
+        /// The model.
+        model: &'a str,
+        /// The stage (`accuracy`, `uniform`, `adaptive-msp`, `transfer`, ...).
+        stage: &'a str,
+        /// Images the stage attacks.
+        images: usize,
+    },
+    /// A stage was found on disk and skipped.
+    Loaded {
+        /// The model.
+        model: &'a str,
+        /// The stage.
+        stage: &'a str,
+    },
+    /// `n` more images attacked.
+    Images(usize),
+}
+
+/// A stage's results as saved on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    /// Content hash of the model's weights.
+    model_fingerprint: u64,
+    accuracy: Option<ModelAccuracy>,
+    rows: Vec<OodRow>,
+}
+
+/// Settings and data of the run, saved once so a resumed run can check them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunIdentity {
+    config: OodBenchmarkConfig,
+    data_fingerprint: u64,
+    transfer_source: Option<u64>,
+}
+
+/// Runs the benchmark over `contenders`, the transfer attack crafted on `transfer_source` when
+/// given (name, model). With `out`, each finished stage is saved under `out/parts` and reused
+/// by a later run of the same settings, data and weights.
+pub fn run(
+    config: &OodBenchmarkConfig,
+    data: &OodBenchmarkData,
+    contenders: &[Contender],
+    transfer_source: Option<&Contender>,
+    out: Option<&Path>,
+    device: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<OodBenchmarkReport, BenchmarkError> {
+    config.validate()?;
+    check_inputs(data, contenders)?;
+    let started = Instant::now();
+    let parts = out.map(|o| o.join("parts"));
+    if let Some(parts) = &parts {
+        let identity = RunIdentity {
+            config: config.clone(),
+            data_fingerprint: data_fingerprint(data),
+            transfer_source: transfer_source
+                .map(|s| model_fingerprint(&s.model))
+                .transpose()?,
+        };
+        check_identity(parts, &identity)?;
+    }
+    let mut bench = Bench {
+        config,
+        data,
+        device,
+        transfer: None,
+        transfer_source,
+    };
+    let mut accuracy = Vec::new();
+    let mut rows = Vec::new();
+    for contender in contenders {
+        let fingerprint = model_fingerprint(&contender.model)?;
+        let mut model_run = ModelRun {
+            contender,
+            fingerprint,
+            scores: None,
+        };
+        let mut stages = vec![Stage::Accuracy, Stage::Uniform];
+        stages.extend(config.adaptive.iter().map(|&s| Stage::Adaptive(s)));
+        if transfer_source.is_some() {
+            stages.push(Stage::Transfer);
+        }
+        for stage in stages {
+            let name = stage.name();
+            let path = parts
+                .as_ref()
+                .map(|p| p.join(&contender.name).join(format!("{name}.json")));
+            let part = match path.as_deref().map(read_part).transpose()?.flatten() {
+                Some(part) if part.model_fingerprint == fingerprint => {
+                    progress(Progress::Loaded {
+                        model: &contender.name,
+                        stage: &name,
+                    });
+                    part
+                }
+                Some(_) => {
+                    return Err(BenchmarkError::Mismatch {
+                        dir: out.map(Path::to_path_buf).unwrap_or_default(),
+                        what: format!("the weights of {} changed", contender.name),
+                    });
+                }
+                None => {
+                    progress(Progress::Stage {
+                        model: &contender.name,
+                        stage: &name,
+                        images: bench.images_of(stage),
+                    });
+                    let part = bench.stage(&mut model_run, stage, progress)?;
+                    if let Some(path) = &path {
+                        write_json_atomic(path, &part)?;
+                    }
+                    part
+                }
+            };
+            accuracy.extend(part.accuracy);
+            rows.extend(part.rows);
+        }
+    }
+    let averages = averages(&rows, &data.ood);
+    Ok(OodBenchmarkReport {
+        vigil_version: env!("CARGO_PKG_VERSION").into(),
+        config: config.clone(),
+        positive_class:
+            "OOD (FPR at 95% TPR: the fraction of ID inputs flagged when 95% of OOD inputs are)"
+                .into(),
+        id_fit_size: data.id_fit.len(),
+        id_test_size: data.id_test.len(),
+        ood_sets: data
+            .ood
+            .iter()
+            .map(|s| OodSetSummary {
+                name: s.name.clone(),
+                group: s.group,
+                size: s.images.len(),
+            })
+            .collect(),
+        transfer_source: transfer_source.map(|s| s.name.clone()),
+        accuracy,
+        rows,
+        averages,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One unit of saved work per model.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Accuracy,
+    Uniform,
+    Adaptive(ScoreKind),
+    Transfer,
+}
+
+impl Stage {
+    fn name(self) -> String {
+        match self {
+            Stage::Accuracy => "accuracy".into(),
+            Stage::Uniform => "uniform".into(),
+            Stage::Adaptive(s) => format!("adaptive-{s}"),
+            Stage::Transfer => "transfer".into(),
+        }
+    }
+}
+
+/// The shared state of one run.
+struct Bench<'a> {
+    config: &'a OodBenchmarkConfig,
+    data: &'a OodBenchmarkData,
+    device: &'a Device,
+    transfer_source: Option<&'a Contender>,
+    /// The transfer attack's ID and OOD sets, crafted once on first use.
+    transfer: Option<(ImageSet, Vec<ImageSet>)>,
+}
+
+/// The state of one model's stages: its scores are fitted on first use.
+struct ModelRun<'a> {
+    contender: &'a Contender,
+    fingerprint: u64,
+    scores: Option<Vec<(ScoreKind, Box<dyn OodScore>)>>,
+}
+
+impl Bench<'_> {
+    fn ood_images(&self) -> usize {
+        self.data.ood.iter().map(|s| s.images.len()).sum()
+    }
+
+    /// Images a stage attacks (for progress).
+    fn images_of(&self, stage: Stage) -> usize {
+        let both = self.data.id_test.len() + self.ood_images();
+        match stage {
+            Stage::Accuracy => self.data.id_test.len(),
+            Stage::Uniform | Stage::Adaptive(_) => both,
+            Stage::Transfer if self.transfer.is_none() => both,
+            Stage::Transfer => 0,
+        }
+    }
+
+    fn stage(
+        &mut self,
+        run: &mut ModelRun,
+        stage: Stage,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Part, BenchmarkError> {
+        let model = &run.contender.model;
+        let name = run.contender.name.clone();
+        let mut part = Part {
+            model_fingerprint: run.fingerprint,
+            accuracy: None,
+            rows: Vec::new(),
+        };
+        if let Stage::Accuracy = stage {
+            let clean = classify(
+                model,
+                &self.data.id_test,
+                None,
+                256,
+                BnMode::Eval,
+                self.device,
+            );
+            let attacked = self.attack_cross_entropy(model, &name, progress)?;
+            let robust = classify(model, &attacked, None, 256, BnMode::Eval, self.device);
+            part.accuracy = Some(ModelAccuracy {
+                model: name,
+                clean: clean.accuracy(),
+                robust: robust.accuracy(),
+            });
+            return Ok(part);
+        }
+        if run.scores.is_none() {
+            let mut fitted = Vec::new();
+            for &kind in &self.config.scores {
+                let mut score = kind.build(self.config.batch_size);
+                score.fit(model, &self.data.id_fit, self.device)?;
+                fitted.push((kind, score));
+            }
+            run.scores = Some(fitted);
+        }
+        let scores = run.scores.as_deref().unwrap_or_default();
+        let id = &self.data.id_test;
+        match stage {
+            Stage::Accuracy => {}
+            Stage::Uniform => {
+                let id_adv = self.attack_uniform(model, &name, id, true, progress)?;
+                let mut ood_adv = Vec::new();
+                for set in &self.data.ood {
+                    ood_adv.push(self.attack_uniform(
+                        model,
+                        &name,
+                        &set.images,
+                        false,
+                        progress,
+                    )?);
+                }
+                for (kind, score) in scores {
+                    let batch = self.config.batch_size;
+                    let id_clean = score_set(score.as_ref(), model, id, batch, self.device)?;
+                    let id_attacked =
+                        score_set(score.as_ref(), model, &id_adv, batch, self.device)?;
+                    for (set, adv) in self.data.ood.iter().zip(&ood_adv) {
+                        let clean =
+                            score_set(score.as_ref(), model, &set.images, batch, self.device)?;
+                        let attacked = score_set(score.as_ref(), model, adv, batch, self.device)?;
+                        for (setting, i, o) in [
+                            (Setting::Clean, &id_clean, &clean),
+                            (Setting::IdAttacked, &id_attacked, &clean),
+                            (Setting::OodAttacked, &id_clean, &attacked),
+                            (Setting::BothAttacked, &id_attacked, &attacked),
+                        ] {
+                            part.rows.push(row(&name, *kind, setting, &set.name, i, o)?);
+                        }
+                    }
+                }
+            }
+            Stage::Adaptive(kind) => {
+                let score = scores
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map(|(_, s)| s.as_ref())
+                    .ok_or_else(|| {
+                        BenchmarkError::Invalid(format!("{kind} is not among the scores"))
+                    })?;
+                let batch = self.config.batch_size;
+                let stream = format!("adaptive-{kind}");
+                let id_adv = self.attack_score(model, &name, &stream, id, score, 1.0, progress)?;
+                let id_scores = score_set(score, model, &id_adv, batch, self.device)?;
+                for set in &self.data.ood {
+                    let adv = self.attack_score(
+                        model,
+                        &name,
+                        &stream,
+                        &set.images,
+                        score,
+                        -1.0,
+                        progress,
+                    )?;
+                    let ood_scores = score_set(score, model, &adv, batch, self.device)?;
+                    part.rows.push(row(
+                        &name,
+                        kind,
+                        Setting::Adaptive,
+                        &set.name,
+                        &id_scores,
+                        &ood_scores,
+                    )?);
+                }
+            }
+            Stage::Transfer => {
+                let (data, device, batch) = (self.data, self.device, self.config.batch_size);
+                let (id_adv, ood_adv) = self.transfer_sets(progress)?;
+                for (kind, score) in scores {
+                    let id_scores = score_set(score.as_ref(), model, id_adv, batch, device)?;
+                    for (set, adv) in data.ood.iter().zip(ood_adv) {
+                        let ood_scores = score_set(score.as_ref(), model, adv, batch, device)?;
+                        part.rows.push(row(
+                            &name,
+                            *kind,
+                            Setting::Transfer,
+                            &set.name,
+                            &id_scores,
+                            &ood_scores,
+                        )?);
+                    }
+                }
+            }
+        }
+        Ok(part)
+    }
+
+    /// The transfer attack's sets, crafted on the source model once.
+    fn transfer_sets(
+        &mut self,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(&ImageSet, &[ImageSet]), BenchmarkError> {
+        if self.transfer.is_none() {
+            let source = self.transfer_source.ok_or_else(|| {
+                BenchmarkError::Invalid("the transfer setting needs a source model".into())
+            })?;
+            let stream = format!("transfer:{}", source.name);
+            let id =
+                self.attack_uniform(&source.model, &stream, &self.data.id_test, true, progress)?;
+            let mut ood = Vec::new();
+            for set in &self.data.ood {
+                ood.push(self.attack_uniform(
+                    &source.model,
+                    &stream,
+                    &set.images,
+                    false,
+                    progress,
+                )?);
+            }
+            self.transfer = Some((id, ood));
+        }
+        let (id, ood) = self
+            .transfer
+            .as_ref()
+            .ok_or_else(|| BenchmarkError::Invalid("the transfer sets were not crafted".into()))?;
+        Ok((id, ood.as_slice()))
+    }
+
+    /// `set` attacked on the uniform objective of `model`: ID inputs towards uniform
+    /// (`towards_ood`), OOD inputs away from it.
+    fn attack_uniform(
+        &self,
+        model: &Classifier,
+        stream: &str,
+        set: &ImageSet,
+        towards_ood: bool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImageSet, BenchmarkError> {
+        let attacker = frozen(model, self.device);
+        let kind = if towards_ood { "id->ood" } else { "ood->id" };
+        let seed = self.stream_seed(&[stream, kind, set.source()]);
+        attack_set(
+            set,
+            self.config.batch_size,
+            self.device,
+            seed,
+            progress,
+            |x, _, rng| {
+                let result = if towards_ood {
+                    self.config
+                        .attack
+                        .attack(x, objective::towards_uniform(&attacker), rng)
+                } else {
+                    self.config
+                        .attack
+                        .attack(x, objective::away_from_uniform(&attacker), rng)
+                };
+                Ok(result?)
+            },
+        )
+    }
+
+    /// The ID test set attacked on the cross-entropy of its labels (robust accuracy).
+    fn attack_cross_entropy(
+        &self,
+        model: &Classifier,
+        stream: &str,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImageSet, BenchmarkError> {
+        let attacker = frozen(model, self.device);
+        let set = &self.data.id_test;
+        let seed = self.stream_seed(&[stream, "cross-entropy", set.source()]);
+        attack_set(
+            set,
+            self.config.batch_size,
+            self.device,
+            seed,
+            progress,
+            |x, labels, rng| {
+                let labels = labels.to_device(&self.device.clone().autodiff());
+                Ok(self.config.attack.attack(
+                    x,
+                    objective::cross_entropy(&attacker, labels),
+                    rng,
+                )?)
+            },
+        )
+    }
+
+    /// `set` attacked through `score`: `sign` 1 pushes the score up (ID made to look OOD), -1
+    /// down.
+    #[allow(clippy::too_many_arguments)]
+    fn attack_score(
+        &self,
+        model: &Classifier,
+        model_name: &str,
+        stream: &str,
+        set: &ImageSet,
+        score: &dyn OodScore,
+        sign: f64,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImageSet, BenchmarkError> {
+        let attacker = frozen(model, self.device);
+        let direction = if sign > 0.0 { "up" } else { "down" };
+        let seed = self.stream_seed(&[model_name, stream, direction, set.source()]);
+        let failure: RefCell<Option<OodError>> = RefCell::new(None);
+        let attacked = attack_set(
+            set,
+            self.config.batch_size,
+            self.device,
+            seed,
+            progress,
+            |x, _, rng| {
+                let objective = |x: Tensor<4>| match score.score(&attacker, x.clone()) {
+                    Ok(values) => values.mul_scalar(sign),
+                    Err(e) => {
+                        failure.borrow_mut().get_or_insert(e);
+                        x.sum_dim(1)
+                            .sum_dim(2)
+                            .sum_dim(3)
+                            .flatten(0, 3)
+                            .mul_scalar(0.0)
+                    }
+                };
+                Ok(self.config.attack.attack(x, objective, rng)?)
+            },
+        )?;
+        match failure.into_inner() {
+            Some(e) => Err(e.into()),
+            None => Ok(attacked),
+        }
+    }
+
+    fn stream_seed(&self, parts: &[&str]) -> u64 {
+        parts
+            .iter()
+            .fold(self.config.seed, |h, p| mix(h, hash_bytes(p.as_bytes()), 7))
+    }
+}
+
+/// `set` with every image replaced by `attack(images, labels, rng)` of its batch; each batch's
+/// random start is seeded by `(seed, batch index)`.
+fn attack_set(
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+    seed: u64,
+    progress: &mut dyn FnMut(Progress),
+    mut attack: impl FnMut(Tensor<4>, Tensor<1, Int>, &mut StdRng) -> Result<Tensor<4>, BenchmarkError>,
+) -> Result<ImageSet, BenchmarkError> {
+    let plain = device.clone().inner();
+    let mut out = set.clone();
+    let all: Vec<usize> = (0..set.len()).collect();
+    let per_image = set.shape().num_values();
+    for (b, chunk) in all.chunks(batch_size.max(1)).enumerate() {
+        let inputs = batch(set, chunk, &plain);
+        let mut rng = StdRng::seed_from_u64(mix(seed, b as u64, 0));
+        let attacked = attack(inputs.images, inputs.labels, &mut rng)?;
+        let values: Vec<f32> = attacked.into_data().iter::<f32>().collect();
+        for (&i, image) in chunk.iter().zip(values.chunks_exact(per_image)) {
+            out.image_mut(i).copy_from_slice(image);
+        }
+        progress(Progress::Images(chunk.len()));
+    }
+    Ok(out)
+}
+
+fn row(
+    model: &str,
+    score: ScoreKind,
+    setting: Setting,
+    ood_set: &str,
+    id_scores: &[f64],
+    ood_scores: &[f64],
+) -> Result<OodRow, BenchmarkError> {
+    Ok(OodRow {
+        model: model.into(),
+        score,
+        setting,
+        ood_set: ood_set.into(),
+        metrics: evaluate(id_scores, ood_scores)?,
+    })
+}
+
+/// Per model, score and setting: the metrics averaged over all OOD sets (`mean`) and over each
+/// group present (`near`, `far`).
+pub fn averages(rows: &[OodRow], sets: &[OodSet]) -> Vec<OodRow> {
+    let group_of = |name: &str| sets.iter().find(|s| s.name == name).map(|s| s.group);
+    let mut keys: Vec<(String, ScoreKind, Setting)> = Vec::new();
+    for r in rows {
+        let key = (r.model.clone(), r.score, r.setting);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let mut out = Vec::new();
+    for (model, score, setting) in keys {
+        let of_key: Vec<&OodRow> = rows
+            .iter()
+            .filter(|r| r.model == model && r.score == score && r.setting == setting)
+            .collect();
+        for (label, group) in [
+            ("mean", None),
+            ("near", Some(OodGroup::Near)),
+            ("far", Some(OodGroup::Far)),
+        ] {
+            let chosen: Vec<&OodMetrics> = of_key
+                .iter()
+                .filter(|r| group.is_none() || group_of(&r.ood_set) == group)
+                .map(|r| &r.metrics)
+                .collect();
+            if chosen.is_empty() || (group.is_some() && chosen.len() == of_key.len()) {
+                continue;
+            }
+            let n = chosen.len() as f64;
+            let mean = |f: fn(&OodMetrics) -> f64| chosen.iter().map(|m| f(m)).sum::<f64>() / n;
+            out.push(OodRow {
+                model: model.clone(),
+                score,
+                setting,
+                ood_set: label.into(),
+                metrics: OodMetrics {
+                    auroc: mean(|m| m.auroc),
+                    aupr_in: mean(|m| m.aupr_in),
+                    aupr_out: mean(|m| m.aupr_out),
+                    fpr_at_95_tpr: mean(|m| m.fpr_at_95_tpr),
+                },
+            });
+        }
+    }
+    out
+}
+
+fn check_inputs(data: &OodBenchmarkData, contenders: &[Contender]) -> Result<(), BenchmarkError> {
+    if contenders.is_empty() {
+        return Err(BenchmarkError::Invalid("no model to benchmark".into()));
+    }
+    if data.ood.is_empty() {
+        return Err(BenchmarkError::Invalid("no test OOD set".into()));
+    }
+    if data.id_test.is_empty() || data.id_fit.is_empty() {
+        return Err(BenchmarkError::Invalid(
+            "the ID test and fitting sets must not be empty".into(),
+        ));
+    }
+    let shape = data.id_test.shape();
+    for set in &data.ood {
+        if set.images.is_empty() {
+            return Err(BenchmarkError::Invalid(format!(
+                "the OOD set {} is empty",
+                set.name
+            )));
+        }
+        if set.images.shape() != shape {
+            return Err(BenchmarkError::Invalid(format!(
+                "the OOD set {} has images of {:?}, the ID data {:?}",
+                set.name,
+                set.images.shape(),
+                shape
+            )));
+        }
+    }
+    let mut names: Vec<&str> = contenders.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(BenchmarkError::Invalid(format!(
+            "two models are named {}",
+            w[0]
+        )));
+    }
+    for c in contenders {
+        if c.name.is_empty() || c.name.contains(['/', '\\']) || c.name.starts_with('.') {
+            return Err(BenchmarkError::Invalid(format!(
+                "model name `{}` cannot name a folder",
+                c.name
+            )));
+        }
+        if c.model.spec.input_shape != [shape.channels, shape.height, shape.width] {
+            return Err(BenchmarkError::Invalid(format!(
+                "model {} takes inputs of {:?}, the data are {:?}",
+                c.name, c.model.spec.input_shape, shape
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_identity(parts: &Path, identity: &RunIdentity) -> Result<(), BenchmarkError> {
+    let path = parts.join("run.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let saved: RunIdentity =
+                serde_json::from_slice(&bytes).map_err(|e| BenchmarkError::Part {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if saved.config != identity.config {
+                return Err(mismatch(parts, "settings"));
+            }
+            if saved.data_fingerprint != identity.data_fingerprint {
+                return Err(mismatch(parts, "data"));
+            }
+            if saved.transfer_source != identity.transfer_source {
+                return Err(mismatch(parts, "transfer source model"));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(write_json_atomic(&path, identity)?)
+        }
+        Err(e) => Err(BenchmarkError::Part {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn mismatch(parts: &Path, what: &str) -> BenchmarkError {
+    BenchmarkError::Mismatch {
+        dir: parts.parent().map(Path::to_path_buf).unwrap_or_default(),
+        what: format!("the {what} differ"),
+    }
+}
+
+fn read_part(path: &Path) -> Result<Option<Part>, BenchmarkError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BenchmarkError::Part {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BenchmarkError::Part {
+            path: PathBuf::from(path),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn data_fingerprint(data: &OodBenchmarkData) -> u64 {
+    let mut h = mix(data.id_fit.fingerprint(), data.id_test.fingerprint(), 0);
+    for set in &data.ood {
+        h = mix(h, hash_bytes(set.name.as_bytes()), set.images.fingerprint());
+    }
+    h
+}
+
+/// A content hash of a model's tensors (names, shapes, values; metadata left out).
+fn model_fingerprint(model: &Classifier) -> Result<u64, BenchmarkError> {
+    let file = checkpoint::classifier_tensors(model).map_err(|e| {
+        BenchmarkError::Invalid(format!("cannot read a model's tensors to identify it: {e}"))
+    })?;
+    Ok(file.tensors.iter().fold(0, |h, (name, shape, values)| {
+        let bits: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = shape.iter().fold(0, |h, &d| mix(h, d as u64, 5));
+        mix(
+            mix(h, hash_bytes(name.as_bytes()), shape),
+            hash_bytes(&bits),
+            4,
+        )
+    }))
+}
+
+/// A content hash of bytes (the run's seed mixer over 8-byte words).
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(bytes.len() as u64, |h, chunk| {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        mix(h, u64::from_le_bytes(word), 3)
+    })
+}
+
+mod report;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! The OOD benchmark's report as files: `report.json` (everything), `rows.csv` (one line per
+//! model, score, setting and OOD set or average) and `report.md` (tables for people).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{OodBenchmarkReport, OodRow, Setting};
+use crate::io::{IoError, write_atomic, write_json_atomic};
+use crate::ood::ScoreKind;
+
+impl OodBenchmarkReport {
+    /// Writes `report.json`, `rows.csv` and `report.md` into `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), IoError> {
+        write_json_atomic(&dir.join("report.json"), self)?;
+        write_atomic(&dir.join("rows.csv"), self.to_csv().as_bytes())?;
+        write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())
+    }
+
+    /// Every row and average, one per line.
+    pub fn to_csv(&self) -> String {
+        let mut out =
+            String::from("model,score,setting,ood_set,auroc,fpr_at_95_tpr,aupr_in,aupr_out\n");
+        for r in self.rows.iter().chain(&self.averages) {
+            let m = &r.metrics;
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{:.6},{:.6},{:.6},{:.6}",
+                r.model,
+                r.score,
+                r.setting.name(),
+                r.ood_set,
+                m.auroc,
+                m.fpr_at_95_tpr,
+                m.aupr_in,
+                m.aupr_out
+            );
+        }
+        out
+    }
+
+    /// The settings present, in report order.
+    fn settings(&self) -> Vec<Setting> {
+        Setting::ALL
+            .into_iter()
+            .filter(|s| self.rows.iter().any(|r| r.setting == *s))
+            .collect()
+    }
+
+    fn models(&self) -> Vec<&str> {
+        let mut models: Vec<&str> = Vec::new();
+        for r in &self.rows {
+            if !models.contains(&r.model.as_str()) {
+                models.push(&r.model);
+            }
+        }
+        models
+    }
+
+    fn average(
+        &self,
+        model: &str,
+        score: ScoreKind,
+        setting: Setting,
+        over: &str,
+    ) -> Option<&OodRow> {
+        self.averages.iter().find(|r| {
+            r.model == model && r.score == score && r.setting == setting && r.ood_set == over
+        })
+    }
+
+    /// Accuracy, then per score the mean AUROC and FPR@95TPR of every model in every setting,
+    /// then per-set AUROC in the both-attacked setting.
+    pub fn to_markdown(&self) -> String {
+        let c = &self.config;
+        let mut out = String::from("# OOD detection under attack\n\n");
+        let _ = writeln!(
+            out,
+            "vigil {}; L-inf eps {:.5} ({:.2}/255), {} PGD steps of {:.5}, batch {}, seed {}. \
+             ID: {} test images, scores fitted on {} training images. OOD is the positive class. \
+             {:.0} s.\n",
+            self.vigil_version,
+            c.attack.eps,
+            c.attack.eps * 255.0,
+            c.attack.steps,
+            c.attack.step_size,
+            c.batch_size,
+            c.seed,
+            self.id_test_size,
+            self.id_fit_size,
+            self.seconds
+        );
+        out.push_str("| OOD set | group | images |\n|---|---|---|\n");
+        for s in &self.ood_sets {
+            let group = match s.group {
+                crate::data::ood_sets::OodGroup::Near => "near",
+                crate::data::ood_sets::OodGroup::Far => "far",
+            };
+            let _ = writeln!(out, "| {} | {} | {} |", s.name, group, s.size);
+        }
+        if let Some(source) = &self.transfer_source {
+            let _ = writeln!(out, "\nTransfer attacks are crafted on `{source}`.");
+        }
+        out.push_str("\n## Accuracy on the ID test set\n\n| model | clean | under PGD (cross-entropy) |\n|---|---|---|\n");
+        for a in &self.accuracy {
+            let _ = writeln!(out, "| {} | {:.4} | {:.4} |", a.model, a.clean, a.robust);
+        }
+        let settings = self.settings();
+        let header: Vec<&str> = settings.iter().map(|s| s.name()).collect();
+        for &score in &c.scores {
+            let _ = writeln!(
+                out,
+                "\n## {score}: AUROC / FPR@95TPR, mean over OOD sets\n\n| model | {} |\n|---|{}",
+                header.join(" | "),
+                "---|".repeat(settings.len())
+            );
+            for model in self.models() {
+                let cells: Vec<String> = settings
+                    .iter()
+                    .map(|&s| match self.average(model, score, s, "mean") {
+                        Some(r) => {
+                            format!("{:.4} / {:.3}", r.metrics.auroc, r.metrics.fpr_at_95_tpr)
+                        }
+                        None => "-".into(),
+                    })
+                    .collect();
+                let _ = writeln!(out, "| {model} | {} |", cells.join(" | "));
+            }
+        }
+        let sets: Vec<&str> = self.ood_sets.iter().map(|s| s.name.as_str()).collect();
+        for setting in [Setting::Clean, Setting::BothAttacked] {
+            if !settings.contains(&setting) {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "\n## AUROC per OOD set, {}\n\n| model | score | {} |\n|---|---|{}",
+                setting.name(),
+                sets.join(" | "),
+                "---|".repeat(sets.len())
+            );
+            for model in self.models() {
+                for &score in &c.scores {
+                    let cells: Vec<String> = sets
+                        .iter()
+                        .map(|set| {
+                            self.rows
+                                .iter()
+                                .find(|r| {
+                                    r.model == model
+                                        && r.score == score
+                                        && r.setting == setting
+                                        && r.ood_set == *set
+                                })
+                                .map_or("-".into(), |r| format!("{:.4}", r.metrics.auroc))
+                        })
+                        .collect();
+                    let _ = writeln!(out, "| {model} | {score} | {} |", cells.join(" | "));
+                }
+            }
+        }
+        out
+    }
+}

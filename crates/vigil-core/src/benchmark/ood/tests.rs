@@ -1,0 +1,281 @@
+use rand::SeedableRng;
+
+use super::*;
+use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
+use crate::data::ImageShape;
+use crate::data::ood_sets::uniform_noise;
+use crate::device::default_device;
+use crate::models::test_util::host_seeded;
+
+fn metrics(auroc: f64) -> OodMetrics {
+    OodMetrics {
+        auroc,
+        aupr_in: auroc / 2.0,
+        aupr_out: 1.0 - auroc,
+        fpr_at_95_tpr: 0.1,
+    }
+}
+
+fn set(name: &str, group: OodGroup, images: ImageSet) -> OodSet {
+    OodSet {
+        name: name.into(),
+        group,
+        images,
+    }
+}
+
+fn tiny_data() -> OodBenchmarkData {
+    let shape = ImageShape::new(1, 8, 8);
+    OodBenchmarkData {
+        id_fit: two_class_8x8(60, |i| ((i * 37) % 101) as f32 / 100.0),
+        id_test: two_class_8x8(12, |i| ((i * 53) % 89) as f32 / 88.0),
+        ood: vec![
+            set(
+                "uniform-noise",
+                OodGroup::Far,
+                uniform_noise(10, shape, 1).unwrap(),
+            ),
+            set(
+                "stripes",
+                OodGroup::Near,
+                two_class_8x8(8, |i| ((i / 8) % 2) as f32),
+            ),
+        ],
+    }
+}
+
+fn contenders() -> Vec<Contender> {
+    let device = default_device();
+    (0..2)
+        .map(|k| {
+            let mut rng = StdRng::seed_from_u64(10 + k);
+            Contender {
+                name: format!("m{k}"),
+                model: host_seeded(tiny_cnn_spec(), &mut rng, &device),
+            }
+        })
+        .collect()
+}
+
+fn tiny_config() -> OodBenchmarkConfig {
+    OodBenchmarkConfig {
+        attack: Pgd::linf(0.3, 4),
+        scores: vec![ScoreKind::Msp, ScoreKind::Energy, ScoreKind::Knn],
+        adaptive: vec![ScoreKind::Msp],
+        batch_size: 5,
+        seed: 3,
+    }
+}
+
+#[test]
+fn averages_are_means_over_all_sets_and_each_group() {
+    let sets = vec![
+        set("a", OodGroup::Near, two_class_8x8(1, |_| 0.0)),
+        set("b", OodGroup::Near, two_class_8x8(1, |_| 0.0)),
+        set("c", OodGroup::Far, two_class_8x8(1, |_| 0.0)),
+    ];
+    let rows: Vec<OodRow> = [("a", 0.9), ("b", 0.7), ("c", 0.5)]
+        .into_iter()
+        .map(|(s, auroc)| OodRow {
+            model: "m".into(),
+            score: ScoreKind::Msp,
+            setting: Setting::Clean,
+            ood_set: s.into(),
+            metrics: metrics(auroc),
+        })
+        .collect();
+    let avg = averages(&rows, &sets);
+    let find = |label: &str| avg.iter().find(|r| r.ood_set == label).unwrap().metrics;
+    assert!((find("mean").auroc - 0.7).abs() < 1e-12);
+    assert!((find("near").auroc - 0.8).abs() < 1e-12);
+    assert!((find("near").aupr_out - 0.2).abs() < 1e-12);
+    assert!((find("far").auroc - 0.5).abs() < 1e-12);
+    // One group alone adds no group average: it would repeat the mean.
+    let near_only = averages(&rows[..2], &sets);
+    assert_eq!(near_only.len(), 1);
+}
+
+#[test]
+fn runs_every_setting_saves_parts_and_resumes_from_them() {
+    let device = default_device();
+    let data = tiny_data();
+    let models = contenders();
+    let source = Contender {
+        name: "source".into(),
+        model: host_seeded(tiny_cnn_spec(), &mut StdRng::seed_from_u64(99), &device),
+    };
+    let config = tiny_config();
+    let dir = crate::train::test_util::scratch("benchmark", "ood-resume");
+    let dir = dir.as_path();
+    let mut stages = Vec::new();
+    let first = run(
+        &config,
+        &data,
+        &models,
+        Some(&source),
+        Some(dir),
+        &device,
+        &mut |p| {
+            if let Progress::Stage { model, stage, .. } = p {
+                stages.push(format!("{model}/{stage}"));
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        stages,
+        [
+            "m0/accuracy",
+            "m0/uniform",
+            "m0/adaptive-msp",
+            "m0/transfer",
+            "m1/accuracy",
+            "m1/uniform",
+            "m1/adaptive-msp",
+            "m1/transfer"
+        ]
+    );
+    // Rows: per model, 3 scores x 2 sets x 4 uniform settings + 1 x 2 adaptive + 3 x 2 transfer.
+    assert_eq!(first.rows.len(), 2 * (24 + 2 + 6));
+    assert_eq!(first.accuracy.len(), 2);
+    for a in &first.accuracy {
+        assert!(a.robust <= a.clean + 1e-12, "{a:?}");
+    }
+    // Attacking both sides through MSP itself cannot help the detector.
+    for model in ["m0", "m1"] {
+        let auroc = |setting| {
+            first
+                .averages
+                .iter()
+                .find(|r| {
+                    r.model == model
+                        && r.score == ScoreKind::Msp
+                        && r.setting == setting
+                        && r.ood_set == "mean"
+                })
+                .unwrap()
+                .metrics
+                .auroc
+        };
+        assert!(auroc(Setting::Adaptive) < auroc(Setting::Clean), "{model}");
+        assert!(
+            auroc(Setting::BothAttacked) < auroc(Setting::Clean),
+            "{model}"
+        );
+    }
+    first.save(dir).unwrap();
+    let csv = std::fs::read_to_string(dir.join("rows.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + first.rows.len() + first.averages.len()
+    );
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| m1 |") && md.contains("## knn"), "{md}");
+
+    // A rerun loads every stage from disk and reports the same rows.
+    let mut computed = 0;
+    let second = run(
+        &config,
+        &data,
+        &models,
+        Some(&source),
+        Some(dir),
+        &device,
+        &mut |p| {
+            if let Progress::Stage { .. } = p {
+                computed += 1;
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(computed, 0);
+    assert_eq!(second.rows, first.rows);
+    assert_eq!(second.accuracy, first.accuracy);
+
+    // Other settings, or other weights under the same name, are refused.
+    let other = OodBenchmarkConfig {
+        seed: 4,
+        ..config.clone()
+    };
+    let err = run(
+        &other,
+        &data,
+        &models,
+        Some(&source),
+        Some(dir),
+        &device,
+        &mut |_| {},
+    );
+    assert!(
+        matches!(err, Err(BenchmarkError::Mismatch { .. })),
+        "{err:?}"
+    );
+    let swapped = vec![Contender {
+        name: "m0".into(),
+        model: models[1].model.clone(),
+    }];
+    let err = run(
+        &config,
+        &data,
+        &swapped,
+        Some(&source),
+        Some(dir),
+        &device,
+        &mut |_| {},
+    );
+    assert!(
+        matches!(err, Err(BenchmarkError::Mismatch { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_same_seed_gives_the_same_results_without_saving() {
+    let device = default_device();
+    let data = tiny_data();
+    let models = &contenders()[..1];
+    let config = OodBenchmarkConfig {
+        adaptive: vec![],
+        ..tiny_config()
+    };
+    let a = run(&config, &data, models, None, None, &device, &mut |_| {}).unwrap();
+    let b = run(&config, &data, models, None, None, &device, &mut |_| {}).unwrap();
+    assert_eq!(a.rows, b.rows);
+    assert!(a.rows.iter().all(|r| r.setting != Setting::Transfer));
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let device = default_device();
+    let models = contenders();
+    let config = tiny_config();
+    let mut data = tiny_data();
+    data.ood[0].images = uniform_noise(3, ImageShape::new(1, 4, 4), 0).unwrap();
+    let err = run(&config, &data, &models, None, None, &device, &mut |_| {});
+    assert!(matches!(err, Err(BenchmarkError::Invalid(m)) if m.contains("uniform-noise")));
+    let twins = vec![models[0].clone(), models[0].clone()];
+    let err = run(
+        &config,
+        &tiny_data(),
+        &twins,
+        None,
+        None,
+        &device,
+        &mut |_| {},
+    );
+    assert!(matches!(err, Err(BenchmarkError::Invalid(m)) if m.contains("two models")));
+    let adaptive_unscored = OodBenchmarkConfig {
+        adaptive: vec![ScoreKind::Odin],
+        ..config
+    };
+    let err = run(
+        &adaptive_unscored,
+        &tiny_data(),
+        &models,
+        None,
+        None,
+        &device,
+        &mut |_| {},
+    );
+    assert!(matches!(err, Err(BenchmarkError::Invalid(m)) if m.contains("odin")));
+}
