@@ -563,7 +563,11 @@ fn robust_ladder_trains_std_then_halo_with_letter_outliers() {
     assert!(out.status.success(), "std failed: {}", stderr(&out));
     let helper = std_run.join("model.safetensors");
     let halo_run = dir.join("halo");
-    let out = run("halo", &halo_run, &["--helper", helper.to_str().unwrap()]);
+    let out = run(
+        "halo",
+        &halo_run,
+        &["--helper", helper.to_str().unwrap(), "--weight-average"],
+    );
     let fonts = Path::new("/usr/share/fonts/truetype/dejavu");
     if !fonts.exists() {
         // Without the font packages the outliers cannot be drawn: the error says what to install.
@@ -592,5 +596,66 @@ fn robust_ladder_trains_std_then_halo_with_letter_outliers() {
         info["training"]["robust"]["halo"]["objective"], "halo",
         "{info}"
     );
+    assert_eq!(info["training"]["robust"]["halo"]["weight_average"], true);
+    assert!(halo_run.join("average.safetensors").exists());
+
+    // The benchmark evaluates the ladder found in the folder (std and halo here), with a
+    // transfer attack from the STD model; a rerun reuses every saved stage.
+    let bench = dir.join("bench");
+    let benchmark = || {
+        vigil(&[
+            "benchmark",
+            "ood",
+            "--ladder",
+            dir.to_str().unwrap(),
+            "--transfer-from",
+            helper.to_str().unwrap(),
+            "--data-dir",
+            data_s,
+            "--ood",
+            "uniform-noise,gaussian-noise",
+            "--scores",
+            "msp,energy,knn",
+            "--adaptive",
+            "msp",
+            "--steps",
+            "2",
+            "--id-limit",
+            "20",
+            "--ood-limit",
+            "10",
+            "--fit-limit",
+            "60",
+            "--batch-size",
+            "16",
+            "--out",
+            bench.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let out = benchmark();
+    assert!(out.status.success(), "benchmark failed: {}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let models: Vec<&str> = report["accuracy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["std", "halo"]);
+    // Per model: 3 scores x 2 sets x 4 settings, 1 adaptive score x 2 sets, 3 x 2 transfer.
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2 * (24 + 2 + 6));
+    for file in ["report.json", "rows.csv", "report.md"] {
+        assert!(bench.join(file).exists(), "{file}");
+    }
+    let again = benchmark();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("saved earlier"),
+        "{}",
+        stderr(&again)
+    );
+    let rerun: serde_json::Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert_eq!(rerun["rows"], report["rows"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

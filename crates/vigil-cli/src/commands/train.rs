@@ -89,6 +89,12 @@ struct RobustArgs {
     #[arg(long)]
     reference_rules: bool,
 
+    /// Keep an exponential moving average of the weights (decay min(0.995, (1+n)/(10+n)) after
+    /// a 2.5% warm-up, as the reference's train_wa.py) and evaluate, validate and keep it; the
+    /// reference pairs it with --beta 2.5.
+    #[arg(long)]
+    weight_average: bool,
+
     /// Outlier images drawn per (font, letter).
     #[arg(long, default_value_t = 10, value_name = "N")]
     outlier_variants: usize,
@@ -140,6 +146,7 @@ impl RobustArgs {
         if self.reference_rules {
             halo.reference = ReferenceRules::all();
         }
+        halo.weight_average = self.weight_average;
         halo.validate()?;
         if objective.uses_helper() && self.helper.is_none() {
             bail!("--objective halo needs --helper, a model trained with --objective std");
@@ -236,6 +243,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         settings.halo,
         run.state.step,
     )?;
+    rule.resume_weight_average(&args.out, run.state.step)?;
     drive_with(
         &mut run,
         &mut rule,

@@ -42,8 +42,11 @@ use crate::loss::{
 use crate::models::{BnMode, Classifier};
 use crate::optim::ParamSlots;
 use crate::train::{
-    StepAt, StepRule, StepStats, TrainConfig, TrainError, count_correct, finite_loss, mix, sgd_step,
+    StepAt, StepRule, StepStats, TrainConfig, TrainError, count_correct, files as train_files,
+    finite_loss, mix, sgd_step,
 };
+use std::path::Path;
+use weight_average::WeightAverage;
 
 /// The training objectives of the ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +151,10 @@ pub struct HaloConfig {
     pub reference: ReferenceRules,
     /// Seed of the attacks' random starts and of the outlier order.
     pub seed: u64,
+    /// Keep an exponential moving average of the weights ([`weight_average`]) and evaluate,
+    /// validate and keep it instead of the live weights.
+    #[serde(default)]
+    pub weight_average: bool,
 }
 
 impl HaloConfig {
@@ -162,6 +169,7 @@ impl HaloConfig {
             steps: 10,
             reference: ReferenceRules::default(),
             seed: 0,
+            weight_average: false,
         }
     }
 
@@ -224,6 +232,14 @@ pub enum HaloError {
     /// The attack's settings cannot work.
     #[error(transparent)]
     Pgd(#[from] PgdError),
+    /// The saved weight average cannot be written or read back.
+    #[error("weight average {}: {reason}", .path.display())]
+    AverageFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The objective needs something the caller did not give.
     #[error("{objective} needs {what}")]
     Missing {
@@ -380,7 +396,12 @@ pub struct RobustStep<'a> {
     /// Held-out ID data scored with the robust loss after every epoch, if any.
     pub validation: Option<&'a ImageSet>,
     outliers: Option<(&'a ImageSet, CycledShuffle)>,
+    /// The average of the weights, when the config asks for one.
+    average: Option<WeightAverage>,
 }
+
+/// File of the weight average inside the run's resume folder.
+const AVERAGE_FILE: &str = "average.safetensors";
 
 /// Stream of the outlier order, apart from the ID order's.
 const OUTLIER_STREAM: u64 = 0x6f75_746c_6965_7273;
@@ -436,6 +457,10 @@ impl<'a> RobustStep<'a> {
                 what: "a helper model (a STD checkpoint)",
             });
         }
+        // The reference's warm-up: a plain copy for the first 2.5% of all steps.
+        let total_steps =
+            train_set.len().div_ceil(train_config.batch_size.max(1)) * train_config.epochs;
+        let warmup = (0.025 * total_steps as f64).ceil() as usize;
         Ok(Self {
             train_set,
             train_config,
@@ -443,7 +468,18 @@ impl<'a> RobustStep<'a> {
             helper,
             validation,
             outliers,
+            average: config.weight_average.then(|| WeightAverage::new(warmup)),
         })
+    }
+
+    /// Reads the weight average a run saved at optimiser step `step` (nothing to do without
+    /// averaging or at step 0), so a resumed run continues it.
+    pub fn resume_weight_average(&mut self, run_dir: &Path, step: usize) -> Result<(), HaloError> {
+        if let Some(average) = &mut self.average {
+            let path = run_dir.join(train_files::RESUME_DIR).join(AVERAGE_FILE);
+            *average = WeightAverage::load(&path, average.warmup_steps, step)?;
+        }
+        Ok(())
     }
 
     /// Mean cross-entropy on the validation set after a CE PGD attack with the training attack's
@@ -523,7 +559,33 @@ impl StepRule for RobustStep<'_> {
             self.train_config,
             at.hyper,
         );
+        if let Some(average) = &mut self.average {
+            average.update(classifier, at.step)?;
+        }
         Ok(StepStats { loss, correct })
+    }
+
+    fn save(&self, run_dir: &Path, step: usize) -> Result<(), TrainError> {
+        if let Some(average) = &self.average {
+            let dir = run_dir.join(train_files::RESUME_DIR);
+            std::fs::create_dir_all(&dir).map_err(|e| TrainError::Resume {
+                path: run_dir.to_path_buf(),
+                reason: format!("creating {}: {e}", dir.display()),
+            })?;
+            average.save(&dir.join(AVERAGE_FILE), step)?;
+        }
+        Ok(())
+    }
+
+    fn evaluated_model(
+        &self,
+        live: &Classifier,
+        device: &Device,
+    ) -> Result<Option<Classifier>, TrainError> {
+        match &self.average {
+            Some(average) if !average.is_empty() => Ok(Some(average.model(live, device)?)),
+            _ => Ok(None),
+        }
     }
 
     fn validation_loss(

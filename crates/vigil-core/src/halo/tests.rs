@@ -221,6 +221,11 @@ fn missing_outliers_or_helper_are_errors() {
 /// Trains HALO on tiny data in `dir`, stopping once after `stop_after` batches and resuming from
 /// the files when that is given; returns every tensor of the model and the run's state.
 fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
+    train_halo_with(dir, stop_after, false)
+}
+
+/// [`train_halo`], with a weight average when `average` is set.
+fn train_halo_with(dir: &Path, stop_after: Option<usize>, average: bool) -> (Tensors, TrainState) {
     let device = default_device();
     let train = two_class_8x8(20, |i| ((i * 37) % 101) as f32 / 100.0);
     let outliers = two_class_8x8(14, |i| ((i * 53) % 97) as f32 / 96.0);
@@ -229,6 +234,7 @@ fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
     let tc = tiny_config(2, 8);
     let cfg = HaloConfig {
         steps: 2,
+        weight_average: average,
         ..HaloConfig::reference_defaults(Objective::Halo)
     };
     let mut classifier = model(1);
@@ -246,6 +252,7 @@ fn train_halo(dir: &Path, stop_after: Option<usize>) -> (Tensors, TrainState) {
             state.step,
         )
         .unwrap();
+        rule.resume_weight_average(dir, state.step).unwrap();
         let outcome = run(
             &mut classifier,
             &mut slots,
@@ -298,4 +305,43 @@ fn halo_training_resumes_bit_for_bit_and_keeps_the_best_validated_epoch() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
     std::fs::remove_dir_all(&straight).unwrap();
+}
+
+#[test]
+fn a_weight_average_is_evaluated_kept_and_resumed_bit_for_bit() {
+    use crate::checkpoint::TensorFile;
+    use crate::train::files::{AVERAGE, BEST};
+    let tensors = |path: &Path| TensorFile::load(path).unwrap().tensors;
+    let straight = scratch("halo", "average-straight");
+    let (live, state) = train_halo_with(&straight, None, true);
+    let average = tensors(&straight.join(AVERAGE));
+    let live_file = tensors(&straight.join(crate::train::files::MODEL));
+    assert_ne!(
+        average, live_file,
+        "the average must differ from the live weights"
+    );
+    // The epoch kept as best is the averaged model of that epoch.
+    if state.best_epoch().map(|(e, _)| e) == Some(2) {
+        assert_eq!(tensors(&straight.join(BEST)), average);
+    }
+    // Without averaging, the same seed trains the same live weights: averaging only watches.
+    let plain = scratch("halo", "average-plain");
+    let (plain_live, _) = train_halo_with(&plain, None, false);
+    assert_eq!(plain_live, live);
+    for stop in [2, 3] {
+        let dir = scratch("halo", &format!("average-stop{stop}"));
+        let (got, _) = train_halo_with(&dir, Some(stop), true);
+        assert_eq!(
+            got, live,
+            "live weights differ after stopping at batch {stop}"
+        );
+        assert_eq!(
+            tensors(&dir.join(AVERAGE)),
+            average,
+            "average differs after stop {stop}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::remove_dir_all(&straight).unwrap();
+    std::fs::remove_dir_all(&plain).unwrap();
 }

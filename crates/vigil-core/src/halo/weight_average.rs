@@ -3,7 +3,8 @@
 //! `min(0.995, (1 + n) / (10 + n))`, `n` steps past the warm-up; during the warm-up it is a plain
 //! copy. BatchNorm's running statistics are not averaged: they are copied from the live model.
 //!
-//! Not wired into `RobustStep` yet (issue 15): this is the averaging arithmetic and its state.
+//! `RobustStep` keeps one when `HaloConfig::weight_average` is set: the run then evaluates,
+//! validates and keeps the averaged weights.
 
 use std::path::Path;
 
@@ -22,6 +23,9 @@ pub fn ema_decay(step: usize, warmup_steps: usize, max_decay: f64) -> f64 {
     let n = (step - warmup_steps) as f64;
     max_decay.min((1.0 + n) / (10.0 + n))
 }
+
+/// Metadata key of the step a saved average belongs to.
+const STEP_KEY: &str = "step";
 
 /// Whether a checkpoint tensor is a BatchNorm running statistic (copied, not averaged).
 fn is_running_statistic(name: &str) -> bool {
@@ -77,6 +81,50 @@ impl WeightAverage {
         Ok(())
     }
 
+    /// Whether any weights were folded in yet.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_none()
+    }
+
+    /// Writes the average for a resume at optimiser step `step` (nothing before the first
+    /// update).
+    pub fn save(&self, path: &Path, step: usize) -> Result<(), HaloError> {
+        let Some(tensors) = &self.tensors else {
+            return Ok(());
+        };
+        let mut file = tensors.clone();
+        file.metadata.insert(STEP_KEY.into(), step.to_string());
+        file.save(path).map_err(|e| HaloError::AverageFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads what [`WeightAverage::save`] wrote at step `step`; an average that had no update
+    /// yet (no file, `step` 0) starts empty.
+    pub fn load(path: &Path, warmup_steps: usize, step: usize) -> Result<Self, HaloError> {
+        let mut average = Self::new(warmup_steps);
+        if step == 0 && !path.exists() {
+            return Ok(average);
+        }
+        let fail = |reason: String| HaloError::AverageFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = TensorFile::load(path).map_err(|e| fail(e.to_string()))?;
+        let saved = file
+            .metadata
+            .get(STEP_KEY)
+            .and_then(|s| s.parse::<usize>().ok());
+        if saved != Some(step) {
+            return Err(fail(format!(
+                "written at step {saved:?}, the run is at step {step}: the run folder is inconsistent"
+            )));
+        }
+        average.tensors = Some(file);
+        Ok(average)
+    }
+
     /// The averaged model, with the live model's BatchNorm statistics, on `device`.
     pub fn model(&self, live: &Classifier, device: &Device) -> Result<Classifier, HaloError> {
         let Some(average) = &self.tensors else {
@@ -92,6 +140,7 @@ impl WeightAverage {
             }
         }
         file.metadata = current.metadata;
+        file.metadata.remove(STEP_KEY);
         checkpoint::load_with_spec_bytes(
             Path::new("weight average"),
             file.to_bytes(),
@@ -140,5 +189,29 @@ mod tests {
                 assert!((g - want).abs() < 1e-6, "{name}: {g} vs {want}");
             }
         }
+    }
+
+    #[test]
+    fn a_saved_average_loads_back_at_its_step_only() {
+        let device = default_device();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let a = crate::models::test_util::host_seeded(tiny_cnn_spec(), &mut rng, &device);
+        let dir = crate::train::test_util::scratch("average", "save-load");
+        let path = dir.join("average.safetensors");
+        let empty = WeightAverage::load(&path, 3, 0).unwrap();
+        assert!(empty.is_empty());
+        let mut average = WeightAverage::new(3);
+        average.update(&a, 0).unwrap();
+        average.save(&path, 1).unwrap();
+        let back = WeightAverage::load(&path, 3, 1).unwrap();
+        let (x, y) = (
+            tensors_of(&average.model(&a, &device).unwrap()).unwrap(),
+            tensors_of(&back.model(&a, &device).unwrap()).unwrap(),
+        );
+        assert_eq!(x.tensors, y.tensors);
+        assert!(matches!(
+            WeightAverage::load(&path, 3, 2),
+            Err(HaloError::AverageFile { .. })
+        ));
     }
 }

@@ -363,6 +363,17 @@ pub trait StepRule {
     ) -> Result<Option<f64>, TrainError> {
         Ok(None)
     }
+
+    /// The weights the run evaluates, validates and keeps as best when they are not the live
+    /// ones (an average of the weights); `None` for the live weights. Such a run also writes
+    /// them to `average.safetensors` after every epoch.
+    fn evaluated_model(
+        &self,
+        _live: &Classifier,
+        _device: &Device,
+    ) -> Result<Option<Classifier>, TrainError> {
+        Ok(None)
+    }
 }
 
 /// Plain supervised training: cross-entropy on augmented batches, one SGD step.
@@ -514,15 +525,17 @@ pub fn run(
             }
         }
         observer.evaluating();
+        let averaged = rule.evaluated_model(classifier, &device)?;
+        let evaluated = averaged.as_ref().unwrap_or(classifier);
         let eval = evaluate(
-            classifier,
+            evaluated,
             eval_set,
             None,
             config.eval_batch_size,
             BnMode::Eval,
             &device,
         );
-        let validation_loss = rule.validation_loss(classifier, &device)?;
+        let validation_loss = rule.validation_loss(evaluated, &device)?;
         let record =
             state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64(), validation_loss);
         if let Some((epoch, loss)) = state.best_epoch()
@@ -535,7 +548,11 @@ pub fn run(
                 map.insert("kept_epoch".into(), epoch.into());
                 map.insert("validation_loss".into(), loss.into());
             }
-            checkpoint::save_classifier(&run_dir.join(files::BEST), classifier, Some(&meta))?;
+            checkpoint::save_classifier(&run_dir.join(files::BEST), evaluated, Some(&meta))?;
+        }
+        if let Some(average) = &averaged {
+            let config = serde_json::to_value(&state.config).ok();
+            checkpoint::save_classifier(&run_dir.join(files::AVERAGE), average, config.as_ref())?;
         }
         // The rule's files first: `save_epoch` writes `state.json` last, naming the step.
         rule.save(run_dir, state.step)?;
@@ -617,6 +634,8 @@ pub mod files {
     pub const MODEL: &str = "model.safetensors";
     /// Weights of the epoch with the lowest validation loss (rules that have one).
     pub const BEST: &str = "best.safetensors";
+    /// The averaged weights after the latest epoch (rules that average them).
+    pub const AVERAGE: &str = "average.safetensors";
     /// One JSON line per epoch.
     pub const METRICS: &str = "metrics.jsonl";
     /// Resume folder.
