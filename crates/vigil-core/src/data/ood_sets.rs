@@ -507,4 +507,52 @@ mod tests {
             .unwrap();
         assert_eq!((set.len(), set.shape()), (7, ImageShape::new(3, 5, 5)));
     }
+
+    #[test]
+    fn image_folders_and_cifar_files_serve_as_ood_sets_in_any_shape() {
+        use image::{DynamicImage, ImageFormat, RgbImage};
+        let dir = crate::data::test_util::ScratchDir::new("ood-sets-user-data");
+        let mut png = std::io::Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(6, 6, image::Rgb([255, 0, 0])))
+            .write_to(&mut png, ImageFormat::Png)
+            .unwrap();
+        for name in ["a.png", "b.png", "c.png"] {
+            dir.write(&format!("folder/test/textures/{name}"), png.get_ref());
+        }
+        let mut record = vec![3u8];
+        record.extend(std::iter::repeat_n(255u8, 1024));
+        record.extend(std::iter::repeat_n(0u8, 2048));
+        dir.write("cifar/test_batch.bin", &[record.clone(), record].concat());
+
+        let mnist_like = ImageShape::new(1, 28, 28);
+        let folder = format!("image-folder={}@far", dir.path().join("folder").display());
+        let spec: OodSetSpec = folder.parse().unwrap();
+        let set = spec
+            .load(mnist_like, Some(2), 0, Path::new("/nonexistent"), None)
+            .unwrap();
+        assert_eq!(
+            (set.len(), set.shape(), spec.group),
+            (2, mnist_like, OodGroup::Far)
+        );
+        // Pure red averaged over three channels into grey.
+        assert!(set.image(0).iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-6));
+
+        let cifar = format!("cifar10={}", dir.path().join("cifar").display());
+        let spec: OodSetSpec = cifar.parse().unwrap();
+        let set = spec
+            .load(mnist_like, None, 0, Path::new("/nonexistent"), None)
+            .unwrap();
+        assert_eq!((set.len(), set.shape()), (2, mnist_like));
+        let rgb = spec
+            .load(
+                ImageShape::new(3, 32, 32),
+                None,
+                0,
+                Path::new("/nonexistent"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(rgb.image(1)[0], 1.0);
+        assert_eq!(rgb.image(1)[1024], 0.0);
+    }
 }
