@@ -396,6 +396,28 @@ impl Stage {
     }
 }
 
+/// The score-agnostic attacks on inputs.
+#[derive(Debug, Clone, Copy)]
+enum InputAttack {
+    /// ID made to look OOD: towards a uniform prediction.
+    TowardsOod,
+    /// OOD made to look ID: away from a uniform prediction.
+    TowardsId,
+    /// Misclassification: up the cross-entropy of the labels (robust accuracy).
+    Misclassify,
+}
+
+impl InputAttack {
+    /// Its part of the random-start seed.
+    fn stream(self) -> &'static str {
+        match self {
+            InputAttack::TowardsOod => "id->ood",
+            InputAttack::TowardsId => "ood->id",
+            InputAttack::Misclassify => "cross-entropy",
+        }
+    }
+}
+
 /// The shared state of one run.
 struct Bench<'a> {
     config: &'a OodBenchmarkConfig,
@@ -451,7 +473,13 @@ impl Bench<'_> {
                 BnMode::Eval,
                 self.device,
             );
-            let attacked = self.attack_cross_entropy(model, &name, progress)?;
+            let attacked = self.attack_on(
+                model,
+                &name,
+                &self.data.id_test,
+                InputAttack::Misclassify,
+                progress,
+            )?;
             let robust = classify(model, &attacked, None, 256, BnMode::Eval, self.device);
             part.accuracy = Some(ModelAccuracy {
                 model: name,
@@ -474,14 +502,14 @@ impl Bench<'_> {
         match stage {
             Stage::Accuracy => {}
             Stage::Uniform => {
-                let id_adv = self.attack_uniform(model, &name, id, true, progress)?;
+                let id_adv = self.attack_on(model, &name, id, InputAttack::TowardsOod, progress)?;
                 let mut ood_adv = Vec::new();
                 for set in &self.data.ood {
-                    ood_adv.push(self.attack_uniform(
+                    ood_adv.push(self.attack_on(
                         model,
                         &name,
                         &set.images,
-                        false,
+                        InputAttack::TowardsId,
                         progress,
                     )?);
                 }
@@ -570,15 +598,20 @@ impl Bench<'_> {
                 BenchmarkError::Invalid("the transfer setting needs a source model".into())
             })?;
             let stream = format!("transfer:{}", source.name);
-            let id =
-                self.attack_uniform(&source.model, &stream, &self.data.id_test, true, progress)?;
+            let id = self.attack_on(
+                &source.model,
+                &stream,
+                &self.data.id_test,
+                InputAttack::TowardsOod,
+                progress,
+            )?;
             let mut ood = Vec::new();
             for set in &self.data.ood {
-                ood.push(self.attack_uniform(
+                ood.push(self.attack_on(
                     &source.model,
                     &stream,
                     &set.images,
-                    false,
+                    InputAttack::TowardsId,
                     progress,
                 )?);
             }
@@ -591,50 +624,19 @@ impl Bench<'_> {
         Ok((id, ood.as_slice()))
     }
 
-    /// `set` attacked on the uniform objective of `model`: ID inputs towards uniform
-    /// (`towards_ood`), OOD inputs away from it.
-    fn attack_uniform(
+    /// `set` attacked on `model` with one of the score-agnostic objectives.
+    fn attack_on(
         &self,
         model: &Classifier,
         stream: &str,
         set: &ImageSet,
-        towards_ood: bool,
+        goal: InputAttack,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ImageSet, BenchmarkError> {
         let attacker = frozen(model, self.device);
-        let kind = if towards_ood { "id->ood" } else { "ood->id" };
-        let seed = self.stream_seed(&[stream, kind, set.source()]);
-        attack_set(
-            set,
-            self.config.batch_size,
-            self.device,
-            seed,
-            progress,
-            |x, _, rng| {
-                let result = if towards_ood {
-                    self.config
-                        .attack
-                        .attack(x, objective::towards_uniform(&attacker), rng)
-                } else {
-                    self.config
-                        .attack
-                        .attack(x, objective::away_from_uniform(&attacker), rng)
-                };
-                Ok(result?)
-            },
-        )
-    }
-
-    /// The ID test set attacked on the cross-entropy of its labels (robust accuracy).
-    fn attack_cross_entropy(
-        &self,
-        model: &Classifier,
-        stream: &str,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<ImageSet, BenchmarkError> {
-        let attacker = frozen(model, self.device);
-        let set = &self.data.id_test;
-        let seed = self.stream_seed(&[stream, "cross-entropy", set.source()]);
+        let seed = self.stream_seed(&[stream, goal.stream(), set.source()]);
+        let labels_device = self.device.clone().autodiff();
+        let pgd = &self.config.attack;
         attack_set(
             set,
             self.config.batch_size,
@@ -642,12 +644,18 @@ impl Bench<'_> {
             seed,
             progress,
             |x, labels, rng| {
-                let labels = labels.to_device(&self.device.clone().autodiff());
-                Ok(self.config.attack.attack(
-                    x,
-                    objective::cross_entropy(&attacker, labels),
-                    rng,
-                )?)
+                Ok(match goal {
+                    InputAttack::TowardsOod => {
+                        pgd.attack(x, objective::towards_uniform(&attacker), rng)
+                    }
+                    InputAttack::TowardsId => {
+                        pgd.attack(x, objective::away_from_uniform(&attacker), rng)
+                    }
+                    InputAttack::Misclassify => {
+                        let labels = labels.to_device(&labels_device);
+                        pgd.attack(x, objective::cross_entropy(&attacker, labels), rng)
+                    }
+                }?)
             },
         )
     }

@@ -367,6 +367,18 @@ impl std::str::FromStr for OodSetSpec {
 mod tests {
     use super::*;
 
+    /// One single-channel `side x side` image of `pixels`.
+    fn one_image(pixels: Vec<f32>, side: usize) -> ImageSet {
+        ImageSet::new(
+            pixels,
+            vec![0],
+            ImageShape::new(1, side, side),
+            vec!["a".into()],
+            "t",
+        )
+        .unwrap()
+    }
+
     #[test]
     fn noise_sets_are_seeded_in_range_and_shaped() {
         let shape = ImageShape::new(1, 4, 4);
@@ -409,25 +421,11 @@ mod tests {
 
     #[test]
     fn bilinear_upsampling_keeps_constants_and_interpolates() {
-        let flat = ImageSet::new(
-            vec![0.25; 4],
-            vec![0],
-            ImageShape::new(1, 2, 2),
-            vec!["a".into()],
-            "t",
-        )
-        .unwrap();
+        let flat = one_image(vec![0.25; 4], 2);
         let up = upsample(&flat, 6).unwrap();
         assert!(up.image(0).iter().all(|&v| (v - 0.25).abs() < 1e-6));
         // A 1x2 ramp 0 -> 1 upsampled to 4 wide: (0, 0.25, 0.75, 1) with align_corners=False.
-        let ramp = ImageSet::new(
-            vec![0.0, 1.0, 0.0, 1.0],
-            vec![0],
-            ImageShape::new(1, 2, 2),
-            vec!["a".into()],
-            "t",
-        )
-        .unwrap();
+        let ramp = one_image(vec![0.0, 1.0, 0.0, 1.0], 2);
         let up = upsample(&ramp, 4).unwrap();
         let row: Vec<f32> = up.image(0)[..4].to_vec();
         for (g, w) in row.iter().zip([0.0, 0.25, 0.75, 1.0]) {
@@ -437,14 +435,7 @@ mod tests {
 
     #[test]
     fn conform_resizes_and_converts_channels() {
-        let grey = ImageSet::new(
-            vec![0.0, 1.0, 0.0, 1.0],
-            vec![0],
-            ImageShape::new(1, 2, 2),
-            vec!["a".into()],
-            "t",
-        )
-        .unwrap();
+        let grey = one_image(vec![0.0, 1.0, 0.0, 1.0], 2);
         let rgb = conform(&grey, ImageShape::new(3, 2, 4)).unwrap();
         assert_eq!(rgb.shape(), ImageShape::new(3, 2, 4));
         let row = [0.0, 0.25, 0.75, 1.0];

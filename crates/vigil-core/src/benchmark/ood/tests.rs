@@ -193,40 +193,33 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
     assert_eq!(second.accuracy, first.accuracy);
 
     // Other settings, or other weights under the same name, are refused.
-    let other = OodBenchmarkConfig {
-        seed: 4,
-        ..config.clone()
+    let refused = |config: &OodBenchmarkConfig, models: &[Contender]| {
+        let err = run(
+            config,
+            &data,
+            models,
+            Some(&source),
+            Some(dir),
+            &device,
+            &mut |_| {},
+        );
+        assert!(
+            matches!(err, Err(BenchmarkError::Mismatch { .. })),
+            "{err:?}"
+        );
     };
-    let err = run(
-        &other,
-        &data,
+    refused(
+        &OodBenchmarkConfig {
+            seed: 4,
+            ..config.clone()
+        },
         &models,
-        Some(&source),
-        Some(dir),
-        &device,
-        &mut |_| {},
-    );
-    assert!(
-        matches!(err, Err(BenchmarkError::Mismatch { .. })),
-        "{err:?}"
     );
     let swapped = vec![Contender {
         name: "m0".into(),
         model: models[1].model.clone(),
     }];
-    let err = run(
-        &config,
-        &data,
-        &swapped,
-        Some(&source),
-        Some(dir),
-        &device,
-        &mut |_| {},
-    );
-    assert!(
-        matches!(err, Err(BenchmarkError::Mismatch { .. })),
-        "{err:?}"
-    );
+    refused(&config, &swapped);
 }
 
 #[test]
