@@ -19,6 +19,9 @@ pub enum BenchmarkError {
     /// The attack's settings are invalid.
     #[error(transparent)]
     Pgd(#[from] PgdError),
+    /// A chart could not be drawn.
+    #[error(transparent)]
+    Chart(#[from] crate::report::bars::ChartError),
     /// Results could not be written.
     #[error(transparent)]
     Io(#[from] IoError),

@@ -1,19 +1,56 @@
 //! The OOD benchmark's report as files: `report.json` (everything), `rows.csv` (one line per
-//! model, score, setting and OOD set or average) and `report.md` (tables for people).
+//! model, score, setting and OOD set or average), `report.md` (tables for people) and
+//! `auroc-<score>.svg` (mean AUROC of every model in every setting, one chart per score).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use super::{OodBenchmarkReport, OodRow, Setting};
-use crate::io::{IoError, write_atomic, write_json_atomic};
+use crate::benchmark::BenchmarkError;
+use crate::io::{write_atomic, write_json_atomic};
 use crate::ood::ScoreKind;
+use crate::report::bars::{BarSeries, grouped_bars_svg};
 
 impl OodBenchmarkReport {
-    /// Writes `report.json`, `rows.csv` and `report.md` into `dir`, each atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), IoError> {
+    /// Writes `report.json`, `rows.csv`, `report.md` and one `auroc-<score>.svg` per score into
+    /// `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), BenchmarkError> {
         write_json_atomic(&dir.join("report.json"), self)?;
         write_atomic(&dir.join("rows.csv"), self.to_csv().as_bytes())?;
-        write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())
+        write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())?;
+        for &score in &self.config.scores {
+            let svg = self.auroc_chart(score)?;
+            write_atomic(&dir.join(format!("auroc-{score}.svg")), svg.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The mean AUROC over OOD sets of every model (bars) in every setting (groups) for `score`.
+    pub fn auroc_chart(&self, score: ScoreKind) -> Result<String, BenchmarkError> {
+        let settings = self.settings();
+        let categories: Vec<String> = settings.iter().map(|s| s.name().to_string()).collect();
+        let series: Vec<BarSeries> = self
+            .models()
+            .into_iter()
+            .map(|model| BarSeries {
+                name: model.to_string(),
+                values: settings
+                    .iter()
+                    .map(|&s| {
+                        self.average(model, score, s, "mean")
+                            .map(|r| r.metrics.auroc)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let title = format!("{score}: AUROC (OOD positive), mean over OOD sets");
+        Ok(grouped_bars_svg(
+            &title,
+            "AUROC",
+            &categories,
+            &series,
+            (0.0, 1.0),
+        )?)
     }
 
     /// Every row and average, one per line.

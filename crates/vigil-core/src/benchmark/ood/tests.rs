@@ -171,6 +171,8 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
     );
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| m1 |") && md.contains("## knn"), "{md}");
+    let chart = std::fs::read_to_string(dir.join("auroc-msp.svg")).unwrap();
+    assert!(chart.contains("both-attacked") && chart.contains("m1"));
 
     // A rerun loads every stage from disk and reports the same rows.
     let mut computed = 0;
