@@ -659,3 +659,87 @@ fn robust_ladder_trains_std_then_halo_with_letter_outliers() {
     assert_eq!(rerun["rows"], report["rows"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ood_benchmark_trains_the_missing_rungs_then_evaluates_them() {
+    let dir = temp_dir("ood-benchmark-train");
+    let data = idx_data(&dir, 200, 40, 5);
+    let data_s = data.to_str().unwrap();
+    let ladder = dir.join("ladder");
+    let bench = dir.join("bench");
+    let train_flags = format!(
+        "--dataset fashion-mnist --data-dir {data_s} --epochs 1 --batch-size 32 --width 8 --pgd-steps 2"
+    );
+    let benchmark = || {
+        vigil(&[
+            "benchmark",
+            "ood",
+            "--ladder",
+            ladder.to_str().unwrap(),
+            "--objectives",
+            "std,trades",
+            "--train",
+            &train_flags,
+            "--data-dir",
+            data_s,
+            "--ood",
+            "uniform-noise",
+            "--scores",
+            "msp",
+            "--adaptive",
+            "none",
+            "--steps",
+            "2",
+            "--id-limit",
+            "20",
+            "--ood-limit",
+            "10",
+            "--fit-limit",
+            "60",
+            "--out",
+            bench.to_str().unwrap(),
+        ])
+    };
+    let out = benchmark();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for rung in ["std", "trades"] {
+        assert!(
+            ladder.join(rung).join("best.safetensors").exists(),
+            "{rung}"
+        );
+    }
+    assert!(!ladder.join("halo").exists());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bench.join("report.json")).unwrap()).unwrap();
+    let models: Vec<&str> = report["accuracy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["std", "trades"]);
+    // Clean, ID-, OOD- and both-attacked rows for each model's one score and set.
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2 * 4);
+    // Again: nothing to train, nothing to attack.
+    let again = benchmark();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let log = stderr(&again);
+    assert!(
+        log.contains("nothing to train") && log.contains("saved earlier"),
+        "{log}"
+    );
+    // A typo in the rungs is an error, before any work.
+    let bad = vigil(&[
+        "benchmark",
+        "ood",
+        "--ladder",
+        ladder.to_str().unwrap(),
+        "--objectives",
+        "std,hal0",
+        "--out",
+        bench.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("hal0"), "{}", stderr(&bad));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,6 +17,7 @@ use vigil_core::data::ood_sets::OodSetSpec;
 use vigil_core::device::default_device;
 use vigil_core::ood::ScoreKind;
 
+use super::train::TrainArgs;
 use super::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
 use crate::progress::bar;
 
@@ -43,11 +44,32 @@ enum Which {
 /// OUT/parts, so rerunning the same command after an interruption continues where it stopped.
 #[derive(Args, Debug)]
 pub struct OodArgs {
-    /// A folder of ladder runs (`scripts/halo-ladder.sh`): evaluates DIR/<objective> for each
-    /// of std, oe, trades, trades-oe and halo present, its best.safetensors (lowest validation
-    /// loss) or else its model.safetensors.
+    /// A folder of ladder runs (`scripts/halo-ladder.sh`, or --train): evaluates DIR/<objective>
+    /// for each of --objectives present, its best.safetensors (lowest validation loss) or else
+    /// its model.safetensors.
     #[arg(long, value_name = "DIR")]
     ladder: Option<PathBuf>,
+
+    /// The rungs of the ladder to evaluate (and to train with --train).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "std,oe,trades,trades-oe,halo",
+        requires = "ladder"
+    )]
+    objectives: Vec<String>,
+
+    /// Train the rungs missing from --ladder (or finish interrupted ones) before evaluating,
+    /// with these `vigil train` options, e.g. "--epochs 5 --train-limit 12000"; HALO's helper is
+    /// the ladder's STD model. The runs print their epochs on stdout, so this excludes --json.
+    #[arg(
+        long,
+        value_name = "FLAGS",
+        allow_hyphen_values = true,
+        requires = "ladder",
+        conflicts_with = "json"
+    )]
+    train: Option<String>,
 
     /// A model to evaluate, as NAME=CHECKPOINT (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_named)]
@@ -160,7 +182,24 @@ fn run_ood(args: OodArgs) -> Result<ExitCode> {
     let device = default_device();
     let mut named = Vec::new();
     if let Some(dir) = &args.ladder {
-        for objective in LADDER {
+        if let Some(unknown) = args
+            .objectives
+            .iter()
+            .find(|o| !LADDER.contains(&o.as_str()))
+        {
+            bail!(
+                "unknown objective `{unknown}` (one of {})",
+                LADDER.join(", ")
+            );
+        }
+        let objectives: Vec<&str> = LADDER
+            .into_iter()
+            .filter(|o| args.objectives.iter().any(|a| a == o))
+            .collect();
+        if let Some(flags) = &args.train {
+            train_ladder(dir, &objectives, flags)?;
+        }
+        for objective in objectives {
             let run = dir.join(objective);
             let path = [
                 checkpoint_file(&run, "best.safetensors"),
@@ -296,6 +335,43 @@ fn run_ood(args: OodArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Trains every rung of `objectives` in `dir` through `vigil train` with `flags` (a finished run
+/// is left as it is, an interrupted one continues), STD first as HALO's helper.
+fn train_ladder(dir: &Path, objectives: &[&str], flags: &str) -> Result<()> {
+    let extra: Vec<String> = flags.split_whitespace().map(String::from).collect();
+    for objective in objectives {
+        let out = dir.join(objective);
+        let mut args: Vec<String> = vec![
+            "--objective".into(),
+            objective.to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        if *objective == "halo" {
+            let helper = dir.join("std").join("model.safetensors");
+            if !helper.is_file() {
+                bail!(
+                    "HALO's helper {} is missing: include std in --objectives",
+                    helper.display()
+                );
+            }
+            args.extend(["--helper".into(), helper.display().to_string()]);
+        }
+        args.extend(extra.iter().cloned());
+        eprintln!("ladder: training {objective} in {}", out.display());
+        let train_args = TrainArgs::parse_from(&args)
+            .with_context(|| format!("the --train options for {objective}"))?;
+        let code = super::train::run(train_args)
+            .with_context(|| format!("training the {objective} rung"))?;
+        if code != ExitCode::SUCCESS {
+            bail!(
+                "training {objective} stopped before its end: run the same command again to continue"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn checkpoint_file(run: &Path, name: &str) -> Option<PathBuf> {

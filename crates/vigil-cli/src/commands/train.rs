@@ -53,6 +53,24 @@ pub struct TrainArgs {
     robust: RobustArgs,
 }
 
+impl TrainArgs {
+    /// The arguments of `vigil train ARGS`, for commands that train through it (a benchmark
+    /// training the ladder's missing rungs).
+    pub fn parse_from(args: &[String]) -> Result<Self> {
+        use clap::Parser;
+        #[derive(Parser)]
+        #[command(name = "vigil train")]
+        struct Wrapper {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        let all = std::iter::once("vigil train".to_string()).chain(args.iter().cloned());
+        Ok(Wrapper::try_parse_from(all)
+            .map_err(|e| anyhow::anyhow!("{}", e.render()))?
+            .args)
+    }
+}
+
 /// Robust OOD training: the objective and its settings.
 #[derive(Args, Debug)]
 struct RobustArgs {
