@@ -268,9 +268,13 @@ def trace_pass(model, images, labels, batch_size, form, out):
             out[i:i + batch_size] = per_sample_loss(logits, labels[i:i + batch_size], form)
 
 
-def run_chain(model, start_state, task, trace_images, trace_labels, cfg, chain, on_draw=None):
+def run_chain(model, start_state, task, trace_images, trace_labels, cfg, chain, on_draw=None,
+              replay=None):
     """One chain from w*: returns traces [draws, n_traced] float32 and diagnostics. `on_draw`,
-    if given, is called with (draw index, params, w_star) at every kept draw."""
+    if given, is called with (draw index, params, w_star) at every kept draw. `replay`, if
+    given, is called with the step (0-based) and returns that step's minibatch indices and
+    standard-normal noises (shaped like the parameters), in place of the chain's own loader and
+    generator (bench/peer/madfa_replay.py replays vigil's draws)."""
     model.load_state_dict(start_state)
     params = [p for p in model.parameters() if p.requires_grad]
     w_star = [p.detach().clone() for p in params]
@@ -287,11 +291,12 @@ def run_chain(model, start_state, task, trace_images, trace_labels, cfg, chain, 
     total = cfg["burn_in"] + cfg["draws"] * cfg["thinning"]
     for step in range(1, total + 1):
         t0 = time.perf_counter()
-        idx = next(loader)
+        idx, noises = replay(step - 1) if replay is not None else (next(loader), None)
         model.train()
         loss = F.cross_entropy(model(task["sampling"][idx]), task["sampling_labels"][idx])
         grads = torch.autograd.grad(loss, params)
-        noises = [torch.randn(p.shape, generator=noise_gen) for p in params]
+        if noises is None:
+            noises = [torch.randn(p.shape, generator=noise_gen) for p in params]
         sgld_step_(params, grads, w_star, sq_avg, noises, cfg, norms)
         losses.append(loss.item())
         check_diverged(losses, cfg["num_classes"], chain, step)

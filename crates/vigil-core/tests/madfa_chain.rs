@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use burn::module::Module;
 use vigil_core::device::default_device;
+use vigil_core::madfa::chain::sampling_batch;
 use vigil_core::madfa::{
-    BnPolicy, ChainConfig, ChainObserver, LossTraces, MadTask, Quiet, SgldConfig, TraceForm,
-    TraceLoss, run_chains, user_task,
+    BnPolicy, ChainConfig, ChainObserver, LossTraces, MadError, MadTask, Preconditioner, Quiet,
+    SgldConfig, StepDraws, TraceForm, TraceLoss, run_chains, user_task,
 };
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Network};
 
@@ -344,4 +345,96 @@ fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model()
     let again = run();
     assert_eq!(again.candidates[0].clc_reliability, gentle.clc_reliability);
     assert_eq!(again.recommended, c.recommended);
+}
+
+/// One step's draws: step, minibatch indices, noise per parameter.
+type Draws = (usize, Vec<usize>, Vec<(String, Vec<f32>)>);
+
+/// Keeps every step's draws, as `vigil sample --record-steps` does for one chain.
+struct KeepDraws {
+    chain: usize,
+    steps: Vec<Draws>,
+}
+
+impl ChainObserver for KeepDraws {
+    fn records_draws(&mut self, chain: usize) -> bool {
+        chain == self.chain
+    }
+    fn step_draws(&mut self, chain: usize, draws: &StepDraws<'_>) -> Result<(), MadError> {
+        assert_eq!(chain, self.chain);
+        self.steps
+            .push((draws.step, draws.indices.to_vec(), draws.noise.to_vec()));
+        Ok(())
+    }
+}
+
+#[test]
+fn recording_the_draws_changes_nothing_and_they_are_the_steps_own() {
+    let w_star = model(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    });
+    let config = ChainConfig {
+        sgld: SgldConfig {
+            preconditioner: Preconditioner::Identity,
+            ..config(BnPolicy::Reference).sgld
+        },
+        ..config(BnPolicy::Reference)
+    };
+    let run_with = |observer: &mut KeepDraws| {
+        run_chains(
+            &w_star,
+            &task(),
+            &config,
+            &[0, 1],
+            serde_json::json!({"test": true}),
+            None,
+            &default_device(),
+            observer,
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let (plain, _) = run_chains(
+        &w_star,
+        &task(),
+        &config,
+        &[0, 1],
+        serde_json::json!({"test": true}),
+        None,
+        &default_device(),
+        &mut Quiet,
+    )
+    .unwrap()
+    .unwrap();
+    let mut keep = KeepDraws {
+        chain: 1,
+        steps: Vec::new(),
+    };
+    let (recorded, diagnostics) = run_with(&mut keep);
+    assert_eq!(plain, recorded);
+    assert_eq!(keep.steps.len(), config.total_steps());
+    let floats: usize = keep.steps[0].2.iter().map(|(_, n)| n.len()).sum();
+    assert_eq!(floats, w_star.network.num_params());
+    assert!(keep.steps[0].2.iter().any(|(path, _)| path == "fc2.weight"));
+    for (step, (s, indices, noise)) in keep.steps.iter().enumerate() {
+        assert_eq!(*s, step);
+        assert_eq!(
+            *indices,
+            sampling_batch(task().sampling.len(), 8, config.seed, 1, step)
+        );
+        // Plain SGLD: the noise term is sqrt(lr) N, whose norm the diagnostics hold.
+        let norm = noise
+            .iter()
+            .flat_map(|(_, n)| n.iter())
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let expected = diagnostics[1].noise_norm[step];
+        assert!(
+            (config.sgld.lr.sqrt() * norm - expected).abs() < 1e-5 * expected,
+            "step {step}: {} vs {expected}",
+            config.sgld.lr.sqrt() * norm
+        );
+    }
 }

@@ -107,6 +107,7 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
         bar: None,
         interrupted: interrupt_flag(),
         linearised: config.base.traces == madfa::TraceForm::Linearised,
+        record: None,
     };
     let calibration = madfa::calibrate(
         &classifier,

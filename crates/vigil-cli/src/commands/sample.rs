@@ -224,6 +224,14 @@ pub struct SampleArgs {
     /// Print the run summary (and AUROCs when anomalies are known) as JSON on stdout.
     #[arg(long)]
     json: bool,
+
+    /// Write chain 0's random draws (each step's minibatch indices and standard-normal noise,
+    /// about 1.7 MB a step for the small CNN) to DIR, so that another implementation can replay
+    /// the chain step for step (`bench/peer/madfa_replay.py`; format in
+    /// `vigil_core::madfa::record`). A debugging aid for comparing samplers, hence hidden from
+    /// --help; it changes no draw and no output.
+    #[arg(long, value_name = "DIR", hide = true)]
+    record_steps: Option<PathBuf>,
 }
 
 /// The sampler's settings that calibration keeps (shared by `vigil sample` and `vigil
@@ -374,6 +382,8 @@ pub struct ChainProgress {
     pub interrupted: Arc<AtomicBool>,
     /// Linearised traces: formed after all chains, so a chain's line cannot count constant ones.
     pub linearised: bool,
+    /// Writes one chain's random draws (`vigil sample --record-steps`).
+    pub record: Option<madfa::StepRecorder>,
 }
 
 impl ChainObserver for ChainProgress {
@@ -419,6 +429,21 @@ impl ChainObserver for ChainProgress {
 
     fn should_stop(&mut self) -> bool {
         self.interrupted.load(Ordering::SeqCst)
+    }
+
+    fn records_draws(&mut self, chain: usize) -> bool {
+        self.record.as_ref().is_some_and(|r| r.chain() == chain)
+    }
+
+    fn step_draws(
+        &mut self,
+        chain: usize,
+        draws: &madfa::StepDraws<'_>,
+    ) -> Result<(), madfa::MadError> {
+        match &mut self.record {
+            Some(record) if record.chain() == chain => record.write(draws),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -529,6 +554,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         bar: None,
         interrupted: interrupt_flag(),
         linearised: matches!(args.base.traces, TracesArg::Linearised),
+        record: None,
     };
     if args.calibrate {
         let path = args.out.join("calibration.json");
@@ -553,6 +579,10 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         config = calibration.per_chain(args.chain_count());
     }
     config.validate()?;
+    observer.record = args
+        .record_steps
+        .as_ref()
+        .map(|dir| madfa::StepRecorder::new(dir, 0, &config));
     eprintln!(
         "sampling {} chain(s) of {} steps ({} burn-in, {} draws, thinning {}), tracing {} trusted + {} test samples per draw",
         chains.len(),

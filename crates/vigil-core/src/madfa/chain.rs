@@ -11,10 +11,11 @@
 //! (model, RMSprop state, traces so far) continues bit for bit, and chains are independent: run
 //! them in one process or as separate jobs and merge the files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ use crate::inference::evaluate;
 use crate::io::write_json_atomic;
 use crate::loss::{cross_entropy, cross_entropy_per_sample, cross_entropy_per_sample_precise};
 use crate::models::{BnMode, Classifier};
-use crate::optim::{ParamSlots, apply_update, snapshot_slots};
+use crate::optim::{ParamSlots, apply_update, param_infos, snapshot_slots};
 use crate::train::{STEP_KEY, epoch_order, metadata_step, mix, tensor_file_step};
 
 /// How BatchNorm behaves along the chain.
@@ -207,6 +208,31 @@ pub trait ChainObserver {
     fn should_stop(&mut self) -> bool {
         false
     }
+    /// Whether chain `chain` should report every step's random draws to
+    /// [`ChainObserver::step_draws`] (`vigil sample --record-steps`). Off by default: then
+    /// nothing is copied.
+    fn records_draws(&mut self, _chain: usize) -> bool {
+        false
+    }
+    /// The random draws of the step just taken, when [`ChainObserver::records_draws`] asked for
+    /// them; an error stops the chain.
+    fn step_draws(&mut self, _chain: usize, _draws: &StepDraws<'_>) -> Result<(), MadError> {
+        Ok(())
+    }
+}
+
+/// Everything random in one step of a chain: with w* and `V = 0` at the start, another
+/// implementation of the update can replay the chain from these ([`super::record`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepDraws<'a> {
+    /// Step (0-based).
+    pub step: usize,
+    /// Indices of the minibatch in the sampling set, in batch order.
+    pub indices: &'a [usize],
+    /// Per updated parameter, in update order: its checkpoint path and its standard-normal draw
+    /// `N`, before the scaling by `sqrt(lr) sqrt(G)`, flat in vigil's layout (Linear weights
+    /// `[in, out]`, the transpose of PyTorch's).
+    pub noise: &'a [(String, Vec<f32>)],
 }
 
 /// An observer that watches nothing.
@@ -546,6 +572,15 @@ pub fn run_chain(
     let total = config.total_steps();
     let chance = (w_star.spec.num_classes().max(2) as f64).ln();
     observer.chain_started(chain, total, state.progress.step);
+    let record = observer.records_draws(chain);
+    let paths: HashMap<ParamId, String> = if record {
+        param_infos(&state.live.network)
+            .into_iter()
+            .map(|p| (p.id, p.path))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut last_save = Instant::now();
     while state.progress.step < total {
         let step = state.progress.step;
@@ -574,12 +609,16 @@ pub fn run_chain(
         }
         let grads = loss.backward();
         let mut rule = LocalizedSgld::new(&config.sgld, noise_seed(config.seed, chain, step));
+        if record {
+            rule = rule.keeping_noise();
+        }
         state.live.network = apply_update(
             state.live.network.clone(),
             &grads,
             &mut rule,
             &mut state.slots,
         );
+        let noise = rule.take_noise();
         let norms = rule.finish()?;
         if !norms.distance.is_finite() {
             return Err(MadError::ChainDiverged {
@@ -587,6 +626,18 @@ pub fn run_chain(
                 step,
                 reason: "the parameters became non-finite".into(),
             });
+        }
+        if record {
+            let noise: Vec<(String, Vec<f32>)> = noise
+                .into_iter()
+                .map(|(id, draw)| (paths.get(&id).cloned().unwrap_or_default(), draw))
+                .collect();
+            let draws = StepDraws {
+                step,
+                indices: &indices,
+                noise: &noise,
+            };
+            observer.step_draws(chain, &draws)?;
         }
         state.progress.step += 1;
         let diagnostics = &mut state.progress.diagnostics;

@@ -5,11 +5,13 @@
 //! sample by how strongly its loss co-varies with the trusted set's ([`scores`]): a sample whose
 //! loss moves with no trusted sample runs on a mechanism the trusted data does not exercise.
 //! [`calibrate`] chooses the sampler's settings from trusted data alone. [`task`] builds the
-//! trusted / sampling / test sets, from an attack record or a user's data.
+//! trusted / sampling / test sets, from an attack record or a user's data. [`record`] writes a
+//! chain's random draws, for replaying it in another implementation.
 
 pub mod calibrate;
 pub mod chain;
 pub mod linearised;
+pub mod record;
 pub mod scores;
 pub mod sgld;
 pub mod task;
@@ -22,8 +24,9 @@ pub use calibrate::{
 };
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
-    TraceForm, TraceInputs, TraceLoss, run_chain, run_chains,
+    StepDraws, TraceForm, TraceInputs, TraceLoss, run_chain, run_chains,
 };
+pub use record::StepRecorder;
 pub use scores::{
     AnomalyScores, Attribution, Coupling, ScoreReport, anomaly_scores, coupling, evaluate_scores,
     top_attributions,

@@ -164,6 +164,9 @@ pub struct LocalizedSgld<'a> {
     /// Squared norms of drift, localization, noise and distance, one entry per parameter.
     squared: Vec<[Tensor<1>; 4]>,
     missing_w_star: usize,
+    /// The standard-normal draws of each updated parameter, kept only when asked for
+    /// ([`LocalizedSgld::keeping_noise`]).
+    kept_noise: Option<Vec<(ParamId, Vec<f32>)>>,
 }
 
 impl<'a> LocalizedSgld<'a> {
@@ -175,7 +178,25 @@ impl<'a> LocalizedSgld<'a> {
             noise: StdRng::seed_from_u64(noise_seed),
             squared: Vec::new(),
             missing_w_star: 0,
+            kept_noise: None,
         }
+    }
+
+    /// The same step, also keeping a copy of every parameter's standard-normal draw `N` (before
+    /// the scaling by `sqrt(lr) sqrt(G)`) for [`LocalizedSgld::take_noise`]: what another
+    /// implementation needs to replay the chain. The draws themselves do not change.
+    pub fn keeping_noise(mut self) -> Self {
+        self.kept_noise = Some(Vec::new());
+        self
+    }
+
+    /// The draws kept so far, one per updated parameter in update order (empty unless
+    /// [`LocalizedSgld::keeping_noise`]).
+    pub fn take_noise(&mut self) -> Vec<(ParamId, Vec<f32>)> {
+        self.kept_noise
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The norms of the step just taken; an error if a parameter had no w* to be pulled to.
@@ -233,6 +254,9 @@ impl UpdateRule for LocalizedSgld<'_> {
             .sample_iter(StandardNormal)
             .take(n)
             .collect();
+        if let Some(kept) = &mut self.kept_noise {
+            kept.push((id, noise.clone()));
+        }
         let noise = Tensor::<1>::from_data(TensorData::new(noise, [n]), &device);
         let half_lr = c.lr / 2.0;
         let mut drift = grad.mul_scalar(half_lr * c.n_beta);
