@@ -47,13 +47,7 @@ impl DataArgs {
 
 /// Keeps `limit` samples of `set`, chosen by a seeded shuffle (all if `None` or larger).
 pub fn limit(set: ImageSet, limit: Option<usize>, seed: u64) -> Result<ImageSet> {
-    match limit {
-        Some(n) if n < set.len() => {
-            let (keep, _) = set.random_split(n, seed)?;
-            Ok(set.subset(&keep))
-        }
-        _ => Ok(set),
-    }
+    Ok(set.limited(limit, seed)?)
 }
 
 /// How to read a model file that carries no vigil metadata: a PyTorch `state_dict` saved as

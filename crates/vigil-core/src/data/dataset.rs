@@ -365,6 +365,18 @@ impl ImageSet {
         Ok(parts)
     }
 
+    /// At most `limit` of the images, chosen by a seeded shuffle ([`ImageSet::random_split`]);
+    /// the whole set if `limit` is `None` or not smaller than it.
+    pub fn limited(self, limit: Option<usize>, seed: u64) -> Result<ImageSet> {
+        match limit {
+            Some(n) if n < self.len() => {
+                let (keep, _) = self.random_split(n, seed)?;
+                Ok(self.subset(&keep))
+            }
+            _ => Ok(self),
+        }
+    }
+
     /// Splits all indices into a random part of `first_len` images and the
     /// rest, e.g. 45,000 training and 5,000 validation images. Both lists are
     /// ascending. Deterministic for a given `seed` (and `rand` version).

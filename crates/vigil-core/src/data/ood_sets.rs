@@ -312,14 +312,7 @@ impl OodSetSpec {
                 super::load(*kind, super::Split::Test, dir.as_deref().or(data_dir))?
             }
         };
-        let set = match limit {
-            Some(n) if n < set.len() => {
-                let (keep, _) = set.random_split(n, seed)?;
-                set.subset(&keep)
-            }
-            _ => set,
-        };
-        conform(&set, shape)
+        conform(&set.limited(limit, seed)?, shape)
     }
 }
 
