@@ -1,25 +1,31 @@
 //! Progress bars for long work, drawn on stderr so stdout stays machine-readable.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vigil_core::train::{EpochRecord, TrainObserver};
 
-/// Set by Ctrl-C; long loops poll it and stop cleanly after checkpointing.
+/// Set by Ctrl-C; long loops poll it and stop cleanly after checkpointing. One flag for the
+/// whole process (the handler can be installed only once), so every run started in it, such as
+/// each rung a benchmark trains, sees the interrupt.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let handler_flag = flag.clone();
-    // A second Ctrl-C while the first is being handled exits at once.
-    let _ = ctrlc::set_handler(move || {
-        if handler_flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\ninterrupt: finishing the current batch and checkpointing (Ctrl-C again to abort)"
-        );
-    });
-    flag
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        // A second Ctrl-C while the first is being handled exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if handler_flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupt: finishing the current batch and checkpointing (Ctrl-C again to abort)"
+            );
+        });
+        flag
+    })
+    .clone()
 }
 
 /// A bar over `len` items with a message.
