@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{OodError, OodScore};
+use super::{OodError, OodScore, ScoreKind};
 use crate::models::{BnMode, Classifier};
 
 /// The energy score at temperature `temperature` (1 in the paper).
@@ -20,7 +20,7 @@ impl Default for Energy {
 
 impl OodScore for Energy {
     fn name(&self) -> &'static str {
-        "energy"
+        ScoreKind::Energy.name()
     }
 
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {

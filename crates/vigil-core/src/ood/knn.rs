@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{OodError, OodScore, features_of, on_device_of};
+use super::{OodError, OodScore, ScoreKind, features_of, on_device_of};
 use crate::data::ImageSet;
 use crate::models::{BnMode, Classifier};
 
@@ -90,7 +90,7 @@ impl Knn {
 
 impl OodScore for Knn {
     fn name(&self) -> &'static str {
-        "knn"
+        ScoreKind::Knn.name()
     }
 
     fn fit(

@@ -5,7 +5,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{OodError, OodScore, features_of, on_device_of};
+use super::{OodError, OodScore, ScoreKind, features_of, on_device_of};
 use crate::data::ImageSet;
 use crate::models::{BnMode, Classifier};
 
@@ -149,7 +149,7 @@ impl Mahalanobis {
 
 impl OodScore for Mahalanobis {
     fn name(&self) -> &'static str {
-        "mahalanobis"
+        ScoreKind::Mahalanobis.name()
     }
 
     fn fit(

@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{OodError, OodScore};
+use super::{OodError, OodScore, ScoreKind};
 use crate::models::{BnMode, Classifier};
 
 /// Max logit: a large top logit is ID.
@@ -11,7 +11,7 @@ pub struct MaxLogit;
 
 impl OodScore for MaxLogit {
     fn name(&self) -> &'static str {
-        "max-logit"
+        ScoreKind::MaxLogit.name()
     }
 
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {

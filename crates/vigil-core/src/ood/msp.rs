@@ -3,7 +3,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
-use super::{OodError, OodScore};
+use super::{OodError, OodScore, ScoreKind};
 use crate::models::{BnMode, Classifier};
 
 /// MSP: confident predictions are ID.
@@ -12,7 +12,7 @@ pub struct Msp;
 
 impl OodScore for Msp {
     fn name(&self) -> &'static str {
-        "msp"
+        ScoreKind::Msp.name()
     }
 
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {

@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
 use super::msp::msp_of_logits;
-use super::{OodError, OodScore};
+use super::{OodError, OodScore, ScoreKind};
 use crate::attack::pgd::gradient_wrt_input;
 use crate::models::{BnMode, Classifier};
 
@@ -34,7 +34,7 @@ impl Default for Odin {
 
 impl OodScore for Odin {
     fn name(&self) -> &'static str {
-        "odin"
+        ScoreKind::Odin.name()
     }
 
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {

@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Tensor};
 
 use super::energy::energy_of_logits;
-use super::{OodError, OodScore, features_of};
+use super::{OodError, OodScore, ScoreKind, features_of};
 use crate::data::ImageSet;
 use crate::models::{BnMode, Classifier};
 
@@ -56,7 +56,7 @@ impl React {
 
 impl OodScore for React {
     fn name(&self) -> &'static str {
-        "react"
+        ScoreKind::React.name()
     }
 
     fn fit(

@@ -242,3 +242,12 @@ fn react_clips_features_then_scores_the_energy_of_the_head() {
     }
     assert!(React::new(1.5, 4).fit_activations(&[1.0]).is_err());
 }
+
+#[test]
+fn every_score_kind_builds_the_score_of_its_name_and_parses_back() {
+    for kind in ScoreKind::ALL {
+        assert_eq!(kind.build(8).name(), kind.name());
+        assert_eq!(kind.name().parse::<ScoreKind>(), Ok(kind));
+    }
+    assert!("nonsense".parse::<ScoreKind>().is_err());
+}
