@@ -24,8 +24,10 @@ use rand::{Rng, SeedableRng};
 
 use super::{AttackError, BackdoorAttack, fits};
 use crate::data::{ImageSet, ImageShape, images_tensor};
+use crate::models::host_init::fan_in_uniform;
 use crate::optim::adam::Adam;
 use crate::optim::{ParamSlots, apply_update};
+use crate::train::mix;
 
 use super::host_net::HostConvStack;
 
@@ -66,6 +68,9 @@ impl Default for SsbaTraining {
 }
 
 const HIDDEN: usize = 16;
+
+/// Stream of [`mix`] for the encoder's and decoder's initial weights.
+const INIT_STREAM: u64 = 0x55ba_1417;
 
 /// Residual generator: `[image; code planes] -> eps * tanh(conv(relu(conv(relu(conv)))))`.
 #[derive(Module, Debug)]
@@ -187,9 +192,13 @@ impl Ssba {
         }
         let shape = train.shape();
         let device = device.clone().autodiff();
-        device.seed(config.seed);
-        let mut encoder = SsbaEncoder::new(shape.channels, config.bits, &device);
-        let mut decoder = SsbaDecoder::new(shape, config.bits, &device);
+        // Initial weights from a host stream of the seed, not burn's process-wide device RNG.
+        let mut init = StdRng::seed_from_u64(mix(config.seed, INIT_STREAM, 0));
+        let mut encoder = fan_in_uniform(
+            SsbaEncoder::new(shape.channels, config.bits, &device),
+            &mut init,
+        );
+        let mut decoder = fan_in_uniform(SsbaDecoder::new(shape, config.bits, &device), &mut init);
         let (mut enc_slots, mut dec_slots) = (ParamSlots::new(), ParamSlots::new());
         let mut rng = StdRng::seed_from_u64(config.seed);
         let (h, w, bits) = (shape.height, shape.width, config.bits);
@@ -284,8 +293,10 @@ mod tests {
     #[test]
     fn host_encoder_matches_the_trained_network() {
         let device = default_device();
-        device.seed(5);
-        let encoder = SsbaEncoder::new(1, 3, &device);
+        let encoder = fan_in_uniform(
+            SsbaEncoder::new(1, 3, &device),
+            &mut StdRng::seed_from_u64(5),
+        );
         let set = images(1);
         let code = [1.0f32, -1.0, 1.0];
         let planes = Tensor::<1>::from_data(TensorData::new(code.to_vec(), [3]), &device)

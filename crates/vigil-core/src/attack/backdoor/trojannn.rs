@@ -222,6 +222,7 @@ mod tests {
     use super::*;
     use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
     use crate::device::default_device;
+    use rand::SeedableRng;
 
     #[test]
     fn connectivity_ranks_by_absolute_outgoing_weight() {
@@ -234,9 +235,8 @@ mod tests {
     #[test]
     fn generated_trigger_excites_its_neurons_and_touches_only_the_patch() {
         let device = default_device();
-        device.seed(2);
-        let spec = tiny_cnn_spec();
-        let clean = Classifier::new(spec, &device).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let clean = crate::models::test_util::host_seeded(tiny_cnn_spec(), &mut rng, &device);
         let set = two_class_8x8(20, |i| ((i * 37) % 101) as f32 / 100.0);
         let search = TrojanSearch {
             patch_size: 3,
