@@ -26,27 +26,38 @@ struct FanInUniform<'a, R> {
 
 impl<R: Rng> ModuleMapper for FanInUniform<'_, R> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, tensor, mapper) = param.consume();
-        let dims = tensor.dims();
-        let fan_in = match D {
-            1 => self.fan_in.unwrap_or(dims[0]),
-            2 => dims[0],
-            _ => dims[1..].iter().product(),
-        };
-        if D > 1 {
-            self.fan_in = Some(fan_in);
-        }
-        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-        let n = dims.iter().product::<usize>();
-        let values: Vec<f32> = (0..n)
-            .map(|_| self.rng.random_range(-bound..bound))
-            .collect();
-        let mut next = Tensor::<D>::from_data(TensorData::new(values, dims), &tensor.device());
-        if tensor.is_require_grad() {
-            next = next.require_grad();
-        }
-        Param::from_mapped_value(id, next, mapper)
+        redraw(param, |dims| {
+            let fan_in = match D {
+                1 => self.fan_in.unwrap_or(dims[0]),
+                2 => dims[0],
+                _ => dims[1..].iter().product(),
+            };
+            if D > 1 {
+                self.fan_in = Some(fan_in);
+            }
+            let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+            let n = dims.iter().product::<usize>();
+            (0..n)
+                .map(|_| self.rng.random_range(-bound..bound))
+                .collect()
+        })
     }
+}
+
+/// `param` with new values from `draw(dims)` (row-major), on the same device, keeping its id and
+/// whether it requires a gradient.
+pub(crate) fn redraw<const D: usize>(
+    param: Param<Tensor<D>>,
+    draw: impl FnOnce(&[usize]) -> Vec<f32>,
+) -> Param<Tensor<D>> {
+    let (id, tensor, mapper) = param.consume();
+    let dims = tensor.dims();
+    let values = draw(&dims);
+    let mut next = Tensor::<D>::from_data(TensorData::new(values, dims), &tensor.device());
+    if tensor.is_require_grad() {
+        next = next.require_grad();
+    }
+    Param::from_mapped_value(id, next, mapper)
 }
 
 #[cfg(test)]

@@ -338,9 +338,10 @@ impl Classifier {
 #[cfg(test)]
 pub(crate) mod test_util {
     use burn::module::{Module, ModuleMapper, Param};
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Device, Tensor};
     use rand::Rng;
 
+    use super::host_init::redraw;
     use super::{Classifier, ModelSpec};
 
     /// A classifier for `spec` with every float tensor uniform in `[-0.3, 0.3)` from `rng`. For
@@ -349,16 +350,10 @@ pub(crate) mod test_util {
         struct Uniform<'a, R>(&'a mut R);
         impl<R: Rng> ModuleMapper for Uniform<'_, R> {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let (id, tensor, mapper) = param.consume();
-                let dims = tensor.dims();
-                let n = dims.iter().product::<usize>();
-                let values: Vec<f32> = (0..n).map(|_| self.0.random_range(-0.3..0.3)).collect();
-                let mut next =
-                    Tensor::<D>::from_data(TensorData::new(values, dims), &tensor.device());
-                if tensor.is_require_grad() {
-                    next = next.require_grad();
-                }
-                Param::from_mapped_value(id, next, mapper)
+                redraw(param, |dims| {
+                    let n = dims.iter().product::<usize>();
+                    (0..n).map(|_| self.0.random_range(-0.3..0.3)).collect()
+                })
             }
         }
         let mut classifier = Classifier::new(spec, device).expect("a valid test spec");
