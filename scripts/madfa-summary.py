@@ -5,7 +5,9 @@
 
 Reads every seed-*.json (the `vigil sample --json` output) in each folder, writes
 summary.json beside them and prints one Markdown row per folder: mean +- sample sd (and the
-standard error) of each score's AUROC, the seeds, and the mean wall time per seed.
+standard error) of each score's AUROC, the seeds, and the mean wall time per seed. With exactly
+two folders it adds their difference in units of its (Welch) standard error and a two-sided
+Mann-Whitney U p-value per score (scipy), to say whether two tools agree within the seed noise.
 """
 import json
 import math
@@ -48,16 +50,35 @@ def summarize(folder):
     return summary
 
 
+def difference_row(a, b):
+    """a - b per score: the difference over its Welch standard error, and the Mann-Whitney U
+    two-sided p-value of the per-seed AUROCs."""
+    from scipy.stats import mannwhitneyu
+
+    cells = []
+    for k in SCORES:
+        x, y = a["auroc"][k], b["auroc"][k]
+        se = math.sqrt(x["se"] ** 2 + y["se"] ** 2)
+        z = (x["mean"] - y["mean"]) / se if se > 0 else float("nan")
+        p = mannwhitneyu(x["values"], y["values"], alternative="two-sided").pvalue
+        cells.append(f"{x['mean'] - y['mean']:+.4f} ({z:+.1f} se, U p {p:.3f})")
+    return f"| difference | | " + " | ".join(cells) + " | |"
+
+
 def main():
     print("| row | seeds | " + " | ".join(SCORES) + " | s/seed |")
     print("|---|---|" + "---|" * len(SCORES) + "---|")
+    summaries = []
     for arg in sys.argv[1:]:
         s = summarize(pathlib.Path(arg))
         if s is None:
             continue
+        summaries.append(s)
         cells = [f"{s['auroc'][k]['mean']:.4f} ± {s['auroc'][k]['sd']:.4f}" for k in SCORES]
         print(f"| {s['row']} | {len(s['seeds'])} | " + " | ".join(cells)
               + f" | {s['seconds_per_seed']:.0f} |")
+    if len(summaries) == 2:
+        print(difference_row(*summaries))
 
 
 if __name__ == "__main__":
