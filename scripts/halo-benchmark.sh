@@ -7,7 +7,7 @@
 # LADDER    folder of the ladder's runs (LADDER/std, LADDER/oe, ...)
 # TRANSFER  checkpoint of a separately trained STD model, the transfer attack's source
 # OUT       the benchmark's output folder (its parts; large files, not committed)
-# RESULTS   folder for report.json, report.md, rows.csv and run.txt
+# RESULTS   folder for report.json, report.md, rows.csv, the charts (auroc-*.svg) and run.txt
 # Environment: VIGIL (default target/release/vigil).
 set -euo pipefail
 [ $# -ge 4 ] || { sed -n '2,12p' "$0"; exit 2; }
@@ -18,7 +18,7 @@ command=("$vigil" benchmark ood --ladder "$ladder" --transfer-from "$transfer" -
 start=$(date +%s)
 "${command[@]}" 2> "$out.log"
 end=$(date +%s)
-cp "$out/report.json" "$out/report.md" "$out/rows.csv" "$results/"
+cp "$out/report.json" "$out/report.md" "$out/rows.csv" "$out"/auroc-*.svg "$results/"
 {
   echo "command: ${command[*]}"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
