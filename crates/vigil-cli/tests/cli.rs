@@ -686,8 +686,6 @@ fn ood_benchmark_trains_the_missing_rungs_then_evaluates_them() {
             "uniform-noise",
             "--scores",
             "msp",
-            "--adaptive",
-            "none",
             "--steps",
             "2",
             "--id-limit",
@@ -718,8 +716,17 @@ fn ood_benchmark_trains_the_missing_rungs_then_evaluates_them() {
         .map(|a| a["model"].as_str().unwrap())
         .collect();
     assert_eq!(models, ["std", "trades"]);
-    // Clean, ID-, OOD- and both-attacked rows for each model's one score and set.
-    assert_eq!(report["rows"].as_array().unwrap().len(), 2 * 4);
+    // Without --adaptive, every score evaluated is also attacked adaptively.
+    let adaptive: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["setting"] == "adaptive")
+        .map(|r| r["score"].as_str().unwrap())
+        .collect();
+    assert_eq!(adaptive, ["msp", "msp"]);
+    // Clean, ID-, OOD-, both-attacked and adaptive rows for each model's one score and set.
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2 * 5);
     // Again: nothing to train, nothing to attack.
     let again = benchmark();
     assert!(again.status.success(), "{}", stderr(&again));

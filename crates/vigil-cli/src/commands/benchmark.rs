@@ -103,9 +103,10 @@ pub struct OodArgs {
     )]
     scores: Vec<ScoreKind>,
 
-    /// Scores also attacked adaptively (one attack of every set per model and score), or `none`.
-    #[arg(long, value_delimiter = ',', default_value = "msp,energy,max-logit,odin,mahalanobis,knn,react", value_parser = parse_adaptive)]
-    adaptive: Vec<Option<ScoreKind>>,
+    /// Scores also attacked adaptively (one attack of every set per model and score), or `none`
+    /// [default: every score of --scores].
+    #[arg(long, value_delimiter = ',', value_parser = parse_adaptive)]
+    adaptive: Option<Vec<Option<ScoreKind>>>,
 
     /// L-infinity radius of every attack.
     #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
@@ -287,7 +288,10 @@ fn run_ood(args: OodArgs) -> Result<ExitCode> {
     let config = OodBenchmarkConfig {
         attack,
         scores: args.scores.clone(),
-        adaptive: args.adaptive.iter().flatten().copied().collect(),
+        adaptive: match &args.adaptive {
+            Some(chosen) => chosen.iter().flatten().copied().collect(),
+            None => args.scores.clone(),
+        },
         batch_size: args.batch_size,
         seed: args.seed,
     };
