@@ -307,18 +307,18 @@ fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model()
     settings.burn_in = 2;
     settings.min_draws = 5;
     settings.max_draws = 500;
-    let run = || {
+    let run = |settings: &CalibrationConfig| {
         calibrate(
             &w_star,
             &task.trusted,
             &task.sampling,
-            &settings,
+            settings,
             &default_device(),
             &mut Quiet,
         )
         .unwrap()
     };
-    let c = run();
+    let c = run(&settings);
     assert_eq!(c.candidates.len(), 2);
     assert_eq!((c.reference_size, c.probe_size), (6, 6));
     let gentle = &c.candidates[0];
@@ -342,9 +342,19 @@ fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model()
     assert_eq!(c.recommended.thinning, 1);
     assert!((5..=500).contains(&c.recommended.draws));
     // Deterministic: the same settings give the same calibration.
-    let again = run();
+    let again = run(&settings);
     assert_eq!(again.candidates[0].clc_reliability, gentle.clc_reliability);
     assert_eq!(again.recommended, c.recommended);
+    // A run with linearised traces is calibrated on exact probe traces (the same reliabilities
+    // and draws), and keeps its own trace form.
+    settings.base.traces = TraceForm::Linearised;
+    let linearised = run(&settings);
+    assert_eq!(
+        linearised.candidates[0].clc_reliability,
+        gentle.clc_reliability
+    );
+    assert_eq!(linearised.recommended.draws, c.recommended.draws);
+    assert_eq!(linearised.recommended.traces, TraceForm::Linearised);
 }
 
 /// One step's draws: step, minibatch indices, noise per parameter.
