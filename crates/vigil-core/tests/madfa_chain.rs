@@ -26,6 +26,14 @@ fn model(architecture: Architecture) -> Classifier {
     Classifier::new(spec, &default_device()).unwrap()
 }
 
+/// The small CNN at width 4, hidden 8: the model most tests here sample around.
+fn tiny_cnn() -> Classifier {
+    model(Architecture::SmallCnn {
+        width: 4,
+        hidden: 8,
+    })
+}
+
 fn task() -> MadTask {
     user_task(
         dataset(12, 1),
@@ -101,18 +109,12 @@ impl ChainObserver for StopAfter {
 
 #[test]
 fn same_seed_same_traces_and_the_chain_moves() {
-    let w_star = model(Architecture::SmallCnn {
-        width: 4,
-        hidden: 8,
-    });
+    let w_star = tiny_cnn();
     let config = config(BnPolicy::Reference);
     // Another thread drawing from burn's device RNG while the chains run must not matter.
     let noise = std::thread::spawn(|| {
         for _ in 0..50 {
-            let _ = model(Architecture::SmallCnn {
-                width: 4,
-                hidden: 8,
-            });
+            let _ = tiny_cnn();
         }
     });
     let a = run(&w_star, &config, &[0], None, &mut Quiet).unwrap();
@@ -135,10 +137,7 @@ fn same_seed_same_traces_and_the_chain_moves() {
 
 #[test]
 fn interrupted_chains_resume_bit_for_bit_and_merge_equals_one_run() {
-    let w_star = model(Architecture::SmallCnn {
-        width: 4,
-        hidden: 8,
-    });
+    let w_star = tiny_cnn();
     let config = config(BnPolicy::Reference);
     let uninterrupted = run(&w_star, &config, &[0, 1], None, &mut Quiet).unwrap();
 
@@ -188,10 +187,7 @@ fn interrupted_chains_resume_bit_for_bit_and_merge_equals_one_run() {
 
 #[test]
 fn linearised_traces_follow_the_exact_ones_near_w_star_and_resume_bit_for_bit() {
-    let w_star = model(Architecture::SmallCnn {
-        width: 4,
-        hidden: 8,
-    });
+    let w_star = tiny_cnn();
     // Small steps, so the chain stays where the loss is nearly linear.
     let exact = ChainConfig {
         sgld: SgldConfig {
@@ -292,10 +288,7 @@ fn batch_norm_chains_leave_the_model_alone_and_the_modes_differ() {
 #[test]
 fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model() {
     use vigil_core::madfa::{CalibrationConfig, calibrate};
-    let w_star = model(Architecture::SmallCnn {
-        width: 4,
-        hidden: 8,
-    });
+    let w_star = tiny_cnn();
     let task = task();
     let mut base = config(BnPolicy::Reference);
     base.sgld.n_beta = 10.0;
@@ -380,10 +373,7 @@ impl ChainObserver for KeepDraws {
 
 #[test]
 fn recording_the_draws_changes_nothing_and_they_are_the_steps_own() {
-    let w_star = model(Architecture::SmallCnn {
-        width: 4,
-        hidden: 8,
-    });
+    let w_star = tiny_cnn();
     let config = ChainConfig {
         sgld: SgldConfig {
             preconditioner: Preconditioner::Identity,
