@@ -93,8 +93,7 @@ mod tests {
 
     #[test]
     fn writes_the_manifest_and_one_archive_per_step() {
-        let dir = std::env::temp_dir().join(format!("vigil-record-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::train::test_util::scratch("record", "steps");
         let mut recorder = StepRecorder::new(&dir, 0, &ChainConfig::reference());
         let noise = vec![
             ("conv1.weight".to_string(), vec![0.5f32, -1.0]),
