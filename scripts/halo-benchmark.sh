@@ -20,7 +20,7 @@ start=$(date +%s)
 end=$(date +%s)
 cp "$out/report.json" "$out/report.md" "$out/rows.csv" "$out"/auroc-*.svg "$results/"
 {
-  echo "command: ${command[*]}"
+  echo "command: $(printf '%q ' "${command[@]}")"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "wall seconds of this invocation: $((end - start)) (stages saved earlier are not redone)"
