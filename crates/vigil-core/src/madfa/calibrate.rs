@@ -322,10 +322,10 @@ pub fn calibrate(
     let mut reports = Vec::new();
     for &(gamma, n_beta) in &config.candidates {
         let mut chain_config = config.chain_config(gamma, n_beta, config.probe_draws);
-        // Probes trace exactly whatever form the run will use: linearised traces are smoother,
-        // so two chains agree more and the reliability overstates what a run has learned
-        // (measured: calibrating on them asked for 40-60% fewer draws and doubled the CLC
-        // spread; docs/madfa.md, "Linearised traces with --calibrate").
+        // Probes always trace exactly, whatever form the run will use: linearised traces are
+        // smoother, so two chains agree more and the reliability overstates what a run has
+        // learned (measured: calibrating on them asked for 40-60% fewer draws and doubled the
+        // CLC spread; docs/madfa.md, "Linearised traces with --calibrate").
         chain_config.traces = TraceForm::Exact;
         let candidate_started = Instant::now();
         let report = match run_chains(
