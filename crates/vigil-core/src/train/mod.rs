@@ -133,10 +133,61 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.sgd.momentum) {
             return bad("momentum must lie in [0, 1)");
         }
-        if self.sgd.weight_decay < 0.0 {
-            return bad("weight decay must be >= 0");
+        // Written so that NaN fails every check: `!(x >= 0)` holds for NaN, `x < 0` does not.
+        if !(self.sgd.weight_decay.is_finite() && self.sgd.weight_decay >= 0.0) {
+            return bad(&format!(
+                "weight decay must be finite and >= 0, got {}",
+                self.sgd.weight_decay
+            ));
         }
-        Ok(())
+        self.validate_schedule()
+    }
+
+    /// A learning rate that is zero, negative or not finite never trains (a negative one climbs
+    /// the loss), so every rate the schedule can produce is checked, not only warned about
+    /// after an epoch.
+    fn validate_schedule(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::InvalidConfig(m));
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bad(format!("{name} must be finite and > 0, got {v}"))
+            }
+        };
+        match &self.schedule {
+            Schedule::Constant { lr } => positive("the learning rate", *lr),
+            Schedule::Step { lr, gamma, .. } => {
+                positive("the learning rate", *lr)?;
+                positive("the step schedule's gamma", *gamma)
+            }
+            Schedule::OneCycle {
+                max_lr,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                base_momentum,
+                max_momentum,
+                ..
+            } => {
+                positive("the learning rate", *max_lr)?;
+                positive("the one-cycle div factor", *div_factor)?;
+                positive("the one-cycle final div factor", *final_div_factor)?;
+                if !(0.0..=1.0).contains(pct_start) {
+                    return bad(format!(
+                        "the warm-up fraction must lie in [0, 1], got {pct_start}"
+                    ));
+                }
+                for (name, m) in [("base", base_momentum), ("max", max_momentum)] {
+                    if !(0.0..1.0).contains(m) {
+                        return bad(format!(
+                            "the one-cycle {name} momentum must lie in [0, 1), got {m}"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The configured crop and flip.
@@ -827,6 +878,50 @@ pub(crate) mod test_util {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_positive_or_non_finite_rates_and_decays_are_refused() {
+        let with = |schedule: Schedule| TrainConfig {
+            schedule,
+            ..TrainConfig::small_cnn_default()
+        };
+        let refused = |config: TrainConfig, what: &str| {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{e} should name {what}");
+        };
+        assert!(TrainConfig::small_cnn_default().validate().is_ok());
+        for lr in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
+            refused(with(Schedule::Constant { lr }), "learning rate");
+            refused(with(Schedule::one_cycle(lr, 0.25)), "learning rate");
+            refused(
+                with(Schedule::Step {
+                    lr,
+                    milestones: vec![1],
+                    gamma: 0.1,
+                }),
+                "learning rate",
+            );
+        }
+        refused(
+            with(Schedule::Step {
+                lr: 0.1,
+                milestones: vec![1],
+                gamma: -0.1,
+            }),
+            "gamma",
+        );
+        for warmup in [-0.1, 1.5, f64::NAN] {
+            refused(with(Schedule::one_cycle(0.05, warmup)), "warm-up");
+        }
+        for weight_decay in [-1e-4, f64::NAN, f64::INFINITY] {
+            let mut config = TrainConfig::small_cnn_default();
+            config.sgd.weight_decay = weight_decay;
+            refused(config, "weight decay");
+        }
+        let mut config = TrainConfig::small_cnn_default();
+        config.sgd.momentum = f64::NAN;
+        refused(config, "momentum");
+    }
 
     #[test]
     fn blown_up_losses_are_flagged() {
