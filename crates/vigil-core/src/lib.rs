@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod halo;
+pub mod identity;
 pub mod inference;
 pub mod io;
 pub mod kernels;

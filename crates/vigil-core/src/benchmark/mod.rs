@@ -31,6 +31,9 @@ pub enum BenchmarkError {
     /// The settings or inputs cannot make a benchmark.
     #[error("{0}")]
     Invalid(String),
+    /// The output folder belongs to another run.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// Results saved earlier in the output folder belong to another run.
     #[error(
         "{} holds results of other settings, data or models ({what}): choose another output folder or delete it",

@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use super::BenchmarkError;
 use crate::attack::pgd::{Pgd, frozen, objective};
-use crate::checkpoint;
 use crate::data::ood_sets::OodGroup;
 use crate::data::{ImageSet, batch};
+use crate::identity::{self, RunIdentity};
 use crate::inference::evaluate as classify;
 use crate::io::write_json_atomic;
 use crate::metrics::OodMetrics;
@@ -253,18 +253,10 @@ pub enum Progress<'a> {
 /// A stage's results as saved on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Part {
-    /// Content hash of the model's weights.
-    model_fingerprint: u64,
+    /// Content hash of the model's weights and spec ([`identity::hash_classifier`]).
+    weights: String,
     accuracy: Option<ModelAccuracy>,
     rows: Vec<OodRow>,
-}
-
-/// Settings and data of the run, saved once so a resumed run can check them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RunIdentity {
-    config: OodBenchmarkConfig,
-    data_fingerprint: u64,
-    transfer_source: Option<u64>,
 }
 
 /// Runs the benchmark over `contenders`, the transfer attack crafted on `transfer_source` when
@@ -284,14 +276,24 @@ pub fn run(
     let started = Instant::now();
     let parts = out.map(|o| o.join("parts"));
     if let Some(parts) = &parts {
-        let identity = RunIdentity {
-            config: config.clone(),
-            data_fingerprint: data_fingerprint(data),
-            transfer_source: transfer_source
-                .map(|s| model_fingerprint(&s.model))
-                .transpose()?,
-        };
-        check_identity(parts, &identity)?;
+        // Parts are reused only under the same settings, data and transfer source; each part
+        // also carries its own model's weights hash, so rungs can be added to a folder later.
+        let mut identity = RunIdentity::new(
+            "ood-benchmark",
+            serde_json::to_value(config)
+                .map_err(|e| BenchmarkError::Invalid(format!("cannot record the settings: {e}")))?,
+        )
+        .with_images("id fit", &data.id_fit)
+        .with_images("id test", &data.id_test);
+        for set in &data.ood {
+            identity = identity.with_images(&format!("ood {}", set.name), &set.images);
+        }
+        if let Some(source) = transfer_source {
+            identity = identity.with_model("transfer source", &source.model)?;
+        }
+        let mut reusable: Vec<&str> = contenders.iter().map(|c| c.name.as_str()).collect();
+        reusable.push("run.json");
+        identity::claim(parts, &identity, &reusable)?;
     }
     let mut bench = Bench {
         config,
@@ -303,10 +305,10 @@ pub fn run(
     let mut accuracy = Vec::new();
     let mut rows = Vec::new();
     for contender in contenders {
-        let fingerprint = model_fingerprint(&contender.model)?;
+        let weights = identity::hash_classifier(&contender.model)?;
         let mut model_run = ModelRun {
             contender,
-            fingerprint,
+            weights: weights.clone(),
             scores: None,
         };
         let mut stages = vec![Stage::Accuracy, Stage::Uniform];
@@ -320,7 +322,7 @@ pub fn run(
                 .as_ref()
                 .map(|p| p.join(&contender.name).join(format!("{name}.json")));
             let part = match path.as_deref().map(read_part).transpose()?.flatten() {
-                Some(part) if part.model_fingerprint == fingerprint => {
+                Some(part) if part.weights == weights => {
                     progress(Progress::Loaded {
                         model: &contender.name,
                         stage: &name,
@@ -330,7 +332,10 @@ pub fn run(
                 Some(_) => {
                     return Err(BenchmarkError::Mismatch {
                         dir: out.map(Path::to_path_buf).unwrap_or_default(),
-                        what: format!("the weights of {} changed", contender.name),
+                        what: format!(
+                            "the weights of {} changed since its parts were saved",
+                            contender.name
+                        ),
                     });
                 }
                 None => {
@@ -431,7 +436,7 @@ struct Bench<'a> {
 /// The state of one model's stages: its scores are fitted on first use.
 struct ModelRun<'a> {
     contender: &'a Contender,
-    fingerprint: u64,
+    weights: String,
     scores: Option<Vec<(ScoreKind, Box<dyn OodScore>)>>,
 }
 
@@ -460,7 +465,7 @@ impl Bench<'_> {
         let model = &run.contender.model;
         let name = run.contender.name.clone();
         let mut part = Part {
-            model_fingerprint: run.fingerprint,
+            weights: run.weights.clone(),
             accuracy: None,
             rows: Vec::new(),
         };
@@ -858,43 +863,6 @@ fn check_inputs(data: &OodBenchmarkData, contenders: &[Contender]) -> Result<(),
     Ok(())
 }
 
-fn check_identity(parts: &Path, identity: &RunIdentity) -> Result<(), BenchmarkError> {
-    let path = parts.join("run.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let saved: RunIdentity =
-                serde_json::from_slice(&bytes).map_err(|e| BenchmarkError::Part {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            if saved.config != identity.config {
-                return Err(mismatch(parts, "settings"));
-            }
-            if saved.data_fingerprint != identity.data_fingerprint {
-                return Err(mismatch(parts, "data"));
-            }
-            if saved.transfer_source != identity.transfer_source {
-                return Err(mismatch(parts, "transfer source model"));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(write_json_atomic(&path, identity)?)
-        }
-        Err(e) => Err(BenchmarkError::Part {
-            path,
-            reason: e.to_string(),
-        }),
-    }
-}
-
-fn mismatch(parts: &Path, what: &str) -> BenchmarkError {
-    BenchmarkError::Mismatch {
-        dir: parts.parent().map(Path::to_path_buf).unwrap_or_default(),
-        what: format!("the {what} differ"),
-    }
-}
-
 fn read_part(path: &Path) -> Result<Option<Part>, BenchmarkError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -909,30 +877,6 @@ fn read_part(path: &Path) -> Result<Option<Part>, BenchmarkError> {
             reason: e.to_string(),
         }),
     }
-}
-
-fn data_fingerprint(data: &OodBenchmarkData) -> u64 {
-    let mut h = mix(data.id_fit.fingerprint(), data.id_test.fingerprint(), 0);
-    for set in &data.ood {
-        h = mix(h, hash_bytes(set.name.as_bytes()), set.images.fingerprint());
-    }
-    h
-}
-
-/// A content hash of a model's tensors (names, shapes, values; metadata left out).
-fn model_fingerprint(model: &Classifier) -> Result<u64, BenchmarkError> {
-    let file = checkpoint::classifier_tensors(model).map_err(|e| {
-        BenchmarkError::Invalid(format!("cannot read a model's tensors to identify it: {e}"))
-    })?;
-    Ok(file.tensors.iter().fold(0, |h, (name, shape, values)| {
-        let bits: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let shape = shape.iter().fold(0, |h, &d| mix(h, d as u64, 5));
-        mix(
-            mix(h, hash_bytes(name.as_bytes()), shape),
-            hash_bytes(&bits),
-            4,
-        )
-    }))
 }
 
 /// A content hash of bytes (the run's seed mixer over 8-byte words).

@@ -277,9 +277,16 @@ impl TraceInputs {
                 )
             })
             .collect();
+        // The weights w* are part of what a checkpoint belongs to: a chain around another model
+        // must never be resumed, even on the same data.
+        let weights =
+            crate::identity::hash_classifier(w_star).map_err(|e| MadError::Data(e.to_string()))?;
+        let weights = u64::from_str_radix(&weights[..16], 16).unwrap_or_default();
         let fingerprint = [&set, &task.sampling]
             .iter()
-            .fold(labels.len() as u64, |h, s| mix(h, s.fingerprint(), 0));
+            .fold(mix(labels.len() as u64, weights, 7), |h, s| {
+                mix(h, s.fingerprint(), 0)
+            });
         Ok(Self {
             batches,
             n_trusted: task.trusted.len(),
@@ -437,7 +444,7 @@ impl Chain {
         }
         if progress.fingerprint != inputs.fingerprint {
             return Err(fail(
-                "it holds a chain over other data or another split; choose another output folder or delete it"
+                "it holds a chain around another model, or over other data or another split; choose another output folder or delete it"
                     .into(),
             ));
         }

@@ -5,6 +5,7 @@ use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
 use crate::data::ImageShape;
 use crate::data::ood_sets::uniform_noise;
 use crate::device::default_device;
+use crate::identity::IdentityError;
 use crate::models::test_util::host_seeded;
 
 fn metrics(auroc: f64) -> OodMetrics {
@@ -206,7 +207,11 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
             &mut |_| {},
         );
         assert!(
-            matches!(err, Err(BenchmarkError::Mismatch { .. })),
+            matches!(
+                err,
+                Err(BenchmarkError::Mismatch { .. })
+                    | Err(BenchmarkError::Identity(IdentityError::Mismatch { .. }))
+            ),
             "{err:?}"
         );
     };
