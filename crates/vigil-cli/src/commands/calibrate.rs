@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::device::default_device;
+use vigil_core::identity::{self, FolderState, RunIdentity};
 use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{self, CALIBRATED_CHAINS, Calibration, TraceLoss};
 
@@ -94,6 +95,14 @@ pub fn print_calibration(c: &Calibration) {
     );
 }
 
+/// Reads a calibration file written by `vigil calibrate` or `vigil sample --calibrate`.
+pub fn read_calibration(path: &std::path::Path) -> Result<Calibration> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a calibration file", path.display()))
+}
+
 pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let device = default_device();
     let config = args.calibration.config(args.base.chain_config());
@@ -101,8 +110,23 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let (classifier, task, _) = args
         .input
         .load(config.base.trace_batch_size, false, &device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    // A calibration.json in --out is reused only if the same model, data and settings made it.
+    let settings = serde_json::to_value(&config)?;
+    let identity = RunIdentity::for_madfa_task("madfa-calibrate", &classifier, &task, settings)?;
+    let path = args.out.join("calibration.json");
+    let state = identity::claim(&args.out, &identity, &["calibration.json"])?;
+    if state == FolderState::Resuming && path.exists() {
+        let calibration = read_calibration(&path)?;
+        eprintln!(
+            "{} is a calibration of the same model, data and settings: reusing it",
+            path.display()
+        );
+        print_calibration(&calibration);
+        if args.json {
+            println!("{}", serde_json::to_string(&calibration)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut observer = ChainProgress {
         bar: None,
         interrupted: interrupt_flag(),
@@ -117,7 +141,6 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
         &device,
         &mut observer,
     )?;
-    let path = args.out.join("calibration.json");
     write_json_atomic(&path, &calibration)?;
     print_calibration(&calibration);
     eprintln!("wrote {}", path.display());

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 use vigil_core::data::image_folder::load_image_folder;
 use vigil_core::device::default_device;
+use vigil_core::identity::{self, FolderState, RunIdentity};
 use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{
     self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
@@ -388,6 +389,9 @@ pub struct ChainProgress {
 
 impl ChainObserver for ChainProgress {
     fn chain_started(&mut self, chain: usize, total: usize, done: usize) {
+        if done > 0 {
+            eprintln!("chain {chain}: resuming from its checkpoint at step {done} of {total}");
+        }
         let bar = bar(total as u64, format!("chain {chain}"));
         bar.set_position(done as u64);
         self.bar = Some(bar);
@@ -536,6 +540,16 @@ impl MadInputArgs {
     }
 }
 
+/// What `vigil sample` leaves in --out that a later run could reuse or overwrite.
+const SAMPLE_STATE: &[&str] = &[
+    "resume",
+    "calibration.json",
+    "task.json",
+    "task.npz",
+    "traces.npz",
+    "diagnostics.json",
+];
+
 pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let device = default_device();
     let (chains, single) = args.chains()?;
@@ -548,8 +562,20 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     let (classifier, task, data) = args.input.load(args.base.trace_batch_size, true, &device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    // Everything --out may hold from an earlier run is reused only if that run had the same
+    // model, data and settings; otherwise refuse before writing anything.
+    let settings = serde_json::json!({
+        "calibration": args.calibrate.then(|| args.calibration.config(config.clone())),
+        "chain": (!args.calibrate).then(|| config.clone()),
+        "chains": args.chain_count(),
+    });
+    let identity = RunIdentity::for_madfa_task("madfa-sample", &classifier, &task, settings)?;
+    if identity::claim(&args.out, &identity, SAMPLE_STATE)? == FolderState::Resuming {
+        eprintln!(
+            "{} holds an earlier run of the same model, data and settings: reusing what it finished",
+            args.out.display()
+        );
+    }
     let mut observer = ChainProgress {
         bar: None,
         interrupted: interrupt_flag(),
@@ -558,11 +584,10 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     };
     if args.calibrate {
         let path = args.out.join("calibration.json");
+        // Safe to reuse: the folder's identity (checked above) is this run's.
         let calibration = if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str::<madfa::Calibration>(&text)
-                .with_context(|| format!("{} is not a calibration file", path.display()))?
+            eprintln!("reusing the calibration in {}", path.display());
+            super::calibrate::read_calibration(&path)?
         } else {
             let calibration = madfa::calibrate(
                 &classifier,
