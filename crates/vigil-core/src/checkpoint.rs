@@ -7,16 +7,24 @@
 //! momentum, as PyTorch does by default). The header metadata holds the [`ModelSpec`], the
 //! training configuration and the vigil version, so `vigil info` and `load_classifier` need
 //! nothing else.
+//!
+//! PyTorch pickles (`.pt`/`.pth`) load and list too, read without running pickle code. Whatever
+//! the file, its tensors enter the model through one function (`apply_file_tensors`), which
+//! casts f16, bf16 and f64 weights to the f32 vigil computes in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{
-    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore,
+use burn::store::burn_pack::Tensor as PackTensor;
+use burn::store::pytorch_reader::{
+    DType as PytorchDType, FileFormat, PickleValue, PytorchError, PytorchReader,
 };
-use burn::tensor::Device;
+use burn::store::{
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot,
+    ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
+use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::io::{IoError, write_atomic};
@@ -72,19 +80,30 @@ pub enum CheckpointError {
         /// Cause.
         source: ModelError,
     },
-    /// Tensors the model needs are absent from the file.
-    #[error("{path} lacks {count} tensors the {arch} model needs, e.g. {examples}")]
-    Missing {
+    /// The file's tensor names differ from the model's: some it needs are absent, or the file
+    /// holds some it has no place for (other than `num_batches_tracked`). Both lists are shown,
+    /// so a renamed prefix or another architecture is visible at a glance.
+    #[error(
+        "{path} does not fit the {arch} model:\n  {}\n  {}",
+        expected_line(expected.len(), missing),
+        held_line(held.len(), unused)
+    )]
+    Keys {
         /// File.
         path: PathBuf,
         /// Architecture being loaded.
         arch: String,
-        /// How many are missing.
-        count: usize,
-        /// A few of their names.
-        examples: String,
+        /// Every tensor name the model has, sorted.
+        expected: Vec<String>,
+        /// Those the file lacks, sorted.
+        missing: Vec<String>,
+        /// Every tensor name the file holds, sorted.
+        held: Vec<String>,
+        /// Those the model does not use, sorted (`num_batches_tracked` counters left out).
+        unused: Vec<String>,
     },
-    /// Tensors whose shape or type differs from the model's.
+    /// Tensors whose shape or type differs from the model's; shapes in the file's own layout
+    /// (PyTorch's `[out, in]` for Linear weights), as its `state_dict` shows them.
     #[error("{path} does not fit the {arch} model: {details}")]
     Mismatch {
         /// File.
@@ -94,17 +113,13 @@ pub enum CheckpointError {
         /// Which tensors and how.
         details: String,
     },
-    /// The file holds tensors the model does not have (other than `num_batches_tracked`).
-    #[error("{path} has {count} tensors the {arch} model does not, e.g. {examples}")]
-    Unused {
+    /// A PyTorch pickle that could not be read.
+    #[error("{path} is not a readable PyTorch checkpoint: {reason}")]
+    PyTorch {
         /// File.
         path: PathBuf,
-        /// Architecture being loaded.
-        arch: String,
-        /// How many.
-        count: usize,
-        /// A few of their names.
-        examples: String,
+        /// What is wrong.
+        reason: String,
     },
     /// Writing failed.
     #[error(transparent)]
@@ -189,6 +204,11 @@ pub fn save_classifier(
 /// Reads a checkpoint written by vigil: the spec comes from its metadata.
 pub fn load_classifier(path: &Path, device: &Device) -> Result<Classifier, CheckpointError> {
     let bytes = read(path)?;
+    if FileKind::of(&bytes) == FileKind::PyTorch {
+        return Err(CheckpointError::NoSpec {
+            path: path.to_path_buf(),
+        });
+    }
     let info = inspect_bytes(path, &bytes)?;
     let spec = info.spec.ok_or_else(|| CheckpointError::NoSpec {
         path: path.to_path_buf(),
@@ -196,13 +216,17 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<Classifier, Check
     load_with_spec_bytes(path, bytes, spec, device)
 }
 
-/// Reads a checkpoint for a given spec: the way to load a plain PyTorch `state_dict`.
+/// Reads a checkpoint for a given spec: the way to load a plain PyTorch `state_dict`, saved as
+/// safetensors or pickled (`.pt`/`.pth`, told apart by content, as [`load_pytorch_file`] reads it).
 pub fn load_with_spec(
     path: &Path,
     spec: ModelSpec,
     device: &Device,
 ) -> Result<Classifier, CheckpointError> {
     let bytes = read(path)?;
+    if FileKind::of(&bytes) == FileKind::PyTorch {
+        return load_pytorch_file(path, spec, device);
+    }
     inspect_bytes(path, &bytes)?;
     load_with_spec_bytes(path, bytes, spec, device)
 }
@@ -215,25 +239,23 @@ pub fn load_with_spec_bytes(
     device: &Device,
 ) -> Result<Classifier, CheckpointError> {
     let arch = spec.architecture.name().to_string();
-    let mut classifier =
-        Classifier::new(spec, device).map_err(|source| CheckpointError::Model {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let mut classifier = new_classifier(path, spec, device)?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
-        .with_from_adapter(PyTorchToBurnAdapter)
         .with_key_remapping(DATA_PARALLEL_PREFIX, "")
-        .skip_enum_variants(true)
-        .allow_partial(true)
-        .validate(false);
-    let result = classifier
-        .network
-        .load_from(&mut store)
+        .skip_enum_variants(true);
+    let tensors = store
+        .get_all_tensors()
         .map_err(|e| CheckpointError::Format {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    check_applied(path, &arch, &result)?;
+    apply_file_tensors(
+        path,
+        &arch,
+        &mut classifier.network,
+        tensors,
+        Layout::PyTorch,
+    )?;
     Ok(classifier)
 }
 
@@ -252,89 +274,236 @@ const STATE_DICT_KEYS: [Option<&str>; 4] = [
 /// Loads a PyTorch `.pt`/`.pth` file (a pickled `state_dict`, read without running pickle code)
 /// into a fresh classifier of `spec`. The state dict may sit at the top level or under `model`,
 /// `state_dict` or `model_state_dict`; a `module.` prefix (DataParallel) is stripped. Every
-/// tensor must fit the architecture, as for safetensors.
+/// tensor must fit the architecture, as for safetensors. When no place fits, the error is the
+/// one of the place that came closest (a shape mismatch before a missing name).
 pub fn load_pytorch_file(
     path: &Path,
     spec: ModelSpec,
     device: &Device,
 ) -> Result<Classifier, CheckpointError> {
     let arch = spec.architecture.name().to_string();
-    let mut first_error = None;
+    let mut closest: Option<CheckpointError> = None;
     for key in STATE_DICT_KEYS {
-        let mut classifier =
-            Classifier::new(spec.clone(), device).map_err(|source| CheckpointError::Model {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let mut classifier = new_classifier(path, spec.clone(), device)?;
         let mut store = PytorchStore::from_file(path)
             .with_key_remapping(DATA_PARALLEL_PREFIX, "")
-            .map_indices_contiguous(false)
-            .allow_partial(true)
-            .validate(false);
+            .map_indices_contiguous(false);
         if let Some(key) = key {
             store = store.with_top_level_key(key);
         }
-        let outcome = classifier
-            .network
-            .load_from(&mut store)
-            .map_err(|e| CheckpointError::Format {
+        let outcome = match store.get_all_tensors() {
+            Ok(tensors) => apply_file_tensors(
+                path,
+                &arch,
+                &mut classifier.network,
+                tensors,
+                Layout::PyTorch,
+            ),
+            Err(e) => Err(CheckpointError::PyTorch {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-            })
-            .and_then(|result| check_applied(path, &arch, &result));
+            }),
+        };
         match outcome {
             Ok(()) => return Ok(classifier),
             Err(e) => {
-                first_error.get_or_insert(e);
+                if closest.as_ref().is_none_or(|c| e.distance() < c.distance()) {
+                    closest = Some(e);
+                }
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| CheckpointError::Format {
+    Err(closest.unwrap_or_else(|| CheckpointError::PyTorch {
         path: path.to_path_buf(),
         reason: "no state dict found".into(),
     }))
 }
 
+impl CheckpointError {
+    /// How far a load came from fitting, to pick the most telling of several attempts: wrong
+    /// shapes under the right names are closest, then fewer missing names, then unreadable.
+    fn distance(&self) -> usize {
+        match self {
+            CheckpointError::Mismatch { .. } => 0,
+            CheckpointError::Keys {
+                missing, unused, ..
+            } => 1 + missing.len() + unused.len(),
+            _ => usize::MAX,
+        }
+    }
+}
+
+fn new_classifier(
+    path: &Path,
+    spec: ModelSpec,
+    device: &Device,
+) -> Result<Classifier, CheckpointError> {
+    Classifier::new(spec, device).map_err(|source| CheckpointError::Model {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// How a file names and lays out its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// PyTorch's `state_dict`: Linear weights `[out, in]`, no enum variants in names.
+    PyTorch,
+    /// burn's own, as [`save_module`] writes it.
+    Burn,
+}
+
+/// The one place a file's tensors enter a module, whatever the format: the layout is converted,
+/// and every float tensor (f16, bf16, f64...) is cast to the f32 vigil computes in, so no
+/// half-precision or double parameter ever reaches a kernel. Integer tensors pass unchanged
+/// (PyTorch's `num_batches_tracked` counters have no place in the model and are ignored).
+/// Fails unless every tensor of the module was set and every tensor of the file used.
+fn apply_file_tensors<M: ModuleSnapshot>(
+    path: &Path,
+    what: &str,
+    module: &mut M,
+    tensors: &BTreeMap<String, PackTensor>,
+    layout: Layout,
+) -> Result<(), CheckpointError> {
+    let to_f32 = FloatCastAdapter::to(DType::F32);
+    let adapter: Box<dyn ModuleAdapter> = match layout {
+        Layout::PyTorch => Box::new(PyTorchToBurnAdapter.chain(to_f32)),
+        Layout::Burn => Box::new(to_f32),
+    };
+    let result = module.apply(
+        tensors.values().cloned().collect(),
+        None,
+        Some(adapter),
+        layout == Layout::PyTorch,
+    );
+    check_applied(path, what, &result, tensors)
+}
+
+/// How many names an error lists of each kind; the rest are counted.
+const SAMPLE: usize = 8;
+
 /// Fails unless loading applied every tensor of the file to the module and left none of the
 /// module's tensors unset (PyTorch's `num_batches_tracked` counters aside).
-fn check_applied(path: &Path, arch: &str, result: &ApplyResult) -> Result<(), CheckpointError> {
+fn check_applied(
+    path: &Path,
+    arch: &str,
+    result: &ApplyResult,
+    tensors: &BTreeMap<String, PackTensor>,
+) -> Result<(), CheckpointError> {
     if !result.errors.is_empty() {
-        let details = result
+        let mut details = result
             .errors
             .iter()
-            .take(3)
-            .map(|e| e.to_string())
+            .take(SAMPLE)
+            .map(|e| describe_apply_error(e, tensors))
             .collect::<Vec<_>>()
             .join("; ");
+        if result.errors.len() > SAMPLE {
+            details.push_str(&format!("; and {} more", result.errors.len() - SAMPLE));
+        }
         return Err(CheckpointError::Mismatch {
             path: path.to_path_buf(),
             arch: arch.to_string(),
             details,
         });
     }
-    if !result.missing.is_empty() {
-        return Err(CheckpointError::Missing {
-            path: path.to_path_buf(),
-            arch: arch.to_string(),
-            count: result.missing.len(),
-            examples: examples(result.missing.iter().map(|(name, _)| name.as_str())),
-        });
-    }
-    let unused: Vec<&str> = result
+    let mut unused: Vec<String> = result
         .unused
         .iter()
-        .map(String::as_str)
         .filter(|name| !name.ends_with("num_batches_tracked"))
+        .cloned()
         .collect();
-    if !unused.is_empty() {
-        return Err(CheckpointError::Unused {
-            path: path.to_path_buf(),
-            arch: arch.to_string(),
-            count: unused.len(),
-            examples: examples(unused.into_iter()),
-        });
+    if result.missing.is_empty() && unused.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut missing: Vec<String> = result.missing.iter().map(|(n, _)| n.clone()).collect();
+    let mut expected: Vec<String> = result.applied.iter().chain(&missing).cloned().collect();
+    for list in [&mut missing, &mut unused, &mut expected] {
+        list.sort();
+        list.dedup();
+    }
+    Err(CheckpointError::Keys {
+        path: path.to_path_buf(),
+        arch: arch.to_string(),
+        expected,
+        missing,
+        held: tensors.keys().cloned().collect(),
+        unused,
+    })
+}
+
+/// One tensor that does not fit, with shapes as the file holds them. burn compares Linear
+/// weights after turning PyTorch's `[out, in]` into its `[in, out]`; a user compares against
+/// their `state_dict`, so when the adapter transposed the file's tensor, the model's shape is
+/// transposed back.
+fn describe_apply_error(error: &ApplyError, tensors: &BTreeMap<String, PackTensor>) -> String {
+    match error {
+        ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        } => match tensors.get(path).map(|t| t.shape.to_vec()) {
+            Some(in_file) => {
+                let transposed = in_file != found.to_vec();
+                let mut needed = expected.to_vec();
+                if transposed {
+                    needed.reverse();
+                }
+                format!("{path}: the file has {in_file:?}, the model needs {needed:?}")
+            }
+            None => format!(
+                "{path}: the file has {:?}, the model needs {:?} (in burn's layout)",
+                found.to_vec(),
+                expected.to_vec()
+            ),
+        },
+        ApplyError::DTypeMismatch {
+            path,
+            expected,
+            found,
+        } => format!("{path}: the file holds {found:?} values, the model needs {expected:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// "the model expects N tensors, of which the file lacks M: a, b, ..." for [`CheckpointError::Keys`].
+fn expected_line(count: usize, missing: &[String]) -> String {
+    if missing.is_empty() {
+        format!("the model expects {count} tensors, all in the file")
+    } else {
+        format!(
+            "the model expects {count} tensors, of which the file lacks {}: {}",
+            missing.len(),
+            sample(missing)
+        )
+    }
+}
+
+/// "the file holds N tensors, of which the model does not use M: a, b, ..." for [`CheckpointError::Keys`].
+fn held_line(count: usize, unused: &[String]) -> String {
+    if unused.is_empty() {
+        format!("the file holds {count} tensors, all used")
+    } else {
+        format!(
+            "the file holds {count} tensors, of which the model does not use {}: {}",
+            unused.len(),
+            sample(unused)
+        )
+    }
+}
+
+/// The first [`SAMPLE`] names, and how many more there are.
+fn sample(names: &[String]) -> String {
+    let mut text = names
+        .iter()
+        .take(SAMPLE)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SAMPLE {
+        text.push_str(&format!(", ... ({} more)", names.len() - SAMPLE));
+    }
+    text
 }
 
 /// Writes any module atomically under burn's own tensor names, with `training` as metadata: the
@@ -369,23 +538,166 @@ pub fn load_module<M: Module>(
 ) -> Result<(M, Option<serde_json::Value>), CheckpointError> {
     let bytes = read(path)?;
     let info = inspect_bytes(path, &bytes)?;
-    let mut store = SafetensorsStore::from_bytes(Some(bytes))
-        .allow_partial(true)
-        .validate(false);
-    let result = module
-        .load_from(&mut store)
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let tensors = store
+        .get_all_tensors()
         .map_err(|e| CheckpointError::Format {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    check_applied(path, what, &result)?;
+    apply_file_tensors(path, what, &mut module, tensors, Layout::Burn)?;
     Ok((module, info.training))
 }
 
-/// Header of a checkpoint file: spec, training config, version, tensor list.
+/// Header of a checkpoint file: spec, training config, version, tensor list. Reads safetensors
+/// files and PyTorch pickles alike (told apart by content); see [`inspect_pytorch`].
 pub fn inspect(path: &Path) -> Result<CheckpointInfo, CheckpointError> {
     let bytes = read(path)?;
-    inspect_bytes(path, &bytes)
+    match FileKind::of(&bytes) {
+        FileKind::Safetensors => inspect_bytes(path, &bytes),
+        FileKind::PyTorch => inspect_pytorch(path),
+    }
+}
+
+/// What a file is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// A safetensors file, or anything not recognisably PyTorch (its parser names the problem).
+    Safetensors,
+    /// A `torch.save` file: a zip archive (PyTorch 1.6 on), a TAR (before 0.1.10), or a bare
+    /// pickle (legacy format included).
+    PyTorch,
+}
+
+impl FileKind {
+    fn of(bytes: &[u8]) -> Self {
+        // A safetensors file opens with its header's length, then the JSON's `{`; the length's
+        // low byte may equal a pickle opcode, so that is checked first.
+        let safetensors_like = bytes.get(8) == Some(&b'{');
+        let zip = bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06");
+        let tar = bytes.get(257..262) == Some(b"ustar");
+        // Pickle protocol 2 and up open with PROTO (0x80).
+        let pickle = bytes.first() == Some(&0x80);
+        if !safetensors_like && (zip || tar || pickle) {
+            FileKind::PyTorch
+        } else {
+            FileKind::Safetensors
+        }
+    }
+}
+
+/// Lists a PyTorch pickle without running pickle code: every tensor at any depth (dotted names,
+/// `model.conv1.weight` for BackdoorBench's `{"model": state_dict}`) with its dtype in
+/// safetensors' spelling and its shape as the file holds it; as metadata, the container's format
+/// and version and every plain value beside the tensors (numbers, strings, short lists), under
+/// its dotted name. A pickle carries no vigil spec.
+pub fn inspect_pytorch(path: &Path) -> Result<CheckpointInfo, CheckpointError> {
+    let unreadable = |e: PytorchError| CheckpointError::PyTorch {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let reader = PytorchReader::new(path).map_err(unreadable)?;
+    let mut tensors: Vec<TensorEntry> = reader
+        .tensors()
+        .iter()
+        .map(|(name, t)| TensorEntry {
+            name: name.clone(),
+            dtype: pytorch_dtype_name(t.dtype()).to_string(),
+            shape: t.shape().to_vec(),
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut metadata = HashMap::new();
+    let file = reader.metadata();
+    let format = match file.format_type {
+        FileFormat::Zip => "zip",
+        FileFormat::Tar => "tar",
+        FileFormat::Legacy => "legacy",
+        FileFormat::Pickle => "pickle",
+    };
+    metadata.insert("pytorch.format".to_string(), format.to_string());
+    if let Some(version) = &file.pytorch_version {
+        metadata.insert(
+            "pytorch.serialization_version".to_string(),
+            version.trim().to_string(),
+        );
+    }
+    let root = PytorchReader::read_pickle_data(path, None).map_err(unreadable)?;
+    plain_values("", &root, &mut metadata);
+    Ok(CheckpointInfo {
+        spec: None,
+        training: None,
+        vigil_version: None,
+        tensors,
+        metadata,
+    })
+}
+
+/// A pickled dtype as safetensors spells it.
+fn pytorch_dtype_name(dtype: PytorchDType) -> &'static str {
+    match dtype {
+        PytorchDType::F64 => "F64",
+        PytorchDType::F32 => "F32",
+        PytorchDType::F16 => "F16",
+        PytorchDType::BF16 => "BF16",
+        PytorchDType::I64 => "I64",
+        PytorchDType::I32 => "I32",
+        PytorchDType::I16 => "I16",
+        PytorchDType::I8 => "I8",
+        PytorchDType::U64 => "U64",
+        PytorchDType::U32 => "U32",
+        PytorchDType::U16 => "U16",
+        PytorchDType::U8 => "U8",
+        PytorchDType::Bool => "BOOL",
+    }
+}
+
+/// Longest list or string shown as metadata; longer ones are summarised (BackdoorBench files
+/// can carry whole index lists).
+const METADATA_MAX_ITEMS: usize = 16;
+const METADATA_MAX_CHARS: usize = 200;
+
+/// Adds every plain value under `value` to `out`, keyed by its dotted name (`prefix` first).
+/// Tensors and objects the reader does not interpret are left out: tensors are listed apart.
+fn plain_values(prefix: &str, value: &PickleValue, out: &mut HashMap<String, String>) {
+    if let PickleValue::Dict(map) = value {
+        for (key, inner) in map {
+            let name = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            plain_values(&name, inner, out);
+        }
+    } else if let Some(text) = plain_text(value)
+        && !prefix.is_empty()
+    {
+        out.insert(prefix.to_string(), text);
+    }
+}
+
+/// A scalar, string or short list of them as Python would print it; `None` for the rest.
+fn plain_text(value: &PickleValue) -> Option<String> {
+    Some(match value {
+        PickleValue::None => "None".to_string(),
+        PickleValue::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        PickleValue::Int(i) => i.to_string(),
+        PickleValue::Float(f) => f.to_string(),
+        PickleValue::String(s) if s.chars().count() > METADATA_MAX_CHARS => {
+            let head: String = s.chars().take(METADATA_MAX_CHARS).collect();
+            format!("{head}... ({} characters)", s.chars().count())
+        }
+        PickleValue::String(s) => s.clone(),
+        PickleValue::List(items) if items.len() > METADATA_MAX_ITEMS => {
+            format!("[list of {}]", items.len())
+        }
+        PickleValue::List(items) => {
+            let texts = items.iter().map(plain_text).collect::<Option<Vec<_>>>()?;
+            format!("[{}]", texts.join(", "))
+        }
+        PickleValue::Bytes(b) => format!("<{} bytes>", b.len()),
+        PickleValue::Dict(_) | PickleValue::Unsupported(_) => return None,
+    })
 }
 
 /// Parses a safetensors header from bytes (`path` only names the source in errors).
@@ -476,10 +788,6 @@ fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-fn examples<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.take(3).collect::<Vec<_>>().join(", ")
 }
 
 /// Named `f32` tensors (flat, with a shape) for files vigil writes beside models: optimiser state,
@@ -595,3 +903,6 @@ struct OffsetEntry {
     shape: Vec<usize>,
     data_offsets: [usize; 2],
 }
+
+#[cfg(test)]
+mod tests;

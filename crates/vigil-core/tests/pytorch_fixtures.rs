@@ -153,9 +153,7 @@ fn wrong_architecture_or_width_is_a_typed_error_naming_the_file() {
     assert!(
         matches!(
             err,
-            CheckpointError::Unused { .. }
-                | CheckpointError::Missing { .. }
-                | CheckpointError::Mismatch { .. }
+            CheckpointError::Keys { .. } | CheckpointError::Mismatch { .. }
         ),
         "{err:?}"
     );
