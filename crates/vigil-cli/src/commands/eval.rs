@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use vigil_core::data::Split;
+use vigil_core::data::image_folder::FolderLabels;
+use vigil_core::data::{DatasetKind, Split, source};
 use vigil_core::device::default_device;
 use vigil_core::inference::evaluate;
 use vigil_core::models::BnMode;
 
+use super::sample::{model_folder, note_folders};
 use super::{DataArgs, ModelArgs, limit, trained_on};
 
 /// Evaluate a checkpoint: accuracy, mean loss and per-class accuracy on a split.
@@ -74,7 +76,25 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .or_else(|| trained_on(&args.checkpoint))
         .context("the checkpoint does not say which dataset it was trained on: pass --dataset")?;
     let classifier = args.model.load(&args.checkpoint, &device)?;
-    let set = limit(args.data.load(kind, args.split)?, args.limit, 0)?;
+    let spec = &classifier.spec;
+    let set = if kind == DatasetKind::ImageFolder {
+        // Class folders are matched to the model's classes, images checked against its input.
+        let root = source::locate(
+            kind,
+            args.split,
+            args.data.data_dir.as_deref(),
+            &source::default_data_root(),
+        )?
+        .join(args.split.name());
+        let images = model_folder(&root, spec, FolderLabels::Required, "evaluation")?;
+        note_folders(&[(args.split.name(), &images)], spec);
+        images.set
+    } else {
+        args.data.load(kind, args.split)?
+    };
+    set.check_model_input(spec.input_shape, spec.num_classes())
+        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
+    let set = limit(set, args.limit, 0)?;
     let started = std::time::Instant::now();
     let outputs = evaluate(
         &classifier,

@@ -1,6 +1,6 @@
 //! `vigil sample`: MAD-FA's localized SGLD chains, writing loss traces.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
-use vigil_core::data::image_folder::load_image_folder;
+use vigil_core::data::image_folder::{
+    ChannelConversion, FolderLabels, LabelRule, ModelImages, load_image_folder_for_model,
+};
 use vigil_core::device::default_device;
 use vigil_core::identity::{self, FolderState, RunIdentity};
 use vigil_core::io::write_json_atomic;
@@ -17,7 +19,7 @@ use vigil_core::madfa::{
     self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
     ChainObserver, MadTask, Preconditioner, SgldConfig, SplitSizes, TraceForm, TraceLoss,
 };
-use vigil_core::models::Classifier;
+use vigil_core::models::{Classifier, ModelSpec};
 
 use super::{DataArgs, ModelArgs};
 use crate::progress::{bar, interrupt_flag};
@@ -451,11 +453,84 @@ impl ChainObserver for ChainProgress {
     }
 }
 
-fn folder(path: &Option<PathBuf>, what: &str) -> Result<vigil_core::data::ImageSet> {
-    let path = path
-        .as_ref()
-        .with_context(|| format!("--{what} is required with --model"))?;
-    load_image_folder(path).with_context(|| format!("loading the {what} images"))
+/// Loads the image folder `path` (the `--{what}` flag) for the model `spec`: labels matched to
+/// its classes, images checked against its input (see `load_image_folder_for_model`).
+pub fn model_folder(
+    path: &Path,
+    spec: &ModelSpec,
+    labels: FolderLabels,
+    what: &str,
+) -> Result<ModelImages> {
+    load_image_folder_for_model(path, spec, labels)
+        .with_context(|| format!("loading the {what} images from {}", path.display()))
+}
+
+/// Says on stderr, once for all `sets` (`(name, images)`), what was done to fit them to the
+/// model: channel conversions, and labels that do not come from matching class names.
+pub fn note_folders(sets: &[(&str, &ModelImages)], spec: &ModelSpec) {
+    let mut conversions: Vec<(ChannelConversion, Vec<String>)> = Vec::new();
+    for (name, images) in sets {
+        if let Some((conversion, count)) = images.converted {
+            let what = format!("{count} {name}");
+            match conversions.iter().position(|(c, _)| *c == conversion) {
+                Some(at) => conversions[at].1.push(what),
+                None => conversions.push((conversion, vec![what])),
+            }
+        }
+    }
+    for (conversion, counts) in conversions {
+        eprintln!(
+            "note: the model takes {} channel(s): {} ({})",
+            spec.input_shape[0],
+            conversion.describe(),
+            counts.join(", ")
+        );
+    }
+    for (name, images) in sets {
+        let unlabelled = images.set.len() - images.n_labelled();
+        if images.rule == LabelRule::SortedFolders {
+            eprintln!(
+                "note: {name}: the model names its classes only by number, so labels follow the class folders' sorted order (torchvision's ImageFolder rule); name the folders 0..{} to say which class each holds",
+                spec.num_classes().saturating_sub(1)
+            );
+        }
+        if unlabelled > 0 {
+            eprintln!(
+                "note: {name}: {unlabelled} image(s) without a class folder matching the model take the model's prediction as their label (scored inputs need none)"
+            );
+        }
+    }
+}
+
+/// Prints each set's accuracy under the model on stderr, warning when a labelled set the chain
+/// relies on is mostly "wrong": its class folders probably do not hold the classes they name.
+pub fn print_accuracy(accuracy: &[madfa::SetAccuracy]) {
+    for a in accuracy {
+        let Some(fraction) = a.accuracy() else {
+            eprintln!("{}: {} images, none labelled", a.set, a.images);
+            continue;
+        };
+        let of = if a.labelled < a.images {
+            format!(" of the {} labelled", a.labelled)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{}: {} images, accuracy under the model {:.1}% ({}/{}{of})",
+            a.set,
+            a.images,
+            100.0 * fraction,
+            a.correct,
+            a.labelled
+        );
+        if matches!(a.set.as_str(), "trusted" | "sampling") && fraction < 0.5 {
+            eprintln!(
+                "warning: the model gets only {:.1}% of the {} images right: do their class folders hold the classes they name?",
+                100.0 * fraction,
+                a.set
+            );
+        }
+    }
 }
 
 impl MadInputArgs {
@@ -512,28 +587,66 @@ impl MadInputArgs {
         } else {
             let model = self.model.as_ref().context("give --record or --model")?;
             let classifier = self.model_format.load(model, device)?;
-            let anomalous = match &self.anomalous {
-                Some(_) => Some(folder(&self.anomalous, "anomalous")?),
-                None => None,
+            let spec = &classifier.spec;
+            let required = |path: &Option<PathBuf>, what: &str| -> Result<ModelImages> {
+                let path = path
+                    .as_ref()
+                    .with_context(|| format!("--{what} is required with --model"))?;
+                model_folder(path, spec, FolderLabels::Required, what)
             };
-            let trusted = folder(&self.trusted, "trusted")?;
+            // Every set is loaded and checked against the model before any work with it.
+            let trusted = required(&self.trusted, "trusted")?;
+            let sampling = required(&self.sampling, "sampling")?;
+            // Scored inputs need no labels: a flat folder, or some classes only, will do.
             let test = match (&self.test, need_test) {
-                (None, false) => trusted.clone(),
-                _ => folder(&self.test, "test")?,
+                (None, false) => None,
+                (None, true) => bail!("--test is required with --model"),
+                (Some(path), _) => Some(model_folder(path, spec, FolderLabels::Optional, "test")?),
             };
-            let task = madfa::user_task(
+            let anomalous = self
+                .anomalous
+                .as_ref()
+                .map(|path| model_folder(path, spec, FolderLabels::Optional, "anomalous"))
+                .transpose()?;
+            let mut given = vec![("trusted", &trusted), ("sampling", &sampling)];
+            given.extend(test.as_ref().map(|t| ("test", t)));
+            given.extend(anomalous.as_ref().map(|a| ("anomalous", a)));
+            note_folders(&given, spec);
+            let label_rules: serde_json::Map<String, serde_json::Value> = given
+                .iter()
+                .map(|(name, images)| (name.to_string(), images.rule.describe().into()))
+                .collect();
+            let has_test = test.is_some();
+            let sets = madfa::FolderSets {
+                test: test.unwrap_or_else(|| trusted.clone()),
                 trusted,
-                folder(&self.sampling, "sampling")?,
-                test,
+                sampling,
                 anomalous,
-            )?;
+            };
+            let built = madfa::folder_task(&classifier, sets, batch_size, device)?;
+            // Without --test the trusted set stands in for it: its accuracy is already shown.
+            let shown: Vec<_> = built
+                .accuracy
+                .iter()
+                .filter(|a| has_test || a.set != "test")
+                .cloned()
+                .collect();
+            print_accuracy(&shown);
+            let paths = |paths: &[PathBuf]| -> Vec<String> {
+                paths.iter().map(|p| p.display().to_string()).collect()
+            };
             let data = serde_json::json!({
                 "model": model.display().to_string(),
                 "trusted": self.trusted.as_ref().map(|p| p.display().to_string()),
                 "sampling": self.sampling.as_ref().map(|p| p.display().to_string()),
                 "test": self.test.as_ref().map(|p| p.display().to_string()),
                 "anomalous": self.anomalous.as_ref().map(|p| p.display().to_string()),
+                "labels": label_rules,
+                "accuracy": shown,
+                "trusted_paths": paths(&built.trusted_paths),
+                "test_paths": paths(&built.test_paths),
             });
+            let task = built.task;
             (classifier, task, data)
         };
         Ok(loaded)

@@ -13,9 +13,10 @@ use vigil_core::madfa::{self, LossTraces};
 /// `test` [chains, draws, samples] and `trusted_labels`) by how strongly its loss co-varies
 /// with the trusted samples' losses. Scores are anomaly scores: higher = more anomalous.
 ///
-/// Writes a CSV with one row per test sample (mean_corr, clc, mean_ccc, class_ccc, and the
-/// anomaly flag when the file has one). When the file says which samples are anomalous, prints
-/// the AUROC of every score; with --json, stdout is one object
+/// Writes a CSV with one row per test sample (test_index, unique across test and anomalous
+/// inputs; source_id; mean_corr, clc, mean_ccc, class_ccc; the anomaly flag when the file has
+/// one; and the image's file path when it came from an image folder). When the file says which
+/// samples are anomalous, prints the AUROC of every score; with --json, stdout is one object
 /// {"auroc": {"mean_corr": .., "clc": .., "mean_ccc": .., "class_ccc": ..}, ...}.
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
@@ -79,11 +80,12 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| args.traces.with_file_name("scores.csv"));
     let flags = traces.test_is_anomalous.as_deref();
     let ids = traces.test_ids.clone();
+    let paths = test_paths(&traces);
     let mut csv = String::from("test_index,source_id,mean_corr,clc,mean_ccc,class_ccc");
     if flags.is_some() {
         csv.push_str(",is_anomalous");
     }
-    csv.push('\n');
+    csv.push_str(",path\n");
     for i in 0..traces.n_test() {
         let id = ids.as_ref().map_or(i as i64, |ids| ids[i]);
         let _ = write!(
@@ -94,7 +96,11 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         if let Some(flags) = flags {
             let _ = write!(csv, ",{}", u8::from(flags[i]));
         }
-        csv.push('\n');
+        let path = paths
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .map_or("", String::as_str);
+        let _ = writeln!(csv, ",{}", csv_field(path));
     }
     write_atomic(&out, csv.as_bytes())?;
     eprintln!(
@@ -162,4 +168,25 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file of each test sample when the traces came from image folders (`vigil sample --model`
+/// records them in the settings' data as `test_paths`, test then anomalous), if they are there
+/// and one per test sample.
+fn test_paths(traces: &LossTraces) -> Option<Vec<String>> {
+    let settings: serde_json::Value =
+        serde_json::from_str(traces.settings_json.as_deref()?).ok()?;
+    let paths = settings.get("data")?.get("test_paths")?.clone();
+    let paths: Vec<String> = serde_json::from_value(paths).ok()?;
+    (paths.len() == traces.n_test()).then_some(paths)
+}
+
+/// `text` as one CSV field: quoted (quotes doubled) when it holds a comma, quote or line break,
+/// as a file name may.
+fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\"")).into()
+    } else {
+        text.into()
+    }
 }

@@ -50,6 +50,13 @@ impl ImageShape {
     }
 }
 
+impl From<[usize; 3]> for ImageShape {
+    /// From a model's `[channels, height, width]` input shape.
+    fn from([channels, height, width]: [usize; 3]) -> Self {
+        Self::new(channels, height, width)
+    }
+}
+
 impl fmt::Display for ImageShape {
     /// Formats as `CxHxW`, e.g. `3x32x32`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -251,6 +258,37 @@ impl ImageSet {
                 found: self.shape,
             })
         }
+    }
+
+    /// Fails with [`DataError::NotForModel`] unless a model taking `input`
+    /// images (`[channels, height, width]`) and predicting `num_classes`
+    /// classes can take this set: same image shape, and no more classes than
+    /// the model has (a label the model cannot predict would index past its
+    /// logits). Every path that feeds a set to a model checks this first.
+    pub fn check_model_input(&self, input: [usize; 3], num_classes: usize) -> Result<()> {
+        let expected = ImageShape::from(input);
+        let reason = if self.shape.channels != expected.channels {
+            format!(
+                "the images have {} channel(s) but the model takes {} ({expected} inputs)",
+                self.shape.channels, expected.channels
+            )
+        } else if (self.shape.height, self.shape.width) != (expected.height, expected.width) {
+            format!(
+                "the images are {}x{} pixels (width x height) but the model takes {}x{} ({expected} inputs)",
+                self.shape.width, self.shape.height, expected.width, expected.height
+            )
+        } else if self.num_classes() > num_classes {
+            format!(
+                "the set has {} classes but the model predicts {num_classes}",
+                self.num_classes()
+            )
+        } else {
+            return Ok(());
+        };
+        Err(DataError::NotForModel {
+            origin: self.source.clone(),
+            reason,
+        })
     }
 
     /// A new set holding copies of the images at `indices`, in that order

@@ -201,6 +201,63 @@ pub enum DataError {
         expected_height: usize,
     },
 
+    /// Images (a file, or a whole set) that the model they are meant for
+    /// cannot take: another size, channel count or class count.
+    #[error("{origin}: {reason}")]
+    NotForModel {
+        /// The image file or the set's source.
+        origin: String,
+        /// What differs, with both values.
+        reason: String,
+    },
+
+    /// A class folder whose name is none of the model's class names.
+    #[error(
+        "{}: class folder {folder:?} names none of the model's classes ({}); folders are matched \
+         to class names ignoring case and the characters ' ', '_', '-' and '/'",
+        .path.display(),
+        .classes.join(", ")
+    )]
+    UnknownClassFolder {
+        /// The image folder's root.
+        path: PathBuf,
+        /// The folder name that matched nothing.
+        folder: String,
+        /// The model's class names.
+        classes: Vec<String>,
+    },
+
+    /// Two class folders name the same class of the model.
+    #[error("{}: class folders {first:?} and {second:?} both name the model's class {class:?}", .path.display())]
+    DuplicateClassFolder {
+        /// The image folder's root.
+        path: PathBuf,
+        /// The first folder.
+        first: String,
+        /// The second folder.
+        second: String,
+        /// The class both name.
+        class: String,
+    },
+
+    /// Folders labelled by their sorted order (the model names its classes
+    /// only by number) must be exactly one per class.
+    #[error(
+        "{}: {folders} class folders, but the model has {classes} classes named only by number, \
+         so labels would follow the folders' sorted order, which needs one folder per class; name \
+         the folders 0..{} after the classes they hold",
+        .path.display(),
+        .classes.saturating_sub(1)
+    )]
+    SortedFoldersCount {
+        /// The image folder's root.
+        path: PathBuf,
+        /// Class folders found.
+        folders: usize,
+        /// The model's number of classes.
+        classes: usize,
+    },
+
     /// The file is not valid JSON or not in the expected JSON layout.
     #[error("{}: invalid JSON: {source}", .path.display())]
     InvalidJson {

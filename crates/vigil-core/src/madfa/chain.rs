@@ -259,6 +259,8 @@ impl TraceInputs {
         batch_size: usize,
         device: &Device,
     ) -> Result<Self, MadError> {
+        // Every chain and calibration probe starts here: refuse images the network cannot take.
+        task.check_model(&w_star.spec)?;
         let set = task
             .trusted
             .concat(&task.test)

@@ -33,7 +33,8 @@ pub use scores::{
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
 pub use task::{
-    MadTask, RecordTask, SplitSizes, TaskSummary, backdoor_task, record_task, user_task,
+    FolderSets, FolderTask, MadTask, RecordTask, SetAccuracy, SplitSizes, TaskSummary,
+    backdoor_task, folder_task, record_task, user_task,
 };
 pub use traces::{LossTraces, TraceFileError};
 

@@ -10,7 +10,7 @@
 //! seed; trusted and clean test samples kept only if the model classifies them correctly;
 //! the triggered versions of the test part's images kept only if the attack succeeds on them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -19,9 +19,10 @@ use super::MadError;
 use crate::attack::backdoor::TriggeredTestSet;
 use crate::attack::backdoor::record::{self, AttackManifest, files as record_files};
 use crate::checkpoint;
+use crate::data::image_folder::ModelImages;
 use crate::data::{DatasetKind, ImageSet, Split};
 use crate::inference::evaluate;
-use crate::models::{BnMode, Classifier};
+use crate::models::{BnMode, Classifier, ModelSpec};
 use crate::train::files as run_files;
 
 /// The data of one MAD-FA run.
@@ -43,6 +44,19 @@ pub struct MadTask {
 }
 
 impl MadTask {
+    /// Fails unless the model `spec` describes can take every set of the task (image shape and
+    /// class count), so that no path feeds the network images it would fail on or misread.
+    pub fn check_model(&self, spec: &ModelSpec) -> Result<(), MadError> {
+        for (name, set) in [
+            ("trusted", &self.trusted),
+            ("sampling", &self.sampling),
+            ("test", &self.test),
+        ] {
+            check_set(name, set, spec)?;
+        }
+        Ok(())
+    }
+
     /// The task's images and labels as a numpy `.npz` archive, so another implementation (the
     /// PyTorch twin in `bench/peer/`) runs on exactly the same data: `trusted_images`,
     /// `sampling_images`, `test_images` f32 `[n, c, h, w]` in `[0, 1]`, `trusted_labels`,
@@ -95,6 +109,12 @@ impl MadTask {
     }
 }
 
+/// Fails unless the model `spec` describes can take `set` (see [`ImageSet::check_model_input`]).
+fn check_set(name: &str, set: &ImageSet, spec: &ModelSpec) -> Result<(), MadError> {
+    set.check_model_input(spec.input_shape, spec.num_classes())
+        .map_err(|e| MadError::Data(format!("the {name} set does not fit the model: {e}")))
+}
+
 /// Per-class sizes of the three parts of the clean test set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitSizes {
@@ -143,6 +163,8 @@ pub fn backdoor_task(
     batch_size: usize,
     device: &Device,
 ) -> Result<(MadTask, TaskSummary), MadError> {
+    check_set("clean test", clean_test, &classifier.spec)?;
+    check_set("triggered test", &backdoor_test.images, &classifier.spec)?;
     let parts = clean_test
         .stratified_split(&[sizes.trusted, sizes.sampling, sizes.test], seed)
         .map_err(|e| MadError::Data(e.to_string()))?;
@@ -270,8 +292,130 @@ pub fn record_task(
     })
 }
 
+/// A user's image folders, each loaded for the model with
+/// [`load_image_folder_for_model`](crate::data::image_folder::load_image_folder_for_model): trusted
+/// and sampling with labels required, test and anomalous with labels optional.
+#[derive(Debug, Clone)]
+pub struct FolderSets {
+    /// Trusted reference images (labelled).
+    pub trusted: ModelImages,
+    /// Images driving the chain (labelled: their labels are the chain's targets).
+    pub sampling: ModelImages,
+    /// Normal inputs to score.
+    pub test: ModelImages,
+    /// Known anomalous inputs to score, appended after `test`.
+    pub anomalous: Option<ModelImages>,
+}
+
+/// How well the model predicts one set's labelled images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAccuracy {
+    /// The set: trusted, sampling, test or anomalous.
+    pub set: String,
+    /// Images in the set.
+    pub images: usize,
+    /// Images with a label from their class folder.
+    pub labelled: usize,
+    /// Labelled images the model predicts as labelled.
+    pub correct: usize,
+}
+
+impl SetAccuracy {
+    /// Fraction of labelled images predicted correctly, if any is labelled.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
+    }
+}
+
+/// A task built from image folders, with what a report needs about it.
+#[derive(Debug, Clone)]
+pub struct FolderTask {
+    /// The task ([`user_task`] over the sets).
+    pub task: MadTask,
+    /// Each set's accuracy under the model, in the order trusted, sampling, test, anomalous: a
+    /// labelling that disagrees with the model shows here at once.
+    pub accuracy: Vec<SetAccuracy>,
+    /// The file of each trusted sample.
+    pub trusted_paths: Vec<PathBuf>,
+    /// The file of each test sample (test, then anomalous), in the task's test order.
+    pub test_paths: Vec<PathBuf>,
+}
+
+/// The task of a user's image folders on `classifier`: checks every set against the model,
+/// measures each set's accuracy under it (predicting in batches of `batch_size`), and labels the
+/// images that have no class folder with the model's prediction (such inputs are only scored,
+/// and MAD-FA traces every sample with its prediction at w* anyway).
+pub fn folder_task(
+    classifier: &Classifier,
+    sets: FolderSets,
+    batch_size: usize,
+    device: &Device,
+) -> Result<FolderTask, MadError> {
+    let spec = &classifier.spec;
+    let mut accuracy = Vec::new();
+    let mut label = |name: &str, mut images: ModelImages| -> Result<ImageSet, MadError> {
+        check_set(name, &images.set, spec)?;
+        let out = evaluate(
+            classifier,
+            &images.set,
+            None,
+            batch_size,
+            BnMode::Eval,
+            device,
+        );
+        let mut correct = 0;
+        for (index, (&predicted, &labelled)) in
+            out.predicted.iter().zip(&images.labelled).enumerate()
+        {
+            if labelled {
+                correct += usize::from(predicted == images.set.label(index));
+            } else {
+                images
+                    .set
+                    .set_label(index, predicted)
+                    .map_err(|e| MadError::Data(e.to_string()))?;
+            }
+        }
+        accuracy.push(SetAccuracy {
+            set: name.to_string(),
+            images: images.set.len(),
+            labelled: images.n_labelled(),
+            correct,
+        });
+        Ok(images.set)
+    };
+    for (name, images) in [("trusted", &sets.trusted), ("sampling", &sets.sampling)] {
+        if images.n_labelled() < images.set.len() {
+            return Err(MadError::Data(format!(
+                "the {name} images need labels: put each in the class folder of its class"
+            )));
+        }
+    }
+    let trusted_paths = sets.trusted.paths.clone();
+    let mut test_paths = sets.test.paths.clone();
+    if let Some(anomalous) = &sets.anomalous {
+        test_paths.extend(anomalous.paths.iter().cloned());
+    }
+    let trusted = label("trusted", sets.trusted)?;
+    let sampling = label("sampling", sets.sampling)?;
+    let test = label("test", sets.test)?;
+    let anomalous = sets
+        .anomalous
+        .map(|anomalous| label("anomalous", anomalous))
+        .transpose()?;
+    let task = user_task(trusted, sampling, test, anomalous)?;
+    Ok(FolderTask {
+        task,
+        accuracy,
+        trusted_paths,
+        test_paths,
+    })
+}
+
 /// A task from a user's own sets: every `test` sample counts as normal and every `anomalous`
-/// sample (appended after them) as anomalous; without `anomalous` the flags are unknown.
+/// sample (appended after them) as anomalous; without `anomalous` the flags are unknown. A
+/// sample's id is its position in its set, the anomalous ones numbered after the test ones, so
+/// ids are unique across the two.
 pub fn user_task(
     trusted: ImageSet,
     sampling: ImageSet,
@@ -307,9 +451,7 @@ pub fn user_task(
                 .map_err(|e| MadError::Data(format!("anomalous set: {e}")))?;
             let mut flags = vec![false; n_normal];
             flags.resize(n_normal + n_anomalous, true);
-            let mut test_ids = ids(n_normal);
-            test_ids.extend(ids(n_anomalous));
-            (joined, Some(flags), test_ids)
+            (joined, Some(flags), ids(n_normal + n_anomalous))
         }
         None => (test, None, ids(n_normal)),
     };
