@@ -464,3 +464,127 @@ pub fn user_task(
         test_ids,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::data::image_folder::LabelRule;
+    use crate::data::{ImageShape, Label};
+    use crate::device::default_device;
+    use crate::models::{Architecture, ModelSpec};
+
+    fn classifier(input_shape: [usize; 3]) -> Classifier {
+        let spec = ModelSpec {
+            architecture: Architecture::SmallCnn {
+                width: 2,
+                hidden: 4,
+            },
+            input_shape,
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            normalization: None,
+        };
+        Classifier::new(spec, &default_device()).unwrap()
+    }
+
+    /// `n` images of `shape` with labels `i % 3` and distinct pixels.
+    fn set(n: usize, shape: ImageShape) -> ImageSet {
+        let pixels = (0..n * shape.num_values())
+            .map(|i| (i % 17) as f32 / 17.0)
+            .collect();
+        let labels = (0..n).map(|i| (i % 3) as Label).collect();
+        let names = vec!["a".into(), "b".into(), "c".into()];
+        ImageSet::new(pixels, labels, shape, names, "toy").unwrap()
+    }
+
+    fn images(set: ImageSet, labelled: bool) -> ModelImages {
+        let n = set.len();
+        ModelImages {
+            set,
+            labelled: vec![labelled; n],
+            paths: (0..n).map(|i| PathBuf::from(format!("{i}.png"))).collect(),
+            rule: if labelled {
+                LabelRule::ClassNames
+            } else {
+                LabelRule::Unlabelled
+            },
+            converted: None,
+        }
+    }
+
+    #[test]
+    fn user_task_ids_are_unique_across_test_and_anomalous() {
+        let shape = ImageShape::new(1, 8, 8);
+        let task = user_task(
+            set(3, shape),
+            set(3, shape),
+            set(4, shape),
+            Some(set(2, shape)),
+        )
+        .unwrap();
+        assert_eq!(task.test_ids, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            task.test_is_anomalous,
+            Some(vec![false, false, false, false, true, true])
+        );
+    }
+
+    #[test]
+    fn folder_task_labels_unlabelled_inputs_with_predictions_and_counts_accuracy() {
+        let shape = ImageShape::new(1, 8, 8);
+        let model = classifier([1, 8, 8]);
+        let device = default_device();
+        let sets = FolderSets {
+            trusted: images(set(6, shape), true),
+            sampling: images(set(6, shape), true),
+            test: images(set(4, shape), true),
+            anomalous: Some(images(set(5, shape), false)),
+        };
+        let built = folder_task(&model, sets, 4, &device).unwrap();
+        let names: Vec<&str> = built.accuracy.iter().map(|a| a.set.as_str()).collect();
+        assert_eq!(names, ["trusted", "sampling", "test", "anomalous"]);
+        let predicted = evaluate(&model, &set(6, shape), None, 4, BnMode::Eval, &device);
+        let correct = predicted
+            .predicted
+            .iter()
+            .zip(&predicted.labels)
+            .filter(|(p, l)| p == l)
+            .count();
+        assert_eq!(built.accuracy[0].correct, correct);
+        assert_eq!(
+            (built.accuracy[3].labelled, built.accuracy[3].accuracy()),
+            (0, None)
+        );
+        // The anomalous images carry the model's predictions as labels.
+        let anomalous = evaluate(&model, &set(5, shape), None, 4, BnMode::Eval, &device);
+        assert_eq!(&built.task.test.labels()[4..], &anomalous.predicted[..]);
+        assert_eq!(built.test_paths.len(), 9);
+        assert_eq!(built.test_paths[4], PathBuf::from("0.png"));
+    }
+
+    #[test]
+    fn sets_the_model_cannot_take_are_refused_before_the_network() {
+        let model = classifier([1, 8, 8]);
+        let device = default_device();
+        let wrong = ImageShape::new(1, 12, 12);
+        let sets = FolderSets {
+            trusted: images(set(6, wrong), true),
+            sampling: images(set(6, wrong), true),
+            test: images(set(4, wrong), true),
+            anomalous: None,
+        };
+        let err = folder_task(&model, sets, 4, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("12x12") && err.contains("8x8"), "{err}");
+        // A task built by hand reaches the guard at the chain's inputs instead of the convolution.
+        let three = ImageShape::new(3, 8, 8);
+        let task = user_task(set(3, three), set(3, three), set(3, three), None).unwrap();
+        let err = crate::madfa::TraceInputs::new(&model, &task, 4, &device)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("3 channel(s)"), "{err}");
+    }
+}
