@@ -23,6 +23,18 @@ fn keep_freed_memory() {
     }
 }
 
+/// Rust ignores SIGPIPE, so every print to a closed pipe (`vigil info m | head -1`) is an EPIPE
+/// error and `println!` panics on it. Restoring the default action makes the process end quietly
+/// at its first write to a closed pipe, as `cat` or `grep` do, whichever command is printing:
+/// there is no reader left for its output.
+fn end_quietly_on_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal to its default action; called before any threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// vigil trains image classifiers and inspects them for anomalous mechanisms (backdoors,
 /// adversarial and out-of-distribution inputs).
 ///
@@ -58,6 +70,7 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    end_quietly_on_broken_pipe();
     let cli = Cli::parse();
     if let Some(threads) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()

@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use indicatif::{ProgressBar, ProgressStyle};
 use vigil_core::train::{EpochRecord, TrainObserver};
 
-/// Set by Ctrl-C; long loops poll it and stop cleanly after checkpointing. One flag for the
+/// Set by Ctrl-C (SIGINT), and by SIGTERM and SIGHUP (what Slurm sends before SIGKILL, and a
+/// closed terminal); long loops poll it and stop cleanly after checkpointing. One flag for the
 /// whole process (the handler can be installed only once), so every run started in it, such as
 /// each rung a benchmark trains, sees the interrupt.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
@@ -14,7 +15,7 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
     FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
         let handler_flag = flag.clone();
-        // A second Ctrl-C while the first is being handled exits at once.
+        // A second signal while the first is being handled exits at once.
         let _ = ctrlc::set_handler(move || {
             if handler_flag.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);

@@ -17,6 +17,21 @@ use crate::models::{Architecture, BnMode, Classifier, ModelError, ModelSpec};
 use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
 
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The settings cannot be measured.
+    #[error("invalid benchmark settings: {0}")]
+    InvalidConfig(String),
+    /// The architecture cannot be built for 1x28x28 inputs.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Largest batch measured: 65,536 images of 1x28x28 are 205 MB before any activation, far
+/// beyond any batch the loops run at, and a larger one would exhaust memory rather than measure.
+pub const MAX_BATCH: usize = 1 << 16;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -42,6 +57,25 @@ impl Default for BenchConfig {
             warmup: 3,
             iters: 20,
         }
+    }
+}
+
+impl BenchConfig {
+    /// Checks the sizes: a batch of 1 to [`MAX_BATCH`] images and at least one timed iteration
+    /// (none would report a rate of 0 images per second).
+    pub fn validate(&self) -> Result<(), BenchError> {
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(BenchError::InvalidConfig(format!(
+                "the batch must hold 1 to {MAX_BATCH} images, got {}",
+                self.batch
+            )));
+        }
+        if self.iters == 0 {
+            return Err(BenchError::InvalidConfig(
+                "at least one timed iteration is needed".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -77,9 +111,11 @@ pub fn bench_spec(architecture: Architecture) -> ModelSpec {
     }
 }
 
-/// Runs the three measurements on `device`.
-/// Fails only if the architecture cannot be built for 1x28x28 inputs.
-pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, ModelError> {
+/// Runs the measurements on `device`.
+/// Fails on settings [`BenchConfig::validate`] refuses, or if the architecture cannot be built
+/// for 1x28x28 inputs.
+pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchError> {
+    config.validate()?;
     let train_device = device.clone().autodiff();
     let mut classifier = Classifier::new(bench_spec(config.architecture.clone()), &train_device)?;
     let n = config.batch;
@@ -179,4 +215,44 @@ fn time(config: &BenchConfig, batch: usize, mut step: impl FnMut()) -> f64 {
         step();
     }
     (config.iters * batch) as f64 / start.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_or_huge_batches_and_no_iterations_are_refused_before_any_work() {
+        let device = crate::device::default_device();
+        for (config, what) in [
+            (
+                BenchConfig {
+                    batch: 0,
+                    ..BenchConfig::default()
+                },
+                "batch",
+            ),
+            (
+                BenchConfig {
+                    batch: MAX_BATCH + 1,
+                    ..BenchConfig::default()
+                },
+                "batch",
+            ),
+            (
+                BenchConfig {
+                    iters: 0,
+                    ..BenchConfig::default()
+                },
+                "iteration",
+            ),
+        ] {
+            let e = run(config, &device).unwrap_err();
+            assert!(
+                matches!(e, BenchError::InvalidConfig(_)) && e.to_string().contains(what),
+                "{e}"
+            );
+        }
+        assert!(BenchConfig::default().validate().is_ok());
+    }
 }

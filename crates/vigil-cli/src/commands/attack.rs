@@ -260,6 +260,25 @@ pub fn run(args: AttackArgs) -> Result<ExitCode> {
     let device = default_device();
     // Reject bad options before spending time on data.
     args.training.architecture()?;
+    // ... and a record file or checkpoint that would replace the clean model or a trigger image.
+    vigil_core::io::check_outputs(
+        [&args.clean_model, &args.patch_png, &args.pattern_png]
+            .into_iter()
+            .flatten(),
+        super::train::run_files()
+            .chain(
+                [
+                    files::MANIFEST,
+                    files::POISON,
+                    files::BACKDOOR_TEST_IMAGES,
+                    files::BACKDOOR_TEST_INDEX,
+                    files::RESULTS,
+                    files::EXAMPLES,
+                ]
+                .map(PathBuf::from),
+            )
+            .map(|name| args.out.join(name)),
+    )?;
     let (kind, train_limit, test_limit, seed) =
         data_selection(&args.out, args.resume, args.data.dataset, &args.training)?;
     let saved: Option<AttackManifest> = args

@@ -181,6 +181,14 @@ pub fn run(args: BenchmarkArgs) -> Result<ExitCode> {
 
 fn run_ood(args: OodArgs) -> Result<ExitCode> {
     let device = default_device();
+    // Before any training or attack: the report may not replace a model it evaluates.
+    vigil_core::io::check_outputs(
+        args.models
+            .iter()
+            .map(|(_, path)| path)
+            .chain(&args.transfer_from),
+        ["report.json", "rows.csv", "report.md"].map(|name| args.out.join(name)),
+    )?;
     let mut named = Vec::new();
     if let Some(dir) = &args.ladder {
         if let Some(unknown) = args

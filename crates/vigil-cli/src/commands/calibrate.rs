@@ -107,6 +107,13 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let device = default_device();
     let config = args.calibration.config(args.base.chain_config());
     config.validate()?;
+    // Before the probes run for minutes: --out must take files, and calibration.json may not
+    // replace an input.
+    vigil_core::io::check_writable_dir(&args.out)?;
+    vigil_core::io::check_outputs(
+        args.input.input_paths(),
+        [args.out.join("calibration.json")],
+    )?;
     let (classifier, task, _) = args
         .input
         .load(config.base.trace_batch_size, false, &device)?;

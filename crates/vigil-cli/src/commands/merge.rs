@@ -23,6 +23,8 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: MergeArgs) -> Result<ExitCode> {
+    // Before reading anything: the merged file may not replace one of its parts.
+    vigil_core::io::check_outputs(&args.inputs, [&args.out])?;
     let parts = args
         .inputs
         .iter()

@@ -24,22 +24,6 @@ use vigil_core::models::{Classifier, ModelSpec};
 use super::{DataArgs, ModelArgs};
 use crate::progress::{bar, interrupt_flag};
 
-/// Sample parameters around a model with localized SGLD and record every trusted and test
-/// sample's loss at each draw (MAD-FA). `vigil score` turns the traces into anomaly scores.
-///
-/// Input is either an attack record (`--record`, written by `vigil attack`): its model, and the
-/// reference protocol on its dataset's clean test set (a stratified trusted / sampling / test
-/// split per class; trusted and clean test samples kept if classified correctly, triggered
-/// test samples if the attack succeeds); or your own model (`--model`) with image folders
-/// (`root/<class>/*.png`) for the trusted, sampling and test sets.
-///
-/// Writes to --out: traces.npz (numpy: `trusted`, `test` [chains, draws, samples],
-/// `trusted_labels`, `test_is_anomalous`), diagnostics.json (per chain: loss, distance from
-/// w* and the norms of the update's three terms at every step, constant-trace fractions,
-/// timings, warnings), task.json and task.npz (the samples, for other implementations), and
-/// resume/ (checkpoints every minute and on Ctrl-C: run the
-/// same command again to continue, bit for bit). With --chain K only chain K runs and the files
-/// are traces-chain-K.npz and diagnostics-chain-K.json; join them with `vigil merge`.
 /// Where MAD-FA's model and samples come from (shared by `vigil sample` and `vigil calibrate`).
 #[derive(Args, Debug)]
 pub struct MadInputArgs {
@@ -163,6 +147,22 @@ impl CalibrationArgs {
     }
 }
 
+/// Sample parameters around a model with localized SGLD and record every trusted and test
+/// sample's loss at each draw (MAD-FA). `vigil score` turns the traces into anomaly scores.
+///
+/// Input is either an attack record (`--record`, written by `vigil attack`): its model, and the
+/// reference protocol on its dataset's clean test set (a stratified trusted / sampling / test
+/// split per class; trusted and clean test samples kept if classified correctly, triggered
+/// test samples if the attack succeeds); or your own model (`--model`) with image folders
+/// (`root/<class>/*.png`) for the trusted, sampling and test sets.
+///
+/// Writes to --out: traces.npz (numpy: `trusted`, `test` [chains, draws, samples],
+/// `trusted_labels`, `test_is_anomalous`), diagnostics.json (per chain: loss, distance from
+/// w* and the norms of the update's three terms at every step, constant-trace fractions,
+/// timings, warnings), task.json and task.npz (the samples, for other implementations), and
+/// resume/ (checkpoints every minute and on Ctrl-C: run the
+/// same command again to continue, bit for bit). With --chain K only chain K runs and the files
+/// are traces-chain-K.npz and diagnostics-chain-K.json; join them with `vigil merge`.
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     #[command(flatten)]
@@ -653,6 +653,22 @@ impl MadInputArgs {
     }
 }
 
+impl MadInputArgs {
+    /// The files and folders these options read, for `vigil_core::io::check_outputs`.
+    pub fn input_paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [
+            &self.record,
+            &self.model,
+            &self.trusted,
+            &self.sampling,
+            &self.test,
+            &self.anomalous,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// What `vigil sample` leaves in --out that a later run could reuse or overwrite.
 const SAMPLE_STATE: &[&str] = &[
     "resume",
@@ -666,6 +682,26 @@ const SAMPLE_STATE: &[&str] = &[
 pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let device = default_device();
     let (chains, single) = args.chains()?;
+    // Before any work: no file this run writes may replace one it reads.
+    let suffix = if single {
+        format!("-chain-{}", chains[0])
+    } else {
+        String::new()
+    };
+    let written = [
+        "task.json".to_string(),
+        "task.npz".into(),
+        "calibration.json".into(),
+        format!("traces{suffix}.npz"),
+        format!("diagnostics{suffix}.json"),
+    ];
+    vigil_core::io::check_outputs(
+        args.input.input_paths(),
+        written
+            .iter()
+            .map(|name| args.out.join(name))
+            .chain(args.record_steps.clone()),
+    )?;
     let mut config = args.chain_config();
     // Refuse bad settings before any work.
     if args.calibrate {
@@ -746,11 +782,6 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let Some((traces, diagnostics)) = outcome else {
         eprintln!("stopped; run the same command again to continue");
         return Ok(ExitCode::from(130));
-    };
-    let suffix = if single {
-        format!("-chain-{}", chains[0])
-    } else {
-        String::new()
     };
     let trace_path = args.out.join(format!("traces{suffix}.npz"));
     traces.save(&trace_path)?;

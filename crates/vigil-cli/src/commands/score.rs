@@ -52,6 +52,16 @@ pub struct ScoreArgs {
 
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.traces.with_file_name("scores.csv"));
+    let attribution = out.with_file_name("attribution.csv");
+    // Before any work: neither table may replace the traces, nor the two tables each other.
+    vigil_core::io::check_outputs(
+        [&args.traces],
+        std::iter::once(&out).chain(args.top_k.map(|_| &attribution)),
+    )?;
     let mut traces = LossTraces::load(&args.traces)?;
     if args.burn_in >= traces.draws() {
         anyhow::bail!(
@@ -74,10 +84,6 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let coupling = madfa::coupling(&traces, 0)
         .with_context(|| format!("scoring {}", args.traces.display()))?;
     let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.traces.with_file_name("scores.csv"));
     let flags = traces.test_is_anomalous.as_deref();
     let ids = traces.test_ids.clone();
     let paths = test_paths(&traces);
@@ -113,7 +119,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         out.display()
     );
     if let Some(k) = args.top_k {
-        let path = out.with_file_name("attribution.csv");
+        let path = &attribution;
         let mut table =
             String::from("test_index,rank,trusted_index,trusted_source_id,correlation,bif\n");
         for (i, row) in madfa::top_attributions(&coupling, k).iter().enumerate() {
@@ -132,7 +138,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
                 );
             }
         }
-        write_atomic(&path, table.as_bytes())?;
+        write_atomic(path, table.as_bytes())?;
         eprintln!("attributions in {}", path.display());
     }
     let report = match flags {

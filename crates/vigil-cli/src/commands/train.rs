@@ -214,10 +214,17 @@ fn load_helper(
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let device = default_device();
-    // Reject bad options before spending time on data.
+    // Reject bad options, an --out that cannot be written and outputs that would replace the
+    // helper before spending time on data.
     args.training.architecture()?;
+    vigil_core::io::check_writable_dir(&args.out)?;
+    vigil_core::io::check_outputs(
+        &args.robust.helper,
+        run_files().map(|name| args.out.join(name)),
+    )?;
     let (kind, train_limit, test_limit, seed) =
         data_selection(&args.out, args.resume, args.data.dataset, &args.training)?;
+    args.training.config(kind).validate()?;
     let train_set = limit(args.data.load(kind, Split::Train)?, train_limit, seed)?;
     let test_set = limit(args.data.load(kind, Split::Test)?, test_limit, seed)?;
     let mut requested = args.training.config(kind);
@@ -270,6 +277,19 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         &args.out,
         &device,
     )
+}
+
+/// The files a training run writes in its folder (relative to it).
+pub fn run_files() -> impl Iterator<Item = PathBuf> {
+    use vigil_core::train::files;
+    [files::MODEL, files::BEST, files::AVERAGE, files::METRICS]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(
+            [files::STATE, files::MODEL, files::OPTIMIZER]
+                .into_iter()
+                .map(|name| Path::new(files::RESUME_DIR).join(name)),
+        )
 }
 
 /// The letters drawn as outliers, checked to fit the training images.
