@@ -77,6 +77,9 @@ pub fn print_calibration(c: &Calibration) {
             100.0 * r.constant_trusted_fraction,
         );
     }
+    for warning in c.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let s = c.per_chain(CALIBRATED_CHAINS);
     let loss = match s.loss {
         TraceLoss::Reference => "",
@@ -117,6 +120,8 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let (classifier, task, _) = args
         .input
         .load(config.base.trace_batch_size, false, &device)?;
+    // Before anything is written: a trusted set calibration cannot split into its halves.
+    madfa::calibrate::check_trusted_set(task.trusted.labels())?;
     // A calibration.json in --out is reused only if the same model, data and settings made it.
     let settings = serde_json::to_value(&config)?;
     let identity = RunIdentity::for_madfa_task("madfa-calibrate", &classifier, &task, settings)?;

@@ -711,6 +711,18 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     let (classifier, task, data) = args.input.load(args.base.trace_batch_size, true, &device)?;
+    // Before anything is written: a trusted set calibration cannot use, chain indices the trace
+    // file cannot store, traces that cannot fit in memory (at the longest run calibration may
+    // recommend).
+    let planned = if args.calibrate {
+        madfa::calibrate::check_trusted_set(task.trusted.labels())?;
+        args.calibration
+            .config(config.clone())
+            .largest_run(args.chain_count())
+    } else {
+        config.clone()
+    };
+    madfa::check_run(&classifier, &task, &planned, &chains)?;
     // Everything --out may hold from an earlier run is reused only if that run had the same
     // model, data and settings; otherwise refuse before writing anything.
     let settings = serde_json::json!({

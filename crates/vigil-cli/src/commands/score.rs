@@ -84,6 +84,9 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let coupling = madfa::coupling(&traces, 0)
         .with_context(|| format!("scoring {}", args.traces.display()))?;
     let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
+    for warning in coupling.constant.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let flags = traces.test_is_anomalous.as_deref();
     let ids = traces.test_ids.clone();
     let paths = test_paths(&traces);
@@ -169,6 +172,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
                 "normal": report.as_ref().map(|r| r.normal),
                 "anomalous": report.as_ref().map(|r| r.anomalous),
                 "scores_csv": out.display().to_string(),
+                "constant_traces": coupling.constant,
                 "seconds": started.elapsed().as_secs_f64(),
             })
         );

@@ -132,6 +132,16 @@ impl CalibrationConfig {
         Ok(())
     }
 
+    /// The longest run calibration can recommend, spread over `chains` chains: what a caller
+    /// checks ([`check_run`](super::check_run)) before calibrating.
+    pub fn largest_run(&self, chains: usize) -> ChainConfig {
+        let mut config = self.base.clone();
+        config.draws = self.max_draws.div_ceil(chains.max(1));
+        config.burn_in = self.burn_in;
+        config.thinning = 1;
+        config
+    }
+
     /// The chain settings of candidate `(gamma, n_beta)` with `draws` draws: lr set from the
     /// pull, thinning 1 (with pull 1 consecutive draws are already nearly independent).
     pub fn chain_config(&self, gamma: f64, n_beta: f64, draws: usize) -> ChainConfig {
@@ -166,8 +176,61 @@ pub fn lr_for_pull(pull: f64, gamma: f64, max_gain: f64) -> f64 {
 
 /// Spearman-Brown: the reliability of an average of `k` times as many independent draws as a
 /// measurement of reliability `r`.
+///
+/// The formula holds for a reliability, the share of true-score variance: `r` in `[0, 1]`. A
+/// measured correlation at or below 0 says the probes hold no reliable signal (its true value is
+/// 0; below 0 is sampling noise), and fed in as such the formula is meaningless: it has a pole at
+/// `r = -1/(k-1)` and exceeds 1 beyond it (probes agreeing at -0.37, extrapolated 250-fold,
+/// "predicted" a reliability of 1.015). So `r` is clamped to `[0, 1]` and the result lies there.
 pub fn spearman_brown(r: f64, k: f64) -> f64 {
+    let r = if r.is_nan() { 0.0 } else { r.clamp(0.0, 1.0) };
+    if r == 0.0 {
+        return 0.0;
+    }
     k * r / (1.0 + (k - 1.0) * r)
+}
+
+/// Probe samples calibration needs: the CLC reliability is a correlation over probe samples.
+pub const MIN_PROBE_SAMPLES: usize = 3;
+
+/// Checks, before any chain runs, that a trusted set (its labels) can be calibrated on: CLC, the
+/// score whose reliability calibration measures, is the best class-level coupling, so it needs
+/// at least 2 classes (with one it is the mean correlation and Class CCC equals Mean CCC); and
+/// [`split_halves`] alternates each class's samples between a reference and a probe half, so a
+/// class gives one probe sample per 2 trusted samples and the halves need
+/// [`MIN_PROBE_SAMPLES`] probes in all.
+pub fn check_trusted_set(labels: &[u16]) -> Result<(), MadError> {
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    for &label in labels {
+        *counts.entry(label).or_default() += 1;
+    }
+    let listed = || {
+        counts
+            .iter()
+            .map(|(class, n)| format!("class {class}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if counts.len() < 2 {
+        return Err(MadError::Data(format!(
+            "calibration needs trusted samples of at least 2 classes (CLC and Class CCC take the best of the class-level couplings; with one class there is nothing to choose from), got {} trusted samples ({})",
+            labels.len(),
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                listed()
+            }
+        )));
+    }
+    let probes: usize = counts.values().map(|n| n / 2).sum();
+    if probes < MIN_PROBE_SAMPLES {
+        return Err(MadError::Data(format!(
+            "calibration splits every class's trusted samples alternately into a reference and a probe half, so only classes with at least 2 trusted samples give probe samples, and it needs at least {MIN_PROBE_SAMPLES}: these {} trusted samples ({}) give {probes}; give at least 2 trusted samples in each of {MIN_PROBE_SAMPLES} classes",
+            labels.len(),
+            listed()
+        )));
+    }
+    Ok(())
 }
 
 /// How many draws reach reliability `target`, given reliability `r` measured with `draws`
@@ -288,6 +351,27 @@ impl Calibration {
         config.draws = self.recommended.draws.div_ceil(chains.max(1));
         config
     }
+
+    /// What a user should know before trusting the recommendation: probes that did not agree
+    /// at all, or a recommendation that falls short of the target.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(best) = self.candidates.get(self.chosen) else {
+            return out;
+        };
+        if best.draws_needed.is_none() {
+            out.push(format!(
+                "the probe chains' CLC scores did not agree (reliability {:.3}): the {} draws recommended are the most allowed, not a prediction; the trusted set may be too small or the chains too short (--probe-draws)",
+                best.clc_reliability, self.recommended.draws
+            ));
+        } else if self.predicted_reliability < self.config.target_reliability {
+            out.push(format!(
+                "the {} draws recommended (the most allowed) reach a predicted CLC reliability of {:.3}, below the target {}",
+                self.recommended.draws, self.predicted_reliability, self.config.target_reliability
+            ));
+        }
+        out
+    }
 }
 
 /// Chooses chain settings for `w_star` from its trusted set (correctly classified samples) and
@@ -301,14 +385,9 @@ pub fn calibrate(
     observer: &mut impl ChainObserver,
 ) -> Result<Calibration, MadError> {
     config.validate()?;
+    check_trusted_set(trusted.labels())?;
     let started = Instant::now();
     let (reference, probe) = split_halves(trusted.labels());
-    if reference.len() < 2 || probe.len() < 3 {
-        return Err(MadError::Data(format!(
-            "calibration needs at least 5 trusted samples (2 reference, 3 probe), got {}",
-            trusted.len()
-        )));
-    }
     let ids = |v: &[usize]| v.iter().map(|&i| i as i64).collect::<Vec<_>>();
     let task = MadTask {
         trusted: trusted.subset(&reference),
@@ -425,9 +504,14 @@ fn measure(
     chance: f64,
     seconds: f64,
 ) -> Result<CandidateReport, MadError> {
+    // A chain whose reference traces are all constant couples nothing (`coupling` refuses it):
+    // the candidate measured no reliability and is rejected below.
+    let all_constant = diagnostics
+        .iter()
+        .any(|d| d.constant_trusted_fraction >= 1.0);
     let mut clc = Vec::new();
     let mut couplings = Vec::new();
-    for k in 0..traces.chains() {
+    for k in (0..traces.chains()).filter(|_| !all_constant) {
         let one = LossTraces {
             trusted: traces
                 .trusted
@@ -440,8 +524,12 @@ fn measure(
         clc.push(anomaly_scores(&c, &traces.trusted_labels).clc);
         couplings.push(c.pearson.iter().copied().collect::<Vec<f64>>());
     }
-    let clc_reliability = pearson(&clc[0], &clc[1]);
-    let coupling_reliability = pearson(&couplings[0], &couplings[1]);
+    let agreement = |v: &[Vec<f64>]| match v {
+        [a, b, ..] => pearson(a, b),
+        _ => 0.0,
+    };
+    let clc_reliability = agreement(&clc);
+    let coupling_reliability = agreement(&couplings);
     let draws_needed = draws_for_reliability(
         clc_reliability,
         config.probe_draws,
@@ -458,8 +546,12 @@ fn measure(
         .iter()
         .map(|d| d.constant_trusted_fraction.max(d.constant_test_fraction))
         .fold(0.0, f64::max);
-    let first = &diagnostics[0];
-    let rejected = if loss_rise > config.max_loss_rise * chance {
+    let Some(first) = diagnostics.first() else {
+        return Err(MadError::Data("the probe chains reported nothing".into()));
+    };
+    let rejected = if all_constant {
+        Some("every reference trace of a probe chain is constant: the chain does not move the trusted losses".into())
+    } else if loss_rise > config.max_loss_rise * chance {
         Some(format!(
             "the chain's minibatch loss rose by {loss_rise:.3} over w*'s, more than {:.0}% of chance level ({chance:.3}): the chain leaves the model's function",
             100.0 * config.max_loss_rise
@@ -530,6 +622,38 @@ mod tests {
         assert!((spearman_brown(0.5, d / 40.0) - 0.9).abs() < 1e-12);
         assert_eq!(draws_for_reliability(0.0, 40, 0.9), None);
         assert_eq!(draws_for_reliability(-0.2, 40, 0.9), None);
+    }
+
+    /// A negative probe agreement extrapolated far used to "predict" a reliability above 1 (the
+    /// single-class trusted set's 1.015): the formula is only defined for r in [0, 1].
+    #[test]
+    fn spearman_brown_stays_a_reliability_for_any_measured_correlation() {
+        assert!(spearman_brown(-0.371, 250.0) > -1.0);
+        for r in [-1.0, -0.371, -0.05, 0.0, 0.3, 1.0, 1.2, f64::NAN] {
+            for k in [0.5, 1.0, 2.0, 20.0, 250.0] {
+                let p = spearman_brown(r, k);
+                assert!((0.0..=1.0).contains(&p), "r {r} k {k}: {p}");
+            }
+        }
+        assert_eq!(spearman_brown(-0.371, 250.0), 0.0);
+    }
+
+    #[test]
+    fn trusted_sets_calibration_cannot_use_are_refused_with_the_rule() {
+        let err = check_trusted_set(&[4; 12]).unwrap_err().to_string();
+        assert!(err.contains("at least 2 classes"), "{err}");
+        assert!(err.contains("class 4: 12"), "{err}");
+        // One sample per class: every sample lands in the reference half, no probe.
+        let one_each: Vec<u16> = (0..10).collect();
+        let err = check_trusted_set(&one_each).unwrap_err().to_string();
+        assert!(err.contains("10 trusted samples"), "{err}");
+        assert!(err.contains("give 0"), "{err}");
+        assert!(
+            err.contains("at least 2 trusted samples in each of 3 classes"),
+            "{err}"
+        );
+        assert!(check_trusted_set(&[0, 0, 1, 1, 2, 2]).is_ok());
+        assert!(check_trusted_set(&[0, 0, 1, 1]).is_err());
     }
 
     #[test]

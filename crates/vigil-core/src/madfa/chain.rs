@@ -21,13 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use super::sgld::{LocalizedSgld, SQUARED_GRADIENT_SLOT, SgldConfig, StepNorms, W_STAR_SLOT};
 use super::task::MadTask;
-use super::traces::LossTraces;
+use super::traces::{LossTraces, chain_index};
 use super::{MadError, linearised};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::{ImageSet, batch, images_tensor, labels_tensor};
 use crate::inference::evaluate;
 use crate::io::write_json_atomic;
 use crate::loss::{cross_entropy, cross_entropy_per_sample, cross_entropy_per_sample_precise};
+use crate::memory;
 use crate::models::{BnMode, Classifier};
 use crate::optim::{ParamSlots, apply_update, param_infos, snapshot_slots};
 use crate::train::{STEP_KEY, epoch_order, metadata_step, mix, tensor_file_step};
@@ -153,8 +154,81 @@ impl ChainConfig {
                 "thinning and the trace batch size must be at least 1".into(),
             ));
         }
+        // `total_steps` must not wrap around to a short chain.
+        if self
+            .draws
+            .checked_mul(self.thinning)
+            .and_then(|s| s.checked_add(self.burn_in))
+            .is_none()
+        {
+            return Err(MadError::InvalidConfig(format!(
+                "{} draws every {} steps after {} burn-in steps is more steps than can be counted",
+                self.draws, self.thinning, self.burn_in
+            )));
+        }
         self.sgld.validate()
     }
+
+    /// Refuses a run of `chains` chains tracing `traced` samples (a model of `model_floats`
+    /// values) whose traces cannot be held in memory, before anything is allocated. Exact traces
+    /// are `chains x draws x traced` f32, held twice while the chains' buffers are joined into
+    /// the trace file's arrays; linearised chains hold `chains x draws x model_floats`
+    /// displacements, then the same traces.
+    pub fn check_memory(
+        &self,
+        chains: usize,
+        traced: usize,
+        model_floats: usize,
+    ) -> Result<(), MadError> {
+        let f32_bytes = std::mem::size_of::<f32>();
+        let traces = memory::bytes_of(&[chains, self.draws, traced, f32_bytes, 2]);
+        let (needed, what) = match self.traces {
+            TraceForm::Exact => (
+                traces,
+                format!(
+                    "the loss traces of {chains} chain(s) x {} draws x {traced} samples",
+                    self.draws
+                ),
+            ),
+            TraceForm::Linearised => (
+                traces.saturating_add(memory::bytes_of(&[
+                    chains,
+                    self.draws,
+                    model_floats,
+                    f32_bytes,
+                ])),
+                format!(
+                    "the displacements ({chains} chain(s) x {} draws x {model_floats} model values) and traces of {traced} samples",
+                    self.draws
+                ),
+            ),
+        };
+        memory::check_fits(what, needed)?;
+        Ok(())
+    }
+}
+
+/// Checks what running `chains` of `config` around `w_star` on `task` would store, before
+/// anything runs: chain indices the trace file can hold ([`chain_index`], returned in order) and
+/// traces that fit in memory ([`ChainConfig::check_memory`]). Callers check before writing
+/// anything; [`run_chains`] checks again before allocating.
+pub fn check_run(
+    w_star: &Classifier,
+    task: &MadTask,
+    config: &ChainConfig,
+    chains: &[usize],
+) -> Result<Vec<i64>, MadError> {
+    let indices = chains
+        .iter()
+        .map(|&c| chain_index(c))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let traced = task.trusted.len().saturating_add(task.test.len());
+    let floats = match config.traces {
+        TraceForm::Exact => 0,
+        TraceForm::Linearised => linearised::flat_len(&w_star.network),
+    };
+    config.check_memory(chains.len(), traced, floats)?;
+    Ok(indices)
 }
 
 /// How a chain went: per-step figures and a summary, written beside the traces.
@@ -781,6 +855,9 @@ pub fn run_chains(
     if chains.is_empty() {
         return Err(MadError::InvalidConfig("no chain to run".into()));
     }
+    // Before any chain runs: an index the trace file cannot store or traces that cannot fit
+    // cost no work.
+    let chain_indices = check_run(w_star, task, config, chains)?;
     if config.traces == TraceForm::Linearised {
         linearised::check_memory(
             chains.len() * config.draws,
@@ -853,7 +930,7 @@ pub fn run_chains(
         test,
         trusted_labels: inputs.labels[..n_trusted].to_vec(),
         test_is_anomalous: task.test_is_anomalous.clone(),
-        chain_indices: Some(chains.iter().map(|&c| c as i64).collect()),
+        chain_indices: Some(chain_indices),
         trusted_ids: Some(task.trusted_ids.clone()),
         test_ids: Some(task.test_ids.clone()),
         test_labels: Some(inputs.labels[n_trusted..].to_vec()),

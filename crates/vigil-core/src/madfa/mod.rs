@@ -24,12 +24,12 @@ pub use calibrate::{
 };
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
-    StepDraws, TraceForm, TraceInputs, TraceLoss, run_chain, run_chains,
+    StepDraws, TraceForm, TraceInputs, TraceLoss, check_run, run_chain, run_chains,
 };
 pub use record::StepRecorder;
 pub use scores::{
-    AnomalyScores, Attribution, Coupling, ScoreReport, anomaly_scores, coupling, evaluate_scores,
-    top_attributions,
+    AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, anomaly_scores, coupling,
+    evaluate_scores, top_attributions,
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
 pub use task::{
@@ -91,4 +91,7 @@ pub enum MadError {
     /// A trace file could not be read or written.
     #[error(transparent)]
     Traces(#[from] TraceFileError),
+    /// The run's traces would not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::OutOfMemory),
 }

@@ -157,10 +157,62 @@ pub struct Coupling {
     pub ccc: Array2<f64>,
     /// Population covariance, `[n_test, n_trusted]` (the BIF is its negative).
     pub covariance: Array2<f64>,
+    /// How many traces were constant over the draws used.
+    pub constant: ConstantTraces,
+}
+
+/// Traces that do not move over the draws used. A constant trace has no correlation with
+/// anything (scored 0), so constant trusted traces pull every test sample's score toward 0
+/// and constant test traces score 0 whatever their mechanism; when every trusted trace is
+/// constant every score is 0 and the AUROC 0.5, so [`coupling`] refuses that case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConstantTraces {
+    /// Constant trusted traces.
+    pub trusted: usize,
+    /// Trusted traces in all.
+    pub n_trusted: usize,
+    /// Constant test traces.
+    pub test: usize,
+    /// Test traces in all.
+    pub n_test: usize,
+}
+
+impl ConstantTraces {
+    /// One line per kind of constant trace present, with count and fraction (empty if none).
+    pub fn warnings(&self) -> Vec<String> {
+        let share = |k: usize, n: usize| 100.0 * k as f64 / n.max(1) as f64;
+        let mut out = Vec::new();
+        if self.trusted > 0 {
+            out.push(format!(
+                "{} of {} trusted traces ({:.1}%) are constant over the draws used: they correlate 0 with every test trace and pull every score toward 0",
+                self.trusted,
+                self.n_trusted,
+                share(self.trusted, self.n_trusted)
+            ));
+        }
+        if self.test > 0 {
+            out.push(format!(
+                "{} of {} test traces ({:.1}%) are constant over the draws used: they score 0 whatever their mechanism (often confident samples whose float32 loss is exactly 0; `--loss precise` or `--traces linearised` give them a trace)",
+                self.test,
+                self.n_test,
+                share(self.test, self.n_test)
+            ));
+        }
+        out
+    }
+}
+
+/// Rows of a `[samples, draws]` matrix whose values are all equal (exactly: a trace that moves
+/// by one ulp is not constant).
+pub fn constant_rows(x: ArrayView2<f64>) -> usize {
+    x.outer_iter()
+        .filter(|row| row.iter().all(|&v| Some(&v) == row.first()))
+        .count()
 }
 
 /// Couplings of the test traces to the trusted traces, after dropping `burn_in` draws of every
-/// chain.
+/// chain. Refuses traces holding a value no score can use (naming it) and traces whose trusted
+/// samples are all constant; reports how many are constant in [`Coupling::constant`].
 pub fn coupling(traces: &LossTraces, burn_in: usize) -> Result<Coupling, MadError> {
     if burn_in >= traces.draws() {
         return Err(MadError::InvalidConfig(format!(
@@ -168,15 +220,32 @@ pub fn coupling(traces: &LossTraces, burn_in: usize) -> Result<Coupling, MadErro
             traces.draws()
         )));
     }
+    if let Some(reason) = traces.first_bad_value() {
+        return Err(MadError::Data(reason));
+    }
     let test = by_sample(traces.test.view(), burn_in);
     let trusted = by_sample(traces.trusted.view(), burn_in);
     if trusted.nrows() == 0 {
         return Err(MadError::InvalidConfig("the trusted set is empty".into()));
     }
+    let constant = ConstantTraces {
+        trusted: constant_rows(trusted.view()),
+        n_trusted: trusted.nrows(),
+        test: constant_rows(test.view()),
+        n_test: test.nrows(),
+    };
+    if constant.trusted == constant.n_trusted {
+        return Err(MadError::Data(format!(
+            "all {} trusted traces are constant over the {} draws used: every correlation with them is undefined, so every score would be 0 and every AUROC 0.5; the chain did not move the trusted losses (check lr, or use `--loss precise`)",
+            constant.n_trusted,
+            trusted.ncols()
+        )));
+    }
     Ok(Coupling {
         pearson: pearson_matrix(test.view(), trusted.view()),
         ccc: ccc_matrix(test.view(), trusted.view()),
         covariance: covariance_matrix(test.view(), trusted.view()),
+        constant,
     })
 }
 
@@ -392,6 +461,64 @@ mod tests {
         assert!(top[0][0].correlation >= top[0][1].correlation);
         assert!(top[0][0].bif < 0.0, "coupled losses have negative BIF");
         assert!(coupling(&traces, 400).is_err());
+    }
+
+    fn traces_of(trusted: Array3<f32>, test: Array3<f32>, labels: Vec<i64>) -> LossTraces {
+        LossTraces {
+            trusted,
+            test,
+            trusted_labels: labels,
+            test_is_anomalous: None,
+            chain_indices: None,
+            trusted_ids: None,
+            test_ids: None,
+            test_labels: None,
+            settings_json: None,
+        }
+    }
+
+    #[test]
+    fn constant_traces_are_counted_and_all_constant_trusted_traces_refused() {
+        // Trusted sample 0 and test sample 0 never move; the others do.
+        let trusted = Array3::from_shape_fn((2, 3, 2), |(c, d, i)| (i * (c * 3 + d)) as f32);
+        let test = Array3::from_shape_fn((2, 3, 4), |(c, d, i)| (i * (c + d)) as f32);
+        let c = coupling(&traces_of(trusted, test.clone(), vec![0, 1]), 0).unwrap();
+        let expected = ConstantTraces {
+            trusted: 1,
+            n_trusted: 2,
+            test: 1,
+            n_test: 4,
+        };
+        assert_eq!(c.constant, expected);
+        let warnings = c.constant.warnings();
+        assert!(warnings[0].starts_with("1 of 2 trusted traces (50.0%) are constant"));
+        assert!(warnings[1].starts_with("1 of 4 test traces (25.0%) are constant"));
+
+        // Every trusted trace constant: every score would be 0 and every AUROC 0.5.
+        let flat = Array3::from_elem((2, 3, 2), 0.25f32);
+        let err = coupling(&traces_of(flat, test, vec![0, 1]), 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("all 2 trusted traces are constant over the 6 draws"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_trace_is_refused_by_name_and_position() {
+        let mut trusted = Array3::from_shape_fn((2, 3, 2), |(c, d, i)| (i + c + d) as f32);
+        trusted[[1, 2, 0]] = f32::NAN;
+        let test = Array3::from_shape_fn((2, 3, 1), |(c, d, _)| (c * d) as f32);
+        let err = coupling(&traces_of(trusted, test, vec![0, 1]), 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("`trusted` holds NaN at chain 1, draw 2, sample 0"),
+            "{err}"
+        );
     }
 
     #[test]

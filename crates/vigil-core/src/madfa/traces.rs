@@ -1,6 +1,7 @@
 //! Loss traces and the trace file that carries them between vigil and Python.
 //!
-//! A trace file is a numpy `.npz` archive (uncompressed) with
+//! A trace file is a numpy `.npz` archive (vigil writes it uncompressed; it reads numpy's
+//! `savez_compressed` output too) with
 //! - `trusted` f32 `[chains, draws, n_trusted]`: per-sample losses of the trusted set;
 //! - `test` f32 `[chains, draws, n_test]`: per-sample losses of the test set;
 //! - `trusted_labels` i64 `[n_trusted]`: the labels the trusted losses were taken against (the
@@ -11,15 +12,35 @@
 //! chain each slice is, for merging), `trusted_ids` / `test_ids` i64 (indices of the samples in
 //! their source sets), `test_labels` i64 (the test losses' labels) and `vigil_settings` u8 (the
 //! settings that produced the file, as JSON text). A file with just the four pinned arrays,
-//! such as one written by numpy, reads fine.
+//! such as one written by numpy, reads fine: numpy's default dtypes (float64 traces, int32 or
+//! int64 labels) are converted exactly ([`crate::npy`]).
+//!
+//! Every file is checked on reading ([`LossTraces::validate`]): shapes that fit together,
+//! finite losses (one NaN would make every score that touches its trace NaN), labels that are
+//! class indices, non-negative ids and chain indices. Errors name the array and the position.
 
 use std::io::{Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array3, Axis, concatenate};
-use ndarray_npy::{NpzReader, NpzWriter, ReadNpzError};
+use ndarray::{Array1, Array3, Axis, Ix1, Ix3, concatenate};
+use ndarray_npy::NpzWriter;
 
 use crate::io::{IoError, write_atomic};
+use crate::npy::{NpyError, NpzReader};
+
+/// Largest label accepted: vigil's class indices are `u16` (`ImageSet::labels`).
+pub const MAX_LABEL: i64 = u16::MAX as i64;
+
+/// A chain index as the trace file stores it (`chain_indices` is int64): refuses indices that
+/// do not fit instead of wrapping them to negative numbers.
+pub fn chain_index(chain: usize) -> Result<i64, TraceFileError> {
+    i64::try_from(chain).map_err(|_| {
+        TraceFileError::ChainIndex(format!(
+            "chain index {chain} does not fit the trace file's int64 `chain_indices` (at most {})",
+            i64::MAX
+        ))
+    })
+}
 
 /// Errors reading, writing or merging trace files; each names the file or the problem.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +70,9 @@ pub enum TraceFileError {
     /// Encoding the archive failed.
     #[error("cannot encode trace file: {0}")]
     Encode(String),
+    /// A chain index that a trace file cannot store.
+    #[error("{0}")]
+    ChainIndex(String),
 }
 
 /// Per-sample loss traces of one run: trusted and test samples over draws and chains.
@@ -178,62 +202,113 @@ impl LossTraces {
                 t[0]
             ));
         }
+        if let Some(reason) = self.first_bad_value() {
+            return bad(reason);
+        }
         Ok(())
     }
 
-    /// Reads a trace file from any seekable reader; `path` names it in errors.
-    pub fn read_npz<R: Read + Seek>(reader: R, path: &Path) -> Result<Self, TraceFileError> {
-        let read_err = |reason: String| TraceFileError::Read {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut npz = NpzReader::new(reader).map_err(|e| read_err(e.to_string()))?;
-        let names = npz.names().map_err(|e| read_err(e.to_string()))?;
-        let has = |name: &str| {
-            names
-                .iter()
-                .any(|n| n == name || n.strip_suffix(".npy") == Some(name))
-        };
-        let ctx =
-            |name: &'static str| move |e: ReadNpzError| read_err(format!("array `{name}`: {e}"));
-        for required in ["trusted", "test", "trusted_labels"] {
-            if !has(required) {
-                return Err(read_err(format!(
-                    "no `{required}` array (a trace file needs trusted, test and trusted_labels)"
-                )));
+    /// The first value no score can use, described by array and position: a non-finite loss, a
+    /// label that is not a class index, a negative id or chain index.
+    pub fn first_bad_value(&self) -> Option<String> {
+        let chains = self.chain_indices();
+        for (name, traces) in [("trusted", &self.trusted), ("test", &self.test)] {
+            if let Some(((slot, draw, sample), v)) =
+                traces.indexed_iter().find(|(_, v)| !v.is_finite())
+            {
+                let chain = chains.get(slot).copied().unwrap_or(slot as i64);
+                return Some(format!(
+                    "`{name}` holds {v} at chain {chain}, draw {draw}, sample {sample}: every score of that trace would be {v}"
+                ));
             }
         }
-        let trusted: Array3<f32> = npz.by_name("trusted").map_err(ctx("trusted"))?;
-        let test: Array3<f32> = npz.by_name("test").map_err(ctx("test"))?;
-        let trusted_labels: Array1<i64> = npz
-            .by_name("trusted_labels")
-            .map_err(ctx("trusted_labels"))?;
-        let mut optional_i64 = |name: &'static str| -> Result<Option<Vec<i64>>, TraceFileError> {
-            if !has(name) {
+        let labels = [
+            ("trusted_labels", Some(&self.trusted_labels)),
+            ("test_labels", self.test_labels.as_ref()),
+        ];
+        for (name, values) in labels {
+            if let Some((i, v)) = values.and_then(|v| {
+                v.iter()
+                    .enumerate()
+                    .find(|(_, l)| !(0..=MAX_LABEL).contains(*l))
+            }) {
+                return Some(format!(
+                    "`{name}` holds {v} at index {i}: labels are class indices from 0 to {MAX_LABEL}"
+                ));
+            }
+        }
+        let non_negative = [
+            ("trusted_ids", self.trusted_ids.as_ref()),
+            ("test_ids", self.test_ids.as_ref()),
+            ("chain_indices", self.chain_indices.as_ref()),
+        ];
+        for (name, values) in non_negative {
+            if let Some((i, v)) = values.and_then(|v| v.iter().enumerate().find(|(_, x)| **x < 0)) {
+                return Some(format!(
+                    "`{name}` holds {v} at index {i}: indices cannot be negative"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Reads a trace file from any seekable reader; `path` names it in errors. Stored and
+    /// deflated archives read alike, arrays in numpy's default dtypes are converted, sizes are
+    /// checked before anything is allocated, and the result is [`validate`](Self::validate)d.
+    pub fn read_npz<R: Read + Seek>(reader: R, path: &Path) -> Result<Self, TraceFileError> {
+        let read_err = |e: NpyError| TraceFileError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut npz = NpzReader::new(reader).map_err(read_err)?;
+        for required in ["trusted", "test", "trusted_labels"] {
+            if !npz.has(required) {
+                return Err(TraceFileError::Read {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "no `{required}` array (a trace file needs trusted, test and trusted_labels)"
+                    ),
+                });
+            }
+        }
+        const TRACE_AXES: &str = "3 [chains, draws, samples]";
+        let trusted = npz
+            .array_of::<f32, Ix3>("trusted", TRACE_AXES)
+            .map_err(read_err)?;
+        let test = npz
+            .array_of::<f32, Ix3>("test", TRACE_AXES)
+            .map_err(read_err)?;
+        let trusted_labels = npz
+            .array_of::<i64, Ix1>("trusted_labels", "1")
+            .map_err(read_err)?;
+        let mut optional_i64 = |name: &str| -> Result<Option<Vec<i64>>, TraceFileError> {
+            if !npz.has(name) {
                 return Ok(None);
             }
-            let a: Array1<i64> = npz.by_name(name).map_err(ctx(name))?;
+            let a = npz.array_of::<i64, Ix1>(name, "1").map_err(read_err)?;
             Ok(Some(a.to_vec()))
         };
         let chain_indices = optional_i64("chain_indices")?;
         let trusted_ids = optional_i64("trusted_ids")?;
         let test_ids = optional_i64("test_ids")?;
         let test_labels = optional_i64("test_labels")?;
-        let test_is_anomalous = if has("test_is_anomalous") {
-            let a: Array1<bool> = npz
-                .by_name("test_is_anomalous")
-                .map_err(ctx("test_is_anomalous"))?;
+        let test_is_anomalous = if npz.has("test_is_anomalous") {
+            let a = npz
+                .array_of::<bool, Ix1>("test_is_anomalous", "1")
+                .map_err(read_err)?;
             Some(a.to_vec())
         } else {
             None
         };
-        let settings_json = if has("vigil_settings") {
-            let a: Array1<u8> = npz
-                .by_name("vigil_settings")
-                .map_err(ctx("vigil_settings"))?;
+        let settings_json = if npz.has("vigil_settings") {
+            let a = npz
+                .array_of::<u8, Ix1>("vigil_settings", "1")
+                .map_err(read_err)?;
             Some(
-                String::from_utf8(a.to_vec())
-                    .map_err(|e| read_err(format!("`vigil_settings` is not UTF-8: {e}")))?,
+                String::from_utf8(a.to_vec()).map_err(|e| TraceFileError::Read {
+                    path: path.to_path_buf(),
+                    reason: format!("`vigil_settings` is not UTF-8: {e}"),
+                })?,
             )
         } else {
             None
@@ -468,6 +543,113 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("settings"), "{err}");
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/npz")
+            .join(name)
+    }
+
+    fn npz_bytes(traces: &LossTraces) -> Vec<u8> {
+        let mut buffer = Cursor::new(Vec::new());
+        traces.write_npz(&mut buffer).unwrap();
+        buffer.into_inner()
+    }
+
+    /// Files numpy wrote itself (`tests/fixtures/npz/numpy_traces.py`): savez_compressed with
+    /// float64 traces and int32 labels, and savez with Fortran-order float64 traces.
+    #[test]
+    fn numpys_own_files_read_compressed_or_not_with_default_dtypes() {
+        let expected = example(&[0, 1]);
+        let compressed = LossTraces::load(&fixture("numpy_compressed.npz")).unwrap();
+        assert_eq!(compressed.trusted, expected.trusted);
+        assert_eq!(compressed.test, expected.test);
+        assert_eq!(compressed.trusted_labels, vec![0, 1, 1]);
+        assert_eq!(compressed.test_is_anomalous, Some(vec![false, true]));
+        let fortran = LossTraces::load(&fixture("numpy_fortran.npz")).unwrap();
+        assert_eq!(fortran.trusted, expected.trusted);
+        assert_eq!(fortran.test, expected.test);
+    }
+
+    #[test]
+    fn labels_outside_class_indices_are_refused_by_array_and_index() {
+        for (bad, shown) in [(-1i64, "-1"), (1 << 40, "1099511627776")] {
+            let mut traces = example(&[0]);
+            traces.trusted_labels[2] = bad;
+            let err = LossTraces::read_npz(Cursor::new(npz_bytes(&traces)), Path::new("l.npz"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("l.npz: `trusted_labels` holds {shown} at index 2")),
+                "{err}"
+            );
+        }
+        let mut traces = example(&[0]);
+        traces.test_labels = Some(vec![0, 70_000]);
+        let err = LossTraces::read_npz(Cursor::new(npz_bytes(&traces)), Path::new("l.npz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`test_labels` holds 70000 at index 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_loss_is_refused_on_load_naming_array_chain_draw_and_sample() {
+        let mut traces = example(&[3, 5]);
+        traces.test[[1, 2, 0]] = f32::INFINITY;
+        let err = LossTraces::read_npz(Cursor::new(npz_bytes(&traces)), Path::new("n.npz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("n.npz: `test` holds inf at chain 5, draw 2, sample 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chain_indices_that_int64_cannot_hold_are_refused() {
+        assert_eq!(chain_index(7).unwrap(), 7);
+        let err = chain_index(usize::MAX).unwrap_err().to_string();
+        assert!(
+            err.contains("chain index 18446744073709551615 does not fit"),
+            "{err}"
+        );
+        // A file that already stores a wrapped index is refused on reading.
+        let traces = example(&[-1]);
+        let err = LossTraces::read_npz(Cursor::new(npz_bytes(&traces)), Path::new("c.npz"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`chain_indices` holds -1 at index 0"), "{err}");
+    }
+
+    /// A header claiming 1e15 elements (4 PB) in a file of a few hundred bytes is refused by
+    /// name before anything is allocated.
+    #[test]
+    fn an_array_claiming_more_than_its_file_holds_is_refused_before_allocating() {
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        let header =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1000000000, 1000000), }\n";
+        for name in ["trusted", "test", "trusted_labels"] {
+            zip.start_file(format!("{name}.npy"), options).unwrap();
+            let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+            npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            npy.extend_from_slice(header.as_bytes());
+            npy.extend_from_slice(&[0; 64]);
+            zip.write_all(&npy).unwrap();
+        }
+        let bytes = zip.finish().unwrap().into_inner();
+        let err = LossTraces::read_npz(Cursor::new(bytes), Path::new("big.npz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("big.npz: array `trusted`: the header claims shape [1, 1000000000, 1000000] (1000000000000000 elements"),
+            "{err}"
+        );
     }
 
     #[test]
