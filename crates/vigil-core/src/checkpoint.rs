@@ -82,26 +82,10 @@ pub enum CheckpointError {
     },
     /// The file's tensor names differ from the model's: some it needs are absent, or the file
     /// holds some it has no place for (other than `num_batches_tracked`). Both lists are shown,
-    /// so a renamed prefix or another architecture is visible at a glance.
-    #[error(
-        "{path} does not fit the {arch} model:\n  {}\n  {}",
-        expected_line(expected.len(), missing),
-        held_line(held.len(), unused)
-    )]
-    Keys {
-        /// File.
-        path: PathBuf,
-        /// Architecture being loaded.
-        arch: String,
-        /// Every tensor name the model has, sorted.
-        expected: Vec<String>,
-        /// Those the file lacks, sorted.
-        missing: Vec<String>,
-        /// Every tensor name the file holds, sorted.
-        held: Vec<String>,
-        /// Those the model does not use, sorted (`num_batches_tracked` counters left out).
-        unused: Vec<String>,
-    },
+    /// so a renamed prefix or another architecture is visible at a glance. Boxed: the lists
+    /// would make every `Result` carrying this error large.
+    #[error("{0}")]
+    Keys(Box<KeyDiff>),
     /// Tensors whose shape or type differs from the model's; shapes in the file's own layout
     /// (PyTorch's `[out, in]` for Linear weights), as its `state_dict` shows them.
     #[error("{path} does not fit the {arch} model: {details}")]
@@ -124,6 +108,40 @@ pub enum CheckpointError {
     /// Writing failed.
     #[error(transparent)]
     Io(#[from] IoError),
+}
+
+/// How a file's tensor names differ from a model's, for [`CheckpointError::Keys`].
+#[derive(Debug)]
+pub struct KeyDiff {
+    /// File.
+    pub path: PathBuf,
+    /// Architecture being loaded.
+    pub arch: String,
+    /// Every tensor name the model has, sorted.
+    pub expected: Vec<String>,
+    /// Those the file lacks, sorted.
+    pub missing: Vec<String>,
+    /// Every tensor name the file holds, sorted.
+    pub held: Vec<String>,
+    /// Those the model does not use, sorted (`num_batches_tracked` counters left out).
+    pub unused: Vec<String>,
+    /// Tensors present on both sides with another shape or type, described as in
+    /// [`CheckpointError::Mismatch`].
+    pub shapes: Vec<String>,
+}
+
+impl std::fmt::Display for KeyDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} does not fit the {} model:\n  {}\n  {}{}",
+            self.path.display(),
+            self.arch,
+            expected_line(self.expected.len(), &self.missing),
+            held_line(self.held.len(), &self.unused),
+            shapes_line(&self.shapes)
+        )
+    }
 }
 
 /// What a checkpoint's header says about it.
@@ -325,9 +343,7 @@ impl CheckpointError {
     fn distance(&self) -> usize {
         match self {
             CheckpointError::Mismatch { .. } => 0,
-            CheckpointError::Keys {
-                missing, unused, ..
-            } => 1 + missing.len() + unused.len(),
+            CheckpointError::Keys(diff) => 1 + diff.missing.len() + diff.unused.len(),
             _ => usize::MAX,
         }
     }
@@ -390,46 +406,65 @@ fn check_applied(
     result: &ApplyResult,
     tensors: &BTreeMap<String, PackTensor>,
 ) -> Result<(), CheckpointError> {
-    if !result.errors.is_empty() {
-        let mut details = result
-            .errors
-            .iter()
-            .take(SAMPLE)
-            .map(|e| describe_apply_error(e, tensors))
-            .collect::<Vec<_>>()
-            .join("; ");
-        if result.errors.len() > SAMPLE {
-            details.push_str(&format!("; and {} more", result.errors.len() - SAMPLE));
-        }
-        return Err(CheckpointError::Mismatch {
-            path: path.to_path_buf(),
-            arch: arch.to_string(),
-            details,
-        });
-    }
+    let shapes: Vec<String> = result
+        .errors
+        .iter()
+        .map(|e| describe_apply_error(e, tensors))
+        .collect();
     let mut unused: Vec<String> = result
         .unused
         .iter()
         .filter(|name| !name.ends_with("num_batches_tracked"))
         .cloned()
         .collect();
-    if result.missing.is_empty() && unused.is_empty() {
-        return Ok(());
+    // Names first: when they differ, the file is for another model (or under a prefix), and
+    // that says more than the shapes of the few names that happen to agree.
+    if !result.missing.is_empty() || !unused.is_empty() {
+        let mut missing: Vec<String> = result.missing.iter().map(|(n, _)| n.clone()).collect();
+        let mut expected: Vec<String> = result
+            .applied
+            .iter()
+            .chain(&missing)
+            .cloned()
+            .chain(
+                result
+                    .errors
+                    .iter()
+                    .map(|e| apply_error_path(e).to_string()),
+            )
+            .collect();
+        for list in [&mut missing, &mut unused, &mut expected] {
+            list.sort();
+            list.dedup();
+        }
+        return Err(CheckpointError::Keys(Box::new(KeyDiff {
+            path: path.to_path_buf(),
+            arch: arch.to_string(),
+            expected,
+            missing,
+            held: tensors.keys().cloned().collect(),
+            unused,
+            shapes,
+        })));
     }
-    let mut missing: Vec<String> = result.missing.iter().map(|(n, _)| n.clone()).collect();
-    let mut expected: Vec<String> = result.applied.iter().chain(&missing).cloned().collect();
-    for list in [&mut missing, &mut unused, &mut expected] {
-        list.sort();
-        list.dedup();
+    if !shapes.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            arch: arch.to_string(),
+            details: sample(&shapes, "; "),
+        });
     }
-    Err(CheckpointError::Keys {
-        path: path.to_path_buf(),
-        arch: arch.to_string(),
-        expected,
-        missing,
-        held: tensors.keys().cloned().collect(),
-        unused,
-    })
+    Ok(())
+}
+
+/// The tensor an apply error is about.
+fn apply_error_path(error: &ApplyError) -> &str {
+    match error {
+        ApplyError::ShapeMismatch { path, .. }
+        | ApplyError::DTypeMismatch { path, .. }
+        | ApplyError::AdapterError { path, .. }
+        | ApplyError::LoadError { path, .. } => path,
+    }
 }
 
 /// One tensor that does not fit, with shapes as the file holds them. burn compares Linear
@@ -474,7 +509,7 @@ fn expected_line(count: usize, missing: &[String]) -> String {
         format!(
             "the model expects {count} tensors, of which the file lacks {}: {}",
             missing.len(),
-            sample(missing)
+            sample(missing, ", ")
         )
     }
 }
@@ -487,23 +522,36 @@ fn held_line(count: usize, unused: &[String]) -> String {
         format!(
             "the file holds {count} tensors, of which the model does not use {}: {}",
             unused.len(),
-            sample(unused)
+            sample(unused, ", ")
         )
     }
 }
 
-/// The first [`SAMPLE`] names, and how many more there are.
-fn sample(names: &[String]) -> String {
-    let mut text = names
+/// The first [`SAMPLE`] items joined by `separator`, and how many more there are.
+fn sample(items: &[String], separator: &str) -> String {
+    let mut text = items
         .iter()
         .take(SAMPLE)
         .map(String::as_str)
         .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > SAMPLE {
-        text.push_str(&format!(", ... ({} more)", names.len() - SAMPLE));
+        .join(separator);
+    if items.len() > SAMPLE {
+        text.push_str(&format!("{separator}... ({} more)", items.len() - SAMPLE));
     }
     text
+}
+
+/// The shape differences beside a [`CheckpointError::Keys`], if any, on a line of their own.
+fn shapes_line(shapes: &[String]) -> String {
+    if shapes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n  and {} of the names both share hold another shape or type: {}",
+            shapes.len(),
+            sample(shapes, "; ")
+        )
+    }
 }
 
 /// Writes any module atomically under burn's own tensor names, with `training` as metadata: the

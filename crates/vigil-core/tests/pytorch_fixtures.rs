@@ -153,7 +153,7 @@ fn wrong_architecture_or_width_is_a_typed_error_naming_the_file() {
     assert!(
         matches!(
             err,
-            CheckpointError::Keys { .. } | CheckpointError::Mismatch { .. }
+            CheckpointError::Keys(_) | CheckpointError::Mismatch { .. }
         ),
         "{err:?}"
     );
