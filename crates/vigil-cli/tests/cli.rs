@@ -155,6 +155,7 @@ fn bad_input_gives_a_clear_error_and_no_panic() {
         pickle_s,
         "--arch",
         "resnet18",
+        "--no-norm",
         "--dataset",
         "fashion-mnist",
     ]);

@@ -8,10 +8,12 @@ use clap::Args;
 use vigil_core::checkpoint;
 
 /// Describe a checkpoint: architecture, input shape, classes, normalisation, training
-/// configuration, vigil version and tensors. Reads only the file header.
+/// configuration, vigil version, other metadata and tensors (with their dtypes). Reads the
+/// header only, no weights; a PyTorch pickle without running pickle code.
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// A safetensors file (vigil checkpoint or PyTorch state_dict).
+    /// A safetensors file (vigil checkpoint or PyTorch state_dict) or a PyTorch pickle
+    /// (.pt/.pth: a state_dict, or a checkpoint dict such as BackdoorBench's attack_result.pt).
     checkpoint: PathBuf,
 
     /// Print everything as JSON on stdout.
@@ -61,7 +63,40 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
     if let Some(version) = &info.vigil_version {
         println!("vigil version: {version}");
     }
-    println!("tensors:       {} ({scalars} scalars)", info.tensors.len());
+    // Metadata other than vigil's own (shown above): a PyTorch file's format and the plain
+    // values saved beside its tensors, or what another tool wrote into a safetensors header.
+    let mut other: Vec<_> = info
+        .metadata
+        .iter()
+        .filter(|(key, _)| !key.starts_with("vigil."))
+        .collect();
+    other.sort();
+    for (key, value) in other {
+        println!("metadata:      {key} = {value}");
+    }
+    let mut dtypes: Vec<(&str, usize)> = Vec::new();
+    for t in &info.tensors {
+        match dtypes.iter_mut().find(|(d, _)| *d == t.dtype) {
+            Some((_, n)) => *n += 1,
+            None => dtypes.push((&t.dtype, 1)),
+        }
+    }
+    let dtypes = dtypes
+        .iter()
+        .map(|(d, n)| format!("{n} {d}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "tensors:       {} ({scalars} scalars; {dtypes})",
+        info.tensors.len()
+    );
+    if info
+        .tensors
+        .iter()
+        .any(|t| matches!(t.dtype.as_str(), "F16" | "BF16" | "F64"))
+    {
+        println!("               (f16, bf16 and f64 weights are converted to f32 on load)");
+    }
     if args.tensors {
         for t in &info.tensors {
             println!("  {:<40} {:<4} {:?}", t.name, t.dtype, t.shape);

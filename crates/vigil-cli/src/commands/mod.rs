@@ -56,7 +56,8 @@ pub fn limit(set: ImageSet, limit: Option<usize>, seed: u64) -> Result<ImageSet>
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {
     /// Architecture of a plain state_dict: small-cnn, resnet18, preact-resnet18 (BackdoorBench)
-    /// or preact-resnet18-halo (HALO). Overrides a checkpoint's own metadata.
+    /// or preact-resnet18-halo (HALO). Overrides a checkpoint's own metadata. A plain state_dict
+    /// does not record its input normalisation: give --norm-mean/--norm-std, or --no-norm.
     #[arg(long, value_name = "NAME")]
     arch: Option<String>,
 
@@ -64,14 +65,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "N")]
     width: Option<usize>,
 
-    /// Its input shape (with --arch).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "C,H,W",
-        default_value = "3,32,32"
-    )]
-    input_shape: Vec<usize>,
+    /// Its input shape (with --arch). Default: 1,28,28 for small-cnn (vigil trains it on
+    /// Fashion-MNIST), 3,32,32 for the ResNets (CIFAR-10, as BackdoorBench and HALO train them).
+    #[arg(long, value_delimiter = ',', value_name = "C,H,W")]
+    input_shape: Option<Vec<usize>>,
 
     /// Its number of classes (with --arch).
     #[arg(long, default_value_t = 10, value_name = "K")]
@@ -83,6 +80,7 @@ pub struct ModelArgs {
         long,
         value_delimiter = ',',
         requires = "norm_std",
+        conflicts_with = "no_norm",
         value_name = "M,.."
     )]
     norm_mean: Option<Vec<f32>>,
@@ -95,10 +93,16 @@ pub struct ModelArgs {
         value_name = "S,.."
     )]
     norm_std: Option<Vec<f32>>,
+
+    /// The model takes raw [0,1] pixels, without input normalisation (with --arch): the
+    /// explicit alternative to --norm-mean/--norm-std.
+    #[arg(long)]
+    no_norm: bool,
 }
 
 impl ModelArgs {
-    fn spec(&self) -> Result<Option<ModelSpec>> {
+    /// The spec the flags describe for the model file `path`, or `None` without --arch.
+    fn spec(&self, path: &Path) -> Result<Option<ModelSpec>> {
         let Some(arch) = &self.arch else {
             return Ok(None);
         };
@@ -106,15 +110,29 @@ impl ModelArgs {
         if let Some(width) = self.width {
             architecture = architecture.with_width(width);
         }
-        let Ok(input_shape) = <[usize; 3]>::try_from(self.input_shape.as_slice()) else {
-            bail!("--input-shape takes three sizes: channels,height,width");
+        let input_shape = match &self.input_shape {
+            Some(shape) => <[usize; 3]>::try_from(shape.as_slice()).map_err(|_| {
+                anyhow::anyhow!("--input-shape takes three sizes: channels,height,width")
+            })?,
+            None => Self::default_input_shape(&architecture),
         };
         let normalization = match (&self.norm_mean, &self.norm_std) {
             (Some(mean), Some(std)) => Some(Normalization {
                 mean: mean.clone(),
                 std: std.clone(),
             }),
-            _ => None,
+            _ if self.no_norm => None,
+            // Without a choice on the command line, only a vigil checkpoint's own record
+            // says what the model expects; guessing "none" would silently score wrong inputs.
+            _ => match checkpoint::inspect(path).ok().and_then(|info| info.spec) {
+                Some(own) => own.normalization,
+                None => bail!(
+                    "a plain state_dict does not record the input normalisation its model \
+                     expects: give --norm-mean and --norm-std (e.g. BackdoorBench's CIFAR-10: \
+                     --norm-mean 0.4914,0.4822,0.4465 --norm-std 0.247,0.243,0.261), or \
+                     --no-norm if it takes raw [0,1] pixels"
+                ),
+            },
         };
         let spec = ModelSpec {
             architecture,
@@ -126,23 +144,35 @@ impl ModelArgs {
         Ok(Some(spec))
     }
 
+    /// The input shape an architecture is usually trained at: vigil trains the small CNN on
+    /// Fashion-MNIST, and the ResNets' PyTorch references (BackdoorBench, HALO) on CIFAR-10.
+    fn default_input_shape(architecture: &Architecture) -> [usize; 3] {
+        match architecture {
+            Architecture::SmallCnn { .. } => [1, 28, 28],
+            Architecture::ResNet18 { .. }
+            | Architecture::PreActResNet18 { .. }
+            | Architecture::PreActResNet18Halo { .. } => [3, 32, 32],
+        }
+    }
+
     /// Loads `path`: a vigil checkpoint as it is, anything else with the spec these flags give.
+    /// Safetensors files and PyTorch pickles are told apart by content.
     pub fn load(&self, path: &Path, device: &Device) -> Result<Classifier> {
-        let spec = self.spec()?;
+        let context = || format!("loading the model {}", path.display());
+        let spec = self.spec(path).with_context(context)?;
         let pickle = path
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| e.eq_ignore_ascii_case("pt") || e.eq_ignore_ascii_case("pth"));
         let loaded = match (pickle, spec) {
-            (true, Some(spec)) => checkpoint::load_pytorch_file(path, spec, device),
+            (_, Some(spec)) => checkpoint::load_with_spec(path, spec, device),
             (true, None) => bail!(
-                "{} is a PyTorch pickle without vigil's metadata: give --arch (and --input-shape, --num-classes, --norm-mean/--norm-std as the model needs)",
+                "{} is a PyTorch pickle without vigil's metadata: give --arch (and --input-shape, --num-classes, and --norm-mean/--norm-std or --no-norm, as the model needs)",
                 path.display()
             ),
-            (false, Some(spec)) => checkpoint::load_with_spec(path, spec, device),
             (false, None) => checkpoint::load_classifier(path, device),
         };
-        loaded.with_context(|| format!("loading the model {}", path.display()))
+        loaded.with_context(context)
     }
 }
 
