@@ -15,6 +15,7 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
     FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
         let handler_flag = flag.clone();
+        let ignored = ignored_signals();
         // A second signal while the first is being handled exits at once.
         let _ = ctrlc::set_handler(move || {
             if handler_flag.swap(true, Ordering::SeqCst) {
@@ -24,10 +25,49 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
                 "\ninterrupt: finishing the current batch and checkpointing (Ctrl-C again to abort)"
             );
         });
+        keep_ignored(&ignored);
         flag
     })
     .clone()
 }
+
+/// The stop signals the parent process set to be ignored: `nohup` ignores SIGHUP so that a run
+/// outlives its terminal, and a shell ignores SIGINT in background jobs. ctrlc's handler would
+/// replace those dispositions, so they are read before it is installed and put back after
+/// (the Unix convention: a signal ignored at start stays ignored).
+#[cfg(unix)]
+fn ignored_signals() -> Vec<libc::c_int> {
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .filter(|&signal| {
+            // SAFETY: sigaction with a null new action only reads the current disposition into
+            // a zeroed struct of the right type.
+            unsafe {
+                let mut current: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                    && current.sa_sigaction == libc::SIG_IGN
+            }
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn keep_ignored(signals: &[libc::c_int]) {
+    for &signal in signals {
+        // SAFETY: setting a signal's disposition back to "ignore".
+        unsafe {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn ignored_signals() -> Vec<i32> {
+    Vec::new()
+}
+
+#[cfg(not(unix))]
+fn keep_ignored(_signals: &[i32]) {}
 
 /// A bar over `len` items with a message.
 pub fn bar(len: u64, prefix: String) -> ProgressBar {

@@ -422,6 +422,51 @@ fn sigterm_checkpoints_like_ctrl_c_and_the_run_resumes() {
 }
 
 #[test]
+fn a_run_started_under_nohup_ignores_sighup_as_before() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("nohup");
+    let data = idx_data(&dir, 1000, 20);
+    let run = dir.join("run");
+    let mut command = vigil_command(&[
+        "train",
+        "--data-dir",
+        s(&data),
+        "--out",
+        s(&run),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--width",
+        "4",
+    ]);
+    // What `nohup` does before it starts the program.
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("an epoch line").unwrap();
+    assert!(first.contains("\"epoch\":1"), "{first}");
+    // The terminal closes: the run goes on to the end.
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn every_command_help_opens_with_its_own_description() {
     // The docs of structs flattened into commands: none may stand in for a command's own.
     let borrowed = [

@@ -20,8 +20,9 @@ use super::{DataArgs, limit, parse_fraction};
 ///
 /// The folder gets model.safetensors (PyTorch-layout weights with vigil metadata, rewritten
 /// after every epoch), metrics.jsonl (one JSON line per epoch, also printed on stdout) and
-/// resume/ (what --resume needs). Ctrl-C finishes the current batch, checkpoints and exits;
-/// `vigil train --resume --out DIR` continues exactly where it stopped.
+/// resume/ (what --resume needs). Ctrl-C, or SIGTERM (what Slurm sends before killing a job),
+/// finishes the current batch, checkpoints and exits; `vigil train --resume --out DIR`
+/// continues exactly where it stopped.
 ///
 /// Defaults train the small CNN (conv32-conv64-fc128) on Fashion-MNIST: SGD with Nesterov
 /// momentum 0.9, weight decay 5e-4, batch 128, one-cycle cosine schedule peaking at 0.05.
