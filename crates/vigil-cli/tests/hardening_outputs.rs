@@ -316,6 +316,21 @@ fn train_refuses_non_positive_or_non_finite_rates_before_loading_data() {
         );
         assert!(!out.exists(), "{flag} {value}: nothing may be written");
     }
+    // A crop padded by the image's side or more can be all padding.
+    let data = idx_data(&dir, 20, 10);
+    let o = vigil(&[
+        "train",
+        "--data-dir",
+        s(&data),
+        "--out",
+        s(&out),
+        "--crop-padding",
+        "28",
+        "--width",
+        "4",
+    ]);
+    assert_refused(&o, "crop padding 28 must be smaller");
+    assert!(o.stdout.is_empty(), "no epoch may run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

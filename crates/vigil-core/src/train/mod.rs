@@ -537,6 +537,15 @@ pub fn run(
     let config = state.config.clone();
     config.validate()?;
     check_fits(classifier, eval_set, "evaluation")?;
+    // Padding by the image's side or more lets a random crop fall wholly in the padding: the
+    // model would be trained on blank images, silently.
+    let [_, height, width] = classifier.spec.input_shape;
+    if config.crop_padding >= height.min(width) {
+        return Err(TrainError::InvalidConfig(format!(
+            "crop padding {} must be smaller than the images' side ({height}x{width})",
+            config.crop_padding
+        )));
+    }
     if n_train == 0 {
         return Err(TrainError::DataMismatch("training set is empty".into()));
     }
