@@ -108,3 +108,26 @@ fn traces_that_cannot_fit_in_memory_are_refused_with_the_size_needed() {
     wrapping.thinning = 4;
     assert!(wrapping.validate().is_err());
 }
+
+#[test]
+fn calibration_probes_and_recommendations_beyond_memory_are_refused_before_calibrating() {
+    let model = tiny_cnn();
+    // Two trusted samples in each of three classes: a set calibration can split.
+    let task = user_task(dataset(6, 1), dataset(8, 2), dataset(4, 3), None).unwrap();
+    let base = vigil_core::madfa::CalibrationConfig::defaults(config(3));
+    base.check_run(&model, &task, &[0, 1]).unwrap();
+    // `--probe-draws 99999999999`: the probes alone would need terabytes.
+    let probes = vigil_core::madfa::CalibrationConfig {
+        probe_draws: 99_999_999_999,
+        ..base.clone()
+    };
+    let err = probes.check_run(&model, &task, &[0, 1]).unwrap_err();
+    assert!(matches!(err, MadError::Memory(_)), "{err:?}");
+    // `--max-draws 99999999999`: the longest run calibration could recommend.
+    let recommended = vigil_core::madfa::CalibrationConfig {
+        max_draws: 99_999_999_999,
+        ..base
+    };
+    let err = recommended.check_run(&model, &task, &[0, 1]).unwrap_err();
+    assert!(matches!(err, MadError::Memory(_)), "{err:?}");
+}

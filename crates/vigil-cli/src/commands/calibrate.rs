@@ -120,8 +120,10 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let (classifier, task, _) = args
         .input
         .load(config.base.trace_batch_size, false, &device)?;
-    // Before anything is written: a trusted set calibration cannot split into its halves.
-    madfa::calibrate::check_trusted_set(task.trusted.labels())?;
+    // Before anything is written: a trusted set calibration cannot split into its halves, probes
+    // or a recommended run that cannot fit in memory.
+    let chains: Vec<usize> = (0..CALIBRATED_CHAINS).collect();
+    config.check_run(&classifier, &task, &chains)?;
     // A calibration.json in --out is reused only if the same model, data and settings made it.
     let settings = serde_json::to_value(&config)?;
     let identity = RunIdentity::for_madfa_task("madfa-calibrate", &classifier, &task, settings)?;

@@ -714,15 +714,13 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     // Before anything is written: a trusted set calibration cannot use, chain indices the trace
     // file cannot store, traces that cannot fit in memory (at the longest run calibration may
     // recommend).
-    let planned = if args.calibrate {
-        madfa::calibrate::check_trusted_set(task.trusted.labels())?;
+    if args.calibrate {
         args.calibration
             .config(config.clone())
-            .largest_run(args.chain_count())
+            .check_run(&classifier, &task, &chains)?;
     } else {
-        config.clone()
-    };
-    madfa::check_run(&classifier, &task, &planned, &chains)?;
+        madfa::check_run(&classifier, &task, &config, &chains)?;
+    }
     // Everything --out may hold from an earlier run is reused only if that run had the same
     // model, data and settings; otherwise refuse before writing anything.
     let settings = serde_json::json!({
@@ -854,7 +852,15 @@ fn auroc_report(traces: &madfa::LossTraces) -> Result<Option<madfa::ScoreReport>
     if !flags.iter().any(|&f| f) || flags.iter().all(|&f| f) {
         return Ok(None);
     }
-    let coupling = madfa::coupling(traces, 0)?;
+    // The traces are already saved: a run whose scores are undefined (every trusted trace
+    // constant) reports why instead of failing after the work.
+    let coupling = match madfa::coupling(traces, 0) {
+        Ok(coupling) => coupling,
+        Err(e) => {
+            eprintln!("warning: no AUROC for these traces: {e}");
+            return Ok(None);
+        }
+    };
     let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
     let report = madfa::evaluate_scores(&scores, flags)?;
     for (name, auroc) in &report.auroc {

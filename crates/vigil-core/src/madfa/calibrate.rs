@@ -142,6 +142,26 @@ impl CalibrationConfig {
         config
     }
 
+    /// Everything a calibrated run on `task` can be refused for, checked before any work: a
+    /// trusted set calibration cannot split ([`check_trusted_set`]), probe chains (two per
+    /// candidate, tracing the trusted set) or a recommended run of `chains` chains that cannot
+    /// fit in memory, chain indices a trace file cannot store.
+    pub fn check_run(
+        &self,
+        w_star: &Classifier,
+        task: &MadTask,
+        chains: &[usize],
+    ) -> Result<(), MadError> {
+        check_trusted_set(task.trusted.labels())?;
+        // Probes trace the trusted set only, and always exactly.
+        let mut probe = self.base.clone();
+        probe.draws = self.probe_draws;
+        probe.traces = TraceForm::Exact;
+        probe.check_memory(2, task.trusted.len(), 0)?;
+        super::check_run(w_star, task, &self.largest_run(chains.len()), chains)?;
+        Ok(())
+    }
+
     /// The chain settings of candidate `(gamma, n_beta)` with `draws` draws: lr set from the
     /// pull, thinning 1 (with pull 1 consecutive draws are already nearly independent).
     pub fn chain_config(&self, gamma: f64, n_beta: f64, draws: usize) -> ChainConfig {
