@@ -313,9 +313,10 @@ impl ModelImages {
 ///
 /// Labels are the model's class indices, never the folders' positions alone:
 /// class folders are matched to `spec.class_names` by name (see
-/// [`LabelRule::ClassNames`]); a model whose classes are named `0..K` (a
-/// plain state_dict) takes folders named by those numbers, and otherwise its
-/// labels follow the folders' sorted order ([`LabelRule::SortedFolders`]).
+/// [`LabelRule::ClassNames`]); folders named by class numbers `0..K` take
+/// those numbers, whatever the classes are called ([`LabelRule::ClassIndices`]);
+/// a model whose classes are named `0..K` (a plain state_dict) with folders
+/// named otherwise takes the folders' sorted order ([`LabelRule::SortedFolders`]).
 /// A folder that names no class is an error listing the model's classes.
 ///
 /// Every image must have the model's height and width (the error names the
@@ -487,7 +488,10 @@ fn folder_classes(
         .all(|(index, name)| *name == index.to_string());
     let numbers: Option<Vec<usize>> = folders.iter().map(|(name, _)| class_number(name)).collect();
     let (indices, rule): (Vec<Option<usize>>, LabelRule) = match numbers {
-        Some(numbers) if named_by_number => {
+        // Folders named 0..K are class numbers, whatever the classes are called: that is
+        // what a user who numbered them means (and what torchvision's sorted order gives for
+        // up to ten classes).
+        Some(numbers) => {
             if let Some(((name, _), _)) = folders
                 .iter()
                 .zip(&numbers)
@@ -837,6 +841,27 @@ mod tests {
                 .unwrap_err();
         assert!(
             matches!(err, DataError::DuplicateClassFolder { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbered_folders_are_class_numbers_for_a_named_model_too() {
+        let dir = ScratchDir::new("named-model-numbered-folders");
+        dir.write("2/a.png", &gray_png(4, 4));
+        dir.write("0/a.png", &gray_png(4, 4));
+        let loaded =
+            load_image_folder_for_model(dir.path(), &spec(1, 4, &NAMED), FolderLabels::Required)
+                .unwrap();
+        assert_eq!(loaded.set.labels(), &[0, 2]);
+        assert_eq!(loaded.rule, LabelRule::ClassIndices);
+        // A number beyond the model's classes names none of them.
+        dir.write("99/a.png", &gray_png(4, 4));
+        let err =
+            load_image_folder_for_model(dir.path(), &spec(1, 4, &NAMED), FolderLabels::Required)
+                .unwrap_err();
+        assert!(
+            matches!(&err, DataError::UnknownClassFolder { folder, .. } if folder == "99"),
             "{err}"
         );
     }
