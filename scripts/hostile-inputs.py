@@ -976,7 +976,8 @@ def build(v, w):
     # --- Training data and options ------------------------------------------------------------
     out = j("runs", "lr-negative")
     add("train_lr_negative", ["train", "--out", out, "--lr=-1"] + train[:2] + [
-        "--epochs", "1", "--width", "4"], "error", "numbers", keywords=["lr"], out=out)
+        "--epochs", "1", "--width", "4"], "error", "numbers", keywords=["lr", "learning rate"],
+        out=out)
     out = j("runs", "batch-size-0")
     add("train_batch_size_0", ["train", "--out", out, "--batch-size", "0", "--data-dir", data,
         "--epochs", "1", "--width", "4"], "error", "numbers", keywords=["batch"], out=out)
@@ -1079,9 +1080,11 @@ def closed_pipe(v, model):
                          stderr=subprocess.PIPE, env=v.env, cwd=v.work, preexec_fn=limit_memory)
     os.close(w_fd)
     _, err = p.communicate(timeout=60)
-    # Exiting quietly (any code) is fine; a panic or an abort is classified as such.
+    # Exiting quietly is fine: any exit code but a panic's 101, or death by SIGPIPE itself
+    # (what `cat` and ripgrep do); a panic, an abort or any other signal is classified as such.
     rc = p.returncode
-    return Result(0 if rc is not None and rc > 0 and rc != 101 else rc, "",
+    quiet = rc is not None and ((rc > 0 and rc != 101) or rc == -signal.SIGPIPE)
+    return Result(0 if quiet else rc, "",
                   err.decode("utf-8", "replace"), time.time() - start)
 
 

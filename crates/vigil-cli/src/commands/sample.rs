@@ -551,6 +551,7 @@ impl MadInputArgs {
                 sampling,
                 test,
             };
+            sizes.validate()?;
             let loaded = madfa::record_task(
                 record,
                 self.data.data_dir.as_deref(),

@@ -127,6 +127,18 @@ pub struct SplitSizes {
 }
 
 impl SplitSizes {
+    /// Refuses a split with an empty part: MAD-FA needs trusted samples to compare with, a
+    /// sampling set to drive the chain and test samples to score.
+    pub fn validate(&self) -> Result<(), MadError> {
+        if self.trusted == 0 || self.sampling == 0 || self.test == 0 {
+            return Err(MadError::Data(format!(
+                "the split per class must give at least 1 trusted, 1 sampling and 1 test sample, got {},{},{} (trusted,sampling,test)",
+                self.trusted, self.sampling, self.test
+            )));
+        }
+        Ok(())
+    }
+
     /// The reference split: 250 / 250 / 500 per class.
     pub fn reference() -> Self {
         Self {
@@ -163,6 +175,7 @@ pub fn backdoor_task(
     batch_size: usize,
     device: &Device,
 ) -> Result<(MadTask, TaskSummary), MadError> {
+    sizes.validate()?;
     check_set("clean test", clean_test, &classifier.spec)?;
     check_set("triggered test", &backdoor_test.images, &classifier.spec)?;
     let parts = clean_test
@@ -474,6 +487,21 @@ mod tests {
     use crate::data::{ImageShape, Label};
     use crate::device::default_device;
     use crate::models::{Architecture, ModelSpec};
+
+    #[test]
+    fn a_split_with_an_empty_part_is_refused_by_name() {
+        let err = SplitSizes {
+            trusted: 0,
+            sampling: 0,
+            test: 0,
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("split per class must give at least 1"), "{err}");
+        assert!(err.contains("got 0,0,0"), "{err}");
+        assert!(SplitSizes::reference().validate().is_ok());
+    }
 
     fn classifier(input_shape: [usize; 3]) -> Classifier {
         let spec = ModelSpec {
