@@ -498,7 +498,10 @@ mod tests {
         .validate()
         .unwrap_err()
         .to_string();
-        assert!(err.contains("split per class must give at least 1"), "{err}");
+        assert!(
+            err.contains("split per class must give at least 1"),
+            "{err}"
+        );
         assert!(err.contains("got 0,0,0"), "{err}");
         assert!(SplitSizes::reference().validate().is_ok());
     }
