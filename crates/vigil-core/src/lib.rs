@@ -13,6 +13,7 @@ pub mod bench;
 pub mod benchmark;
 pub mod checkpoint;
 pub mod data;
+pub mod detect;
 pub mod device;
 pub mod halo;
 pub mod identity;

@@ -1,0 +1,170 @@
+//! MAD-FA as a detector: fit = calibrate the sampler on the trusted and sampling data (or take
+//! given settings); score = run the localized SGLD chains around the model, trace the trusted
+//! set and the inputs at every draw, and score each input by how weakly its loss co-varies
+//! with the trusted set's (the four columns of [`crate::madfa::scores`]).
+//!
+//! The chain's steps depend only on the model, the sampling set and the seed, never on what is
+//! traced, so every call to `score` walks exactly the same draws: thresholds set on held-out
+//! trusted samples at fit time apply to inputs scored later (`docs/detectors.md`).
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable};
+use crate::data::ImageSet;
+use crate::madfa::scores::SCORE_NAMES;
+use crate::madfa::{
+    CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, Quiet, anomaly_scores,
+    calibrate, coupling, run_chains, user_task,
+};
+use crate::models::Classifier;
+
+/// MAD-FA's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MadfaSettings {
+    /// Calibrate lr, gamma, n_beta and the number of draws from the trusted and sampling data
+    /// (`vigil calibrate`); otherwise sample with `chain` as it is.
+    pub calibrate: bool,
+    /// Chain settings: the sampler, batch sizes, BatchNorm mode, trace loss and seed (kept by
+    /// calibration), and lr, gamma, n_beta and draws (replaced by calibration).
+    pub chain: ChainConfig,
+    /// Independent chains the draws are spread over.
+    pub chains: usize,
+}
+
+impl Default for MadfaSettings {
+    /// Calibrated, two chains, the reference sampler (`vigil sample --calibrate`).
+    fn default() -> Self {
+        Self {
+            calibrate: true,
+            chain: ChainConfig::reference(),
+            chains: CALIBRATED_CHAINS,
+        }
+    }
+}
+
+/// MAD-FA, with checked settings.
+pub struct Madfa {
+    settings: MadfaSettings,
+}
+
+impl Madfa {
+    /// Checks `settings`.
+    pub fn new(settings: MadfaSettings) -> Result<Self, DetectError> {
+        let bad = |reason: String| DetectError::Settings {
+            detector: "madfa".into(),
+            reason,
+        };
+        if settings.chains == 0 {
+            return Err(bad("at least one chain is needed".into()));
+        }
+        if settings.calibrate {
+            CalibrationConfig::defaults(settings.chain.clone())
+                .validate()
+                .map_err(|e| bad(e.to_string()))?;
+        } else {
+            settings.chain.validate().map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(Self { settings })
+    }
+}
+
+/// MAD-FA fitted: the chain settings and the data the chains run on.
+pub struct FittedMadfa {
+    config: ChainConfig,
+    chains: Vec<usize>,
+    trusted: ImageSet,
+    sampling: ImageSet,
+    /// The calibration, when the settings asked for one.
+    pub calibration: Option<Calibration>,
+}
+
+impl FittedMadfa {
+    /// The chain settings every `score` samples with.
+    pub fn chain_config(&self) -> &ChainConfig {
+        &self.config
+    }
+}
+
+impl Detector for Madfa {
+    fn name(&self) -> &str {
+        "madfa"
+    }
+
+    fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError> {
+        let mut base = self.settings.chain.clone();
+        base.seed = data.seed;
+        let (config, calibration) = if self.settings.calibrate {
+            let calibration = calibrate(
+                data.model,
+                data.trusted,
+                data.sampling,
+                &CalibrationConfig::defaults(base),
+                data.device,
+                &mut Quiet,
+            )?;
+            (
+                calibration.per_chain(self.settings.chains),
+                Some(calibration),
+            )
+        } else {
+            (base, None)
+        };
+        Ok(Box::new(FittedMadfa {
+            config,
+            chains: (0..self.settings.chains).collect(),
+            trusted: data.trusted.clone(),
+            sampling: data.sampling.clone(),
+            calibration,
+        }))
+    }
+}
+
+impl FittedDetector for FittedMadfa {
+    fn name(&self) -> &str {
+        "madfa"
+    }
+
+    fn columns(&self) -> Vec<String> {
+        SCORE_NAMES.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn score(
+        &self,
+        model: &Classifier,
+        inputs: &ImageSet,
+        device: &Device,
+    ) -> Result<ScoreTable, DetectError> {
+        let task = user_task(
+            self.trusted.clone(),
+            self.sampling.clone(),
+            inputs.clone(),
+            None,
+        )?;
+        let outcome = run_chains(
+            model,
+            &task,
+            &self.config,
+            &self.chains,
+            serde_json::json!({ "detector": "madfa" }),
+            None,
+            device,
+            &mut Quiet,
+        )?;
+        let Some((traces, _)) = outcome else {
+            return Err(DetectError::Fit {
+                detector: "madfa".into(),
+                reason: "the chains were stopped".into(),
+            });
+        };
+        let coupling = coupling(&traces, 0)?;
+        let scores = anomaly_scores(&coupling, &traces.trusted_labels);
+        ScoreTable::new(
+            scores
+                .named()
+                .into_iter()
+                .map(|(name, values)| (name.to_string(), values.to_vec()))
+                .collect(),
+        )
+    }
+}

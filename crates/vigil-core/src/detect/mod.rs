@@ -1,0 +1,325 @@
+//! Detectors of anomalous inputs behind one vocabulary: settings, fit, score, threshold.
+//!
+//! Every detector, MAD-FA and the baselines alike, answers the same two questions, the way
+//! linfa and scikit-learn estimators do:
+//!
+//! 1. **Fit** on the model and clean data the user trusts ([`FitData`]): a [`Detector`] (its
+//!    settings, checked once when built by the [`registry`]) returns a separate
+//!    [`FittedDetector`], so "not fitted" cannot happen at run time.
+//! 2. **Score** a whole set of inputs into named columns, one value per input per column,
+//!    **higher = more anomalous** ([`ScoreTable`]).
+//!
+//! A detector never sees ground truth: it is given images only, and whatever says which inputs
+//! are anomalous ([`GroundTruth`]) is read by the evaluation alone.
+//!
+//! A deployable detector also needs a threshold, set from trusted data alone:
+//! [`fit_with_thresholds`] holds back part of the trusted set, fits on the rest, scores the
+//! held-back part and puts each column's threshold at the target false-positive rate on it
+//! (default 5%, [`ThresholdConfig`]). Method notes: `docs/detectors.md`.
+//!
+//! A new detector is one file (its settings and its [`Detector`] impl) and one
+//! [`registry::DetectorSettings`] variant.
+
+pub mod madfa;
+pub mod ood_score;
+pub mod registry;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::ImageSet;
+use crate::metrics::{MetricsError, threshold_for_fpr};
+use crate::models::Classifier;
+
+pub use registry::DetectorSettings;
+
+/// Errors of building, fitting or applying a detector.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// The detector's settings are invalid.
+    #[error("invalid settings for {detector}: {reason}")]
+    Settings {
+        /// The detector's name.
+        detector: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The data cannot support the detector (too few samples, wrong shape, ...).
+    #[error("{detector} cannot be fitted: {reason}")]
+    Fit {
+        /// The detector's name.
+        detector: String,
+        /// Why.
+        reason: String,
+    },
+    /// The detector does not apply to this model (e.g. IBD-PSC needs BatchNorm layers).
+    #[error("{detector} does not apply to this model: {reason}")]
+    NotApplicable {
+        /// The detector's name.
+        detector: String,
+        /// Why.
+        reason: String,
+    },
+    /// No detector has this name.
+    #[error("unknown detector `{name}` (one of {known})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names there are, comma-separated.
+        known: String,
+    },
+    /// A score, threshold or metric could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// An OOD score failed.
+    #[error(transparent)]
+    Ood(#[from] crate::ood::OodError),
+    /// MAD-FA failed.
+    #[error(transparent)]
+    Madfa(#[from] crate::madfa::MadError),
+    /// Data could not be prepared.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+/// What a detector is fitted on.
+pub struct FitData<'a> {
+    /// The model under inspection.
+    pub model: &'a Classifier,
+    /// Clean inputs the user trusts, labelled with their true classes.
+    pub trusted: &'a ImageSet,
+    /// More clean labelled inputs, disjoint from `trusted`: MAD-FA's chain draws its minibatches
+    /// from them; STRIP superimposes them.
+    pub sampling: &'a ImageSet,
+    /// Batch size of forward passes.
+    pub batch_size: usize,
+    /// Seed of every random choice the detector makes.
+    pub seed: u64,
+    /// Where tensors live.
+    pub device: &'a Device,
+}
+
+/// A detector's settings, checked: fitting it gives a [`FittedDetector`].
+pub trait Detector {
+    /// Short name for reports and the command line (`madfa`, `strip`, `mahalanobis`, ...).
+    fn name(&self) -> &str;
+
+    /// Fits the detector on clean data; never sees an anomalous input.
+    fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError>;
+}
+
+/// A fitted detector: scores inputs, higher = more anomalous.
+pub trait FittedDetector {
+    /// The detector's name.
+    fn name(&self) -> &str;
+
+    /// Names of the score columns, in [`ScoreTable`] order.
+    fn columns(&self) -> Vec<String>;
+
+    /// Scores every input of `inputs` (their labels are not read).
+    fn score(
+        &self,
+        model: &Classifier,
+        inputs: &ImageSet,
+        device: &Device,
+    ) -> Result<ScoreTable, DetectError>;
+}
+
+/// Scores of a set of inputs: named columns of one value per input, higher = more anomalous.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreTable {
+    /// `(column name, one value per input)`.
+    pub columns: Vec<(String, Vec<f64>)>,
+}
+
+impl ScoreTable {
+    /// A table of `columns`; every column must have the same length.
+    pub fn new(columns: Vec<(String, Vec<f64>)>) -> Result<Self, DetectError> {
+        if let Some(((first, a), (other, b))) = columns.first().and_then(|f| {
+            columns
+                .iter()
+                .find(|c| c.1.len() != f.1.len())
+                .map(|c| (f, c))
+        }) {
+            return Err(DetectError::Fit {
+                detector: "score table".into(),
+                reason: format!(
+                    "column {first} has {} values but {other} has {}",
+                    a.len(),
+                    b.len()
+                ),
+            });
+        }
+        Ok(Self { columns })
+    }
+
+    /// Number of inputs scored.
+    pub fn len(&self) -> usize {
+        self.columns.first().map_or(0, |c| c.1.len())
+    }
+
+    /// Whether no input was scored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values of column `name`.
+    pub fn column(&self, name: &str) -> Option<&[f64]> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Which inputs are anomalous: read by the evaluation only, never given to a detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroundTruth {
+    /// Per input, whether it is anomalous (e.g. carries a trigger).
+    pub is_anomalous: Vec<bool>,
+}
+
+/// How thresholds are set from trusted data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdConfig {
+    /// False-positive rate to aim for on clean inputs.
+    pub target_fpr: f64,
+    /// Fraction of each class's trusted samples held back to set thresholds (not fitted on).
+    pub holdout_fraction: f64,
+}
+
+impl Default for ThresholdConfig {
+    fn default() -> Self {
+        Self {
+            target_fpr: 0.05,
+            holdout_fraction: 0.25,
+        }
+    }
+}
+
+impl ThresholdConfig {
+    /// Refuses a target outside `[0, 1)` or a fraction outside `(0, 1)`.
+    pub fn validate(&self) -> Result<(), DetectError> {
+        let bad = |reason: String| DetectError::Settings {
+            detector: "thresholds".into(),
+            reason,
+        };
+        if !(0.0..1.0).contains(&self.target_fpr) {
+            return Err(bad(format!(
+                "the target false-positive rate must be in [0, 1), got {}",
+                self.target_fpr
+            )));
+        }
+        if !(self.holdout_fraction > 0.0 && self.holdout_fraction < 1.0) {
+            return Err(bad(format!(
+                "the held-out fraction of the trusted set must be in (0, 1), got {}",
+                self.holdout_fraction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A fitted detector with a threshold per column, set on held-out trusted data.
+pub struct ThresholdedDetector {
+    /// The fitted detector.
+    pub fitted: Box<dyn FittedDetector>,
+    /// Per column, the score above which (`>=`) an input is flagged.
+    pub thresholds: Vec<(String, f64)>,
+    /// The settings the thresholds were set with.
+    pub config: ThresholdConfig,
+    /// Number of trusted samples the detector was fitted on, and held back.
+    pub fitted_on: usize,
+    /// Number of trusted samples held back to set the thresholds.
+    pub held_out: usize,
+}
+
+impl ThresholdedDetector {
+    /// The threshold of column `name`.
+    pub fn threshold(&self, name: &str) -> Option<f64> {
+        self.thresholds
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t)
+    }
+
+    /// Per column, whether each input of `table` is flagged (score `>=` threshold).
+    pub fn flags(&self, table: &ScoreTable) -> Vec<(String, Vec<bool>)> {
+        table
+            .columns
+            .iter()
+            .filter_map(|(name, values)| {
+                let t = self.threshold(name)?;
+                Some((name.clone(), values.iter().map(|&v| v >= t).collect()))
+            })
+            .collect()
+    }
+}
+
+/// Splits `trusted` per class into a part to fit on and a held-out part (seeded): each class
+/// with at least two samples gives `ceil(fraction * n)` of them, at most `n - 1`, to the
+/// held-out part.
+pub fn holdout_split(
+    trusted: &ImageSet,
+    fraction: f64,
+    seed: u64,
+) -> Result<(ImageSet, ImageSet), DetectError> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x7417_E5E7);
+    let (mut fit, mut held) = (Vec::new(), Vec::new());
+    for mut indices in trusted.indices_by_class() {
+        indices.shuffle(&mut rng);
+        let n = indices.len();
+        let k = if n < 2 {
+            0
+        } else {
+            ((fraction * n as f64).ceil() as usize).clamp(1, n - 1)
+        };
+        held.extend_from_slice(&indices[..k]);
+        fit.extend_from_slice(&indices[k..]);
+    }
+    if held.is_empty() || fit.is_empty() {
+        return Err(DetectError::Fit {
+            detector: "thresholds".into(),
+            reason: format!(
+                "{} trusted samples leave nothing to hold back for thresholds (a class needs at least 2)",
+                trusted.len()
+            ),
+        });
+    }
+    fit.sort_unstable();
+    held.sort_unstable();
+    Ok((trusted.subset(&fit), trusted.subset(&held)))
+}
+
+/// Fits `detector` on part of the trusted data and sets each column's threshold at
+/// `config.target_fpr` on the held-back rest ([`holdout_split`], [`threshold_for_fpr`]).
+pub fn fit_with_thresholds(
+    detector: &dyn Detector,
+    data: &FitData<'_>,
+    config: &ThresholdConfig,
+) -> Result<ThresholdedDetector, DetectError> {
+    config.validate()?;
+    let (fit_part, held_out) = holdout_split(data.trusted, config.holdout_fraction, data.seed)?;
+    let fitted = detector.fit(&FitData {
+        trusted: &fit_part,
+        ..*data
+    })?;
+    let table = fitted.score(data.model, &held_out, data.device)?;
+    let thresholds = table
+        .columns
+        .iter()
+        .map(|(name, values)| Ok((name.clone(), threshold_for_fpr(values, config.target_fpr)?)))
+        .collect::<Result<Vec<_>, DetectError>>()?;
+    Ok(ThresholdedDetector {
+        fitted,
+        thresholds,
+        config: config.clone(),
+        fitted_on: fit_part.len(),
+        held_out: held_out.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

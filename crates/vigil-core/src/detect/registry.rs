@@ -1,0 +1,57 @@
+//! Every detector by name, with its settings: the one place a new detector is registered.
+
+use serde::{Deserialize, Serialize};
+
+use super::madfa::{Madfa, MadfaSettings};
+use super::ood_score::{OodScoreDetector, OodScoreSettings};
+use super::{DetectError, Detector};
+use crate::ood::ScoreKind;
+
+/// A detector's settings, tagged by its name (`{"detector": "madfa", ...}` in JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "detector", rename_all = "kebab-case")]
+pub enum DetectorSettings {
+    /// MAD-FA ([`super::madfa`]).
+    Madfa(MadfaSettings),
+    /// A post-hoc OOD score ([`super::ood_score`]).
+    OodScore(OodScoreSettings),
+}
+
+impl DetectorSettings {
+    /// The names [`DetectorSettings::by_name`] knows, in report order.
+    pub fn names() -> Vec<&'static str> {
+        let mut names = vec!["madfa"];
+        names.extend(ScoreKind::ALL.iter().map(|k| k.name()));
+        names
+    }
+
+    /// The detector called `name`, with its reference settings.
+    pub fn by_name(name: &str) -> Result<Self, DetectError> {
+        if name == "madfa" {
+            return Ok(Self::Madfa(MadfaSettings::default()));
+        }
+        if let Ok(score) = name.parse::<ScoreKind>() {
+            return Ok(Self::OodScore(OodScoreSettings { score }));
+        }
+        Err(DetectError::Unknown {
+            name: name.into(),
+            known: Self::names().join(", "),
+        })
+    }
+
+    /// The detector's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Madfa(_) => "madfa",
+            Self::OodScore(s) => s.score.name(),
+        }
+    }
+
+    /// Checks the settings once and builds the detector.
+    pub fn build(self) -> Result<Box<dyn Detector>, DetectError> {
+        Ok(match self {
+            Self::Madfa(s) => Box::new(Madfa::new(s)?),
+            Self::OodScore(s) => Box::new(OodScoreDetector::new(s)),
+        })
+    }
+}

@@ -1,0 +1,239 @@
+use rand::SeedableRng;
+
+use super::madfa::MadfaSettings;
+use super::*;
+use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
+use crate::device::default_device;
+use crate::madfa::{ChainConfig, SgldConfig};
+use crate::metrics::flag_rate;
+use crate::models::test_util::host_seeded;
+use crate::ood::{ScoreKind, score_set};
+
+fn model(seed: u64) -> Classifier {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    host_seeded(tiny_cnn_spec(), &mut rng, &default_device())
+}
+
+fn images(n: usize, salt: usize) -> ImageSet {
+    two_class_8x8(n, move |i| ((i * 37 + salt * 11) % 101) as f32 / 100.0)
+}
+
+/// A detector whose score is an input's mean pixel: simple enough to check thresholds by hand.
+struct MeanPixel;
+struct FittedMeanPixel;
+
+impl Detector for MeanPixel {
+    fn name(&self) -> &str {
+        "mean-pixel"
+    }
+    fn fit(&self, _data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError> {
+        Ok(Box::new(FittedMeanPixel))
+    }
+}
+
+impl FittedDetector for FittedMeanPixel {
+    fn name(&self) -> &str {
+        "mean-pixel"
+    }
+    fn columns(&self) -> Vec<String> {
+        vec!["mean".into()]
+    }
+    fn score(
+        &self,
+        _model: &Classifier,
+        inputs: &ImageSet,
+        _device: &Device,
+    ) -> Result<ScoreTable, DetectError> {
+        let means = (0..inputs.len())
+            .map(|i| {
+                let image = inputs.image(i);
+                image.iter().map(|&v| f64::from(v)).sum::<f64>() / image.len() as f64
+            })
+            .collect();
+        ScoreTable::new(vec![("mean".into(), means)])
+    }
+}
+
+#[test]
+fn holdout_split_is_per_class_disjoint_and_seeded() {
+    let trusted = images(40, 0);
+    let (fit, held) = holdout_split(&trusted, 0.25, 3).unwrap();
+    // 20 per class: ceil(0.25 * 20) = 5 held back per class.
+    assert_eq!((fit.len(), held.len()), (30, 10));
+    assert_eq!(held.class_counts(), vec![5, 5]);
+    let (fit2, held2) = holdout_split(&trusted, 0.25, 3).unwrap();
+    assert_eq!(
+        (fit2.pixels(), held2.pixels()),
+        (fit.pixels(), held.pixels())
+    );
+    let (_, other) = holdout_split(&trusted, 0.25, 4).unwrap();
+    assert_ne!(other.pixels(), held.pixels());
+    // One sample per class leaves nothing to hold back.
+    let err = holdout_split(&images(2, 0), 0.25, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a class needs at least 2"), "{err}");
+}
+
+#[test]
+fn thresholds_are_set_on_held_out_trusted_scores_at_the_target_rate() {
+    let trusted = images(80, 1);
+    let sampling = images(10, 2);
+    let device = default_device();
+    let model = model(0);
+    let data = FitData {
+        model: &model,
+        trusted: &trusted,
+        sampling: &sampling,
+        batch_size: 16,
+        seed: 5,
+        device: &device,
+    };
+    let config = ThresholdConfig {
+        target_fpr: 0.1,
+        holdout_fraction: 0.5,
+    };
+    let detector = fit_with_thresholds(&MeanPixel, &data, &config).unwrap();
+    assert_eq!((detector.fitted_on, detector.held_out), (40, 40));
+    // The threshold is threshold_for_fpr of the held-out part's own scores.
+    let (_, held) = holdout_split(&trusted, 0.5, 5).unwrap();
+    let held_scores = FittedMeanPixel.score(&model, &held, &device).unwrap();
+    let expected = threshold_for_fpr(held_scores.column("mean").unwrap(), 0.1).unwrap();
+    assert_eq!(detector.threshold("mean"), Some(expected));
+    let rate = flag_rate(held_scores.column("mean").unwrap(), expected).unwrap();
+    assert!(rate <= 0.1, "{rate}");
+    let flags = detector.flags(&held_scores);
+    assert_eq!(
+        flags[0].1.iter().filter(|&&f| f).count() as f64 / 40.0,
+        rate
+    );
+    // Bad settings are refused.
+    for bad in [(1.0, 0.5), (-0.1, 0.5), (0.05, 0.0), (0.05, 1.0)] {
+        let config = ThresholdConfig {
+            target_fpr: bad.0,
+            holdout_fraction: bad.1,
+        };
+        assert!(fit_with_thresholds(&MeanPixel, &data, &config).is_err());
+    }
+}
+
+#[test]
+fn score_tables_refuse_columns_of_different_lengths() {
+    let err = ScoreTable::new(vec![("a".into(), vec![1.0, 2.0]), ("b".into(), vec![1.0])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("column a has 2 values but b has 1"), "{err}");
+}
+
+#[test]
+fn the_registry_knows_every_detector_by_name_and_round_trips_settings() {
+    for name in DetectorSettings::names() {
+        let settings = DetectorSettings::by_name(name).unwrap();
+        assert_eq!(settings.name(), name);
+        let json = serde_json::to_string(&settings).unwrap();
+        let back: DetectorSettings = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, settings);
+        assert_eq!(settings.build().unwrap().name(), name);
+    }
+    let err = DetectorSettings::by_name("nope").unwrap_err().to_string();
+    assert!(err.contains("unknown detector `nope`"), "{err}");
+    assert!(err.contains("madfa, msp, energy"), "{err}");
+}
+
+#[test]
+fn an_ood_score_as_a_detector_scores_as_the_score_itself() {
+    let trusted = images(40, 1);
+    let inputs = images(12, 7);
+    let device = default_device();
+    let model = model(1);
+    let data = FitData {
+        model: &model,
+        trusted: &trusted,
+        sampling: &trusted,
+        batch_size: 8,
+        seed: 0,
+        device: &device,
+    };
+    for kind in [ScoreKind::Msp, ScoreKind::Mahalanobis] {
+        let fitted = DetectorSettings::by_name(kind.name())
+            .unwrap()
+            .build()
+            .unwrap()
+            .fit(&data)
+            .unwrap();
+        let table = fitted.score(&model, &inputs, &device).unwrap();
+        let mut direct = kind.build(8);
+        direct.fit(&model, &trusted, &device).unwrap();
+        let expected = score_set(direct.as_ref(), &model, &inputs, 8, &device).unwrap();
+        assert_eq!(fitted.columns(), vec![kind.name().to_string()]);
+        assert_eq!(table.column(kind.name()).unwrap(), expected.as_slice());
+    }
+}
+
+#[test]
+fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
+    let trusted = images(24, 1);
+    let sampling = images(16, 2);
+    let inputs = images(6, 9);
+    let device = default_device();
+    let model = model(2);
+    let settings = MadfaSettings {
+        calibrate: false,
+        chain: ChainConfig {
+            sgld: SgldConfig {
+                lr: 1e-4,
+                n_beta: 10.0,
+                gamma: 100.0,
+                batch_size: 8,
+                ..SgldConfig::reference()
+            },
+            draws: 5,
+            burn_in: 2,
+            thinning: 1,
+            trace_batch_size: 16,
+            ..ChainConfig::reference()
+        },
+        chains: 2,
+    };
+    let detector = DetectorSettings::Madfa(settings).build().unwrap();
+    let fitted = detector
+        .fit(&FitData {
+            model: &model,
+            trusted: &trusted,
+            sampling: &sampling,
+            batch_size: 16,
+            seed: 3,
+            device: &device,
+        })
+        .unwrap();
+    assert_eq!(
+        fitted.columns(),
+        vec!["mean_corr", "clc", "mean_ccc", "class_ccc"]
+    );
+    let first = fitted.score(&model, &inputs, &device).unwrap();
+    assert_eq!(first.len(), 6);
+    assert!(
+        first
+            .columns
+            .iter()
+            .all(|(_, v)| v.iter().all(|x| x.is_finite()))
+    );
+    // The chain walks the same draws whatever it traces: scores repeat exactly.
+    assert_eq!(fitted.score(&model, &inputs, &device).unwrap(), first);
+    // Labels of the inputs are not read: relabelled inputs score the same.
+    let mut relabelled = inputs.clone();
+    for i in 0..relabelled.len() {
+        relabelled.set_label(i, 1 - relabelled.label(i)).unwrap();
+    }
+    assert_eq!(fitted.score(&model, &relabelled, &device).unwrap(), first);
+    // Zero chains are refused when the settings are checked.
+    let err = DetectorSettings::Madfa(MadfaSettings {
+        chains: 0,
+        ..MadfaSettings::default()
+    })
+    .build()
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("at least one chain"), "{err}");
+}
