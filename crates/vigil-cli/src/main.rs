@@ -64,6 +64,7 @@ enum Command {
     Sample(Box<commands::sample::SampleArgs>),
     Score(commands::score::ScoreArgs),
     Merge(commands::merge::MergeArgs),
+    Detect(Box<commands::detect::DetectArgs>),
     Bench(commands::bench::BenchArgs),
     Benchmark(commands::benchmark::BenchmarkArgs),
 }
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => commands::sample::run(*args),
         Command::Score(args) => commands::score::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Detect(args) => commands::detect::run(*args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Benchmark(args) => commands::benchmark::run(args),
     };

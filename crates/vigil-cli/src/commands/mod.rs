@@ -4,6 +4,7 @@ pub mod attack;
 pub mod bench;
 pub mod benchmark;
 pub mod calibrate;
+pub mod detect;
 pub mod eval;
 pub mod info;
 pub mod merge;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::io::write_atomic;
 use vigil_core::madfa::{self, LossTraces};
+use vigil_core::report::csv_field;
 
 /// Score every test sample of a trace file (from `vigil sample`, or any .npz with `trusted`,
 /// `test` [chains, draws, samples] and `trusted_labels`) by how strongly its loss co-varies
@@ -189,14 +190,4 @@ fn test_paths(traces: &LossTraces) -> Option<Vec<String>> {
     let paths = settings.get("data")?.get("test_paths")?.clone();
     let paths: Vec<String> = serde_json::from_value(paths).ok()?;
     (paths.len() == traces.n_test()).then_some(paths)
-}
-
-/// `text` as one CSV field: quoted (quotes doubled) when it holds a comma, quote or line break,
-/// as a file name may.
-fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\"")).into()
-    } else {
-        text.into()
-    }
 }

@@ -20,6 +20,7 @@
 //! A new detector is one file (its settings and its [`Detector`] impl) and one
 //! [`registry::DetectorSettings`] variant.
 
+pub mod experiment;
 pub mod madfa;
 pub mod ood_score;
 pub mod registry;

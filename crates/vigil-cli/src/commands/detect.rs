@@ -1,0 +1,143 @@
+//! `vigil detect`: fit detectors on trusted data, then score and flag inputs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vigil_core::detect::experiment::{self, DetectConfig, DetectData, DetectProgress};
+use vigil_core::detect::{DetectorSettings, GroundTruth, ThresholdConfig};
+use vigil_core::device::default_device;
+use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
+
+use super::parse_fraction;
+use super::sample::MadInputArgs;
+
+/// Check inputs for anomalies: fit each detector on trusted clean data, set its threshold at
+/// --target-fpr on a held-back part of the trusted data (never on the inputs), then score and
+/// flag every input.
+///
+/// Inputs come from an attack record (`--record`: its model, the trusted / sampling / test
+/// split of its clean test set, the test part's clean and triggered images as inputs, with
+/// the truth known) or your own model (`--model`) with image folders: --trusted and --sampling
+/// (clean, labelled by class folder), --test (the inputs to check: a flat folder will do) and,
+/// optionally, --anomalous (inputs known to be anomalous, to measure the detectors).
+///
+/// Writes to --out: scores.csv (per input: file, score and flag of every detector column) and
+/// report.json (thresholds, flag counts and, when the truth is known, AUROC, AUPR, FPR at 95%
+/// TPR, and the TPR and actual FPR at the threshold; anomalous inputs are the positive class).
+/// Detectors and their settings: docs/detectors.md.
+#[derive(Args, Debug)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    input: MadInputArgs,
+
+    /// Detectors, comma-separated: madfa, msp, energy, max-logit, odin, mahalanobis, knn, react
+    /// (each with its reference settings; docs/detectors.md).
+    #[arg(long, value_delimiter = ',', default_value = "madfa,mahalanobis,msp")]
+    detectors: Vec<String>,
+
+    /// False-positive rate to aim for on clean inputs.
+    #[arg(long, default_value = "0.05", value_parser = parse_fraction)]
+    target_fpr: f64,
+
+    /// Fraction of each class's trusted samples held back to set the thresholds.
+    #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
+    holdout: f64,
+
+    /// Batch size of forward passes.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+
+    /// Seed of the held-back split and of every detector's random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: DetectArgs) -> Result<ExitCode> {
+    let (scores_path, report_path) = (args.out.join("scores.csv"), args.out.join("report.json"));
+    check_outputs(args.input.input_paths(), [&scores_path, &report_path])?;
+    let config = DetectConfig {
+        detectors: args
+            .detectors
+            .iter()
+            .map(|name| DetectorSettings::by_name(name.trim()))
+            .collect::<Result<_, _>>()?,
+        thresholds: ThresholdConfig {
+            target_fpr: args.target_fpr,
+            holdout_fraction: args.holdout,
+        },
+        batch_size: args.batch_size,
+        seed: args.seed,
+    };
+    config.thresholds.validate()?;
+    let device = default_device();
+    let (classifier, task, data) = args.input.load(args.batch_size, true, &device)?;
+    let truth = task
+        .test_is_anomalous
+        .clone()
+        .map(|is_anomalous| GroundTruth { is_anomalous });
+    let inputs = DetectData {
+        model: &classifier,
+        trusted: &task.trusted,
+        sampling: &task.sampling,
+        inputs: &task.test,
+        truth: truth.as_ref(),
+    };
+    let report = experiment::run(&config, &inputs, &device, &mut print_progress)?;
+    let paths: Vec<String> = data["test_paths"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    write_atomic(
+        &scores_path,
+        report.scores_csv(&paths, truth.as_ref()).as_bytes(),
+    )?;
+    write_json_atomic(&report_path, &report)?;
+    eprintln!(
+        "wrote {} and {}",
+        scores_path.display(),
+        report_path.display()
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per detector stage, and its flag counts and measurements when done.
+fn print_progress(p: DetectProgress<'_>) {
+    match p {
+        DetectProgress::Fitting(name) => eprintln!("{name}: fitting on the trusted data"),
+        DetectProgress::Scoring(name) => eprintln!("{name}: scoring the inputs"),
+        DetectProgress::Done(result) => {
+            for c in &result.columns {
+                let measured = c.evaluation.as_ref().map_or(String::new(), |e| {
+                    format!(
+                        "; AUROC {:.4}, TPR {:.3} at FPR {:.3}",
+                        e.auroc, e.tpr, e.fpr
+                    )
+                });
+                eprintln!(
+                    "  {}.{}: threshold {:.4e}, {} flagged{measured}",
+                    result.detector, c.column, c.threshold, c.flagged
+                );
+            }
+        }
+    }
+}

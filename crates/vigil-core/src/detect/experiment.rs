@@ -1,0 +1,278 @@
+//! One detection experiment, as `vigil detect` runs it: fit every chosen detector on the trusted
+//! data with thresholds at a target false-positive rate, score the inputs, flag them, and, when
+//! the ground truth is known, measure each score column against it.
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DetectError, DetectorSettings, FitData, GroundTruth, ScoreTable, ThresholdConfig,
+    fit_with_thresholds,
+};
+use crate::data::ImageSet;
+use crate::metrics::{PrArea, aupr_out, auroc, fpr_at_tpr, tpr_fpr_at_threshold};
+use crate::models::Classifier;
+use crate::report::csv_field;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectConfig {
+    /// The detectors, in report order.
+    pub detectors: Vec<DetectorSettings>,
+    /// How thresholds are set from the trusted data.
+    pub thresholds: ThresholdConfig,
+    /// Batch size of forward passes.
+    pub batch_size: usize,
+    /// Seed of every random choice (held-out split, MAD-FA's chains, ...).
+    pub seed: u64,
+}
+
+/// The data of one experiment: what the detectors may see, and the ground truth they may not.
+pub struct DetectData<'a> {
+    /// The model under inspection.
+    pub model: &'a Classifier,
+    /// Clean inputs the user trusts, with their true labels.
+    pub trusted: &'a ImageSet,
+    /// More clean labelled inputs, disjoint from `trusted`.
+    pub sampling: &'a ImageSet,
+    /// The inputs to check (their labels are not read).
+    pub inputs: &'a ImageSet,
+    /// Which inputs are anomalous, when known: for the evaluation only.
+    pub truth: Option<&'a GroundTruth>,
+}
+
+/// A detector's results on the inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorResult {
+    /// The detector's name.
+    pub detector: String,
+    /// Its settings.
+    pub settings: DetectorSettings,
+    /// Trusted samples it was fitted on, and held back to set thresholds.
+    pub fitted_on: usize,
+    /// Trusted samples held back to set thresholds.
+    pub held_out: usize,
+    /// Per column: its threshold, the inputs it flags, and its measurements when the truth is
+    /// known.
+    pub columns: Vec<ColumnResult>,
+    /// The scores of every input.
+    pub scores: ScoreTable,
+    /// Seconds to fit and score.
+    pub seconds: f64,
+}
+
+/// One score column's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnResult {
+    /// Column name.
+    pub column: String,
+    /// Inputs scoring at or above it are flagged; set on held-back trusted samples.
+    pub threshold: f64,
+    /// Number of inputs flagged.
+    pub flagged: usize,
+    /// Per input, whether it is flagged.
+    pub flags: Vec<bool>,
+    /// Against the ground truth, when known.
+    pub evaluation: Option<ColumnEvaluation>,
+}
+
+/// A column against the ground truth (anomalous inputs are the positive class).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnEvaluation {
+    /// Area under the ROC curve (no threshold).
+    pub auroc: f64,
+    /// Area under the precision-recall curve, anomalous positive (trapezoidal).
+    pub aupr: f64,
+    /// False-positive rate at 95% true-positive rate (exact threshold).
+    pub fpr_at_95_tpr: f64,
+    /// Fraction of anomalous inputs flagged at the trusted-set threshold.
+    pub tpr: f64,
+    /// Fraction of normal inputs flagged at the trusted-set threshold (the target was
+    /// [`ThresholdConfig::target_fpr`]).
+    pub fpr: f64,
+}
+
+/// Everything one experiment found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectReport {
+    /// vigil's version.
+    pub vigil_version: String,
+    /// The settings.
+    pub config: DetectConfig,
+    /// Number of inputs, and of anomalous ones when known.
+    pub inputs: usize,
+    /// Number of anomalous inputs, when known.
+    pub anomalous: Option<usize>,
+    /// What the positive class is in the evaluation.
+    pub positive_class: String,
+    /// Per detector.
+    pub detectors: Vec<DetectorResult>,
+}
+
+impl DetectReport {
+    /// One row per input: its index, its file (`paths`, when it came from one), whether it is
+    /// anomalous (when known), then for every detector and column its score and whether it is
+    /// flagged (`<detector>.<column>` and `<detector>.<column>.flagged`).
+    pub fn scores_csv(&self, paths: &[String], truth: Option<&GroundTruth>) -> String {
+        use std::fmt::Write as _;
+        let mut csv = String::from("index,path");
+        if truth.is_some() {
+            csv.push_str(",is_anomalous");
+        }
+        for d in &self.detectors {
+            for c in &d.columns {
+                let _ = write!(csv, ",{0}.{1},{0}.{1}.flagged", d.detector, c.column);
+            }
+        }
+        csv.push('\n');
+        for i in 0..self.inputs {
+            let path = paths.get(i).map_or("", String::as_str);
+            let _ = write!(csv, "{i},{}", csv_field(path));
+            if let Some(t) = truth {
+                let anomalous = t.is_anomalous.get(i).copied().unwrap_or_default();
+                let _ = write!(csv, ",{}", u8::from(anomalous));
+            }
+            for d in &self.detectors {
+                for c in &d.columns {
+                    let score = d.scores.column(&c.column).and_then(|v| v.get(i));
+                    let flagged = c.flags.get(i).copied().unwrap_or_default();
+                    let _ = write!(
+                        csv,
+                        ",{},{}",
+                        score.copied().unwrap_or(f64::NAN),
+                        u8::from(flagged)
+                    );
+                }
+            }
+            csv.push('\n');
+        }
+        csv
+    }
+}
+
+/// What the experiment is doing (for progress lines).
+pub enum DetectProgress<'a> {
+    /// A detector is being fitted and thresholded.
+    Fitting(&'a str),
+    /// A detector is scoring the inputs.
+    Scoring(&'a str),
+    /// A detector is done.
+    Done(&'a DetectorResult),
+}
+
+/// Runs the experiment: every detector fitted with thresholds, the inputs scored and flagged,
+/// and measured against the ground truth when given.
+pub fn run(
+    config: &DetectConfig,
+    data: &DetectData<'_>,
+    device: &Device,
+    progress: &mut dyn FnMut(DetectProgress<'_>),
+) -> Result<DetectReport, DetectError> {
+    config.thresholds.validate()?;
+    if data.inputs.is_empty() {
+        return Err(DetectError::Fit {
+            detector: "detect".into(),
+            reason: "there are no inputs to check".into(),
+        });
+    }
+    if let Some(truth) = data.truth
+        && truth.is_anomalous.len() != data.inputs.len()
+    {
+        return Err(DetectError::Fit {
+            detector: "detect".into(),
+            reason: format!(
+                "the ground truth has {} entries for {} inputs",
+                truth.is_anomalous.len(),
+                data.inputs.len()
+            ),
+        });
+    }
+    // Settings are checked for every detector before any is fitted.
+    let detectors = config
+        .detectors
+        .iter()
+        .map(|s| Ok((s.clone(), s.clone().build()?)))
+        .collect::<Result<Vec<_>, DetectError>>()?;
+    let fit = FitData {
+        model: data.model,
+        trusted: data.trusted,
+        sampling: data.sampling,
+        batch_size: config.batch_size,
+        seed: config.seed,
+        device,
+    };
+    let mut results = Vec::new();
+    for (settings, detector) in detectors {
+        let started = Instant::now();
+        progress(DetectProgress::Fitting(detector.name()));
+        let fitted = fit_with_thresholds(detector.as_ref(), &fit, &config.thresholds)?;
+        progress(DetectProgress::Scoring(detector.name()));
+        let scores = fitted.fitted.score(data.model, data.inputs, device)?;
+        let columns = fitted
+            .flags(&scores)
+            .into_iter()
+            .map(|(column, flags)| {
+                let threshold = fitted.threshold(&column).unwrap_or(f64::INFINITY);
+                let values = scores.column(&column).unwrap_or_default();
+                let evaluation = data
+                    .truth
+                    .map(|t| evaluate(values, &t.is_anomalous, threshold))
+                    .transpose()?;
+                Ok(ColumnResult {
+                    flagged: flags.iter().filter(|&&f| f).count(),
+                    column,
+                    threshold,
+                    flags,
+                    evaluation,
+                })
+            })
+            .collect::<Result<Vec<_>, DetectError>>()?;
+        let result = DetectorResult {
+            detector: detector.name().to_string(),
+            settings,
+            fitted_on: fitted.fitted_on,
+            held_out: fitted.held_out,
+            columns,
+            scores,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress(DetectProgress::Done(&result));
+        results.push(result);
+    }
+    Ok(DetectReport {
+        vigil_version: env!("CARGO_PKG_VERSION").into(),
+        config: config.clone(),
+        inputs: data.inputs.len(),
+        anomalous: data
+            .truth
+            .map(|t| t.is_anomalous.iter().filter(|&&a| a).count()),
+        positive_class: "anomalous (FPR at 95% TPR: the fraction of normal inputs flagged when 95% of anomalous inputs are)".into(),
+        detectors: results,
+    })
+}
+
+/// One column's measurements against the truth (anomalous inputs positive).
+fn evaluate(
+    scores: &[f64],
+    is_anomalous: &[bool],
+    threshold: f64,
+) -> Result<ColumnEvaluation, DetectError> {
+    let (mut normal, mut anomalous) = (Vec::new(), Vec::new());
+    for (&s, &a) in scores.iter().zip(is_anomalous) {
+        if a {
+            anomalous.push(s);
+        } else {
+            normal.push(s);
+        }
+    }
+    let point = tpr_fpr_at_threshold(&normal, &anomalous, threshold)?;
+    Ok(ColumnEvaluation {
+        auroc: auroc(&normal, &anomalous)?,
+        aupr: aupr_out(&normal, &anomalous, PrArea::Trapezoidal)?,
+        fpr_at_95_tpr: fpr_at_tpr(&normal, &anomalous, 0.95)?,
+        tpr: point.tpr,
+        fpr: point.fpr,
+    })
+}
