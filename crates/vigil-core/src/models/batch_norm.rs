@@ -62,6 +62,13 @@ impl BatchNorm2d {
         }
     }
 
+    /// Multiplies the affine scale and shift (`weight`, `bias`) by `factor`, leaving the running
+    /// statistics alone: IBD-PSC's parameter amplification (`detect::ibd_psc`).
+    pub fn scale_affine(&mut self, factor: f64) {
+        self.weight = Param::from_tensor(self.weight.val().mul_scalar(factor));
+        self.bias = Param::from_tensor(self.bias.val().mul_scalar(factor));
+    }
+
     /// Normalises `input` according to `mode`.
     pub fn forward(&self, input: Tensor<4>, mode: BnMode) -> Tensor<4> {
         match mode {

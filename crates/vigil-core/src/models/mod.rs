@@ -229,6 +229,15 @@ impl Network {
         }
     }
 
+    /// Every BatchNorm layer in PyTorch's `named_modules()` order; empty for the small CNN.
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm2d> {
+        match self {
+            Network::SmallCnn(_) => Vec::new(),
+            Network::ResNet18(net) => net.batch_norms_mut(),
+            Network::PreActResNet18(net) => net.batch_norms_mut(),
+        }
+    }
+
     /// The classifier head's weight as `[features, classes]` (burn's Linear layout).
     pub fn head_weight(&self) -> Tensor<2> {
         match self {

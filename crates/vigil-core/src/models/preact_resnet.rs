@@ -120,6 +120,26 @@ impl PreActResNet18 {
         self.linear.forward(self.features(x, bn))
     }
 
+    /// Every BatchNorm layer in PyTorch's `named_modules()` order (`layer1.0.bn1`,
+    /// `layer1.0.bn2`, ..., then the HALO head's `bn`).
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm2d> {
+        let mut out = Vec::new();
+        for block in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            out.push(&mut block.bn1);
+            out.push(&mut block.bn2);
+        }
+        out.extend(self.bn.as_mut());
+        out
+    }
+
     /// The pooled penultimate representation (`8 width` values), the input of `linear`.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
         let mut out = conv2d_layer(&self.conv1, x);

@@ -111,6 +111,29 @@ impl ResNet18 {
         self.linear.forward(self.features(x, bn))
     }
 
+    /// Every BatchNorm layer in PyTorch's `named_modules()` order (`bn1`, `layer1.0.bn1`,
+    /// `layer1.0.bn2`, `layer2.0.shortcut.1`, ...).
+    pub fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm2d> {
+        let mut out = vec![&mut self.bn1];
+        for block in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            out.push(&mut block.bn1);
+            out.push(&mut block.bn2);
+            out.extend(block.shortcut.iter_mut().filter_map(|part| match part {
+                ShortcutPart::Bn(norm) => Some(norm),
+                ShortcutPart::Conv(_) => None,
+            }));
+        }
+        out
+    }
+
     /// The pooled penultimate representation (`8 width` values), the input of `linear`.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
         let mut out = relu(self.bn1.forward(conv2d_layer(&self.conv1, x), bn));
