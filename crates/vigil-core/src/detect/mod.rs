@@ -22,14 +22,9 @@
 
 pub mod experiment;
 pub mod ibd_psc;
-pub mod latent;
 pub mod madfa;
 pub mod ood_score;
-pub mod que;
 pub mod registry;
-pub mod scale_up;
-pub mod spectral;
-pub mod strip;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -328,7 +323,5 @@ pub fn fit_with_thresholds(
     })
 }
 
-#[cfg(test)]
-pub(crate) mod test_models;
 #[cfg(test)]
 mod tests;

@@ -5,10 +5,6 @@ use serde::{Deserialize, Serialize};
 use super::ibd_psc::{IbdPsc, IbdPscSettings};
 use super::madfa::{Madfa, MadfaSettings};
 use super::ood_score::{OodScoreDetector, OodScoreSettings};
-use super::scale_up::{ScaleUp, ScaleUpSettings};
-use super::strip::{Strip, StripSettings};
-use super::que::{Que, QueSettings};
-use super::spectral::{Spectral, SpectralSettings};
 use super::{DetectError, Detector};
 use crate::ood::ScoreKind;
 
@@ -20,16 +16,8 @@ pub enum DetectorSettings {
     Madfa(MadfaSettings),
     /// A post-hoc OOD score ([`super::ood_score`]).
     OodScore(OodScoreSettings),
-    /// STRIP ([`super::strip`]).
-    Strip(StripSettings),
-    /// SCALE-UP ([`super::scale_up`]).
-    ScaleUp(ScaleUpSettings),
     /// IBD-PSC ([`super::ibd_psc`]).
     IbdPsc(IbdPscSettings),
-    /// Spectral signatures ([`super::spectral`]).
-    Spectral(SpectralSettings),
-    /// The quantum entropy score ([`super::que`]).
-    Que(QueSettings),
 }
 
 impl DetectorSettings {
@@ -37,9 +25,7 @@ impl DetectorSettings {
     pub fn names() -> Vec<&'static str> {
         let mut names = vec!["madfa"];
         names.extend(ScoreKind::ALL.iter().map(|k| k.name()));
-        names.extend([super::strip::NAME, super::scale_up::NAME]);
         names.push("ibd-psc");
-        names.extend(["spectral", "que"]);
         names
     }
 
@@ -48,20 +34,8 @@ impl DetectorSettings {
         if name == "madfa" {
             return Ok(Self::Madfa(MadfaSettings::default()));
         }
-        if name == super::strip::NAME {
-            return Ok(Self::Strip(StripSettings::default()));
-        }
-        if name == super::scale_up::NAME {
-            return Ok(Self::ScaleUp(ScaleUpSettings::default()));
-        }
         if name == "ibd-psc" {
             return Ok(Self::IbdPsc(IbdPscSettings::default()));
-        }
-        if name == "spectral" {
-            return Ok(Self::Spectral(SpectralSettings::default()));
-        }
-        if name == "que" {
-            return Ok(Self::Que(QueSettings::default()));
         }
         if let Ok(score) = name.parse::<ScoreKind>() {
             return Ok(Self::OodScore(OodScoreSettings { score }));
@@ -77,11 +51,7 @@ impl DetectorSettings {
         match self {
             Self::Madfa(_) => "madfa",
             Self::OodScore(s) => s.score.name(),
-            Self::Strip(_) => super::strip::NAME,
-            Self::ScaleUp(_) => super::scale_up::NAME,
             Self::IbdPsc(_) => "ibd-psc",
-            Self::Spectral(_) => "spectral",
-            Self::Que(_) => "que",
         }
     }
 
@@ -90,11 +60,7 @@ impl DetectorSettings {
         Ok(match self {
             Self::Madfa(s) => Box::new(Madfa::new(s)?),
             Self::OodScore(s) => Box::new(OodScoreDetector::new(s)),
-            Self::Strip(s) => Box::new(Strip::new(s)?),
-            Self::ScaleUp(s) => Box::new(ScaleUp::new(s)?),
             Self::IbdPsc(s) => Box::new(IbdPsc::new(s)?),
-            Self::Spectral(s) => Box::new(Spectral::new(s)?),
-            Self::Que(s) => Box::new(Que::new(s)?),
         })
     }
 }
