@@ -914,7 +914,18 @@ impl TensorFile {
                 )));
             }
             let [start, end] = entry.data_offsets;
-            let numel: usize = entry.shape.iter().product();
+            // Checked: a hostile shape's product overflows (and would wrap to 0 in release,
+            // passing an empty tensor off as a huge one).
+            let numel = entry
+                .shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d));
+            let Some(numel) = numel.filter(|n| n.checked_mul(4).is_some()) else {
+                return Err(format(format!(
+                    "tensor `{name}`: shape {:?} holds more values than memory can address",
+                    entry.shape
+                )));
+            };
             if end < start || end > data.len() || end - start != 4 * numel {
                 return Err(format(format!(
                     "tensor `{name}`: offsets {start}..{end} do not hold {numel} f32 values within {} data bytes",
