@@ -156,7 +156,7 @@ fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Runs `input` through `target`: `Some(problem)` if it panicked or asked for too much memory.
-fn check(target: fn(&[u8]), input: &[u8]) -> Option<String> {
+fn check(target: vigil_fuzz::Target, input: &[u8]) -> Option<String> {
     LARGEST.with(|l| l.set(0));
     let outcome = catch_unwind(AssertUnwindSafe(|| target(input)));
     let largest = LARGEST.with(Cell::get);
