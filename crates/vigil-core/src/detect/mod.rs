@@ -25,6 +25,8 @@ pub mod ibd_psc;
 pub mod madfa;
 pub mod ood_score;
 pub mod registry;
+pub mod scale_up;
+pub mod strip;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -323,5 +325,7 @@ pub fn fit_with_thresholds(
     })
 }
 
+#[cfg(test)]
+pub(crate) mod test_models;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::ibd_psc::{IbdPsc, IbdPscSettings};
 use super::madfa::{Madfa, MadfaSettings};
 use super::ood_score::{OodScoreDetector, OodScoreSettings};
+use super::scale_up::{ScaleUp, ScaleUpSettings};
+use super::strip::{Strip, StripSettings};
 use super::{DetectError, Detector};
 use crate::ood::ScoreKind;
 
@@ -16,6 +18,10 @@ pub enum DetectorSettings {
     Madfa(MadfaSettings),
     /// A post-hoc OOD score ([`super::ood_score`]).
     OodScore(OodScoreSettings),
+    /// STRIP ([`super::strip`]).
+    Strip(StripSettings),
+    /// SCALE-UP ([`super::scale_up`]).
+    ScaleUp(ScaleUpSettings),
     /// IBD-PSC ([`super::ibd_psc`]).
     IbdPsc(IbdPscSettings),
 }
@@ -25,6 +31,7 @@ impl DetectorSettings {
     pub fn names() -> Vec<&'static str> {
         let mut names = vec!["madfa"];
         names.extend(ScoreKind::ALL.iter().map(|k| k.name()));
+        names.extend([super::strip::NAME, super::scale_up::NAME]);
         names.push("ibd-psc");
         names
     }
@@ -33,6 +40,12 @@ impl DetectorSettings {
     pub fn by_name(name: &str) -> Result<Self, DetectError> {
         if name == "madfa" {
             return Ok(Self::Madfa(MadfaSettings::default()));
+        }
+        if name == super::strip::NAME {
+            return Ok(Self::Strip(StripSettings::default()));
+        }
+        if name == super::scale_up::NAME {
+            return Ok(Self::ScaleUp(ScaleUpSettings::default()));
         }
         if name == "ibd-psc" {
             return Ok(Self::IbdPsc(IbdPscSettings::default()));
@@ -51,6 +64,8 @@ impl DetectorSettings {
         match self {
             Self::Madfa(_) => "madfa",
             Self::OodScore(s) => s.score.name(),
+            Self::Strip(_) => super::strip::NAME,
+            Self::ScaleUp(_) => super::scale_up::NAME,
             Self::IbdPsc(_) => "ibd-psc",
         }
     }
@@ -60,6 +75,8 @@ impl DetectorSettings {
         Ok(match self {
             Self::Madfa(s) => Box::new(Madfa::new(s)?),
             Self::OodScore(s) => Box::new(OodScoreDetector::new(s)),
+            Self::Strip(s) => Box::new(Strip::new(s)?),
+            Self::ScaleUp(s) => Box::new(ScaleUp::new(s)?),
             Self::IbdPsc(s) => Box::new(IbdPsc::new(s)?),
         })
     }
