@@ -44,6 +44,14 @@ impl ImageShape {
         self.channels * self.height * self.width
     }
 
+    /// [`num_values`](Self::num_values), or `None` if it overflows (a shape read from a file).
+    pub const fn checked_num_values(&self) -> Option<usize> {
+        match self.channels.checked_mul(self.height) {
+            Some(plane) => plane.checked_mul(self.width),
+            None => None,
+        }
+    }
+
     /// Number of pixels in one channel plane (H * W).
     pub const fn plane_len(&self) -> usize {
         self.height * self.width
@@ -109,7 +117,14 @@ impl ImageSet {
 
     /// Verifies the invariants documented on the type.
     fn check_invariants(&self) -> Result<()> {
-        let expected_values = self.labels.len().checked_mul(self.shape.num_values());
+        // First, and checked: a shape read from a file may overflow even with no images.
+        let Some(image_values) = self.shape.checked_num_values() else {
+            return Err(self.inconsistent(format!(
+                "image shape {} holds more values than memory can address",
+                self.shape
+            )));
+        };
+        let expected_values = self.labels.len().checked_mul(image_values);
         if expected_values != Some(self.pixels.len()) {
             return Err(self.inconsistent(format!(
                 "{} values do not make {} images of {}",
@@ -118,7 +133,7 @@ impl ImageSet {
                 self.shape
             )));
         }
-        if self.shape.num_values() == 0 {
+        if image_values == 0 {
             return Err(self.inconsistent(format!("image shape {} is empty", self.shape)));
         }
         if let Some((index, &label)) = self

@@ -26,6 +26,7 @@ pub mod madfa;
 pub mod ood_score;
 pub mod registry;
 pub mod scale_up;
+pub mod sentinet;
 pub mod strip;
 
 use burn::tensor::Device;

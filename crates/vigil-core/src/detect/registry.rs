@@ -6,6 +6,7 @@ use super::ibd_psc::{IbdPsc, IbdPscSettings};
 use super::madfa::{Madfa, MadfaSettings};
 use super::ood_score::{OodScoreDetector, OodScoreSettings};
 use super::scale_up::{ScaleUp, ScaleUpSettings};
+use super::sentinet::{Sentinet, SentinetSettings};
 use super::strip::{Strip, StripSettings};
 use super::{DetectError, Detector};
 use crate::ood::ScoreKind;
@@ -24,6 +25,8 @@ pub enum DetectorSettings {
     ScaleUp(ScaleUpSettings),
     /// IBD-PSC ([`super::ibd_psc`]).
     IbdPsc(IbdPscSettings),
+    /// SentiNet ([`super::sentinet`]).
+    Sentinet(SentinetSettings),
 }
 
 impl DetectorSettings {
@@ -33,6 +36,7 @@ impl DetectorSettings {
         names.extend(ScoreKind::ALL.iter().map(|k| k.name()));
         names.extend([super::strip::NAME, super::scale_up::NAME]);
         names.push("ibd-psc");
+        names.push(super::sentinet::NAME);
         names
     }
 
@@ -49,6 +53,9 @@ impl DetectorSettings {
         }
         if name == "ibd-psc" {
             return Ok(Self::IbdPsc(IbdPscSettings::default()));
+        }
+        if name == super::sentinet::NAME {
+            return Ok(Self::Sentinet(SentinetSettings::default()));
         }
         if let Ok(score) = name.parse::<ScoreKind>() {
             return Ok(Self::OodScore(OodScoreSettings { score }));
@@ -67,6 +74,7 @@ impl DetectorSettings {
             Self::Strip(_) => super::strip::NAME,
             Self::ScaleUp(_) => super::scale_up::NAME,
             Self::IbdPsc(_) => "ibd-psc",
+            Self::Sentinet(_) => super::sentinet::NAME,
         }
     }
 
@@ -78,6 +86,7 @@ impl DetectorSettings {
             Self::Strip(s) => Box::new(Strip::new(s)?),
             Self::ScaleUp(s) => Box::new(ScaleUp::new(s)?),
             Self::IbdPsc(s) => Box::new(IbdPsc::new(s)?),
+            Self::Sentinet(s) => Box::new(Sentinet::new(s)?),
         })
     }
 }

@@ -199,6 +199,10 @@ impl ModelSpec {
     }
 }
 
+/// The rest of a network after its last convolution: that convolution's output to the logits
+/// ([`Network::split_at_last_conv`]).
+pub type AfterLastConv<'a> = Box<dyn Fn(Tensor<4>) -> Tensor<2> + 'a>;
+
 /// The networks vigil knows, as one module type so code can hold any of them.
 #[derive(Module, Debug)]
 pub enum Network {
@@ -226,6 +230,26 @@ impl Network {
             Network::SmallCnn(net) => net.features(x),
             Network::ResNet18(net) => net.features(x, bn),
             Network::PreActResNet18(net) => net.features(x, bn),
+        }
+    }
+
+    /// The last convolution's output for (normalised) inputs and the rest of the network from
+    /// it to the logits, skip connections held fixed: the rest applied to the first is
+    /// [`Network::forward`]. Grad-CAM differentiates the logits with respect to the first.
+    pub fn split_at_last_conv(&self, x: Tensor<4>, bn: BnMode) -> (Tensor<4>, AfterLastConv<'_>) {
+        match self {
+            Network::SmallCnn(net) => {
+                let (last_conv, rest) = net.split_at_last_conv(x);
+                (last_conv, Box::new(move |a| net.fc2.forward(rest(a))))
+            }
+            Network::ResNet18(net) => {
+                let (last_conv, rest) = net.split_at_last_conv(x, bn);
+                (last_conv, Box::new(move |a| net.linear.forward(rest(a))))
+            }
+            Network::PreActResNet18(net) => {
+                let (last_conv, rest) = net.split_at_last_conv(x, bn);
+                (last_conv, Box::new(move |a| net.linear.forward(rest(a))))
+            }
         }
     }
 
@@ -299,6 +323,11 @@ impl Classifier {
     /// Penultimate features of a batch of `[0, 1]` images.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
         self.network.features(self.normalize(x), bn)
+    }
+
+    /// [`Network::split_at_last_conv`] for a batch of `[0, 1]` images (normalised here).
+    pub fn split_at_last_conv(&self, x: Tensor<4>, bn: BnMode) -> (Tensor<4>, AfterLastConv<'_>) {
+        self.network.split_at_last_conv(self.normalize(x), bn)
     }
 
     /// Applies the spec's normalisation (identity without one).

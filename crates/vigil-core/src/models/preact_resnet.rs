@@ -58,6 +58,12 @@ impl PreActBlock {
     }
 
     fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<4> {
+        let (out, skip) = self.forward_parts(x, bn);
+        out + skip
+    }
+
+    /// `conv2`'s output and the shortcut it is added to (the block's output is their sum).
+    fn forward_parts(&self, x: Tensor<4>, bn: BnMode) -> (Tensor<4>, Tensor<4>) {
         let pre = relu(self.bn1.forward(x.clone(), bn));
         // The projection sees the pre-activation; the identity sees the raw input.
         let skip = match self.shortcut.first() {
@@ -66,7 +72,7 @@ impl PreActBlock {
         };
         let out = conv2d_layer(&self.conv1, pre);
         let out = conv2d_layer(&self.conv2, relu(self.bn2.forward(out, bn)));
-        out + skip
+        (out, skip)
     }
 }
 
@@ -142,17 +148,45 @@ impl PreActResNet18 {
 
     /// The pooled penultimate representation (`8 width` values), the input of `linear`.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
+        let (last_conv, rest) = self.split_at_last_conv(x, bn);
+        rest(last_conv)
+    }
+
+    /// The last block's `conv2` output (BackdoorBench's Grad-CAM layer `layer4.1.conv2`) and
+    /// the rest of the network from it to the penultimate features, the block's shortcut held
+    /// fixed; [`PreActResNet18::features`] is the two composed.
+    pub fn split_at_last_conv(
+        &self,
+        x: Tensor<4>,
+        bn: BnMode,
+    ) -> (Tensor<4>, impl Fn(Tensor<4>) -> Tensor<2> + '_) {
         let mut out = conv2d_layer(&self.conv1, x);
-        for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+        let blocks: Vec<&PreActBlock> = [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()
-        {
-            out = block.forward(out, bn);
-        }
-        let pooled = match &self.bn {
-            Some(norm) => avg_pool4(relu(norm.forward(out, bn))),
-            None => adaptive_avg_pool2d(out, [1, 1]),
+            .collect();
+        // Without blocks (never built so) the stem is the last convolution.
+        let (last_conv, skip) = match blocks.split_last() {
+            Some((last, earlier)) => {
+                for block in earlier {
+                    out = block.forward(out, bn);
+                }
+                let (conv, skip) = last.forward_parts(out, bn);
+                (conv, Some(skip))
+            }
+            None => (out, None),
         };
-        pooled.flatten(1, 3)
+        let rest = move |last_conv: Tensor<4>| {
+            let out = match &skip {
+                Some(skip) => last_conv + skip.clone(),
+                None => last_conv,
+            };
+            let pooled = match &self.bn {
+                Some(norm) => avg_pool4(relu(norm.forward(out, bn))),
+                None => adaptive_avg_pool2d(out, [1, 1]),
+            };
+            pooled.flatten(1, 3)
+        };
+        (last_conv, rest)
     }
 }

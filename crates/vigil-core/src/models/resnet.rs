@@ -58,8 +58,13 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: Tensor<4>, bn: BnMode) -> Tensor<4> {
+        let (conv2, skip) = self.forward_parts(x, bn);
+        self.finish(conv2, skip, bn)
+    }
+
+    /// `conv2`'s output (before `bn2`) and the shortcut's output.
+    fn forward_parts(&self, x: Tensor<4>, bn: BnMode) -> (Tensor<4>, Tensor<4>) {
         let out = relu(self.bn1.forward(conv2d_layer(&self.conv1, x.clone()), bn));
-        let out = self.bn2.forward(conv2d_layer(&self.conv2, out), bn);
         let mut skip = x;
         for part in &self.shortcut {
             skip = match part {
@@ -67,7 +72,12 @@ impl BasicBlock {
                 ShortcutPart::Bn(norm) => norm.forward(skip, bn),
             };
         }
-        relu(out + skip)
+        (conv2d_layer(&self.conv2, out), skip)
+    }
+
+    /// The block's output from `conv2`'s output and the shortcut's.
+    fn finish(&self, conv2: Tensor<4>, skip: Tensor<4>, bn: BnMode) -> Tensor<4> {
+        relu(self.bn2.forward(conv2, bn) + skip)
     }
 }
 
@@ -136,13 +146,42 @@ impl ResNet18 {
 
     /// The pooled penultimate representation (`8 width` values), the input of `linear`.
     pub fn features(&self, x: Tensor<4>, bn: BnMode) -> Tensor<2> {
-        let mut out = relu(self.bn1.forward(conv2d_layer(&self.conv1, x), bn));
-        for block in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+        let (last_conv, rest) = self.split_at_last_conv(x, bn);
+        rest(last_conv)
+    }
+
+    /// The last block's `conv2` output (before its BatchNorm: the layer `layer4.1.conv2`) and
+    /// the rest of the network from it to the penultimate features, the block's shortcut held
+    /// fixed; [`ResNet18::features`] is the two composed.
+    pub fn split_at_last_conv(
+        &self,
+        x: Tensor<4>,
+        bn: BnMode,
+    ) -> (Tensor<4>, impl Fn(Tensor<4>) -> Tensor<2> + '_) {
+        let stem = conv2d_layer(&self.conv1, x);
+        let blocks: Vec<&BasicBlock> = [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()
-        {
-            out = block.forward(out, bn);
-        }
-        avg_pool4(out).flatten(1, 3)
+            .collect();
+        // Without blocks (never built so) the stem is the last convolution.
+        let (last_conv, last) = match blocks.split_last() {
+            Some((last, earlier)) => {
+                let mut out = relu(self.bn1.forward(stem, bn));
+                for block in earlier {
+                    out = block.forward(out, bn);
+                }
+                let (conv, skip) = last.forward_parts(out, bn);
+                (conv, Some((*last, skip)))
+            }
+            None => (stem, None),
+        };
+        let rest = move |last_conv: Tensor<4>| {
+            let out = match &last {
+                Some((block, skip)) => block.finish(last_conv, skip.clone(), bn),
+                None => relu(self.bn1.forward(last_conv, bn)),
+            };
+            avg_pool4(out).flatten(1, 3)
+        };
+        (last_conv, rest)
     }
 }

@@ -55,10 +55,22 @@ impl SmallCnn {
 
     /// The penultimate representation (`hidden` units after ReLU), the input of `fc2`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let (last_conv, rest) = self.split_at_last_conv(x);
+        rest(last_conv)
+    }
+
+    /// `conv2`'s output (before its ReLU) and the rest of the network from it to the
+    /// penultimate features; [`SmallCnn::features`] is the two composed. Grad-CAM reads here.
+    pub fn split_at_last_conv(
+        &self,
+        x: Tensor<4>,
+    ) -> (Tensor<4>, impl Fn(Tensor<4>) -> Tensor<2> + '_) {
         let x = pool2(relu(conv2d_layer(&self.conv1, x)));
-        let x = pool2(relu(conv2d_layer(&self.conv2, x)));
-        let x: Tensor<2> = x.flatten(1, 3);
-        relu(self.fc1.forward(x))
+        let rest = |last_conv: Tensor<4>| {
+            let x: Tensor<2> = pool2(relu(last_conv)).flatten(1, 3);
+            relu(self.fc1.forward(x))
+        };
+        (conv2d_layer(&self.conv2, x), rest)
     }
 }
 
