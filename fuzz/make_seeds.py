@@ -20,6 +20,11 @@ SEEDS = "fuzz/seeds"
 FIXTURES = "tests/fixtures"
 
 
+def gzip_fixed(data):
+    """gzip with no timestamp, so the seeds are the same on every run."""
+    return gzip.compress(data, mtime=0)
+
+
 def put(target, name, data):
     os.makedirs(f"{SEEDS}/{target}", exist_ok=True)
     with open(f"{SEEDS}/{target}/{name}", "wb") as f:
@@ -104,7 +109,10 @@ put("pytorch", "truncated_zip.pt", pt[:len(pt) // 2])
 put("pytorch", "plain_pickle.pt", pickle.dumps({"epoch": 3, "lr": 0.1, "name": "x"}, protocol=2))
 put("pytorch", "pickle_list.pt", pickle.dumps([1, 2.5, "a", None, True], protocol=4))
 put("pytorch", "pickle_truncated.pt", pickle.dumps({"a": list(range(20))}, protocol=2)[:-5])
-put("pytorch", "zip_no_pickle.pt", (lambda b: (zipfile.ZipFile(b, "w").writestr("archive/x", "y"), b.getvalue())[1])(io.BytesIO()))
+zip_no_pickle = io.BytesIO()
+with zipfile.ZipFile(zip_no_pickle, "w") as z:
+    z.writestr(zipfile.ZipInfo("archive/x", date_time=(1980, 1, 1, 0, 0, 0)), "y")
+put("pytorch", "zip_no_pickle.pt", zip_no_pickle.getvalue())
 
 
 # --- npy / npz ---------------------------------------------------------------------------------
@@ -123,7 +131,8 @@ def npz(entries, compress=False):
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with zipfile.ZipFile(out, "w", method) as z:
         for name, data in entries:
-            z.writestr(name + ".npy", data)
+            z.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), data,
+                       compress_type=method)
     return out.getvalue()
 
 
@@ -180,18 +189,18 @@ def idx_labels(labels):
 
 
 put("idx", "images.idx3", idx_images(2, 3, 3))
-put("idx", "images.idx3.gz", gzip.compress(idx_images(2, 3, 3)))
+put("idx", "images.idx3.gz", gzip_fixed(idx_images(2, 3, 3)))
 put("idx", "one_image.idx3", idx_images(1, 2, 2, b"\x00\x01\x02\x03"))
 put("idx", "labels.idx1", idx_labels([0, 1, 9]))
-put("idx", "labels.idx1.gz", gzip.compress(idx_labels([3, 4])))
+put("idx", "labels.idx1.gz", gzip_fixed(idx_labels([3, 4])))
 put("idx", "labels_out_of_range.idx1", idx_labels([200]))
 put("idx", "huge_dims.idx3", struct.pack(">IIII", 0x803, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF))
 put("idx", "zero_count.idx3", struct.pack(">IIII", 0x803, 0, 28, 28))
 put("idx", "bad_magic.idx3", struct.pack(">IIII", 0x804, 1, 1, 1) + b"\x00")
 put("idx", "trailing.idx3", idx_images(1, 1, 1) + b"extra")
 put("idx", "truncated.idx3", idx_images(2, 3, 3)[:20])
-put("idx", "gzip_truncated.gz", gzip.compress(idx_images(2, 3, 3))[:25])
-put("idx", "gzip_zeros.gz", gzip.compress(b"\x00" * 200000))
+put("idx", "gzip_truncated.gz", gzip_fixed(idx_images(2, 3, 3))[:25])
+put("idx", "gzip_zeros.gz", gzip_fixed(b"\x00" * 200000))
 
 
 # --- CIFAR -----------------------------------------------------------------------------------
@@ -262,5 +271,27 @@ put("json_records", "manifest_unknown_dataset.json", json.dumps({
     "rate": 0.1, "seed": 0, "dataset": "not-a-dataset", "vigil_version": "0.1.0"}).encode())
 put("json_records", "nested_deep.json", b"[" * 200 + b"]" * 200)
 put("json_records", "huge_numbers.json", b'{"epoch": 18446744073709551616, "batch": -1}')
+
+
+# --- an attack record's triggered test set: u16 JSON length, backdoor_test.json, safetensors ---
+
+def backdoor_test(index, images):
+    text = json.dumps(index).encode()
+    return struct.pack("<H", len(text)) + text + images
+
+
+index = {"original_indices": [4, 9], "original_labels": [1, 2], "target_labels": [0, 0],
+         "class_names": ["a", "b", "c"]}
+images = safetensors({"images": ("F32", [2, 1, 2, 2], f32s(*[0.5] * 8))})
+put("backdoor_test", "two_images", backdoor_test(index, images))
+put("backdoor_test", "count_mismatch", backdoor_test(dict(index, target_labels=[0]), images))
+put("backdoor_test", "label_out_of_range", backdoor_test(dict(index, target_labels=[7, 0]), images))
+put("backdoor_test", "no_images_tensor",
+    backdoor_test(index, safetensors({"pixels": ("F32", [1], f32s(1))})))
+put("backdoor_test", "three_dims", backdoor_test(index, safetensors({"images": ("F32", [2, 2, 2], f32s(*[0] * 8))})))
+empty = {"original_indices": [], "original_labels": [], "target_labels": [], "class_names": ["a", "b"]}
+put("backdoor_test", "zero_images_huge_shape",
+    backdoor_test(empty, safetensors({"images": ("F32", [0, 1 << 22, 1 << 22, 1 << 22], b"")})))
+put("backdoor_test", "index_not_json", backdoor_test({}, images)[:5] + b"{{{" + images)
 
 print("seeds written to", SEEDS)

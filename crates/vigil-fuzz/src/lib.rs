@@ -11,7 +11,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use vigil_core::attack::backdoor::record::AttackManifest;
+use vigil_core::attack::backdoor::record::{self, AttackManifest};
 use vigil_core::attack::backdoor::{AttackParams, Patch, PatchMask};
 use vigil_core::checkpoint::{self, TensorFile};
 use vigil_core::data::DatasetKind;
@@ -30,7 +30,7 @@ use vigil_core::train::TrainState;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, as the replay test lists them.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("safetensors", safetensors),
     ("pytorch", pytorch),
     ("npz", npz),
@@ -41,6 +41,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("mnist_json", mnist_json),
     ("json_records", json_records),
     ("class_names", class_names),
+    ("backdoor_test", backdoor_test),
 ];
 
 /// The name errors give the fuzzed bytes.
@@ -212,4 +213,23 @@ pub fn json_records(data: &[u8]) {
     if let Ok(state) = serde_json::from_slice::<TrainState>(data) {
         let _ = state.config.validate();
     }
+}
+
+/// An attack record's triggered test set, read back by `vigil sample --record`: its index
+/// (`backdoor_test.json`: labels, original indices, class names) and its images
+/// (`backdoor_test.safetensors`), which must agree. The input is both files: a little-endian
+/// `u16` giving the JSON's length, the JSON, then the safetensors bytes.
+pub fn backdoor_test(data: &[u8]) {
+    let Some((len, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let (json, images) = rest.split_at(usize::from(u16::from_le_bytes(*len)).min(rest.len()));
+    let dir = scratch_file("record");
+    if std::fs::create_dir_all(&dir).is_err()
+        || std::fs::write(dir.join(record::files::BACKDOOR_TEST_INDEX), json).is_err()
+        || std::fs::write(dir.join(record::files::BACKDOOR_TEST_IMAGES), images).is_err()
+    {
+        return;
+    }
+    let _ = record::read_backdoor_test(&dir);
 }

@@ -227,6 +227,7 @@ fn every_target_has_seeds_and_a_test() {
         "mnist_json",
         "json_records",
         "class_names",
+        "backdoor_test",
     ];
     let targets: Vec<&str> = vigil_fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(targets, tested);
@@ -284,6 +285,11 @@ fn json_record_inputs_neither_panic_nor_over_allocate() {
 #[test]
 fn class_name_inputs_neither_panic_nor_over_allocate() {
     replay("class_names");
+}
+
+#[test]
+fn backdoor_test_set_inputs_neither_panic_nor_over_allocate() {
+    replay("backdoor_test");
 }
 
 /// Writes the JSON-record seeds vigil's own types serialise to (a calibration, an attack
@@ -453,7 +459,55 @@ fn real_seeds_parse() {
     serde_json::from_slice::<vigil_core::identity::RunIdentity>(&bytes).expect("identity");
     let (_, bytes) = seed("json_records", "calibration.json");
     serde_json::from_slice::<vigil_core::madfa::Calibration>(&bytes).expect("calibration");
+    let (_, bytes) = seed("backdoor_test", "two_images");
+    let set = read_record(&bytes, "seed").expect("triggered test set");
+    assert_eq!(set.original_indices, [4, 9]);
     let (_, bytes) = seed("json_records", "attack.json");
     serde_json::from_slice::<vigil_core::attack::backdoor::record::AttackManifest>(&bytes)
         .expect("manifest");
+}
+
+/// Found with the `backdoor_test` target's seeds: a record whose images tensor has shape
+/// `[0, 2^22, 2^22, 2^22]` (no images, so the tensor's size check passes) made `ImageSet::new`
+/// overflow computing one image's size (a panic in debug builds; in release the wrapped size
+/// let an absurd shape through). `ImageSet::new` now checks the shape first and names it.
+#[test]
+fn backdoor_test_set_refuses_a_shape_whose_size_overflows() {
+    let input = std::fs::read(repo_dir(&[
+        "fuzz",
+        "regressions",
+        "backdoor_test",
+        "zero-images-shape-overflow",
+    ]))
+    .expect("regression input");
+    let Err(err) = read_record(&input, "overflow") else {
+        panic!("an overflowing shape must be refused");
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("image shape 4194304x4194304x4194304")
+            && message.contains("more values than memory can address"),
+        "{message}"
+    );
+}
+
+/// Reads a `backdoor_test` target's input (u16 JSON length, index JSON, images safetensors) as
+/// an attack record's triggered test set, through a scratch folder named after `test`.
+fn read_record(
+    input: &[u8],
+    test: &str,
+) -> Result<
+    vigil_core::attack::backdoor::TriggeredTestSet,
+    vigil_core::attack::backdoor::record::RecordError,
+> {
+    use vigil_core::attack::backdoor::record;
+    let (len, rest) = input.split_at(2);
+    let (json, images) = rest.split_at(usize::from(u16::from_le_bytes([len[0], len[1]])));
+    let dir = std::env::temp_dir().join(format!("vigil-fuzz-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    std::fs::write(dir.join(record::files::BACKDOOR_TEST_INDEX), json).expect("index");
+    std::fs::write(dir.join(record::files::BACKDOOR_TEST_IMAGES), images).expect("images");
+    let result = record::read_backdoor_test(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
