@@ -33,9 +33,11 @@
 //! than clean inputs of the same confidence manage), negative below. Higher = more anomalous.
 //! This keeps both axes of the reference's plane and its decision boundary; the paper's distance
 //! threshold is replaced by vigil's threshold at a target false-positive rate on held-out trusted
-//! inputs ([`super::fit_with_thresholds`]). BackdoorBench's one-axis rule (confidence > 0.9) is
-//! what the boundary reduces to if the fooled fraction carried no signal; the fooled fraction is
-//! what a pasted trigger moves most (every clean image switches to the target class).
+//! inputs ([`super::fit_with_thresholds`]). vigil keeps the paper's two-axis boundary rather
+//! than BackdoorBench's confidence-only rule because the fooled fraction is what a pasted
+//! trigger moves most (every clean image switches to the target class), and a fixed 0.9 on the
+//! confidence ignores how confident the model is on noise to begin with. As in the reference,
+//! the clean images of the input's own class count as fooled when they keep their class.
 //!
 //! # Where vigil deviates, and why
 //!
