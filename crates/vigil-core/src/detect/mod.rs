@@ -28,6 +28,7 @@ pub mod registry;
 pub mod scale_up;
 pub mod sentinet;
 pub mod strip;
+pub mod teco;
 
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,7 @@ use super::ood_score::{OodScoreDetector, OodScoreSettings};
 use super::scale_up::{ScaleUp, ScaleUpSettings};
 use super::sentinet::{Sentinet, SentinetSettings};
 use super::strip::{Strip, StripSettings};
+use super::teco::{Teco, TecoSettings};
 use super::{DetectError, Detector};
 use crate::ood::ScoreKind;
 
@@ -25,6 +26,8 @@ pub enum DetectorSettings {
     ScaleUp(ScaleUpSettings),
     /// IBD-PSC ([`super::ibd_psc`]).
     IbdPsc(IbdPscSettings),
+    /// TeCo ([`super::teco`]).
+    Teco(TecoSettings),
     /// SentiNet ([`super::sentinet`]).
     Sentinet(SentinetSettings),
 }
@@ -36,6 +39,7 @@ impl DetectorSettings {
         names.extend(ScoreKind::ALL.iter().map(|k| k.name()));
         names.extend([super::strip::NAME, super::scale_up::NAME]);
         names.push("ibd-psc");
+        names.push("teco");
         names.push(super::sentinet::NAME);
         names
     }
@@ -53,6 +57,9 @@ impl DetectorSettings {
         }
         if name == "ibd-psc" {
             return Ok(Self::IbdPsc(IbdPscSettings::default()));
+        }
+        if name == "teco" {
+            return Ok(Self::Teco(TecoSettings::default()));
         }
         if name == super::sentinet::NAME {
             return Ok(Self::Sentinet(SentinetSettings::default()));
@@ -74,6 +81,7 @@ impl DetectorSettings {
             Self::Strip(_) => super::strip::NAME,
             Self::ScaleUp(_) => super::scale_up::NAME,
             Self::IbdPsc(_) => "ibd-psc",
+            Self::Teco(_) => "teco",
             Self::Sentinet(_) => super::sentinet::NAME,
         }
     }
@@ -86,6 +94,7 @@ impl DetectorSettings {
             Self::Strip(s) => Box::new(Strip::new(s)?),
             Self::ScaleUp(s) => Box::new(ScaleUp::new(s)?),
             Self::IbdPsc(s) => Box::new(IbdPsc::new(s)?),
+            Self::Teco(s) => Box::new(Teco::new(s)?),
             Self::Sentinet(s) => Box::new(Sentinet::new(s)?),
         })
     }
