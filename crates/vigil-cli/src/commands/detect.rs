@@ -126,6 +126,9 @@ fn print_progress(p: DetectProgress<'_>) {
         DetectProgress::Fitting(name) => eprintln!("{name}: fitting on the trusted data"),
         DetectProgress::Scoring(name) => eprintln!("{name}: scoring the inputs"),
         DetectProgress::Done(result) => {
+            if let Some(why) = &result.not_applicable {
+                eprintln!("  {}: n/a ({why})", result.detector);
+            }
             for c in &result.columns {
                 let measured = c.evaluation.as_ref().map_or(String::new(), |e| {
                     format!(

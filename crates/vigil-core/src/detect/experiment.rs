@@ -61,6 +61,9 @@ pub struct DetectorResult {
     pub scores: ScoreTable,
     /// Seconds to fit and score.
     pub seconds: f64,
+    /// Why the detector does not apply to this model (e.g. IBD-PSC without BatchNorm): then
+    /// it has no columns and no scores, and reports show "n/a", never a number.
+    pub not_applicable: Option<String>,
 }
 
 /// One score column's results.
@@ -207,7 +210,24 @@ pub fn run(
     for (settings, detector) in detectors {
         let started = Instant::now();
         progress(DetectProgress::Fitting(detector.name()));
-        let fitted = fit_with_thresholds(detector.as_ref(), &fit, &config.thresholds)?;
+        let fitted = match fit_with_thresholds(detector.as_ref(), &fit, &config.thresholds) {
+            Err(DetectError::NotApplicable { reason, .. }) => {
+                let result = DetectorResult {
+                    detector: detector.name().to_string(),
+                    settings,
+                    fitted_on: 0,
+                    held_out: 0,
+                    columns: Vec::new(),
+                    scores: ScoreTable::new(Vec::new())?,
+                    seconds: started.elapsed().as_secs_f64(),
+                    not_applicable: Some(reason),
+                };
+                progress(DetectProgress::Done(&result));
+                results.push(result);
+                continue;
+            }
+            other => other?,
+        };
         progress(DetectProgress::Scoring(detector.name()));
         let scores = fitted.fitted.score(data.model, data.inputs, device)?;
         let columns = fitted
@@ -237,6 +257,7 @@ pub fn run(
             columns,
             scores,
             seconds: started.elapsed().as_secs_f64(),
+            not_applicable: None,
         };
         progress(DetectProgress::Done(&result));
         results.push(result);

@@ -237,3 +237,49 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
     .to_string();
     assert!(err.contains("at least one chain"), "{err}");
 }
+
+#[test]
+fn an_experiment_reports_a_detector_that_does_not_apply_as_such_and_runs_the_others() {
+    let trusted = images(40, 1);
+    let inputs = images(10, 7);
+    let truth = GroundTruth {
+        is_anomalous: (0..10).map(|i| i % 3 == 0).collect(),
+    };
+    let device = default_device();
+    let model = model(4);
+    let config = experiment::DetectConfig {
+        detectors: vec![
+            DetectorSettings::by_name("ibd-psc").unwrap(),
+            DetectorSettings::by_name("msp").unwrap(),
+        ],
+        thresholds: ThresholdConfig::default(),
+        batch_size: 8,
+        seed: 0,
+    };
+    let data = experiment::DetectData {
+        model: &model,
+        trusted: &trusted,
+        sampling: &trusted,
+        inputs: &inputs,
+        truth: Some(&truth),
+    };
+    let report = experiment::run(&config, &data, &device, &mut |_| {}).unwrap();
+    // The small CNN has no BatchNorm: IBD-PSC is n/a, with no number; MSP runs.
+    let ibd = &report.detectors[0];
+    assert!(
+        ibd.not_applicable.as_deref().unwrap().contains("BatchNorm"),
+        "{ibd:?}"
+    );
+    assert!(ibd.columns.is_empty() && ibd.scores.is_empty());
+    let msp = &report.detectors[1];
+    assert_eq!(msp.not_applicable, None);
+    assert_eq!(msp.scores.len(), 10);
+    assert_eq!(report.anomalous, Some(4));
+    assert!(msp.columns[0].evaluation.is_some());
+    let csv = report.scores_csv(&[], Some(&truth));
+    assert_eq!(
+        csv.lines().next().unwrap(),
+        "index,path,is_anomalous,msp.msp,msp.msp.flagged"
+    );
+    assert_eq!(csv.lines().count(), 11);
+}
