@@ -22,11 +22,14 @@
 
 pub mod experiment;
 pub mod ibd_psc;
+pub mod latent;
 pub mod madfa;
 pub mod ood_score;
+pub mod que;
 pub mod registry;
 pub mod scale_up;
 pub mod sentinet;
+pub mod spectral;
 pub mod strip;
 pub mod teco;
 

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 use super::ibd_psc::{IbdPsc, IbdPscSettings};
 use super::madfa::{Madfa, MadfaSettings};
 use super::ood_score::{OodScoreDetector, OodScoreSettings};
+use super::que::{Que, QueSettings};
 use super::scale_up::{ScaleUp, ScaleUpSettings};
 use super::sentinet::{Sentinet, SentinetSettings};
+use super::spectral::{Spectral, SpectralSettings};
 use super::strip::{Strip, StripSettings};
 use super::teco::{Teco, TecoSettings};
 use super::{DetectError, Detector};
@@ -30,6 +32,10 @@ pub enum DetectorSettings {
     Teco(TecoSettings),
     /// SentiNet ([`super::sentinet`]).
     Sentinet(SentinetSettings),
+    /// Spectral signatures ([`super::spectral`]).
+    Spectral(SpectralSettings),
+    /// The quantum entropy score ([`super::que`]).
+    Que(QueSettings),
 }
 
 impl DetectorSettings {
@@ -41,6 +47,7 @@ impl DetectorSettings {
         names.push("ibd-psc");
         names.push("teco");
         names.push(super::sentinet::NAME);
+        names.extend(["spectral", "que"]);
         names
     }
 
@@ -64,6 +71,12 @@ impl DetectorSettings {
         if name == super::sentinet::NAME {
             return Ok(Self::Sentinet(SentinetSettings::default()));
         }
+        if name == "spectral" {
+            return Ok(Self::Spectral(SpectralSettings::default()));
+        }
+        if name == "que" {
+            return Ok(Self::Que(QueSettings::default()));
+        }
         if let Ok(score) = name.parse::<ScoreKind>() {
             return Ok(Self::OodScore(OodScoreSettings { score }));
         }
@@ -83,6 +96,8 @@ impl DetectorSettings {
             Self::IbdPsc(_) => "ibd-psc",
             Self::Teco(_) => "teco",
             Self::Sentinet(_) => super::sentinet::NAME,
+            Self::Spectral(_) => "spectral",
+            Self::Que(_) => "que",
         }
     }
 
@@ -96,6 +111,8 @@ impl DetectorSettings {
             Self::IbdPsc(s) => Box::new(IbdPsc::new(s)?),
             Self::Teco(s) => Box::new(Teco::new(s)?),
             Self::Sentinet(s) => Box::new(Sentinet::new(s)?),
+            Self::Spectral(s) => Box::new(Spectral::new(s)?),
+            Self::Que(s) => Box::new(Que::new(s)?),
         })
     }
 }
