@@ -1,68 +1,14 @@
 //! The `vigil` binary end to end on tiny generated data: train, info, eval, resume, bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{fixture, idx_data, stderr, stdout, vigil, write_idx_dataset};
 
 /// A fresh temporary folder for one test.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes a learnable Fashion-MNIST-format dataset: class k is a bright horizontal bar at row
-/// 2 + 2k plus deterministic noise, so a small CNN separates it within a few epochs.
-fn write_idx_dataset(dir: &Path, prefix: &str, n: usize, salt: u32) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend_from_slice(&(n as u32).to_be_bytes());
-    let mut state = 0x1234_5678u32 ^ salt;
-    for i in 0..n {
-        let class = (i % 10) as u8;
-        labels.push(class);
-        for r in 0..28 {
-            for _ in 0..28 {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let noise = (state % 60) as u8;
-                let bar = if r == 2 + 2 * class as usize { 190 } else { 0 };
-                images.push(bar + noise);
-            }
-        }
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
-
-/// `dir/data` holding a learnable Fashion-MNIST-format train split of `n_train` images and a
-/// test split of `n_test` (salts `salt` and `salt + 1`).
-fn idx_data(dir: &Path, n_train: usize, n_test: usize, salt: u32) -> PathBuf {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_idx_dataset(&data, "train", n_train, salt);
-    write_idx_dataset(&data, "t10k", n_test, salt + 1);
-    data
-}
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("vigil runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::temp_dir("vigil-cli", name)
 }
 
 #[test]
@@ -144,8 +90,7 @@ fn train_info_eval_end_to_end_on_tiny_data() {
 #[test]
 fn bad_input_gives_a_clear_error_and_no_panic() {
     // A PyTorch pickle needs its architecture; given it, a mismatch is an error naming the file.
-    let pickle = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/torch/preact_resnet18.attack_result.pt");
+    let pickle = fixture("torch", "preact_resnet18.attack_result.pt");
     let pickle_s = pickle.to_str().unwrap();
     let out = vigil(&["eval", pickle_s, "--dataset", "fashion-mnist"]);
     assert!(!out.status.success());

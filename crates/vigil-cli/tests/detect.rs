@@ -1,114 +1,14 @@
 //! `vigil detect` end to end on tiny data: detectors fitted on trusted folders, thresholds set on
 //! held-back trusted samples only, every input scored and flagged, the truth measured when known.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{idx_data, model_and_sets, stderr, train, vigil, write_image_folder};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-detect-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A Fashion-MNIST-format IDX split: class k is a bright bar at row 2 + 2k plus noise.
-fn write_idx_dataset(dir: &Path, prefix: &str, n: usize, salt: u32) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend_from_slice(&(n as u32).to_be_bytes());
-    let mut state = 0x1234_5678u32 ^ salt;
-    for i in 0..n {
-        let class = (i % 10) as u8;
-        labels.push(class);
-        for r in 0..28 {
-            for _ in 0..28 {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let noise = (state % 60) as u8;
-                let bar = if r == 2 + 2 * class as usize { 190 } else { 0 };
-                images.push(bar + noise);
-            }
-        }
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
-
-/// Fashion-MNIST's class names as folder names (`T-shirt/top` cannot be one).
-const CLASS_FOLDERS: [&str; 10] = [
-    "T-shirt_top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
-
-/// An image folder of `per_class` 28x28 grayscale PNGs per class, drawn as the IDX data.
-fn write_image_folder(root: &Path, per_class: usize, salt: u32) {
-    let mut state = 0x9e37_79b9u32 ^ salt;
-    for (class, name) in CLASS_FOLDERS.iter().enumerate() {
-        let folder = root.join(name);
-        std::fs::create_dir_all(&folder).unwrap();
-        for i in 0..per_class {
-            let pixels: Vec<u8> = (0..28 * 28)
-                .map(|p| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    let bar = if p / 28 == 2 + 2 * class { 190 } else { 0 };
-                    bar + (state % 60) as u8
-                })
-                .collect();
-            image::GrayImage::from_raw(28, 28, pixels)
-                .unwrap()
-                .save(folder.join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
-}
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("vigil runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn train(data: &Path, out: &Path, seed: &str) {
-    let run = vigil(&[
-        "train",
-        "--dataset",
-        "fashion-mnist",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--width",
-        "4",
-        "--lr",
-        "0.05",
-        "--seed",
-        seed,
-    ]);
-    assert!(run.status.success(), "train failed: {}", stderr(&run));
+    common::temp_dir("vigil-detect", name)
 }
 
 /// Anomalous inputs: the class bars plus a bright 6x6 patch in a corner (a BadNets-like trigger).
@@ -131,12 +31,9 @@ fn write_patched_folder(root: &Path, per_class: usize, salt: u32) {
 #[test]
 fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
     let dir = temp_dir("e2e");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_idx_dataset(&data, "train", 300, 1);
-    write_idx_dataset(&data, "t10k", 50, 2);
+    let data = idx_data(&dir, 300, 50, 1);
     let model = dir.join("model");
-    train(&data, &model, "1");
+    train("fashion-mnist", &data, &model, 1, &["--seed", "1"]);
     let (trusted, sampling, test) = (dir.join("trusted"), dir.join("sampling"), dir.join("test"));
     write_image_folder(&trusted, 8, 10);
     write_image_folder(&sampling, 2, 11);
@@ -147,16 +44,9 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
 
     let detect = |anomalous: &Path, out: &Path| {
         let model = model.join("model.safetensors");
-        let run = vigil(&[
-            "detect",
-            "--model",
-            model.to_str().unwrap(),
-            "--trusted",
-            trusted.to_str().unwrap(),
-            "--sampling",
-            sampling.to_str().unwrap(),
-            "--test",
-            test.to_str().unwrap(),
+        let mut args = vec!["detect"];
+        args.extend(model_and_sets(&model, [&trusted, &sampling, &test]));
+        args.extend([
             "--anomalous",
             anomalous.to_str().unwrap(),
             "--detectors",
@@ -167,6 +57,7 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
             out.to_str().unwrap(),
             "--json",
         ]);
+        let run = vigil(&args);
         assert!(run.status.success(), "{}", stderr(&run));
         serde_json::from_slice::<serde_json::Value>(&run.stdout).unwrap()
     };

@@ -2,94 +2,28 @@
 //! names, channels converted explicitly, sizes checked before any work, each set's accuracy
 //! printed, scored inputs accepted without labels, and scores.csv naming each input's file.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
+use common::{
+    Images, idx_data, images, model_and_sets, save_png, short_chain, stderr, train, vigil,
+};
+
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-inputs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("vigil-inputs", name)
 }
 
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("vigil runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Fashion-MNIST's class names as folder names (`T-shirt/top` cannot be one), in the model's
-/// order; sorted by name they are in another order entirely.
-const CLASS_FOLDERS: [&str; 10] = [
-    "T-shirt_top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle_boot",
-];
-
-/// 28x28 grayscale images: class k is a bright bar at row 2 + 2k plus noise.
-struct Images {
-    pixels: Vec<Vec<u8>>,
-    labels: Vec<u8>,
-}
-
-fn images(n: usize, salt: u32) -> Images {
-    let mut state = 0x1234_5678u32 ^ salt;
-    let mut out = Images {
-        pixels: Vec::new(),
-        labels: Vec::new(),
-    };
-    for i in 0..n {
-        let class = (i % 10) as u8;
-        let pixels = (0..28 * 28)
-            .map(|p| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let bar = if p / 28 == 2 + 2 * class as usize {
-                    190
-                } else {
-                    0
-                };
-                bar + (state % 60) as u8
-            })
-            .collect();
-        out.pixels.push(pixels);
-        out.labels.push(class);
-    }
-    out
-}
-
-/// Writes `set` as a Fashion-MNIST IDX split `<prefix>-{images-idx3,labels-idx1}-ubyte`.
-fn write_idx(dir: &Path, prefix: &str, set: &Images) {
-    let n = set.labels.len() as u32;
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n, 28, 28] {
-        images.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend_from_slice(&n.to_be_bytes());
-    for (pixels, &label) in set.pixels.iter().zip(&set.labels) {
-        images.extend_from_slice(pixels);
-        labels.push(label);
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
+/// Fashion-MNIST's class names as folder names in the model's order (sorted by name they are in
+/// another order entirely), `Ankle boot` spelt `Ankle_boot`.
+const CLASS_FOLDERS: [&str; 10] = {
+    let mut names = common::CLASS_FOLDERS;
+    names[9] = "Ankle_boot";
+    names
+};
 
 /// Writes `set` as `root/<class folder>/<i>.png` (classes named by `names`), each image gray or,
 /// with `rgb`, as an RGB PNG whose three channels are that gray.
@@ -105,88 +39,28 @@ fn write_folder(root: &Path, set: &Images, names: &[&str], rgb: bool) -> Vec<Pat
     paths
 }
 
-fn save_png(path: &Path, gray: &[u8], rgb: bool) {
-    if rgb {
-        let pixels = gray.iter().flat_map(|&v| [v, v, v]).collect();
-        image::RgbImage::from_raw(28, 28, pixels)
-            .unwrap()
-            .save(path)
-            .unwrap();
-    } else {
-        image::GrayImage::from_raw(28, 28, gray.to_vec())
-            .unwrap()
-            .save(path)
-            .unwrap();
-    }
-}
-
 /// A small CNN trained on Fashion-MNIST-format data (so it carries Fashion-MNIST's class
 /// names), shared by the tests: `(data folder, model file)`.
 fn gray_model() -> &'static (PathBuf, PathBuf) {
     static MODEL: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     MODEL.get_or_init(|| {
         let dir = temp_dir("gray-model");
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        write_idx(&data, "train", &images(300, 1));
-        write_idx(&data, "t10k", &images(60, 2));
+        let data = idx_data(&dir, 300, 60, 1);
         let out = dir.join("model");
-        train(&["--dataset", "fashion-mnist"], &data, &out);
+        train("fashion-mnist", &data, &out, 2, &[]);
         (data, out.join("model.safetensors"))
     })
 }
 
-fn train(dataset: &[&str], data: &Path, out: &Path) {
-    let mut args = vec!["train"];
-    args.extend_from_slice(dataset);
-    args.extend_from_slice(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--width",
-        "4",
-        "--lr",
-        "0.05",
-    ]);
-    let run = vigil(&args);
-    assert!(run.status.success(), "train failed: {}", stderr(&run));
-}
-
-/// `vigil sample --model` with a very short chain; `sets` are `(flag, folder)` pairs.
-fn sample(model: &Path, sets: &[(&str, &Path)], out: &Path) -> Output {
-    let mut args = vec![
-        "sample".to_string(),
-        "--model".into(),
-        model.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    for (flag, path) in sets {
-        args.push(format!("--{flag}"));
-        args.push(path.display().to_string());
-    }
-    for a in [
-        "--chains",
-        "1",
-        "--draws",
-        "2",
-        "--burn-in",
-        "1",
-        "--thinning",
-        "1",
-        "--lr",
-        "1e-5",
-        "--batch-size",
-        "10",
-    ] {
-        args.push(a.into());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+/// `vigil sample --model` with a very short chain on the `[trusted, sampling, test]` folders,
+/// then the `extra` flags.
+fn sample(model: &Path, sets: [&Path; 3], extra: &[&str], out: &Path) -> Output {
+    let mut args = vec!["sample"];
+    args.extend(model_and_sets(model, sets));
+    args.extend_from_slice(extra);
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(short_chain("2"));
+    args.extend(["--batch-size", "10"]);
     vigil(&args)
 }
 
@@ -236,15 +110,7 @@ fn a_class_folder_naming_no_class_is_refused_with_the_model_classes() {
     let trusted = dir.join("trusted");
     write_folder(&trusted, &images(20, 3), &names, false);
     let out = dir.join("out");
-    let run = sample(
-        model,
-        &[
-            ("trusted", &trusted),
-            ("sampling", &trusted),
-            ("test", &trusted),
-        ],
-        &out,
-    );
+    let run = sample(model, [&trusted, &trusted, &trusted], &[], &out);
     let err = stderr(&run);
     assert!(!run.status.success());
     assert!(!err.contains("panicked"), "{err}");
@@ -273,15 +139,7 @@ fn sample_prints_each_set_accuracy_under_the_model() {
     assert!(eval.status.success(), "{}", stderr(&eval));
     let correct = (json(&eval)["accuracy"].as_f64().unwrap() * 60.0).round() as u64;
     let out = dir.join("out");
-    let run = sample(
-        model,
-        &[
-            ("trusted", &trusted),
-            ("sampling", &sampling),
-            ("test", &sampling),
-        ],
-        &out,
-    );
+    let run = sample(model, [&trusted, &sampling, &sampling], &[], &out);
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
     assert!(
@@ -306,11 +164,7 @@ fn rgb_images_on_a_gray_model_are_converted_and_said_so() {
     let (gray, rgb) = (dir.join("gray"), dir.join("rgb"));
     write_folder(&gray, &images(30, 5), &CLASS_FOLDERS, false);
     write_folder(&rgb, &images(30, 5), &CLASS_FOLDERS, true);
-    let run = sample(
-        model,
-        &[("trusted", &gray), ("sampling", &gray), ("test", &rgb)],
-        &dir.join("out"),
-    );
+    let run = sample(model, [&gray, &gray, &rgb], &[], &dir.join("out"));
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
     assert_eq!(
@@ -340,15 +194,7 @@ fn images_of_another_size_are_refused_naming_file_and_sizes() {
     let big = test.join("Bag/big.png");
     image::GrayImage::new(32, 30).save(&big).unwrap();
     let out = dir.join("out");
-    let run = sample(
-        model,
-        &[
-            ("trusted", &trusted),
-            ("sampling", &trusted),
-            ("test", &test),
-        ],
-        &out,
-    );
+    let run = sample(model, [&trusted, &trusted, &test], &[], &out);
     let err = stderr(&run);
     assert!(!run.status.success());
     assert!(!err.contains("panicked"), "{err}");
@@ -357,11 +203,7 @@ fn images_of_another_size_are_refused_naming_file_and_sizes() {
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 
     // Every set of the other size: nothing to compare them with but the model's input.
-    let run = sample(
-        model,
-        &[("trusted", &test), ("sampling", &test), ("test", &test)],
-        &out,
-    );
+    let run = sample(model, [&test, &test, &test], &[], &out);
     let err = stderr(&run);
     assert!(!run.status.success());
     assert!(!err.contains("panicked"), "{err}");
@@ -394,12 +236,8 @@ fn unlabelled_scored_inputs_are_taken_and_scores_name_their_files() {
     let out = dir.join("out");
     let run = sample(
         model,
-        &[
-            ("trusted", &trusted),
-            ("sampling", &trusted),
-            ("test", &test),
-            ("anomalous", &anomalous),
-        ],
+        [&trusted, &trusted, &test],
+        &["--anomalous", anomalous.to_str().unwrap()],
         &out,
     );
     let err = stderr(&run);
@@ -445,12 +283,13 @@ fn gray_images_into_an_rgb_model_are_repeated_into_three_channels() {
     write_folder(&data.join("train"), &few(60, 10), &names, true);
     write_folder(&data.join("test"), &few(20, 11), &names, true);
     let model = dir.join("model");
-    train(&["--dataset", "image-folder"], &data, &model);
+    train("image-folder", &data, &model, 2, &[]);
     let gray = dir.join("gray");
     write_folder(&gray, &few(20, 12), &names, false);
     let run = sample(
         &model.join("model.safetensors"),
-        &[("trusted", &gray), ("sampling", &gray), ("test", &gray)],
+        [&gray, &gray, &gray],
+        &[],
         &dir.join("out"),
     );
     let err = stderr(&run);

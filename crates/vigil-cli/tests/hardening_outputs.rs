@@ -3,72 +3,38 @@
 //! the work, SIGTERM checkpoints like Ctrl-C, a closed pipe ends a command quietly, and bad
 //! sizes and rates are refused with clear errors.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::{idx_data, stderr, vigil, vigil_command};
+
 /// A fresh temporary folder for one test.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("vigil-hardening-out-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes a learnable Fashion-MNIST-format dataset: class k is a bright horizontal bar at row
-/// 2 + 2k plus deterministic noise (as in tests/cli.rs).
-fn write_idx_dataset(dir: &Path, prefix: &str, n: usize, salt: u32) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend_from_slice(&(n as u32).to_be_bytes());
-    let mut state = 0x1234_5678u32 ^ salt;
-    for i in 0..n {
-        let class = (i % 10) as u8;
-        labels.push(class);
-        for r in 0..28 {
-            for _ in 0..28 {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let noise = (state % 60) as u8;
-                let bar = if r == 2 + 2 * class as usize { 190 } else { 0 };
-                images.push(bar + noise);
-            }
-        }
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
-
-/// `dir/data` with `n_train` training and `n_test` test images.
-fn idx_data(dir: &Path, n_train: usize, n_test: usize) -> PathBuf {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_idx_dataset(&data, "train", n_train, 1);
-    write_idx_dataset(&data, "t10k", n_test, 2);
-    data
-}
-
-fn vigil_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
-    command.args(args).env("RAYON_NUM_THREADS", "2");
-    command
-}
-
-fn vigil(args: &[&str]) -> Output {
-    vigil_command(args).output().expect("vigil runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::temp_dir("vigil-hardening-out", name)
 }
 
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// `vigil train` of a width-4 small CNN on `data` into `out`: `epochs` epochs of batches of 8.
+fn train_args<'a>(data: &'a Path, out: &'a Path, epochs: &'a str) -> [&'a str; 11] {
+    [
+        "train",
+        "--data-dir",
+        s(data),
+        "--out",
+        s(out),
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "8",
+        "--width",
+        "4",
+    ]
 }
 
 /// Asserts `out` failed with a clear error containing `expected`, not a panic.
@@ -146,7 +112,7 @@ fn merge_refuses_to_write_over_one_of_its_parts() {
 #[test]
 fn folder_commands_refuse_a_written_file_that_is_an_input() {
     let dir = temp_dir("folders");
-    let data = idx_data(&dir, 20, 10);
+    let data = idx_data(&dir, 20, 10, 1);
     let out = dir.join("run");
     std::fs::create_dir_all(&out).unwrap();
     let model = out.join("model.safetensors");
@@ -221,24 +187,12 @@ fn folder_commands_refuse_a_written_file_that_is_an_input() {
 #[test]
 fn train_and_calibrate_check_that_out_is_writable_before_the_work() {
     let dir = temp_dir("writable");
-    let data = idx_data(&dir, 40, 10);
+    let data = idx_data(&dir, 40, 10, 1);
     // A folder under a regular file cannot be created, even by root.
     let file = dir.join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let out = file.join("run");
-    let o = vigil(&[
-        "train",
-        "--data-dir",
-        s(&data),
-        "--out",
-        s(&out),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-    ]);
+    let o = vigil(&train_args(&data, &out, "1"));
     assert_refused(&o, "cannot write into");
     assert!(stderr(&o).contains(s(&out)), "{}", stderr(&o));
     assert!(o.stdout.is_empty(), "no epoch may run before the check");
@@ -262,19 +216,7 @@ fn train_and_calibrate_check_that_out_is_writable_before_the_work() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
     // A writable --out that does not exist yet passes and the run goes on.
     let fresh = dir.join("a/b/run");
-    let o = vigil(&[
-        "train",
-        "--data-dir",
-        s(&data),
-        "--out",
-        s(&fresh),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-    ]);
+    let o = vigil(&train_args(&data, &fresh, "1"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(fresh.join("model.safetensors").exists());
     assert!(
@@ -317,7 +259,7 @@ fn train_refuses_non_positive_or_non_finite_rates_before_loading_data() {
         assert!(!out.exists(), "{flag} {value}: nothing may be written");
     }
     // A crop padded by the image's side or more can be all padding.
-    let data = idx_data(&dir, 20, 10);
+    let data = idx_data(&dir, 20, 10, 1);
     let o = vigil(&[
         "train",
         "--data-dir",
@@ -351,21 +293,9 @@ fn bench_refuses_a_zero_batch_and_zero_iterations() {
 fn printing_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let dir = temp_dir("pipe");
-    let data = idx_data(&dir, 40, 10);
+    let data = idx_data(&dir, 40, 10, 1);
     let run = dir.join("run");
-    let o = vigil(&[
-        "train",
-        "--data-dir",
-        s(&data),
-        "--out",
-        s(&run),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-    ]);
+    let o = vigil(&train_args(&data, &run, "1"));
     assert!(o.status.success(), "{}", stderr(&o));
     let model = run.join("model.safetensors");
     for args in [vec!["info", s(&model)], vec!["info", s(&model), "--json"]] {
@@ -389,38 +319,32 @@ fn printing_into_a_closed_pipe_ends_quietly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn sigterm_checkpoints_like_ctrl_c_and_the_run_resumes() {
-    let dir = temp_dir("sigterm");
-    let data = idx_data(&dir, 1000, 20);
-    let run = dir.join("run");
-    let args = [
-        "train",
-        "--data-dir",
-        s(&data),
-        "--out",
-        s(&run),
-        "--epochs",
-        "4",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-    ];
-    let mut child = vigil_command(&args)
+/// Starts the training `command`, waits for its first epoch's JSON line (the run is training, its
+/// signal handler installed), sends it `signal`, and returns the stdout lines after the first
+/// and the whole run's output.
+fn signal_after_the_first_epoch(mut command: Command, signal: i32) -> (Vec<String>, Output) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the first epoch's JSON line: the run is training (and the handler installed).
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("an epoch line").unwrap();
     assert!(first.contains("\"epoch\":1"), "{first}");
-    // What Slurm sends before SIGKILL.
     // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let o = child.wait_with_output().unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let rest = lines.map(|l| l.unwrap()).collect();
+    (rest, child.wait_with_output().unwrap())
+}
+
+#[test]
+fn sigterm_checkpoints_like_ctrl_c_and_the_run_resumes() {
+    let dir = temp_dir("sigterm");
+    let data = idx_data(&dir, 1000, 20, 1);
+    let run = dir.join("run");
+    let args = train_args(&data, &run, "4");
+    // What Slurm sends before SIGKILL.
+    let (rest, o) = signal_after_the_first_epoch(vigil_command(&args), libc::SIGTERM);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "exits as interrupted: {err}");
     assert!(err.contains("stopped at epoch"), "{err}");
@@ -440,21 +364,9 @@ fn sigterm_checkpoints_like_ctrl_c_and_the_run_resumes() {
 fn a_run_started_under_nohup_ignores_sighup_as_before() {
     use std::os::unix::process::CommandExt;
     let dir = temp_dir("nohup");
-    let data = idx_data(&dir, 1000, 20);
+    let data = idx_data(&dir, 1000, 20, 1);
     let run = dir.join("run");
-    let mut command = vigil_command(&[
-        "train",
-        "--data-dir",
-        s(&data),
-        "--out",
-        s(&run),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-    ]);
+    let mut command = vigil_command(&train_args(&data, &run, "3"));
     // What `nohup` does before it starts the program.
     // SAFETY: only an async-signal-safe call between fork and exec.
     unsafe {
@@ -463,19 +375,8 @@ fn a_run_started_under_nohup_ignores_sighup_as_before() {
             Ok(())
         });
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("an epoch line").unwrap();
-    assert!(first.contains("\"epoch\":1"), "{first}");
     // The terminal closes: the run goes on to the end.
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let o = child.wait_with_output().unwrap();
+    let (rest, o) = signal_after_the_first_epoch(command, libc::SIGHUP);
     assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
     assert_eq!(rest.len(), 2, "{rest:?}");
     std::fs::remove_dir_all(&dir).unwrap();

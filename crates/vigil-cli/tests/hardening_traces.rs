@@ -5,39 +5,18 @@
 //! index the file cannot store and a trusted set calibration cannot split are refused before
 //! anything is written.
 
+mod common;
+
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::{fixture, model_and_sets, stderr, vigil, write_class_folders};
 use ndarray::Array3;
 use vigil_core::madfa::LossTraces;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "vigil-hardening-traces-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("vigil runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/npz")
-        .join(name)
+    common::temp_dir("vigil-hardening-traces", name)
 }
 
 /// Two chains x 6 draws of 4 trusted and 4 test samples whose losses move with the draw, the
@@ -82,7 +61,7 @@ fn score(traces: &Path) -> Output {
 fn numpys_savez_compressed_with_float64_traces_and_int32_labels_is_scored() {
     let dir = temp_dir("numpy");
     let traces = dir.join("from-numpy.npz");
-    std::fs::copy(fixture("numpy_compressed.npz"), &traces).unwrap();
+    std::fs::copy(fixture("npz", "numpy_compressed.npz"), &traces).unwrap();
     let run = score(&traces);
     assert!(run.status.success(), "{}", stderr(&run));
     let csv = std::fs::read_to_string(dir.join("scores.csv")).unwrap();
@@ -226,26 +205,8 @@ fn merge_refuses_a_file_holding_a_wrapped_chain_index() {
 /// Class folders `c0`..`c9` (the model's class names) of 28x28 grayscale PNGs, `per_class`
 /// images in each of `classes`.
 fn write_image_folder(root: &Path, classes: &[usize], per_class: usize) {
-    let mut state = 0x9e37_79b9u32;
-    for &class in classes {
-        let folder = root.join(format!("c{class}"));
-        std::fs::create_dir_all(&folder).unwrap();
-        for i in 0..per_class {
-            let pixels: Vec<u8> = (0..28 * 28)
-                .map(|p| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    let bar = if p / 28 == 2 + 2 * class { 190 } else { 0 };
-                    bar + (state % 60) as u8
-                })
-                .collect();
-            image::GrayImage::from_raw(28, 28, pixels)
-                .unwrap()
-                .save(folder.join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
+    let folders = classes.iter().map(|&class| (class, format!("c{class}")));
+    write_class_folders(root, folders, per_class, 0);
 }
 
 /// An untrained width-4 small CNN with classes `c0`..`c9`, saved as vigil saves models.
@@ -269,21 +230,14 @@ fn write_model(path: &Path) {
 fn user_data(dir: &Path, trusted: (&[usize], usize)) -> Vec<String> {
     let model = dir.join("model.safetensors");
     write_model(&model);
-    write_image_folder(&dir.join("trusted"), trusted.0, trusted.1);
+    let [trusted_dir, sampling, test] = ["trusted", "sampling", "test"].map(|set| dir.join(set));
+    write_image_folder(&trusted_dir, trusted.0, trusted.1);
     let all: Vec<usize> = (0..10).collect();
-    write_image_folder(&dir.join("sampling"), &all, 2);
-    write_image_folder(&dir.join("test"), &all, 1);
-    let path = |p: &str| dir.join(p).to_str().unwrap().to_string();
-    vec![
-        "--model".into(),
-        path("model.safetensors"),
-        "--trusted".into(),
-        path("trusted"),
-        "--sampling".into(),
-        path("sampling"),
-        "--test".into(),
-        path("test"),
-    ]
+    write_image_folder(&sampling, &all, 2);
+    write_image_folder(&test, &all, 1);
+    model_and_sets(&model, [&trusted_dir, &sampling, &test])
+        .map(String::from)
+        .to_vec()
 }
 
 fn run_with(command: &str, data: &[String], extra: &[&str]) -> Output {

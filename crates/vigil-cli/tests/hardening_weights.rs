@@ -2,60 +2,44 @@
 //! types, `vigil info` on PyTorch pickles, the normalisation choice and the input shape of a
 //! plain state_dict, and errors that show the file beside the model.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn::tensor::f16;
+use common::{Images, fixture, stderr, stdout, vigil, write_idx};
 use vigil_core::checkpoint;
 use vigil_core::device::default_device;
-use vigil_core::models::{Architecture, Classifier, ModelSpec};
+use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
 
 /// A fresh temporary folder for one test.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-weights-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::temp_dir("vigil-weights", name)
 }
 
-fn torch_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/torch")
-        .join(name)
-}
-
-/// A Fashion-MNIST-format test split of `n` images (bright bar at row 2 + 2k for class k).
+/// A Fashion-MNIST-format test split of `n` images (bright bar at row 2 + 2k for class k, plus
+/// a fixed pattern below 50 for noise).
 fn write_idx_test_split(dir: &Path, n: usize) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend_from_slice(&(n as u32).to_be_bytes());
-    for i in 0..n {
-        let class = (i % 10) as u8;
-        labels.push(class);
-        for r in 0..28 {
-            for c in 0..28 {
-                let bar = if r == 2 + 2 * class as usize { 190 } else { 0 };
-                images.push(bar + ((r * 7 + c * 3 + i) % 50) as u8);
-            }
-        }
-    }
-    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images).unwrap();
-    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels).unwrap();
+    let set = Images::bars(n, |i, r, c| ((r * 7 + c * 3 + i) % 50) as u8);
+    write_idx(dir, "t10k", &set);
 }
 
-/// The tensors of a freshly initialised small CNN of width 4 at its default hidden size.
-fn small_cnn_tensors() -> checkpoint::TensorFile {
+/// A freshly initialised small CNN of width 4 at its default hidden size, for 1x28x28 inputs
+/// of classes `0`..`9`.
+fn small_cnn(normalization: Option<Normalization>) -> Classifier {
     let spec = ModelSpec {
         architecture: Architecture::by_name("small-cnn").unwrap().with_width(4),
         input_shape: [1, 28, 28],
         class_names: (0..10).map(|c| c.to_string()).collect(),
-        normalization: None,
+        normalization,
     };
-    let classifier = Classifier::new(spec, &default_device()).unwrap();
-    checkpoint::classifier_tensors(&classifier).unwrap()
+    Classifier::new(spec, &default_device()).unwrap()
+}
+
+/// The tensors of a freshly initialised [`small_cnn`] without normalisation.
+fn small_cnn_tensors() -> checkpoint::TensorFile {
+    checkpoint::classifier_tensors(&small_cnn(None)).unwrap()
 }
 
 /// Writes `file` as a plain state_dict (no vigil metadata) in safetensors, every tensor
@@ -88,22 +72,6 @@ fn write_plain(path: &Path, file: &checkpoint::TensorFile, half: bool) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("vigil runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// `vigil eval MODEL --arch small-cnn --width 4 --dataset fashion-mnist ... EXTRA --json`.
 fn eval_small_cnn(model: &Path, data: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -130,7 +98,7 @@ fn mean_loss(out: &Output) -> f64 {
 
 #[test]
 fn info_lists_a_pytorch_pickle_with_dtypes_shapes_and_metadata() {
-    let pickle = torch_fixture("small_cnn.f16.pt");
+    let pickle = fixture("torch", "small_cnn.f16.pt");
     let out = vigil(&["info", pickle.to_str().unwrap(), "--tensors"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -145,7 +113,7 @@ fn info_lists_a_pytorch_pickle_with_dtypes_shapes_and_metadata() {
     assert!(fc1.contains("F16") && fc1.contains("[16, 392]"), "{fc1}");
 
     // BackdoorBench's checkpoint dict: weights under `model`, plain values beside them.
-    let record = torch_fixture("preact_resnet18.attack_result.pt");
+    let record = fixture("torch", "preact_resnet18.attack_result.pt");
     let out = vigil(&["info", record.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -228,17 +196,11 @@ fn a_plain_state_dict_needs_a_normalisation_choice() {
     assert!(stderr(&both).contains("--no-norm"), "{}", stderr(&both));
 
     // A vigil checkpoint records its normalisation, so --arch alone keeps it.
-    let spec = ModelSpec {
-        architecture: Architecture::by_name("small-cnn").unwrap().with_width(4),
-        input_shape: [1, 28, 28],
-        class_names: (0..10).map(|c| c.to_string()).collect(),
-        normalization: Some(vigil_core::models::Normalization {
-            mean: vec![0.5],
-            std: vec![0.5],
-        }),
-    };
     let ours = dir.join("ours.safetensors");
-    let classifier = Classifier::new(spec, &default_device()).unwrap();
+    let classifier = small_cnn(Some(Normalization {
+        mean: vec![0.5],
+        std: vec![0.5],
+    }));
     checkpoint::save_classifier(&ours, &classifier, None).unwrap();
     let out = eval_small_cnn(&ours, &dir, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
