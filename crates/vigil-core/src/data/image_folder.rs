@@ -52,12 +52,27 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<DecodedImage> {
 
 /// Decodes PNG or JPEG bytes (format detected from the content); `path` only
 /// names the file in errors.
+///
+/// The decoder may allocate at most [`MAX_DECODED_BYTES`]: a header can claim a size the few
+/// bytes behind it never fill (a 472-byte JPEG claiming 65296x2063 pixels made the f32 copies
+/// take 3 GB, found by fuzzing), so the claim is refused before any buffer exists.
 fn decode_dynamic(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
-    image::load_from_memory(bytes).map_err(|source| DataError::UnreadableImage {
+    let unreadable = |source| DataError::UnreadableImage {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| unreadable(image::ImageError::IoError(e)))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(unreadable)
 }
+
+/// Most bytes one decoded image may take (48 MiB: 16.7 megapixels in RGB, far beyond the images
+/// a classifier here takes). Its two f32 copies then stay under 400 MB.
+pub const MAX_DECODED_BYTES: u64 = 48 << 20;
 
 /// Reorders pixel-interleaved values (H x W x C) into planes (C x H x W).
 fn channels_first(interleaved: &[f32], channels: usize) -> Vec<f32> {
@@ -623,6 +638,19 @@ fn luma_601(image: &DynamicImage) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_header_claiming_more_pixels_than_the_bytes_hold_is_refused_before_decoding() {
+        // Found by the `image` fuzz target: 472 bytes of JPEG claiming 65296 x 2063 pixels; it
+        // decoded to 3 GB of buffers. Now the decoder's allocation limit refuses it.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/image/jpeg-claiming-65296x2063");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 472);
+        let err = decode_image(&bytes, &path).unwrap_err().to_string();
+        assert!(err.contains("jpeg-claiming-65296x2063"), "{err}");
+        assert!(err.to_lowercase().contains("limit"), "{err}");
+    }
+
     use std::io::Cursor;
 
     use image::{DynamicImage, GrayImage, ImageFormat, RgbaImage};
