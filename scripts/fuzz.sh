@@ -53,3 +53,25 @@ for target in "${targets[@]}"; do
     } > "results/fuzz/$target.txt"
     cat "results/fuzz/$target.txt"
 done
+
+# The summary table of every target's latest run.
+{
+    echo "# Fuzzing vigil's parsers"
+    echo
+    echo "Each target (crates/vigil-fuzz/src/lib.rs, one libFuzzer binary each in fuzz/) ran at most two at a time, at"
+    echo "nice 19 on the 2-core machine, seeded with fuzz/seeds/<target>/; one input at most 64 KB,"
+    echo "one allocation at most 512 MB, resident memory at most 1 GB, 10 s per input. Details and"
+    echo "libFuzzer's final statistics per target: <target>.txt. Written by scripts/fuzz.sh."
+    echo
+    echo "| target | wall time (s) | executions | corpus (inputs) | crashes, OOMs, hangs | exit |"
+    echo "|---|---|---|---|---|---|"
+    for file in results/fuzz/*.txt; do
+        target=$(sed -n 's/^target: *//p' "$file")
+        wall=$(sed -n 's/^wall: *\([0-9]*\) s.*/\1/p' "$file")
+        runs=$(sed -n 's/.*stat::number_of_executed_units: *//p' "$file")
+        corpus=$(sed -n 's/^corpus: *\([0-9]*\) inputs.*/\1/p' "$file")
+        found=$(sed -n 's/^crashes, OOMs, hangs saved: *//p' "$file")
+        status=$(sed -n 's/^exit: *//p' "$file")
+        echo "| $target | $wall | ${runs:-?} | $corpus | $found | $status |"
+    done
+} > results/fuzz/README.md
