@@ -158,21 +158,6 @@ impl ImageSet {
         }
     }
 
-    /// A cheap content hash of the pixels and labels, so a resumed run can check its data.
-    pub fn fingerprint(&self) -> u64 {
-        let mut h = self.len() as u64;
-        for chunk in self.pixels().chunks(4096) {
-            let mut acc = 0u64;
-            for v in chunk {
-                acc = acc.rotate_left(5) ^ u64::from(v.to_bits());
-            }
-            h = crate::train::mix(h, acc, 1);
-        }
-        self.labels()
-            .iter()
-            .fold(h, |h, &l| h.rotate_left(3) ^ u64::from(l))
-    }
-
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -353,16 +353,17 @@ impl TraceInputs {
                 )
             })
             .collect();
-        // The weights w* are part of what a checkpoint belongs to: a chain around another model
-        // must never be resumed, even on the same data.
+        // What a checkpoint belongs to: the weights w* (a chain around another model must never
+        // be resumed, even on the same data), the traced samples and the sampling set, hashed
+        // as the run identity hashes them.
         let weights =
             crate::identity::hash_classifier(w_star).map_err(|e| MadError::Data(e.to_string()))?;
-        let weights = u64::from_str_radix(&weights[..16], 16).unwrap_or_default();
-        let fingerprint = [&set, &task.sampling]
-            .iter()
-            .fold(mix(labels.len() as u64, weights, 7), |h, s| {
-                mix(h, s.fingerprint(), 0)
-            });
+        let whole = crate::identity::hash_json(&(
+            weights,
+            crate::identity::hash_images(&set),
+            crate::identity::hash_images(&task.sampling),
+        ));
+        let fingerprint = u64::from_str_radix(&whole[..16], 16).unwrap_or_default();
         Ok(Self {
             batches,
             n_trusted: task.trusted.len(),
