@@ -123,8 +123,9 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
 /// One line per detector stage, and its flag counts and measurements when done.
 fn print_progress(p: DetectProgress<'_>) {
     match p {
-        DetectProgress::Fitting(name) => eprintln!("{name}: fitting on the trusted data"),
-        DetectProgress::Scoring(name) => eprintln!("{name}: scoring the inputs"),
+        DetectProgress::Started(name) => {
+            eprintln!("{name}: fitting on the trusted data, scoring the inputs")
+        }
         DetectProgress::Done(result) => {
             if let Some(why) = &result.not_applicable {
                 eprintln!("  {}: n/a ({why})", result.detector);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     DetectError, DetectorSettings, FitData, GroundTruth, ScoreTable, ThresholdConfig,
-    fit_with_thresholds,
+    fit_thresholds_and_score,
 };
 use crate::data::ImageSet;
 use crate::metrics::{PrArea, aupr_out, auroc, fpr_at_tpr, tpr_fpr_at_threshold};
@@ -157,10 +157,8 @@ impl DetectReport {
 
 /// What the experiment is doing (for progress lines).
 pub enum DetectProgress<'a> {
-    /// A detector is being fitted and thresholded.
-    Fitting(&'a str),
-    /// A detector is scoring the inputs.
-    Scoring(&'a str),
+    /// A detector is being fitted, thresholded and run on the inputs.
+    Started(&'a str),
     /// A detector is done.
     Done(&'a DetectorResult),
 }
@@ -193,11 +191,41 @@ pub fn run(
         });
     }
     // Settings are checked for every detector before any is fitted.
+    for settings in &config.detectors {
+        settings.clone().build()?;
+    }
     let detectors = config
         .detectors
         .iter()
-        .map(|s| Ok((s.clone(), s.clone().build()?)))
+        .map(|settings| run_detector(settings, config, data, device, progress))
         .collect::<Result<Vec<_>, DetectError>>()?;
+    Ok(DetectReport {
+        vigil_version: env!("CARGO_PKG_VERSION").into(),
+        config: config.clone(),
+        inputs: data.inputs.len(),
+        anomalous: data
+            .truth
+            .map(|t| t.is_anomalous.iter().filter(|&&a| a).count()),
+        positive_class: POSITIVE_CLASS.into(),
+        detectors,
+    })
+}
+
+/// What the evaluation counts as positive.
+pub const POSITIVE_CLASS: &str = "anomalous (FPR at 95% TPR: the fraction of normal inputs flagged when 95% of anomalous inputs are)";
+
+/// One detector of an experiment: fitted with thresholds (`config.thresholds`, the held-back
+/// trusted samples and the inputs scored in one call), the inputs flagged, and measured against
+/// the truth when known. A detector that does not apply to the model is reported as such.
+pub fn run_detector(
+    settings: &DetectorSettings,
+    config: &DetectConfig,
+    data: &DetectData<'_>,
+    device: &Device,
+    progress: &mut dyn FnMut(DetectProgress<'_>),
+) -> Result<DetectorResult, DetectError> {
+    let detector = settings.clone().build()?;
+    let started = Instant::now();
     let fit = FitData {
         model: data.model,
         trusted: data.trusted,
@@ -206,15 +234,14 @@ pub fn run(
         seed: config.seed,
         device,
     };
-    let mut results = Vec::new();
-    for (settings, detector) in detectors {
-        let started = Instant::now();
-        progress(DetectProgress::Fitting(detector.name()));
-        let fitted = match fit_with_thresholds(detector.as_ref(), &fit, &config.thresholds) {
+    progress(DetectProgress::Started(detector.name()));
+    let (fitted, scores) =
+        match fit_thresholds_and_score(detector.as_ref(), &fit, &config.thresholds, &[data.inputs])
+        {
             Err(DetectError::NotApplicable { reason, .. }) => {
                 let result = DetectorResult {
                     detector: detector.name().to_string(),
-                    settings,
+                    settings: settings.clone(),
                     fitted_on: 0,
                     held_out: 0,
                     columns: Vec::new(),
@@ -223,55 +250,44 @@ pub fn run(
                     not_applicable: Some(reason),
                 };
                 progress(DetectProgress::Done(&result));
-                results.push(result);
-                continue;
+                return Ok(result);
             }
             other => other?,
         };
-        progress(DetectProgress::Scoring(detector.name()));
-        let scores = fitted.fitted.score(data.model, data.inputs, device)?;
-        let columns = fitted
-            .flags(&scores)
-            .into_iter()
-            .map(|(column, flags)| {
-                let threshold = fitted.threshold(&column).unwrap_or(f64::INFINITY);
-                let values = scores.column(&column).unwrap_or_default();
-                let evaluation = data
-                    .truth
-                    .map(|t| evaluate(values, &t.is_anomalous, threshold))
-                    .transpose()?;
-                Ok(ColumnResult {
-                    flagged: flags.iter().filter(|&&f| f).count(),
-                    column,
-                    threshold,
-                    flags,
-                    evaluation,
-                })
+    let scores = scores.into_iter().next().unwrap_or(ScoreTable {
+        columns: Vec::new(),
+    });
+    let columns = fitted
+        .flags(&scores)
+        .into_iter()
+        .map(|(column, flags)| {
+            let threshold = fitted.threshold(&column).unwrap_or(f64::INFINITY);
+            let values = scores.column(&column).unwrap_or_default();
+            let evaluation = data
+                .truth
+                .map(|t| evaluate(values, &t.is_anomalous, threshold))
+                .transpose()?;
+            Ok(ColumnResult {
+                flagged: flags.iter().filter(|&&f| f).count(),
+                column,
+                threshold,
+                flags,
+                evaluation,
             })
-            .collect::<Result<Vec<_>, DetectError>>()?;
-        let result = DetectorResult {
-            detector: detector.name().to_string(),
-            settings,
-            fitted_on: fitted.fitted_on,
-            held_out: fitted.held_out,
-            columns,
-            scores,
-            seconds: started.elapsed().as_secs_f64(),
-            not_applicable: None,
-        };
-        progress(DetectProgress::Done(&result));
-        results.push(result);
-    }
-    Ok(DetectReport {
-        vigil_version: env!("CARGO_PKG_VERSION").into(),
-        config: config.clone(),
-        inputs: data.inputs.len(),
-        anomalous: data
-            .truth
-            .map(|t| t.is_anomalous.iter().filter(|&&a| a).count()),
-        positive_class: "anomalous (FPR at 95% TPR: the fraction of normal inputs flagged when 95% of anomalous inputs are)".into(),
-        detectors: results,
-    })
+        })
+        .collect::<Result<Vec<_>, DetectError>>()?;
+    let result = DetectorResult {
+        detector: detector.name().to_string(),
+        settings: settings.clone(),
+        fitted_on: fitted.fitted_on,
+        held_out: fitted.held_out,
+        columns,
+        scores,
+        seconds: started.elapsed().as_secs_f64(),
+        not_applicable: None,
+    };
+    progress(DetectProgress::Done(&result));
+    Ok(result)
 }
 
 /// One column's measurements against the truth (anomalous inputs positive).

@@ -226,6 +226,14 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
         relabelled.set_label(i, 1 - relabelled.label(i)).unwrap();
     }
     assert_eq!(fitted.score(&model, &relabelled, &device).unwrap(), first);
+    // Several sets traced along one walk score exactly as separate calls do.
+    let other = images(4, 11);
+    let joined = fitted
+        .score_sets(&model, &[&inputs, &other], &device)
+        .unwrap();
+    assert_eq!(joined.len(), 2);
+    assert_eq!(joined[0], first);
+    assert_eq!(joined[1], fitted.score(&model, &other, &device).unwrap());
     // Zero chains are refused when the settings are checked.
     let err = DetectorSettings::Madfa(MadfaSettings {
         chains: 0,
