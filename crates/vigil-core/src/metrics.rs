@@ -236,6 +236,21 @@ pub fn operating_point_at_tpr(
     Ok(TieGroups::new(negatives, positives)?.point_at_tpr(target))
 }
 
+/// The ROC curve as `(fpr, tpr)` points: `(0, 0)` at threshold `+∞`, then one point per
+/// distinct score in decreasing order, ending at `(1, 1)` (scikit-learn's
+/// `roc_curve(..., drop_intermediate=False)`; positives are the anomalous class).
+pub fn roc_curve(negatives: &[f64], positives: &[f64]) -> Result<Vec<(f64, f64)>, MetricsError> {
+    let groups = TieGroups::new(negatives, positives)?;
+    let (n, p) = (groups.n_neg as f64, groups.n_pos as f64);
+    let mut points = vec![(0.0, 0.0)];
+    points.extend(
+        groups
+            .cumulative()
+            .map(|(fp, tp)| (fp as f64 / n, tp as f64 / p)),
+    );
+    Ok(points)
+}
+
 /// TPR and FPR when inputs with `score >= threshold` are flagged.
 ///
 /// `threshold` may be `±∞` (`-∞` flags everything, `+∞` flags nothing) but not NaN.
@@ -1088,6 +1103,25 @@ mod tests {
             };
             close(defense_effectiveness_rating(before, after).unwrap(), der);
         }
+    }
+
+    #[test]
+    fn roc_curve_matches_sklearn_with_ties() {
+        // from sklearn.metrics import roc_curve
+        // y = [0]*5 + [1]*4; s = [0.1,0.4,0.35,0.8,0.4] + [0.9,0.4,0.65,0.8]
+        // roc_curve(y, s, drop_intermediate=False)[:2]
+        // -> fpr [0, 0, .2, .2, .6, .8, 1], tpr [0, .25, .5, .75, 1, 1, 1]
+        let points = roc_curve(&[0.1, 0.4, 0.35, 0.8, 0.4], &[0.9, 0.4, 0.65, 0.8]).unwrap();
+        let fpr = [0.0, 0.0, 0.2, 0.2, 0.6, 0.8, 1.0];
+        let tpr = [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0];
+        assert_eq!(points.len(), fpr.len());
+        for ((f, t), (ef, et)) in points.iter().zip(fpr.iter().zip(tpr)) {
+            assert!(
+                (f - ef).abs() < 1e-12 && (t - et).abs() < 1e-12,
+                "{points:?}"
+            );
+        }
+        assert!(roc_curve(&[], &[1.0]).is_err());
     }
 
     #[test]
