@@ -255,7 +255,104 @@ fn attack_writes_a_record_and_the_backdoor_takes() {
     assert!(stdout(&table).contains(&shown), "{}", stdout(&table));
 
     madfa_on_the_record(&dir, &out, data_s);
+    backdoor_benchmark_on_the_record(&dir, &out, data_s);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `vigil benchmark backdoor` on the attack record: its files, a detector that does not apply
+/// shown as n/a, and a rerun after an interruption that recomputes only the missing part and
+/// gives the same table.
+fn backdoor_benchmark_on_the_record(dir: &Path, record: &Path, data_s: &str) {
+    let out = dir.join("benchmark-backdoor");
+    let run = |detectors: &str, seed: &str| {
+        vigil(&[
+            "benchmark",
+            "backdoor",
+            record.to_str().unwrap(),
+            "--detectors",
+            detectors,
+            "--split",
+            "5,5,5",
+            "--batch-size",
+            "16",
+            "--seed",
+            seed,
+            "--data-dir",
+            data_s,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = run("mahalanobis,msp,ibd-psc", "0");
+    assert!(first.status.success(), "{}", stderr(&first));
+    for file in [
+        "report.json",
+        "rows.csv",
+        "report.md",
+        "der.svg",
+        "roc-badnets.svg",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    // The table without its last column (seconds, which a recomputed part changes).
+    let table = || {
+        let csv = std::fs::read_to_string(out.join("rows.csv")).unwrap();
+        csv.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    let rows = std::fs::read_to_string(out.join("rows.csv")).unwrap();
+    let lines: Vec<&str> = rows.lines().collect();
+    assert!(
+        lines[0].starts_with("record,attack,detector,column,auroc"),
+        "{rows}"
+    );
+    assert_eq!(lines.len(), 3, "{rows}");
+    assert!(
+        lines[1].starts_with("badnets,badnets,mahalanobis,mahalanobis,"),
+        "{rows}"
+    );
+    assert!(lines[2].starts_with("badnets,badnets,msp,msp,"), "{rows}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // The small CNN has no BatchNorm: IBD-PSC is n/a in every table, never a number.
+    assert!(report.contains("| ibd-psc.ibd-psc | n/a |"), "{report}");
+    assert!(
+        stdout(&first).contains("## Means over records"),
+        "{}",
+        stdout(&first)
+    );
+
+    // Rerun: every part is reused, the table is the same.
+    let again = run("mahalanobis,msp,ibd-psc", "0");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stderr(&again)
+            .matches("saved by an earlier run, reused")
+            .count(),
+        3
+    );
+    assert_eq!(std::fs::read_to_string(out.join("rows.csv")).unwrap(), rows);
+
+    // Killed before msp finished: only msp runs again, and the table is the same.
+    std::fs::remove_file(out.join("parts/badnets/msp.json")).unwrap();
+    let resumed = run("mahalanobis,msp,ibd-psc", "0");
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let log = stderr(&resumed);
+    assert!(log.contains("badnets / msp: running"), "{log}");
+    assert!(!log.contains("badnets / mahalanobis: running"), "{log}");
+    let resumed_table = table();
+    assert_eq!(
+        resumed_table,
+        rows.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    );
+
+    // Another seed is another run: refused, naming the difference, nothing changed.
+    let other = run("mahalanobis,msp", "1");
+    assert!(!other.status.success());
+    assert!(stderr(&other).contains("seed"), "{}", stderr(&other));
+    assert_eq!(table(), resumed_table);
 }
 
 /// `vigil sample`, `score` and `merge` on the attack record: traces of the right shape, AUROCs

@@ -1,7 +1,11 @@
 //! Whole experiments a benchmark command runs on a user's models and data, resumable and
-//! reported as JSON, CSV and Markdown: OOD detection under attack ([`ood`]).
+//! reported as JSON, CSV, Markdown and SVG: backdoor detection over attack records
+//! ([`backdoor`]) and OOD detection under attack ([`ood`]), their finished stages kept in one
+//! store ([`parts`]).
 
+pub mod backdoor;
 pub mod ood;
+pub mod parts;
 
 use std::path::PathBuf;
 

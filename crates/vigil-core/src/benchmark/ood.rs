@@ -21,7 +21,7 @@
 //! refused, never mixed in.
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor};
@@ -30,12 +30,12 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::BenchmarkError;
+use super::parts::PartStore;
 use crate::attack::pgd::{Pgd, frozen, objective};
 use crate::data::ood_sets::OodGroup;
 use crate::data::{ImageSet, batch};
 use crate::identity::{self, RunIdentity};
 use crate::inference::evaluate as classify;
-use crate::io::write_json_atomic;
 use crate::metrics::OodMetrics;
 use crate::models::{BnMode, Classifier};
 use crate::ood::{OodError, OodScore, ScoreKind, evaluate, score_set};
@@ -274,27 +274,29 @@ pub fn run(
     config.validate()?;
     check_inputs(data, contenders)?;
     let started = Instant::now();
-    let parts = out.map(|o| o.join("parts"));
-    if let Some(parts) = &parts {
-        // Parts are reused only under the same settings, data and transfer source; each part
-        // also carries its own model's weights hash, so rungs can be added to a folder later.
-        let mut identity = RunIdentity::new(
-            "ood-benchmark",
-            serde_json::to_value(config)
-                .map_err(|e| BenchmarkError::Invalid(format!("cannot record the settings: {e}")))?,
-        )
-        .with_images("id fit", &data.id_fit)
-        .with_images("id test", &data.id_test);
-        for set in &data.ood {
-            identity = identity.with_images(&format!("ood {}", set.name), &set.images);
+    let parts = match out {
+        Some(out) => {
+            // Parts are reused only under the same settings, data and transfer source; each
+            // part also carries its own model's weights hash, so rungs can be added later.
+            let mut identity = RunIdentity::new(
+                "ood-benchmark",
+                serde_json::to_value(config).map_err(|e| {
+                    BenchmarkError::Invalid(format!("cannot record the settings: {e}"))
+                })?,
+            )
+            .with_images("id fit", &data.id_fit)
+            .with_images("id test", &data.id_test);
+            for set in &data.ood {
+                identity = identity.with_images(&format!("ood {}", set.name), &set.images);
+            }
+            if let Some(source) = transfer_source {
+                identity = identity.with_model("transfer source", &source.model)?;
+            }
+            let groups: Vec<&str> = contenders.iter().map(|c| c.name.as_str()).collect();
+            Some(PartStore::open(out, &identity, &groups)?)
         }
-        if let Some(source) = transfer_source {
-            identity = identity.with_model("transfer source", &source.model)?;
-        }
-        let mut reusable: Vec<&str> = contenders.iter().map(|c| c.name.as_str()).collect();
-        reusable.push("run.json");
-        identity::claim(parts, &identity, &reusable)?;
-    }
+        None => None,
+    };
     let mut bench = Bench {
         config,
         data,
@@ -318,10 +320,11 @@ pub fn run(
         }
         for stage in stages {
             let name = stage.name();
-            let path = parts
-                .as_ref()
-                .map(|p| p.join(&contender.name).join(format!("{name}.json")));
-            let part = match path.as_deref().map(read_part).transpose()?.flatten() {
+            let saved = match &parts {
+                Some(store) => store.load::<Part>(&contender.name, &name)?,
+                None => None,
+            };
+            let part = match saved {
                 Some(part) if part.weights == weights => {
                     progress(Progress::Loaded {
                         model: &contender.name,
@@ -345,8 +348,8 @@ pub fn run(
                         images: bench.images_of(stage),
                     });
                     let part = bench.stage(&mut model_run, stage, progress)?;
-                    if let Some(path) = &path {
-                        write_json_atomic(path, &part)?;
+                    if let Some(store) = &parts {
+                        store.save(&contender.name, &name, &part)?;
                     }
                     part
                 }
@@ -861,22 +864,6 @@ fn check_inputs(data: &OodBenchmarkData, contenders: &[Contender]) -> Result<(),
         }
     }
     Ok(())
-}
-
-fn read_part(path: &Path) -> Result<Option<Part>, BenchmarkError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| BenchmarkError::Part {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(BenchmarkError::Part {
-            path: PathBuf::from(path),
-            reason: e.to_string(),
-        }),
-    }
 }
 
 /// A content hash of bytes (the run's seed mixer over 8-byte words).

@@ -1,11 +1,10 @@
-//! `vigil benchmark`: whole experiments on a set of models. `vigil benchmark ood`: OOD detection
-//! under attack (SPEC.md section 2).
+//! `vigil benchmark ood`: OOD detection under attack (docs/halo.md).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use indicatif::ProgressBar;
 use vigil_core::attack::pgd::Pgd;
 use vigil_core::benchmark::ood::{
@@ -17,21 +16,9 @@ use vigil_core::data::ood_sets::OodSetSpec;
 use vigil_core::device::default_device;
 use vigil_core::ood::ScoreKind;
 
-use super::train::TrainArgs;
-use super::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
+use crate::commands::train::TrainArgs;
+use crate::commands::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
 use crate::progress::bar;
-
-/// Run a benchmark over several models.
-#[derive(Args, Debug)]
-pub struct BenchmarkArgs {
-    #[command(subcommand)]
-    which: Which,
-}
-
-#[derive(Subcommand, Debug)]
-enum Which {
-    Ood(Box<OodArgs>),
-}
 
 /// OOD detection under attack: every model x OOD score, on the ID test set against each test
 /// OOD set, clean, with ID inputs attacked (pushed towards a uniform prediction), OOD inputs
@@ -173,13 +160,7 @@ fn parse_adaptive(text: &str) -> Result<Option<ScoreKind>, String> {
 /// The ladder's objectives, in order.
 const LADDER: [&str; 5] = ["std", "oe", "trades", "trades-oe", "halo"];
 
-pub fn run(args: BenchmarkArgs) -> Result<ExitCode> {
-    match args.which {
-        Which::Ood(args) => run_ood(*args),
-    }
-}
-
-fn run_ood(args: OodArgs) -> Result<ExitCode> {
+pub fn run(args: OodArgs) -> Result<ExitCode> {
     let device = default_device();
     // Before any training or attack: the report may not replace a model it evaluates.
     vigil_core::io::check_outputs(
@@ -375,7 +356,7 @@ fn train_ladder(dir: &Path, objectives: &[&str], flags: &str) -> Result<()> {
         eprintln!("ladder: training {objective} in {}", out.display());
         let train_args = TrainArgs::parse_from(&args)
             .with_context(|| format!("the --train options for {objective}"))?;
-        let code = super::train::run(train_args)
+        let code = crate::commands::train::run(train_args)
             .with_context(|| format!("training the {objective} rung"))?;
         if code != ExitCode::SUCCESS {
             bail!(
