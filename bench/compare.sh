@@ -3,13 +3,13 @@
 #
 #   bench/compare.sh
 #
-# Runs `vigil bench --json` (building target/release/vigil with
+# Runs `vigil throughput --json` (building target/release/vigil with
 # `cargo build --release -p vigil-cli` if it is missing) and bench/peer/bench_torch.py,
 # then prints img/s for each measurement and the ratio vigil / pytorch (> 1: vigil faster).
 #
 # Environment:
 #   VIGIL_BIN         vigil binary (default: $CARGO_TARGET_DIR or target, /release/vigil)
-#   VIGIL_BENCH_ARGS  extra arguments for `vigil bench --json` (word-split)
+#   VIGIL_BENCH_ARGS  extra arguments for `vigil throughput --json` (word-split)
 #   TORCH_BENCH_ARGS  extra arguments for bench_torch.py, e.g. "--threads 2 --iters 50"
 #   PYTHON            python interpreter (default: python3)
 # Exit status: 0 if both sides ran, 1 if either failed (the table still shows what ran).
@@ -40,12 +40,12 @@ if [ ! -x "$VIGIL_BIN" ]; then
     fi
 fi
 if [ -x "$VIGIL_BIN" ]; then
-    echo "compare.sh: running $VIGIL_BIN bench --json ${VIGIL_BENCH_ARGS:-}" >&2
+    echo "compare.sh: running $VIGIL_BIN throughput --json ${VIGIL_BENCH_ARGS:-}" >&2
     # shellcheck disable=SC2086
-    if "$VIGIL_BIN" bench --json ${VIGIL_BENCH_ARGS:-} >"$TMP/vigil.out" 2>"$TMP/vigil.err"; then
+    if "$VIGIL_BIN" throughput --json ${VIGIL_BENCH_ARGS:-} >"$TMP/vigil.out" 2>"$TMP/vigil.err"; then
         vigil_ok=1
     else
-        echo "compare.sh: vigil bench failed (exit $?); its stderr:" >&2
+        echo "compare.sh: vigil throughput failed (exit $?); its stderr:" >&2
         tail -n 20 "$TMP/vigil.err" >&2
     fi
 else

@@ -2,7 +2,7 @@
 """How cost grows with work: forward-with-per-sample-loss throughput against batch size and
 thread count, vigil and PyTorch in one run, small CNN (or --arch) on 1x28x28 inputs.
 
-For each thread count T and batch size B, runs `vigil bench --json --threads T --batch B` and
+For each thread count T and batch size B, runs `vigil throughput --json --threads T --batch B` and
 `bench/peer/bench_torch.py --threads T --batch B` with about --images images per timed loop,
 and prints one Markdown table of images per second for the forward path (the other two loops'
 figures are kept in the JSON lines written with --raw).
@@ -51,7 +51,7 @@ def main():
         for b in batches:
             iters = max(3, args.images // b)
             common = ["--batch", str(b), "--threads", str(t), "--iters", str(iters), "--arch", args.arch]
-            v = last_json(subprocess.run([args.vigil, "bench", "--json", "--warmup", "2", *common],
+            v = last_json(subprocess.run([args.vigil, "throughput", "--json", "--warmup", "2", *common],
                                          check=True, capture_output=True, text=True).stdout)
             p = last_json(subprocess.run([args.python, os.path.join(ROOT, "bench", "peer", "bench_torch.py"),
                                           "--warmup", "2", *common],

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `vigil bench`: SmallCnn (or PreAct-ResNet-18) throughput on the CPU, images
+"""PyTorch twin of `vigil throughput`: SmallCnn (or PreAct-ResNet-18) throughput on the CPU, images
 per second.
 
 Model: SmallCnn at its reference size (width 32, hidden 128), or with --arch preact-resnet18
@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn",
-                    help="model, as `vigil bench --arch` (1x28x28 inputs, 10 classes)")
+                    help="model, as `vigil throughput --arch` (1x28x28 inputs, 10 classes)")
     ap.add_argument("--width", type=int, default=None,
                     help="channel width (small CNN default 32, PreAct-ResNet-18 default 64)")
     ap.add_argument("--seed", type=int, default=0)

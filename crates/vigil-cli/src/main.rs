@@ -65,7 +65,9 @@ enum Command {
     Score(commands::score::ScoreArgs),
     Merge(commands::merge::MergeArgs),
     Detect(Box<commands::detect::DetectArgs>),
-    Bench(commands::bench::BenchArgs),
+    /// (`vigil bench` is an old name of this command.)
+    #[command(alias = "bench")]
+    Throughput(commands::throughput::ThroughputArgs),
     Benchmark(commands::benchmark::BenchmarkArgs),
 }
 
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Detect(args) => commands::detect::run(*args),
-        Command::Bench(args) => commands::bench::run(args),
+        Command::Throughput(args) => commands::throughput::run(args),
         Command::Benchmark(args) => commands::benchmark::run(args),
     };
     match result {

@@ -279,7 +279,7 @@ fn train_refuses_non_positive_or_non_finite_rates_before_loading_data() {
 #[test]
 fn bench_refuses_a_zero_batch_and_zero_iterations() {
     for (flag, value) in [("--batch", "0"), ("--iters", "0"), ("--batch", "99999999")] {
-        let o = vigil(&["bench", flag, value, "--warmup", "0"]);
+        let o = vigil(&["throughput", flag, value, "--warmup", "0"]);
         assert_refused(&o, "invalid benchmark settings");
         assert!(
             o.stdout.is_empty(),
@@ -404,7 +404,7 @@ fn every_command_help_opens_with_its_own_description() {
         (&["sample"], "Sample parameters around a model"),
         (&["score"], "Score every test sample"),
         (&["merge"], "Join trace files"),
-        (&["bench"], "Measure throughput"),
+        (&["throughput"], "Measure throughput"),
         (&["benchmark"], "Run a benchmark"),
         (&["benchmark", "ood"], "OOD detection under attack"),
     ];

@@ -2,14 +2,13 @@
 //!
 //! The engine behind the `vigil` command, usable from Rust: data loaders ([`data`]), image
 //! classifiers ([`models`]), training ([`train`]), losses ([`loss`]), MAD-FA ([`madfa`]), checkpoints
-//! ([`checkpoint`]), evaluation metrics ([`metrics`]) and throughput benchmarks ([`bench`]).
+//! ([`checkpoint`]), evaluation metrics ([`metrics`]) and throughput measurements ([`throughput`]).
 //!
 //! Tensors come from burn 0.22, whose backend is a property of the [`burn::tensor::Device`]
 //! rather than a type parameter: [`device::default_device`] picks the build's backend (the
 //! pure-Rust `flex` CPU backend by default, CUDA with the `cuda` feature).
 
 pub mod attack;
-pub mod bench;
 pub mod benchmark;
 pub mod checkpoint;
 pub mod data;
@@ -29,4 +28,5 @@ pub mod npy;
 pub mod ood;
 pub mod optim;
 pub mod report;
+pub mod throughput;
 pub mod train;

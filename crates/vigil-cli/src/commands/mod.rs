@@ -1,7 +1,6 @@
 //! One file per subcommand: its arguments (with their manual) and its `run`.
 
 pub mod attack;
-pub mod bench;
 pub mod benchmark;
 pub mod calibrate;
 pub mod detect;
@@ -11,6 +10,7 @@ pub mod merge;
 pub mod sample;
 pub mod score;
 pub mod table;
+pub mod throughput;
 pub mod train;
 pub mod training;
 

@@ -1,19 +1,19 @@
-//! `vigil bench`: images per second of the training step, the batched per-sample-loss forward
+//! `vigil throughput`: images per second of the training step, the batched per-sample-loss forward
 //! and the PGD step, for the small CNN (see `bench/compare.sh` for the PyTorch comparison).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use vigil_core::bench::{BenchConfig, run as run_bench};
 use vigil_core::device::default_device;
 use vigil_core::models::Architecture;
+use vigil_core::throughput::{BenchConfig, run as run_bench};
 
 /// Measure throughput of vigil's inner loops on the small CNN (conv32-conv64-fc128,
 /// 1x28x28, batch 128, random data) or another architecture. A benchmark, not a test: figures
 /// depend on the machine.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub struct ThroughputArgs {
     /// Architecture: small-cnn, resnet18, preact-resnet18 or preact-resnet18-halo (1x28x28
     /// inputs, 10 classes).
     #[arg(long, value_name = "NAME", default_value = "small-cnn")]
@@ -40,7 +40,7 @@ pub struct BenchArgs {
     json: bool,
 }
 
-pub fn run(args: BenchArgs) -> Result<ExitCode> {
+pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
     let mut architecture = Architecture::by_name(&args.arch)?;
     if let Some(width) = args.width {
         architecture = architecture.with_width(width);

@@ -1,4 +1,4 @@
-//! Throughput of vigil's three inner loops, for `vigil bench` and the PyTorch comparison in
+//! Throughput of vigil's three inner loops, for `vigil throughput` and the PyTorch comparison in
 //! `bench/`: a training step, a batched forward with per-sample losses (MAD-FA's hot path), and
 //! a PGD step (input gradient through frozen parameters). Same model, sizes and data as
 //! `bench/peer/bench_torch.py`.
