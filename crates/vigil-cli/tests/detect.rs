@@ -105,6 +105,11 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
         rows[0]
     );
     assert!(out.join("report.json").exists());
+    // report.html: one file, the flagged inputs inlined as images, a histogram per column.
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("Flagged inputs"));
+    assert_eq!(page.matches("<svg").count(), 3, "one histogram per column");
+    assert!(page.contains("data:image/png;base64,"));
 
     // Thresholds come from the trusted data alone: other inputs, the same thresholds.
     let again = detect(&other, &dir.join("detect-2"));

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::detect::experiment::{self, DetectConfig, DetectData, DetectProgress};
+use vigil_core::detect::page::{PageData, detect_page};
 use vigil_core::detect::{DetectorSettings, GroundTruth, ThresholdConfig};
 use vigil_core::device::default_device;
 use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
@@ -23,17 +24,20 @@ use super::sample::MadInputArgs;
 /// (clean, labelled by class folder), --test (the inputs to check: a flat folder will do) and,
 /// optionally, --anomalous (inputs known to be anomalous, to measure the detectors).
 ///
-/// Writes to --out: scores.csv (per input: file, score and flag of every detector column) and
-/// report.json (thresholds, flag counts and, when the truth is known, AUROC, AUPR, FPR at 95%
-/// TPR, and the TPR and actual FPR at the threshold; anomalous inputs are the positive class).
-/// Detectors and their settings: docs/detectors.md.
+/// Writes to --out: scores.csv (per input: file, score and flag of every detector column, and
+/// MAD-FA's most and least attributed trusted samples), report.json (thresholds, flag counts
+/// and, when the truth is known, AUROC, AUPR, FPR at 95% TPR, and the TPR and actual FPR at the
+/// threshold; anomalous inputs are the positive class) and report.html (one self-contained page:
+/// the detectors, score histograms with thresholds, the flagged inputs as images beside their
+/// attributed trusted images). Detectors and their settings: docs/detectors.md.
 #[derive(Args, Debug)]
 pub struct DetectArgs {
     #[command(flatten)]
     input: MadInputArgs,
 
-    /// Detectors, comma-separated: madfa, msp, energy, max-logit, odin, mahalanobis, knn, react
-    /// (each with its reference settings; docs/detectors.md).
+    /// Detectors, comma-separated: madfa, msp, energy, max-logit, odin, mahalanobis, knn, react,
+    /// strip, scale-up, ibd-psc, teco, sentinet, spectral, que (each with its reference
+    /// settings; docs/detectors.md).
     #[arg(long, value_delimiter = ',', default_value = "madfa,mahalanobis,msp")]
     detectors: Vec<String>,
 
@@ -53,6 +57,10 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
+    /// Flagged inputs shown as images on the HTML page (most often flagged first).
+    #[arg(long, default_value_t = 24, value_name = "N")]
+    show: usize,
+
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -64,7 +72,11 @@ pub struct DetectArgs {
 
 pub fn run(args: DetectArgs) -> Result<ExitCode> {
     let (scores_path, report_path) = (args.out.join("scores.csv"), args.out.join("report.json"));
-    check_outputs(args.input.input_paths(), [&scores_path, &report_path])?;
+    let page_path = args.out.join("report.html");
+    check_outputs(
+        args.input.input_paths(),
+        [&scores_path, &report_path, &page_path],
+    )?;
     let config = DetectConfig {
         detectors: args
             .detectors
@@ -93,23 +105,48 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
         truth: truth.as_ref(),
     };
     let report = experiment::run(&config, &inputs, &device, &mut print_progress)?;
-    let paths: Vec<String> = data["test_paths"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| p.as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let strings = |key: &str| -> Vec<String> {
+        data[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let paths = strings("test_paths");
+    // Trusted samples are files of --trusted, or images of the record's clean test set.
+    let mut trusted_names = strings("trusted_paths");
+    if trusted_names.is_empty() {
+        trusted_names = task
+            .trusted_ids
+            .iter()
+            .map(|id| format!("clean test image {id}"))
+            .collect();
+    }
     write_atomic(
         &scores_path,
-        report.scores_csv(&paths, truth.as_ref()).as_bytes(),
+        report
+            .scores_csv(&paths, truth.as_ref(), &trusted_names)
+            .as_bytes(),
     )?;
     write_json_atomic(&report_path, &report)?;
+    let page = detect_page(&PageData {
+        report: &report,
+        inputs: &task.test,
+        trusted: &task.trusted,
+        truth: truth.as_ref(),
+        input_names: &paths,
+        trusted_names: &trusted_names,
+        max_shown: args.show,
+    })?;
+    write_atomic(&page_path, page.as_bytes())?;
     eprintln!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         scores_path.display(),
-        report_path.display()
+        report_path.display(),
+        page_path.display()
     );
     if args.json {
         println!(

@@ -117,8 +117,15 @@ pub struct DetectReport {
 impl DetectReport {
     /// One row per input: its index, its file (`paths`, when it came from one), whether it is
     /// anomalous (when known), then for every detector and column its score and whether it is
-    /// flagged (`<detector>.<column>` and `<detector>.<column>.flagged`).
-    pub fn scores_csv(&self, paths: &[String], truth: Option<&GroundTruth>) -> String {
+    /// flagged (`<detector>.<column>` and `<detector>.<column>.flagged`); for a detector with
+    /// attributions (MAD-FA), the most and least attributed trusted samples (named by
+    /// `trusted_names`, else by position) and their correlations, `;`-separated.
+    pub fn scores_csv(
+        &self,
+        paths: &[String],
+        truth: Option<&GroundTruth>,
+        trusted_names: &[String],
+    ) -> String {
         use std::fmt::Write as _;
         let mut csv = String::from("index,path");
         if truth.is_some() {
@@ -128,8 +135,29 @@ impl DetectReport {
             for c in &d.columns {
                 let _ = write!(csv, ",{0}.{1},{0}.{1}.flagged", d.detector, c.column);
             }
+            if d.scores.attributions.is_some() {
+                let _ = write!(
+                    csv,
+                    ",{0}.most_attributed,{0}.most_attributed_r,{0}.least_attributed,{0}.least_attributed_r",
+                    d.detector
+                );
+            }
         }
         csv.push('\n');
+        let name = |t: usize| {
+            trusted_names
+                .get(t)
+                .cloned()
+                .unwrap_or_else(|| format!("trusted #{t}"))
+        };
+        let listed = |list: &[crate::madfa::Attribution]| {
+            let names: Vec<String> = list.iter().map(|a| name(a.trusted)).collect();
+            let r: Vec<String> = list
+                .iter()
+                .map(|a| format!("{:.4}", a.correlation))
+                .collect();
+            format!("{},{}", csv_field(&names.join(";")), r.join(";"))
+        };
         for i in 0..self.inputs {
             let path = paths.get(i).map_or("", String::as_str);
             let _ = write!(csv, "{i},{}", csv_field(path));
@@ -147,6 +175,11 @@ impl DetectReport {
                         score.copied().unwrap_or(f64::NAN),
                         u8::from(flagged)
                     );
+                }
+                if let Some(a) = &d.scores.attributions {
+                    let most = a.most.get(i).map_or(&[][..], Vec::as_slice);
+                    let least = a.least.get(i).map_or(&[][..], Vec::as_slice);
+                    let _ = write!(csv, ",{},{}", listed(most), listed(least));
                 }
             }
             csv.push('\n');
@@ -254,9 +287,10 @@ pub fn run_detector(
             }
             other => other?,
         };
-    let scores = scores.into_iter().next().unwrap_or(ScoreTable {
-        columns: Vec::new(),
-    });
+    let scores = match scores.into_iter().next() {
+        Some(table) => table,
+        None => ScoreTable::new(Vec::new())?,
+    };
     let columns = fitted
         .flags(&scores)
         .into_iter()

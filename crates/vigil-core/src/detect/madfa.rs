@@ -10,12 +10,12 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable};
+use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable, TrustedAttributions};
 use crate::data::ImageSet;
 use crate::madfa::scores::SCORE_NAMES;
 use crate::madfa::{
     CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, Quiet, anomaly_scores,
-    calibrate, coupling, run_chains, user_task,
+    bottom_attributions, calibrate, coupling, run_chains, top_attributions, user_task,
 };
 use crate::models::Classifier;
 
@@ -30,6 +30,13 @@ pub struct MadfaSettings {
     pub chain: ChainConfig,
     /// Independent chains the draws are spread over.
     pub chains: usize,
+    /// Per input, how many most and least attributed trusted samples to report.
+    #[serde(default = "default_attributions")]
+    pub attributions: usize,
+}
+
+fn default_attributions() -> usize {
+    3
 }
 
 impl Default for MadfaSettings {
@@ -39,6 +46,7 @@ impl Default for MadfaSettings {
             calibrate: true,
             chain: ChainConfig::reference(),
             chains: CALIBRATED_CHAINS,
+            attributions: default_attributions(),
         }
     }
 }
@@ -77,6 +85,7 @@ pub struct FittedMadfa {
     sampling: ImageSet,
     /// The calibration, when the settings asked for one.
     pub calibration: Option<Calibration>,
+    attributions: usize,
 }
 
 impl FittedMadfa {
@@ -111,6 +120,7 @@ impl Detector for Madfa {
             (base, None)
         };
         Ok(Box::new(FittedMadfa {
+            attributions: self.settings.attributions,
             config,
             chains: (0..self.settings.chains).collect(),
             trusted: data.trusted.clone(),
@@ -166,12 +176,16 @@ impl FittedDetector for FittedMadfa {
         let mut start = 0;
         for set in sets {
             let end = start + set.len();
-            tables.push(ScoreTable::new(
+            let mut table = ScoreTable::new(
                 all.columns
                     .iter()
                     .map(|(name, values)| (name.clone(), values[start..end].to_vec()))
                     .collect(),
-            )?);
+            )?;
+            if let Some(a) = &all.attributions {
+                table = table.with_attributions(a.slice(start..end))?;
+            }
+            tables.push(table);
             start = end;
         }
         Ok(tables)
@@ -216,6 +230,10 @@ impl FittedMadfa {
                 .into_iter()
                 .map(|(name, values)| (name.to_string(), values.to_vec()))
                 .collect(),
-        )
+        )?
+        .with_attributions(TrustedAttributions {
+            most: top_attributions(&coupling, self.attributions),
+            least: bottom_attributions(&coupling, self.attributions),
+        })
     }
 }

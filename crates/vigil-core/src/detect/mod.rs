@@ -25,6 +25,7 @@ pub mod ibd_psc;
 pub mod latent;
 pub mod madfa;
 pub mod ood_score;
+pub mod page;
 pub mod que;
 pub mod registry;
 pub mod scale_up;
@@ -154,6 +155,38 @@ pub trait FittedDetector {
 pub struct ScoreTable {
     /// `(column name, one value per input)`.
     pub columns: Vec<(String, Vec<f64>)>,
+    /// For a detector that explains its scores by trusted samples (MAD-FA): per input, the
+    /// trusted samples it is most and least attributed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributions: Option<TrustedAttributions>,
+}
+
+/// Per input, the trusted samples whose traces move most and least with its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustedAttributions {
+    /// Per input, the most attributed trusted samples, strongest first. `trusted` indexes the
+    /// trusted set given to the detector's fit; in results of [`fit_thresholds_and_score`] and
+    /// of an experiment, the whole trusted set of [`FitData`].
+    pub most: Vec<Vec<crate::madfa::Attribution>>,
+    /// Per input, the least attributed trusted samples, most negative correlation first.
+    pub least: Vec<Vec<crate::madfa::Attribution>>,
+}
+
+impl TrustedAttributions {
+    /// Inputs `range` only.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            most: self.most[range.clone()].to_vec(),
+            least: self.least[range].to_vec(),
+        }
+    }
+
+    /// Each trusted position `i` replaced by `map[i]`.
+    fn remap(&mut self, map: &[usize]) {
+        for a in self.most.iter_mut().chain(&mut self.least).flatten() {
+            a.trusted = map[a.trusted];
+        }
+    }
 }
 
 impl ScoreTable {
@@ -174,7 +207,27 @@ impl ScoreTable {
                 ),
             });
         }
-        Ok(Self { columns })
+        Ok(Self {
+            columns,
+            attributions: None,
+        })
+    }
+
+    /// The table with per-input trusted attributions (one entry per input).
+    pub fn with_attributions(mut self, a: TrustedAttributions) -> Result<Self, DetectError> {
+        if a.most.len() != self.len() || a.least.len() != self.len() {
+            return Err(DetectError::Fit {
+                detector: "score table".into(),
+                reason: format!(
+                    "{} and {} attributions for {} inputs",
+                    a.most.len(),
+                    a.least.len(),
+                    self.len()
+                ),
+            });
+        }
+        self.attributions = Some(a);
+        Ok(self)
     }
 
     /// Number of inputs scored.
@@ -288,6 +341,16 @@ pub fn holdout_split(
     fraction: f64,
     seed: u64,
 ) -> Result<(ImageSet, ImageSet), DetectError> {
+    let (fit, held) = holdout_indices(trusted, fraction, seed)?;
+    Ok((trusted.subset(&fit), trusted.subset(&held)))
+}
+
+/// The positions in `trusted` of [`holdout_split`]'s two parts, each in increasing order.
+pub fn holdout_indices(
+    trusted: &ImageSet,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), DetectError> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x7417_E5E7);
@@ -314,7 +377,7 @@ pub fn holdout_split(
     }
     fit.sort_unstable();
     held.sort_unstable();
-    Ok((trusted.subset(&fit), trusted.subset(&held)))
+    Ok((fit, held))
 }
 
 /// Fits `detector` on part of the trusted data and sets each column's threshold at
@@ -337,7 +400,12 @@ pub fn fit_thresholds_and_score(
     inputs: &[&ImageSet],
 ) -> Result<(ThresholdedDetector, Vec<ScoreTable>), DetectError> {
     config.validate()?;
-    let (fit_part, held_out) = holdout_split(data.trusted, config.holdout_fraction, data.seed)?;
+    let (fit_indices, held_indices) =
+        holdout_indices(data.trusted, config.holdout_fraction, data.seed)?;
+    let (fit_part, held_out) = (
+        data.trusted.subset(&fit_indices),
+        data.trusted.subset(&held_indices),
+    );
     let fitted = detector.fit(&FitData {
         trusted: &fit_part,
         ..*data
@@ -352,6 +420,12 @@ pub fn fit_thresholds_and_score(
         });
     }
     let held_out_table = tables.remove(0);
+    // Attributions name trusted samples by their place in the whole trusted set.
+    for table in &mut tables {
+        if let Some(a) = &mut table.attributions {
+            a.remap(&fit_indices);
+        }
+    }
     let thresholds = held_out_table
         .columns
         .iter()

@@ -194,8 +194,9 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
             ..ChainConfig::reference()
         },
         chains: 2,
+        attributions: 2,
     };
-    let detector = DetectorSettings::Madfa(settings).build().unwrap();
+    let detector = DetectorSettings::Madfa(settings.clone()).build().unwrap();
     let fitted = detector
         .fit(&FitData {
             model: &model,
@@ -234,6 +235,51 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
     assert_eq!(joined.len(), 2);
     assert_eq!(joined[0], first);
     assert_eq!(joined[1], fitted.score(&model, &other, &device).unwrap());
+    // Every input names its 2 most and 2 least attributed trusted samples, in order.
+    let a = first.attributions.as_ref().unwrap();
+    assert_eq!((a.most.len(), a.least.len()), (6, 6));
+    for (most, least) in a.most.iter().zip(&a.least) {
+        assert_eq!((most.len(), least.len()), (2, 2));
+        assert!(most[0].correlation >= most[1].correlation);
+        assert!(least[0].correlation <= least[1].correlation);
+        assert!(most[1].correlation >= least[1].correlation);
+    }
+    // With thresholds, the detector is fitted on part of the trusted set; its attributions
+    // then name positions in the whole trusted set, never a held-back sample.
+    let data = FitData {
+        model: &model,
+        trusted: &trusted,
+        sampling: &sampling,
+        batch_size: 16,
+        seed: 3,
+        device: &device,
+    };
+    let config = ThresholdConfig::default();
+    let (_, tables) = super::fit_thresholds_and_score(
+        DetectorSettings::Madfa(settings).build().unwrap().as_ref(),
+        &data,
+        &config,
+        &[&inputs],
+    )
+    .unwrap();
+    let (fit_indices, held) = super::holdout_indices(&trusted, 0.25, 3).unwrap();
+    let named = tables[0].attributions.as_ref().unwrap();
+    let all: Vec<usize> = named
+        .most
+        .iter()
+        .chain(&named.least)
+        .flatten()
+        .map(|a| a.trusted)
+        .collect();
+    assert!(
+        all.iter()
+            .all(|t| fit_indices.contains(t) && !held.contains(t)),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|&t| t >= fit_indices.len()),
+        "positions were not remapped: {all:?}"
+    );
     // Zero chains are refused when the settings are checked.
     let err = DetectorSettings::Madfa(MadfaSettings {
         chains: 0,
@@ -284,10 +330,58 @@ fn an_experiment_reports_a_detector_that_does_not_apply_as_such_and_runs_the_oth
     assert_eq!(msp.scores.len(), 10);
     assert_eq!(report.anomalous, Some(4));
     assert!(msp.columns[0].evaluation.is_some());
-    let csv = report.scores_csv(&[], Some(&truth));
+    let csv = report.scores_csv(&[], Some(&truth), &[]);
     assert_eq!(
         csv.lines().next().unwrap(),
         "index,path,is_anomalous,msp.msp,msp.msp.flagged"
     );
     assert_eq!(csv.lines().count(), 11);
+
+    // With attributions (as MAD-FA gives them), the CSV names the trusted samples and the page
+    // shows each flagged input beside them.
+    let mut report = report;
+    let msp = &mut report.detectors[1];
+    let attribution = |t: usize, r: f64| crate::madfa::Attribution {
+        trusted: t,
+        correlation: r,
+        bif: 0.0,
+    };
+    let most = (0..10)
+        .map(|i| vec![attribution(i, 0.9), attribution(i + 1, 0.8)])
+        .collect();
+    let least = (0..10).map(|i| vec![attribution(i + 2, -0.5)]).collect();
+    msp.scores = msp
+        .scores
+        .clone()
+        .with_attributions(super::TrustedAttributions { most, least })
+        .unwrap();
+    msp.columns[0].flags = (0..10).map(|i| i < 2).collect();
+    let names: Vec<String> = (0..40).map(|i| format!("t{i}.png")).collect();
+    let csv = report.scores_csv(&[], Some(&truth), &names);
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.ends_with(
+            ",msp.most_attributed,msp.most_attributed_r,msp.least_attributed,msp.least_attributed_r"
+        ),
+        "{header}"
+    );
+    let row1 = csv.lines().nth(2).unwrap();
+    assert!(
+        row1.ends_with(",t1.png;t2.png,0.9000;0.8000,t3.png,-0.5000"),
+        "{row1}"
+    );
+    let page = super::page::detect_page(&super::page::PageData {
+        report: &report,
+        inputs: &inputs,
+        trusted: &trusted,
+        truth: Some(&truth),
+        input_names: &[],
+        trusted_names: &names,
+        max_shown: 24,
+    })
+    .unwrap();
+    // Two flagged inputs, each with 1 + 2 + 1 images; ibd-psc shown as n/a.
+    assert_eq!(page.matches("data:image/png;base64,").count(), 8, "{page}");
+    assert!(page.contains("most attributed (msp)") && page.contains("t3.png"));
+    assert!(page.contains("n/a: "));
 }

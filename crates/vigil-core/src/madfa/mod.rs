@@ -28,8 +28,8 @@ pub use chain::{
 };
 pub use record::StepRecorder;
 pub use scores::{
-    AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, anomaly_scores, coupling,
-    evaluate_scores, top_attributions,
+    AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, anomaly_scores,
+    bottom_attributions, coupling, evaluate_scores, top_attributions,
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
 pub use task::{

@@ -316,13 +316,30 @@ pub struct Attribution {
 /// For every test sample, the `k` trusted samples whose traces correlate most with its own,
 /// strongest first (ties broken by position).
 pub fn top_attributions(coupling: &Coupling, k: usize) -> Vec<Vec<Attribution>> {
+    ranked_attributions(coupling, k, true)
+}
+
+/// For every test sample, the `k` trusted samples whose traces correlate least with its own
+/// (most negative first; ties broken by position): the trusted behaviour it moves against.
+pub fn bottom_attributions(coupling: &Coupling, k: usize) -> Vec<Vec<Attribution>> {
+    ranked_attributions(coupling, k, false)
+}
+
+fn ranked_attributions(coupling: &Coupling, k: usize, most: bool) -> Vec<Vec<Attribution>> {
     coupling
         .pearson
         .outer_iter()
         .zip(coupling.covariance.outer_iter())
         .map(|(corr, cov)| {
             let mut order: Vec<usize> = (0..corr.len()).collect();
-            order.sort_by(|&a, &b| corr[b].total_cmp(&corr[a]).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| {
+                let by_value = if most {
+                    corr[b].total_cmp(&corr[a])
+                } else {
+                    corr[a].total_cmp(&corr[b])
+                };
+                by_value.then(a.cmp(&b))
+            });
             order
                 .into_iter()
                 .take(k)
@@ -460,6 +477,14 @@ mod tests {
         assert_eq!(top[0].len(), 2);
         assert!(top[0][0].correlation >= top[0][1].correlation);
         assert!(top[0][0].bif < 0.0, "coupled losses have negative BIF");
+        // The least attributed are the same ranking from the other end.
+        let n_trusted = c.pearson.ncols();
+        let all = top_attributions(&c, n_trusted);
+        let bottom = bottom_attributions(&c, 2);
+        for (t, b) in all.iter().zip(&bottom) {
+            assert_eq!(b[0].correlation, t[n_trusted - 1].correlation);
+            assert!(b[0].correlation <= b[1].correlation);
+        }
         assert!(coupling(&traces, 400).is_err());
     }
 
