@@ -1,6 +1,6 @@
 //! Losses on logits, shared by training, attacks and detectors.
 //!
-//! Each is a small pure function over tensors; the formulas are those of SPEC.md and PyTorch.
+//! Each is a small pure function over tensors; the formulas are those of `docs/halo.md` and `docs/madfa.md` and of PyTorch.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor};

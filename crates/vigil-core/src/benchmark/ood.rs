@@ -1,4 +1,4 @@
-//! OOD detection under attack (SPEC.md section 2, evaluation): every model x OOD score, on ID
+//! OOD detection under attack (`docs/halo.md`, "Benchmark"): every model x OOD score, on ID
 //! test data against each test OOD set, in six settings.
 //!
 //! - **clean**;

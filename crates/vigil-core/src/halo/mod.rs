@@ -1,5 +1,5 @@
 //! Adversarially robust out-of-distribution training: HALO and the ladder of objectives it is
-//! compared with (SPEC.md section 2).
+//! compared with (`docs/halo.md`).
 //!
 //! Each batch joins `B` labelled in-distribution (ID) images and, for the objectives with outlier
 //! exposure, `B` unlabelled outliers. With `f` the model being trained and `g` a frozen helper
@@ -16,7 +16,7 @@
 //! STD is the first CE term alone, OE adds the outlier term, TRADES adds `beta * L_adv` to STD,
 //! TRADES+OE is HALO without the helper term ([`Objective`]).
 //!
-//! The reference code (hugo0076/HALO) differs in four places that SPEC.md lists as faults; vigil
+//! The reference code (hugo0076/HALO) differs in four places that `docs/halo.md` lists ("Where vigil differs from the reference, and why"); vigil
 //! fixes them and keeps each behind a flag of [`ReferenceRules`]:
 //! - its PGD starts unclipped and keeps the iterate with the best batch-summed objective, never
 //!   the final one (vigil: clipped start, best iterate per sample, final included);

@@ -1,5 +1,5 @@
-//! The optional exponential moving average of the weights (HALO's `train_wa.py`, SPEC.md
-//! section 2): after a warm-up the average follows the live weights with decay
+//! The optional exponential moving average of the weights (HALO's `train_wa.py`, `docs/halo.md`,
+//! "Weight average"): after a warm-up the average follows the live weights with decay
 //! `min(0.995, (1 + n) / (10 + n))`, `n` steps past the warm-up; during the warm-up it is a plain
 //! copy. BatchNorm's running statistics are not averaged: they are copied from the live model.
 //!

@@ -1,4 +1,4 @@
-//! Mechanistic anomaly detection by functional attribution (MAD-FA, SPEC.md §1).
+//! Mechanistic anomaly detection by functional attribution (MAD-FA, `docs/madfa.md`).
 //!
 //! Sample parameters around a trained model with localized SGLD ([`sgld`]), record every
 //! trusted and test sample's loss along the chain ([`chain`], [`traces`]), and score each test

@@ -1,5 +1,5 @@
 //! Functional-attribution scores: how strongly each test sample's loss co-varies with the
-//! trusted samples' losses over the draws (SPEC.md §1, as the reference's `analyze.py`).
+//! trusted samples' losses over the draws (`docs/madfa.md`, as the reference's `analyze.py`).
 //!
 //! Every function is pure, over `[samples, draws]` matrices in f64. A trace is z-scored over
 //! draws as `(l - mean) / (std + 1e-8)` with the population std, Pearson is

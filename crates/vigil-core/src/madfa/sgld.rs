@@ -1,4 +1,4 @@
-//! Localized SGLD: the parameter sampler of MAD-FA (SPEC.md §1), as an [`UpdateRule`].
+//! Localized SGLD: the parameter sampler of MAD-FA (`docs/madfa.md`, "The pieces"), as an [`UpdateRule`].
 //!
 //! One step at `w_t`, with `g` the gradient of the mean cross-entropy over a minibatch of the
 //! sampling set:

@@ -5,7 +5,7 @@
 //! scored), with each test sample's anomaly flag when known, for evaluation only. The detector
 //! never reads the flags.
 //!
-//! [`backdoor_task`] builds one from a backdoored model the way the reference does (SPEC.md §1):
+//! [`backdoor_task`] builds one from a backdoored model the way the reference does (`docs/madfa.md`, "Data protocol"):
 //! a stratified trusted / sampling / test split of the clean test set per class, with a fixed
 //! seed; trusted and clean test samples kept only if the model classifies them correctly;
 //! the triggered versions of the test part's images kept only if the attack succeeds on them.
