@@ -16,8 +16,8 @@
 //! STD is the first CE term alone, OE adds the outlier term, TRADES adds `beta * L_adv` to STD,
 //! TRADES+OE is HALO without the helper term ([`Objective`]).
 //!
-//! The reference code (hugo0076/HALO) differs in four places that `docs/halo.md` lists ("Where vigil differs from the reference, and why"); vigil
-//! fixes them and keeps each behind a flag of [`ReferenceRules`]:
+//! The reference code (hugo0076/HALO) differs in four places that `docs/halo.md` lists ("Where
+//! vigil differs from the reference, and why"); vigil fixes them and keeps each behind a flag of [`ReferenceRules`]:
 //! - its PGD starts unclipped and keeps the iterate with the best batch-summed objective, never
 //!   the final one (vigil: clipped start, best iterate per sample, final included);
 //! - its attack runs the model in train mode, so each of the ten attack steps uses batch
