@@ -12,6 +12,8 @@
 //! Shuffling and augmentation draw from RNGs seeded by `(seed, epoch)` and `(seed, epoch, batch)`,
 //! so an interrupted run resumed mid-epoch produces the same weights as an uninterrupted one.
 
+pub mod session;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,6 +32,11 @@ use crate::models::{BnMode, Classifier};
 use crate::optim::schedule::{Schedule, StepHyper};
 use crate::optim::sgd::{MOMENTUM_SLOT, Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
+
+pub use session::{
+    DataSelection, Run, RunRequest, SessionError, SessionObserver, SessionOutcome, open_run,
+    run_files, train_supervised_to_end, train_to_end,
+};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
