@@ -1,7 +1,8 @@
-//! Attacks on inputs and training data: backdoor poisoning ([`backdoor`]) and projected-gradient
-//! input attacks ([`pgd`]).
+//! Attacks on inputs and training data: backdoor poisoning ([`backdoor`]), a whole backdoor
+//! experiment as one call ([`experiment`]) and projected-gradient input attacks ([`pgd`]).
 
 pub mod backdoor;
+pub mod experiment;
 pub mod pgd;
 
 /// Tiny data and models the attack tests share.

@@ -1,0 +1,404 @@
+//! A whole backdoor experiment as one call: mount the attack, write its record, train the
+//! backdoored model and measure it ([`run_attack`]); what `vigil attack` runs.
+//!
+//! The record's files are listed in [`record`]; the training run shares the folder
+//! ([`crate::train`]). A record is resumable like any run: calling again with the same
+//! configuration continues an interrupted training, and a finished one is measured again.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::backdoor::record::{self, AttackManifest, AttackResults, RecordError, files};
+use super::backdoor::{
+    AttackError, AttackParams, BuildContext, InputAwareConfig, InputAwareOutcome, PoisonedData,
+    TargetRule, TriggeredTestSet, measure, poison, train_input_aware, triggered_test_set,
+};
+use crate::data::{DatasetKind, ImageSet};
+use crate::io::{IoError, check_outputs, write_atomic};
+use crate::report::grid::{GridError, amplified_difference, image_grid_png};
+use crate::train::{
+    DataSelection, Run, RunRequest, SessionError, SessionObserver, SessionOutcome, Silent,
+    open_run, run_files, train_supervised_to_end,
+};
+
+/// Batch size of the final clean-accuracy and attack-success evaluation.
+const MEASURE_BATCH: usize = 512;
+
+/// Errors of a backdoor experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum AttackRunError {
+    /// An output would replace an input, or cannot be written.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The folder holds the record of another attack configuration, and resuming was not asked.
+    #[error(
+        "{} holds a record of another attack configuration; pass --resume to continue it, or choose another --out",
+        .path.display()
+    )]
+    OtherAttack {
+        /// The record folder.
+        path: PathBuf,
+    },
+    /// The attack's parameters cannot be recorded.
+    #[error("recording the attack parameters: {0}")]
+    Params(serde_json::Error),
+    /// The saved record's parameters cannot be read.
+    #[error("attack parameters in {}", files::MANIFEST)]
+    SavedParams(#[source] serde_json::Error),
+    /// The record folder cannot be created.
+    #[error("creating {}", .path.display())]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The examples image cannot be drawn.
+    #[error("drawing {}", files::EXAMPLES)]
+    Examples(#[source] GridError),
+    /// A record file cannot be read or written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The attack cannot be mounted.
+    #[error(transparent)]
+    Attack(#[from] AttackError),
+    /// Loading the data or training failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// A backdoor experiment as data: the attack, the data and the training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackRunConfig {
+    /// The attack and its parameters.
+    pub params: AttackParams,
+    /// Which label a triggered input should receive.
+    pub rule: TargetRule,
+    /// Fraction of the training set poisoned (counted over the whole set, as BackdoorBench,
+    /// also for clean-label attacks).
+    pub rate: f64,
+    /// Seed of the poisoning choice and of random triggers.
+    pub seed: u64,
+    /// The dataset (its configuration's `dataset` is set from this).
+    pub dataset: DatasetKind,
+    /// Folder of the dataset's files (`None`: the default places).
+    pub data_dir: Option<PathBuf>,
+    /// The training run: configuration (with its data limits and seed), architecture.
+    pub training: RunRequest,
+    /// Continue the record in the folder with its own configuration, whatever this one says.
+    pub resume: bool,
+}
+
+/// A finished experiment: the record's configuration and the measured outcome, as the record's
+/// `attack.json` and `results.json` hold them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackReport {
+    /// What was attacked and how.
+    pub attack: AttackManifest,
+    /// Clean accuracy, attack success rate and sizes.
+    pub results: AttackResults,
+}
+
+/// How [`run_attack`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttackOutcome {
+    /// The model is trained and measured; the record is complete.
+    Recorded(AttackReport),
+    /// An Input-Aware record was already complete; nothing was done.
+    AlreadyRecorded,
+    /// Training was stopped by the observer; the run is checkpointed and a new call continues it.
+    Interrupted,
+}
+
+/// What an experiment reports besides its training ([`SessionObserver`]).
+pub trait AttackObserver: SessionObserver {
+    /// The training set was poisoned for `attack` as `data` says (before anything is written).
+    fn poisoned(&mut self, _attack: &str, _data: &PoisonedData) {}
+}
+
+impl AttackObserver for Silent {}
+
+/// Runs the experiment `config` into the record folder `out`: mounts the attack on the
+/// training set, writes the record (configuration, poisoning plan, triggered test set,
+/// examples), trains the model on the poisoned data (Input-Aware trains its trigger generators
+/// with it), then measures clean accuracy and attack success and writes `results.json`.
+///
+/// With `config.resume`, or when `out` holds a record of the same configuration, the record and
+/// its run are continued; a record of another configuration is refused. Nothing is written
+/// that would replace a file the attack reads (a clean model, a trigger image).
+pub fn run_attack(
+    config: &AttackRunConfig,
+    out: &Path,
+    device: &Device,
+    observer: &mut impl AttackObserver,
+) -> Result<AttackOutcome, AttackRunError> {
+    check_outputs(input_files(&config.params), record_files(out))?;
+    let selection = DataSelection::requested(config.dataset, &config.training.config)
+        .or_saved(out, config.resume)?;
+    let saved: Option<AttackManifest> = out
+        .join(files::MANIFEST)
+        .exists()
+        .then(|| record::read_json(out, files::MANIFEST))
+        .transpose()?;
+    let manifest = match (&saved, config.resume) {
+        (Some(saved), true) => saved.clone(),
+        _ => {
+            let manifest = AttackManifest {
+                attack: config.params.name().to_string(),
+                params: serde_json::to_value(&config.params).map_err(AttackRunError::Params)?,
+                rule: config.rule,
+                rate: config.rate,
+                seed: config.seed,
+                dataset: selection.dataset.to_string(),
+                vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            if saved.as_ref().is_some_and(|saved| *saved != manifest) {
+                return Err(AttackRunError::OtherAttack {
+                    path: out.to_path_buf(),
+                });
+            }
+            manifest
+        }
+    };
+    let params: AttackParams =
+        serde_json::from_value(manifest.params.clone()).map_err(AttackRunError::SavedParams)?;
+    let (train_set, test_set) = selection.load(config.data_dir.as_deref())?;
+    let request = config.training.on_dataset(selection.dataset);
+    let run = Experiment {
+        manifest: &manifest,
+        request: &request,
+        selection: &selection,
+        resume: config.resume,
+        train_set: &train_set,
+        test_set: &test_set,
+        out,
+        device,
+    };
+    match params {
+        AttackParams::InputAware(input_aware) => run.input_aware(input_aware, observer),
+        params => run.poisoned(&params, saved.is_none(), observer),
+    }
+}
+
+/// The files a record holds, its run's included, under `out`.
+pub fn record_files(out: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    run_files()
+        .chain(
+            [
+                files::MANIFEST,
+                files::POISON,
+                files::BACKDOOR_TEST_IMAGES,
+                files::BACKDOOR_TEST_INDEX,
+                files::RESULTS,
+                files::EXAMPLES,
+            ]
+            .map(PathBuf::from),
+        )
+        .map(move |name| out.join(name))
+}
+
+/// The files an attack reads: a clean model, a trigger image.
+fn input_files(params: &AttackParams) -> Vec<PathBuf> {
+    let file = match params {
+        AttackParams::Badnets { patch_png, .. } => patch_png,
+        AttackParams::Blended { pattern_png, .. } => pattern_png,
+        AttackParams::Lc { clean_model, .. }
+        | AttackParams::Lf { clean_model, .. }
+        | AttackParams::Trojannn { clean_model, .. } => clean_model,
+        AttackParams::Sig { .. }
+        | AttackParams::Wanet(_)
+        | AttackParams::Ssba(_)
+        | AttackParams::InputAware(_) => &None,
+    };
+    file.iter().cloned().collect()
+}
+
+/// What both flows of an experiment share once its configuration is settled and its data loaded.
+struct Experiment<'a> {
+    manifest: &'a AttackManifest,
+    request: &'a RunRequest,
+    selection: &'a DataSelection,
+    resume: bool,
+    train_set: &'a ImageSet,
+    test_set: &'a ImageSet,
+    out: &'a Path,
+    device: &'a Device,
+}
+
+impl Experiment<'_> {
+    /// A poisoning attack: the poisoned training set is made up front; the record is written
+    /// when it is new.
+    fn poisoned(
+        &self,
+        params: &AttackParams,
+        new_record: bool,
+        observer: &mut impl AttackObserver,
+    ) -> Result<AttackOutcome, AttackRunError> {
+        let attack = params.build(&BuildContext {
+            train: self.train_set,
+            rule: self.manifest.rule,
+            device: self.device,
+        })?;
+        let data = poison(
+            attack.as_ref(),
+            self.train_set,
+            self.test_set,
+            self.manifest.rule,
+            self.manifest.rate,
+            self.manifest.seed,
+        )?;
+        observer.poisoned(&self.manifest.attack, &data);
+        if new_record {
+            self.create_dir()?;
+            record::write_json(self.out, files::MANIFEST, self.manifest)?;
+            record::write_plan(self.out, &data.plan)?;
+            self.write_backdoor_test(&data.backdoor_test)?;
+        }
+        let mut run = self.open(observer)?;
+        let outcome = train_supervised_to_end(
+            &mut run,
+            &data.train,
+            self.test_set,
+            self.out,
+            self.device,
+            observer,
+        )?;
+        if outcome == SessionOutcome::Interrupted {
+            return Ok(AttackOutcome::Interrupted);
+        }
+        let counts = (data.triggered_count(), data.noise_count());
+        self.measure(&run, &data.backdoor_test, counts)
+    }
+
+    /// Input-Aware trains its trigger with the classifier, so it has its own flow: no poisoned
+    /// dataset up front; the run folder and its resume files are those of any training run,
+    /// plus the generators.
+    fn input_aware(
+        &self,
+        config: InputAwareConfig,
+        observer: &mut impl AttackObserver,
+    ) -> Result<AttackOutcome, AttackRunError> {
+        if self.out.join(files::RESULTS).exists() {
+            return Ok(AttackOutcome::AlreadyRecorded);
+        }
+        self.create_dir()?;
+        record::write_json(self.out, files::MANIFEST, self.manifest)?;
+        // Poisoning is dynamic (a fraction of every batch), so the plan lists no fixed samples.
+        record::write_plan(self.out, &Default::default())?;
+        let mut run = self.open(observer)?;
+        if run.state.step == 0 {
+            observer.training_starts(
+                &run,
+                Some("input-aware generators"),
+                self.train_set.len(),
+                self.test_set.len(),
+            );
+        }
+        let outcome = train_input_aware(
+            &mut run.classifier,
+            &mut run.slots,
+            &mut run.state,
+            self.train_set,
+            self.test_set,
+            self.manifest.rule,
+            config,
+            self.out,
+            self.device,
+            observer,
+        )?;
+        let InputAwareOutcome::Finished(attack) = outcome else {
+            return Ok(AttackOutcome::Interrupted);
+        };
+        let backdoor = triggered_test_set(self.test_set, &attack, self.manifest.rule)?;
+        self.write_backdoor_test(&backdoor)?;
+        self.measure(&run, &backdoor, (0, 0))
+    }
+
+    fn open(&self, observer: &mut impl AttackObserver) -> Result<Run, AttackRunError> {
+        Ok(open_run(
+            self.out,
+            self.resume,
+            self.request,
+            self.selection.dataset,
+            self.train_set,
+            self.device,
+            observer,
+        )?)
+    }
+
+    fn create_dir(&self) -> Result<(), AttackRunError> {
+        std::fs::create_dir_all(self.out).map_err(|source| AttackRunError::CreateDir {
+            path: self.out.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Writes the triggered test set and the examples drawn from it.
+    fn write_backdoor_test(&self, backdoor: &TriggeredTestSet) -> Result<(), AttackRunError> {
+        record::write_backdoor_test(self.out, backdoor)?;
+        write_examples(
+            &self.out.join(files::EXAMPLES),
+            self.test_set,
+            &backdoor.images,
+            &backdoor.original_indices,
+        )
+    }
+
+    /// Measures the trained model and writes `results.json`; `(poisoned, noise)` counts the
+    /// training samples altered with the trigger and with a noise trigger.
+    fn measure(
+        &self,
+        run: &Run,
+        backdoor: &TriggeredTestSet,
+        (poisoned, noise): (usize, usize),
+    ) -> Result<AttackOutcome, AttackRunError> {
+        let (clean_accuracy, attack_success_rate) = measure(
+            &run.classifier,
+            self.test_set,
+            backdoor,
+            MEASURE_BATCH,
+            self.device,
+        );
+        let history = &run.state.history;
+        let results = AttackResults {
+            clean_accuracy,
+            attack_success_rate,
+            clean_test_size: self.test_set.len(),
+            backdoor_test_size: backdoor.images.len(),
+            poisoned_samples: poisoned,
+            noise_samples: noise,
+            epochs: history.len(),
+            train_seconds: history.iter().map(|r| r.seconds).sum(),
+        };
+        record::write_json(self.out, files::RESULTS, &results)?;
+        Ok(AttackOutcome::Recorded(AttackReport {
+            attack: self.manifest.clone(),
+            results,
+        }))
+    }
+}
+
+/// Eight clean test images, their triggered versions and the amplified difference, as a PNG.
+fn write_examples(
+    path: &Path,
+    clean: &ImageSet,
+    triggered: &ImageSet,
+    original_indices: &[usize],
+) -> Result<(), AttackRunError> {
+    let n = triggered.len().min(8);
+    let clean_row: Vec<&[f32]> = (0..n).map(|i| clean.image(original_indices[i])).collect();
+    let triggered_row: Vec<&[f32]> = (0..n).map(|i| triggered.image(i)).collect();
+    let diffs: Vec<Vec<f32>> = clean_row
+        .iter()
+        .zip(&triggered_row)
+        .map(|(c, t)| amplified_difference(c, t))
+        .collect();
+    let diff_row: Vec<&[f32]> = diffs.iter().map(Vec::as_slice).collect();
+    let png = image_grid_png(&[clean_row, triggered_row, diff_row], clean.shape(), 4)
+        .map_err(AttackRunError::Examples)?;
+    write_atomic(path, &png)?;
+    Ok(())
+}
