@@ -3,19 +3,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use vigil_core::attack::backdoor::record::{self, AttackManifest, AttackResults, files};
 use vigil_core::attack::backdoor::{
-    AttackParams, BuildContext, InputAwareConfig, InputAwareOutcome, PatchPattern, PatchPosition,
-    TargetRule, measure, poison, train_input_aware, triggered_test_set,
+    AttackParams, PatchPattern, PatchPosition, PoisonedData, TargetRule,
 };
-use vigil_core::data::{ImageSet, Split};
+use vigil_core::attack::experiment::{
+    AttackObserver, AttackOutcome, AttackRunConfig, record_files, run_attack,
+};
+use vigil_core::data::DatasetKind;
 use vigil_core::device::default_device;
-use vigil_core::report::grid::{amplified_difference, image_grid_png};
 
-use super::training::{TrainingArgs, data_selection, drive, open_run};
-use super::{DataArgs, limit};
+use super::DataArgs;
+use super::training::{SessionPrinter, TrainingArgs};
 
 /// Mount a backdoor attack: poison the training set, train on it, and write an attack record.
 ///
@@ -254,258 +254,70 @@ impl AttackArgs {
             }
         }
     }
+
+    /// The experiment these options ask for, as the library takes it.
+    fn run_config(&self) -> Result<AttackRunConfig> {
+        let dataset = self.data.dataset.unwrap_or(DatasetKind::FashionMnist);
+        Ok(AttackRunConfig {
+            params: self.params()?,
+            rule: self.rule(),
+            rate: self.rate,
+            seed: self.attack_seed,
+            dataset,
+            data_dir: self.data.data_dir.clone(),
+            training: self.training.request(dataset)?,
+            resume: self.resume,
+        })
+    }
+}
+
+impl AttackObserver for SessionPrinter {
+    fn poisoned(&mut self, attack: &str, data: &PoisonedData) {
+        eprintln!(
+            "{attack}: {} training samples triggered, {} noise samples; {} triggered test images",
+            data.triggered_count(),
+            data.noise_count(),
+            data.backdoor_test.images.len()
+        );
+    }
 }
 
 pub fn run(args: AttackArgs) -> Result<ExitCode> {
-    let device = default_device();
-    // Reject bad options before spending time on data.
-    args.training.architecture()?;
-    // ... and a record file or checkpoint that would replace the clean model or a trigger image.
+    let config = args.run_config()?;
+    // A record file or checkpoint must not replace a file named on the command line (the
+    // library guards the files the attack reads; this guards the others too).
     vigil_core::io::check_outputs(
         [&args.clean_model, &args.patch_png, &args.pattern_png]
             .into_iter()
             .flatten(),
-        super::train::run_files()
-            .chain(
-                [
-                    files::MANIFEST,
-                    files::POISON,
-                    files::BACKDOOR_TEST_IMAGES,
-                    files::BACKDOOR_TEST_INDEX,
-                    files::RESULTS,
-                    files::EXAMPLES,
-                ]
-                .map(PathBuf::from),
-            )
-            .map(|name| args.out.join(name)),
+        record_files(&args.out),
     )?;
-    let (kind, train_limit, test_limit, seed) =
-        data_selection(&args.out, args.resume, args.data.dataset, &args.training)?;
-    let saved: Option<AttackManifest> = args
-        .out
-        .join(files::MANIFEST)
-        .exists()
-        .then(|| record::read_json(&args.out, files::MANIFEST))
-        .transpose()?;
-    let manifest = match (&saved, args.resume) {
-        (Some(saved), true) => saved.clone(),
-        _ => {
-            let params = args.params()?;
-            let manifest = AttackManifest {
-                attack: params.name().to_string(),
-                params: serde_json::to_value(&params)?,
-                rule: args.rule(),
-                rate: args.rate,
-                seed: args.attack_seed,
-                dataset: kind.to_string(),
-                vigil_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            if let Some(saved) = &saved
-                && *saved != manifest
-            {
-                bail!(
-                    "{} holds a record of another attack configuration; pass --resume to continue it, or choose another --out",
-                    args.out.display()
+    let mut printer = SessionPrinter::default();
+    let report = match run_attack(&config, &args.out, &default_device(), &mut printer)? {
+        AttackOutcome::Recorded(report) => report,
+        AttackOutcome::AlreadyRecorded => {
+            eprintln!("{}: input-aware run already finished", args.out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        AttackOutcome::Interrupted => {
+            if !printer.stop_reported {
+                eprintln!(
+                    "stopped; the run is checkpointed: run the same command again to continue it"
                 );
             }
-            manifest
+            return Ok(ExitCode::from(130));
         }
     };
-    let params: AttackParams = serde_json::from_value(manifest.params.clone())
-        .context("attack parameters in attack.json")?;
-
-    let train_set = limit(args.data.load(kind, Split::Train)?, train_limit, seed)?;
-    let test_set = limit(args.data.load(kind, Split::Test)?, test_limit, seed)?;
-    if let AttackParams::InputAware(config) = params {
-        return run_input_aware(
-            &args, &manifest, config, kind, &train_set, &test_set, &device,
-        );
-    }
-    let attack = params.build(&BuildContext {
-        train: &train_set,
-        rule: manifest.rule,
-        device: &device,
-    })?;
-    let data = poison(
-        attack.as_ref(),
-        &train_set,
-        &test_set,
-        manifest.rule,
-        manifest.rate,
-        manifest.seed,
-    )?;
-    eprintln!(
-        "{}: {} training samples triggered, {} noise samples; {} triggered test images",
-        manifest.attack,
-        data.triggered_count(),
-        data.noise_count(),
-        data.backdoor_test.images.len()
-    );
-    if saved.is_none() {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        record::write_json(&args.out, files::MANIFEST, &manifest)?;
-        record::write_plan(&args.out, &data.plan)?;
-        record::write_backdoor_test(&args.out, &data.backdoor_test)?;
-        write_examples(
-            &args.out.join(files::EXAMPLES),
-            &test_set,
-            &data.backdoor_test.images,
-            &data.backdoor_test.original_indices,
-        )?;
-    }
-
-    let mut run = open_run(
-        &args.out,
-        args.resume,
-        &args.training,
-        kind,
-        &train_set,
-        &device,
-    )?;
-    let code = drive(&mut run, &data.train, &test_set, &args.out, &device)?;
-    if code != ExitCode::SUCCESS {
-        return Ok(code);
-    }
-    let (clean_accuracy, attack_success_rate) = measure(
-        &run.classifier,
-        &test_set,
-        &data.backdoor_test,
-        512,
-        &device,
-    );
-    let results = AttackResults {
-        clean_accuracy,
-        attack_success_rate,
-        clean_test_size: test_set.len(),
-        backdoor_test_size: data.backdoor_test.images.len(),
-        poisoned_samples: data.triggered_count(),
-        noise_samples: data.noise_count(),
-        epochs: run.state.history.len(),
-        train_seconds: run.state.history.iter().map(|r| r.seconds).sum(),
-    };
-    record::write_json(&args.out, files::RESULTS, &results)?;
     eprintln!(
         "{}: clean accuracy {:.4}, attack success rate {:.4}; record in {}",
-        manifest.attack,
-        clean_accuracy,
-        attack_success_rate,
+        report.attack.attack,
+        report.results.clean_accuracy,
+        report.results.attack_success_rate,
         args.out.display()
     );
-    println!(
-        "{}",
-        serde_json::to_string(&serde_json::json!({ "attack": manifest, "results": results }))?
-    );
+    // Through a JSON value, whose keys are sorted, as this line has always been printed.
+    println!("{}", serde_json::to_value(&report)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Input-Aware trains its trigger with the classifier, so it has its own flow: no poisoned
-/// dataset up front; the run folder and its resume files are those of any training run, plus the
-/// generators.
-fn run_input_aware(
-    args: &AttackArgs,
-    manifest: &AttackManifest,
-    config: InputAwareConfig,
-    kind: vigil_core::data::DatasetKind,
-    train_set: &ImageSet,
-    test_set: &ImageSet,
-    device: &burn::tensor::Device,
-) -> Result<ExitCode> {
-    if args.out.join(files::RESULTS).exists() {
-        eprintln!("{}: input-aware run already finished", args.out.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    record::write_json(&args.out, files::MANIFEST, manifest)?;
-    // Poisoning is dynamic (a fraction of every batch), so the plan lists no fixed samples.
-    record::write_plan(&args.out, &Default::default())?;
-    let mut run = open_run(
-        &args.out,
-        args.resume,
-        &args.training,
-        kind,
-        train_set,
-        device,
-    )?;
-    if run.state.step == 0 {
-        run.announce(
-            " with input-aware generators",
-            train_set.len(),
-            test_set.len(),
-        );
-    }
-    let mut progress = run.progress();
-    let outcome = train_input_aware(
-        &mut run.classifier,
-        &mut run.slots,
-        &mut run.state,
-        train_set,
-        test_set,
-        manifest.rule,
-        config,
-        &args.out,
-        device,
-        &mut progress,
-    )?;
-    drop(progress);
-    let InputAwareOutcome::Finished(attack) = outcome else {
-        eprintln!("stopped; the run is checkpointed: run the same command again to continue it");
-        return Ok(ExitCode::from(130));
-    };
-    let history = &run.state.history;
-    let backdoor = triggered_test_set(test_set, &attack, manifest.rule)?;
-    record::write_backdoor_test(&args.out, &backdoor)?;
-    write_examples(
-        &args.out.join(files::EXAMPLES),
-        test_set,
-        &backdoor.images,
-        &backdoor.original_indices,
-    )?;
-    let (clean_accuracy, attack_success_rate) =
-        measure(&run.classifier, test_set, &backdoor, 512, device);
-    let results = AttackResults {
-        clean_accuracy,
-        attack_success_rate,
-        clean_test_size: test_set.len(),
-        backdoor_test_size: backdoor.images.len(),
-        poisoned_samples: 0,
-        noise_samples: 0,
-        epochs: history.len(),
-        train_seconds: history.iter().map(|r| r.seconds).sum(),
-    };
-    record::write_json(&args.out, files::RESULTS, &results)?;
-    eprintln!(
-        "input-aware: clean accuracy {clean_accuracy:.4}, attack success rate {attack_success_rate:.4}; record in {}",
-        args.out.display()
-    );
-    println!(
-        "{}",
-        serde_json::to_string(&serde_json::json!({ "attack": manifest, "results": results }))?
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Eight clean test images, their triggered versions and the amplified difference.
-fn write_examples(
-    path: &std::path::Path,
-    clean: &ImageSet,
-    triggered: &ImageSet,
-    original_indices: &[usize],
-) -> Result<()> {
-    let n = triggered.len().min(8);
-    let clean_row: Vec<&[f32]> = (0..n).map(|i| clean.image(original_indices[i])).collect();
-    let triggered_row: Vec<&[f32]> = (0..n).map(|i| triggered.image(i)).collect();
-    let diffs: Vec<Vec<f32>> = clean_row
-        .iter()
-        .zip(&triggered_row)
-        .map(|(c, t)| amplified_difference(c, t))
-        .collect();
-    let diff_row: Vec<&[f32]> = diffs.iter().map(Vec::as_slice).collect();
-    let png = image_grid_png(&[clean_row, triggered_row, diff_row], clean.shape(), 4)
-        .context("drawing examples.png")?;
-    vigil_core::io::write_atomic(path, &png)?;
-    Ok(())
 }
 
 /// Parses `--patch-position`: a corner with an optional `:margin`, or `ROW,COL`.

@@ -3,18 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
+use burn::tensor::Device;
 use clap::{Args, ValueEnum};
-use vigil_core::attack::pgd::frozen;
-use vigil_core::checkpoint;
-use vigil_core::data::glyphs::{GlyphStyle, LetterSet, SYSTEM_FONT_DIR};
-use vigil_core::data::{ImageSet, Split};
+use vigil_core::data::DatasetKind;
+use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
 use vigil_core::device::default_device;
-use vigil_core::halo::{HaloConfig, Objective, ReferenceRules, RobustSettings, RobustStep};
-use vigil_core::models::Classifier;
+use vigil_core::halo::run::{RobustRequest, TrainRunConfig, train_run};
+use vigil_core::halo::{HaloConfig, Objective, ReferenceRules};
 
-use super::training::{TrainingArgs, data_selection, drive, drive_with, open_run_with};
-use super::{DataArgs, limit, parse_fraction};
+use super::training::{SessionPrinter, TrainingArgs};
+use super::{DataArgs, parse_fraction};
 
 /// Train a classifier with SGD and write a run folder.
 ///
@@ -32,7 +31,7 @@ use super::{DataArgs, limit, parse_fraction};
 /// the DejaVu and Liberation fonts; a held-out part of the training set, attacked with PGD,
 /// picks the epoch whose weights are kept in best.safetensors. HALO also needs --helper, a
 /// model trained with --objective std.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
@@ -73,7 +72,7 @@ impl TrainArgs {
 }
 
 /// Robust OOD training: the objective and its settings.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct RobustArgs {
     /// Robust OOD objective (without it: plain cross-entropy, no validation split).
     #[arg(long, value_enum)]
@@ -150,174 +149,82 @@ impl From<ObjectiveArg> for Objective {
 }
 
 impl RobustArgs {
-    /// The run's robust settings, or `None` for plain training.
-    fn settings(&self, seed: u64, train_len: usize) -> Result<Option<RobustSettings>> {
-        let Some(objective) = self.objective.map(Objective::from) else {
-            return Ok(None);
-        };
+    /// The robust training these options ask for, or `None` for plain training.
+    fn request(&self) -> Option<RobustRequest> {
+        let objective = Objective::from(self.objective?);
         let mut halo = HaloConfig::reference_defaults(objective);
         halo.beta = self.beta;
         halo.gamma = self.gamma;
         halo.eta = self.eta;
         halo.eps = self.eps;
         halo.steps = self.pgd_steps;
-        halo.seed = seed;
         if self.reference_rules {
             halo.reference = ReferenceRules::all();
         }
         halo.weight_average = self.weight_average;
-        halo.validate()?;
-        if objective.uses_helper() && self.helper.is_none() {
-            bail!("--objective halo needs --helper, a model trained with --objective std");
-        }
-        let validation_size = self.validation_size.unwrap_or(train_len / 10);
-        if validation_size >= train_len {
-            bail!("--validation-size {validation_size} leaves no training images (of {train_len})");
-        }
-        Ok(Some(RobustSettings {
+        Some(RobustRequest {
             halo,
-            outliers: objective
-                .uses_outliers()
-                .then(|| LetterSet::TrainingOutliers.name().to_string()),
+            helper: self.helper.clone(),
             outlier_variants: self.outlier_variants,
-            helper: objective
-                .uses_helper()
-                .then(|| self.helper.as_ref().map(|p| p.display().to_string()))
-                .flatten(),
-            validation_size,
-        }))
+            validation_size: self.validation_size,
+        })
     }
 }
 
-/// The helper at `path`, frozen on the training device, checked against the model it helps.
-fn load_helper(
-    path: &Path,
-    model: &Classifier,
-    device: &burn::tensor::Device,
-) -> Result<Classifier> {
-    let device = device.clone().autodiff();
-    let helper = checkpoint::load_classifier(path, &device)
-        .with_context(|| format!("loading the helper {}", path.display()))?;
-    if helper.spec.input_shape != model.spec.input_shape
-        || helper.spec.num_classes() != model.spec.num_classes()
-    {
-        bail!(
-            "the helper {} takes {:?} images and {} classes; the model {:?} and {}",
-            path.display(),
-            helper.spec.input_shape,
-            helper.spec.num_classes(),
-            model.spec.input_shape,
-            model.spec.num_classes()
-        );
+impl TrainArgs {
+    /// The run these options ask for, as the library takes it.
+    pub fn run_config(&self) -> Result<TrainRunConfig> {
+        let dataset = self.data.dataset.unwrap_or(DatasetKind::FashionMnist);
+        Ok(TrainRunConfig {
+            dataset,
+            data_dir: self.data.data_dir.clone(),
+            training: self.training.request(dataset)?,
+            robust: self.robust.request(),
+            font_dir: self.robust.font_dir.clone(),
+            resume: self.resume,
+        })
     }
-    Ok(frozen(&helper, &device))
+
+    /// These options for the rung `objective` of a ladder, trained into `out` with `helper`
+    /// (HALO's).
+    pub fn rung(&self, objective: Objective, out: PathBuf, helper: Option<PathBuf>) -> Self {
+        let mut rung = self.clone();
+        rung.out = out;
+        rung.robust.objective = Some(ObjectiveArg::from(objective));
+        rung.robust.helper = helper;
+        rung
+    }
+
+    /// Whether the options already name the run's objective or helper, which a ladder sets.
+    pub fn sets_objective_or_helper(&self) -> bool {
+        self.robust.objective.is_some() || self.robust.helper.is_some()
+    }
+
+    /// The run folder.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+}
+
+impl From<Objective> for ObjectiveArg {
+    fn from(o: Objective) -> Self {
+        match o {
+            Objective::Std => ObjectiveArg::Std,
+            Objective::Oe => ObjectiveArg::Oe,
+            Objective::Trades => ObjectiveArg::Trades,
+            Objective::TradesOe => ObjectiveArg::TradesOe,
+            Objective::Halo => ObjectiveArg::Halo,
+        }
+    }
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    let device = default_device();
-    // Reject bad options, an --out that cannot be written and outputs that would replace the
-    // helper before spending time on data.
-    args.training.architecture()?;
-    vigil_core::io::check_writable_dir(&args.out)?;
-    vigil_core::io::check_outputs(
-        &args.robust.helper,
-        run_files().map(|name| args.out.join(name)),
-    )?;
-    let (kind, train_limit, test_limit, seed) =
-        data_selection(&args.out, args.resume, args.data.dataset, &args.training)?;
-    args.training.config(kind).validate()?;
-    let train_set = limit(args.data.load(kind, Split::Train)?, train_limit, seed)?;
-    let test_set = limit(args.data.load(kind, Split::Test)?, test_limit, seed)?;
-    let mut requested = args.training.config(kind);
-    requested.robust = args.robust.settings(seed, train_set.len())?;
-    let mut run = open_run_with(
-        &args.out,
-        args.resume,
-        &args.training,
-        requested,
-        kind,
-        &train_set,
-        &device,
-    )?;
-    let Some(settings) = run.state.config.robust.clone() else {
-        return drive(&mut run, &train_set, &test_set, &args.out, &device);
-    };
-    // The run's own settings (a resumed run keeps its split, outliers and helper).
-    let config = run.state.config.clone();
-    let (held_out, kept) = train_set.random_split(settings.validation_size, config.seed)?;
-    let validation = train_set.subset(&held_out);
-    let train_part = train_set.subset(&kept);
-    let outliers = match &settings.outliers {
-        Some(_) => Some(outlier_set(
-            &args.robust.font_dir,
-            &settings,
-            &train_part,
-            config.seed,
-        )?),
-        None => None,
-    };
-    let helper = match &settings.helper {
-        Some(path) => Some(load_helper(Path::new(path), &run.classifier, &device)?),
-        None => None,
-    };
-    let mut rule = RobustStep::new(
-        &train_part,
-        outliers.as_ref(),
-        helper,
-        (!validation.is_empty()).then_some(&validation),
-        &config,
-        settings.halo,
-        run.state.step,
-    )?;
-    rule.resume_weight_average(&args.out, run.state.step)?;
-    drive_with(
-        &mut run,
-        &mut rule,
-        train_part.len(),
-        &test_set,
-        &args.out,
-        &device,
-    )
+    train_and_report(&args.run_config()?, &args.out, &default_device())
 }
 
-/// The files a training run writes in its folder (relative to it).
-pub fn run_files() -> impl Iterator<Item = PathBuf> {
-    use vigil_core::train::files;
-    [files::MODEL, files::BEST, files::AVERAGE, files::METRICS]
-        .into_iter()
-        .map(PathBuf::from)
-        .chain(
-            [files::STATE, files::MODEL, files::OPTIMIZER]
-                .into_iter()
-                .map(|name| Path::new(files::RESUME_DIR).join(name)),
-        )
-}
-
-/// The letters drawn as outliers, checked to fit the training images.
-fn outlier_set(
-    font_dir: &Path,
-    settings: &RobustSettings,
-    train: &ImageSet,
-    seed: u64,
-) -> Result<ImageSet> {
-    let shape = train.shape();
-    let style = GlyphStyle {
-        side: shape.height,
-        ..GlyphStyle::mnist_like(settings.outlier_variants, seed)
-    };
-    if shape.channels != 1 || shape.height != shape.width {
-        bail!(
-            "letter outliers are square grayscale images; the training images are {}x{}x{}",
-            shape.channels,
-            shape.height,
-            shape.width
-        );
-    }
-    let set = LetterSet::TrainingOutliers.render(font_dir, &style)?;
-    eprintln!(
-        "outliers: {} letter images from the fonts in {}",
-        set.len(),
-        font_dir.display()
-    );
-    Ok(set)
+/// Trains the run `config` asks for into `out`, showing it on stderr and stdout; the exit code
+/// says whether it finished (success) or was interrupted (130).
+pub fn train_and_report(config: &TrainRunConfig, out: &Path, device: &Device) -> Result<ExitCode> {
+    let outcome = train_run(config, out, device, &mut SessionPrinter::default())?;
+    Ok(SessionPrinter::exit_code(outcome))
 }

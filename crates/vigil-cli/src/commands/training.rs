@@ -1,18 +1,20 @@
-//! Options shared by every command that trains a model (`train`, `attack`), and the
-//! start-or-resume logic around [`vigil_core::train::train`].
+//! Options shared by every command that trains a model (`train`, `attack`), and how a training
+//! session ([`vigil_core::train::session`]) is shown: messages and progress on stderr, one JSON
+//! line per epoch on stdout.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
-use burn::tensor::Device;
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use vigil_core::data::{DatasetKind, ImageSet, Normalization};
-use vigil_core::models::{Architecture, Classifier, ModelSpec};
-use vigil_core::optim::ParamSlots;
+use vigil_core::data::DatasetKind;
+use vigil_core::models::Architecture;
 use vigil_core::optim::schedule::Schedule;
 use vigil_core::optim::sgd::SgdConfig;
-use vigil_core::train::{self, StepRule, TrainConfig, TrainOutcome, TrainState};
+use vigil_core::train::{
+    self, EpochRecord, Run, RunRequest, SessionObserver, SessionOutcome, TrainConfig,
+    TrainObserver, TrainState,
+};
 
 use crate::progress::{TrainProgress, interrupt_flag};
 
@@ -140,112 +142,74 @@ impl TrainingArgs {
         }
         Ok(architecture)
     }
-}
 
-/// The dataset and subset sizes to train on: the saved run's own when resuming, else the
-/// options'.
-pub fn data_selection(
-    out: &Path,
-    resume: bool,
-    dataset: Option<DatasetKind>,
-    args: &TrainingArgs,
-) -> Result<(DatasetKind, Option<usize>, Option<usize>, u64)> {
-    if resume && let Some(state) = train::saved_state(out)? {
-        let c = state.config;
-        let kind = c
-            .dataset
-            .parse()
-            .map_err(|e| anyhow::anyhow!("the run's dataset `{}`: {e}", c.dataset))?;
-        return Ok((kind, c.train_limit, c.test_limit, c.seed));
+    /// The run these options ask for on `kind` (rejects an unknown architecture).
+    pub fn request(&self, kind: DatasetKind) -> Result<RunRequest> {
+        Ok(RunRequest {
+            config: self.config(kind),
+            architecture: self.architecture()?,
+            normalize: !self.no_normalize,
+        })
     }
-    Ok((
-        dataset.unwrap_or(DatasetKind::FashionMnist),
-        args.train_limit,
-        args.test_limit,
-        args.seed,
-    ))
 }
 
-/// A run ready to train: fresh, or resumed from `out`.
-pub struct Run {
-    /// The model.
-    pub classifier: Classifier,
-    /// Optimiser state.
-    pub slots: ParamSlots,
-    /// Position and history.
-    pub state: TrainState,
+/// Shows a training session: its milestones on stderr, its progress through [`TrainProgress`]
+/// (drawn once the run is open, when its length is known).
+#[derive(Default)]
+pub struct SessionPrinter {
+    progress: Option<TrainProgress>,
+    /// Whether a stop was already announced (Input-Aware's own loop announces none).
+    pub stop_reported: bool,
 }
 
-impl Run {
-    /// Announces the training on stderr; `with` names anything trained beside the model.
-    pub fn announce(&self, with: &str, train_images: usize, test_images: usize) {
-        eprintln!(
-            "training {} ({} parameters){with} on {train_images} {} images, evaluating on {test_images}",
-            self.classifier.spec.architecture.name(),
-            self.classifier.num_params(),
-            self.state.config.dataset,
-        );
-    }
-
-    /// The run's progress display: stops on Ctrl-C, warns on a loss blow-up.
-    /// (Robust objectives are not checked for a blow-up: their loss adds outlier, KL and helper
-    /// terms to the cross-entropy, so chance level is no yardstick; a non-finite loss still
-    /// stops them.)
-    pub fn progress(&self) -> TrainProgress {
-        let progress = TrainProgress::new(self.state.config.epochs, interrupt_flag());
-        if self.state.config.robust.is_some() {
-            progress
-        } else {
-            progress.warn_on_blowup(self.classifier.spec.num_classes())
+impl SessionPrinter {
+    /// The exit code of a session that ended with `outcome`: success, or 130 when interrupted.
+    pub fn exit_code(outcome: SessionOutcome) -> ExitCode {
+        match outcome {
+            SessionOutcome::Interrupted => ExitCode::from(130),
+            SessionOutcome::AlreadyFinished | SessionOutcome::Finished => ExitCode::SUCCESS,
         }
     }
 }
 
-/// Opens the run in `out`: resumes it with `--resume`, or when `out` holds a run of the same
-/// configuration and architecture (so repeating a command continues it); refuses a different
-/// one; else starts fresh with a model shaped like `shape_source`.
-pub fn open_run(
-    out: &Path,
-    resume: bool,
-    args: &TrainingArgs,
-    kind: DatasetKind,
-    shape_source: &ImageSet,
-    device: &Device,
-) -> Result<Run> {
-    open_run_with(
-        out,
-        resume,
-        args,
-        args.config(kind),
-        kind,
-        shape_source,
-        device,
-    )
+impl TrainObserver for SessionPrinter {
+    fn epoch_started(&mut self, epoch: usize, batches: usize, done: usize) {
+        if let Some(p) = &mut self.progress {
+            p.epoch_started(epoch, batches, done);
+        }
+    }
+
+    fn batch_finished(&mut self, batch: usize, loss: f64, accuracy: f64, lr: f64) {
+        if let Some(p) = &mut self.progress {
+            p.batch_finished(batch, loss, accuracy, lr);
+        }
+    }
+
+    fn evaluating(&mut self) {
+        if let Some(p) = &mut self.progress {
+            p.evaluating();
+        }
+    }
+
+    fn epoch_finished(&mut self, record: &EpochRecord) {
+        if let Some(p) = &mut self.progress {
+            p.epoch_finished(record);
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.progress.as_mut().is_some_and(|p| p.should_stop())
+    }
 }
 
-/// [`open_run`] for a run whose configuration is `requested` (the options' plus anything the
-/// command adds, such as robust training settings).
-pub fn open_run_with(
-    out: &Path,
-    resume: bool,
-    args: &TrainingArgs,
-    requested: TrainConfig,
-    kind: DatasetKind,
-    shape_source: &ImageSet,
-    device: &Device,
-) -> Result<Run> {
-    requested.validate()?;
-    let architecture = args.architecture()?;
-    let state_file = out.join(train::files::RESUME_DIR).join(train::files::STATE);
-    if resume || state_file.exists() {
-        let (classifier, slots, state) = train::load_resume(out, device)?;
-        if !resume && (state.config != requested || classifier.spec.architecture != architecture) {
-            bail!(
-                "{} holds a run with another configuration; pass --resume to continue it as it is, or choose another --out",
-                out.display()
-            );
-        }
-        if !state.finished() {
+impl SessionObserver for SessionPrinter {
+    /// Announces a resumed run, and prepares the progress display: it stops on Ctrl-C and warns
+    /// on a loss blow-up. (Robust objectives are not checked for a blow-up: their loss adds
+    /// outlier, KL and helper terms to the cross-entropy, so chance level is no yardstick; a
+    /// non-finite loss still stops them.)
+    fn run_opened(&mut self, out: &Path, run: &Run) {
+        let state = &run.state;
+        if run.resumed && !state.finished() {
             eprintln!(
                 "resuming {} at epoch {}, batch {} (step {})",
                 out.display(),
@@ -254,107 +218,67 @@ pub fn open_run_with(
                 state.step
             );
         }
-        return Ok(Run {
-            classifier,
-            slots,
-            state,
+        let progress = TrainProgress::new(state.config.epochs, interrupt_flag());
+        self.progress = Some(if state.config.robust.is_some() {
+            progress
+        } else {
+            progress.warn_on_blowup(run.classifier.spec.num_classes())
         });
     }
-    let shape = shape_source.shape();
-    let spec = ModelSpec {
-        architecture,
-        input_shape: [shape.channels, shape.height, shape.width],
-        class_names: shape_source.class_names().to_vec(),
-        normalization: (!args.no_normalize)
-            .then(|| Normalization::for_kind(kind).for_channels(shape.channels)),
-    };
-    let train_device = device.clone().autodiff();
-    train_device.seed(requested.seed);
-    Ok(Run {
-        classifier: Classifier::new(spec, &train_device)?,
-        slots: ParamSlots::new(),
-        state: TrainState::new(requested),
-    })
-}
 
-/// Trains `run` to the end (or to Ctrl-C) with plain cross-entropy, progress on stderr and a JSON
-/// line per epoch on stdout. Returns the exit code to use: success, or 130 when interrupted.
-pub fn drive(
-    run: &mut Run,
-    train_set: &ImageSet,
-    test_set: &ImageSet,
-    out: &Path,
-    device: &Device,
-) -> Result<ExitCode> {
-    let config = run.state.config.clone();
-    let mut rule = train::Supervised {
-        train_set,
-        config: &config,
-    };
-    drive_with(run, &mut rule, train_set.len(), test_set, out, device)
-}
-
-/// [`drive`] with any step rule over a training set of `n_train` images.
-pub fn drive_with(
-    run: &mut Run,
-    rule: &mut impl StepRule,
-    n_train: usize,
-    test_set: &ImageSet,
-    out: &Path,
-    device: &Device,
-) -> Result<ExitCode> {
-    if run.state.finished() {
-        let last = run.state.history.last();
+    fn training_starts(
+        &mut self,
+        run: &Run,
+        beside: Option<&str>,
+        train_images: usize,
+        test_images: usize,
+    ) {
+        let with = beside.map(|b| format!(" with {b}")).unwrap_or_default();
         eprintln!(
-            "{}: all {} epochs are done (test accuracy {:.4}); nothing to train",
-            out.display(),
-            run.state.config.epochs,
-            last.map_or(0.0, |r| r.test_accuracy)
+            "training {} ({} parameters){with} on {train_images} {} images, evaluating on {test_images}",
+            run.classifier.spec.architecture.name(),
+            run.classifier.num_params(),
+            run.state.config.dataset,
         );
-        return Ok(ExitCode::SUCCESS);
     }
-    let with = match &run.state.config.robust {
-        Some(r) => format!(" with the {} objective", r.halo.objective.name()),
-        None => String::new(),
-    };
-    run.announce(&with, n_train, test_set.len());
-    let mut progress = run.progress();
-    let outcome = train::run(
-        &mut run.classifier,
-        &mut run.slots,
-        &mut run.state,
-        n_train,
-        test_set,
-        out,
-        device,
-        &mut progress,
-        rule,
-    )?;
-    match outcome {
-        TrainOutcome::Finished => {
-            let seconds: f64 = run.state.history.iter().map(|r| r.seconds).sum();
-            eprintln!(
-                "done: test accuracy {:.4} after {} epochs, {:.0}s of training; model in {}",
-                run.state.history.last().map_or(0.0, |r| r.test_accuracy),
-                run.state.history.len(),
-                seconds,
-                out.join(train::files::MODEL).display()
-            );
-            if let Some((epoch, loss)) = run.state.best_epoch() {
+
+    fn training_ended(&mut self, out: &Path, outcome: SessionOutcome, state: &TrainState) {
+        let last_accuracy = state.history.last().map_or(0.0, |r| r.test_accuracy);
+        match outcome {
+            SessionOutcome::AlreadyFinished => eprintln!(
+                "{}: all {} epochs are done (test accuracy {last_accuracy:.4}); nothing to train",
+                out.display(),
+                state.config.epochs,
+            ),
+            SessionOutcome::Finished => {
+                let seconds: f64 = state.history.iter().map(|r| r.seconds).sum();
                 eprintln!(
-                    "lowest validation loss {loss:.4} at epoch {epoch}: its weights are in {}",
-                    out.join(train::files::BEST).display()
+                    "done: test accuracy {last_accuracy:.4} after {} epochs, {seconds:.0}s of training; model in {}",
+                    state.history.len(),
+                    out.join(train::files::MODEL).display()
+                );
+                if let Some((epoch, loss)) = state.best_epoch() {
+                    eprintln!(
+                        "lowest validation loss {loss:.4} at epoch {epoch}: its weights are in {}",
+                        out.join(train::files::BEST).display()
+                    );
+                }
+            }
+            SessionOutcome::Interrupted => {
+                self.stop_reported = true;
+                eprintln!(
+                    "stopped at epoch {}, batch {}; run the same command again (or add --resume) to continue",
+                    state.epoch + 1,
+                    state.batch,
                 );
             }
-            Ok(ExitCode::SUCCESS)
         }
-        TrainOutcome::Interrupted => {
-            eprintln!(
-                "stopped at epoch {}, batch {}; run the same command again (or add --resume) to continue",
-                run.state.epoch + 1,
-                run.state.batch,
-            );
-            Ok(ExitCode::from(130))
-        }
+    }
+
+    fn outliers_drawn(&mut self, images: usize, font_dir: &Path) {
+        eprintln!(
+            "outliers: {images} letter images from the fonts in {}",
+            font_dir.display()
+        );
     }
 }

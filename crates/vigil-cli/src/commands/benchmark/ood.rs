@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::Args;
 use indicatif::ProgressBar;
 use vigil_core::attack::pgd::Pgd;
@@ -14,9 +15,10 @@ use vigil_core::data::Split;
 use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
 use vigil_core::data::ood_sets::OodSetSpec;
 use vigil_core::device::default_device;
+use vigil_core::halo::Objective;
 use vigil_core::ood::ScoreKind;
 
-use crate::commands::train::TrainArgs;
+use crate::commands::train::{TrainArgs, train_and_report};
 use crate::commands::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
 use crate::progress::bar;
 
@@ -187,7 +189,7 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
             .filter(|o| args.objectives.iter().any(|a| a == o))
             .collect();
         if let Some(flags) = &args.train {
-            train_ladder(dir, &objectives, flags)?;
+            train_ladder(dir, &objectives, flags, &device)?;
         }
         for objective in objectives {
             let run = dir.join(objective);
@@ -330,19 +332,25 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Trains every rung of `objectives` in `dir` through `vigil train` with `flags` (a finished run
-/// is left as it is, an interrupted one continues), STD first as HALO's helper.
-fn train_ladder(dir: &Path, objectives: &[&str], flags: &str) -> Result<()> {
-    let extra: Vec<String> = flags.split_whitespace().map(String::from).collect();
-    for objective in objectives {
-        let out = dir.join(objective);
-        let mut args: Vec<String> = vec![
-            "--objective".into(),
-            objective.to_string(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
-        if *objective == "halo" {
+/// Trains every rung of `objectives` in `dir` with the `vigil train` options `flags` (a finished
+/// run is left as it is, an interrupted one continues), STD first as HALO's helper. The options
+/// are parsed once; each rung is then that run with its objective, folder and helper.
+fn train_ladder(dir: &Path, objectives: &[&str], flags: &str, device: &Device) -> Result<()> {
+    // --out is the ladder's own folder here; a rung's folder replaces it below.
+    let options: Vec<String> = ["--out".to_string(), dir.display().to_string()]
+        .into_iter()
+        .chain(flags.split_whitespace().map(String::from))
+        .collect();
+    let options = TrainArgs::parse_from(&options).context("the --train options")?;
+    if options.sets_objective_or_helper() {
+        bail!("the --train options may not set --objective or --helper: the ladder sets them");
+    }
+    for name in objectives {
+        let objective = Objective::ALL
+            .into_iter()
+            .find(|o| o.name() == *name)
+            .with_context(|| format!("unknown objective `{name}`"))?;
+        let helper = if objective.uses_helper() {
             let helper = dir.join("std").join("model.safetensors");
             if !helper.is_file() {
                 bail!(
@@ -350,18 +358,19 @@ fn train_ladder(dir: &Path, objectives: &[&str], flags: &str) -> Result<()> {
                     helper.display()
                 );
             }
-            args.extend(["--helper".into(), helper.display().to_string()]);
-        }
-        args.extend(extra.iter().cloned());
-        eprintln!("ladder: training {objective} in {}", out.display());
-        let train_args = TrainArgs::parse_from(&args)
-            .with_context(|| format!("the --train options for {objective}"))?;
-        let code = crate::commands::train::run(train_args)
-            .with_context(|| format!("training the {objective} rung"))?;
+            Some(helper)
+        } else {
+            None
+        };
+        let rung = options.rung(objective, dir.join(name), helper);
+        eprintln!("ladder: training {name} in {}", rung.out().display());
+        let config = rung
+            .run_config()
+            .with_context(|| format!("the --train options for {name}"))?;
+        let code = train_and_report(&config, rung.out(), device)
+            .with_context(|| format!("training the {name} rung"))?;
         if code != ExitCode::SUCCESS {
-            bail!(
-                "training {objective} stopped before its end: run the same command again to continue"
-            );
+            bail!("training {name} stopped before its end: run the same command again to continue");
         }
     }
     Ok(())
