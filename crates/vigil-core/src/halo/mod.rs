@@ -26,6 +26,7 @@
 //!   statistics behind the helper's ID labels (vigil: eval mode, ID images only);
 //! - its helper input `X_id + 2 (X_adv_id - X_id)` is not clipped to `[0, 1]` (vigil: clipped).
 
+pub mod ladder;
 pub mod run;
 pub mod weight_average;
 
