@@ -11,11 +11,11 @@ use vigil_core::attack::pgd::Pgd;
 use vigil_core::benchmark::ood::{
     self, Contender, OodBenchmarkConfig, OodBenchmarkData, OodSet, Progress,
 };
-use vigil_core::data::Split;
 use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
 use vigil_core::data::ood_sets::OodSetSpec;
+use vigil_core::data::{DatasetKind, Split};
 use vigil_core::device::default_device;
-use vigil_core::halo::Objective;
+use vigil_core::halo::{Objective, ladder};
 use vigil_core::ood::ScoreKind;
 
 use crate::commands::train::{TrainArgs, train_and_report};
@@ -159,9 +159,6 @@ fn parse_adaptive(text: &str) -> Result<Option<ScoreKind>, String> {
     }
 }
 
-/// The ladder's objectives, in order.
-const LADDER: [&str; 5] = ["std", "oe", "trades", "trades-oe", "halo"];
-
 pub fn run(args: OodArgs) -> Result<ExitCode> {
     let device = default_device();
     // Before any training or attack: the report may not replace a model it evaluates.
@@ -172,38 +169,69 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
             .chain(&args.transfer_from),
         ["report.json", "rows.csv", "report.md"].map(|name| args.out.join(name)),
     )?;
+    let named = models_to_evaluate(&args, &device)?;
+    let load = |name: String, path: &Path| -> Result<Contender> {
+        Ok(Contender {
+            name,
+            model: args.model_args.load(path, &device)?,
+        })
+    };
+    let mut contenders = Vec::new();
+    for (name, path) in &named {
+        eprintln!("model {name}: {}", path.display());
+        contenders.push(load(name.clone(), path)?);
+    }
+    let transfer = match &args.transfer_from {
+        Some(path) => Some(load(path.display().to_string(), path)?),
+        None => None,
+    };
+    let kind = match args.data.dataset {
+        Some(kind) => kind,
+        None => trained_on(&named[0].1).with_context(|| {
+            format!(
+                "{} does not say which dataset it was trained on: pass --dataset",
+                named[0].1.display()
+            )
+        })?,
+    };
+    let data = benchmark_data(&args, kind)?;
+    let config = benchmark_config(&args);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let report = run_with_progress(
+        &config,
+        &data,
+        &contenders,
+        transfer.as_ref(),
+        &args.out,
+        &device,
+    )
+    .context("running the OOD benchmark")?;
+    report
+        .save(&args.out)
+        .with_context(|| format!("writing the report into {}", args.out.display()))?;
+    eprintln!("{}", report.to_markdown());
+    eprintln!("report: {}", args.out.join("report.md").display());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The models to evaluate, by name: the ladder's rungs (trained first with --train), then the
+/// --model ones.
+fn models_to_evaluate(args: &OodArgs, device: &Device) -> Result<Vec<(String, PathBuf)>> {
     let mut named = Vec::new();
     if let Some(dir) = &args.ladder {
-        if let Some(unknown) = args
-            .objectives
-            .iter()
-            .find(|o| !LADDER.contains(&o.as_str()))
-        {
-            bail!(
-                "unknown objective `{unknown}` (one of {})",
-                LADDER.join(", ")
-            );
-        }
-        let objectives: Vec<&str> = LADDER
-            .into_iter()
-            .filter(|o| args.objectives.iter().any(|a| a == o))
-            .collect();
+        let objectives = ladder::objectives(&args.objectives)?;
         if let Some(flags) = &args.train {
-            train_ladder(dir, &objectives, flags, &device)?;
+            train_ladder(dir, &objectives, flags, device)?;
         }
-        for objective in objectives {
-            let run = dir.join(objective);
-            let path = [
-                checkpoint_file(&run, "best.safetensors"),
-                checkpoint_file(&run, "model.safetensors"),
-            ]
-            .into_iter()
-            .flatten()
-            .next();
-            if let Some(path) = path {
-                named.push((objective.to_string(), path));
-            }
-        }
+        named.extend(
+            ladder::checkpoints(dir, &objectives)
+                .into_iter()
+                .map(|(objective, path)| (objective.name().to_string(), path)),
+        );
         if named.is_empty() {
             bail!(
                 "{} holds no ladder run (std/, oe/, trades/, trades-oe/, halo/ with a checkpoint): train them with scripts/halo-ladder.sh",
@@ -215,31 +243,11 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
     if named.is_empty() {
         bail!("no model to evaluate: give --ladder DIR or --model NAME=PATH");
     }
-    let mut contenders = Vec::new();
-    for (name, path) in &named {
-        eprintln!("model {name}: {}", path.display());
-        contenders.push(Contender {
-            name: name.clone(),
-            model: args.model_args.load(path, &device)?,
-        });
-    }
-    let transfer = match &args.transfer_from {
-        Some(path) => Some(Contender {
-            name: path.display().to_string(),
-            model: args.model_args.load(path, &device)?,
-        }),
-        None => None,
-    };
+    Ok(named)
+}
 
-    let kind = match args.data.dataset {
-        Some(kind) => kind,
-        None => trained_on(&named[0].1).with_context(|| {
-            format!(
-                "{} does not say which dataset it was trained on: pass --dataset",
-                named[0].1.display()
-            )
-        })?,
-    };
+/// The ID sets (test, and training images the scores are fitted on) and the OOD sets.
+fn benchmark_data(args: &OodArgs, kind: DatasetKind) -> Result<OodBenchmarkData> {
     let id_test = limit(args.data.load(kind, Split::Test)?, args.id_limit, args.seed)?;
     let id_fit = limit(
         args.data.load(kind, Split::Train)?,
@@ -266,17 +274,20 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
             images,
         });
     }
-    let data = OodBenchmarkData {
+    Ok(OodBenchmarkData {
         id_fit,
         id_test,
         ood,
-    };
+    })
+}
 
+/// The attack, scores and batches the options ask for.
+fn benchmark_config(args: &OodArgs) -> OodBenchmarkConfig {
     let mut attack = Pgd::linf(args.eps, args.steps);
     if args.reference_pgd {
         attack = attack.reference();
     }
-    let config = OodBenchmarkConfig {
+    OodBenchmarkConfig {
         attack,
         scores: args.scores.clone(),
         adaptive: match &args.adaptive {
@@ -285,17 +296,26 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
         },
         batch_size: args.batch_size,
         seed: args.seed,
-    };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    }
+}
+
+/// [`ood::run`] with a progress bar per stage on stderr.
+fn run_with_progress(
+    config: &OodBenchmarkConfig,
+    data: &OodBenchmarkData,
+    contenders: &[Contender],
+    transfer: Option<&Contender>,
+    out: &Path,
+    device: &Device,
+) -> Result<ood::OodBenchmarkReport> {
     let mut current: Option<ProgressBar> = None;
     let report = ood::run(
-        &config,
-        &data,
-        &contenders,
-        transfer.as_ref(),
-        Some(&args.out),
-        &device,
+        config,
+        data,
+        contenders,
+        transfer,
+        Some(out),
+        device,
         &mut |p| match p {
             Progress::Stage {
                 model,
@@ -316,26 +336,17 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
                 }
             }
         },
-    )
-    .context("running the OOD benchmark")?;
+    )?;
     if let Some(b) = current.take() {
         b.finish_and_clear();
     }
-    report
-        .save(&args.out)
-        .with_context(|| format!("writing the report into {}", args.out.display()))?;
-    eprintln!("{}", report.to_markdown());
-    eprintln!("report: {}", args.out.join("report.md").display());
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(report)
 }
 
 /// Trains every rung of `objectives` in `dir` with the `vigil train` options `flags` (a finished
 /// run is left as it is, an interrupted one continues), STD first as HALO's helper. The options
 /// are parsed once; each rung is then that run with its objective, folder and helper.
-fn train_ladder(dir: &Path, objectives: &[&str], flags: &str, device: &Device) -> Result<()> {
+fn train_ladder(dir: &Path, objectives: &[Objective], flags: &str, device: &Device) -> Result<()> {
     // --out is the ladder's own folder here; a rung's folder replaces it below.
     let options: Vec<String> = ["--out".to_string(), dir.display().to_string()]
         .into_iter()
@@ -345,13 +356,10 @@ fn train_ladder(dir: &Path, objectives: &[&str], flags: &str, device: &Device) -
     if options.sets_objective_or_helper() {
         bail!("the --train options may not set --objective or --helper: the ladder sets them");
     }
-    for name in objectives {
-        let objective = Objective::ALL
-            .into_iter()
-            .find(|o| o.name() == *name)
-            .with_context(|| format!("unknown objective `{name}`"))?;
+    for &objective in objectives {
+        let name = objective.name();
         let helper = if objective.uses_helper() {
-            let helper = dir.join("std").join("model.safetensors");
+            let helper = ladder::helper(dir);
             if !helper.is_file() {
                 bail!(
                     "HALO's helper {} is missing: include std in --objectives",
@@ -362,7 +370,7 @@ fn train_ladder(dir: &Path, objectives: &[&str], flags: &str, device: &Device) -
         } else {
             None
         };
-        let rung = options.rung(objective, dir.join(name), helper);
+        let rung = options.rung(objective, ladder::rung_dir(dir, objective), helper);
         eprintln!("ladder: training {name} in {}", rung.out().display());
         let config = rung
             .run_config()
@@ -374,9 +382,4 @@ fn train_ladder(dir: &Path, objectives: &[&str], flags: &str, device: &Device) -
         }
     }
     Ok(())
-}
-
-fn checkpoint_file(run: &Path, name: &str) -> Option<PathBuf> {
-    let path = run.join(name);
-    path.is_file().then_some(path)
 }
