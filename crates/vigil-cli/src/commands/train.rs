@@ -11,6 +11,7 @@ use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
 use vigil_core::device::default_device;
 use vigil_core::halo::run::{RobustRequest, TrainRunConfig, train_run};
 use vigil_core::halo::{HaloConfig, Objective, ReferenceRules};
+use vigil_core::train::run_files;
 
 use super::training::{SessionPrinter, TrainingArgs};
 use super::{DataArgs, parse_fraction};
@@ -219,7 +220,14 @@ impl From<Objective> for ObjectiveArg {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    train_and_report(&args.run_config()?, &args.out, &default_device())
+    let config = args.run_config()?;
+    // The library guards the helper a robust run reads; a --helper given without --objective
+    // is guarded too, as every file named on the command line.
+    vigil_core::io::check_outputs(
+        &args.robust.helper,
+        run_files().map(|name| args.out.join(name)),
+    )?;
+    train_and_report(&config, &args.out, &default_device())
 }
 
 /// Trains the run `config` asks for into `out`, showing it on stderr and stdout; the exit code
