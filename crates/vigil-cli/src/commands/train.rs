@@ -27,7 +27,7 @@ use super::{DataArgs, parse_fraction};
 /// Defaults train the small CNN (conv32-conv64-fc128) on Fashion-MNIST: SGD with Nesterov
 /// momentum 0.9, weight decay 5e-4, batch 128, one-cycle cosine schedule peaking at 0.05.
 ///
-/// With --objective, the run trains one rung of the robust OOD ladder (SPEC.md section 2): std,
+/// With --objective, the run trains one rung of the robust OOD ladder (docs/halo.md): std,
 /// oe (outlier exposure), trades, trades-oe or halo. Outliers are upper-case letters drawn from
 /// the DejaVu and Liberation fonts; a held-out part of the training set, attacked with PGD,
 /// picks the epoch whose weights are kept in best.safetensors. HALO also needs --helper, a
