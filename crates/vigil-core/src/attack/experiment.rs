@@ -402,3 +402,85 @@ fn write_examples(
     write_atomic(path, &png)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Architecture;
+    use crate::train::TrainConfig;
+    use crate::train::test_util::{scratch, write_idx};
+
+    #[test]
+    fn an_experiment_records_trains_measures_and_refuses_another_configuration() {
+        let dir = scratch("attack", "experiment");
+        write_idx(&dir, "train", 40);
+        write_idx(&dir, "t10k", 20);
+        let out = dir.join("record");
+        let config = AttackRunConfig {
+            params: AttackParams::defaults("badnets", 0).unwrap(),
+            rule: TargetRule::AllToOne { target: 0 },
+            rate: 0.1,
+            seed: 0,
+            dataset: DatasetKind::FashionMnist,
+            data_dir: Some(dir.clone()),
+            training: RunRequest {
+                config: TrainConfig {
+                    epochs: 1,
+                    batch_size: 16,
+                    ..TrainConfig::small_cnn_default()
+                },
+                architecture: Architecture::SmallCnn {
+                    width: 4,
+                    hidden: 8,
+                },
+                normalize: true,
+            },
+            resume: false,
+        };
+        let device = Device::default();
+        let AttackOutcome::Recorded(first) =
+            run_attack(&config, &out, &device, &mut Silent).unwrap()
+        else {
+            panic!("the experiment did not finish");
+        };
+        assert_eq!(first.attack.attack, "badnets");
+        assert_eq!(first.attack.dataset, "fashion-mnist");
+        assert!(first.results.poisoned_samples > 0);
+        assert_eq!(
+            (first.results.epochs, first.results.clean_test_size),
+            (1, 20)
+        );
+        for file in [
+            files::MANIFEST,
+            files::POISON,
+            files::BACKDOOR_TEST_IMAGES,
+            files::RESULTS,
+            files::EXAMPLES,
+            crate::train::files::MODEL,
+        ] {
+            assert!(out.join(file).is_file(), "{file} is missing");
+        }
+        let saved: AttackResults = record::read_json(&out, files::RESULTS).unwrap();
+        assert_eq!(saved, first.results);
+
+        // The same experiment again: nothing left to train, the model is measured again.
+        let AttackOutcome::Recorded(again) =
+            run_attack(&config, &out, &device, &mut Silent).unwrap()
+        else {
+            panic!("the finished experiment was not measured again");
+        };
+        assert_eq!(again.attack, first.attack);
+        assert_eq!(again.results.clean_accuracy, first.results.clean_accuracy);
+
+        // Another attack in the same folder is refused before anything is written.
+        let blended = AttackRunConfig {
+            params: AttackParams::defaults("blended", 0).unwrap(),
+            ..config.clone()
+        };
+        assert!(matches!(
+            run_attack(&blended, &out, &device, &mut Silent),
+            Err(AttackRunError::OtherAttack { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -282,6 +282,9 @@ fn outlier_set(
 mod tests {
     use super::*;
     use crate::halo::Objective;
+    use crate::models::Architecture;
+    use crate::train::test_util::{scratch, write_idx};
+    use crate::train::{Silent, TrainConfig, files};
 
     fn request(objective: Objective, helper: Option<&str>) -> RobustRequest {
         RobustRequest {
@@ -329,5 +332,62 @@ mod tests {
                 train_images: 100
             })
         ));
+    }
+
+    #[test]
+    fn a_robust_run_trains_keeps_its_best_epoch_and_is_left_alone_once_finished() {
+        let dir = scratch("halo-run", "std");
+        write_idx(&dir, "train", 40);
+        write_idx(&dir, "t10k", 20);
+        let out = dir.join("std");
+        let mut halo = HaloConfig::reference_defaults(Objective::Std);
+        halo.steps = 1;
+        let config = TrainRunConfig {
+            dataset: DatasetKind::FashionMnist,
+            data_dir: Some(dir.clone()),
+            training: RunRequest {
+                config: TrainConfig {
+                    epochs: 1,
+                    batch_size: 16,
+                    ..TrainConfig::small_cnn_default()
+                },
+                architecture: Architecture::SmallCnn {
+                    width: 4,
+                    hidden: 8,
+                },
+                normalize: true,
+            },
+            robust: Some(RobustRequest {
+                halo,
+                ..request(Objective::Std, None)
+            }),
+            font_dir: dir.clone(),
+            resume: false,
+        };
+        let device = Device::default();
+        let outcome = train_run(&config, &out, &device, &mut Silent).unwrap();
+        assert_eq!(outcome, SessionOutcome::Finished);
+        assert!(out.join(files::BEST).is_file());
+        let state = crate::train::saved_state(&out).unwrap().unwrap();
+        let settings = state.config.robust.unwrap();
+        assert_eq!(settings.validation_size, 4, "a tenth of 40 images");
+        assert!(state.history[0].validation_loss.is_some());
+        assert_eq!(
+            train_run(&config, &out, &device, &mut Silent).unwrap(),
+            SessionOutcome::AlreadyFinished
+        );
+
+        // HALO without its helper is refused before a run is opened.
+        let halo_out = dir.join("halo");
+        let no_helper = TrainRunConfig {
+            robust: Some(request(Objective::Halo, None)),
+            ..config.clone()
+        };
+        assert!(matches!(
+            train_run(&no_helper, &halo_out, &device, &mut Silent),
+            Err(TrainRunError::MissingHelper)
+        ));
+        assert!(!halo_out.join(files::MODEL).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

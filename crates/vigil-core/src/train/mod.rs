@@ -822,8 +822,8 @@ pub fn load_resume(
     Ok((classifier, slots, state))
 }
 
-/// What the tests of training runs share: a tiny configuration, a scratch folder, an observer
-/// that stops once, and every tensor of a model for bit-exact comparisons.
+/// What the tests of training runs share: a tiny configuration, a scratch folder, a tiny data set
+/// on disk, an observer that stops once, and every tensor of a model for bit-exact comparisons.
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::path::PathBuf;
@@ -878,6 +878,31 @@ pub(crate) mod test_util {
         fn should_stop(&mut self) -> bool {
             self.seen == self.after
         }
+    }
+
+    /// Writes a Fashion-MNIST-format split `<prefix>-{images-idx3,labels-idx1}-ubyte` of `n`
+    /// 28x28 images of class `i % 10`: bright columns `2 * class` and `2 * class + 1` over dim
+    /// noise.
+    pub(crate) fn write_idx(dir: &std::path::Path, prefix: &str, n: usize) {
+        let mut images = vec![0, 0, 8, 3];
+        for v in [n as u32, 28, 28] {
+            images.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend_from_slice(&(n as u32).to_be_bytes());
+        for i in 0..n {
+            let class = i % 10;
+            images.extend((0..784).map(|p| {
+                if (p % 28) / 2 == class {
+                    230
+                } else {
+                    ((p * 7 + i * 13) % 60) as u8
+                }
+            }));
+            labels.push(class as u8);
+        }
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
     }
 
     /// Every tensor of a model, by name.
