@@ -65,7 +65,7 @@ enum Command {
     Score(commands::score::ScoreArgs),
     Merge(commands::merge::MergeArgs),
     Detect(Box<commands::detect::DetectArgs>),
-    /// (`vigil bench` is an old name of this command.)
+    // `vigil bench` is an old name of this command.
     #[command(alias = "bench")]
     Throughput(commands::throughput::ThroughputArgs),
     Benchmark(commands::benchmark::BenchmarkArgs),
