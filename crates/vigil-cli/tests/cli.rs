@@ -317,7 +317,7 @@ fn backdoor_benchmark_on_the_record(dir: &Path, record: &Path, data_s: &str) {
     // The small CNN has no BatchNorm: IBD-PSC is n/a in every table, never a number.
     assert!(report.contains("| ibd-psc.ibd-psc | n/a |"), "{report}");
     assert!(
-        stdout(&first).contains("## Means over records"),
+        stdout(&first).contains("## Per detector: its primary column"),
         "{}",
         stdout(&first)
     );

@@ -143,6 +143,10 @@ pub struct ColumnMean {
     pub tpr: f64,
     /// Mean actual FPR at the trusted-set threshold.
     pub fpr: f64,
+    /// Whether this is the detector's primary column
+    /// ([`crate::detect::DetectorSettings::primary_column`]), the one charts show.
+    #[serde(default)]
+    pub primary: bool,
 }
 
 /// Everything one benchmark run found.
@@ -326,6 +330,13 @@ pub fn run(
         report.records.push(summary);
     }
     report.means = means(&report.rows);
+    for m in &mut report.means {
+        m.primary = config
+            .detect
+            .detectors
+            .iter()
+            .any(|d| d.name() == m.detector && d.primary_column() == m.column);
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -563,6 +574,7 @@ pub fn means(rows: &[BackdoorRow]) -> Vec<ColumnMean> {
                     der: 0.0,
                     tpr: 0.0,
                     fpr: 0.0,
+                    primary: false,
                 });
                 means.last_mut().expect("just pushed")
             }

@@ -86,6 +86,19 @@ impl DetectorSettings {
         })
     }
 
+    /// The column that stands for the detector in summaries and charts, chosen by its method,
+    /// never by results: MAD-FA's CLC (the score its calibration targets), SCALE-UP's SPC (the
+    /// paper's score), the only column otherwise.
+    pub fn primary_column(&self) -> &'static str {
+        match self {
+            Self::Madfa(_) => "clc",
+            Self::Strip(_) => super::strip::COLUMN,
+            Self::ScaleUp(_) => super::scale_up::SPC,
+            Self::IbdPsc(_) => "psc",
+            other => other.name(),
+        }
+    }
+
     /// The detector's name.
     pub fn name(&self) -> &'static str {
         match self {

@@ -135,6 +135,31 @@ fn the_registry_knows_every_detector_by_name_and_round_trips_settings() {
         assert_eq!(back, settings);
         assert_eq!(settings.build().unwrap().name(), name);
     }
+    // Each detector's primary column is one of its columns (fitted where fitting is cheap).
+    let (trusted, device, model) = (images(80, 1), default_device(), model(1));
+    let data = FitData {
+        model: &model,
+        trusted: &trusted,
+        sampling: &trusted,
+        batch_size: 8,
+        seed: 0,
+        device: &device,
+    };
+    for name in DetectorSettings::names() {
+        let settings = DetectorSettings::by_name(name).unwrap();
+        let primary = settings.primary_column();
+        match name {
+            "madfa" => assert!(crate::madfa::scores::SCORE_NAMES.contains(&primary)),
+            "ibd-psc" => assert_eq!(primary, "psc"),
+            _ => {
+                let fitted = settings.build().unwrap().fit(&data).unwrap();
+                assert!(
+                    fitted.columns().iter().any(|c| c == primary),
+                    "{name}: {primary}"
+                );
+            }
+        }
+    }
     let err = DetectorSettings::by_name("nope").unwrap_err().to_string();
     assert!(err.contains("unknown detector `nope`"), "{err}");
     assert!(err.contains("madfa, msp, energy"), "{err}");

@@ -22,7 +22,9 @@ pub enum ChartError {
     Backend(String),
 }
 
+/// Width of a chart with up to 11 groups; more groups get 80 pixels each, so labels stay apart.
 const WIDTH: u32 = 900;
+const PER_GROUP: u32 = 80;
 const HEIGHT: u32 = 420;
 
 /// A chart with one group of bars per category (`categories` along x), one bar per series in
@@ -53,9 +55,10 @@ pub fn grouped_bars_svg(
     let backend_error = |e: &dyn std::fmt::Display| ChartError::Backend(e.to_string());
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| backend_error(&e))?;
         let n = categories.len();
+        let width = WIDTH.max(PER_GROUP.saturating_mul(n as u32));
+        let root = SVGBackend::with_string(&mut svg, (width, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| backend_error(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)

@@ -13,6 +13,30 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Line colours: matplotlib's tab20, dark shades first, so up to ten lines stay distinct.
+const COLOURS: [(u8, u8, u8); 20] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
+];
+
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 560;
 
@@ -64,7 +88,8 @@ pub fn line_chart_svg(
             chart.draw_series(dashes).map_err(|e| backend_error(&e))?;
         }
         for (k, s) in series.iter().enumerate() {
-            let colour = Palette99::pick(k).to_rgba();
+            let (r, g, b) = COLOURS[k % COLOURS.len()];
+            let colour = RGBColor(r, g, b).to_rgba();
             chart
                 .draw_series(LineSeries::new(
                     s.points.iter().copied(),

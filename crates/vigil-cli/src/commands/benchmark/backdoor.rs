@@ -76,7 +76,7 @@ pub struct BackdoorArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 
-    /// Print the report as JSON on stdout (else the table of means).
+    /// Print the report as JSON on stdout (else the table of each detector's means).
     #[arg(long)]
     json: bool,
 }
@@ -119,7 +119,7 @@ pub fn run(args: BackdoorArgs) -> Result<ExitCode> {
         let markdown = report.to_markdown();
         let means = markdown
             .split("\n## ")
-            .find(|part| part.starts_with("Means over records"))
+            .find(|part| part.starts_with("Per detector"))
             .unwrap_or_default();
         println!("## {}", means.trim_end());
     }

@@ -22,7 +22,7 @@ impl BackdoorBenchmarkReport {
         write_json_atomic(&dir.join("report.json"), self)?;
         write_atomic(&dir.join("rows.csv"), self.to_csv().as_bytes())?;
         write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())?;
-        if !self.means.is_empty() {
+        if self.means.iter().any(|m| m.primary) {
             write_atomic(&dir.join("der.svg"), self.der_chart()?.as_bytes())?;
         }
         for record in &self.records {
@@ -99,7 +99,27 @@ impl BackdoorBenchmarkReport {
                 s.triggered_test.0
             );
         }
-        md.push_str("\n## Means over records\n\n| detector | column | records | AUROC | DER | TPR | FPR |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("\n## Per detector: its primary column, by mean DER\n\n| detector | column | records | mean AUROC | mean DER | mean TPR | mean FPR |\n|---|---|---|---|---|---|---|\n");
+        let mut primary: Vec<_> = self.means.iter().filter(|m| m.primary).collect();
+        primary.sort_by(|a, b| b.der.total_cmp(&a.der));
+        for m in primary {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.4} | {:.4} | {:.3} | {:.3} |",
+                m.detector, m.column, m.records, m.auroc, m.der, m.tpr, m.fpr
+            );
+        }
+        for d in &self.config.detect.detectors {
+            if !self.means.iter().any(|m| m.detector == d.name()) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | 0 | n/a | n/a | n/a | n/a |",
+                    d.name(),
+                    d.primary_column()
+                );
+            }
+        }
+        md.push_str("\n## Means over records, every column\n\n| detector | column | records | AUROC | DER | TPR | FPR |\n|---|---|---|---|---|---|---|\n");
         for m in &self.means {
             let _ = writeln!(
                 md,
@@ -177,10 +197,10 @@ impl BackdoorBenchmarkReport {
         columns
     }
 
-    /// Mean DER and mean AUROC (bars) per detector column (groups).
+    /// Mean DER and mean AUROC (bars) per detector, its primary column (groups).
     pub fn der_chart(&self) -> Result<String, BenchmarkError> {
-        let categories: Vec<String> = self
-            .means
+        let primary: Vec<_> = self.means.iter().filter(|m| m.primary).collect();
+        let categories: Vec<String> = primary
             .iter()
             .map(|m| {
                 if m.detector == m.column {
@@ -193,11 +213,11 @@ impl BackdoorBenchmarkReport {
         let series = vec![
             BarSeries {
                 name: "mean DER".into(),
-                values: self.means.iter().map(|m| Some(m.der)).collect(),
+                values: primary.iter().map(|m| Some(m.der)).collect(),
             },
             BarSeries {
                 name: "mean AUROC".into(),
-                values: self.means.iter().map(|m| Some(m.auroc)).collect(),
+                values: primary.iter().map(|m| Some(m.auroc)).collect(),
             },
         ];
         let title = format!(
@@ -213,12 +233,19 @@ impl BackdoorBenchmarkReport {
         )?)
     }
 
-    /// Every column's ROC curve on `record`, or `None` when no detector produced one.
+    /// Every detector's ROC curve on `record` (its primary column), or `None` when no detector
+    /// produced one.
     pub fn roc_chart(&self, record: &str) -> Result<Option<String>, BenchmarkError> {
+        let primary: Vec<String> = self
+            .means
+            .iter()
+            .filter(|m| m.primary)
+            .map(|m| format!("{}.{}", m.detector, m.column))
+            .collect();
         let lines: Vec<Line> = self
             .roc
             .iter()
-            .filter(|c| c.record == record)
+            .filter(|c| c.record == record && primary.contains(&c.score))
             .map(|c| Line {
                 name: c.score.clone(),
                 points: c.points.clone(),
