@@ -551,6 +551,16 @@ fn step_seed(seed: u64, image: &[f32], corruption: usize, severity: usize) -> u6
 }
 
 impl FittedTeco {
+    /// TeCo as [`Teco::fit`] gives it (nothing is learnt from data), for direct use of
+    /// [`Self::flip_severities`].
+    pub fn new(settings: TecoSettings, seed: u64, batch_size: usize) -> Self {
+        Self {
+            settings,
+            seed,
+            batch_size,
+        }
+    }
+
     /// Per input, per corruption, the first severity that flips the prediction.
     pub fn flip_severities(
         &self,
