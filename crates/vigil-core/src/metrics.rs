@@ -316,6 +316,50 @@ pub fn threshold_for_fpr(benign: &[f64], target_fpr: f64) -> Result<f64, Metrics
     Ok(threshold)
 }
 
+/// The randomised part of a threshold (a Neyman-Pearson randomised test): inputs scoring at
+/// least `below` but under the threshold are flagged with probability `fraction`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TieBreak {
+    /// The highest benign score under the threshold.
+    pub below: f64,
+    /// Probability of flagging an input in `[below, threshold)`, in `(0, 1]`.
+    pub fraction: f64,
+}
+
+/// What [`threshold_for_fpr`]'s conservative threshold leaves of `target_fpr` on `benign`,
+/// given back by flagging the benign scores just under it at random: `below` is the highest
+/// benign score under `threshold`, `fraction = (target_fpr - rate) / share`, with `rate` the
+/// flag rate at `threshold` and `share` the fraction of benign scores equal to `below`
+/// (capped at 1). The expected benign flag rate is then `target_fpr` exactly. A score that
+/// takes few values (SCALE-UP's fraction of 5 scales) may otherwise leave no threshold near
+/// the target: if more than 5% of benign inputs share the top value, the conservative
+/// threshold flags nothing. `None` when `threshold` already reaches the target or no benign
+/// score lies under it.
+pub fn tie_break_for_fpr(
+    benign: &[f64],
+    threshold: f64,
+    target_fpr: f64,
+) -> Result<Option<TieBreak>, MetricsError> {
+    let target = check_rate("target_fpr", target_fpr)?;
+    let rate = flag_rate_of("benign", benign, threshold)?;
+    let Some(below) = benign
+        .iter()
+        .copied()
+        .filter(|&s| s < threshold)
+        .max_by(f64::total_cmp)
+    else {
+        return Ok(None);
+    };
+    if rate >= target {
+        return Ok(None);
+    }
+    let share = ratio(benign.iter().filter(|&&s| s == below).count(), benign.len());
+    Ok(Some(TieBreak {
+        below,
+        fraction: ((target - rate) / share).min(1.0),
+    }))
+}
+
 /// AUROC, trapezoidal AUPR-in / AUPR-out and FPR at 95 % TPR, from one sort of the scores.
 ///
 /// Uses the trapezoidal AUPR so that the numbers match OpenOOD, pytorch-ood and HALO; use
@@ -1122,6 +1166,31 @@ mod tests {
             );
         }
         assert!(roc_curve(&[], &[1.0]).is_err());
+    }
+
+    #[test]
+    fn tie_breaks_fill_the_target_rate_exactly() {
+        // A score with two values, 10% of them high: the conservative threshold (just above 1)
+        // flags none; half of the high ones at random reach 5%.
+        let mut benign = vec![0.0; 90];
+        benign.extend([1.0; 10]);
+        let t = threshold_for_fpr(&benign, 0.05).unwrap();
+        assert!(t > 1.0);
+        let tie = tie_break_for_fpr(&benign, t, 0.05).unwrap().unwrap();
+        assert_eq!(tie.below, 1.0);
+        assert!((tie.fraction - 0.5).abs() < 1e-12);
+        // 100 distinct scores: the 5th highest flags exactly 5%, nothing to add.
+        let distinct: Vec<f64> = (0..100).map(f64::from).collect();
+        let t = threshold_for_fpr(&distinct, 0.05).unwrap();
+        assert_eq!(t, 95.0);
+        assert_eq!(tie_break_for_fpr(&distinct, t, 0.05).unwrap(), None);
+        // At 5.5%, half of the next score (share 1%) is added.
+        let t = threshold_for_fpr(&distinct, 0.055).unwrap();
+        let tie = tie_break_for_fpr(&distinct, t, 0.055).unwrap().unwrap();
+        assert_eq!(tie.below, 94.0);
+        assert!((tie.fraction - 0.5).abs() < 1e-9, "{tie:?}");
+        // Nothing under the threshold: nothing to add.
+        assert_eq!(tie_break_for_fpr(&[1.0], 1.0, 0.5).unwrap(), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::{
     fit_thresholds_and_score,
 };
 use crate::data::ImageSet;
-use crate::metrics::{PrArea, aupr_out, auroc, fpr_at_tpr, tpr_fpr_at_threshold};
+use crate::metrics::{PrArea, aupr_out, auroc, fpr_at_tpr};
 use crate::models::Classifier;
 use crate::report::csv_field;
 
@@ -73,6 +73,9 @@ pub struct ColumnResult {
     pub column: String,
     /// Inputs scoring at or above it are flagged; set on held-back trusted samples.
     pub threshold: f64,
+    /// With randomised ties, the inputs just under the threshold flagged at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_break: Option<crate::metrics::TieBreak>,
     /// Number of inputs flagged.
     pub flagged: usize,
     /// Per input, whether it is flagged.
@@ -292,17 +295,18 @@ pub fn run_detector(
         None => ScoreTable::new(Vec::new())?,
     };
     let columns = fitted
-        .flags(&scores)
+        .flags_for(&scores, data.inputs)
         .into_iter()
         .map(|(column, flags)| {
             let threshold = fitted.threshold(&column).unwrap_or(f64::INFINITY);
             let values = scores.column(&column).unwrap_or_default();
             let evaluation = data
                 .truth
-                .map(|t| evaluate(values, &t.is_anomalous, threshold))
+                .map(|t| evaluate(values, &t.is_anomalous, &flags))
                 .transpose()?;
             Ok(ColumnResult {
                 flagged: flags.iter().filter(|&&f| f).count(),
+                tie_break: fitted.tie_break(&column),
                 column,
                 threshold,
                 flags,
@@ -328,22 +332,26 @@ pub fn run_detector(
 fn evaluate(
     scores: &[f64],
     is_anomalous: &[bool],
-    threshold: f64,
+    flags: &[bool],
 ) -> Result<ColumnEvaluation, DetectError> {
     let (mut normal, mut anomalous) = (Vec::new(), Vec::new());
-    for (&s, &a) in scores.iter().zip(is_anomalous) {
+    let (mut normal_flagged, mut anomalous_flagged) = (0usize, 0usize);
+    for ((&s, &a), &f) in scores.iter().zip(is_anomalous).zip(flags) {
         if a {
             anomalous.push(s);
+            anomalous_flagged += usize::from(f);
         } else {
             normal.push(s);
+            normal_flagged += usize::from(f);
         }
     }
-    let point = tpr_fpr_at_threshold(&normal, &anomalous, threshold)?;
+    // AUROC and friends check both classes are present and the scores finite.
+    let auroc = auroc(&normal, &anomalous)?;
     Ok(ColumnEvaluation {
-        auroc: auroc(&normal, &anomalous)?,
+        auroc,
         aupr: aupr_out(&normal, &anomalous, PrArea::Trapezoidal)?,
         fpr_at_95_tpr: fpr_at_tpr(&normal, &anomalous, 0.95)?,
-        tpr: point.tpr,
-        fpr: point.fpr,
+        tpr: anomalous_flagged as f64 / anomalous.len() as f64,
+        fpr: normal_flagged as f64 / normal.len() as f64,
     })
 }

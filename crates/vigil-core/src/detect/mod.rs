@@ -38,7 +38,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::metrics::{MetricsError, threshold_for_fpr};
+use crate::metrics::{MetricsError, TieBreak, threshold_for_fpr, tie_break_for_fpr};
 use crate::models::Classifier;
 
 pub use registry::DetectorSettings;
@@ -263,6 +263,43 @@ pub struct ThresholdConfig {
     pub target_fpr: f64,
     /// Fraction of each class's trusted samples held back to set thresholds (not fitted on).
     pub holdout_fraction: f64,
+    /// What happens at the boundary (default: conservative).
+    #[serde(default, skip_serializing_if = "TieRule::is_conservative")]
+    pub ties: TieRule,
+}
+
+/// How a threshold treats the held-back scores at its boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TieRule {
+    /// Flag at most the target rate of the held-back trusted scores ([`threshold_for_fpr`]):
+    /// a tie group at the boundary is left unflagged whole, so a score with few values may
+    /// flag far fewer, or none.
+    #[default]
+    Conservative,
+    /// Also flag inputs just under that threshold at random (seeded by the input's pixels), so
+    /// the expected rate on the held-back scores is the target exactly
+    /// ([`crate::metrics::tie_break_for_fpr`]).
+    Randomised,
+}
+
+impl TieRule {
+    /// Whether this is the default rule.
+    pub fn is_conservative(&self) -> bool {
+        *self == Self::Conservative
+    }
+}
+
+impl std::str::FromStr for TieRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "conservative" => Ok(Self::Conservative),
+            "randomised" | "randomized" => Ok(Self::Randomised),
+            other => Err(format!("`{other}`: give conservative or randomised")),
+        }
+    }
 }
 
 impl Default for ThresholdConfig {
@@ -270,6 +307,7 @@ impl Default for ThresholdConfig {
         Self {
             target_fpr: 0.05,
             holdout_fraction: 0.25,
+            ties: TieRule::Conservative,
         }
     }
 }
@@ -303,6 +341,10 @@ pub struct ThresholdedDetector {
     pub fitted: Box<dyn FittedDetector>,
     /// Per column, the score above which (`>=`) an input is flagged.
     pub thresholds: Vec<(String, f64)>,
+    /// Per column with one ([`TieRule::Randomised`]), the random part of its threshold.
+    pub tie_breaks: Vec<(String, TieBreak)>,
+    /// Seed of the per-input draws of the tie breaks.
+    pub seed: u64,
     /// The settings the thresholds were set with.
     pub config: ThresholdConfig,
     /// Number of trusted samples the detector was fitted on, and held back.
@@ -320,6 +362,14 @@ impl ThresholdedDetector {
             .map(|(_, t)| *t)
     }
 
+    /// The random part of column `name`'s threshold, if it has one.
+    pub fn tie_break(&self, name: &str) -> Option<TieBreak> {
+        self.tie_breaks
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t)
+    }
+
     /// Per column, whether each input of `table` is flagged (score `>=` threshold).
     pub fn flags(&self, table: &ScoreTable) -> Vec<(String, Vec<bool>)> {
         table
@@ -331,6 +381,54 @@ impl ThresholdedDetector {
             })
             .collect()
     }
+
+    /// Per column, whether each input of `table` (scores of `inputs`) is flagged: score `>=`
+    /// threshold or, with a tie break, score in `[below, threshold)` and the input's draw
+    /// under the fraction. An input's draw depends only on its pixels and the seed, so the same
+    /// image gets the same decision wherever it stands in a set.
+    pub fn flags_for(&self, table: &ScoreTable, inputs: &ImageSet) -> Vec<(String, Vec<bool>)> {
+        let draws = (!self.tie_breaks.is_empty()).then(|| input_draws(inputs, self.seed));
+        table
+            .columns
+            .iter()
+            .filter_map(|(name, values)| {
+                let t = self.threshold(name)?;
+                let tie = self.tie_break(name);
+                let flags = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        v >= t
+                            || tie.is_some_and(|tie| {
+                                v >= tie.below
+                                    && draws
+                                        .as_ref()
+                                        .and_then(|d| d.get(i))
+                                        .is_some_and(|&u| u < tie.fraction)
+                            })
+                    })
+                    .collect();
+                Some((name.clone(), flags))
+            })
+            .collect()
+    }
+}
+
+/// A uniform draw in `[0, 1)` per input from its pixels and `seed` (BLAKE3).
+fn input_draws(inputs: &ImageSet, seed: u64) -> Vec<f64> {
+    (0..inputs.len())
+        .map(|i| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&seed.to_le_bytes());
+            for v in inputs.image(i) {
+                hasher.update(&v.to_bits().to_le_bytes());
+            }
+            let bytes = hasher.finalize();
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes.as_bytes()[..8]);
+            (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
 }
 
 /// Splits `trusted` per class into a part to fit on and a held-out part (seeded): each class
@@ -431,9 +529,19 @@ pub fn fit_thresholds_and_score(
         .iter()
         .map(|(name, values)| Ok((name.clone(), threshold_for_fpr(values, config.target_fpr)?)))
         .collect::<Result<Vec<_>, DetectError>>()?;
+    let mut tie_breaks = Vec::new();
+    if config.ties == TieRule::Randomised {
+        for ((name, values), (_, t)) in held_out_table.columns.iter().zip(&thresholds) {
+            if let Some(tie) = tie_break_for_fpr(values, *t, config.target_fpr)? {
+                tie_breaks.push((name.clone(), tie));
+            }
+        }
+    }
     let detector = ThresholdedDetector {
         fitted,
         thresholds,
+        tie_breaks,
+        seed: data.seed,
         config: config.clone(),
         fitted_on: fit_part.len(),
         held_out: held_out.len(),

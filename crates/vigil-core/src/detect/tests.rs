@@ -92,6 +92,7 @@ fn thresholds_are_set_on_held_out_trusted_scores_at_the_target_rate() {
     let config = ThresholdConfig {
         target_fpr: 0.1,
         holdout_fraction: 0.5,
+        ..ThresholdConfig::default()
     };
     let detector = fit_with_thresholds(&MeanPixel, &data, &config).unwrap();
     assert_eq!((detector.fitted_on, detector.held_out), (40, 40));
@@ -112,9 +113,54 @@ fn thresholds_are_set_on_held_out_trusted_scores_at_the_target_rate() {
         let config = ThresholdConfig {
             target_fpr: bad.0,
             holdout_fraction: bad.1,
+            ..ThresholdConfig::default()
         };
         assert!(fit_with_thresholds(&MeanPixel, &data, &config).is_err());
     }
+}
+
+#[test]
+fn randomised_ties_flag_the_target_rate_of_a_score_with_few_values() {
+    // Every input scores 1 (a score with one value): the conservative threshold flags none;
+    // randomised, each input is flagged with probability 0.05, decided by its pixels alone.
+    let inputs = two_class_8x8(4000, |i| ((i * 7919) % 10007) as f32 / 10007.0);
+    let scores = ScoreTable::new(vec![("s".into(), vec![1.0; 4000])]).unwrap();
+    let held_out = vec![1.0; 200];
+    let threshold = threshold_for_fpr(&held_out, 0.05).unwrap();
+    let tie = crate::metrics::tie_break_for_fpr(&held_out, threshold, 0.05)
+        .unwrap()
+        .unwrap();
+    assert_eq!((tie.below, tie.fraction), (1.0, 0.05));
+    let detector = ThresholdedDetector {
+        fitted: Box::new(FittedMeanPixel),
+        thresholds: vec![("s".into(), threshold)],
+        tie_breaks: vec![("s".into(), tie)],
+        seed: 7,
+        config: ThresholdConfig::default(),
+        fitted_on: 0,
+        held_out: 200,
+    };
+    assert_eq!(
+        detector.flags(&scores)[0].1.iter().filter(|&&f| f).count(),
+        0
+    );
+    let flags = detector.flags_for(&scores, &inputs).remove(0).1;
+    let rate = flags.iter().filter(|&&f| f).count() as f64 / 4000.0;
+    // Binomial(4000, 0.05): standard deviation 0.0034.
+    assert!((rate - 0.05).abs() < 0.012, "{rate}");
+    // The same image gets the same decision wherever it stands.
+    let reversed: Vec<usize> = (0..4000).rev().collect();
+    let flipped = detector
+        .flags_for(&scores, &inputs.subset(&reversed))
+        .remove(0)
+        .1;
+    assert!(flipped.iter().rev().eq(flags.iter()));
+    // "randomised" and "randomized" parse; other words are refused.
+    assert_eq!(
+        "randomized".parse::<TieRule>().unwrap(),
+        TieRule::Randomised
+    );
+    assert!("random".parse::<TieRule>().is_err());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::benchmark::backdoor::{self, BackdoorBenchmarkConfig, BackdoorRecord, Progress};
 use vigil_core::detect::experiment::{DetectConfig, DetectProgress};
-use vigil_core::detect::{DetectorSettings, ThresholdConfig};
+use vigil_core::detect::{DetectorSettings, ThresholdConfig, TieRule};
 use vigil_core::device::default_device;
 use vigil_core::madfa::SplitSizes;
 
@@ -44,6 +44,12 @@ pub struct BackdoorArgs {
     /// Fraction of each class's trusted samples held back to set the thresholds.
     #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
     holdout: f64,
+
+    /// At the threshold: conservative (flag at most --target-fpr of the held-back trusted
+    /// scores; a score with few values may flag none) or randomised (also flag the inputs just
+    /// under it at random, decided by each input's pixels, so the expected rate is the target).
+    #[arg(long, default_value = "conservative", value_name = "RULE")]
+    ties: TieRule,
 
     /// Per-class sizes of the trusted, sampling and test parts of each record's clean test set
     /// (the reference uses 250,250,500).
@@ -150,6 +156,7 @@ fn config(args: &BackdoorArgs) -> Result<BackdoorBenchmarkConfig> {
             thresholds: ThresholdConfig {
                 target_fpr: args.target_fpr,
                 holdout_fraction: args.holdout,
+                ties: args.ties,
             },
             batch_size: args.batch_size,
             seed: args.seed,
