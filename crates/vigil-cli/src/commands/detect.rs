@@ -86,6 +86,7 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
         thresholds: ThresholdConfig {
             target_fpr: args.target_fpr,
             holdout_fraction: args.holdout,
+            ..ThresholdConfig::default()
         },
         batch_size: args.batch_size,
         seed: args.seed,
