@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""How close the actual false-positive rate on clean inputs comes to the target, per detector
+column, in a `vigil benchmark backdoor` report; and how close it can come.
+
+    scripts/benchmark-fpr.py DIR/report.json
+
+A threshold set at the target on n held-back trusted scores is an estimated quantile: with the
+conservative rule it flags the k = floor(target * n) highest, and the rate it flags on new clean
+inputs is Beta(k, n - k + 1) distributed (mean k / (n + 1)); measured on m clean inputs it gains
+binomial noise. The script prints, per column, the actual FPRs over records, how many are within
+2 points of the target, and the standard deviation this sampling alone predicts.
+Standard library only.
+"""
+import json
+import math
+import sys
+
+
+def main(path):
+    report = json.load(open(path))
+    target = report["config"]["detect"]["thresholds"]["target_fpr"]
+    holdout = report["config"]["detect"]["thresholds"]["holdout_fraction"]
+    records = {r["name"]: r for r in report["records"]}
+    columns = {}
+    for row in report["rows"]:
+        columns.setdefault((row["detector"], row["column"]), []).append(row)
+    print(f"target FPR {target}; held back {holdout:.0%} of each class's trusted samples\n")
+    print("| detector.column | actual FPR per record | within 2 points | predicted SD (points) |")
+    print("|---|---|---|---|")
+    total = within_all = 0
+    for (detector, column), rows in columns.items():
+        fprs = [r["fpr"] for r in rows]
+        within = sum(abs(f - target) <= 0.02 + 1e-12 for f in fprs)
+        total += len(fprs)
+        within_all += within
+        sds = []
+        for r in rows:
+            split = records[r["record"]]["split"]
+            kept = split["trusted"][1]
+            # Per class ceil(fraction * n); approximated over the whole kept set.
+            n = math.ceil(holdout * kept)
+            m = split["clean_test"][1]
+            k = math.floor(target * n)
+            beta_var = k * (n - k + 1) / ((n + 1) ** 2 * (n + 2))
+            p = k / (n + 1)
+            sds.append(math.sqrt(beta_var + p * (1 - p) / m))
+        shown = " ".join(f"{f:.3f}" for f in fprs)
+        print(f"| {detector}.{column} | {shown} | {within}/{len(fprs)} | "
+              f"{100 * sum(sds) / len(sds):.2f} |")
+    print(f"\nall columns: {within_all}/{total} within 2 points of the target")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
