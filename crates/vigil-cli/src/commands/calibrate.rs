@@ -3,15 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use vigil_core::device::default_device;
-use vigil_core::identity::{self, FolderState, RunIdentity};
-use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{self, CALIBRATED_CHAINS, Calibration, TraceLoss};
 
 use super::sample::{CalibrationArgs, ChainProgress, MadInputArgs, SamplerArgs};
-use crate::progress::interrupt_flag;
 
 /// Choose MAD-FA's sampler settings (lr, gamma, n_beta, number of draws) from the trusted and
 /// sampling data alone: no anomalous input is looked at.
@@ -98,14 +95,6 @@ pub fn print_calibration(c: &Calibration) {
     );
 }
 
-/// Reads a calibration file written by `vigil calibrate` or `vigil sample --calibrate`.
-pub fn read_calibration(path: &std::path::Path) -> Result<Calibration> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a calibration file", path.display()))
-}
-
 pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let device = default_device();
     let config = args.calibration.config(args.base.chain_config());
@@ -115,51 +104,32 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     vigil_core::io::check_writable_dir(&args.out)?;
     vigil_core::io::check_outputs(
         args.input.input_paths(),
-        [args.out.join("calibration.json")],
+        [args.out.join(madfa::experiment::files::CALIBRATION)],
     )?;
     let (classifier, task, _) = args
         .input
         .load(config.base.trace_batch_size, false, &device)?;
-    // Before anything is written: a trusted set calibration cannot split into its halves, probes
-    // or a recommended run that cannot fit in memory.
-    let chains: Vec<usize> = (0..CALIBRATED_CHAINS).collect();
-    config.check_run(&classifier, &task, &chains)?;
-    // A calibration.json in --out is reused only if the same model, data and settings made it.
-    let settings = serde_json::to_value(&config)?;
-    let identity = RunIdentity::for_madfa_task("madfa-calibrate", &classifier, &task, settings)?;
-    let path = args.out.join("calibration.json");
-    let state = identity::claim(&args.out, &identity, &["calibration.json"])?;
-    if state == FolderState::Resuming && path.exists() {
-        let calibration = read_calibration(&path)?;
-        eprintln!(
-            "{} is a calibration of the same model, data and settings: reusing it",
-            path.display()
-        );
-        print_calibration(&calibration);
-        if args.json {
-            println!("{}", serde_json::to_string(&calibration)?);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut observer = ChainProgress {
-        bar: None,
-        interrupted: interrupt_flag(),
-        linearised: config.base.traces == madfa::TraceForm::Linearised,
-        record: None,
-    };
-    let calibration = madfa::calibrate(
-        &classifier,
-        &task.trusted,
-        &task.sampling,
+    let mut observer = ChainProgress::new(config.base.traces == madfa::TraceForm::Linearised);
+    let run = madfa::run_calibration(
         &config,
+        &classifier,
+        &task,
+        &args.out,
         &device,
         &mut observer,
     )?;
-    write_json_atomic(&path, &calibration)?;
-    print_calibration(&calibration);
-    eprintln!("wrote {}", path.display());
+    if run.reused {
+        eprintln!(
+            "{} is a calibration of the same model, data and settings: reusing it",
+            run.path.display()
+        );
+    }
+    print_calibration(&run.calibration);
+    if !run.reused {
+        eprintln!("wrote {}", run.path.display());
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&calibration)?);
+        println!("{}", serde_json::to_string(&run.calibration)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,11 +13,11 @@ use vigil_core::data::image_folder::{
     ChannelConversion, FolderLabels, LabelRule, ModelImages, load_image_folder_for_model,
 };
 use vigil_core::device::default_device;
-use vigil_core::identity::{self, FolderState, RunIdentity};
-use vigil_core::io::write_json_atomic;
 use vigil_core::madfa::{
-    self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
-    ChainObserver, MadTask, Preconditioner, SgldConfig, SplitSizes, TraceForm, TraceLoss,
+    self, BnPolicy, CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig,
+    ChainDiagnostics, ChainObserver, MadTask, Preconditioner, SampleObserver, SampleOutcome,
+    SampleReport, SampleRunConfig, SamplingPlan, SgldConfig, SplitSizes, TraceEvaluation,
+    TraceForm, TraceLoss,
 };
 use vigil_core::models::{Classifier, ModelSpec};
 
@@ -360,33 +360,82 @@ impl SampleArgs {
             .unwrap_or(if self.calibrate { CALIBRATED_CHAINS } else { 5 })
     }
 
-    /// The chains to run: `--chain`, else $SLURM_ARRAY_TASK_ID, else `0..--chains`.
-    fn chains(&self) -> Result<(Vec<usize>, bool)> {
-        if let Some(k) = self.chain {
-            return Ok((vec![k], true));
-        }
-        if let Ok(id) = std::env::var("SLURM_ARRAY_TASK_ID") {
-            let k = id
-                .parse()
-                .with_context(|| format!("SLURM_ARRAY_TASK_ID `{id}` is not a chain index"))?;
-            return Ok((vec![k], true));
-        }
-        let chains = self.chain_count();
-        if chains == 0 {
+    /// The run these flags ask for. The chain to run alone is `--chain`, else
+    /// $SLURM_ARRAY_TASK_ID; without either, every one of the run's chains runs.
+    fn run_config(&self) -> Result<SampleRunConfig> {
+        let only_chain = match (self.chain, std::env::var("SLURM_ARRAY_TASK_ID")) {
+            (Some(k), _) => Some(k),
+            (None, Ok(id)) => Some(
+                id.parse()
+                    .with_context(|| format!("SLURM_ARRAY_TASK_ID `{id}` is not a chain index"))?,
+            ),
+            (None, Err(_)) => None,
+        };
+        if only_chain.is_none() && self.chain_count() == 0 {
             bail!("--chains must be at least 1");
         }
-        Ok(((0..chains).collect(), false))
+        let chain = self.chain_config();
+        Ok(SampleRunConfig {
+            calibration: self
+                .calibrate
+                .then(|| self.calibration.config(chain.clone())),
+            chain,
+            chain_count: self.chain_count(),
+            only_chain,
+            record_steps: self.record_steps.clone(),
+        })
     }
 }
 
-/// Progress bar per chain; Ctrl-C checkpoints and stops.
+/// Progress bar per chain, and the calibration and sampling plan as `vigil sample` announces
+/// them; Ctrl-C checkpoints and stops.
 pub struct ChainProgress {
-    pub bar: Option<ProgressBar>,
-    pub interrupted: Arc<AtomicBool>,
+    bar: Option<ProgressBar>,
+    interrupted: Arc<AtomicBool>,
     /// Linearised traces: formed after all chains, so a chain's line cannot count constant ones.
-    pub linearised: bool,
-    /// Writes one chain's random draws (`vigil sample --record-steps`).
-    pub record: Option<madfa::StepRecorder>,
+    linearised: bool,
+}
+
+impl ChainProgress {
+    /// Progress of chains whose traces are `linearised` or exact.
+    pub fn new(linearised: bool) -> Self {
+        Self {
+            bar: None,
+            interrupted: interrupt_flag(),
+            linearised,
+        }
+    }
+}
+
+impl SampleObserver for ChainProgress {
+    fn resuming(&mut self, out: &Path) {
+        eprintln!(
+            "{} holds an earlier run of the same model, data and settings: reusing what it finished",
+            out.display()
+        );
+    }
+
+    fn calibration_reused(&mut self, path: &Path) {
+        eprintln!("reusing the calibration in {}", path.display());
+    }
+
+    fn calibrated(&mut self, calibration: &Calibration) {
+        super::calibrate::print_calibration(calibration);
+    }
+
+    fn sampling(&mut self, plan: &SamplingPlan<'_>) {
+        let config = plan.config;
+        eprintln!(
+            "sampling {} chain(s) of {} steps ({} burn-in, {} draws, thinning {}), tracing {} trusted + {} test samples per draw",
+            plan.chains.len(),
+            config.total_steps(),
+            config.burn_in,
+            config.draws,
+            config.thinning,
+            plan.trusted,
+            plan.test
+        );
+    }
 }
 
 impl ChainObserver for ChainProgress {
@@ -435,21 +484,6 @@ impl ChainObserver for ChainProgress {
 
     fn should_stop(&mut self) -> bool {
         self.interrupted.load(Ordering::SeqCst)
-    }
-
-    fn records_draws(&mut self, chain: usize) -> bool {
-        self.record.as_ref().is_some_and(|r| r.chain() == chain)
-    }
-
-    fn step_draws(
-        &mut self,
-        chain: usize,
-        draws: &madfa::StepDraws<'_>,
-    ) -> Result<(), madfa::MadError> {
-        match &mut self.record {
-            Some(record) if record.chain() == chain => record.write(draws),
-            _ => Ok(()),
-        }
     }
 }
 
@@ -670,202 +704,91 @@ impl MadInputArgs {
     }
 }
 
-/// What `vigil sample` leaves in --out that a later run could reuse or overwrite.
-const SAMPLE_STATE: &[&str] = &[
-    "resume",
-    "calibration.json",
-    "task.json",
-    "task.npz",
-    "traces.npz",
-    "diagnostics.json",
-];
-
 pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let device = default_device();
-    let (chains, single) = args.chains()?;
-    // Before any work: no file this run writes may replace one it reads.
-    let suffix = if single {
-        format!("-chain-{}", chains[0])
-    } else {
-        String::new()
-    };
-    let written = [
-        "task.json".to_string(),
-        "task.npz".into(),
-        "calibration.json".into(),
-        format!("traces{suffix}.npz"),
-        format!("diagnostics{suffix}.json"),
-    ];
-    vigil_core::io::check_outputs(
-        args.input.input_paths(),
-        written
-            .iter()
-            .map(|name| args.out.join(name))
-            .chain(args.record_steps.clone()),
-    )?;
-    let mut config = args.chain_config();
-    // Refuse bad settings before any work.
-    if args.calibrate {
-        args.calibration.config(config.clone()).validate()?;
-    } else {
-        config.validate()?;
-    }
+    let config = args.run_config()?;
+    // Before any work: no file this run writes may replace one it reads, and no setting is bad.
+    vigil_core::io::check_outputs(args.input.input_paths(), config.output_files(&args.out))?;
+    config.validate()?;
     let started = std::time::Instant::now();
     let (classifier, task, data) = args.input.load(args.base.trace_batch_size, true, &device)?;
-    // Before anything is written: a trusted set calibration cannot use, chain indices the trace
-    // file cannot store, traces that cannot fit in memory (at the longest run calibration may
-    // recommend).
-    if args.calibrate {
-        args.calibration
-            .config(config.clone())
-            .check_run(&classifier, &task, &chains)?;
-    } else {
-        madfa::check_run(&classifier, &task, &config, &chains)?;
-    }
-    // Everything --out may hold from an earlier run is reused only if that run had the same
-    // model, data and settings; otherwise refuse before writing anything.
-    let settings = serde_json::json!({
-        "calibration": args.calibrate.then(|| args.calibration.config(config.clone())),
-        "chain": (!args.calibrate).then(|| config.clone()),
-        "chains": args.chain_count(),
-    });
-    let identity = RunIdentity::for_madfa_task("madfa-sample", &classifier, &task, settings)?;
-    if identity::claim(&args.out, &identity, SAMPLE_STATE)? == FolderState::Resuming {
-        eprintln!(
-            "{} holds an earlier run of the same model, data and settings: reusing what it finished",
-            args.out.display()
-        );
-    }
-    let mut observer = ChainProgress {
-        bar: None,
-        interrupted: interrupt_flag(),
-        linearised: matches!(args.base.traces, TracesArg::Linearised),
-        record: None,
-    };
-    if args.calibrate {
-        let path = args.out.join("calibration.json");
-        // Safe to reuse: the folder's identity (checked above) is this run's.
-        let calibration = if path.exists() {
-            eprintln!("reusing the calibration in {}", path.display());
-            super::calibrate::read_calibration(&path)?
-        } else {
-            let calibration = madfa::calibrate(
-                &classifier,
-                &task.trusted,
-                &task.sampling,
-                &args.calibration.config(config.clone()),
-                &device,
-                &mut observer,
-            )?;
-            write_json_atomic(&path, &calibration)?;
-            calibration
-        };
-        super::calibrate::print_calibration(&calibration);
-        config = calibration.per_chain(args.chain_count());
-    }
-    config.validate()?;
-    observer.record = args
-        .record_steps
-        .as_ref()
-        .map(|dir| madfa::StepRecorder::new(dir, 0, &config));
-    eprintln!(
-        "sampling {} chain(s) of {} steps ({} burn-in, {} draws, thinning {}), tracing {} trusted + {} test samples per draw",
-        chains.len(),
-        config.total_steps(),
-        config.burn_in,
-        config.draws,
-        config.thinning,
-        task.trusted.len(),
-        task.test.len()
-    );
-    write_json_atomic(&args.out.join("task.json"), &data)?;
-    task.save_npz(&args.out.join("task.npz"))?;
-    let outcome = madfa::run_chains(
+    let mut observer = ChainProgress::new(matches!(args.base.traces, TracesArg::Linearised));
+    let outcome = madfa::run_sample(
+        &config,
         &classifier,
         &task,
-        &config,
-        &chains,
         data,
-        Some(&args.out.join("resume")),
+        &args.out,
         &device,
         &mut observer,
     )?;
-    let Some((traces, diagnostics)) = outcome else {
+    let SampleOutcome::Finished(report) = outcome else {
         eprintln!("stopped; run the same command again to continue");
         return Ok(ExitCode::from(130));
     };
-    let trace_path = args.out.join(format!("traces{suffix}.npz"));
-    traces.save(&trace_path)?;
-    write_json_atomic(
-        &args.out.join(format!("diagnostics{suffix}.json")),
-        &diagnostics,
-    )?;
     eprintln!(
         "wrote {} in {:.0}s",
-        trace_path.display(),
+        report.traces_path.display(),
         started.elapsed().as_secs_f64()
     );
-    let report = auroc_report(&traces)?;
+    print_evaluation(&report.evaluation);
     if args.json {
-        let chains: Vec<_> = diagnostics
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "chain": d.chain,
-                    "step_seconds": d.step_seconds,
-                    "trace_seconds": d.trace_seconds,
-                    "final_distance": d.distance.last(),
-                    "median_drift_to_noise": d.median_drift_to_noise,
-                    "constant_trusted_fraction": d.constant_trusted_fraction,
-                    "constant_test_fraction": d.constant_test_fraction,
-                    "warnings": d.warnings,
-                })
-            })
-            .collect();
-        let settings: serde_json::Value = traces
-            .settings_json
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default();
-        println!(
-            "{}",
-            serde_json::json!({
-                "traces": trace_path.display().to_string(),
-                "auroc": report.as_ref().map(|r| &r.auroc),
-                "normal": report.as_ref().map(|r| r.normal),
-                "anomalous": report.as_ref().map(|r| r.anomalous),
-                "trusted": traces.n_trusted(),
-                "seconds": started.elapsed().as_secs_f64(),
-                "threads": rayon::current_num_threads(),
-                "settings": settings,
-                "chains": chains,
-            })
-        );
+        print_sample_json(&report, started);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The AUROC of every score when the anomalies are known (printed on stderr).
-fn auroc_report(traces: &madfa::LossTraces) -> Result<Option<madfa::ScoreReport>> {
-    let Some(flags) = &traces.test_is_anomalous else {
-        return Ok(None);
-    };
-    if !flags.iter().any(|&f| f) || flags.iter().all(|&f| f) {
-        return Ok(None);
-    }
-    // The traces are already saved: a run whose scores are undefined (every trusted trace
-    // constant) reports why instead of failing after the work.
-    let coupling = match madfa::coupling(traces, 0) {
-        Ok(coupling) => coupling,
-        Err(e) => {
-            eprintln!("warning: no AUROC for these traces: {e}");
-            return Ok(None);
+/// The AUROC of every score when the anomalies are known, or why there is none, on stderr.
+fn print_evaluation(evaluation: &TraceEvaluation) {
+    match evaluation {
+        TraceEvaluation::Unknown => {}
+        TraceEvaluation::Undefined(e) => eprintln!("warning: no AUROC for these traces: {e}"),
+        TraceEvaluation::Measured(report) => {
+            for (name, auroc) in &report.auroc {
+                eprintln!("  AUROC {name:>10}: {auroc:.4}");
+            }
         }
-    };
-    let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
-    let report = madfa::evaluate_scores(&scores, flags)?;
-    for (name, auroc) in &report.auroc {
-        eprintln!("  AUROC {name:>10}: {auroc:.4}");
     }
-    Ok(Some(report))
+}
+
+/// The run summary (`--json`): traces, AUROCs, timing, settings and every chain's diagnostics,
+/// as one JSON object on stdout.
+fn print_sample_json(report: &SampleReport, started: std::time::Instant) {
+    let traces = &report.traces;
+    let chains: Vec<_> = report
+        .diagnostics
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "chain": d.chain,
+                "step_seconds": d.step_seconds,
+                "trace_seconds": d.trace_seconds,
+                "final_distance": d.distance.last(),
+                "median_drift_to_noise": d.median_drift_to_noise,
+                "constant_trusted_fraction": d.constant_trusted_fraction,
+                "constant_test_fraction": d.constant_test_fraction,
+                "warnings": d.warnings,
+            })
+        })
+        .collect();
+    let settings: serde_json::Value = traces
+        .settings_json
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let auroc = report.evaluation.report();
+    println!(
+        "{}",
+        serde_json::json!({
+            "traces": report.traces_path.display().to_string(),
+            "auroc": auroc.map(|r| &r.auroc),
+            "normal": auroc.map(|r| r.normal),
+            "anomalous": auroc.map(|r| r.anomalous),
+            "trusted": traces.n_trusted(),
+            "seconds": started.elapsed().as_secs_f64(),
+            "threads": rayon::current_num_threads(),
+            "settings": settings,
+            "chains": chains,
+        })
+    );
 }

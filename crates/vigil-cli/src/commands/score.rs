@@ -1,14 +1,11 @@
 //! `vigil score`: MAD-FA anomaly scores from a trace file.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use vigil_core::io::write_atomic;
-use vigil_core::madfa::{self, LossTraces};
-use vigil_core::report::csv_field;
+use vigil_core::madfa::{self, ScoreRun, ScoreRunConfig};
 
 /// Score every test sample of a trace file (from `vigil sample`, or any .npz with `trusted`,
 /// `test` [chains, draws, samples] and `trusted_labels`) by how strongly its loss co-varies
@@ -53,105 +50,58 @@ pub struct ScoreArgs {
 
 pub fn run(args: ScoreArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.traces.with_file_name("scores.csv"));
-    let attribution = out.with_file_name("attribution.csv");
-    // Before any work: neither table may replace the traces, nor the two tables each other.
-    vigil_core::io::check_outputs(
-        [&args.traces],
-        std::iter::once(&out).chain(args.top_k.map(|_| &attribution)),
-    )?;
-    let mut traces = LossTraces::load(&args.traces)?;
-    if args.burn_in >= traces.draws() {
-        anyhow::bail!(
-            "--burn-in {} leaves no draws: {} has {} per chain",
-            args.burn_in,
-            args.traces.display(),
-            traces.draws()
+    let config = ScoreRunConfig {
+        traces: args.traces.clone(),
+        burn_in: args.burn_in,
+        draws: args.draws,
+        every: args.every,
+        scores: args
+            .out
+            .clone()
+            .unwrap_or_else(|| args.traces.with_file_name("scores.csv")),
+        top_k: args.top_k,
+    };
+    let scored = madfa::score_traces(&config)?;
+    print_scored(&config, &scored);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "traces": args.traces.display().to_string(),
+                "burn_in": args.burn_in,
+                "every": args.every,
+                "chains": scored.chains,
+                "draws": scored.draws,
+                "auroc": scored.report.as_ref().map(|r| &r.auroc),
+                "normal": scored.report.as_ref().map(|r| r.normal),
+                "anomalous": scored.report.as_ref().map(|r| r.anomalous),
+                "scores_csv": config.scores.display().to_string(),
+                "constant_traces": scored.constant,
+                "seconds": started.elapsed().as_secs_f64(),
+            })
         );
     }
-    if args.every == 0 {
-        anyhow::bail!("--every must be at least 1");
-    }
-    traces = traces.select_draws(args.burn_in, args.draws, args.every);
-    if traces.draws() < 2 {
-        anyhow::bail!(
-            "the selected draws leave {} per chain; need at least 2",
-            traces.draws()
-        );
-    }
-    let coupling = madfa::coupling(&traces, 0)
-        .with_context(|| format!("scoring {}", args.traces.display()))?;
-    let scores = madfa::anomaly_scores(&coupling, &traces.trusted_labels);
-    for warning in coupling.constant.warnings() {
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Constant-trace warnings, what was scored and where the tables are, and the AUROCs, on stderr.
+fn print_scored(config: &ScoreRunConfig, scored: &ScoreRun) {
+    for warning in scored.constant.warnings() {
         eprintln!("warning: {warning}");
     }
-    let flags = traces.test_is_anomalous.as_deref();
-    let ids = traces.test_ids.clone();
-    let paths = test_paths(&traces);
-    let mut csv = String::from("test_index,source_id,mean_corr,clc,mean_ccc,class_ccc");
-    if flags.is_some() {
-        csv.push_str(",is_anomalous");
-    }
-    csv.push_str(",path\n");
-    for i in 0..traces.n_test() {
-        let id = ids.as_ref().map_or(i as i64, |ids| ids[i]);
-        let _ = write!(
-            csv,
-            "{i},{id},{},{},{},{}",
-            scores.mean_corr[i], scores.clc[i], scores.mean_ccc[i], scores.class_ccc[i]
-        );
-        if let Some(flags) = flags {
-            let _ = write!(csv, ",{}", u8::from(flags[i]));
-        }
-        let path = paths
-            .as_ref()
-            .and_then(|p| p.get(i))
-            .map_or("", String::as_str);
-        let _ = writeln!(csv, ",{}", csv_field(path));
-    }
-    write_atomic(&out, csv.as_bytes())?;
     eprintln!(
         "{}: {} chains x {} draws used, {} trusted, {} test; scores in {}",
-        args.traces.display(),
-        traces.chains(),
-        traces.draws(),
-        traces.n_trusted(),
-        traces.n_test(),
-        out.display()
+        config.traces.display(),
+        scored.chains,
+        scored.draws,
+        scored.trusted,
+        scored.test,
+        config.scores.display()
     );
-    if let Some(k) = args.top_k {
-        let path = &attribution;
-        let mut table =
-            String::from("test_index,rank,trusted_index,trusted_source_id,correlation,bif\n");
-        for (i, row) in madfa::top_attributions(&coupling, k).iter().enumerate() {
-            for (rank, a) in row.iter().enumerate() {
-                let source = traces
-                    .trusted_ids
-                    .as_ref()
-                    .map_or(a.trusted as i64, |ids| ids[a.trusted]);
-                let _ = writeln!(
-                    table,
-                    "{i},{},{},{source},{},{}",
-                    rank + 1,
-                    a.trusted,
-                    a.correlation,
-                    a.bif
-                );
-            }
-        }
-        write_atomic(path, table.as_bytes())?;
+    if let Some(path) = &scored.attribution {
         eprintln!("attributions in {}", path.display());
     }
-    let report = match flags {
-        Some(flags) if flags.iter().any(|&f| f) && !flags.iter().all(|&f| f) => {
-            Some(madfa::evaluate_scores(&scores, flags)?)
-        }
-        _ => None,
-    };
-    if let Some(report) = &report {
+    if let Some(report) = &scored.report {
         eprintln!(
             "{} normal vs {} anomalous test samples:",
             report.normal, report.anomalous
@@ -160,34 +110,4 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
             eprintln!("  AUROC {name:>10}: {auroc:.4}");
         }
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "traces": args.traces.display().to_string(),
-                "burn_in": args.burn_in,
-                "every": args.every,
-                "chains": traces.chains(),
-                "draws": traces.draws(),
-                "auroc": report.as_ref().map(|r| &r.auroc),
-                "normal": report.as_ref().map(|r| r.normal),
-                "anomalous": report.as_ref().map(|r| r.anomalous),
-                "scores_csv": out.display().to_string(),
-                "constant_traces": coupling.constant,
-                "seconds": started.elapsed().as_secs_f64(),
-            })
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The file of each test sample when the traces came from image folders (`vigil sample --model`
-/// records them in the settings' data as `test_paths`, test then anomalous), if they are there
-/// and one per test sample.
-fn test_paths(traces: &LossTraces) -> Option<Vec<String>> {
-    let settings: serde_json::Value =
-        serde_json::from_str(traces.settings_json.as_deref()?).ok()?;
-    let paths = settings.get("data")?.get("test_paths")?.clone();
-    let paths: Vec<String> = serde_json::from_value(paths).ok()?;
-    (paths.len() == traces.n_test()).then_some(paths)
 }

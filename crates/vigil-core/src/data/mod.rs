@@ -24,7 +24,7 @@ pub mod source;
 
 mod files;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 pub use augment::{Augmentation, Normalization};
 pub use batch::{Batch, augmented_batch, batch, images_tensor, labels_tensor};

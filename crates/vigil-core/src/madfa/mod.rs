@@ -6,10 +6,12 @@
 //! loss moves with no trusted sample runs on a mechanism the trusted data does not exercise.
 //! [`calibrate`] chooses the sampler's settings from trusted data alone. [`task`] builds the
 //! trusted / sampling / test sets, from an attack record or a user's data. [`record`] writes a
-//! chain's random draws, for replaying it in another implementation.
+//! chain's random draws, for replaying it in another implementation. [`experiment`] runs each
+//! of these as one call writing a run folder: what `vigil calibrate`, `sample` and `score` do.
 
 pub mod calibrate;
 pub mod chain;
+pub mod experiment;
 pub mod linearised;
 pub mod record;
 pub mod scores;
@@ -25,6 +27,11 @@ pub use calibrate::{
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
     StepDraws, TraceForm, TraceInputs, TraceLoss, check_run, run_chain, run_chains,
+};
+pub use experiment::{
+    CalibrationRun, MadRunError, SampleObserver, SampleOutcome, SampleReport, SampleRunConfig,
+    SamplingPlan, ScoreRun, ScoreRunConfig, TraceEvaluation, evaluate_traces, read_calibration,
+    run_calibration, run_sample, score_traces,
 };
 pub use record::StepRecorder;
 pub use scores::{
