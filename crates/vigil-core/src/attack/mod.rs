@@ -1,9 +1,11 @@
 //! Attacks on inputs and training data: backdoor poisoning ([`backdoor`]), a whole backdoor
-//! experiment as one call ([`experiment`]) and projected-gradient input attacks ([`pgd`]).
+//! experiment as one call ([`experiment`]), records summarised for a table ([`summary`]) and
+//! projected-gradient input attacks ([`pgd`]).
 
 pub mod backdoor;
 pub mod experiment;
 pub mod pgd;
+pub mod summary;
 
 /// Tiny data and models the attack tests share.
 #[cfg(test)]
