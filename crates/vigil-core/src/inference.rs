@@ -44,6 +44,22 @@ impl SampleOutputs {
         }
         self.losses.iter().map(|&l| f64::from(l)).sum::<f64>() / self.losses.len() as f64
     }
+
+    /// Fraction of each class's samples (by stored label, classes `0..num_classes`) predicted
+    /// correctly; 0 for a class without samples.
+    pub fn per_class_accuracy(&self, num_classes: usize) -> Vec<f64> {
+        let mut counts = vec![(0usize, 0usize); num_classes];
+        for (p, l) in self.predicted.iter().zip(&self.labels) {
+            if let Some((correct, total)) = counts.get_mut(usize::from(*l)) {
+                *total += 1;
+                *correct += usize::from(p == l);
+            }
+        }
+        counts
+            .iter()
+            .map(|&(correct, total)| correct as f64 / total.max(1) as f64)
+            .collect()
+    }
 }
 
 impl Classifier {
@@ -91,4 +107,20 @@ pub fn evaluate(
             .extend(predicted.into_data().iter::<i64>().map(|p| p as Label));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SampleOutputs;
+
+    #[test]
+    fn per_class_accuracy_counts_each_stored_label() {
+        let outputs = SampleOutputs {
+            losses: vec![0.0; 5],
+            predicted: vec![0, 1, 1, 2, 0],
+            labels: vec![0, 0, 1, 2, 2],
+        };
+        // Class 0: 1 of 2 right; class 1: 1 of 1; class 2: 1 of 2; class 3: no samples.
+        assert_eq!(outputs.per_class_accuracy(4), [0.5, 1.0, 0.5, 0.0]);
+    }
 }

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use vigil_core::data::image_folder::FolderLabels;
-use vigil_core::data::{DatasetKind, Split, source};
+use vigil_core::data::{DatasetKind, ImageSet, Split, source};
 use vigil_core::device::default_device;
 use vigil_core::inference::evaluate;
-use vigil_core::models::BnMode;
+use vigil_core::models::{BnMode, ModelSpec};
 
 use super::sample::{model_folder, note_folders};
 use super::{DataArgs, ModelArgs, limit, trained_on};
@@ -76,25 +76,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .or_else(|| trained_on(&args.checkpoint))
         .context("the checkpoint does not say which dataset it was trained on: pass --dataset")?;
     let classifier = args.model.load(&args.checkpoint, &device)?;
-    let spec = &classifier.spec;
-    let set = if kind == DatasetKind::ImageFolder {
-        // Class folders are matched to the model's classes, images checked against its input.
-        let root = source::locate(
-            kind,
-            args.split,
-            args.data.data_dir.as_deref(),
-            &source::default_data_root(),
-        )?
-        .join(args.split.name());
-        let images = model_folder(&root, spec, FolderLabels::Required, "evaluation")?;
-        note_folders(&[(args.split.name(), &images)], spec);
-        images.set
-    } else {
-        args.data.load(kind, args.split)?
-    };
-    set.check_model_input(spec.input_shape, spec.num_classes())
-        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
-    let set = limit(set, args.limit, 0)?;
+    let set = args.load_split(kind, &classifier.spec)?;
     let started = std::time::Instant::now();
     let outputs = evaluate(
         &classifier,
@@ -104,12 +86,6 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         BnMode::Eval,
         &device,
     );
-    let mut per_class = vec![(0usize, 0usize); set.num_classes()];
-    for (p, l) in outputs.predicted.iter().zip(&outputs.labels) {
-        let entry = &mut per_class[usize::from(*l)];
-        entry.1 += 1;
-        entry.0 += usize::from(p == l);
-    }
     let report = EvalReport {
         checkpoint: args.checkpoint.display().to_string(),
         dataset: kind.to_string(),
@@ -120,11 +96,45 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         per_class_accuracy: set
             .class_names()
             .iter()
-            .zip(&per_class)
-            .map(|(name, (c, n))| (name.clone(), *c as f64 / (*n).max(1) as f64))
+            .cloned()
+            .zip(outputs.per_class_accuracy(set.num_classes()))
             .collect(),
         seconds: started.elapsed().as_secs_f64(),
     };
+    print_report(&report);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl EvalArgs {
+    /// The split to evaluate, checked against the model `spec` and limited to --limit samples.
+    /// An image folder's class folders are matched to the model's classes, its images checked
+    /// against its input.
+    fn load_split(&self, kind: DatasetKind, spec: &ModelSpec) -> Result<ImageSet> {
+        let set = if kind == DatasetKind::ImageFolder {
+            let root = source::locate(
+                kind,
+                self.split,
+                self.data.data_dir.as_deref(),
+                &source::default_data_root(),
+            )?
+            .join(self.split.name());
+            let images = model_folder(&root, spec, FolderLabels::Required, "evaluation")?;
+            note_folders(&[(self.split.name(), &images)], spec);
+            images.set
+        } else {
+            self.data.load(kind, self.split)?
+        };
+        set.check_model_input(spec.input_shape, spec.num_classes())
+            .with_context(|| format!("evaluating {}", self.checkpoint.display()))?;
+        limit(set, self.limit, 0)
+    }
+}
+
+/// Accuracy and mean loss, then each class's accuracy, on stderr.
+fn print_report(report: &EvalReport) {
     eprintln!(
         "{} on {} {} ({} samples): accuracy {:.4}, mean loss {:.4}",
         report.checkpoint,
@@ -137,8 +147,4 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     for (name, acc) in &report.per_class_accuracy {
         eprintln!("  {name:>14}  {acc:.4}");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(ExitCode::SUCCESS)
 }
