@@ -1,15 +1,18 @@
 //! `vigil detect`: fit detectors on trusted data, then score and flag inputs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vigil_core::detect::experiment::{self, DetectConfig, DetectData, DetectProgress};
+use vigil_core::detect::experiment::{
+    self, DetectConfig, DetectData, DetectProgress, DetectReport,
+};
 use vigil_core::detect::page::{PageData, detect_page};
 use vigil_core::detect::{DetectorSettings, GroundTruth, ThresholdConfig};
 use vigil_core::device::default_device;
 use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
+use vigil_core::madfa::MadTask;
 
 use super::parse_fraction;
 use super::sample::MadInputArgs;
@@ -70,28 +73,52 @@ pub struct DetectArgs {
     json: bool,
 }
 
+impl DetectArgs {
+    /// The detectors, thresholds, batch size and seed these flags ask for.
+    fn config(&self) -> Result<DetectConfig> {
+        let config = DetectConfig {
+            detectors: self
+                .detectors
+                .iter()
+                .map(|name| DetectorSettings::by_name(name.trim()))
+                .collect::<Result<_, _>>()?,
+            thresholds: ThresholdConfig {
+                target_fpr: self.target_fpr,
+                holdout_fraction: self.holdout,
+                ..ThresholdConfig::default()
+            },
+            batch_size: self.batch_size,
+            seed: self.seed,
+        };
+        config.thresholds.validate()?;
+        Ok(config)
+    }
+}
+
+/// Where `vigil detect` writes in --out.
+struct DetectFiles {
+    scores: PathBuf,
+    report: PathBuf,
+    page: PathBuf,
+}
+
+impl DetectFiles {
+    fn in_folder(out: &Path) -> Self {
+        Self {
+            scores: out.join("scores.csv"),
+            report: out.join("report.json"),
+            page: out.join("report.html"),
+        }
+    }
+}
+
 pub fn run(args: DetectArgs) -> Result<ExitCode> {
-    let (scores_path, report_path) = (args.out.join("scores.csv"), args.out.join("report.json"));
-    let page_path = args.out.join("report.html");
+    let files = DetectFiles::in_folder(&args.out);
     check_outputs(
         args.input.input_paths(),
-        [&scores_path, &report_path, &page_path],
+        [&files.scores, &files.report, &files.page],
     )?;
-    let config = DetectConfig {
-        detectors: args
-            .detectors
-            .iter()
-            .map(|name| DetectorSettings::by_name(name.trim()))
-            .collect::<Result<_, _>>()?,
-        thresholds: ThresholdConfig {
-            target_fpr: args.target_fpr,
-            holdout_fraction: args.holdout,
-            ..ThresholdConfig::default()
-        },
-        batch_size: args.batch_size,
-        seed: args.seed,
-    };
-    config.thresholds.validate()?;
+    let config = args.config()?;
     let device = default_device();
     let (classifier, task, data) = args.input.load(args.batch_size, true, &device)?;
     let truth = task
@@ -106,6 +133,33 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
         truth: truth.as_ref(),
     };
     let report = experiment::run(&config, &inputs, &device, &mut print_progress)?;
+    write_outputs(&files, &report, &task, truth.as_ref(), &data, args.show)?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        files.scores.display(),
+        files.report.display(),
+        files.page.display()
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes scores.csv, report.json and report.html, naming inputs and trusted samples by their
+/// files (from `data`, the task's description), or by their place in the record's clean test
+/// set.
+fn write_outputs(
+    files: &DetectFiles,
+    report: &DetectReport,
+    task: &MadTask,
+    truth: Option<&GroundTruth>,
+    data: &serde_json::Value,
+    max_shown: usize,
+) -> Result<()> {
     let strings = |key: &str| -> Vec<String> {
         data[key]
             .as_array()
@@ -127,35 +181,21 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
             .collect();
     }
     write_atomic(
-        &scores_path,
-        report
-            .scores_csv(&paths, truth.as_ref(), &trusted_names)
-            .as_bytes(),
+        &files.scores,
+        report.scores_csv(&paths, truth, &trusted_names).as_bytes(),
     )?;
-    write_json_atomic(&report_path, &report)?;
+    write_json_atomic(&files.report, report)?;
     let page = detect_page(&PageData {
-        report: &report,
+        report,
         inputs: &task.test,
         trusted: &task.trusted,
-        truth: truth.as_ref(),
+        truth,
         input_names: &paths,
         trusted_names: &trusted_names,
-        max_shown: args.show,
+        max_shown,
     })?;
-    write_atomic(&page_path, page.as_bytes())?;
-    eprintln!(
-        "wrote {}, {} and {}",
-        scores_path.display(),
-        report_path.display(),
-        page_path.display()
-    );
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("encoding the report")?
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    write_atomic(&files.page, page.as_bytes())?;
+    Ok(())
 }
 
 /// One line per detector stage, and its flag counts and measurements when done.
