@@ -72,6 +72,42 @@ impl Classifier {
     }
 }
 
+/// A classifier's accuracy and mean loss on a labelled set, overall and per class (what
+/// `vigil eval` reports).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SetEvaluation {
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Fraction predicted correctly.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub mean_loss: f64,
+    /// Each class's name and accuracy, in label order.
+    pub per_class_accuracy: Vec<(String, f64)>,
+}
+
+/// Evaluates `classifier` on every sample of `set` (BatchNorm in eval mode, batches of
+/// `batch_size`).
+pub fn evaluate_set(
+    classifier: &Classifier,
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+) -> SetEvaluation {
+    let outputs = evaluate(classifier, set, None, batch_size, BnMode::Eval, device);
+    SetEvaluation {
+        samples: set.len(),
+        accuracy: outputs.accuracy(),
+        mean_loss: outputs.mean_loss(),
+        per_class_accuracy: set
+            .class_names()
+            .iter()
+            .cloned()
+            .zip(outputs.per_class_accuracy(set.num_classes()))
+            .collect(),
+    }
+}
+
 /// Runs `classifier` over the samples of `set` at `indices` (all samples if `None`) in batches of
 /// `batch_size`, BatchNorm in `bn` mode, and returns per-sample losses and predictions.
 pub fn evaluate(

@@ -9,8 +9,8 @@ use serde::Serialize;
 use vigil_core::data::image_folder::FolderLabels;
 use vigil_core::data::{DatasetKind, ImageSet, Split, source};
 use vigil_core::device::default_device;
-use vigil_core::inference::evaluate;
-use vigil_core::models::{BnMode, ModelSpec};
+use vigil_core::inference::evaluate_set;
+use vigil_core::models::ModelSpec;
 
 use super::sample::{model_folder, note_folders};
 use super::{DataArgs, ModelArgs, limit, trained_on};
@@ -78,27 +78,15 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let classifier = args.model.load(&args.checkpoint, &device)?;
     let set = args.load_split(kind, &classifier.spec)?;
     let started = std::time::Instant::now();
-    let outputs = evaluate(
-        &classifier,
-        &set,
-        None,
-        args.batch_size,
-        BnMode::Eval,
-        &device,
-    );
+    let evaluation = evaluate_set(&classifier, &set, args.batch_size, &device);
     let report = EvalReport {
         checkpoint: args.checkpoint.display().to_string(),
         dataset: kind.to_string(),
         split: args.split.to_string(),
-        samples: set.len(),
-        accuracy: outputs.accuracy(),
-        mean_loss: outputs.mean_loss(),
-        per_class_accuracy: set
-            .class_names()
-            .iter()
-            .cloned()
-            .zip(outputs.per_class_accuracy(set.num_classes()))
-            .collect(),
+        samples: evaluation.samples,
+        accuracy: evaluation.accuracy,
+        mean_loss: evaluation.mean_loss,
+        per_class_accuracy: evaluation.per_class_accuracy,
         seconds: started.elapsed().as_secs_f64(),
     };
     print_report(&report);
