@@ -142,7 +142,7 @@ pub struct CalibrationRun {
     pub reused: bool,
 }
 
-/// Calibrates the sampler for `model` on `task` ([`calibrate`]) and writes
+/// Calibrates the sampler for `model` on `task` ([`calibrate()`]) and writes
 /// [`files::CALIBRATION`] to `out`, or reuses the calibration there when the same model, data
 /// and settings made it. A trusted set calibration cannot split, probes or a recommended run
 /// that cannot fit in memory, and a folder holding another run, are refused before any work.
