@@ -132,16 +132,21 @@ fn histogram_svg(title: &str, values: &[f64], truth: Option<&[bool]>, threshold:
         h + 2.0 * pad,
         escape(title)
     );
-    let (lo, hi) = finite
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    // The range covers the middle 99% of the scores, so a few far outliers (Mahalanobis
+    // distances of triggered inputs) do not squeeze the rest into one bin; values outside
+    // fall into the end bins.
+    let mut sorted = finite.clone();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = (q * sorted.len().saturating_sub(1) as f64).round() as usize;
+        sorted.get(i).copied().unwrap_or(0.0)
+    };
+    let (lo, hi) = (at(0.005), at(0.995));
     if finite.is_empty() || lo >= hi {
         svg.push_str("<text x=\"4\" y=\"40\" font-size=\"11\">all scores equal</text></svg>");
         return svg;
     }
-    let bin = |v: f64| (((v - lo) / (hi - lo) * BINS as f64) as usize).min(BINS - 1);
+    let bin = |v: f64| (((v - lo) / (hi - lo) * BINS as f64).max(0.0) as usize).min(BINS - 1);
     let mut counts = [[0usize; BINS]; 2];
     for (i, &v) in values.iter().enumerate() {
         if v.is_finite() {
@@ -316,6 +321,11 @@ mod tests {
         assert!(svg.contains("rgba(40,90,200") && svg.contains("rgba(210,40,40"));
         // The threshold halfway across a 320-pixel plot.
         assert!(svg.contains("x1=\"160.0\""), "{svg}");
+        // One far outlier does not squeeze the others into the first bin.
+        let mut wide: Vec<f64> = (0..400).map(|i| f64::from(i) / 400.0).collect();
+        wide.push(1e6);
+        let svg = histogram_svg("m.c", &wide, None, 0.5);
+        assert!(svg.matches("<rect").count() >= 30, "{svg}");
         let flat = histogram_svg("m.c", &[1.0, 1.0], None, 1.0);
         assert!(flat.contains("all scores equal"));
         assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
