@@ -9,7 +9,7 @@ use vigil_core::detect::experiment::{
     self, DetectConfig, DetectData, DetectProgress, DetectReport,
 };
 use vigil_core::detect::page::{PageData, detect_page};
-use vigil_core::detect::{DetectorSettings, GroundTruth, ThresholdConfig};
+use vigil_core::detect::{DetectorSettings, GroundTruth, ThresholdConfig, TieRule};
 use vigil_core::device::default_device;
 use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
 use vigil_core::madfa::MadTask;
@@ -52,6 +52,12 @@ pub struct DetectArgs {
     #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
     holdout: f64,
 
+    /// At the threshold: conservative (flag at most --target-fpr of the held-back trusted
+    /// scores; a score with few values may flag none) or randomised (also flag the inputs just
+    /// under it at random, decided by each input's pixels, so the expected rate is the target).
+    #[arg(long, default_value = "conservative", value_name = "RULE")]
+    ties: TieRule,
+
     /// Batch size of forward passes.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -85,7 +91,7 @@ impl DetectArgs {
             thresholds: ThresholdConfig {
                 target_fpr: self.target_fpr,
                 holdout_fraction: self.holdout,
-                ..ThresholdConfig::default()
+                ties: self.ties,
             },
             batch_size: self.batch_size,
             seed: self.seed,
