@@ -27,6 +27,7 @@ pub mod models;
 pub mod npy;
 pub mod ood;
 pub mod optim;
+pub mod progress;
 pub mod report;
 pub mod throughput;
 pub mod train;

@@ -55,6 +55,7 @@ fn a_chain_index_beyond_int64_is_refused_before_any_chain_runs() {
         None,
         &default_device(),
         &mut Quiet,
+        None,
     )
     .err()
     .unwrap();
@@ -85,6 +86,7 @@ fn traces_that_cannot_fit_in_memory_are_refused_with_the_size_needed() {
         None,
         &default_device(),
         &mut Quiet,
+        None,
     )
     .err()
     .unwrap();

@@ -9,10 +9,11 @@ use burn::module::Module;
 use vigil_core::device::default_device;
 use vigil_core::madfa::chain::sampling_batch;
 use vigil_core::madfa::{
-    BnPolicy, ChainConfig, ChainObserver, LossTraces, MadError, MadTask, Preconditioner, Quiet,
-    SgldConfig, StepDraws, TraceForm, TraceLoss, run_chains, user_task,
+    BnPolicy, ChainConfig, ChainEvent, LossTraces, MadTask, Preconditioner, Quiet, SgldConfig,
+    StepRecorder, TraceForm, TraceLoss, run_chains, user_task,
 };
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Network};
+use vigil_core::progress::Progress;
 
 use common::band_dataset as dataset;
 
@@ -70,7 +71,7 @@ fn run(
     config: &ChainConfig,
     chains: &[usize],
     resume: Option<&PathBuf>,
-    observer: &mut impl ChainObserver,
+    progress: &mut impl for<'e> Progress<ChainEvent<'e>>,
 ) -> Option<LossTraces> {
     run_chains(
         w_star,
@@ -80,7 +81,8 @@ fn run(
         serde_json::json!({"test": true}),
         resume.map(PathBuf::as_path),
         &default_device(),
-        observer,
+        progress,
+        None,
     )
     .unwrap()
     .map(|(traces, _)| traces)
@@ -98,9 +100,11 @@ struct StopAfter {
     seen: usize,
 }
 
-impl ChainObserver for StopAfter {
-    fn step_finished(&mut self, _: usize, _: f64, _: f64) {
-        self.seen += 1;
+impl Progress<ChainEvent<'_>> for StopAfter {
+    fn report(&mut self, event: ChainEvent<'_>) {
+        if let ChainEvent::StepFinished { .. } = event {
+            self.seen += 1;
+        }
     }
     fn should_stop(&mut self) -> bool {
         self.seen >= self.after
@@ -179,6 +183,7 @@ fn interrupted_chains_resume_bit_for_bit_and_merge_equals_one_run() {
         Some(&dir),
         &default_device(),
         &mut Quiet,
+        None,
     )
     .expect_err("other settings must be refused");
     assert!(err.to_string().contains("other settings"), "{err}");
@@ -350,25 +355,17 @@ fn calibration_sets_lr_from_the_pull_and_rejects_a_chain_that_leaves_the_model()
     assert_eq!(linearised.recommended.traces, TraceForm::Linearised);
 }
 
-/// One step's draws: step, minibatch indices, noise per parameter.
-type Draws = (usize, Vec<usize>, Vec<(String, Vec<f32>)>);
-
-/// Keeps every step's draws, as `vigil sample --record-steps` does for one chain.
-struct KeepDraws {
-    chain: usize,
-    steps: Vec<Draws>,
-}
-
-impl ChainObserver for KeepDraws {
-    fn records_draws(&mut self, chain: usize) -> bool {
-        chain == self.chain
-    }
-    fn step_draws(&mut self, chain: usize, draws: &StepDraws<'_>) -> Result<(), MadError> {
-        assert_eq!(chain, self.chain);
-        self.steps
-            .push((draws.step, draws.indices.to_vec(), draws.noise.to_vec()));
-        Ok(())
-    }
+/// One step's draws as a [`StepRecorder`] wrote them: minibatch indices, and the noise of
+/// every parameter flat, in the manifest's order.
+fn read_step(dir: &std::path::Path, step: usize) -> (Vec<usize>, Vec<f32>) {
+    let file = std::fs::File::open(dir.join(format!("step-{step:05}.npz"))).unwrap();
+    let mut npz = ndarray_npy::NpzReader::new(file).unwrap();
+    let indices: ndarray::Array1<i64> = npz.by_name("indices").unwrap();
+    let noise: ndarray::Array1<f32> = npz.by_name("noise").unwrap();
+    (
+        indices.iter().map(|&i| i as usize).collect(),
+        noise.to_vec(),
+    )
 }
 
 #[test]
@@ -381,7 +378,7 @@ fn recording_the_draws_changes_nothing_and_they_are_the_steps_own() {
         },
         ..config(BnPolicy::Reference)
     };
-    let run_with = |observer: &mut KeepDraws| {
+    let run_with = |recorder: &mut StepRecorder| {
         run_chains(
             &w_star,
             &task(),
@@ -390,38 +387,42 @@ fn recording_the_draws_changes_nothing_and_they_are_the_steps_own() {
             serde_json::json!({"test": true}),
             None,
             &default_device(),
-            observer,
+            &mut Quiet,
+            Some(recorder),
         )
         .unwrap()
         .unwrap()
     };
     // A chain number the run does not have: nothing is recorded.
-    let mut none = KeepDraws {
-        chain: usize::MAX,
-        steps: Vec::new(),
-    };
-    let (plain, _) = run_with(&mut none);
-    assert!(none.steps.is_empty());
-    let mut keep = KeepDraws {
-        chain: 1,
-        steps: Vec::new(),
-    };
-    let (recorded, diagnostics) = run_with(&mut keep);
+    let none_dir = scratch("record-none");
+    let (plain, _) = run_with(&mut StepRecorder::new(&none_dir, usize::MAX, &config));
+    assert!(!none_dir.exists());
+    let dir = scratch("record-steps");
+    let (recorded, diagnostics) = run_with(&mut StepRecorder::new(&dir, 1, &config));
     assert_eq!(plain, recorded);
-    assert_eq!(keep.steps.len(), config.total_steps());
-    let floats: usize = keep.steps[0].2.iter().map(|(_, n)| n.len()).sum();
-    assert_eq!(floats, w_star.network.num_params());
-    assert!(keep.steps[0].2.iter().any(|(path, _)| path == "fc2.weight"));
-    for (step, (s, indices, noise)) in keep.steps.iter().enumerate() {
-        assert_eq!(*s, step);
+    // Every step of chain 1, from step 0, and nothing else.
+    let steps = std::fs::read_dir(&dir).unwrap().count() - 1;
+    assert_eq!(steps, config.total_steps());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        (manifest["chain"].as_u64(), manifest["first_step"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let params = manifest["params"].as_array().unwrap();
+    let floats: u64 = params.iter().map(|p| p["numel"].as_u64().unwrap()).sum();
+    assert_eq!(floats as usize, w_star.network.num_params());
+    assert!(params.iter().any(|p| p["path"] == "fc2.weight"));
+    for step in 0..steps {
+        let (indices, noise) = read_step(&dir, step);
+        assert_eq!(noise.len(), floats as usize);
         assert_eq!(
-            *indices,
+            indices,
             sampling_batch(task().sampling.len(), 8, config.seed, 1, step)
         );
         // Plain SGLD: the noise term is sqrt(lr) N, whose norm the diagnostics hold.
         let norm = noise
             .iter()
-            .flat_map(|(_, n)| n.iter())
             .map(|&x| f64::from(x).powi(2))
             .sum::<f64>()
             .sqrt();
@@ -432,4 +433,5 @@ fn recording_the_draws_changes_nothing_and_they_are_the_steps_own() {
             config.sgld.lr.sqrt() * norm
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,12 +14,12 @@ use vigil_core::data::image_folder::{
 };
 use vigil_core::device::default_device;
 use vigil_core::madfa::{
-    self, BnPolicy, CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig,
-    ChainDiagnostics, ChainObserver, MadTask, Preconditioner, SampleObserver, SampleOutcome,
-    SampleReport, SampleRunConfig, SamplingPlan, SgldConfig, SplitSizes, TraceEvaluation,
-    TraceForm, TraceLoss,
+    self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
+    ChainEvent, MadTask, Preconditioner, SampleOutcome, SampleReport, SampleRunConfig,
+    SamplingPlan, SgldConfig, SplitSizes, TraceEvaluation, TraceForm, TraceLoss,
 };
 use vigil_core::models::{Classifier, ModelSpec};
+use vigil_core::progress::Progress;
 
 use super::{DataArgs, ModelArgs};
 use crate::progress::{bar, interrupt_flag};
@@ -405,40 +405,7 @@ impl ChainProgress {
             linearised,
         }
     }
-}
 
-impl SampleObserver for ChainProgress {
-    fn resuming(&mut self, out: &Path) {
-        eprintln!(
-            "{} holds an earlier run of the same model, data and settings: reusing what it finished",
-            out.display()
-        );
-    }
-
-    fn calibration_reused(&mut self, path: &Path) {
-        eprintln!("reusing the calibration in {}", path.display());
-    }
-
-    fn calibrated(&mut self, calibration: &Calibration) {
-        super::calibrate::print_calibration(calibration);
-    }
-
-    fn sampling(&mut self, plan: &SamplingPlan<'_>) {
-        let config = plan.config;
-        eprintln!(
-            "sampling {} chain(s) of {} steps ({} burn-in, {} draws, thinning {}), tracing {} trusted + {} test samples per draw",
-            plan.chains.len(),
-            config.total_steps(),
-            config.burn_in,
-            config.draws,
-            config.thinning,
-            plan.trusted,
-            plan.test
-        );
-    }
-}
-
-impl ChainObserver for ChainProgress {
     fn chain_started(&mut self, chain: usize, total: usize, done: usize) {
         if done > 0 {
             eprintln!("chain {chain}: resuming from its checkpoint at step {done} of {total}");
@@ -446,13 +413,6 @@ impl ChainObserver for ChainProgress {
         let bar = bar(total as u64, format!("chain {chain}"));
         bar.set_position(done as u64);
         self.bar = Some(bar);
-    }
-
-    fn step_finished(&mut self, _step: usize, loss: f64, distance: f64) {
-        if let Some(bar) = &self.bar {
-            bar.inc(1);
-            bar.set_message(format!("loss {loss:.4} |w-w*| {distance:.3e}"));
-        }
     }
 
     fn chain_finished(&mut self, d: &ChainDiagnostics) {
@@ -481,10 +441,53 @@ impl ChainObserver for ChainProgress {
             eprintln!("warning: chain {}: {w}", d.chain);
         }
     }
+}
+
+impl Progress<ChainEvent<'_>> for ChainProgress {
+    fn report(&mut self, event: ChainEvent<'_>) {
+        match event {
+            ChainEvent::ChainStarted { chain, total, done } => {
+                self.chain_started(chain, total, done);
+            }
+            ChainEvent::StepFinished { loss, distance, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                    bar.set_message(format!("loss {loss:.4} |w-w*| {distance:.3e}"));
+                }
+            }
+            ChainEvent::ChainFinished(diagnostics) => self.chain_finished(diagnostics),
+            ChainEvent::Resuming(out) => eprintln!(
+                "{} holds an earlier run of the same model, data and settings: reusing what it finished",
+                out.display()
+            ),
+            ChainEvent::CalibrationReused(path) => {
+                eprintln!("reusing the calibration in {}", path.display());
+            }
+            ChainEvent::Calibrated(calibration) => {
+                super::calibrate::print_calibration(calibration);
+            }
+            ChainEvent::Sampling(plan) => print_sampling_plan(plan),
+        }
+    }
 
     fn should_stop(&mut self) -> bool {
         self.interrupted.load(Ordering::SeqCst)
     }
+}
+
+/// The chains about to run, on stderr.
+fn print_sampling_plan(plan: &SamplingPlan<'_>) {
+    let config = plan.config;
+    eprintln!(
+        "sampling {} chain(s) of {} steps ({} burn-in, {} draws, thinning {}), tracing {} trusted + {} test samples per draw",
+        plan.chains.len(),
+        config.total_steps(),
+        config.burn_in,
+        config.draws,
+        config.thinning,
+        plan.trusted,
+        plan.test
+    );
 }
 
 /// Loads the image folder `path` (the `--{what}` flag) for the model `spec`: labels matched to

@@ -215,6 +215,7 @@ impl FittedMadfa {
             None,
             device,
             &mut Quiet,
+            None,
         )?;
         let Some((traces, _)) = outcome else {
             return Err(DetectError::Fit {

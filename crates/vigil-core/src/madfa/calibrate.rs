@@ -24,12 +24,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainConfig, ChainDiagnostics, ChainObserver, TraceForm, run_chains};
+use super::chain::{ChainConfig, ChainDiagnostics, ChainEvent, TraceForm, run_chains};
 use super::scores::{anomaly_scores, coupling};
 use super::task::MadTask;
 use super::{LossTraces, MadError, Preconditioner};
 use crate::data::ImageSet;
 use crate::models::Classifier;
+use crate::progress::Progress;
 use burn::tensor::Device;
 
 /// Chains a calibrated run spreads its recommended draws over. Two independent chains, each with
@@ -402,7 +403,7 @@ pub fn calibrate(
     sampling: &ImageSet,
     config: &CalibrationConfig,
     device: &Device,
-    observer: &mut impl ChainObserver,
+    progress: &mut impl for<'e> Progress<ChainEvent<'e>>,
 ) -> Result<Calibration, MadError> {
     config.validate()?;
     check_trusted_set(trusted.labels())?;
@@ -435,7 +436,8 @@ pub fn calibrate(
             serde_json::json!({"calibration": true}),
             None,
             device,
-            observer,
+            progress,
+            None,
         ) {
             Ok(Some((traces, diagnostics))) => measure(
                 &traces,
@@ -445,7 +447,7 @@ pub fn calibrate(
                 chance,
                 candidate_started.elapsed().as_secs_f64(),
             )?,
-            // Stopped by the observer (Ctrl-C): calibration is short, nothing to resume.
+            // Stopped by `progress` (Ctrl-C): calibration is short, nothing to resume.
             Ok(None) => {
                 return Err(MadError::InvalidConfig("calibration interrupted".into()));
             }

@@ -19,6 +19,9 @@ use burn::module::{Module, ParamId};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::calibrate::Calibration;
+use super::experiment::SamplingPlan;
+use super::record::StepRecorder;
 use super::sgld::{LocalizedSgld, SQUARED_GRADIENT_SLOT, SgldConfig, StepNorms, W_STAR_SLOT};
 use super::task::MadTask;
 use super::traces::{LossTraces, chain_index};
@@ -31,6 +34,7 @@ use crate::loss::{cross_entropy, cross_entropy_per_sample, cross_entropy_per_sam
 use crate::memory;
 use crate::models::{BnMode, Classifier};
 use crate::optim::{ParamSlots, apply_update, param_infos, snapshot_slots};
+use crate::progress::Progress;
 use crate::train::{STEP_KEY, epoch_order, metadata_step, mix, tensor_file_step};
 
 /// How BatchNorm behaves along the chain.
@@ -270,29 +274,41 @@ impl ChainDiagnostics {
     }
 }
 
-/// What the chains report while they run; the CLI draws progress bars from it.
-pub trait ChainObserver {
+/// What MAD-FA's chains, calibration and sampling runs report while they run ([`Progress`]); the
+/// CLI draws progress bars from it. Polled after every step, [`Progress::should_stop`]
+/// checkpoints the chain and stops it.
+#[derive(Debug, Clone, Copy)]
+pub enum ChainEvent<'a> {
     /// Chain `chain` starts (or resumes after `done` of `total` steps).
-    fn chain_started(&mut self, _chain: usize, _total: usize, _done: usize) {}
+    ChainStarted {
+        /// The chain's index.
+        chain: usize,
+        /// Steps of the whole chain.
+        total: usize,
+        /// Steps already done (by an earlier run, when resuming).
+        done: usize,
+    },
     /// A step finished with minibatch loss `loss`, at `distance` from w*.
-    fn step_finished(&mut self, _step: usize, _loss: f64, _distance: f64) {}
+    StepFinished {
+        /// The step (0-based).
+        step: usize,
+        /// Its minibatch loss.
+        loss: f64,
+        /// The distance |w - w*| after it.
+        distance: f64,
+    },
     /// A chain finished.
-    fn chain_finished(&mut self, _diagnostics: &ChainDiagnostics) {}
-    /// Polled after every step: `true` checkpoints and stops.
-    fn should_stop(&mut self) -> bool {
-        false
-    }
-    /// Whether chain `chain` should report every step's random draws to
-    /// [`ChainObserver::step_draws`] (`vigil sample --record-steps`). Off by default: then
-    /// nothing is copied.
-    fn records_draws(&mut self, _chain: usize) -> bool {
-        false
-    }
-    /// The random draws of the step just taken, when [`ChainObserver::records_draws`] asked for
-    /// them; an error stops the chain.
-    fn step_draws(&mut self, _chain: usize, _draws: &StepDraws<'_>) -> Result<(), MadError> {
-        Ok(())
-    }
+    ChainFinished(&'a ChainDiagnostics),
+    /// [`super::run_sample`]: the folder holds an earlier run of the same model, data and
+    /// settings, whose finished work is reused.
+    Resuming(&'a Path),
+    /// [`super::run_sample`]: the folder's calibration (at this path) is reused rather than run
+    /// again.
+    CalibrationReused(&'a Path),
+    /// [`super::run_sample`]: the calibration is ready (run or reused).
+    Calibrated(&'a Calibration),
+    /// [`super::run_sample`]: the chains start.
+    Sampling(&'a SamplingPlan<'a>),
 }
 
 /// Everything random in one step of a chain: with w* and `V = 0` at the start, another
@@ -308,10 +324,6 @@ pub struct StepDraws<'a> {
     /// `[in, out]`, the transpose of PyTorch's).
     pub noise: &'a [(String, Vec<f32>)],
 }
-
-/// An observer that watches nothing.
-pub struct Quiet;
-impl ChainObserver for Quiet {}
 
 /// The samples a chain traces, on the device, batched once: trusted first, then test, each
 /// labelled with the model's prediction at w*.
@@ -621,7 +633,7 @@ pub enum ChainOutcome {
     /// All draws recorded: traces `[draws, n]` row-major (linearised chains: displacements
     /// `[draws, floats]`, which [`run_chains`] turns into traces), and the chain's diagnostics.
     Finished(Vec<f32>, Box<ChainDiagnostics>),
-    /// Stopped by the observer after checkpointing; run again to continue.
+    /// Stopped by its [`Progress`] after checkpointing; run again to continue.
     Interrupted,
 }
 
@@ -630,7 +642,9 @@ const CHECKPOINT_SECONDS: f64 = 60.0;
 
 /// Runs (or resumes) chain `chain` of `config` around `w_star`, drawing minibatches from
 /// `sampling` and tracing `inputs`. With `resume_dir`, the chain checkpoints there every minute
-/// and when stopped, and a later call continues from the checkpoint bit for bit.
+/// and when stopped, and a later call continues from the checkpoint bit for bit. With
+/// `recorder` (of this chain: `vigil sample --record-steps`), every step's random draws are
+/// written too; without it nothing is copied.
 #[allow(clippy::too_many_arguments)]
 pub fn run_chain(
     w_star: &Classifier,
@@ -640,7 +654,8 @@ pub fn run_chain(
     chain: usize,
     resume_dir: Option<&Path>,
     device: &Device,
-    observer: &mut impl ChainObserver,
+    progress: &mut impl for<'e> Progress<ChainEvent<'e>>,
+    mut recorder: Option<&mut StepRecorder>,
 ) -> Result<ChainOutcome, MadError> {
     config.validate()?;
     if sampling.is_empty() {
@@ -655,8 +670,12 @@ pub fn run_chain(
     let autodiff = device.clone().autodiff();
     let total = config.total_steps();
     let chance = (w_star.spec.num_classes().max(2) as f64).ln();
-    observer.chain_started(chain, total, state.progress.step);
-    let record = observer.records_draws(chain);
+    progress.report(ChainEvent::ChainStarted {
+        chain,
+        total,
+        done: state.progress.step,
+    });
+    let record = recorder.is_some();
     let paths: HashMap<ParamId, String> = if record {
         param_infos(&state.live.network)
             .into_iter()
@@ -721,7 +740,9 @@ pub fn run_chain(
                 indices: &indices,
                 noise: &noise,
             };
-            observer.step_draws(chain, &draws)?;
+            if let Some(recorder) = recorder.as_deref_mut() {
+                recorder.write(&draws)?;
+            }
         }
         state.progress.step += 1;
         let diagnostics = &mut state.progress.diagnostics;
@@ -740,8 +761,12 @@ pub fn run_chain(
             }
             state.progress.diagnostics.trace_seconds += started.elapsed().as_secs_f64();
         }
-        observer.step_finished(step, loss_value, norms.distance);
-        let stop = observer.should_stop();
+        progress.report(ChainEvent::StepFinished {
+            step,
+            loss: loss_value,
+            distance: norms.distance,
+        });
+        let stop = progress.should_stop();
         if let Some(dir) = &dir
             && state.progress.step < total
             && (stop || last_save.elapsed().as_secs_f64() >= CHECKPOINT_SECONDS)
@@ -762,7 +787,7 @@ pub fn run_chain(
     if let Some(dir) = &dir {
         state.save(dir)?;
     }
-    observer.chain_finished(&diagnostics);
+    progress.report(ChainEvent::ChainFinished(&diagnostics));
     Ok(ChainOutcome::Finished(state.traces, Box::new(diagnostics)))
 }
 
@@ -839,8 +864,9 @@ pub struct SampleSettings {
     pub vigil_version: String,
 }
 
-/// Runs chains `chains` of `config` on `task` and returns their traces, or `None` if the
-/// observer stopped them (each checkpointed under `resume_dir` when given).
+/// Runs chains `chains` of `config` on `task` and returns their traces, or `None` if `progress`
+/// stopped them (each checkpointed under `resume_dir` when given). `recorder` writes the random
+/// draws of its chain ([`StepRecorder::chain`]) when that chain is one of `chains`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_chains(
     w_star: &Classifier,
@@ -850,7 +876,8 @@ pub fn run_chains(
     data: serde_json::Value,
     resume_dir: Option<&Path>,
     device: &Device,
-    observer: &mut impl ChainObserver,
+    progress: &mut impl for<'e> Progress<ChainEvent<'e>>,
+    mut recorder: Option<&mut StepRecorder>,
 ) -> Result<Option<(LossTraces, Vec<ChainDiagnostics>)>, MadError> {
     config.validate()?;
     if chains.is_empty() {
@@ -880,7 +907,8 @@ pub fn run_chains(
             chain,
             resume_dir,
             device,
-            observer,
+            progress,
+            recorder.as_deref_mut().filter(|r| r.chain() == chain),
         )?;
         let ChainOutcome::Finished(values, diagnostics) = outcome else {
             return Ok(None);

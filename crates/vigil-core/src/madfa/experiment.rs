@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use super::{
-    CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, ChainDiagnostics,
-    ChainObserver, ConstantTraces, LossTraces, MadError, MadTask, ScoreReport, StepDraws,
-    StepRecorder, TraceFileError, anomaly_scores, calibrate, check_run, coupling, evaluate_scores,
-    run_chains, top_attributions,
+    CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, ChainDiagnostics, ChainEvent,
+    ConstantTraces, LossTraces, MadError, MadTask, ScoreReport, StepRecorder, TraceFileError,
+    anomaly_scores, calibrate, check_run, coupling, evaluate_scores, run_chains, top_attributions,
 };
 use crate::identity::{self, FolderState, IdentityError, RunIdentity};
 use crate::io::{IoError, check_outputs, write_atomic, write_json_atomic};
 use crate::models::Classifier;
+use crate::progress::Progress;
 use crate::report::csv_field;
 
 /// The names of the files a MAD-FA run leaves in its folder.
@@ -152,7 +152,7 @@ pub fn run_calibration(
     task: &MadTask,
     out: &Path,
     device: &Device,
-    observer: &mut impl ChainObserver,
+    progress: &mut impl for<'e> Progress<ChainEvent<'e>>,
 ) -> Result<CalibrationRun, MadRunError> {
     config.validate()?;
     let chains: Vec<usize> = (0..CALIBRATED_CHAINS).collect();
@@ -174,7 +174,7 @@ pub fn run_calibration(
         &task.sampling,
         config,
         device,
-        observer,
+        progress,
     )?;
     write_json_atomic(&path, &calibration)?;
     Ok(CalibrationRun {
@@ -250,7 +250,7 @@ impl SampleRunConfig {
     }
 }
 
-/// The chains about to run, as [`SampleObserver::sampling`] reports them.
+/// The chains about to run, as [`ChainEvent::Sampling`] reports them.
 #[derive(Debug, Clone, Copy)]
 pub struct SamplingPlan<'a> {
     /// Chain indices.
@@ -262,21 +262,6 @@ pub struct SamplingPlan<'a> {
     /// Test samples traced at every draw.
     pub test: usize,
 }
-
-/// What [`run_sample`] reports besides its chains ([`ChainObserver`]).
-pub trait SampleObserver: ChainObserver {
-    /// The folder holds an earlier run of the same model, data and settings: its finished work
-    /// is reused.
-    fn resuming(&mut self, _out: &Path) {}
-    /// The folder's calibration (at `path`) is reused rather than run again.
-    fn calibration_reused(&mut self, _path: &Path) {}
-    /// The calibration is ready (run or reused).
-    fn calibrated(&mut self, _calibration: &Calibration) {}
-    /// The chains start.
-    fn sampling(&mut self, _plan: &SamplingPlan<'_>) {}
-}
-
-impl SampleObserver for super::Quiet {}
 
 /// How well the anomaly scores of a trace file separate its anomalous test samples.
 #[derive(Debug)]
@@ -334,7 +319,7 @@ pub struct SampleReport {
 pub enum SampleOutcome {
     /// Every chain ran; the files are written.
     Finished(Box<SampleReport>),
-    /// The observer stopped a chain; it is checkpointed and calling again continues it.
+    /// `progress` stopped a chain; it is checkpointed and calling again continues it.
     Interrupted,
 }
 
@@ -355,7 +340,7 @@ pub fn run_sample(
     data: serde_json::Value,
     out: &Path,
     device: &Device,
-    observer: &mut impl SampleObserver,
+    progress: &mut impl for<'e> Progress<ChainEvent<'e>>,
 ) -> Result<SampleOutcome, MadRunError> {
     config.validate()?;
     let chains = config.chains();
@@ -368,14 +353,14 @@ pub fn run_sample(
     let identity =
         RunIdentity::for_madfa_task("madfa-sample", model, task, config.identity_settings())?;
     if identity::claim(out, &identity, SAMPLE_STATE)? == FolderState::Resuming {
-        observer.resuming(out);
+        progress.report(ChainEvent::Resuming(out));
     }
     let mut chain_config = config.chain.clone();
     if let Some(calibration_config) = &config.calibration {
         let path = out.join(files::CALIBRATION);
         // Safe to reuse: the folder's identity (claimed above) is this run's.
         let calibration = if path.exists() {
-            observer.calibration_reused(&path);
+            progress.report(ChainEvent::CalibrationReused(&path));
             read_calibration(&path)?
         } else {
             let calibration = calibrate(
@@ -384,30 +369,27 @@ pub fn run_sample(
                 &task.sampling,
                 calibration_config,
                 device,
-                observer,
+                progress,
             )?;
             write_json_atomic(&path, &calibration)?;
             calibration
         };
-        observer.calibrated(&calibration);
+        progress.report(ChainEvent::Calibrated(&calibration));
         chain_config = calibration.per_chain(config.chain_count);
     }
     chain_config.validate()?;
-    observer.sampling(&SamplingPlan {
+    progress.report(ChainEvent::Sampling(&SamplingPlan {
         chains: &chains,
         config: &chain_config,
         trusted: task.trusted.len(),
         test: task.test.len(),
-    });
+    }));
     write_json_atomic(&out.join(files::TASK_JSON), &data)?;
     task.save_npz(&out.join(files::TASK_NPZ))?;
-    let mut recording = RecordingSteps {
-        inner: observer,
-        recorder: config
-            .record_steps
-            .as_ref()
-            .map(|dir| StepRecorder::new(dir, 0, &chain_config)),
-    };
+    let mut recorder = config
+        .record_steps
+        .as_ref()
+        .map(|dir| StepRecorder::new(dir, 0, &chain_config));
     let finished = run_chains(
         model,
         task,
@@ -416,7 +398,8 @@ pub fn run_sample(
         data,
         Some(&out.join(files::RESUME)),
         device,
-        &mut recording,
+        progress,
+        recorder.as_mut(),
     )?;
     let Some((traces, diagnostics)) = finished else {
         return Ok(SampleOutcome::Interrupted);
@@ -432,42 +415,6 @@ pub fn run_sample(
         diagnostics,
         evaluation,
     })))
-}
-
-/// An observer that also writes one chain's random draws (the step recorder's), passing every
-/// other event on.
-struct RecordingSteps<'a, O> {
-    inner: &'a mut O,
-    recorder: Option<StepRecorder>,
-}
-
-impl<O: ChainObserver> ChainObserver for RecordingSteps<'_, O> {
-    fn chain_started(&mut self, chain: usize, total: usize, done: usize) {
-        self.inner.chain_started(chain, total, done);
-    }
-
-    fn step_finished(&mut self, step: usize, loss: f64, distance: f64) {
-        self.inner.step_finished(step, loss, distance);
-    }
-
-    fn chain_finished(&mut self, diagnostics: &ChainDiagnostics) {
-        self.inner.chain_finished(diagnostics);
-    }
-
-    fn should_stop(&mut self) -> bool {
-        self.inner.should_stop()
-    }
-
-    fn records_draws(&mut self, chain: usize) -> bool {
-        self.recorder.as_ref().is_some_and(|r| r.chain() == chain)
-    }
-
-    fn step_draws(&mut self, chain: usize, draws: &StepDraws<'_>) -> Result<(), MadError> {
-        match &mut self.recorder {
-            Some(recorder) if recorder.chain() == chain => recorder.write(draws),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// Scoring a trace file, as data.
@@ -735,20 +682,20 @@ mod tests {
         plans: usize,
     }
 
-    impl ChainObserver for Counting {
+    impl Progress<ChainEvent<'_>> for Counting {
+        fn report(&mut self, event: ChainEvent<'_>) {
+            match event {
+                ChainEvent::Resuming(_) => self.resumed += 1,
+                ChainEvent::Sampling(plan) => {
+                    assert_eq!((plan.trusted, plan.test), (6, 6));
+                    self.plans += 1;
+                }
+                _ => {}
+            }
+        }
+
         fn should_stop(&mut self) -> bool {
             self.stop
-        }
-    }
-
-    impl SampleObserver for Counting {
-        fn resuming(&mut self, _out: &Path) {
-            self.resumed += 1;
-        }
-
-        fn sampling(&mut self, plan: &SamplingPlan<'_>) {
-            assert_eq!((plan.trusted, plan.test), (6, 6));
-            self.plans += 1;
         }
     }
 

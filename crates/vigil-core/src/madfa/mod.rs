@@ -25,13 +25,13 @@ pub use calibrate::{
     CALIBRATED_CHAINS, Calibration, CalibrationConfig, CandidateReport, calibrate,
 };
 pub use chain::{
-    BnPolicy, ChainConfig, ChainDiagnostics, ChainObserver, ChainOutcome, Quiet, SampleSettings,
-    StepDraws, TraceForm, TraceInputs, TraceLoss, check_run, run_chain, run_chains,
+    BnPolicy, ChainConfig, ChainDiagnostics, ChainEvent, ChainOutcome, SampleSettings, StepDraws,
+    TraceForm, TraceInputs, TraceLoss, check_run, run_chain, run_chains,
 };
 pub use experiment::{
-    CalibrationRun, MadRunError, SampleObserver, SampleOutcome, SampleReport, SampleRunConfig,
-    SamplingPlan, ScoreRun, ScoreRunConfig, TraceEvaluation, evaluate_traces, read_calibration,
-    run_calibration, run_sample, score_traces,
+    CalibrationRun, MadRunError, SampleOutcome, SampleReport, SampleRunConfig, SamplingPlan,
+    ScoreRun, ScoreRunConfig, TraceEvaluation, evaluate_traces, read_calibration, run_calibration,
+    run_sample, score_traces,
 };
 pub use record::StepRecorder;
 pub use scores::{
@@ -44,6 +44,9 @@ pub use task::{
     backdoor_task, folder_task, record_task, user_task,
 };
 pub use traces::{LossTraces, TraceFileError};
+
+/// Runs MAD-FA without watching it ([`crate::progress::Quiet`]).
+pub use crate::progress::Quiet;
 
 use crate::checkpoint::CheckpointError;
 use crate::io::IoError;
