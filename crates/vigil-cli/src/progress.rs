@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vigil_core::train::{EpochRecord, TrainObserver};
+use vigil_core::progress::Progress;
+use vigil_core::train::{EpochRecord, TrainEvent};
 
 /// Set by Ctrl-C (SIGINT), and by SIGTERM and SIGHUP (what Slurm sends before SIGKILL, and a
 /// closed terminal); long loops poll it and stop cleanly after checkpointing. One flag for the
@@ -110,7 +111,42 @@ impl TrainProgress {
     }
 }
 
-impl TrainObserver for TrainProgress {
+/// The training loop's events draw the bars; a session's announcements are the caller's.
+impl Progress<TrainEvent<'_>> for TrainProgress {
+    fn report(&mut self, event: TrainEvent<'_>) {
+        match event {
+            TrainEvent::EpochStarted {
+                epoch,
+                batches,
+                done,
+            } => self.epoch_started(epoch, batches, done),
+            TrainEvent::BatchFinished {
+                loss, accuracy, lr, ..
+            } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                    bar.set_message(format!("loss {loss:.4} acc {accuracy:.4} lr {lr:.2e}"));
+                }
+            }
+            TrainEvent::Evaluating => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message("evaluating");
+                }
+            }
+            TrainEvent::EpochFinished(record) => self.epoch_finished(record),
+            TrainEvent::RunOpened { .. }
+            | TrainEvent::TrainingStarts { .. }
+            | TrainEvent::TrainingEnded { .. }
+            | TrainEvent::OutliersDrawn { .. } => {}
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}
+
+impl TrainProgress {
     fn epoch_started(&mut self, epoch: usize, batches: usize, done: usize) {
         let bar = bar(
             batches as u64,
@@ -118,19 +154,6 @@ impl TrainObserver for TrainProgress {
         );
         bar.set_position(done as u64);
         self.bar = Some(bar);
-    }
-
-    fn batch_finished(&mut self, _batch: usize, loss: f64, accuracy: f64, lr: f64) {
-        if let Some(bar) = &self.bar {
-            bar.inc(1);
-            bar.set_message(format!("loss {loss:.4} acc {accuracy:.4} lr {lr:.2e}"));
-        }
-    }
-
-    fn evaluating(&mut self) {
-        if let Some(bar) = &self.bar {
-            bar.set_message("evaluating");
-        }
     }
 
     fn epoch_finished(&mut self, record: &EpochRecord) {
@@ -154,9 +177,5 @@ impl TrainObserver for TrainProgress {
         {
             eprintln!("warning: {warning}");
         }
-    }
-
-    fn should_stop(&mut self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
     }
 }

@@ -8,7 +8,8 @@ use vigil_core::models::{Architecture, Classifier, ModelSpec};
 use vigil_core::optim::schedule::Schedule;
 use vigil_core::optim::sgd::SgdConfig;
 use vigil_core::optim::{ParamSlots, param_infos};
-use vigil_core::train::{self, TrainConfig, TrainObserver, TrainOutcome, TrainState};
+use vigil_core::progress::{Progress, Quiet};
+use vigil_core::train::{self, TrainConfig, TrainEvent, TrainOutcome, TrainState};
 
 use common::band_dataset as dataset;
 
@@ -47,9 +48,11 @@ struct StopAfter {
     seen: usize,
 }
 
-impl TrainObserver for StopAfter {
-    fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
-        self.seen += 1;
+impl Progress<TrainEvent<'_>> for StopAfter {
+    fn report(&mut self, event: TrainEvent<'_>) {
+        if let TrainEvent::BatchFinished { .. } = event {
+            self.seen += 1;
+        }
     }
     fn should_stop(&mut self) -> bool {
         self.seen >= self.after
@@ -110,7 +113,7 @@ fn resume_matches(architecture: Architecture) {
         &eval_set,
         &root.join("a"),
         &device,
-        &mut train::Silent,
+        &mut Quiet,
     )
     .unwrap();
     assert_eq!(outcome, TrainOutcome::Finished);
@@ -138,14 +141,7 @@ fn resume_matches(architecture: Architecture) {
     assert_eq!((state.epoch, state.batch), (1, 2));
     let (mut c, mut slots, mut state) = train::load_resume(&dir, &device).unwrap();
     let outcome = train::train(
-        &mut c,
-        &mut slots,
-        &mut state,
-        &train_set,
-        &eval_set,
-        &dir,
-        &device,
-        &mut train::Silent,
+        &mut c, &mut slots, &mut state, &train_set, &eval_set, &dir, &device, &mut Quiet,
     )
     .unwrap();
     assert_eq!(outcome, TrainOutcome::Finished);

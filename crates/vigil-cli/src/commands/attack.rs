@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use vigil_core::attack::backdoor::{
-    AttackParams, PatchPattern, PatchPosition, PoisonedData, TargetRule,
-};
+use vigil_core::attack::backdoor::{AttackParams, PatchPattern, PatchPosition, TargetRule};
 use vigil_core::attack::experiment::{
-    AttackObserver, AttackOutcome, AttackRunConfig, record_files, run_attack,
+    AttackEvent, AttackOutcome, AttackRunConfig, record_files, run_attack,
 };
 use vigil_core::data::DatasetKind;
 use vigil_core::device::default_device;
+use vigil_core::progress::Progress;
+use vigil_core::train::TrainEvent;
 
 use super::DataArgs;
 use super::training::{SessionPrinter, TrainingArgs};
@@ -271,14 +271,21 @@ impl AttackArgs {
     }
 }
 
-impl AttackObserver for SessionPrinter {
-    fn poisoned(&mut self, attack: &str, data: &PoisonedData) {
-        eprintln!(
-            "{attack}: {} training samples triggered, {} noise samples; {} triggered test images",
-            data.triggered_count(),
-            data.noise_count(),
-            data.backdoor_test.images.len()
-        );
+impl Progress<AttackEvent<'_>> for SessionPrinter {
+    fn report(&mut self, event: AttackEvent<'_>) {
+        match event {
+            AttackEvent::Poisoned { attack, data } => eprintln!(
+                "{attack}: {} training samples triggered, {} noise samples; {} triggered test images",
+                data.triggered_count(),
+                data.noise_count(),
+                data.backdoor_test.images.len()
+            ),
+            AttackEvent::Train(event) => Progress::<TrainEvent<'_>>::report(self, event),
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        Progress::<TrainEvent<'_>>::should_stop(self)
     }
 }
 

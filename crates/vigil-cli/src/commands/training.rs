@@ -11,9 +11,9 @@ use vigil_core::data::DatasetKind;
 use vigil_core::models::Architecture;
 use vigil_core::optim::schedule::Schedule;
 use vigil_core::optim::sgd::SgdConfig;
+use vigil_core::progress::Progress;
 use vigil_core::train::{
-    self, EpochRecord, Run, RunRequest, SessionObserver, SessionOutcome, TrainConfig,
-    TrainObserver, TrainState,
+    self, Run, RunRequest, SessionOutcome, TrainConfig, TrainEvent, TrainState,
 };
 
 use crate::progress::{TrainProgress, interrupt_flag};
@@ -172,28 +172,33 @@ impl SessionPrinter {
     }
 }
 
-impl TrainObserver for SessionPrinter {
-    fn epoch_started(&mut self, epoch: usize, batches: usize, done: usize) {
-        if let Some(p) = &mut self.progress {
-            p.epoch_started(epoch, batches, done);
-        }
-    }
-
-    fn batch_finished(&mut self, batch: usize, loss: f64, accuracy: f64, lr: f64) {
-        if let Some(p) = &mut self.progress {
-            p.batch_finished(batch, loss, accuracy, lr);
-        }
-    }
-
-    fn evaluating(&mut self) {
-        if let Some(p) = &mut self.progress {
-            p.evaluating();
-        }
-    }
-
-    fn epoch_finished(&mut self, record: &EpochRecord) {
-        if let Some(p) = &mut self.progress {
-            p.epoch_finished(record);
+impl Progress<TrainEvent<'_>> for SessionPrinter {
+    fn report(&mut self, event: TrainEvent<'_>) {
+        match event {
+            TrainEvent::RunOpened { out, run } => self.run_opened(out, run),
+            TrainEvent::TrainingStarts {
+                run,
+                beside,
+                train_images,
+                test_images,
+            } => print_training_starts(run, beside, train_images, test_images),
+            TrainEvent::TrainingEnded {
+                out,
+                outcome,
+                state,
+            } => self.training_ended(out, outcome, state),
+            TrainEvent::OutliersDrawn { images, font_dir } => eprintln!(
+                "outliers: {images} letter images from the fonts in {}",
+                font_dir.display()
+            ),
+            TrainEvent::EpochStarted { .. }
+            | TrainEvent::BatchFinished { .. }
+            | TrainEvent::Evaluating
+            | TrainEvent::EpochFinished(_) => {
+                if let Some(p) = &mut self.progress {
+                    p.report(event);
+                }
+            }
         }
     }
 
@@ -202,7 +207,7 @@ impl TrainObserver for SessionPrinter {
     }
 }
 
-impl SessionObserver for SessionPrinter {
+impl SessionPrinter {
     /// Announces a resumed run, and prepares the progress display: it stops on Ctrl-C and warns
     /// on a loss blow-up. (Robust objectives are not checked for a blow-up: their loss adds
     /// outlier, KL and helper terms to the cross-entropy, so chance level is no yardstick; a
@@ -224,22 +229,6 @@ impl SessionObserver for SessionPrinter {
         } else {
             progress.warn_on_blowup(run.classifier.spec.num_classes())
         });
-    }
-
-    fn training_starts(
-        &mut self,
-        run: &Run,
-        beside: Option<&str>,
-        train_images: usize,
-        test_images: usize,
-    ) {
-        let with = beside.map(|b| format!(" with {b}")).unwrap_or_default();
-        eprintln!(
-            "training {} ({} parameters){with} on {train_images} {} images, evaluating on {test_images}",
-            run.classifier.spec.architecture.name(),
-            run.classifier.num_params(),
-            run.state.config.dataset,
-        );
     }
 
     fn training_ended(&mut self, out: &Path, outcome: SessionOutcome, state: &TrainState) {
@@ -274,11 +263,16 @@ impl SessionObserver for SessionPrinter {
             }
         }
     }
+}
 
-    fn outliers_drawn(&mut self, images: usize, font_dir: &Path) {
-        eprintln!(
-            "outliers: {images} letter images from the fonts in {}",
-            font_dir.display()
-        );
-    }
+/// Announces training on `train_images` images (with `beside`, what trains with the model),
+/// evaluated on `test_images`.
+fn print_training_starts(run: &Run, beside: Option<&str>, train_images: usize, test_images: usize) {
+    let with = beside.map(|b| format!(" with {b}")).unwrap_or_default();
+    eprintln!(
+        "training {} ({} parameters){with} on {train_images} {} images, evaluating on {test_images}",
+        run.classifier.spec.architecture.name(),
+        run.classifier.num_params(),
+        run.state.config.dataset,
+    );
 }

@@ -17,10 +17,11 @@ use super::backdoor::{
 };
 use crate::data::{DatasetKind, ImageSet};
 use crate::io::{IoError, check_outputs, write_atomic};
+use crate::progress::{Nested, Progress};
 use crate::report::grid::{GridError, amplified_difference, image_grid_png};
 use crate::train::{
-    DataSelection, Run, RunRequest, SessionError, SessionObserver, SessionOutcome, Silent,
-    open_run, run_files, train_supervised_to_end,
+    DataSelection, Run, RunRequest, SessionError, SessionOutcome, TrainEvent, open_run, run_files,
+    train_supervised_to_end,
 };
 
 /// Batch size of the final clean-accuracy and attack-success evaluation.
@@ -109,17 +110,31 @@ pub enum AttackOutcome {
     Recorded(AttackReport),
     /// An Input-Aware record was already complete; nothing was done.
     AlreadyRecorded,
-    /// Training was stopped by the observer; the run is checkpointed and a new call continues it.
+    /// Training was stopped by its [`Progress`]; the run is checkpointed and a new call continues
+    /// it.
     Interrupted,
 }
 
-/// What an experiment reports besides its training ([`SessionObserver`]).
-pub trait AttackObserver: SessionObserver {
+/// What an experiment reports while it runs ([`Progress`]): its training, and the poisoning
+/// before it. [`Progress::should_stop`] stops the training (it checkpoints first).
+#[derive(Clone, Copy)]
+pub enum AttackEvent<'a> {
     /// The training set was poisoned for `attack` as `data` says (before anything is written).
-    fn poisoned(&mut self, _attack: &str, _data: &PoisonedData) {}
+    Poisoned {
+        /// The attack's registry name.
+        attack: &'a str,
+        /// The poisoned data.
+        data: &'a PoisonedData,
+    },
+    /// The backdoored model's training.
+    Train(TrainEvent<'a>),
 }
 
-impl AttackObserver for Silent {}
+/// [`AttackEvent::Train`] as a function over every lifetime, for [`Nested`] (the variant's own
+/// constructor is tied to one lifetime).
+fn train_event(event: TrainEvent<'_>) -> AttackEvent<'_> {
+    AttackEvent::Train(event)
+}
 
 /// Runs the experiment `config` into the record folder `out`: mounts the attack on the
 /// training set, writes the record (configuration, poisoning plan, triggered test set,
@@ -133,7 +148,7 @@ pub fn run_attack(
     config: &AttackRunConfig,
     out: &Path,
     device: &Device,
-    observer: &mut impl AttackObserver,
+    progress: &mut impl for<'e> Progress<AttackEvent<'e>>,
 ) -> Result<AttackOutcome, AttackRunError> {
     check_outputs(input_files(&config.params), record_files(out))?;
     let selection = DataSelection::requested(config.dataset, &config.training.config)
@@ -178,8 +193,8 @@ pub fn run_attack(
         device,
     };
     match params {
-        AttackParams::InputAware(input_aware) => run.input_aware(input_aware, observer),
-        params => run.poisoned(&params, saved.is_none(), observer),
+        AttackParams::InputAware(input_aware) => run.input_aware(input_aware, progress),
+        params => run.poisoned(&params, saved.is_none(), progress),
     }
 }
 
@@ -235,7 +250,7 @@ impl Experiment<'_> {
         &self,
         params: &AttackParams,
         new_record: bool,
-        observer: &mut impl AttackObserver,
+        progress: &mut impl for<'e> Progress<AttackEvent<'e>>,
     ) -> Result<AttackOutcome, AttackRunError> {
         let attack = params.build(&BuildContext {
             train: self.train_set,
@@ -250,21 +265,25 @@ impl Experiment<'_> {
             self.manifest.rate,
             self.manifest.seed,
         )?;
-        observer.poisoned(&self.manifest.attack, &data);
+        progress.report(AttackEvent::Poisoned {
+            attack: &self.manifest.attack,
+            data: &data,
+        });
         if new_record {
             self.create_dir()?;
             record::write_json(self.out, files::MANIFEST, self.manifest)?;
             record::write_plan(self.out, &data.plan)?;
             self.write_backdoor_test(&data.backdoor_test)?;
         }
-        let mut run = self.open(observer)?;
+        let mut training = Nested::new(progress, train_event);
+        let mut run = self.open(&mut training)?;
         let outcome = train_supervised_to_end(
             &mut run,
             &data.train,
             self.test_set,
             self.out,
             self.device,
-            observer,
+            &mut training,
         )?;
         if outcome == SessionOutcome::Interrupted {
             return Ok(AttackOutcome::Interrupted);
@@ -279,7 +298,7 @@ impl Experiment<'_> {
     fn input_aware(
         &self,
         config: InputAwareConfig,
-        observer: &mut impl AttackObserver,
+        progress: &mut impl for<'e> Progress<AttackEvent<'e>>,
     ) -> Result<AttackOutcome, AttackRunError> {
         if self.out.join(files::RESULTS).exists() {
             return Ok(AttackOutcome::AlreadyRecorded);
@@ -288,14 +307,15 @@ impl Experiment<'_> {
         record::write_json(self.out, files::MANIFEST, self.manifest)?;
         // Poisoning is dynamic (a fraction of every batch), so the plan lists no fixed samples.
         record::write_plan(self.out, &Default::default())?;
-        let mut run = self.open(observer)?;
+        let mut training = Nested::new(progress, train_event);
+        let mut run = self.open(&mut training)?;
         if run.state.step == 0 {
-            observer.training_starts(
-                &run,
-                Some("input-aware generators"),
-                self.train_set.len(),
-                self.test_set.len(),
-            );
+            training.report(TrainEvent::TrainingStarts {
+                run: &run,
+                beside: Some("input-aware generators"),
+                train_images: self.train_set.len(),
+                test_images: self.test_set.len(),
+            });
         }
         let outcome = train_input_aware(
             &mut run.classifier,
@@ -307,7 +327,7 @@ impl Experiment<'_> {
             config,
             self.out,
             self.device,
-            observer,
+            &mut training,
         )?;
         let InputAwareOutcome::Finished(attack) = outcome else {
             return Ok(AttackOutcome::Interrupted);
@@ -317,7 +337,10 @@ impl Experiment<'_> {
         self.measure(&run, &backdoor, (0, 0))
     }
 
-    fn open(&self, observer: &mut impl AttackObserver) -> Result<Run, AttackRunError> {
+    fn open(
+        &self,
+        progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
+    ) -> Result<Run, AttackRunError> {
         Ok(open_run(
             self.out,
             self.resume,
@@ -325,7 +348,7 @@ impl Experiment<'_> {
             self.selection.dataset,
             self.train_set,
             self.device,
-            observer,
+            progress,
         )?)
     }
 
@@ -407,6 +430,7 @@ fn write_examples(
 mod tests {
     use super::*;
     use crate::models::Architecture;
+    use crate::progress::Quiet;
     use crate::train::TrainConfig;
     use crate::train::test_util::{scratch, write_idx};
 
@@ -439,7 +463,7 @@ mod tests {
         };
         let device = Device::default();
         let AttackOutcome::Recorded(first) =
-            run_attack(&config, &out, &device, &mut Silent).unwrap()
+            run_attack(&config, &out, &device, &mut Quiet).unwrap()
         else {
             panic!("the experiment did not finish");
         };
@@ -465,7 +489,7 @@ mod tests {
 
         // The same experiment again: nothing left to train, the model is measured again.
         let AttackOutcome::Recorded(again) =
-            run_attack(&config, &out, &device, &mut Silent).unwrap()
+            run_attack(&config, &out, &device, &mut Quiet).unwrap()
         else {
             panic!("the finished experiment was not measured again");
         };
@@ -478,7 +502,7 @@ mod tests {
             ..config.clone()
         };
         assert!(matches!(
-            run_attack(&blended, &out, &device, &mut Silent),
+            run_attack(&blended, &out, &device, &mut Quiet),
             Err(AttackRunError::OtherAttack { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();

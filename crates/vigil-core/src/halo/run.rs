@@ -14,8 +14,9 @@ use crate::data::glyphs::{GlyphStyle, LetterSet};
 use crate::data::{DataError, DatasetKind, ImageSet};
 use crate::io::{IoError, check_outputs, check_writable_dir};
 use crate::models::Classifier;
+use crate::progress::Progress;
 use crate::train::{
-    DataSelection, RunRequest, SessionError, SessionObserver, SessionOutcome, open_run, run_files,
+    DataSelection, RunRequest, SessionError, SessionOutcome, TrainEvent, open_run, run_files,
     train_supervised_to_end, train_to_end,
 };
 
@@ -156,13 +157,13 @@ impl RobustRequest {
 }
 
 /// Trains the run `config` asks for in the folder `out` (fresh, or continued as
-/// [`open_run`] decides), to its end or until `observer` stops it. A robust run keeps its own
+/// [`open_run`] decides), to its end or until `progress` stops it. A robust run keeps its own
 /// settings when continued: validation split, outliers and helper.
 pub fn train_run(
     config: &TrainRunConfig,
     out: &Path,
     device: &Device,
-    observer: &mut impl SessionObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
 ) -> Result<SessionOutcome, TrainRunError> {
     check_writable_dir(out)?;
     let helper_file = config.robust.as_ref().and_then(|r| r.helper.as_ref());
@@ -183,13 +184,13 @@ pub fn train_run(
         selection.dataset,
         &train_set,
         device,
-        observer,
+        progress,
     )?;
     // The run's own settings (a resumed run keeps its split, outliers and helper).
     let run_config = run.state.config.clone();
     let Some(settings) = run_config.robust.clone() else {
         let outcome =
-            train_supervised_to_end(&mut run, &train_set, &test_set, out, device, observer)?;
+            train_supervised_to_end(&mut run, &train_set, &test_set, out, device, progress)?;
         return Ok(outcome);
     };
     let (held_out, kept) = train_set.random_split(settings.validation_size, run_config.seed)?;
@@ -198,7 +199,10 @@ pub fn train_run(
     let outliers = match &settings.outliers {
         Some(_) => {
             let set = outlier_set(&config.font_dir, &settings, &train_part, run_config.seed)?;
-            observer.outliers_drawn(set.len(), &config.font_dir);
+            progress.report(TrainEvent::OutliersDrawn {
+                images: set.len(),
+                font_dir: &config.font_dir,
+            });
             Some(set)
         }
         None => None,
@@ -226,7 +230,7 @@ pub fn train_run(
         &test_set,
         out,
         device,
-        observer,
+        progress,
     )?)
 }
 
@@ -283,8 +287,9 @@ mod tests {
     use super::*;
     use crate::halo::Objective;
     use crate::models::Architecture;
+    use crate::progress::Quiet;
     use crate::train::test_util::{scratch, write_idx};
-    use crate::train::{Silent, TrainConfig, files};
+    use crate::train::{TrainConfig, files};
 
     fn request(objective: Objective, helper: Option<&str>) -> RobustRequest {
         RobustRequest {
@@ -365,7 +370,7 @@ mod tests {
             resume: false,
         };
         let device = Device::default();
-        let outcome = train_run(&config, &out, &device, &mut Silent).unwrap();
+        let outcome = train_run(&config, &out, &device, &mut Quiet).unwrap();
         assert_eq!(outcome, SessionOutcome::Finished);
         assert!(out.join(files::BEST).is_file());
         let state = crate::train::saved_state(&out).unwrap().unwrap();
@@ -373,7 +378,7 @@ mod tests {
         assert_eq!(settings.validation_size, 4, "a tenth of 40 images");
         assert!(state.history[0].validation_loss.is_some());
         assert_eq!(
-            train_run(&config, &out, &device, &mut Silent).unwrap(),
+            train_run(&config, &out, &device, &mut Quiet).unwrap(),
             SessionOutcome::AlreadyFinished
         );
 
@@ -384,7 +389,7 @@ mod tests {
             ..config.clone()
         };
         assert!(matches!(
-            train_run(&no_helper, &halo_out, &device, &mut Silent),
+            train_run(&no_helper, &halo_out, &device, &mut Quiet),
             Err(TrainRunError::MissingHelper)
         ));
         assert!(!halo_out.join(files::MODEL).exists());

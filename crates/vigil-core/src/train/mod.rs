@@ -32,10 +32,11 @@ use crate::models::{BnMode, Classifier};
 use crate::optim::schedule::{Schedule, StepHyper};
 use crate::optim::sgd::{MOMENTUM_SLOT, Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
+use crate::progress::Progress;
 
 pub use session::{
-    DataSelection, Run, RunRequest, SessionError, SessionObserver, SessionOutcome, open_run,
-    run_files, train_supervised_to_end, train_to_end,
+    DataSelection, Run, RunRequest, SessionError, SessionOutcome, open_run, run_files,
+    train_supervised_to_end, train_to_end,
 };
 
 /// Errors of a training run.
@@ -340,32 +341,80 @@ pub fn finite_loss(loss: f64, epoch: usize, batch: usize) -> Result<f64, TrainEr
     }
 }
 
-/// What the trainer tells its caller while it runs; the CLI draws progress bars from it.
-pub trait TrainObserver {
-    /// An epoch starts, with this many batches in all.
-    fn epoch_started(&mut self, _epoch: usize, _batches: usize, _done: usize) {}
+/// What training reports to its caller while it runs ([`Progress`]): the trainer's epochs and
+/// batches, and the moments a session ([`session`]) announces to a user. The CLI draws progress
+/// bars from it. [`Progress::should_stop`] is polled after every batch and every epoch: `true`
+/// stops the run cleanly (it checkpoints first).
+#[derive(Clone, Copy)]
+pub enum TrainEvent<'a> {
+    /// An epoch starts.
+    EpochStarted {
+        /// The epoch (0-based).
+        epoch: usize,
+        /// Batches in the whole epoch.
+        batches: usize,
+        /// Batches already done (when resuming mid-epoch).
+        done: usize,
+    },
     /// A batch finished; `loss` and `accuracy` are running means over the epoch so far.
-    fn batch_finished(&mut self, _batch: usize, _loss: f64, _accuracy: f64, _lr: f64) {}
+    BatchFinished {
+        /// The batch (0-based, in the epoch).
+        batch: usize,
+        /// Mean training loss over the epoch so far.
+        loss: f64,
+        /// Training accuracy over the epoch so far.
+        accuracy: f64,
+        /// The learning rate of this batch.
+        lr: f64,
+    },
     /// Evaluation of the epoch starts.
-    fn evaluating(&mut self) {}
+    Evaluating,
     /// An epoch finished and was checkpointed.
-    fn epoch_finished(&mut self, _record: &EpochRecord) {}
-    /// Polled after every batch: `true` stops the run cleanly (it checkpoints first).
-    fn should_stop(&mut self) -> bool {
-        false
-    }
+    EpochFinished(&'a EpochRecord),
+    /// The run in `out` was opened (`run.resumed` says whether it was reopened); nothing has
+    /// trained yet.
+    RunOpened {
+        /// The run folder.
+        out: &'a Path,
+        /// The run.
+        run: &'a Run,
+    },
+    /// Training starts on `train_images` images, evaluated on `test_images`; `beside` names
+    /// what trains with the model (an objective, generators), if anything.
+    TrainingStarts {
+        /// The run.
+        run: &'a Run,
+        /// What trains with the model.
+        beside: Option<&'a str>,
+        /// Training images.
+        train_images: usize,
+        /// Evaluation images.
+        test_images: usize,
+    },
+    /// [`train_to_end`] returns `outcome` for the run in `out`, now at `state`.
+    TrainingEnded {
+        /// The run folder.
+        out: &'a Path,
+        /// How the session ended.
+        outcome: SessionOutcome,
+        /// The run's state now.
+        state: &'a TrainState,
+    },
+    /// Letter outliers for robust training were drawn: `images` of them, from `font_dir`.
+    OutliersDrawn {
+        /// How many.
+        images: usize,
+        /// The fonts' folder.
+        font_dir: &'a Path,
+    },
 }
-
-/// An observer that watches nothing.
-pub struct Silent;
-impl TrainObserver for Silent {}
 
 /// How a call to [`train`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainOutcome {
     /// All epochs done.
     Finished,
-    /// Stopped by the observer; resumable.
+    /// Stopped by its [`Progress`]; resumable.
     Interrupted,
 }
 
@@ -503,7 +552,7 @@ pub fn train(
     eval_set: &ImageSet,
     run_dir: &Path,
     device: &Device,
-    observer: &mut impl TrainObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
 ) -> Result<TrainOutcome, TrainError> {
     let config = state.config.clone();
     check_fits(classifier, train_set, "training")?;
@@ -519,7 +568,7 @@ pub fn train(
         eval_set,
         run_dir,
         device,
-        observer,
+        progress,
         &mut rule,
     )
 }
@@ -538,7 +587,7 @@ pub fn run(
     eval_set: &ImageSet,
     run_dir: &Path,
     device: &Device,
-    observer: &mut impl TrainObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
     rule: &mut impl StepRule,
 ) -> Result<TrainOutcome, TrainError> {
     let config = state.config.clone();
@@ -563,7 +612,11 @@ pub fn run(
     while !state.finished() {
         let started = Instant::now();
         let order = epoch_order(n_train, config.seed, state.epoch);
-        observer.epoch_started(state.epoch, steps_per_epoch, state.batch);
+        progress.report(TrainEvent::EpochStarted {
+            epoch: state.epoch,
+            batches: steps_per_epoch,
+            done: state.batch,
+        });
         let mut lr = 0.0;
         for (b, chunk) in order
             .chunks(config.batch_size)
@@ -583,15 +636,20 @@ pub fn run(
             let stats = rule.step(classifier, slots, &at)?;
             let (mean_loss, accuracy) =
                 state.record_batch(b, chunk.len(), stats.loss, stats.correct);
-            observer.batch_finished(b, mean_loss, accuracy, lr);
-            if state.batch < steps_per_epoch && observer.should_stop() {
+            progress.report(TrainEvent::BatchFinished {
+                batch: b,
+                loss: mean_loss,
+                accuracy,
+                lr,
+            });
+            if state.batch < steps_per_epoch && progress.should_stop() {
                 state.epoch_seconds += started.elapsed().as_secs_f64();
                 rule.save(run_dir, state.step)?;
                 save_resume(run_dir, classifier, slots, state)?;
                 return Ok(TrainOutcome::Interrupted);
             }
         }
-        observer.evaluating();
+        progress.report(TrainEvent::Evaluating);
         let averaged = rule.evaluated_model(classifier, &device)?;
         let evaluated = averaged.as_ref().unwrap_or(classifier);
         let eval = evaluate(
@@ -624,8 +682,8 @@ pub fn run(
         // The rule's files first: `save_epoch` writes `state.json` last, naming the step.
         rule.save(run_dir, state.step)?;
         save_epoch(run_dir, classifier, slots, state)?;
-        observer.epoch_finished(&record);
-        if !state.finished() && observer.should_stop() {
+        progress.report(TrainEvent::EpochFinished(&record));
+        if !state.finished() && progress.should_stop() {
             return Ok(TrainOutcome::Interrupted);
         }
     }
@@ -823,15 +881,16 @@ pub fn load_resume(
 }
 
 /// What the tests of training runs share: a tiny configuration, a scratch folder, a tiny data set
-/// on disk, an observer that stops once, and every tensor of a model for bit-exact comparisons.
+/// on disk, a progress that stops once, and every tensor of a model for bit-exact comparisons.
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::path::PathBuf;
 
-    use super::{TrainConfig, TrainObserver};
+    use super::{TrainConfig, TrainEvent};
     use crate::checkpoint;
     use crate::models::Classifier;
     use crate::optim::schedule::Schedule;
+    use crate::progress::Progress;
 
     /// Constant lr 0.05, evaluation batches of 16, otherwise the small CNN recipe (default SGD,
     /// no augmentation, seed 0).
@@ -871,9 +930,11 @@ pub(crate) mod test_util {
         }
     }
 
-    impl TrainObserver for StopAfter {
-        fn batch_finished(&mut self, _: usize, _: f64, _: f64, _: f64) {
-            self.seen += 1;
+    impl Progress<TrainEvent<'_>> for StopAfter {
+        fn report(&mut self, event: TrainEvent<'_>) {
+            if let TrainEvent::BatchFinished { .. } = event {
+                self.seen += 1;
+            }
         }
         fn should_stop(&mut self) -> bool {
             self.seen == self.after

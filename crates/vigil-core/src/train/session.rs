@@ -12,12 +12,13 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Silent, StepRule, TrainConfig, TrainError, TrainObserver, TrainOutcome, TrainState, files,
-    load_resume, saved_state,
+    StepRule, TrainConfig, TrainError, TrainEvent, TrainOutcome, TrainState, files, load_resume,
+    saved_state,
 };
 use crate::data::{DataError, DatasetKind, ImageSet, Normalization, Split};
 use crate::models::{Architecture, Classifier, ModelError, ModelSpec};
 use crate::optim::ParamSlots;
+use crate::progress::Progress;
 
 /// Errors of starting, resuming or training a run.
 #[derive(Debug, thiserror::Error)]
@@ -168,39 +169,15 @@ pub enum SessionOutcome {
     AlreadyFinished,
     /// The remaining epochs were trained.
     Finished,
-    /// The observer stopped the run; it is checkpointed and resumable.
+    /// Its [`Progress`] stopped the run; it is checkpointed and resumable.
     Interrupted,
 }
-
-/// What a session reports besides the trainer's progress ([`TrainObserver`]): the moments a
-/// command announces to its user. Every method does nothing by default.
-pub trait SessionObserver: TrainObserver {
-    /// The run in `out` was opened (`run.resumed` says whether it was reopened); nothing has
-    /// trained yet.
-    fn run_opened(&mut self, _out: &Path, _run: &Run) {}
-    /// Training starts on `train_images` images, evaluated on `test_images`; `beside` names
-    /// what trains with the model (an objective, generators), if anything.
-    fn training_starts(
-        &mut self,
-        _run: &Run,
-        _beside: Option<&str>,
-        _train_images: usize,
-        _test_images: usize,
-    ) {
-    }
-    /// [`train_to_end`] returns `outcome` for the run in `out`, now at `state`.
-    fn training_ended(&mut self, _out: &Path, _outcome: SessionOutcome, _state: &TrainState) {}
-    /// Letter outliers for robust training were drawn: `images` of them, from `font_dir`.
-    fn outliers_drawn(&mut self, _images: usize, _font_dir: &Path) {}
-}
-
-impl SessionObserver for Silent {}
 
 /// Opens the run in `out` for `request`: reopens the saved run when `resume` is asked or when
 /// `out` holds a run of the same configuration and architecture; refuses a different one
 /// ([`SessionError::OtherRun`]); else starts a fresh model shaped like `shape_source` (its image
 /// shape and class names), with `dataset`'s normalisation if asked, initialised from the
-/// configuration's seed. Tells `observer` the run is open.
+/// configuration's seed. Tells `progress` the run is open ([`TrainEvent::RunOpened`]).
 pub fn open_run(
     out: &Path,
     resume: bool,
@@ -208,10 +185,10 @@ pub fn open_run(
     dataset: DatasetKind,
     shape_source: &ImageSet,
     device: &Device,
-    observer: &mut impl SessionObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
 ) -> Result<Run, SessionError> {
     let run = open(out, resume, request, dataset, shape_source, device)?;
-    observer.run_opened(out, &run);
+    progress.report(TrainEvent::RunOpened { out, run: &run });
     Ok(run)
 }
 
@@ -263,7 +240,7 @@ fn open(
 
 /// Trains `run` through its remaining epochs with `rule` over a training set of `n_train`
 /// images, evaluating on `test_set` and checkpointing into `out`, until the end or until
-/// `observer` stops it. `beside` names what trains with the model, for the announcement. A run
+/// `progress` stops it. `beside` names what trains with the model, for the announcement. A run
 /// whose epochs are all done is left as it is.
 #[allow(clippy::too_many_arguments)]
 pub fn train_to_end(
@@ -274,12 +251,17 @@ pub fn train_to_end(
     test_set: &ImageSet,
     out: &Path,
     device: &Device,
-    observer: &mut impl SessionObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
 ) -> Result<SessionOutcome, SessionError> {
     let outcome = if run.state.finished() {
         SessionOutcome::AlreadyFinished
     } else {
-        observer.training_starts(run, beside, n_train, test_set.len());
+        progress.report(TrainEvent::TrainingStarts {
+            run,
+            beside,
+            train_images: n_train,
+            test_images: test_set.len(),
+        });
         let outcome = super::run(
             &mut run.classifier,
             &mut run.slots,
@@ -288,7 +270,7 @@ pub fn train_to_end(
             test_set,
             out,
             device,
-            observer,
+            progress,
             rule,
         )?;
         match outcome {
@@ -296,7 +278,11 @@ pub fn train_to_end(
             TrainOutcome::Interrupted => SessionOutcome::Interrupted,
         }
     };
-    observer.training_ended(out, outcome, &run.state);
+    progress.report(TrainEvent::TrainingEnded {
+        out,
+        outcome,
+        state: &run.state,
+    });
     Ok(outcome)
 }
 
@@ -307,7 +293,7 @@ pub fn train_supervised_to_end(
     test_set: &ImageSet,
     out: &Path,
     device: &Device,
-    observer: &mut impl SessionObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
 ) -> Result<SessionOutcome, SessionError> {
     let config = run.state.config.clone();
     let mut rule = super::Supervised {
@@ -322,7 +308,7 @@ pub fn train_supervised_to_end(
         test_set,
         out,
         device,
-        observer,
+        progress,
     )
 }
 
@@ -342,6 +328,7 @@ pub fn run_files() -> impl Iterator<Item = PathBuf> {
 mod tests {
     use super::*;
     use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
+    use crate::progress::Quiet;
     use crate::train::test_util::{scratch, tiny_config};
 
     fn request(epochs: usize) -> RunRequest {
@@ -368,20 +355,20 @@ mod tests {
                 DatasetKind::Mnist,
                 &data,
                 &device,
-                &mut Silent,
+                &mut Quiet,
             )
         };
         let mut run = open(false, &request(1)).unwrap();
         assert!(!run.resumed);
         let outcome =
-            train_supervised_to_end(&mut run, &data, &data, &out, &device, &mut Silent).unwrap();
+            train_supervised_to_end(&mut run, &data, &data, &out, &device, &mut Quiet).unwrap();
         assert_eq!(outcome, SessionOutcome::Finished);
 
         // The same request reopens the finished run, which has nothing left to train.
         let mut again = open(false, &request(1)).unwrap();
         assert!(again.resumed);
         let outcome =
-            train_supervised_to_end(&mut again, &data, &data, &out, &device, &mut Silent).unwrap();
+            train_supervised_to_end(&mut again, &data, &data, &out, &device, &mut Quiet).unwrap();
         assert_eq!(outcome, SessionOutcome::AlreadyFinished);
 
         // Another configuration is refused, unless the saved run is resumed as it is.

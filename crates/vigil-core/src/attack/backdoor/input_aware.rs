@@ -36,8 +36,9 @@ use crate::loss::cross_entropy;
 use crate::models::{BnMode, Classifier};
 use crate::optim::adam::{self, Adam};
 use crate::optim::{ParamSlots, apply_update};
+use crate::progress::Progress;
 use crate::train::{
-    STEP_KEY, StepAt, StepRule, StepStats, TrainConfig, TrainError, TrainObserver, TrainOutcome,
+    STEP_KEY, StepAt, StepRule, StepStats, TrainConfig, TrainError, TrainEvent, TrainOutcome,
     TrainState, count_correct, files as train_files, finite_loss, metadata_step, sgd_step,
     tensor_file_step,
 };
@@ -182,7 +183,7 @@ impl BackdoorAttack for InputAware {
 pub enum InputAwareOutcome {
     /// Trained: the trigger (the per-epoch records are in the run's [`TrainState`]).
     Finished(InputAware),
-    /// Stopped by the observer after checkpointing; calling again with the loaded state resumes.
+    /// Stopped by its [`Progress`] after checkpointing; calling again with the loaded state resumes.
     Interrupted,
 }
 
@@ -229,7 +230,7 @@ pub fn train_input_aware(
     config: InputAwareConfig,
     run_dir: &Path,
     device: &Device,
-    observer: &mut impl TrainObserver,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
 ) -> Result<InputAwareOutcome, AttackError> {
     let invalid = |reason: String| AttackError::InvalidConfig {
         attack: NAME.into(),
@@ -308,7 +309,7 @@ pub fn train_input_aware(
         eval_set,
         run_dir,
         &device,
-        observer,
+        progress,
         &mut joint,
     )?;
     Ok(match outcome {
