@@ -70,6 +70,33 @@ fn ignored_signals() -> Vec<i32> {
 #[cfg(not(unix))]
 fn keep_ignored(_signals: &[i32]) {}
 
+/// Shows a run's events through `show` (a printing function or closure, or any other
+/// [`Progress`]) and stops the run at its next check once Ctrl-C arrives ([`interrupt_flag`]).
+pub struct Interruptible<P> {
+    show: P,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl<P> Interruptible<P> {
+    /// Shows events through `show`, stopping on Ctrl-C.
+    pub fn new(show: P) -> Self {
+        Self {
+            show,
+            interrupted: interrupt_flag(),
+        }
+    }
+}
+
+impl<E, P: Progress<E>> Progress<E> for Interruptible<P> {
+    fn report(&mut self, event: E) {
+        self.show.report(event);
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.interrupted.load(Ordering::SeqCst) || self.show.should_stop()
+    }
+}
+
 /// A bar over `len` items with a message.
 pub fn bar(len: u64, prefix: String) -> ProgressBar {
     let bar = ProgressBar::new(len);

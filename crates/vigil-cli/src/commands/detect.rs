@@ -9,13 +9,14 @@ use vigil_core::detect::experiment::{
     self, DetectConfig, DetectData, DetectProgress, DetectReport,
 };
 use vigil_core::detect::page::{PageData, detect_page};
-use vigil_core::detect::{DetectorSettings, GroundTruth, ThresholdConfig, TieRule};
+use vigil_core::detect::{DetectError, DetectorSettings, GroundTruth, ThresholdConfig, TieRule};
 use vigil_core::device::default_device;
 use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
 use vigil_core::madfa::MadTask;
 
 use super::parse_fraction;
 use super::sample::MadInputArgs;
+use crate::progress::Interruptible;
 
 /// Check inputs for anomalies: fit each detector on trusted clean data, set its threshold at
 /// --target-fpr on a held-back part of the trusted data (never on the inputs), then score and
@@ -138,7 +139,14 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
         inputs: &task.test,
         truth: truth.as_ref(),
     };
-    let report = experiment::run(&config, &inputs, &device, &mut print_progress)?;
+    let mut progress = Interruptible::new(print_progress);
+    let report = match experiment::run(&config, &inputs, &device, &mut progress) {
+        Err(DetectError::Stopped) => {
+            eprintln!("stopped before every detector ran; nothing written");
+            return Ok(ExitCode::from(130));
+        }
+        report => report?,
+    };
     write_outputs(&files, &report, &task, truth.as_ref(), &data, args.show)?;
     eprintln!(
         "wrote {}, {} and {}",

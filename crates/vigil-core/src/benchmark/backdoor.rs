@@ -30,6 +30,7 @@ use crate::detect::{DetectError, GroundTruth};
 use crate::identity::{self, RunIdentity};
 use crate::madfa::{RecordTask, SplitSizes, TaskSummary, record_task};
 use crate::metrics::{CleanOutcome, RejectionDer, TriggeredOutcome, rejection_der};
+use crate::progress;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +184,7 @@ pub struct RocCurve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// What the run is doing (for progress lines).
+/// What the run is doing (for progress lines; [`progress::Progress`]).
 pub enum Progress<'a> {
     /// A record is loaded and split.
     Record(&'a RecordSummary),
@@ -212,14 +213,15 @@ struct Part {
 }
 
 /// Runs every detector on every record; with `out`, each finished (record, detector) is saved
-/// under `out/parts` and reused by a later run of the same settings.
+/// under `out/parts` and reused by a later run of the same settings. `progress` is asked before
+/// each detector that runs whether to stop ([`BenchmarkError::Stopped`]).
 pub fn run(
     config: &BackdoorBenchmarkConfig,
     records: &[BackdoorRecord],
     data_dir: Option<&Path>,
     out: Option<&Path>,
     device: &Device,
-    progress: &mut dyn FnMut(Progress<'_>),
+    progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
 ) -> Result<BackdoorBenchmarkReport, BenchmarkError> {
     let started = Instant::now();
     check_settings(config, records)?;
@@ -259,7 +261,7 @@ pub fn run(
             attack: loaded.manifest.attack.clone(),
             split: loaded.summary.clone(),
         };
-        progress(Progress::Record(&summary));
+        progress.report(Progress::Record(&summary));
         let key = record_key(&loaded)?;
         let truth = GroundTruth {
             is_anomalous: loaded.task.test_is_anomalous.clone().ok_or_else(|| {
@@ -281,7 +283,7 @@ pub fn run(
             };
             let result = match saved {
                 Some(part) if part.record == key && &part.result.settings == settings => {
-                    progress(Progress::Loaded {
+                    progress.report(Progress::Loaded {
                         record: &record.name,
                         detector: name,
                     });
@@ -299,16 +301,17 @@ pub fn run(
                     });
                 }
                 None => {
+                    if progress.should_stop() {
+                        return Err(BenchmarkError::Stopped);
+                    }
                     let result = experiment::run_detector(
                         settings,
                         &config.detect,
                         &data,
                         device,
-                        &mut |event| {
-                            progress(Progress::Detect {
-                                record: &record.name,
-                                event,
-                            })
+                        &mut OnRecord {
+                            outer: &mut *progress,
+                            record: &record.name,
                         },
                     )
                     .map_err(|e| detect_error(&record.name, e))?;
@@ -339,6 +342,28 @@ pub fn run(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A detector's progress on `record`, reported as the benchmark's [`Progress::Detect`].
+struct OnRecord<'a, P: ?Sized> {
+    outer: &'a mut P,
+    record: &'a str,
+}
+
+impl<'e, P> progress::Progress<DetectProgress<'e>> for OnRecord<'_, P>
+where
+    P: for<'x> progress::Progress<Progress<'x>> + ?Sized,
+{
+    fn report(&mut self, event: DetectProgress<'e>) {
+        self.outer.report(Progress::Detect {
+            record: self.record,
+            event,
+        });
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.outer.should_stop()
+    }
 }
 
 /// Refuses what cannot make a benchmark before any record is loaded.

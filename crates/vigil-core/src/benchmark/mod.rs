@@ -57,4 +57,8 @@ pub enum BenchmarkError {
         /// Why.
         reason: String,
     },
+    /// The caller's [`Progress`](crate::progress::Progress) asked to stop between stages; the
+    /// stages that finished are saved, and a new run with the same output folder continues.
+    #[error("stopped before every stage ran")]
+    Stopped,
 }

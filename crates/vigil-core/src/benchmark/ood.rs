@@ -39,6 +39,7 @@ use crate::inference::evaluate as classify;
 use crate::metrics::OodMetrics;
 use crate::models::{BnMode, Classifier};
 use crate::ood::{OodError, OodScore, ScoreKind, evaluate, score_set};
+use crate::progress;
 use crate::train::mix;
 
 /// What the benchmark measures and how hard it attacks.
@@ -227,7 +228,7 @@ pub struct OodBenchmarkReport {
     pub seconds: f64,
 }
 
-/// What the benchmark is doing, for a progress display.
+/// What the benchmark is doing, for a progress display ([`progress::Progress`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
     /// A stage of a model starts; `images` attacked or scored images are ahead.
@@ -261,7 +262,8 @@ struct Part {
 
 /// Runs the benchmark over `contenders`, the transfer attack crafted on `transfer_source` when
 /// given (name, model). With `out`, each finished stage is saved under `out/parts` and reused
-/// by a later run of the same settings, data and weights.
+/// by a later run of the same settings, data and weights. `progress` is asked before each stage
+/// that runs whether to stop ([`BenchmarkError::Stopped`]).
 pub fn run(
     config: &OodBenchmarkConfig,
     data: &OodBenchmarkData,
@@ -269,7 +271,7 @@ pub fn run(
     transfer_source: Option<&Contender>,
     out: Option<&Path>,
     device: &Device,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
 ) -> Result<OodBenchmarkReport, BenchmarkError> {
     config.validate()?;
     check_inputs(data, contenders)?;
@@ -326,7 +328,7 @@ pub fn run(
             };
             let part = match saved {
                 Some(part) if part.weights == weights => {
-                    progress(Progress::Loaded {
+                    progress.report(Progress::Loaded {
                         model: &contender.name,
                         stage: &name,
                     });
@@ -342,7 +344,10 @@ pub fn run(
                     });
                 }
                 None => {
-                    progress(Progress::Stage {
+                    if progress.should_stop() {
+                        return Err(BenchmarkError::Stopped);
+                    }
+                    progress.report(Progress::Stage {
                         model: &contender.name,
                         stage: &name,
                         images: bench.images_of(stage),
@@ -463,7 +468,7 @@ impl Bench<'_> {
         &mut self,
         run: &mut ModelRun,
         stage: Stage,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
     ) -> Result<Part, BenchmarkError> {
         let model = &run.contender.model;
         let name = run.contender.name.clone();
@@ -599,7 +604,7 @@ impl Bench<'_> {
     /// The transfer attack's sets, crafted on the source model once.
     fn transfer_sets(
         &mut self,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
     ) -> Result<(&ImageSet, &[ImageSet]), BenchmarkError> {
         if self.transfer.is_none() {
             let source = self.transfer_source.ok_or_else(|| {
@@ -639,7 +644,7 @@ impl Bench<'_> {
         stream: &str,
         set: &ImageSet,
         goal: InputAttack,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
     ) -> Result<ImageSet, BenchmarkError> {
         let attacker = frozen(model, self.device);
         let seed = self.stream_seed(&[stream, goal.stream(), set.source()]);
@@ -679,7 +684,7 @@ impl Bench<'_> {
         set: &ImageSet,
         score: &dyn OodScore,
         sign: f64,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
     ) -> Result<ImageSet, BenchmarkError> {
         let attacker = frozen(model, self.device);
         let direction = if sign > 0.0 { "up" } else { "down" };
@@ -726,7 +731,7 @@ fn attack_set(
     batch_size: usize,
     device: &Device,
     seed: u64,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
     mut attack: impl FnMut(Tensor<4>, Tensor<1, Int>, &mut StdRng) -> Result<Tensor<4>, BenchmarkError>,
 ) -> Result<ImageSet, BenchmarkError> {
     let plain = device.clone().inner();
@@ -741,7 +746,7 @@ fn attack_set(
         for (&i, image) in chunk.iter().zip(values.chunks_exact(per_image)) {
             out.image_mut(i).copy_from_slice(image);
         }
-        progress(Progress::Images(chunk.len()));
+        progress.report(Progress::Images(chunk.len()));
     }
     Ok(out)
 }

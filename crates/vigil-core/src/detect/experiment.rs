@@ -14,6 +14,7 @@ use super::{
 use crate::data::ImageSet;
 use crate::metrics::{PrArea, aupr_out, auroc, fpr_at_tpr};
 use crate::models::Classifier;
+use crate::progress::Progress;
 use crate::report::csv_field;
 
 /// What to run.
@@ -191,7 +192,7 @@ impl DetectReport {
     }
 }
 
-/// What the experiment is doing (for progress lines).
+/// What the experiment is doing (for progress lines; [`Progress`]).
 pub enum DetectProgress<'a> {
     /// A detector is being fitted, thresholded and run on the inputs.
     Started(&'a str),
@@ -200,12 +201,13 @@ pub enum DetectProgress<'a> {
 }
 
 /// Runs the experiment: every detector fitted with thresholds, the inputs scored and flagged,
-/// and measured against the ground truth when given.
+/// and measured against the ground truth when given. `progress` is asked before each detector
+/// whether to stop ([`DetectError::Stopped`]).
 pub fn run(
     config: &DetectConfig,
     data: &DetectData<'_>,
     device: &Device,
-    progress: &mut dyn FnMut(DetectProgress<'_>),
+    progress: &mut dyn for<'e> Progress<DetectProgress<'e>>,
 ) -> Result<DetectReport, DetectError> {
     config.thresholds.validate()?;
     if data.inputs.is_empty() {
@@ -233,7 +235,12 @@ pub fn run(
     let detectors = config
         .detectors
         .iter()
-        .map(|settings| run_detector(settings, config, data, device, progress))
+        .map(|settings| {
+            if progress.should_stop() {
+                return Err(DetectError::Stopped);
+            }
+            run_detector(settings, config, data, device, progress)
+        })
         .collect::<Result<Vec<_>, DetectError>>()?;
     Ok(DetectReport {
         vigil_version: env!("CARGO_PKG_VERSION").into(),
@@ -258,7 +265,7 @@ pub fn run_detector(
     config: &DetectConfig,
     data: &DetectData<'_>,
     device: &Device,
-    progress: &mut dyn FnMut(DetectProgress<'_>),
+    progress: &mut dyn for<'e> Progress<DetectProgress<'e>>,
 ) -> Result<DetectorResult, DetectError> {
     let detector = settings.clone().build()?;
     let started = Instant::now();
@@ -270,7 +277,7 @@ pub fn run_detector(
         seed: config.seed,
         device,
     };
-    progress(DetectProgress::Started(detector.name()));
+    progress.report(DetectProgress::Started(detector.name()));
     let (fitted, scores) =
         match fit_thresholds_and_score(detector.as_ref(), &fit, &config.thresholds, &[data.inputs])
         {
@@ -285,7 +292,7 @@ pub fn run_detector(
                     seconds: started.elapsed().as_secs_f64(),
                     not_applicable: Some(reason),
                 };
-                progress(DetectProgress::Done(&result));
+                progress.report(DetectProgress::Done(&result));
                 return Ok(result);
             }
             other => other?,
@@ -324,7 +331,7 @@ pub fn run_detector(
         seconds: started.elapsed().as_secs_f64(),
         not_applicable: None,
     };
-    progress(DetectProgress::Done(&result));
+    progress.report(DetectProgress::Done(&result));
     Ok(result)
 }
 

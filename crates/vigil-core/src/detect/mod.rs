@@ -90,6 +90,9 @@ pub enum DetectError {
     /// Data could not be prepared.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// The caller's [`Progress`](crate::progress::Progress) asked to stop between detectors.
+    #[error("stopped before every detector ran")]
+    Stopped,
 }
 
 /// What a detector is fitted on.

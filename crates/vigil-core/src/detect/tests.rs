@@ -388,7 +388,13 @@ fn an_experiment_reports_a_detector_that_does_not_apply_as_such_and_runs_the_oth
         inputs: &inputs,
         truth: Some(&truth),
     };
-    let report = experiment::run(&config, &data, &device, &mut |_| {}).unwrap();
+    let report = experiment::run(
+        &config,
+        &data,
+        &device,
+        &mut |_: experiment::DetectProgress<'_>| {},
+    )
+    .unwrap();
     // The small CNN has no BatchNorm: IBD-PSC is n/a, with no number; MSP runs.
     let ibd = &report.detectors[0];
     assert!(

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use vigil_core::benchmark::BenchmarkError;
 use vigil_core::benchmark::backdoor::{self, BackdoorBenchmarkConfig, BackdoorRecord, Progress};
 use vigil_core::detect::experiment::{DetectConfig, DetectProgress};
 use vigil_core::detect::{DetectorSettings, ThresholdConfig, TieRule};
@@ -12,6 +13,7 @@ use vigil_core::device::default_device;
 use vigil_core::madfa::SplitSizes;
 
 use crate::commands::parse_fraction;
+use crate::progress::Interruptible;
 
 /// Backdoor detection over attack records: for each record (a folder written by `vigil
 /// attack`), the per-class trusted / sampling / test split of its clean test set (--split,
@@ -102,14 +104,22 @@ pub fn run(args: BackdoorArgs) -> Result<ExitCode> {
         .collect::<Vec<_>>();
     vigil_core::io::check_outputs(&args.records, &outputs)?;
     let device = default_device();
-    let report = backdoor::run(
+    let report = match backdoor::run(
         &config,
         &records,
         args.data_dir.as_deref(),
         Some(&args.out),
         &device,
-        &mut print_progress,
-    )?;
+        &mut Interruptible::new(print_progress),
+    ) {
+        Err(BenchmarkError::Stopped) => {
+            eprintln!(
+                "stopped; the finished parts are saved: run the same command again to continue"
+            );
+            return Ok(ExitCode::from(130));
+        }
+        report => report?,
+    };
     report.save(&args.out)?;
     eprintln!(
         "wrote {} (report.json, rows.csv, report.md, der.svg, roc-*.svg) in {:.0} s",

@@ -8,6 +8,7 @@ use burn::tensor::Device;
 use clap::Args;
 use indicatif::ProgressBar;
 use vigil_core::attack::pgd::Pgd;
+use vigil_core::benchmark::BenchmarkError;
 use vigil_core::benchmark::ood::{
     self, Contender, OodBenchmarkConfig, OodBenchmarkData, OodSet, Progress,
 };
@@ -20,7 +21,7 @@ use vigil_core::ood::ScoreKind;
 
 use crate::commands::train::{TrainArgs, train_and_report};
 use crate::commands::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
-use crate::progress::bar;
+use crate::progress::{Interruptible, bar};
 
 /// OOD detection under attack: every model x OOD score, on the ID test set against each test
 /// OOD set, clean, with ID inputs attacked (pushed towards a uniform prediction), OOD inputs
@@ -198,7 +199,7 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
     let config = benchmark_config(&args);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let report = run_with_progress(
+    let Some(report) = run_with_progress(
         &config,
         &data,
         &contenders,
@@ -206,7 +207,11 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
         &args.out,
         &device,
     )
-    .context("running the OOD benchmark")?;
+    .context("running the OOD benchmark")?
+    else {
+        eprintln!("stopped; the finished stages are saved: run the same command again to continue");
+        return Ok(ExitCode::from(130));
+    };
     report
         .save(&args.out)
         .with_context(|| format!("writing the report into {}", args.out.display()))?;
@@ -299,7 +304,8 @@ fn benchmark_config(args: &OodArgs) -> OodBenchmarkConfig {
     }
 }
 
-/// [`ood::run`] with a progress bar per stage on stderr.
+/// [`ood::run`] with a progress bar per stage on stderr; `None` when Ctrl-C stopped it between
+/// stages.
 fn run_with_progress(
     config: &OodBenchmarkConfig,
     data: &OodBenchmarkData,
@@ -307,7 +313,7 @@ fn run_with_progress(
     transfer: Option<&Contender>,
     out: &Path,
     device: &Device,
-) -> Result<ood::OodBenchmarkReport> {
+) -> Result<Option<ood::OodBenchmarkReport>> {
     let mut current: Option<ProgressBar> = None;
     let report = ood::run(
         config,
@@ -316,7 +322,7 @@ fn run_with_progress(
         transfer,
         Some(out),
         device,
-        &mut |p| match p {
+        &mut Interruptible::new(|p: Progress<'_>| match p {
             Progress::Stage {
                 model,
                 stage,
@@ -335,12 +341,15 @@ fn run_with_progress(
                     b.inc(n as u64);
                 }
             }
-        },
-    )?;
+        }),
+    );
     if let Some(b) = current.take() {
         b.finish_and_clear();
     }
-    Ok(report)
+    match report {
+        Err(BenchmarkError::Stopped) => Ok(None),
+        report => Ok(Some(report?)),
+    }
 }
 
 /// Trains every rung of `objectives` in `dir` with the `vigil train` options `flags` (a finished

@@ -116,7 +116,7 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
         Some(&source),
         Some(dir),
         &device,
-        &mut |p| {
+        &mut |p: Progress<'_>| {
             if let Progress::Stage { model, stage, .. } = p {
                 stages.push(format!("{model}/{stage}"));
             }
@@ -184,7 +184,7 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
         Some(&source),
         Some(dir),
         &device,
-        &mut |p| {
+        &mut |p: Progress<'_>| {
             if let Progress::Stage { .. } = p {
                 computed += 1;
             }
@@ -204,7 +204,7 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
             Some(&source),
             Some(dir),
             &device,
-            &mut |_| {},
+            &mut |_: Progress<'_>| {},
         );
         assert!(
             matches!(
@@ -238,8 +238,26 @@ fn the_same_seed_gives_the_same_results_without_saving() {
         adaptive: vec![],
         ..tiny_config()
     };
-    let a = run(&config, &data, models, None, None, &device, &mut |_| {}).unwrap();
-    let b = run(&config, &data, models, None, None, &device, &mut |_| {}).unwrap();
+    let a = run(
+        &config,
+        &data,
+        models,
+        None,
+        None,
+        &device,
+        &mut |_: Progress<'_>| {},
+    )
+    .unwrap();
+    let b = run(
+        &config,
+        &data,
+        models,
+        None,
+        None,
+        &device,
+        &mut |_: Progress<'_>| {},
+    )
+    .unwrap();
     assert_eq!(a.rows, b.rows);
     assert!(a.rows.iter().all(|r| r.setting != Setting::Transfer));
 }
@@ -251,7 +269,15 @@ fn bad_inputs_are_errors() {
     let config = tiny_config();
     let mut data = tiny_data();
     data.ood[0].images = uniform_noise(3, ImageShape::new(1, 4, 4), 0).unwrap();
-    let err = run(&config, &data, &models, None, None, &device, &mut |_| {});
+    let err = run(
+        &config,
+        &data,
+        &models,
+        None,
+        None,
+        &device,
+        &mut |_: Progress<'_>| {},
+    );
     assert!(matches!(err, Err(BenchmarkError::Invalid(m)) if m.contains("uniform-noise")));
     let twins = vec![models[0].clone(), models[0].clone()];
     let err = run(
@@ -261,7 +287,7 @@ fn bad_inputs_are_errors() {
         None,
         None,
         &device,
-        &mut |_| {},
+        &mut |_: Progress<'_>| {},
     );
     assert!(matches!(err, Err(BenchmarkError::Invalid(m)) if m.contains("two models")));
     let adaptive_unscored = OodBenchmarkConfig {
@@ -275,7 +301,75 @@ fn bad_inputs_are_errors() {
         None,
         None,
         &device,
-        &mut |_| {},
+        &mut |_: Progress<'_>| {},
     );
     assert!(matches!(err, Err(BenchmarkError::Invalid(m)) if m.contains("odin")));
+}
+
+/// Counts the stages that start, and asks to stop once `stop_after` have.
+struct StopAfterStages {
+    started: usize,
+    stop_after: usize,
+}
+
+impl crate::progress::Progress<Progress<'_>> for StopAfterStages {
+    fn report(&mut self, p: Progress<'_>) {
+        if let Progress::Stage { .. } = p {
+            self.started += 1;
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.started >= self.stop_after
+    }
+}
+
+#[test]
+fn a_stopped_run_keeps_its_finished_stages_and_a_rerun_computes_only_the_rest() {
+    let device = default_device();
+    let data = tiny_data();
+    let models = contenders();
+    let config = tiny_config();
+    let dir = crate::train::test_util::scratch("benchmark", "ood-stop");
+    let run_in_dir = |progress: &mut StopAfterStages| {
+        run(
+            &config,
+            &data,
+            &models,
+            None,
+            Some(dir.as_path()),
+            &device,
+            progress,
+        )
+    };
+    // Two models x (accuracy, uniform, adaptive-msp): stopped after the first two stages.
+    let mut stopping = StopAfterStages {
+        started: 0,
+        stop_after: 2,
+    };
+    let stopped = run_in_dir(&mut stopping);
+    assert!(
+        matches!(stopped, Err(BenchmarkError::Stopped)),
+        "{stopped:?}"
+    );
+    assert_eq!(stopping.started, 2);
+    let mut rest = StopAfterStages {
+        started: 0,
+        stop_after: usize::MAX,
+    };
+    let resumed = run_in_dir(&mut rest).unwrap();
+    assert_eq!(rest.started, 4);
+    let fresh = run(
+        &config,
+        &data,
+        &models,
+        None,
+        None,
+        &device,
+        &mut crate::progress::Quiet,
+    )
+    .unwrap();
+    assert_eq!(resumed.rows, fresh.rows);
+    assert_eq!(resumed.accuracy, fresh.accuracy);
+    let _ = std::fs::remove_dir_all(&dir);
 }
