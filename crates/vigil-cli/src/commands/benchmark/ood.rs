@@ -197,8 +197,6 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
     };
     let data = benchmark_data(&args, kind)?;
     let config = benchmark_config(&args);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let Some(report) = run_with_progress(
         &config,
         &data,
@@ -206,10 +204,8 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
         transfer.as_ref(),
         &args.out,
         &device,
-    )
-    .context("running the OOD benchmark")?
+    )?
     else {
-        eprintln!("stopped; the finished stages are saved: run the same command again to continue");
         return Ok(ExitCode::from(130));
     };
     report
@@ -304,8 +300,8 @@ fn benchmark_config(args: &OodArgs) -> OodBenchmarkConfig {
     }
 }
 
-/// [`ood::run`] with a progress bar per stage on stderr; `None` when Ctrl-C stopped it between
-/// stages.
+/// [`ood::run`] in the folder `out` (created if need be) with a progress bar per stage on stderr;
+/// `None` when Ctrl-C stopped it between stages (said on stderr).
 fn run_with_progress(
     config: &OodBenchmarkConfig,
     data: &OodBenchmarkData,
@@ -314,6 +310,7 @@ fn run_with_progress(
     out: &Path,
     device: &Device,
 ) -> Result<Option<ood::OodBenchmarkReport>> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut current: Option<ProgressBar> = None;
     let report = ood::run(
         config,
@@ -347,8 +344,13 @@ fn run_with_progress(
         b.finish_and_clear();
     }
     match report {
-        Err(BenchmarkError::Stopped) => Ok(None),
-        report => Ok(Some(report?)),
+        Err(BenchmarkError::Stopped) => {
+            eprintln!(
+                "stopped; the finished stages are saved: run the same command again to continue"
+            );
+            Ok(None)
+        }
+        report => Ok(Some(report.context("running the OOD benchmark")?)),
     }
 }
 
