@@ -115,7 +115,6 @@ pub fn bar(len: u64, prefix: String) -> ProgressBar {
 pub struct TrainProgress {
     epochs: usize,
     bar: Option<ProgressBar>,
-    interrupted: Arc<AtomicBool>,
     /// Classes of the task, for the loss blow-up warning (none: no check).
     classes: Option<usize>,
 }
@@ -127,12 +126,11 @@ impl TrainProgress {
         self
     }
 
-    /// Progress for a run of `epochs` epochs, stopping when `interrupted` is set.
-    pub fn new(epochs: usize, interrupted: Arc<AtomicBool>) -> Self {
+    /// Progress for a run of `epochs` epochs.
+    pub fn new(epochs: usize) -> Self {
         Self {
             epochs,
             bar: None,
-            interrupted,
             classes: None,
         }
     }
@@ -166,10 +164,6 @@ impl Progress<TrainEvent<'_>> for TrainProgress {
             | TrainEvent::TrainingEnded { .. }
             | TrainEvent::OutliersDrawn { .. } => {}
         }
-    }
-
-    fn should_stop(&mut self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
     }
 }
 

@@ -9,6 +9,7 @@ use vigil_core::device::default_device;
 use vigil_core::madfa::{self, CALIBRATED_CHAINS, Calibration, TraceLoss};
 
 use super::sample::{CalibrationArgs, ChainProgress, MadInputArgs, SamplerArgs};
+use crate::progress::Interruptible;
 
 /// Choose MAD-FA's sampler settings (lr, gamma, n_beta, number of draws) from the trusted and
 /// sampling data alone: no anomalous input is looked at.
@@ -109,14 +110,15 @@ pub fn run(args: CalibrateArgs) -> Result<ExitCode> {
     let (classifier, task, _) = args
         .input
         .load(config.base.trace_batch_size, false, &device)?;
-    let mut observer = ChainProgress::new(config.base.traces == madfa::TraceForm::Linearised);
+    let linearised = config.base.traces == madfa::TraceForm::Linearised;
+    let mut progress = Interruptible::new(ChainProgress::new(linearised));
     let run = madfa::run_calibration(
         &config,
         &classifier,
         &task,
         &args.out,
         &device,
-        &mut observer,
+        &mut progress,
     )?;
     if run.reused {
         eprintln!(

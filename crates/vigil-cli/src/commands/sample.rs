@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
@@ -22,7 +20,7 @@ use vigil_core::models::{Classifier, ModelSpec};
 use vigil_core::progress::Progress;
 
 use super::{DataArgs, ModelArgs};
-use crate::progress::{bar, interrupt_flag};
+use crate::progress::{Interruptible, bar};
 
 /// Where MAD-FA's model and samples come from (shared by `vigil sample` and `vigil calibrate`).
 #[derive(Args, Debug)]
@@ -388,10 +386,9 @@ impl SampleArgs {
 }
 
 /// Progress bar per chain, and the calibration and sampling plan as `vigil sample` announces
-/// them; Ctrl-C checkpoints and stops.
+/// them (wrapped in [`Interruptible`], Ctrl-C checkpoints and stops).
 pub struct ChainProgress {
     bar: Option<ProgressBar>,
-    interrupted: Arc<AtomicBool>,
     /// Linearised traces: formed after all chains, so a chain's line cannot count constant ones.
     linearised: bool,
 }
@@ -401,7 +398,6 @@ impl ChainProgress {
     pub fn new(linearised: bool) -> Self {
         Self {
             bar: None,
-            interrupted: interrupt_flag(),
             linearised,
         }
     }
@@ -468,10 +464,6 @@ impl Progress<ChainEvent<'_>> for ChainProgress {
             }
             ChainEvent::Sampling(plan) => print_sampling_plan(plan),
         }
-    }
-
-    fn should_stop(&mut self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
     }
 }
 
@@ -715,7 +707,8 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     config.validate()?;
     let started = std::time::Instant::now();
     let (classifier, task, data) = args.input.load(args.base.trace_batch_size, true, &device)?;
-    let mut observer = ChainProgress::new(matches!(args.base.traces, TracesArg::Linearised));
+    let linearised = matches!(args.base.traces, TracesArg::Linearised);
+    let mut progress = Interruptible::new(ChainProgress::new(linearised));
     let outcome = madfa::run_sample(
         &config,
         &classifier,
@@ -723,7 +716,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         data,
         &args.out,
         &device,
-        &mut observer,
+        &mut progress,
     )?;
     let SampleOutcome::Finished(report) = outcome else {
         eprintln!("stopped; run the same command again to continue");

@@ -16,7 +16,7 @@ use vigil_core::train::{
     self, Run, RunRequest, SessionOutcome, TrainConfig, TrainEvent, TrainState,
 };
 
-use crate::progress::{TrainProgress, interrupt_flag};
+use crate::progress::{Interruptible, TrainProgress};
 
 /// Model and optimisation options.
 #[derive(Args, Debug, Clone)]
@@ -154,10 +154,10 @@ impl TrainingArgs {
 }
 
 /// Shows a training session: its milestones on stderr, its progress through [`TrainProgress`]
-/// (drawn once the run is open, when its length is known).
+/// (drawn once the run is open, when its length is known; from then on Ctrl-C stops it).
 #[derive(Default)]
 pub struct SessionPrinter {
-    progress: Option<TrainProgress>,
+    progress: Option<Interruptible<TrainProgress>>,
     /// Whether a stop was already announced (Input-Aware's own loop announces none).
     pub stop_reported: bool,
 }
@@ -223,12 +223,12 @@ impl SessionPrinter {
                 state.step
             );
         }
-        let progress = TrainProgress::new(state.config.epochs, interrupt_flag());
-        self.progress = Some(if state.config.robust.is_some() {
+        let progress = TrainProgress::new(state.config.epochs);
+        self.progress = Some(Interruptible::new(if state.config.robust.is_some() {
             progress
         } else {
             progress.warn_on_blowup(run.classifier.spec.num_classes())
-        });
+        }));
     }
 
     fn training_ended(&mut self, out: &Path, outcome: SessionOutcome, state: &TrainState) {
