@@ -133,7 +133,9 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
         stderr(&bad)
     );
     // A tie rule other than the two is refused by clap, naming both.
-    let bad = vigil(&["detect", "--record", "nowhere", "--ties", "coin", "--out", "x"]);
+    let bad = vigil(&[
+        "detect", "--record", "nowhere", "--ties", "coin", "--out", "x",
+    ]);
     assert!(!bad.status.success());
     assert!(
         stderr(&bad).contains("give conservative or randomised"),
