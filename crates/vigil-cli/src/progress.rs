@@ -22,8 +22,10 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
             if handler_flag.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
+            // Training and chains stop after the current batch and checkpoint; detect and the
+            // benchmarks after the running detector or stage, keeping what is finished.
             eprintln!(
-                "\ninterrupt: finishing the current batch and checkpointing (Ctrl-C again to abort)"
+                "\ninterrupt: finishing the current batch, detector or stage and saving what is done (Ctrl-C again to abort)"
             );
         });
         keep_ignored(&ignored);
