@@ -206,3 +206,37 @@ pub fn trained_on(path: &Path) -> Option<DatasetKind> {
         .parse()
         .ok()
 }
+
+/// The per-class split of an attack record's clean test set (`vigil sample`, `calibrate`,
+/// `detect` and `benchmark backdoor` with records).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SplitArgs {
+    /// Per-class sizes of the trusted, sampling and test parts of the clean test set (with
+    /// records; the reference uses 250,250,500).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,100,100",
+        value_name = "T,S,X"
+    )]
+    pub split: Vec<usize>,
+
+    /// Seed of the split (with records).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+}
+
+impl SplitArgs {
+    /// The sizes, checked (three, none zero).
+    pub fn sizes(&self) -> Result<vigil_core::madfa::SplitSizes> {
+        let [trusted, sampling, test] = <[usize; 3]>::try_from(self.split.as_slice())
+            .map_err(|_| anyhow::anyhow!("--split takes three sizes: trusted,sampling,test"))?;
+        let sizes = vigil_core::madfa::SplitSizes {
+            trusted,
+            sampling,
+            test,
+        };
+        sizes.validate()?;
+        Ok(sizes)
+    }
+}

@@ -14,12 +14,12 @@ use vigil_core::device::default_device;
 use vigil_core::madfa::{
     self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
     ChainEvent, MadTask, Preconditioner, SampleOutcome, SampleReport, SampleRunConfig,
-    SamplingPlan, SgldConfig, SplitSizes, TraceEvaluation, TraceForm, TraceLoss,
+    SamplingPlan, SgldConfig, TraceEvaluation, TraceForm, TraceLoss,
 };
 use vigil_core::models::{Classifier, ModelSpec};
 use vigil_core::progress::Progress;
 
-use super::{DataArgs, ModelArgs};
+use super::{DataArgs, ModelArgs, SplitArgs};
 use crate::progress::{Interruptible, bar};
 
 /// Where MAD-FA's model and samples come from (shared by `vigil sample` and `vigil calibrate`).
@@ -56,19 +56,8 @@ pub struct MadInputArgs {
     #[command(flatten)]
     data: DataArgs,
 
-    /// Per-class sizes of the trusted, sampling and test parts of the clean test set (with
-    /// --record; the reference uses 250,250,500).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "100,100,100",
-        value_name = "T,S,X"
-    )]
-    split: Vec<usize>,
-
-    /// Seed of the split (with --record).
-    #[arg(long, default_value_t = 0)]
-    split_seed: u64,
+    #[command(flatten)]
+    split: SplitArgs,
 }
 
 /// Settings of `vigil calibrate`, and of `vigil sample --calibrate` (unset: the library's
@@ -573,19 +562,12 @@ impl MadInputArgs {
         device: &Device,
     ) -> Result<(Classifier, MadTask, serde_json::Value)> {
         let loaded = if let Some(record) = &self.record {
-            let [trusted, sampling, test] = <[usize; 3]>::try_from(self.split.as_slice())
-                .map_err(|_| anyhow::anyhow!("--split takes three sizes: trusted,sampling,test"))?;
-            let sizes = SplitSizes {
-                trusted,
-                sampling,
-                test,
-            };
-            sizes.validate()?;
+            let sizes = self.split.sizes()?;
             let loaded = madfa::record_task(
                 record,
                 self.data.data_dir.as_deref(),
                 sizes,
-                self.split_seed,
+                self.split.split_seed,
                 batch_size,
                 device,
             )
@@ -610,7 +592,7 @@ impl MadInputArgs {
                 "attack": loaded.manifest.attack,
                 "dataset": loaded.manifest.dataset,
                 "split_per_class": sizes,
-                "split_seed": self.split_seed,
+                "split_seed": self.split.split_seed,
                 "summary": s,
             });
             (loaded.classifier, loaded.task, data)

@@ -10,9 +10,8 @@ use vigil_core::benchmark::backdoor::{self, BackdoorBenchmarkConfig, BackdoorRec
 use vigil_core::detect::experiment::{DetectConfig, DetectProgress};
 use vigil_core::detect::{DetectorSettings, ThresholdConfig, TieRule};
 use vigil_core::device::default_device;
-use vigil_core::madfa::SplitSizes;
 
-use crate::commands::parse_fraction;
+use crate::commands::{SplitArgs, parse_fraction};
 use crate::progress::Interruptible;
 
 /// Backdoor detection over attack records: for each record (a folder written by `vigil
@@ -53,19 +52,8 @@ pub struct BackdoorArgs {
     #[arg(long, default_value = "conservative", value_name = "RULE")]
     ties: TieRule,
 
-    /// Per-class sizes of the trusted, sampling and test parts of each record's clean test set
-    /// (the reference uses 250,250,500).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "100,100,100",
-        value_name = "T,S,X"
-    )]
-    split: Vec<usize>,
-
-    /// Seed of the split.
-    #[arg(long, default_value_t = 0)]
-    split_seed: u64,
+    #[command(flatten)]
+    split: SplitArgs,
 
     /// Folder holding the records' dataset (overrides $VIGIL_DATA_DIR, ./data and the Debian
     /// path for Fashion-MNIST).
@@ -155,8 +143,6 @@ fn config(args: &BackdoorArgs) -> Result<BackdoorBenchmarkConfig> {
             .map(|d| d.trim().to_string())
             .collect()
     };
-    let [trusted, sampling, test] = <[usize; 3]>::try_from(args.split.as_slice())
-        .map_err(|_| anyhow::anyhow!("--split takes three sizes: trusted,sampling,test"))?;
     Ok(BackdoorBenchmarkConfig {
         detect: DetectConfig {
             detectors: names
@@ -171,12 +157,8 @@ fn config(args: &BackdoorArgs) -> Result<BackdoorBenchmarkConfig> {
             batch_size: args.batch_size,
             seed: args.seed,
         },
-        split: SplitSizes {
-            trusted,
-            sampling,
-            test,
-        },
-        split_seed: args.split_seed,
+        split: args.split.sizes()?,
+        split_seed: args.split.split_seed,
     })
 }
 
