@@ -20,16 +20,27 @@ use super::output_size;
 /// output `[batch, c_out, oh, ow]`, symmetric zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dGeometry {
+    /// Samples.
     pub batch: usize,
+    /// Input channels.
     pub c_in: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output channels.
     pub c_out: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride `[vertical, horizontal]`.
     pub stride: [usize; 2],
+    /// Zero padding `[vertical, horizontal]`, on both sides.
     pub padding: [usize; 2],
+    /// Output height.
     pub oh: usize,
+    /// Output width.
     pub ow: usize,
 }
 

@@ -12,13 +12,21 @@ use super::output_size;
 /// Shapes of one pooling: input `[batch, channels, h, w]`, output `[batch, channels, oh, ow]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolGeometry {
+    /// Independent planes, `batch * channels`.
     pub planes: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Window `[height, width]`.
     pub kernel: [usize; 2],
+    /// Stride `[vertical, horizontal]`.
     pub stride: [usize; 2],
+    /// Padding `[vertical, horizontal]` (never the maximum), on both sides.
     pub padding: [usize; 2],
+    /// Output height.
     pub oh: usize,
+    /// Output width.
     pub ow: usize,
 }
 
