@@ -9,12 +9,12 @@ use vigil_core::detect::experiment::{
     self, DetectConfig, DetectData, DetectProgress, DetectReport,
 };
 use vigil_core::detect::page::{PageData, detect_page};
-use vigil_core::detect::{DetectError, DetectorSettings, GroundTruth, ThresholdConfig, TieRule};
+use vigil_core::detect::{DetectError, DetectorSettings, GroundTruth};
 use vigil_core::device::default_device;
 use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
 use vigil_core::madfa::MadTask;
 
-use super::parse_fraction;
+use super::ThresholdArgs;
 use super::sample::MadInputArgs;
 use crate::progress::Interruptible;
 
@@ -45,19 +45,8 @@ pub struct DetectArgs {
     #[arg(long, value_delimiter = ',', default_value = "madfa,mahalanobis,msp")]
     detectors: Vec<String>,
 
-    /// False-positive rate to aim for on clean inputs.
-    #[arg(long, default_value = "0.05", value_parser = parse_fraction)]
-    target_fpr: f64,
-
-    /// Fraction of each class's trusted samples held back to set the thresholds.
-    #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
-    holdout: f64,
-
-    /// At the threshold: conservative (flag at most --target-fpr of the held-back trusted
-    /// scores; a score with few values may flag none) or randomised (also flag the inputs just
-    /// under it at random, decided by each input's pixels, so the expected rate is the target).
-    #[arg(long, default_value = "conservative", value_name = "RULE")]
-    ties: TieRule,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
 
     /// Batch size of forward passes.
     #[arg(long, default_value_t = 64)]
@@ -89,11 +78,7 @@ impl DetectArgs {
                 .iter()
                 .map(|name| DetectorSettings::by_name(name.trim()))
                 .collect::<Result<_, _>>()?,
-            thresholds: ThresholdConfig {
-                target_fpr: self.target_fpr,
-                holdout_fraction: self.holdout,
-                ties: self.ties,
-            },
+            thresholds: self.thresholds.config(),
             batch_size: self.batch_size,
             seed: self.seed,
         };

@@ -240,3 +240,32 @@ impl SplitArgs {
         Ok(sizes)
     }
 }
+
+/// How thresholds are set from the trusted data (`vigil detect`, `benchmark backdoor`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ThresholdArgs {
+    /// False-positive rate to aim for on clean inputs.
+    #[arg(long, default_value = "0.05", value_parser = parse_fraction)]
+    pub target_fpr: f64,
+
+    /// Fraction of each class's trusted samples held back to set the thresholds.
+    #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
+    pub holdout: f64,
+
+    /// At the threshold: conservative (flag at most --target-fpr of the held-back trusted
+    /// scores; a score with few values may flag none) or randomised (also flag the inputs just
+    /// under it at random, decided by each input's pixels, so the expected rate is the target).
+    #[arg(long, default_value = "conservative", value_name = "RULE")]
+    pub ties: vigil_core::detect::TieRule,
+}
+
+impl ThresholdArgs {
+    /// The library's settings.
+    pub fn config(&self) -> vigil_core::detect::ThresholdConfig {
+        vigil_core::detect::ThresholdConfig {
+            target_fpr: self.target_fpr,
+            holdout_fraction: self.holdout,
+            ties: self.ties,
+        }
+    }
+}

@@ -7,11 +7,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::benchmark::BenchmarkError;
 use vigil_core::benchmark::backdoor::{self, BackdoorBenchmarkConfig, BackdoorRecord, Progress};
+use vigil_core::detect::DetectorSettings;
 use vigil_core::detect::experiment::{DetectConfig, DetectProgress};
-use vigil_core::detect::{DetectorSettings, ThresholdConfig, TieRule};
 use vigil_core::device::default_device;
 
-use crate::commands::{SplitArgs, parse_fraction};
+use crate::commands::{SplitArgs, ThresholdArgs};
 use crate::progress::Interruptible;
 
 /// Backdoor detection over attack records: for each record (a folder written by `vigil
@@ -38,19 +38,8 @@ pub struct BackdoorArgs {
     #[arg(long, value_delimiter = ',')]
     detectors: Vec<String>,
 
-    /// False-positive rate to aim for on clean inputs.
-    #[arg(long, default_value = "0.05", value_parser = parse_fraction)]
-    target_fpr: f64,
-
-    /// Fraction of each class's trusted samples held back to set the thresholds.
-    #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
-    holdout: f64,
-
-    /// At the threshold: conservative (flag at most --target-fpr of the held-back trusted
-    /// scores; a score with few values may flag none) or randomised (also flag the inputs just
-    /// under it at random, decided by each input's pixels, so the expected rate is the target).
-    #[arg(long, default_value = "conservative", value_name = "RULE")]
-    ties: TieRule,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
 
     #[command(flatten)]
     split: SplitArgs,
@@ -149,11 +138,7 @@ fn config(args: &BackdoorArgs) -> Result<BackdoorBenchmarkConfig> {
                 .iter()
                 .map(|name| DetectorSettings::by_name(name))
                 .collect::<Result<_, _>>()?,
-            thresholds: ThresholdConfig {
-                target_fpr: args.target_fpr,
-                holdout_fraction: args.holdout,
-                ties: args.ties,
-            },
+            thresholds: args.thresholds.config(),
             batch_size: args.batch_size,
             seed: args.seed,
         },
