@@ -8,10 +8,11 @@ use clap::Args;
 use vigil_core::detect::experiment::{
     self, DetectConfig, DetectData, DetectProgress, DetectReport,
 };
-use vigil_core::detect::page::{PageData, detect_page};
+use vigil_core::detect::files;
+use vigil_core::detect::page::PageData;
 use vigil_core::detect::{DetectError, DetectorSettings, GroundTruth};
 use vigil_core::device::default_device;
-use vigil_core::io::{check_outputs, write_atomic, write_json_atomic};
+use vigil_core::io::check_outputs;
 use vigil_core::madfa::MadTask;
 
 use super::ThresholdArgs;
@@ -87,29 +88,9 @@ impl DetectArgs {
     }
 }
 
-/// Where `vigil detect` writes in --out.
-struct DetectFiles {
-    scores: PathBuf,
-    report: PathBuf,
-    page: PathBuf,
-}
-
-impl DetectFiles {
-    fn in_folder(out: &Path) -> Self {
-        Self {
-            scores: out.join("scores.csv"),
-            report: out.join("report.json"),
-            page: out.join("report.html"),
-        }
-    }
-}
-
 pub fn run(args: DetectArgs) -> Result<ExitCode> {
-    let files = DetectFiles::in_folder(&args.out);
-    check_outputs(
-        args.input.input_paths(),
-        [&files.scores, &files.report, &files.page],
-    )?;
+    let outputs = files::paths(&args.out);
+    check_outputs(args.input.input_paths(), &outputs)?;
     let config = args.config()?;
     let device = default_device();
     let (classifier, task, data) = args.input.load(args.batch_size, true, &device)?;
@@ -132,12 +113,13 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
         }
         report => report?,
     };
-    write_outputs(&files, &report, &task, truth.as_ref(), &data, args.show)?;
+    write_outputs(&args.out, &report, &task, truth.as_ref(), &data, args.show)?;
+    let [scores, report_json, page] = &outputs;
     eprintln!(
         "wrote {}, {} and {}",
-        files.scores.display(),
-        files.report.display(),
-        files.page.display()
+        scores.display(),
+        report_json.display(),
+        page.display()
     );
     if args.json {
         println!(
@@ -152,7 +134,7 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
 /// files (from `data`, the task's description), or by their place in the record's clean test
 /// set.
 fn write_outputs(
-    files: &DetectFiles,
+    out: &Path,
     report: &DetectReport,
     task: &MadTask,
     truth: Option<&GroundTruth>,
@@ -179,12 +161,7 @@ fn write_outputs(
             .map(|id| format!("clean test image {id}"))
             .collect();
     }
-    write_atomic(
-        &files.scores,
-        report.scores_csv(&paths, truth, &trusted_names).as_bytes(),
-    )?;
-    write_json_atomic(&files.report, report)?;
-    let page = detect_page(&PageData {
+    let page = PageData {
         report,
         inputs: &task.test,
         trusted: &task.trusted,
@@ -192,9 +169,8 @@ fn write_outputs(
         input_names: &paths,
         trusted_names: &trusted_names,
         max_shown,
-    })?;
-    write_atomic(&files.page, page.as_bytes())?;
-    Ok(())
+    };
+    Ok(files::save(out, &page)?)
 }
 
 /// One line per detector stage, and its flag counts and measurements when done.

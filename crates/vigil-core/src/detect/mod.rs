@@ -21,6 +21,7 @@
 //! [`registry::DetectorSettings`] variant.
 
 pub mod experiment;
+pub mod files;
 pub mod ibd_psc;
 pub mod latent;
 pub mod madfa;
@@ -90,6 +91,9 @@ pub enum DetectError {
     /// Data could not be prepared.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// An output file could not be written.
+    #[error(transparent)]
+    Io(#[from] crate::io::IoError),
     /// The caller's [`Progress`](crate::progress::Progress) asked to stop between detectors.
     #[error("stopped before every detector ran")]
     Stopped,
