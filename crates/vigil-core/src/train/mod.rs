@@ -12,6 +12,7 @@
 //! Shuffling and augmentation draw from RNGs seeded by `(seed, epoch)` and `(seed, epoch, batch)`,
 //! so an interrupted run resumed mid-epoch produces the same weights as an uninterrupted one.
 
+pub mod robust;
 pub mod session;
 
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ pub struct TrainConfig {
     /// Robust OOD training (HALO and its ladder): the objective, its outliers, helper and
     /// validation split. `None` for plain cross-entropy training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub robust: Option<crate::halo::RobustSettings>,
+    pub robust: Option<robust::RobustSettings>,
 }
 
 impl TrainConfig {
