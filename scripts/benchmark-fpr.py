@@ -4,7 +4,7 @@ column, in a `vigil benchmark backdoor` report; and how close it can come.
 
     scripts/benchmark-fpr.py DIR/report.json
 
-A threshold set at the target on n held-back trusted scores is an estimated quantile: with the
+A threshold set at the target on n trusted scores (held back, or all of them out of fold) is an estimated quantile: with the
 conservative rule it flags the k = floor(target * n) highest, and the rate it flags on new clean
 inputs is Beta(k, n - k + 1) distributed (mean k / (n + 1)); measured on m clean inputs it gains
 binomial noise. The script prints, per column, the actual FPRs over records, how many are within
@@ -19,12 +19,19 @@ import sys
 def main(path):
     report = json.load(open(path))
     target = report["config"]["detect"]["thresholds"]["target_fpr"]
-    holdout = report["config"]["detect"]["thresholds"]["holdout_fraction"]
+    thresholds = report["config"]["detect"]["thresholds"]
+    # Reports before cross-fitting name the held-back fraction alone.
+    split = thresholds.get("split", {"kind": "holdout", "fraction": thresholds.get("holdout_fraction")})
+    holdout = split["fraction"] if split["kind"] == "holdout" else None
     records = {r["name"]: r for r in report["records"]}
     columns = {}
     for row in report["rows"]:
         columns.setdefault((row["detector"], row["column"]), []).append(row)
-    print(f"target FPR {target}; held back {holdout:.0%} of each class's trusted samples\n")
+    if holdout is None:
+        print(f"target FPR {target}; thresholds on every trusted sample scored out of fold "
+              f"({split['folds']} folds; MAD-FA leave-one-out)\n")
+    else:
+        print(f"target FPR {target}; held back {holdout:.0%} of each class's trusted samples\n")
     print("| detector.column | actual FPR per record | within 2 points | predicted SD (points) |")
     print("|---|---|---|---|")
     total = within_all = 0
@@ -38,7 +45,7 @@ def main(path):
             split = records[r["record"]]["split"]
             kept = split["trusted"][1]
             # Per class ceil(fraction * n); approximated over the whole kept set.
-            n = math.ceil(holdout * kept)
+            n = kept if holdout is None else math.ceil(holdout * kept)
             m = split["clean_test"][1]
             k = math.floor(target * n)
             beta_var = k * (n - k + 1) / ((n + 1) ** 2 * (n + 2))

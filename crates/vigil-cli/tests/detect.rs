@@ -1,5 +1,5 @@
 //! `vigil detect` end to end on tiny data: detectors fitted on trusted folders, thresholds set on
-//! held-back trusted samples only, every input scored and flagged, the truth measured when known.
+//! trusted samples scored out of fold only, every input scored and flagged, the truth measured when known.
 
 mod common;
 
@@ -42,7 +42,7 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
     write_patched_folder(&patched, 2, 13);
     write_patched_folder(&other, 1, 14);
 
-    let detect = |anomalous: &Path, out: &Path| {
+    let detect = |anomalous: &Path, out: &Path, extra: &[&str]| {
         let model = model.join("model.safetensors");
         let mut args = vec!["detect"];
         args.extend(model_and_sets(&model, [&trusted, &sampling, &test]));
@@ -57,13 +57,14 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
             out.to_str().unwrap(),
             "--json",
         ]);
+        args.extend_from_slice(extra);
         let run = vigil(&args);
         assert!(run.status.success(), "{}", stderr(&run));
         serde_json::from_slice::<serde_json::Value>(&run.stdout).unwrap()
     };
     let out = dir.join("detect");
-    let report = detect(&patched, &out);
-    // 20 clean and 20 patched inputs; 80 trusted, a quarter (2 per class) held back.
+    let report = detect(&patched, &out, &[]);
+    // 20 clean and 20 patched inputs; 80 trusted, all fitted on and all scored out of fold.
     assert_eq!(report["inputs"], 40);
     assert_eq!(report["anomalous"], 20);
     let detectors = report["detectors"].as_array().unwrap();
@@ -74,8 +75,8 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
     assert_eq!(names, ["mahalanobis", "msp", "knn"]);
     for d in detectors {
         assert_eq!(
-            (d["fitted_on"].as_u64(), d["held_out"].as_u64()),
-            (Some(60), Some(20))
+            (d["fitted_on"].as_u64(), d["threshold_samples"].as_u64()),
+            (Some(80), Some(80))
         );
         let column = &d["columns"][0];
         let flags = column["flags"].as_array().unwrap();
@@ -112,10 +113,40 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
     assert!(page.contains("data:image/png;base64,"));
 
     // Thresholds come from the trusted data alone: other inputs, the same thresholds.
-    let again = detect(&other, &dir.join("detect-2"));
+    let again = detect(&other, &dir.join("detect-2"), &[]);
     for (a, b) in detectors.iter().zip(again["detectors"].as_array().unwrap()) {
         assert_eq!(a["columns"][0]["threshold"], b["columns"][0]["threshold"]);
     }
+    // --holdout keeps a quarter of each class (2 of 8) out of the fit to set the thresholds.
+    let held = detect(
+        &patched,
+        &dir.join("detect-holdout"),
+        &["--holdout", "0.25"],
+    );
+    for d in held["detectors"].as_array().unwrap() {
+        assert_eq!(
+            (d["fitted_on"].as_u64(), d["threshold_samples"].as_u64()),
+            (Some(60), Some(20))
+        );
+    }
+    // --holdout and --folds are two ways to the same thing: both at once are refused.
+    let bad = vigil(&[
+        "detect",
+        "--record",
+        "nowhere",
+        "--folds",
+        "3",
+        "--holdout",
+        "0.2",
+        "--out",
+        "x",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("cannot be used with"),
+        "{}",
+        stderr(&bad)
+    );
     // An unknown detector is refused by name before any work, listing the known ones.
     let bad = vigil(&[
         "detect",

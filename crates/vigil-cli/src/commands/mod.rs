@@ -248,14 +248,20 @@ pub struct ThresholdArgs {
     #[arg(long, default_value = "0.05", value_parser = parse_fraction)]
     pub target_fpr: f64,
 
-    /// Fraction of each class's trusted samples held back to set the thresholds.
-    #[arg(long, default_value = "0.25", value_parser = parse_fraction)]
-    pub holdout: f64,
+    /// Set the thresholds on every trusted sample, each scored by the detector fitted on the
+    /// other folds (MAD-FA scores its trusted samples leave-one-out instead).
+    #[arg(long, default_value = "5", value_name = "K")]
+    pub folds: usize,
 
-    /// At the threshold: conservative (flag at most --target-fpr of the held-back trusted
-    /// scores; a score with few values may flag none) or randomised (also flag the inputs just
-    /// under it at random, decided by each input's pixels, so the expected rate is the target).
-    #[arg(long, default_value = "conservative", value_name = "RULE")]
+    /// Instead of cross-fitting, hold back this fraction of each class's trusted samples,
+    /// fit on the rest and set the thresholds on the held-back part (one fit).
+    #[arg(long, value_parser = parse_fraction, value_name = "FRACTION", conflicts_with = "folds")]
+    pub holdout: Option<f64>,
+
+    /// At the threshold: randomised (flag the inputs tied with the boundary score at random,
+    /// decided by each input's pixels, so the expected rate is --target-fpr) or conservative
+    /// (flag at most --target-fpr of the trusted scores; a score with few values may flag none).
+    #[arg(long, default_value = "randomised", value_name = "RULE")]
     pub ties: vigil_core::detect::TieRule,
 }
 
@@ -264,7 +270,10 @@ impl ThresholdArgs {
     pub fn config(&self) -> vigil_core::detect::ThresholdConfig {
         vigil_core::detect::ThresholdConfig {
             target_fpr: self.target_fpr,
-            holdout_fraction: self.holdout,
+            split: match self.holdout {
+                Some(fraction) => vigil_core::detect::ThresholdSplit::Holdout { fraction },
+                None => vigil_core::detect::ThresholdSplit::CrossFit { folds: self.folds },
+            },
             ties: self.ties,
         }
     }

@@ -1,7 +1,7 @@
 //! Backdoor detection over several attack records: for every record the reference split of its
 //! clean test set (trusted, sampling and test parts per class; `docs/madfa.md`), every detector
-//! fitted on the trusted part with thresholds at a target false-positive rate on a held-back
-//! share of it ([`crate::detect::experiment`]), and the inputs (the test part's correctly
+//! fitted on the trusted part with thresholds at a target false-positive rate on trusted scores
+//! out of fold ([`crate::detect::experiment`]), and the inputs (the test part's correctly
 //! classified clean images and its successfully triggered copies) scored, flagged and measured.
 //!
 //! Per record, detector and score column: AUROC, AUPR and FPR at 95% TPR (**anomalous = the
@@ -103,7 +103,7 @@ pub struct BackdoorRow {
     pub aupr: f64,
     /// FPR at 95% TPR (exact threshold).
     pub fpr_at_95_tpr: f64,
-    /// Threshold set on held-back trusted samples.
+    /// Threshold set on trusted scores out of fold.
     pub threshold: f64,
     /// Fraction of triggered inputs flagged at the threshold.
     pub tpr: f64,
@@ -116,9 +116,10 @@ pub struct BackdoorRow {
     pub seconds: f64,
 }
 
-/// A detector that does not apply to a record's model.
+/// A detector that gave no scores on a record: it does not apply to the record's model, or could
+/// not be fitted on its data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NotApplicable {
+pub struct NoScores {
     /// The record.
     pub record: String,
     /// The detector.
@@ -163,8 +164,9 @@ pub struct BackdoorBenchmarkReport {
     pub records: Vec<RecordSummary>,
     /// One row per record, detector and column.
     pub rows: Vec<BackdoorRow>,
-    /// Detectors that do not apply to a record's model.
-    pub not_applicable: Vec<NotApplicable>,
+    /// Detectors that gave no scores on a record, and why.
+    #[serde(alias = "not_applicable")]
+    pub no_scores: Vec<NoScores>,
     /// Per detector and column, means over the records.
     pub means: Vec<ColumnMean>,
     /// ROC curves per record, detector and column (`(fpr, tpr)` points, thinned for drawing).
@@ -248,7 +250,7 @@ pub fn run(
         positive_class: POSITIVE_CLASS.into(),
         records: Vec::new(),
         rows: Vec::new(),
-        not_applicable: Vec::new(),
+        no_scores: Vec::new(),
         means: Vec::new(),
         roc: Vec::new(),
         seconds: 0.0,
@@ -457,8 +459,8 @@ fn add_result(
     truth: &GroundTruth,
     result: &DetectorResult,
 ) -> Result<(), BenchmarkError> {
-    if let Some(reason) = &result.not_applicable {
-        report.not_applicable.push(NotApplicable {
+    if let Some(reason) = &result.no_scores {
+        report.no_scores.push(NoScores {
             record: record.name.clone(),
             detector: result.detector.clone(),
             reason: reason.clone(),
@@ -474,14 +476,7 @@ fn add_result(
         })?;
         let der = der_on_test_part(&record.split, &truth.is_anomalous, &column.flags)?;
         let scores = result.scores.column(&column.column).unwrap_or_default();
-        let (mut normal, mut anomalous) = (Vec::new(), Vec::new());
-        for (&score, &is_anomalous) in scores.iter().zip(&truth.is_anomalous) {
-            if is_anomalous {
-                anomalous.push(score);
-            } else {
-                normal.push(score);
-            }
-        }
+        let (normal, anomalous) = truth.split_scores(scores);
         let points = crate::metrics::roc_curve(&normal, &anomalous).map_err(invalid)?;
         report.roc.push(RocCurve {
             record: record.name.clone(),

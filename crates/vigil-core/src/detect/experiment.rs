@@ -51,10 +51,11 @@ pub struct DetectorResult {
     pub detector: String,
     /// Its settings.
     pub settings: DetectorSettings,
-    /// Trusted samples it was fitted on, and held back to set thresholds.
+    /// Trusted samples the detector that scored the inputs was fitted on.
     pub fitted_on: usize,
-    /// Trusted samples held back to set thresholds.
-    pub held_out: usize,
+    /// Trusted scores the thresholds were set on (held back, or scored out of fold).
+    #[serde(alias = "held_out")]
+    pub threshold_samples: usize,
     /// Per column: its threshold, the inputs it flags, and its measurements when the truth is
     /// known.
     pub columns: Vec<ColumnResult>,
@@ -62,9 +63,12 @@ pub struct DetectorResult {
     pub scores: ScoreTable,
     /// Seconds to fit and score.
     pub seconds: f64,
-    /// Why the detector does not apply to this model (e.g. IBD-PSC without BatchNorm): then
-    /// it has no columns and no scores, and reports show "n/a", never a number.
-    pub not_applicable: Option<String>,
+    /// Why the detector gave no scores: it does not apply to this model (IBD-PSC without
+    /// BatchNorm) or could not be fitted on this data (IBD-PSC when no amplification reaches
+    /// its error rate). Then it has no columns and no scores, reports show "n/a" and the
+    /// reason, never a number, and the other detectors go on.
+    #[serde(alias = "not_applicable")]
+    pub no_scores: Option<String>,
 }
 
 /// One score column's results.
@@ -72,7 +76,7 @@ pub struct DetectorResult {
 pub struct ColumnResult {
     /// Column name.
     pub column: String,
-    /// Inputs scoring at or above it are flagged; set on held-back trusted samples.
+    /// Inputs scoring at or above it are flagged; set on trusted scores the detector was not fitted on.
     pub threshold: f64,
     /// With randomised ties, the inputs just under the threshold flagged at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,8 +261,8 @@ pub fn run(
 /// What the evaluation counts as positive.
 pub const POSITIVE_CLASS: &str = "anomalous (FPR at 95% TPR: the fraction of normal inputs flagged when 95% of anomalous inputs are)";
 
-/// One detector of an experiment: fitted with thresholds (`config.thresholds`, the held-back
-/// trusted samples and the inputs scored in one call), the inputs flagged, and measured against
+/// One detector of an experiment: fitted with thresholds (`config.thresholds`,
+/// [`fit_thresholds_and_score`]), the inputs flagged, and measured against
 /// the truth when known. A detector that does not apply to the model is reported as such.
 pub fn run_detector(
     settings: &DetectorSettings,
@@ -281,16 +285,16 @@ pub fn run_detector(
     let (fitted, scores) =
         match fit_thresholds_and_score(detector.as_ref(), &fit, &config.thresholds, &[data.inputs])
         {
-            Err(DetectError::NotApplicable { reason, .. }) => {
+            Err(e @ (DetectError::NotApplicable { .. } | DetectError::Fit { .. })) => {
                 let result = DetectorResult {
                     detector: detector.name().to_string(),
                     settings: settings.clone(),
                     fitted_on: 0,
-                    held_out: 0,
+                    threshold_samples: 0,
                     columns: Vec::new(),
                     scores: ScoreTable::new(Vec::new())?,
                     seconds: started.elapsed().as_secs_f64(),
-                    not_applicable: Some(reason),
+                    no_scores: Some(e.to_string()),
                 };
                 progress.report(DetectProgress::Done(&result));
                 return Ok(result);
@@ -325,11 +329,11 @@ pub fn run_detector(
         detector: detector.name().to_string(),
         settings: settings.clone(),
         fitted_on: fitted.fitted_on,
-        held_out: fitted.held_out,
+        threshold_samples: fitted.threshold_samples,
         columns,
         scores,
         seconds: started.elapsed().as_secs_f64(),
-        not_applicable: None,
+        no_scores: None,
     };
     progress.report(DetectProgress::Done(&result));
     Ok(result)
@@ -341,14 +345,12 @@ fn evaluate(
     is_anomalous: &[bool],
     flags: &[bool],
 ) -> Result<ColumnEvaluation, DetectError> {
-    let (mut normal, mut anomalous) = (Vec::new(), Vec::new());
+    let (normal, anomalous) = super::split_by(scores, is_anomalous);
     let (mut normal_flagged, mut anomalous_flagged) = (0usize, 0usize);
-    for ((&s, &a), &f) in scores.iter().zip(is_anomalous).zip(flags) {
+    for (&a, &f) in is_anomalous.iter().zip(flags) {
         if a {
-            anomalous.push(s);
             anomalous_flagged += usize::from(f);
         } else {
-            normal.push(s);
             normal_flagged += usize::from(f);
         }
     }

@@ -493,6 +493,55 @@ mod tests {
         }
     }
 
+    /// A detector that cannot be fitted on a record's data leaves a reason, not a number, and
+    /// does not stop the others (a benchmark over many records must not lose its table to one).
+    #[test]
+    fn an_experiment_reports_a_fit_failure_and_runs_the_other_detectors() {
+        use crate::detect::experiment::{DetectConfig, DetectData, run};
+        use crate::detect::{DetectorSettings, ThresholdConfig};
+        let device = default_device();
+        let model = preact(5);
+        let (trusted, inputs) = (images(20, 1), images(6, 3));
+        // Scale 1 amplifies nothing, so the error rate stays the model's own, below 0.99.
+        let never = IbdPscSettings {
+            xi: 0.99,
+            scale: 1.0,
+            ..IbdPscSettings::default()
+        };
+        let config = DetectConfig {
+            detectors: vec![
+                DetectorSettings::IbdPsc(never),
+                DetectorSettings::by_name("msp").unwrap(),
+            ],
+            thresholds: ThresholdConfig::default(),
+            batch_size: 8,
+            seed: 0,
+        };
+        let data = DetectData {
+            model: &model,
+            trusted: &trusted,
+            sampling: &trusted,
+            inputs: &inputs,
+            truth: None,
+        };
+        let report = run(
+            &config,
+            &data,
+            &device,
+            &mut |_: crate::detect::experiment::DetectProgress<'_>| {},
+        )
+        .unwrap();
+        let ibd = &report.detectors[0];
+        let why = ibd.no_scores.as_deref().unwrap();
+        assert!(
+            why.contains("cannot be fitted") && why.contains("never made the trusted error"),
+            "{why}"
+        );
+        assert!(ibd.columns.is_empty() && ibd.scores.is_empty());
+        assert_eq!(report.detectors[1].no_scores, None);
+        assert_eq!(report.detectors[1].scores.len(), 6);
+    }
+
     #[test]
     fn scores_never_read_labels_and_models_without_batch_norm_are_not_applicable() {
         let device = default_device();

@@ -14,8 +14,9 @@ use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable, TrustedA
 use crate::data::ImageSet;
 use crate::madfa::scores::SCORE_NAMES;
 use crate::madfa::{
-    CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, Quiet, anomaly_scores,
-    bottom_attributions, calibrate, coupling, run_chains, top_attributions, user_task,
+    AnomalyScores, CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, Quiet,
+    anomaly_scores, bottom_attributions, calibrate, coupling, leave_one_out_scores, run_chains,
+    top_attributions, user_task,
 };
 use crate::models::Classifier;
 
@@ -158,20 +159,37 @@ impl FittedDetector for FittedMadfa {
         sets: &[&ImageSet],
         device: &Device,
     ) -> Result<Vec<ScoreTable>, DetectError> {
+        Ok(self.score_sets_and_trusted(model, sets, device)?.0)
+    }
+
+    /// The trusted traces come with every walk, so the trusted samples' leave-one-out scores
+    /// ([`leave_one_out_scores`]) cost no extra draw.
+    fn score_sets_and_trusted(
+        &self,
+        model: &Classifier,
+        sets: &[&ImageSet],
+        device: &Device,
+    ) -> Result<(Vec<ScoreTable>, Option<ScoreTable>), DetectError> {
+        // With nothing to score, one trusted image is traced: the walk needs a test set.
         let Some((first, rest)) = sets.split_first() else {
-            return Ok(Vec::new());
+            let (_, own) = self.score_joined(model, &self.trusted.subset(&[0]), device)?;
+            return Ok((Vec::new(), Some(own)));
         };
         let joined = rest.iter().try_fold((*first).clone(), |mut joined, set| {
             joined.append(set).map(|()| joined)
         });
         let Ok(joined) = joined else {
             // Sets that cannot be joined (other class names) are traced one walk each.
-            return sets
-                .iter()
-                .map(|set| self.score_joined(model, set, device))
-                .collect();
+            let mut own = None;
+            let mut tables = Vec::with_capacity(sets.len());
+            for set in sets {
+                let (table, trusted) = self.score_joined(model, set, device)?;
+                tables.push(table);
+                own = Some(trusted);
+            }
+            return Ok((tables, own));
         };
-        let all = self.score_joined(model, &joined, device)?;
+        let (all, own) = self.score_joined(model, &joined, device)?;
         let mut tables = Vec::with_capacity(sets.len());
         let mut start = 0;
         for set in sets {
@@ -188,18 +206,19 @@ impl FittedDetector for FittedMadfa {
             tables.push(table);
             start = end;
         }
-        Ok(tables)
+        Ok((tables, Some(own)))
     }
 }
 
 impl FittedMadfa {
-    /// Runs the chains once with `inputs` as the traced test set and scores every input.
+    /// Runs the chains once with `inputs` as the traced test set; scores every input, and every
+    /// trusted sample against the others.
     fn score_joined(
         &self,
         model: &Classifier,
         inputs: &ImageSet,
         device: &Device,
-    ) -> Result<ScoreTable, DetectError> {
+    ) -> Result<(ScoreTable, ScoreTable), DetectError> {
         let task = user_task(
             self.trusted.clone(),
             self.sampling.clone(),
@@ -218,23 +237,24 @@ impl FittedMadfa {
             None,
         )?;
         let Some((traces, _)) = outcome else {
-            return Err(DetectError::Fit {
-                detector: "madfa".into(),
-                reason: "the chains were stopped".into(),
-            });
+            return Err(DetectError::Stopped);
         };
         let coupling = coupling(&traces, 0)?;
-        let scores = anomaly_scores(&coupling, &traces.trusted_labels);
-        ScoreTable::new(
-            scores
-                .named()
-                .into_iter()
-                .map(|(name, values)| (name.to_string(), values.to_vec()))
-                .collect(),
-        )?
-        .with_attributions(TrustedAttributions {
-            most: top_attributions(&coupling, self.attributions),
-            least: bottom_attributions(&coupling, self.attributions),
-        })
+        let inputs_table = table_of(&anomaly_scores(&coupling, &traces.trusted_labels))?
+            .with_attributions(TrustedAttributions {
+                most: top_attributions(&coupling, self.attributions),
+                least: bottom_attributions(&coupling, self.attributions),
+            })?;
+        Ok((inputs_table, table_of(&leave_one_out_scores(&traces, 0)?)?))
     }
+}
+
+fn table_of(scores: &AnomalyScores) -> Result<ScoreTable, DetectError> {
+    ScoreTable::new(
+        scores
+            .named()
+            .into_iter()
+            .map(|(name, values)| (name.to_string(), values.to_vec()))
+            .collect(),
+    )
 }

@@ -47,13 +47,13 @@ td,th{border:1px solid #bbb;padding:.2em .5em;text-align:right}th{background:#ee
     );
     let _ = writeln!(
         html,
-        "<h1>vigil detect</h1><p>{} inputs{}; thresholds at a {:.1}% target false-positive rate, set on {:.0}% of each class's trusted samples held back from fitting (never on the inputs). Higher scores are more anomalous; inputs at or above a threshold are flagged.</p>",
+        "<h1>vigil detect</h1><p>{} inputs{}; thresholds at a {:.1}% target false-positive rate, set on {} (never on the inputs). Higher scores are more anomalous; inputs at or above a threshold are flagged.</p>",
         report.inputs,
         report
             .anomalous
             .map_or(String::new(), |a| format!(", {a} known anomalous")),
         report.config.thresholds.target_fpr * 100.0,
-        report.config.thresholds.holdout_fraction * 100.0
+        report.config.thresholds.split.describe()
     );
     html.push_str(&summary_table(report));
     html.push_str("<h2>Score histograms</h2><p>");
@@ -90,7 +90,7 @@ fn summary_table(report: &DetectReport) -> String {
     }
     t.push_str("<th>seconds</th></tr>\n");
     for d in &report.detectors {
-        if let Some(why) = &d.not_applicable {
+        if let Some(why) = &d.no_scores {
             let _ = writeln!(
                 t,
                 "<tr><td class=\"l\">{}</td><td class=\"l\" colspan=\"{}\">n/a: {}</td></tr>",

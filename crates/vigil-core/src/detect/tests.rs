@@ -5,7 +5,7 @@ use super::*;
 use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
 use crate::device::default_device;
 use crate::madfa::{ChainConfig, SgldConfig};
-use crate::metrics::flag_rate;
+use crate::metrics::{flag_rate, threshold_for_fpr};
 use crate::models::test_util::host_seeded;
 use crate::ood::{ScoreKind, score_set};
 
@@ -91,11 +91,11 @@ fn thresholds_are_set_on_held_out_trusted_scores_at_the_target_rate() {
     };
     let config = ThresholdConfig {
         target_fpr: 0.1,
-        holdout_fraction: 0.5,
+        split: ThresholdSplit::Holdout { fraction: 0.5 },
         ..ThresholdConfig::default()
     };
     let detector = fit_with_thresholds(&MeanPixel, &data, &config).unwrap();
-    assert_eq!((detector.fitted_on, detector.held_out), (40, 40));
+    assert_eq!((detector.fitted_on, detector.threshold_samples), (40, 40));
     // The threshold is threshold_for_fpr of the held-out part's own scores.
     let (_, held) = holdout_split(&trusted, 0.5, 5).unwrap();
     let held_scores = FittedMeanPixel.score(&model, &held, &device).unwrap();
@@ -103,20 +103,141 @@ fn thresholds_are_set_on_held_out_trusted_scores_at_the_target_rate() {
     assert_eq!(detector.threshold("mean"), Some(expected));
     let rate = flag_rate(held_scores.column("mean").unwrap(), expected).unwrap();
     assert!(rate <= 0.1, "{rate}");
-    let flags = detector.flags(&held_scores);
+    let flags = detector.flags_for(&held_scores, &held);
     assert_eq!(
         flags[0].1.iter().filter(|&&f| f).count() as f64 / 40.0,
         rate
     );
     // Bad settings are refused.
-    for bad in [(1.0, 0.5), (-0.1, 0.5), (0.05, 0.0), (0.05, 1.0)] {
+    for (target_fpr, split) in [
+        (1.0, ThresholdSplit::Holdout { fraction: 0.5 }),
+        (-0.1, ThresholdSplit::Holdout { fraction: 0.5 }),
+        (0.05, ThresholdSplit::Holdout { fraction: 0.0 }),
+        (0.05, ThresholdSplit::Holdout { fraction: 1.0 }),
+        (0.05, ThresholdSplit::CrossFit { folds: 1 }),
+        (0.05, ThresholdSplit::CrossFit { folds: 81 }),
+    ] {
         let config = ThresholdConfig {
-            target_fpr: bad.0,
-            holdout_fraction: bad.1,
+            target_fpr,
+            split,
             ..ThresholdConfig::default()
         };
-        assert!(fit_with_thresholds(&MeanPixel, &data, &config).is_err());
+        assert!(
+            fit_with_thresholds(&MeanPixel, &data, &config).is_err(),
+            "{config:?}"
+        );
     }
+}
+
+#[test]
+fn folds_cover_the_trusted_set_once_per_class_evenly_and_seeded() {
+    let trusted = images(43, 0);
+    let folds = threshold::fold_indices(&trusted, 5, 3).unwrap();
+    let mut all: Vec<usize> = folds.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..43).collect::<Vec<_>>());
+    let sizes: Vec<usize> = folds.iter().map(Vec::len).collect();
+    assert!(
+        sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+        "{sizes:?}"
+    );
+    // Per class, too: each class's samples are dealt in turn.
+    for fold in &folds {
+        let counts = trusted.subset(fold).class_counts();
+        assert!(counts.iter().all(|&c| (4..=5).contains(&c)), "{counts:?}");
+    }
+    assert_eq!(threshold::fold_indices(&trusted, 5, 3).unwrap(), folds);
+    assert_ne!(threshold::fold_indices(&trusted, 5, 4).unwrap(), folds);
+}
+
+/// Scores an input by its mean pixel minus the mean pixel of the trusted set it was fitted on:
+/// a detector whose scores depend on its fit, to check cross-fitting by hand.
+struct CenteredMeanPixel;
+struct FittedCenteredMeanPixel(f64);
+
+fn mean_pixels(set: &ImageSet) -> Vec<f64> {
+    FittedMeanPixel
+        .score(&model(0), set, &default_device())
+        .unwrap()
+        .columns
+        .remove(0)
+        .1
+}
+
+impl Detector for CenteredMeanPixel {
+    fn name(&self) -> &str {
+        "centered-mean-pixel"
+    }
+    fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError> {
+        let means = mean_pixels(data.trusted);
+        Ok(Box::new(FittedCenteredMeanPixel(
+            means.iter().sum::<f64>() / means.len() as f64,
+        )))
+    }
+}
+
+impl FittedDetector for FittedCenteredMeanPixel {
+    fn name(&self) -> &str {
+        "centered-mean-pixel"
+    }
+    fn columns(&self) -> Vec<String> {
+        vec!["centered".into()]
+    }
+    fn score(
+        &self,
+        _model: &Classifier,
+        inputs: &ImageSet,
+        _device: &Device,
+    ) -> Result<ScoreTable, DetectError> {
+        let values = mean_pixels(inputs).iter().map(|m| m - self.0).collect();
+        ScoreTable::new(vec![("centered".into(), values)])
+    }
+}
+
+#[test]
+fn cross_fitted_thresholds_use_every_trusted_sample_scored_out_of_fold() {
+    let trusted = images(60, 4);
+    let sampling = images(10, 2);
+    let device = default_device();
+    let model = model(0);
+    let data = FitData {
+        model: &model,
+        trusted: &trusted,
+        sampling: &sampling,
+        batch_size: 16,
+        seed: 9,
+        device: &device,
+    };
+    let config = ThresholdConfig {
+        target_fpr: 0.1,
+        split: ThresholdSplit::CrossFit { folds: 4 },
+        ..ThresholdConfig::default()
+    };
+    let inputs = images(12, 7);
+    let (detector, tables) =
+        fit_thresholds_and_score(&CenteredMeanPixel, &data, &config, &[&inputs]).unwrap();
+    assert_eq!((detector.fitted_on, detector.threshold_samples), (60, 60));
+    // By hand: each trusted sample's mean pixel minus the mean over the other folds.
+    let means = mean_pixels(&trusted);
+    let mut out_of_fold = vec![0.0; 60];
+    for fold in threshold::fold_indices(&trusted, 4, 9).unwrap() {
+        let rest: Vec<f64> = (0..60)
+            .filter(|i| !fold.contains(i))
+            .map(|i| means[i])
+            .collect();
+        let centre = rest.iter().sum::<f64>() / rest.len() as f64;
+        for i in fold {
+            out_of_fold[i] = means[i] - centre;
+        }
+    }
+    assert_eq!(
+        detector.threshold("centered"),
+        Some(threshold_for_fpr(&out_of_fold, 0.1).unwrap())
+    );
+    // The inputs are scored by the detector fitted on the whole trusted set.
+    let centre = means.iter().sum::<f64>() / 60.0;
+    let expected: Vec<f64> = mean_pixels(&inputs).iter().map(|m| m - centre).collect();
+    assert_eq!(tables[0].column("centered").unwrap(), expected.as_slice());
 }
 
 #[test]
@@ -138,12 +259,8 @@ fn randomised_ties_flag_the_target_rate_of_a_score_with_few_values() {
         seed: 7,
         config: ThresholdConfig::default(),
         fitted_on: 0,
-        held_out: 200,
+        threshold_samples: 200,
     };
-    assert_eq!(
-        detector.flags(&scores)[0].1.iter().filter(|&&f| f).count(),
-        0
-    );
     let flags = detector.flags_for(&scores, &inputs).remove(0).1;
     let rate = flags.iter().filter(|&&f| f).count() as f64 / 4000.0;
     // Binomial(4000, 0.05): standard deviation 0.0034.
@@ -325,7 +442,10 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
         seed: 3,
         device: &device,
     };
-    let config = ThresholdConfig::default();
+    let config = ThresholdConfig {
+        split: ThresholdSplit::Holdout { fraction: 0.25 },
+        ..ThresholdConfig::default()
+    };
     let (_, tables) = super::fit_thresholds_and_score(
         DetectorSettings::Madfa(settings).build().unwrap().as_ref(),
         &data,
@@ -398,12 +518,12 @@ fn an_experiment_reports_a_detector_that_does_not_apply_as_such_and_runs_the_oth
     // The small CNN has no BatchNorm: IBD-PSC is n/a, with no number; MSP runs.
     let ibd = &report.detectors[0];
     assert!(
-        ibd.not_applicable.as_deref().unwrap().contains("BatchNorm"),
+        ibd.no_scores.as_deref().unwrap().contains("BatchNorm"),
         "{ibd:?}"
     );
     assert!(ibd.columns.is_empty() && ibd.scores.is_empty());
     let msp = &report.detectors[1];
-    assert_eq!(msp.not_applicable, None);
+    assert_eq!(msp.no_scores, None);
     assert_eq!(msp.scores.len(), 10);
     assert_eq!(report.anomalous, Some(4));
     assert!(msp.columns[0].evaluation.is_some());

@@ -36,7 +36,7 @@ pub use experiment::{
 pub use record::StepRecorder;
 pub use scores::{
     AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, anomaly_scores,
-    bottom_attributions, coupling, evaluate_scores, top_attributions,
+    bottom_attributions, coupling, evaluate_scores, leave_one_out_scores, top_attributions,
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
 pub use task::{

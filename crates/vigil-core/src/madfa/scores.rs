@@ -263,6 +263,70 @@ pub fn anomaly_scores(coupling: &Coupling, trusted_labels: &[i64]) -> AnomalySco
     }
 }
 
+/// The anomaly scores of every trusted sample against the other trusted samples, after dropping
+/// `burn_in` draws of every chain: what [`anomaly_scores`] gives a test sample with sample
+/// `i`'s traces when `i` is left out of the trusted set (a class whose only trusted sample is
+/// `i` does not exist for it). So these scores are distributed as a fresh clean input's, and
+/// set thresholds on the whole trusted set without a held-back part (`docs/detectors.md`).
+pub fn leave_one_out_scores(
+    traces: &LossTraces,
+    burn_in: usize,
+) -> Result<AnomalyScores, MadError> {
+    if burn_in >= traces.draws() {
+        return Err(MadError::InvalidConfig(format!(
+            "burn-in {burn_in} leaves no draws (the traces have {} per chain)",
+            traces.draws()
+        )));
+    }
+    let trusted = by_sample(traces.trusted.view(), burn_in);
+    if trusted.nrows() < 2 {
+        return Err(MadError::InvalidConfig(format!(
+            "leave-one-out scores need at least 2 trusted samples, got {}",
+            trusted.nrows()
+        )));
+    }
+    let pearson = pearson_matrix(trusted.view(), trusted.view());
+    let ccc = ccc_matrix(trusted.view(), trusted.view());
+    let labels = &traces.trusted_labels;
+    let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect();
+    Ok(AnomalyScores {
+        mean_corr: neg(class_max_leaving_out(
+            pearson.view(),
+            &vec![0; labels.len()],
+        )),
+        clc: neg(class_max_leaving_out(pearson.view(), labels)),
+        mean_ccc: neg(class_max_leaving_out(ccc.view(), &vec![0; labels.len()])),
+        class_ccc: neg(class_max_leaving_out(ccc.view(), labels)),
+    })
+}
+
+/// Per row `i` of a square trusted-by-trusted matrix: the mean over each class's members other
+/// than `i`, then the maximum over the classes that keep a member (with one class, the mean
+/// over all others).
+fn class_max_leaving_out(matrix: ArrayView2<f64>, labels: &[i64]) -> Vec<f64> {
+    let mut classes: Vec<i64> = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let members: Vec<Vec<usize>> = classes
+        .iter()
+        .map(|c| (0..labels.len()).filter(|&j| labels[j] == *c).collect())
+        .collect();
+    matrix
+        .outer_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            members
+                .iter()
+                .filter_map(|m| {
+                    let others = m.iter().filter(|&&j| j != i);
+                    let count = others.clone().count();
+                    (count > 0).then(|| others.map(|&j| row[j]).sum::<f64>() / count as f64)
+                })
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
+}
+
 /// Detection quality of every score on a trace file whose test samples carry anomaly flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreReport {
@@ -544,6 +608,41 @@ mod tests {
             err.contains("`trusted` holds NaN at chain 1, draw 2, sample 0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn leave_one_out_scores_equal_scoring_each_trusted_sample_against_the_others() {
+        // 7 trusted samples in 3 classes (class 2 has a single member), 2 chains of 9 draws.
+        let trusted = Array3::from_shape_fn((2, 9, 7), |(c, d, i)| {
+            (((c * 31 + d * 17 + i * 13) % 23) as f32 / 7.0).sin() + 0.1 * i as f32
+        });
+        let labels = vec![0, 1, 0, 1, 0, 1, 2];
+        let traces = traces_of(
+            trusted.clone(),
+            trusted.slice(s![.., .., 0..1]).to_owned(),
+            labels.clone(),
+        );
+        let loo = leave_one_out_scores(&traces, 2).unwrap();
+        for i in 0..7 {
+            // The brute-force way: sample i as the only test sample, the others as trusted.
+            let others: Vec<usize> = (0..7).filter(|&j| j != i).collect();
+            let rest = trusted.select(Axis(2), &others);
+            let alone = trusted.slice(s![.., .., i..i + 1]).to_owned();
+            let rest_labels = others.iter().map(|&j| labels[j]).collect::<Vec<_>>();
+            let c = coupling(&traces_of(rest, alone, rest_labels.clone()), 2).unwrap();
+            let expected = anomaly_scores(&c, &rest_labels);
+            for ((name, got), (_, want)) in loo.named().iter().zip(expected.named()) {
+                assert!(
+                    (got[i] - want[0]).abs() < 1e-12,
+                    "{name} of trusted sample {i}: {} vs {}",
+                    got[i],
+                    want[0]
+                );
+            }
+        }
+        assert!(leave_one_out_scores(&traces, 9).is_err());
+        let one = traces_of(trusted.slice(s![.., .., 0..1]).to_owned(), trusted, vec![0]);
+        assert!(leave_one_out_scores(&one, 0).is_err());
     }
 
     #[test]

@@ -73,14 +73,14 @@ impl BackdoorBenchmarkReport {
         let t = &self.config.detect.thresholds;
         let _ = writeln!(
             md,
-            "# Backdoor detection benchmark\n\n{} records; split per class {} trusted, {} sampling, {} test (seed {}); thresholds at a {:.0}% target FPR on {:.0}% of the trusted samples held back; positive class: {}.\n",
+            "# Backdoor detection benchmark\n\n{} records; split per class {} trusted, {} sampling, {} test (seed {}); thresholds at a {:.0}% target FPR on {}; positive class: {}.\n",
             self.records.len(),
             self.config.split.trusted,
             self.config.split.sampling,
             self.config.split.test,
             self.config.split_seed,
             t.target_fpr * 100.0,
-            t.holdout_fraction * 100.0,
+            t.split.describe(),
             self.positive_class
         );
         md.push_str("| record | attack | trusted kept | clean inputs | triggered inputs |\n|---|---|---|---|---|\n");
@@ -138,9 +138,9 @@ impl BackdoorBenchmarkReport {
             let _ = writeln!(md, "\n## {title}\n");
             md.push_str(&self.matrix(cell));
         }
-        if !self.not_applicable.is_empty() {
-            md.push_str("\n## Not applicable\n\n");
-            for n in &self.not_applicable {
+        if !self.no_scores.is_empty() {
+            md.push_str("\n## No scores (n/a)\n\n");
+            for n in &self.no_scores {
                 let _ = writeln!(md, "- {} on {}: {}", n.detector, n.record, n.reason);
             }
         }
@@ -163,7 +163,7 @@ impl BackdoorBenchmarkReport {
                     r.record == record.name && r.detector == detector && r.column == column
                 });
                 let na = self
-                    .not_applicable
+                    .no_scores
                     .iter()
                     .any(|n| n.record == record.name && n.detector == detector);
                 let text = match row {
