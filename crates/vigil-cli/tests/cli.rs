@@ -420,6 +420,14 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
         assert!((0.0..=1.0).contains(&auroc), "{name}: {auroc}");
         // The sample command's own report scores the same traces the same way.
         assert_eq!(summary["auroc"][name], scored["auroc"][name]);
+        // Both report the split-run reliability of the same traces (chain 0 vs chain 1).
+        assert_eq!(summary["stability"], scored["stability"]);
+        assert_eq!(summary["stability"]["split"], "chains");
+        let half = &summary["stability"]["test"][name]["half"];
+        assert!(
+            half.is_null() || half.as_f64().is_some_and(|r| (-1.0..=1.0).contains(&r)),
+            "{name}: {half}"
+        );
     }
     // A shorter, thinner chain after the fact: draws 2, 4, 6 of each chain.
     let short = vigil(&[

@@ -710,6 +710,9 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     print_evaluation(&report.evaluation);
+    if let Some(stability) = &report.stability {
+        eprintln!("{}", stability.summary("clc"));
+    }
     if args.json {
         print_sample_json(&report, started);
     }
@@ -763,6 +766,7 @@ fn print_sample_json(report: &SampleReport, started: std::time::Instant) {
             "normal": auroc.map(|r| r.normal),
             "anomalous": auroc.map(|r| r.anomalous),
             "trusted": traces.n_trusted(),
+            "stability": report.stability,
             "seconds": started.elapsed().as_secs_f64(),
             "threads": rayon::current_num_threads(),
             "settings": settings,

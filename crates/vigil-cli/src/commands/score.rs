@@ -77,6 +77,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
                 "anomalous": scored.report.as_ref().map(|r| r.anomalous),
                 "scores_csv": config.scores.display().to_string(),
                 "constant_traces": scored.constant,
+                "stability": scored.stability,
                 "seconds": started.elapsed().as_secs_f64(),
             })
         );
@@ -109,5 +110,8 @@ fn print_scored(config: &ScoreRunConfig, scored: &ScoreRun) {
         for (name, auroc) in &report.auroc {
             eprintln!("  AUROC {name:>10}: {auroc:.4}");
         }
+    }
+    if let Some(stability) = &scored.stability {
+        eprintln!("{}", stability.summary("clc"));
     }
 }

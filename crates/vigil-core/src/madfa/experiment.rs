@@ -15,8 +15,9 @@ use burn::tensor::Device;
 
 use super::{
     CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, ChainDiagnostics, ChainEvent,
-    ConstantTraces, LossTraces, MadError, MadTask, ScoreReport, StepRecorder, TraceFileError,
-    anomaly_scores, calibrate, check_run, coupling, evaluate_scores, run_chains, top_attributions,
+    ConstantTraces, LossTraces, MadError, MadTask, ScoreReport, ScoreStability, StepRecorder,
+    TraceFileError, anomaly_scores, calibrate, check_run, coupling, evaluate_scores, run_chains,
+    split_run_stability, top_attributions,
 };
 use crate::identity::{self, FolderState, IdentityError, RunIdentity};
 use crate::io::{IoError, check_outputs, write_atomic, write_json_atomic};
@@ -312,6 +313,10 @@ pub struct SampleReport {
     /// The AUROC of every score, when the anomalies are known. Measured after the files are
     /// written, so undefined scores do not cost the traces.
     pub evaluation: TraceEvaluation,
+    /// How reproducible the scores are between halves of the run, without labels
+    /// ([`split_run_stability`]); `None` when a half cannot be scored (one chain of fewer than 4
+    /// draws, every trusted trace constant).
+    pub stability: Option<ScoreStability>,
 }
 
 /// How [`run_sample`] ended.
@@ -409,11 +414,13 @@ pub fn run_sample(
     traces.save(&traces_path)?;
     write_json_atomic(&out.join(files::diagnostics(&suffix)), &diagnostics)?;
     let evaluation = evaluate_traces(&traces)?;
+    let stability = split_run_stability(&traces).ok();
     Ok(SampleOutcome::Finished(Box::new(SampleReport {
         traces,
         traces_path,
         diagnostics,
         evaluation,
+        stability,
     })))
 }
 
@@ -459,6 +466,8 @@ pub struct ScoreRun {
     pub attribution: Option<PathBuf>,
     /// The AUROC of every score, when the file says which samples are anomalous.
     pub report: Option<ScoreReport>,
+    /// Split-run reliability of the scores used ([`SampleReport::stability`]).
+    pub stability: Option<ScoreStability>,
 }
 
 /// Scores every test sample of a trace file by how strongly its loss co-varies with the
@@ -528,6 +537,7 @@ pub fn score_traces(config: &ScoreRunConfig) -> Result<ScoreRun, MadRunError> {
         constant: coupling.constant,
         attribution,
         report,
+        stability: split_run_stability(&traces).ok(),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod linearised;
 pub mod record;
 pub mod scores;
 pub mod sgld;
+pub mod stability;
 pub mod task;
 pub mod traces;
 
@@ -39,6 +40,7 @@ pub use scores::{
     bottom_attributions, coupling, evaluate_scores, leave_one_out_scores, top_attributions,
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
+pub use stability::{Reliability, ScoreStability, SplitKind, split_run_stability};
 pub use task::{
     FolderSets, FolderTask, MadTask, RecordTask, SetAccuracy, SplitSizes, TaskSummary,
     backdoor_task, folder_task, record_task, user_task,
