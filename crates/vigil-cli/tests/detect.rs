@@ -64,7 +64,9 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
     };
     let out = dir.join("detect");
     let report = detect(&patched, &out, &[]);
-    // 20 clean and 20 patched inputs; 80 trusted, all fitted on and all scored out of fold.
+    // 20 clean and 20 patched inputs; 80 trusted. Mahalanobis and k-NN fit statistics of it,
+    // so a quarter (2 per class) is held back to set their thresholds; MSP ignores it, so
+    // every trusted sample sets its threshold.
     assert_eq!(report["inputs"], 40);
     assert_eq!(report["anomalous"], 20);
     let detectors = report["detectors"].as_array().unwrap();
@@ -74,9 +76,14 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
         .collect();
     assert_eq!(names, ["mahalanobis", "msp", "knn"]);
     for d in detectors {
+        let expected = if d["detector"] == "msp" {
+            (80, 80)
+        } else {
+            (60, 20)
+        };
         assert_eq!(
             (d["fitted_on"].as_u64(), d["threshold_samples"].as_u64()),
-            (Some(80), Some(80))
+            (Some(expected.0), Some(expected.1))
         );
         let column = &d["columns"][0];
         let flags = column["flags"].as_array().unwrap();
@@ -117,11 +124,12 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
     for (a, b) in detectors.iter().zip(again["detectors"].as_array().unwrap()) {
         assert_eq!(a["columns"][0]["threshold"], b["columns"][0]["threshold"]);
     }
-    // --holdout keeps a quarter of each class (2 of 8) out of the fit to set the thresholds.
+    // --thresholds holdout holds back a quarter of each class (2 of 8) from every detector,
+    // MSP included.
     let held = detect(
         &patched,
         &dir.join("detect-holdout"),
-        &["--holdout", "0.25"],
+        &["--thresholds", "holdout", "--holdout", "0.25"],
     );
     for d in held["detectors"].as_array().unwrap() {
         assert_eq!(
@@ -129,24 +137,18 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
             (Some(60), Some(20))
         );
     }
-    // --holdout and --folds are two ways to the same thing: both at once are refused.
-    let bad = vigil(&[
-        "detect",
-        "--record",
-        "nowhere",
-        "--folds",
-        "3",
-        "--holdout",
-        "0.2",
-        "--out",
-        "x",
-    ]);
-    assert!(!bad.status.success());
-    assert!(
-        stderr(&bad).contains("cannot be used with"),
-        "{}",
-        stderr(&bad)
+    // --thresholds cross-fit scores every trusted sample out of fold.
+    let folded = detect(
+        &patched,
+        &dir.join("detect-folds"),
+        &["--thresholds", "cross-fit", "--folds", "4"],
     );
+    for d in folded["detectors"].as_array().unwrap() {
+        assert_eq!(
+            (d["fitted_on"].as_u64(), d["threshold_samples"].as_u64()),
+            (Some(80), Some(80))
+        );
+    }
     // An unknown detector is refused by name before any work, listing the known ones.
     let bad = vigil(&[
         "detect",

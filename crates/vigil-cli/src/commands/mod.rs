@@ -23,6 +23,7 @@ use burn::tensor::Device;
 use clap::Args;
 use vigil_core::checkpoint;
 use vigil_core::data::{DatasetKind, ImageSet, Split};
+use vigil_core::detect::ThresholdSplit;
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
 
 /// Which dataset, and where to find it.
@@ -241,6 +242,17 @@ impl SplitArgs {
     }
 }
 
+/// Where thresholds' trusted scores come from ([`ThresholdSplit`]).
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum ThresholdsFrom {
+    /// Every trusted sample where the detector allows it, else a held-back part.
+    Auto,
+    /// A held-back part for every detector.
+    Holdout,
+    /// Every trusted sample where the detector allows it, else cross-fitting.
+    CrossFit,
+}
+
 /// How thresholds are set from the trusted data (`vigil detect`, `benchmark backdoor`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ThresholdArgs {
@@ -248,15 +260,26 @@ pub struct ThresholdArgs {
     #[arg(long, default_value = "0.05", value_parser = parse_fraction)]
     pub target_fpr: f64,
 
-    /// Set the thresholds on every trusted sample, each scored by the detector fitted on the
-    /// other folds (MAD-FA scores its trusted samples leave-one-out instead).
+    /// Which trusted scores set the thresholds: auto (every trusted sample for detectors whose
+    /// scores ignore the trusted set and for MAD-FA, scored leave-one-out; a --holdout part for
+    /// the rest), holdout (a --holdout part for every detector, the reference setting) or
+    /// cross-fit (as auto, with --folds cross-fitting instead of the held-back part).
+    #[arg(
+        long = "thresholds",
+        value_enum,
+        default_value = "auto",
+        value_name = "FROM"
+    )]
+    pub from: ThresholdsFrom,
+
+    /// Fraction of each class's trusted samples held back to set the thresholds of a detector
+    /// whose scores depend on what it is fitted on.
+    #[arg(long, default_value = "0.25", value_parser = parse_fraction, value_name = "FRACTION")]
+    pub holdout: f64,
+
+    /// Folds of --thresholds cross-fit.
     #[arg(long, default_value = "5", value_name = "K")]
     pub folds: usize,
-
-    /// Instead of cross-fitting, hold back this fraction of each class's trusted samples,
-    /// fit on the rest and set the thresholds on the held-back part (one fit).
-    #[arg(long, value_parser = parse_fraction, value_name = "FRACTION", conflicts_with = "folds")]
-    pub holdout: Option<f64>,
 
     /// At the threshold: randomised (flag the inputs tied with the boundary score at random,
     /// decided by each input's pixels, so the expected rate is --target-fpr) or conservative
@@ -270,9 +293,14 @@ impl ThresholdArgs {
     pub fn config(&self) -> vigil_core::detect::ThresholdConfig {
         vigil_core::detect::ThresholdConfig {
             target_fpr: self.target_fpr,
-            split: match self.holdout {
-                Some(fraction) => vigil_core::detect::ThresholdSplit::Holdout { fraction },
-                None => vigil_core::detect::ThresholdSplit::CrossFit { folds: self.folds },
+            split: match self.from {
+                ThresholdsFrom::Auto => ThresholdSplit::Auto {
+                    fraction: self.holdout,
+                },
+                ThresholdsFrom::Holdout => ThresholdSplit::Holdout {
+                    fraction: self.holdout,
+                },
+                ThresholdsFrom::CrossFit => ThresholdSplit::CrossFit { folds: self.folds },
             },
             ties: self.ties,
         }

@@ -101,6 +101,12 @@ impl Detector for Madfa {
         "madfa"
     }
 
+    /// Its trusted traces come with every walk: each trusted sample is scored against the
+    /// others ([`leave_one_out_scores`]).
+    fn trusted_dependence(&self) -> super::TrustedDependence {
+        super::TrustedDependence::LeaveOneOut
+    }
+
     fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError> {
         let mut base = self.settings.chain.clone();
         base.seed = data.seed;

@@ -13,10 +13,10 @@
 //! are anomalous ([`GroundTruth`]) is read by the evaluation alone.
 //!
 //! A deployable detector also needs a threshold, set from trusted data alone:
-//! [`fit_with_thresholds`] scores every trusted sample with a detector fitted without it
-//! (cross-fitting, or the detector's own leave-one-out) and puts each column's threshold at the
-//! target false-positive rate on those scores (default 5%, [`ThresholdConfig`]; the
-//! reference's single held-back part is [`ThresholdSplit::Holdout`]). Method notes:
+//! [`fit_with_thresholds`] puts each column's threshold at the target false-positive rate
+//! (default 5%, [`ThresholdConfig`]) on scores of trusted samples the scoring detector was not
+//! fitted on: every trusted sample when the detector's scores ignore the trusted set or it
+//! scores them leave-one-out (MAD-FA), else a held-back part ([`ThresholdSplit`]). Method notes:
 //! `docs/detectors.md`.
 //!
 //! A new detector is one file (its settings and its [`Detector`] impl) and one
@@ -47,8 +47,8 @@ use crate::models::Classifier;
 
 pub use registry::DetectorSettings;
 pub use threshold::{
-    ThresholdConfig, ThresholdSplit, ThresholdedDetector, TieRule, fit_thresholds_and_score,
-    fit_with_thresholds, holdout_indices, holdout_split,
+    ThresholdConfig, ThresholdSplit, ThresholdedDetector, TieRule, TrustedDependence,
+    fit_thresholds_and_score, fit_with_thresholds, holdout_indices, holdout_split,
 };
 
 /// Errors of building, fitting or applying a detector.
@@ -130,6 +130,12 @@ pub trait Detector {
 
     /// Fits the detector on clean data; never sees an anomalous input.
     fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError>;
+
+    /// How its scores depend on the trusted set it is fitted on (default: they do), which
+    /// decides where its thresholds' trusted scores come from ([`ThresholdSplit`]).
+    fn trusted_dependence(&self) -> TrustedDependence {
+        TrustedDependence::Fitted
+    }
 }
 
 /// A fitted detector: scores inputs, higher = more anomalous.
@@ -165,7 +171,7 @@ pub trait FittedDetector {
     /// [`Self::score_sets`], and the scores of the trusted samples the detector was fitted on,
     /// each scored as if it had been left out of the fit (leave-one-out), in one pass. `None`
     /// (the default) when the detector cannot do that cheaply: the thresholds then come from
-    /// cross-fitting ([`ThresholdSplit::CrossFit`]). MAD-FA can: its trusted traces are
+    /// a held-back part or cross-fitting ([`ThresholdSplit`]). MAD-FA can: its trusted traces are
     /// recorded along every walk, and a trusted sample's coupling to the others is its score
     /// against the trusted set without it.
     fn score_sets_and_trusted(

@@ -6,7 +6,7 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable};
+use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable, TrustedDependence};
 use crate::data::ImageSet;
 use crate::models::Classifier;
 use crate::ood::{OodScore, ScoreKind, score_set};
@@ -50,6 +50,17 @@ impl Detector for OodScoreDetector {
             score,
             batch_size: data.batch_size,
         }))
+    }
+
+    /// MSP, energy, max logit and ODIN read only the model's outputs; Mahalanobis, k-NN and
+    /// ReAct fit statistics of the trusted set.
+    fn trusted_dependence(&self) -> TrustedDependence {
+        match self.settings.score {
+            ScoreKind::Mahalanobis | ScoreKind::Knn | ScoreKind::React => TrustedDependence::Fitted,
+            ScoreKind::Msp | ScoreKind::Energy | ScoreKind::MaxLogit | ScoreKind::Odin => {
+                TrustedDependence::None
+            }
+        }
     }
 }
 

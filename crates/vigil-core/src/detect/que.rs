@@ -30,7 +30,7 @@
 //!   `||Sigma||_2 - 1` divides by about zero when the inputs are clean, `Sigma ~ I`), and the
 //!   score is divided by `Tr(Q)` as in the paper and SPECTRE: a constant per scored set, so the
 //!   ranking of the inputs is cupbearer's, but the scale no longer grows like `e^alpha` and the
-//!   trusted samples scored out of fold as a set (thresholds) are on the inputs' scale. It is
+//!   held-back trusted samples scored as a set (thresholds) are on the inputs' scale. It is
 //!   computed in `Sigma`'s eigenbasis, `sum_j w_j (u_j . tau)^2` with weights
 //!   `w_j = exp(alpha mu_j / mu_max) / sum_k exp(alpha mu_k / mu_max)`: no overflow for any
 //!   alpha, and alpha = 0 gives the Mahalanobis distance over the rank.
@@ -517,13 +517,13 @@ mod tests {
         assert!(err.contains("que cannot be fitted: on the trusted set: a mean and covariance need at least 2 samples, got 1"), "{err}");
     }
 
-    /// Thresholds come from trusted samples scored out of fold, each fold as a set of its own. Only that
+    /// Thresholds come from held-back trusted samples scored as a set of their own. Only that
     /// it works is asserted: how well such a threshold carries over to a mixed input set is not a
     /// property of the code (`docs/detectors.md`: at writing, on the shifted mix of the tests
     /// above, it flagged 5 of the 8 shifted inputs for spectral and none for QUE, whose ranking
     /// of that mix is perfect).
     #[test]
-    fn thresholds_are_set_on_trusted_folds_scored_together() {
+    fn thresholds_are_set_on_held_back_trusted_samples_scored_together() {
         use crate::detect::{ThresholdConfig, fit_with_thresholds};
         let model = model();
         let device = default_device();
@@ -543,7 +543,7 @@ mod tests {
             fit_with_thresholds(detector.as_ref(), &data, &ThresholdConfig::default()).unwrap();
         assert_eq!(
             (thresholded.fitted_on, thresholded.threshold_samples),
-            (80, 80)
+            (60, 20)
         );
         let threshold = thresholded.threshold("que").unwrap();
         assert!(threshold.is_finite() && threshold > 0.0, "{threshold}");

@@ -24,8 +24,9 @@
 //!   direction knows nothing of a trigger), and is there for deployments that score one input
 //!   at a time.
 //! - Thresholds: [`super::fit_with_thresholds`] scores trusted samples the detector was not
-//!   fitted on (each fold, or the held-back part) as a set of their own, i.e. the scores the inputs would get if they were all clean: the threshold is
-//!   that null distribution's quantile.
+//!   fitted on (the held-back part, or each fold) as a set of their own, i.e. the scores the
+//!   inputs would get if they were all clean: the threshold is that null distribution's
+//!   quantile.
 //! - `top_k` (1 in the reference and the paper) sums the squared projections onto the top `k`
 //!   directions.
 //! - No per-class split: Tran et al. score each training label's examples separately and remove
@@ -448,13 +449,13 @@ mod tests {
         assert!(detector.fit(&data(&wrong)).is_err());
     }
 
-    /// Thresholds come from trusted samples scored out of fold, each fold as a set of its own. Only that
+    /// Thresholds come from held-back trusted samples scored as a set of their own. Only that
     /// it works is asserted: how well such a threshold carries over to a mixed input set is not a
     /// property of the code (`docs/detectors.md`: at writing, on the shifted mix of the tests
     /// above, it flagged 5 of the 8 shifted inputs for spectral and none for QUE, whose ranking
     /// of that mix is perfect).
     #[test]
-    fn thresholds_are_set_on_trusted_folds_scored_together() {
+    fn thresholds_are_set_on_held_back_trusted_samples_scored_together() {
         use crate::detect::{ThresholdConfig, fit_with_thresholds};
         let model = model();
         let device = default_device();
@@ -474,7 +475,7 @@ mod tests {
             fit_with_thresholds(detector.as_ref(), &data, &ThresholdConfig::default()).unwrap();
         assert_eq!(
             (thresholded.fitted_on, thresholded.threshold_samples),
-            (80, 80)
+            (60, 20)
         );
         let threshold = thresholded.threshold("spectral").unwrap();
         assert!(threshold.is_finite() && threshold > 0.0, "{threshold}");

@@ -156,6 +156,11 @@ impl Detector for Strip {
     fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError> {
         Ok(Box::new(self.fit_strip(data)?))
     }
+
+    /// The overlays come from the sampling set; the trusted set is not read.
+    fn trusted_dependence(&self) -> super::TrustedDependence {
+        super::TrustedDependence::None
+    }
 }
 
 /// The per-channel means the model subtracts (0 without normalisation).

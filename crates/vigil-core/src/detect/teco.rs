@@ -536,6 +536,11 @@ impl Detector for Teco {
             batch_size: data.batch_size,
         }))
     }
+
+    /// Corruptions of the input alone: nothing is fitted.
+    fn trusted_dependence(&self) -> super::TrustedDependence {
+        super::TrustedDependence::None
+    }
 }
 
 /// A seed from the fit seed, the image's pixels, the corruption and the severity.

@@ -447,12 +447,41 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
         ..ThresholdConfig::default()
     };
     let (_, tables) = super::fit_thresholds_and_score(
-        DetectorSettings::Madfa(settings).build().unwrap().as_ref(),
+        DetectorSettings::Madfa(settings.clone())
+            .build()
+            .unwrap()
+            .as_ref(),
         &data,
         &config,
         &[&inputs],
     )
     .unwrap();
+    // By default MAD-FA is fitted on every trusted sample and sets its thresholds on all of
+    // them, scored leave-one-out from the same walk: the inputs score as an unthresholded fit's.
+    let madfa = DetectorSettings::Madfa(settings).build().unwrap();
+    let (auto, auto_tables) = super::fit_thresholds_and_score(
+        madfa.as_ref(),
+        &data,
+        &ThresholdConfig::default(),
+        &[&inputs],
+    )
+    .unwrap();
+    assert_eq!(
+        (auto.fitted_on, auto.threshold_samples),
+        (trusted.len(), trusted.len())
+    );
+    let plain = madfa.fit(&data).unwrap();
+    let (plain_tables, own) = plain
+        .score_sets_and_trusted(&model, &[&inputs], &device)
+        .unwrap();
+    assert_eq!(auto_tables, plain_tables);
+    let own = own.unwrap();
+    for (name, values) in &own.columns {
+        assert_eq!(
+            auto.threshold(name),
+            Some(threshold_for_fpr(values, 0.05).unwrap())
+        );
+    }
     let (fit_indices, held) = super::holdout_indices(&trusted, 0.25, 3).unwrap();
     let named = tables[0].attributions.as_ref().unwrap();
     let all: Vec<usize> = named

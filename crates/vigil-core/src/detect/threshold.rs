@@ -19,41 +19,70 @@ pub struct ThresholdConfig {
     pub ties: TieRule,
 }
 
-/// Where the trusted scores that set a threshold come from. Either way every score is of a
-/// trusted sample the scoring detector was not fitted on, so it stands for a fresh clean
-/// input's score.
+/// Where the trusted scores that set a threshold come from. Every score is of a trusted sample
+/// the scoring detector was not fitted on, so it stands for a fresh clean input's score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ThresholdSplit {
-    /// Every trusted sample, scored out of fold (default, 5 folds): the trusted set is cut
-    /// per class into `folds` parts, each scored by the detector fitted on the others, and the
-    /// detector that scores the inputs is fitted on all of it. A detector that can score its
-    /// own fit samples leave-one-out ([`FittedDetector::score_sets_and_trusted`], MAD-FA) gives
-    /// those scores instead and is fitted once. The threshold is estimated from the whole
-    /// trusted set, so its false-positive rate on new inputs varies about half as much as with
-    /// a quarter held back.
-    CrossFit {
-        /// Number of folds, at least 2.
-        folds: usize,
+    /// Default: every trusted sample when the detector's scores allow it
+    /// ([`TrustedDependence::None`]: the scores ignore the trusted set;
+    /// [`TrustedDependence::LeaveOneOut`]: MAD-FA scores its own trusted samples leave-one-out),
+    /// else `fraction` of each class held back as in [`Self::Holdout`]. The detector is fitted
+    /// once either way.
+    Auto {
+        /// Fraction held back from a detector whose scores depend on what it is fitted on.
+        fraction: f64,
     },
-    /// Hold back `fraction` of each class's trusted samples, fit on the rest and set the
-    /// thresholds on the held-back part (one fit; fewer samples for both).
+    /// Hold back `fraction` of each class's trusted samples from every detector, fit on the rest
+    /// and set the thresholds on the held-back part (the reference setting).
     Holdout {
         /// Fraction held back, in `(0, 1)`.
         fraction: f64,
     },
+    /// As [`Self::Auto`], but a detector whose scores depend on its fit is cut into `folds`
+    /// per-class folds, each scored by the detector fitted on the others, and the detector that
+    /// scores the inputs is fitted on all. Sound only when the fitted score barely changes
+    /// between fits: on the small CNN it broke SentiNet (its boundary is fitted to the top
+    /// trusted points) and SCALE-UP's `spc_z` (a discrete score shifted by fitted statistics),
+    /// `docs/detectors.md`.
+    CrossFit {
+        /// Number of folds, at least 2.
+        folds: usize,
+    },
+}
+
+/// How a detector's scores depend on the trusted set it is fitted on, which decides how its
+/// thresholds can get trusted scores it was not fitted on ([`ThresholdSplit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustedDependence {
+    /// The scores do not read the trusted set (MSP, energy, max logit, ODIN, STRIP, TeCo): every
+    /// trusted sample is scored by the one fitted detector, as any input is.
+    None,
+    /// The fitted detector scores its trusted samples leave-one-out
+    /// ([`FittedDetector::score_sets_and_trusted`]; MAD-FA).
+    LeaveOneOut,
+    /// The scores come from statistics of the trusted set (Mahalanobis, k-NN, ReAct, SCALE-UP's
+    /// `spc_z`, SentiNet, IBD-PSC, spectral, QUE): a held-back part, or cross-fitting.
+    Fitted,
 }
 
 impl ThresholdSplit {
     /// The trusted scores a threshold is set on, in words for reports.
     pub fn describe(&self) -> String {
-        match self {
-            Self::CrossFit { folds } => format!(
-                "every trusted sample scored by the detector fitted without it ({folds}-fold cross-fitting; MAD-FA leave-one-out)"
-            ),
-            Self::Holdout { fraction } => format!(
+        let held = |fraction: f64| {
+            format!(
                 "{:.0}% of each class's trusted samples held back from fitting",
                 fraction * 100.0
+            )
+        };
+        match self {
+            Self::Auto { fraction } => format!(
+                "every trusted sample for detectors whose scores ignore the trusted set and MAD-FA (leave-one-out), else {}",
+                held(*fraction)
+            ),
+            Self::Holdout { fraction } => held(*fraction),
+            Self::CrossFit { folds } => format!(
+                "every trusted sample: scored by the one fit where the scores allow it (MAD-FA leave-one-out), else {folds}-fold cross-fitting"
             ),
         }
     }
@@ -61,7 +90,7 @@ impl ThresholdSplit {
 
 impl Default for ThresholdSplit {
     fn default() -> Self {
-        Self::CrossFit { folds: 5 }
+        Self::Auto { fraction: 0.25 }
     }
 }
 
@@ -122,7 +151,9 @@ impl ThresholdConfig {
             ThresholdSplit::CrossFit { folds } if folds < 2 => Err(bad(format!(
                 "cross-fitting needs at least 2 folds, got {folds}"
             ))),
-            ThresholdSplit::Holdout { fraction } if !(fraction > 0.0 && fraction < 1.0) => {
+            ThresholdSplit::Auto { fraction } | ThresholdSplit::Holdout { fraction }
+                if !(fraction > 0.0 && fraction < 1.0) =>
+            {
                 Err(bad(format!(
                     "the held-out fraction of the trusted set must be in (0, 1), got {fraction}"
                 )))
@@ -275,7 +306,7 @@ pub fn fit_with_thresholds(
 }
 
 /// [`fit_with_thresholds`], then scores `inputs` too, with the detector the thresholds belong
-/// to, in one [`FittedDetector::score_sets_and_trusted`] call (so a detector with a shared cost,
+/// to, in the same call as the trusted scores that set them (so a detector with a shared cost,
 /// MAD-FA's chain walk, pays it once). Returns one table per input set.
 pub fn fit_thresholds_and_score(
     detector: &dyn Detector,
@@ -284,17 +315,10 @@ pub fn fit_thresholds_and_score(
     inputs: &[&ImageSet],
 ) -> Result<(ThresholdedDetector, Vec<ScoreTable>), DetectError> {
     config.validate()?;
-    let (fitted, tables, trusted_scores, fitted_on) = match config.split {
-        ThresholdSplit::CrossFit { folds } => {
-            let fitted = detector.fit(data)?;
-            let (tables, own) = fitted.score_sets_and_trusted(data.model, inputs, data.device)?;
-            let trusted_scores = match own {
-                Some(own) => own,
-                None => out_of_fold_scores(detector, data, folds)?,
-            };
-            (fitted, tables, trusted_scores, data.trusted.len())
-        }
-        ThresholdSplit::Holdout { fraction } => {
+    let dependence = detector.trusted_dependence();
+    let (fitted, tables, trusted_scores, fitted_on) = match (config.split, dependence) {
+        (ThresholdSplit::Holdout { fraction }, _)
+        | (ThresholdSplit::Auto { fraction }, TrustedDependence::Fitted) => {
             let (fit_indices, held_indices) = holdout_indices(data.trusted, fraction, data.seed)?;
             let (fit_part, held_out) = (
                 data.trusted.subset(&fit_indices),
@@ -319,6 +343,34 @@ pub fn fit_thresholds_and_score(
                 }
             }
             (fitted, tables, held_out_table, fit_part.len())
+        }
+        (ThresholdSplit::CrossFit { folds }, TrustedDependence::Fitted) => {
+            let fitted = detector.fit(data)?;
+            let tables = fitted.score_sets(data.model, inputs, data.device)?;
+            let trusted_scores = out_of_fold_scores(detector, data, folds)?;
+            (fitted, tables, trusted_scores, data.trusted.len())
+        }
+        (_, TrustedDependence::LeaveOneOut) => {
+            let fitted = detector.fit(data)?;
+            let (tables, own) = fitted.score_sets_and_trusted(data.model, inputs, data.device)?;
+            let own = own.ok_or_else(|| DetectError::Fit {
+                detector: detector.name().into(),
+                reason: "it scores its trusted samples leave-one-out but gave no such scores"
+                    .into(),
+            })?;
+            (fitted, tables, own, data.trusted.len())
+        }
+        (_, TrustedDependence::None) => {
+            let fitted = detector.fit(data)?;
+            let mut sets = inputs.to_vec();
+            sets.push(data.trusted);
+            let mut tables = checked_tables(
+                detector,
+                fitted.score_sets(data.model, &sets, data.device)?,
+                sets.len(),
+            )?;
+            let trusted_scores = tables.pop().unwrap_or(ScoreTable::new(Vec::new())?);
+            (fitted, tables, trusted_scores, data.trusted.len())
         }
     };
     let tables = checked_tables(detector, tables, inputs.len())?;
