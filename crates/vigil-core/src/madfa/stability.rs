@@ -169,17 +169,7 @@ mod tests {
     use ndarray::Array3;
 
     fn traces(trusted: Array3<f32>, test: Array3<f32>, labels: Vec<i64>) -> LossTraces {
-        LossTraces {
-            trusted,
-            test,
-            trusted_labels: labels,
-            test_is_anomalous: None,
-            chain_indices: None,
-            trusted_ids: None,
-            test_ids: None,
-            test_labels: None,
-            settings_json: None,
-        }
+        LossTraces::new(trusted, test, labels)
     }
 
     fn wave(c: usize, d: usize, i: usize, salt: usize) -> f32 {

@@ -99,6 +99,22 @@ pub struct LossTraces {
 }
 
 impl LossTraces {
+    /// Traces with the fields every trace file has; anomaly flags, ids, test labels and
+    /// settings absent.
+    pub fn new(trusted: Array3<f32>, test: Array3<f32>, trusted_labels: Vec<i64>) -> Self {
+        Self {
+            trusted,
+            test,
+            trusted_labels,
+            test_is_anomalous: None,
+            chain_indices: None,
+            trusted_ids: None,
+            test_ids: None,
+            test_labels: None,
+            settings_json: None,
+        }
+    }
+
     /// Number of chains.
     pub fn chains(&self) -> usize {
         self.trusted.shape()[0]
