@@ -26,20 +26,16 @@ def main(path):
     report = json.load(open(path))
     target = report["config"]["detect"]["thresholds"]["target_fpr"]
     thresholds = report["config"]["detect"]["thresholds"]
-    # Reports before cross-fitting name the held-back fraction alone.
+    # Reports before 2026-12-04 name the held-back fraction alone and no per-row sample count.
     split = thresholds.get("split", {"kind": "holdout", "fraction": thresholds.get("holdout_fraction")})
-    holdout = split["fraction"] if split["kind"] == "holdout" else None
+    print(f"target FPR {target}; thresholds: {json.dumps(split)}, ties "
+          f"{thresholds.get('ties', 'conservative')}\n")
     records = {r["name"]: r for r in report["records"]}
     columns = {}
     for row in report["rows"]:
         columns.setdefault((row["detector"], row["column"]), []).append(row)
-    if holdout is None:
-        print(f"target FPR {target}; thresholds on every trusted sample scored out of fold "
-              f"({split['folds']} folds; MAD-FA leave-one-out)\n")
-    else:
-        print(f"target FPR {target}; held back {holdout:.0%} of each class's trusted samples\n")
-    print("| detector.column | actual FPR per record | mean | within 2 points | predicted SD (points) |")
-    print("|---|---|---|---|---|")
+    print("| detector.column | actual FPR per record | mean | within 2 points | trusted scores | predicted SD (points) |")
+    print("|---|---|---|---|---|---|")
     total = within_all = 0
     expected_outside = 0.0
     for (detector, column), rows in columns.items():
@@ -47,13 +43,15 @@ def main(path):
         within = sum(abs(f - target) <= 0.02 + 1e-12 for f in fprs)
         total += len(fprs)
         within_all += within
-        sds = []
+        sds, counts = [], []
         for r in rows:
-            split = records[r["record"]]["split"]
-            kept = split["trusted"][1]
-            # Per class ceil(fraction * n); approximated over the whole kept set.
-            n = kept if holdout is None else math.ceil(holdout * kept)
-            m = split["clean_test"][1]
+            split_sizes = records[r["record"]]["split"]
+            # The report's count, else per class ceil(fraction * n) over the whole kept set.
+            kept = split_sizes["trusted"][1]
+            n = r.get("threshold_samples") or (
+                kept if split["kind"] == "cross-fit" else math.ceil(split["fraction"] * kept))
+            m = split_sizes["clean_test"][1]
+            counts.append(n)
             k = math.floor(target * n)
             beta_var = k * (n - k + 1) / ((n + 1) ** 2 * (n + 2))
             # Randomised ties flag the target rate of the trusted scores in expectation.
@@ -63,7 +61,9 @@ def main(path):
             # Normal approximation around the rule's mean rate.
             expected_outside += 1 - (phi((0.02 + target - p) / sd) - phi((-0.02 + target - p) / sd))
         shown = " ".join(f"{f:.3f}" for f in fprs)
+        ns = sorted({n for n in counts})
         print(f"| {detector}.{column} | {shown} | {sum(fprs) / len(fprs):.3f} | {within}/{len(fprs)} | "
+              f"{'-'.join(str(n) for n in (ns[0], ns[-1])) if len(ns) > 1 else ns[0]} | "
               f"{100 * sum(sds) / len(sds):.2f} |")
     print(f"\nall columns: {within_all}/{total} within 2 points of the target; sampling alone "
           f"puts about {expected_outside:.1f} outside")

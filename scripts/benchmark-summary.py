@@ -25,7 +25,7 @@ def main(path):
         if row["column"] == PRIMARY.get(row["detector"], row["detector"]):
             rows[(row["detector"], row["record"])] = row
     names = sorted({d for d, _ in rows})
-    na = {(n["detector"], n["record"]) for n in report["not_applicable"]}
+    na = {(n["detector"], n["record"]) for n in report.get("no_scores", report.get("not_applicable", []))}
 
     def best(record, key):
         online = [(rows[(d, record)][key] if key == "auroc" else rows[(d, record)]["der"]["der"], d)

@@ -20,8 +20,8 @@ use super::sample::MadInputArgs;
 use crate::progress::Interruptible;
 
 /// Check inputs for anomalies: fit each detector on trusted clean data, set its threshold at
-/// --target-fpr on trusted samples scored by the detector fitted without them (--folds
-/// cross-fitting, or --holdout; never on the inputs), then score and flag every input.
+/// --target-fpr on trusted samples the detector was not fitted on (--thresholds; never on the
+/// inputs), then score and flag every input.
 ///
 /// Inputs come from an attack record (`--record`: its model, the trusted / sampling / test
 /// split of its clean test set, the test part's clean and triggered images as inputs, with
@@ -53,7 +53,7 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
 
-    /// Seed of the threshold folds and of every detector's random choices.
+    /// Seed of the held-back trusted part (or folds) and of every detector's random choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 

@@ -103,8 +103,11 @@ pub struct BackdoorRow {
     pub aupr: f64,
     /// FPR at 95% TPR (exact threshold).
     pub fpr_at_95_tpr: f64,
-    /// Threshold set on trusted scores out of fold.
+    /// Threshold set on trusted scores the detector was not fitted on.
     pub threshold: f64,
+    /// How many trusted scores set it (all the trusted samples, or the held-back part).
+    #[serde(default)]
+    pub threshold_samples: usize,
     /// Fraction of triggered inputs flagged at the threshold.
     pub tpr: f64,
     /// Fraction of clean inputs flagged at the threshold.
@@ -492,6 +495,7 @@ fn add_result(
             aupr: evaluation.aupr,
             fpr_at_95_tpr: evaluation.fpr_at_95_tpr,
             threshold: column.threshold,
+            threshold_samples: result.threshold_samples,
             tpr: evaluation.tpr,
             fpr: evaluation.fpr,
             der,

@@ -17,7 +17,7 @@ use crate::progress::Interruptible;
 /// Backdoor detection over attack records: for each record (a folder written by `vigil
 /// attack`), the per-class trusted / sampling / test split of its clean test set (--split,
 /// --split-seed), every detector fitted on the trusted part with its threshold at --target-fpr
-/// on trusted scores out of fold (or --holdout), and the test part's clean images and triggered copies scored.
+/// on trusted scores it was not fitted on (--thresholds), and the test part's clean images and triggered copies scored.
 /// Per record, detector and score column: AUROC, AUPR and FPR at 95% TPR (triggered inputs are
 /// the positive class), the TPR and actual FPR at the threshold, and DER (BackdoorBench's
 /// defense effectiveness rating of rejecting flagged inputs, on the whole test part).
@@ -53,7 +53,7 @@ pub struct BackdoorArgs {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
 
-    /// Seed of the threshold folds and of every detector's random choices.
+    /// Seed of the held-back trusted part (or folds) and of every detector's random choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 

@@ -47,6 +47,7 @@ fn row(record: &str, detector: &str, auroc: f64, der: f64) -> BackdoorRow {
         aupr: 0.0,
         fpr_at_95_tpr: 0.0,
         threshold: 0.0,
+        threshold_samples: 0,
         tpr: 0.5,
         fpr: 0.1,
         der: RejectionDer {
