@@ -101,23 +101,31 @@ pub fn mean_over_trusted(matrix: ArrayView2<f64>) -> Vec<f64> {
 /// (CLC, Class CCC). Classes are the distinct `trusted_labels`; a class without trusted samples
 /// does not exist here, so it is skipped.
 pub fn class_max_over_trusted(matrix: ArrayView2<f64>, trusted_labels: &[i64]) -> Vec<f64> {
-    let mut classes: Vec<i64> = trusted_labels.to_vec();
+    class_max(matrix, trusted_labels, false)
+}
+
+/// Per row, the mean over each class's members (other than the row's own sample when
+/// `leave_out_diagonal`, for a square trusted-by-trusted matrix), then the maximum over the
+/// classes that keep a member.
+fn class_max(matrix: ArrayView2<f64>, labels: &[i64], leave_out_diagonal: bool) -> Vec<f64> {
+    let mut classes: Vec<i64> = labels.to_vec();
     classes.sort_unstable();
     classes.dedup();
     let members: Vec<Vec<usize>> = classes
         .iter()
-        .map(|c| {
-            (0..trusted_labels.len())
-                .filter(|&j| trusted_labels[j] == *c)
-                .collect()
-        })
+        .map(|c| (0..labels.len()).filter(|&j| labels[j] == *c).collect())
         .collect();
     matrix
         .outer_iter()
-        .map(|row| {
+        .enumerate()
+        .map(|(i, row)| {
             members
                 .iter()
-                .map(|m| m.iter().map(|&j| row[j]).sum::<f64>() / m.len() as f64)
+                .filter_map(|m| {
+                    let others = m.iter().filter(|&&j| !(leave_out_diagonal && j == i));
+                    let count = others.clone().count();
+                    (count > 0).then(|| others.map(|&j| row[j]).sum::<f64>() / count as f64)
+                })
                 .fold(f64::NEG_INFINITY, f64::max)
         })
         .collect()
@@ -290,41 +298,11 @@ pub fn leave_one_out_scores(
     let labels = &traces.trusted_labels;
     let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect();
     Ok(AnomalyScores {
-        mean_corr: neg(class_max_leaving_out(
-            pearson.view(),
-            &vec![0; labels.len()],
-        )),
-        clc: neg(class_max_leaving_out(pearson.view(), labels)),
-        mean_ccc: neg(class_max_leaving_out(ccc.view(), &vec![0; labels.len()])),
-        class_ccc: neg(class_max_leaving_out(ccc.view(), labels)),
+        mean_corr: neg(class_max(pearson.view(), &vec![0; labels.len()], true)),
+        clc: neg(class_max(pearson.view(), labels, true)),
+        mean_ccc: neg(class_max(ccc.view(), &vec![0; labels.len()], true)),
+        class_ccc: neg(class_max(ccc.view(), labels, true)),
     })
-}
-
-/// Per row `i` of a square trusted-by-trusted matrix: the mean over each class's members other
-/// than `i`, then the maximum over the classes that keep a member (with one class, the mean
-/// over all others).
-fn class_max_leaving_out(matrix: ArrayView2<f64>, labels: &[i64]) -> Vec<f64> {
-    let mut classes: Vec<i64> = labels.to_vec();
-    classes.sort_unstable();
-    classes.dedup();
-    let members: Vec<Vec<usize>> = classes
-        .iter()
-        .map(|c| (0..labels.len()).filter(|&j| labels[j] == *c).collect())
-        .collect();
-    matrix
-        .outer_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            members
-                .iter()
-                .filter_map(|m| {
-                    let others = m.iter().filter(|&&j| j != i);
-                    let count = others.clone().count();
-                    (count > 0).then(|| others.map(|&j| row[j]).sum::<f64>() / count as f64)
-                })
-                .fold(f64::NEG_INFINITY, f64::max)
-        })
-        .collect()
 }
 
 /// Detection quality of every score on a trace file whose test samples carry anomaly flags.
