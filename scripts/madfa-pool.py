@@ -60,6 +60,9 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--permutations", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="only the candidate designs: 2-5 chains of 100-300 draws, 4 x 150 "
+                             "within, and the 4-chain sequential rule at 0.95")
     args = parser.parse_args()
     test, trusted, labels, flags = variants.load(pathlib.Path(args.pool))
     n_chains, n_draws = len(test), test[0].shape[0]
@@ -123,6 +126,8 @@ def main():
     print("|---|---|---|---|---|---|")
     for k in (1, 2, 3, 4, 5):
         for d in (50, 100, 150, 200, 300):
+            if args.quick and (k == 1 or d == 50):
+                continue
             if d > n_draws or k > n_chains // 2 and k != 1:
                 continue
             if k * d > 1200:
@@ -136,6 +141,8 @@ def main():
 
             design(f"{k} x {d}", k, one)
     for k, d in ((2, 150), (2, 300), (4, 150)):
+        if args.quick and k == 2:
+            continue
         if k > n_chains // 2 or d > n_draws:
             continue
 
@@ -147,6 +154,8 @@ def main():
         design(f"{k} x {d} within", k, one_within)
     for k in (2, 4):
         for tau in (0.95, 0.97):
+            if args.quick and (k == 2 or tau == 0.97):
+                continue
             if k > n_chains // 2:
                 continue
 

@@ -2,6 +2,7 @@
 """MAD-FA's seed stability over a set of validation models (issue 26).
 
     scripts/madfa-validation.py RESULTS_DIR [--plot FILE.svg] [--tuned NAME,NAME]
+                                [--pools DIR]
 
 RESULTS_DIR holds one folder per model and setting, named MODEL-SETTING (for example
 `wanet-default`, `wanet-reference`), each with the seed-K.json files of
@@ -15,6 +16,10 @@ With --plot it draws, per model and setting, the seed sd of the CLC AUROC agains
 mean split-run reliability on the test inputs (the unreliable share of the scores' variance), and
 prints the Spearman rank correlation between the two over the rows: does the figure a user sees
 after one run say how much a second seed would move the AUROC?
+
+--pools DIR adds, to the plot and the correlation, the emulated designs of
+`scripts/madfa-pool.py` (every DIR/MODEL-designs.json): each design's sd over independent
+replicates against its mean split-run reliability, one colour per model.
 
 --tuned names the models that took part in choosing the defaults; the table marks them, so the
 held-out rows can be read separately.
@@ -81,7 +86,19 @@ def spearman(x, y):
     return result.statistic, result.pvalue
 
 
-def plot(rows, path):
+def pool_points(folder):
+    """(model, design, 1 - test reliability, sd) of every multi-chain design of every pool."""
+    points = []
+    for path in sorted(pathlib.Path(folder).glob("*-designs.json")):
+        model = path.name[: -len("-designs.json")]
+        for row in json.loads(path.read_text())["rows"]:
+            if row.get("reliability_test") is None or math.isnan(row["clc_sd"]):
+                continue
+            points.append((model, row["design"], 1 - row["reliability_test"], row["clc_sd"]))
+    return points
+
+
+def plot(rows, path, pools=()):
     import matplotlib
 
     matplotlib.use("svg")
@@ -97,6 +114,13 @@ def plot(rows, path):
                    color="tab:blue" if row["setting"] == "default" else "tab:orange")
         ax.annotate(row["model"], (x, row["clc_sd"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
+    models = sorted({p[0] for p in pools})
+    colours = plt.get_cmap("tab10")
+    for i, model in enumerate(models):
+        xs = [p[2] for p in pools if p[0] == model]
+        ys = [p[3] for p in pools if p[0] == model]
+        ax.scatter(xs, ys, marker=".", color=colours(i % 10), alpha=0.7,
+                   label=f"{model}: emulated designs")
     ax.axhline(0.01, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("1 - split-run reliability of CLC on the test inputs (mean over seeds)")
     ax.set_ylabel("sd of CLC AUROC over seeds")
@@ -114,6 +138,7 @@ def main():
     parser.add_argument("results")
     parser.add_argument("--plot")
     parser.add_argument("--tuned", default="")
+    parser.add_argument("--pools")
     args = parser.parse_args()
     tuned = {t for t in args.tuned.split(",") if t}
     root = pathlib.Path(args.results)
@@ -131,19 +156,22 @@ def main():
               f"{rel(r['reliability_test_mean'])} / {rel(r['reliability_trusted_mean'])} |")
     usable = [r for r in rows
               if r["reliability_test_mean"] is not None and not math.isnan(r["clc_sd"])]
-    rho, p = spearman([1 - r["reliability_test_mean"] for r in usable],
-                      [r["clc_sd"] for r in usable])
+    pools = pool_points(args.pools) if args.pools else []
+    rho, p = spearman([1 - r["reliability_test_mean"] for r in usable] + [q[2] for q in pools],
+                      [r["clc_sd"] for r in usable] + [q[3] for q in pools])
     rho_t, p_t = spearman([1 - r["reliability_trusted_mean"] for r in usable
                            if r["reliability_trusted_mean"] is not None],
                           [r["clc_sd"] for r in usable
                            if r["reliability_trusted_mean"] is not None])
     print(f"\nSpearman rho between 1 - reliability and the seed sd of CLC over {len(usable)} "
-          f"rows: test inputs {rho:.3f} (p {p:.3f}), trusted samples {rho_t:.3f} (p {p_t:.3f})")
+          f"seed rows and {len(pools)} emulated designs: test inputs {rho:.3f} (p {p:.3g}); "
+          f"trusted samples, seed rows only: {rho_t:.3f} (p {p_t:.3g})")
     (root / "validation.json").write_text(json.dumps(
-        {"rows": rows, "spearman_test": [rho, p], "spearman_trusted": [rho_t, p_t]},
+        {"rows": rows, "pool_points": pools, "spearman_test": [rho, p],
+         "spearman_trusted": [rho_t, p_t]},
         indent=2) + "\n")
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, pools)
 
 
 if __name__ == "__main__":
