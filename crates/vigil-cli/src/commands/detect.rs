@@ -10,13 +10,13 @@ use vigil_core::detect::experiment::{
 };
 use vigil_core::detect::files;
 use vigil_core::detect::page::PageData;
-use vigil_core::detect::{DetectError, DetectorSettings, GroundTruth};
+use vigil_core::detect::{DetectError, GroundTruth};
 use vigil_core::device::default_device;
 use vigil_core::io::check_outputs;
 use vigil_core::madfa::MadTask;
 
-use super::ThresholdArgs;
 use super::sample::MadInputArgs;
+use super::{MadfaDetectorArgs, ThresholdArgs};
 use crate::progress::Interruptible;
 
 /// Check inputs for anomalies: fit each detector on trusted clean data, set its threshold at
@@ -47,6 +47,9 @@ pub struct DetectArgs {
     detectors: Vec<String>,
 
     #[command(flatten)]
+    madfa: MadfaDetectorArgs,
+
+    #[command(flatten)]
     thresholds: ThresholdArgs,
 
     /// Batch size of forward passes.
@@ -74,11 +77,7 @@ impl DetectArgs {
     /// The detectors, thresholds, batch size and seed these flags ask for.
     fn config(&self) -> Result<DetectConfig> {
         let config = DetectConfig {
-            detectors: self
-                .detectors
-                .iter()
-                .map(|name| DetectorSettings::by_name(name.trim()))
-                .collect::<Result<_, _>>()?,
+            detectors: self.madfa.detectors(&self.detectors)?,
             thresholds: self.thresholds.config(),
             batch_size: self.batch_size,
             seed: self.seed,

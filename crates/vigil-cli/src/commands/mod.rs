@@ -306,3 +306,73 @@ impl ThresholdArgs {
         }
     }
 }
+
+/// MAD-FA's settings in `vigil detect` and `benchmark backdoor` (the other detectors run with
+/// their reference settings).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MadfaDetectorArgs {
+    /// MAD-FA: independent chains its calibrated draws are spread over [default: 4; 2 reproduces
+    /// results made before 2026-12-04].
+    #[arg(long, value_name = "N")]
+    pub madfa_chains: Option<usize>,
+
+    /// MAD-FA: fewest draws, over all chains, its calibration may recommend [default: 600; 50
+    /// reproduces results made before 2026-12-04].
+    #[arg(long, value_name = "N")]
+    pub madfa_min_draws: Option<usize>,
+}
+
+impl MadfaDetectorArgs {
+    /// The detectors called `names`, each with its reference settings, MAD-FA's adjusted by
+    /// these flags.
+    pub fn detectors(&self, names: &[String]) -> Result<Vec<vigil_core::detect::DetectorSettings>> {
+        names
+            .iter()
+            .map(|name| {
+                let mut settings = vigil_core::detect::DetectorSettings::by_name(name.trim())?;
+                if let vigil_core::detect::DetectorSettings::Madfa(madfa) = &mut settings {
+                    madfa.chains = self.madfa_chains.unwrap_or(madfa.chains);
+                    madfa.min_draws = self.madfa_min_draws.unwrap_or(madfa.min_draws);
+                }
+                Ok(settings)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MadfaDetectorArgs;
+    use vigil_core::detect::DetectorSettings;
+    use vigil_core::madfa::{CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS};
+
+    fn madfa_of(args: &MadfaDetectorArgs) -> (usize, usize, DetectorSettings) {
+        let names = ["madfa".to_string(), " msp".to_string()];
+        let settings = args.detectors(&names).unwrap();
+        let DetectorSettings::Madfa(madfa) = &settings[0] else {
+            panic!("{settings:?}")
+        };
+        (madfa.chains, madfa.min_draws, settings[1].clone())
+    }
+
+    #[test]
+    fn madfa_flags_change_madfa_only_and_default_to_the_library() {
+        let unset = MadfaDetectorArgs {
+            madfa_chains: None,
+            madfa_min_draws: None,
+        };
+        let (chains, min_draws, msp) = madfa_of(&unset);
+        assert_eq!(
+            (chains, min_draws),
+            (CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS)
+        );
+        assert_eq!(msp, DetectorSettings::by_name("msp").unwrap());
+        let before = MadfaDetectorArgs {
+            madfa_chains: Some(2),
+            madfa_min_draws: Some(50),
+        };
+        let (chains, min_draws, msp) = madfa_of(&before);
+        assert_eq!((chains, min_draws), (2, 50));
+        assert_eq!(msp, DetectorSettings::by_name("msp").unwrap());
+    }
+}

@@ -14,9 +14,9 @@ use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable, TrustedA
 use crate::data::ImageSet;
 use crate::madfa::scores::SCORE_NAMES;
 use crate::madfa::{
-    AnomalyScores, CALIBRATED_CHAINS, Calibration, CalibrationConfig, ChainConfig, Quiet,
-    anomaly_scores, bottom_attributions, calibrate, coupling, leave_one_out_scores, run_chains,
-    top_attributions, user_task,
+    AnomalyScores, CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, Calibration, CalibrationConfig,
+    ChainConfig, Quiet, anomaly_scores, bottom_attributions, calibrate, coupling,
+    leave_one_out_scores, run_chains, top_attributions, user_task,
 };
 use crate::models::Classifier;
 
@@ -31,6 +31,10 @@ pub struct MadfaSettings {
     pub chain: ChainConfig,
     /// Independent chains the draws are spread over.
     pub chains: usize,
+    /// With `calibrate`: the fewest draws, over all chains, the calibration may recommend
+    /// ([`CALIBRATED_MIN_DRAWS`] by default; 50 reproduces runs made before 2026-12-04).
+    #[serde(default = "default_min_draws")]
+    pub min_draws: usize,
     /// Per input, how many most and least attributed trusted samples to report.
     #[serde(default = "default_attributions")]
     pub attributions: usize,
@@ -40,14 +44,30 @@ fn default_attributions() -> usize {
     3
 }
 
+fn default_min_draws() -> usize {
+    CALIBRATED_MIN_DRAWS
+}
+
 impl Default for MadfaSettings {
-    /// Calibrated, two chains, the reference sampler (`vigil sample --calibrate`).
+    /// Calibrated, [`CALIBRATED_CHAINS`] chains, the reference sampler (`vigil sample
+    /// --calibrate`).
     fn default() -> Self {
         Self {
             calibrate: true,
             chain: ChainConfig::reference(),
             chains: CALIBRATED_CHAINS,
+            min_draws: CALIBRATED_MIN_DRAWS,
             attributions: default_attributions(),
+        }
+    }
+}
+
+impl MadfaSettings {
+    /// The calibration these settings ask for around `base`.
+    fn calibration(&self, base: ChainConfig) -> CalibrationConfig {
+        CalibrationConfig {
+            min_draws: self.min_draws,
+            ..CalibrationConfig::defaults(base)
         }
     }
 }
@@ -68,7 +88,8 @@ impl Madfa {
             return Err(bad("at least one chain is needed".into()));
         }
         if settings.calibrate {
-            CalibrationConfig::defaults(settings.chain.clone())
+            settings
+                .calibration(settings.chain.clone())
                 .validate()
                 .map_err(|e| bad(e.to_string()))?;
         } else {
@@ -115,7 +136,7 @@ impl Detector for Madfa {
                 data.model,
                 data.trusted,
                 data.sampling,
-                &CalibrationConfig::defaults(base),
+                &self.settings.calibration(base),
                 data.device,
                 &mut Quiet,
             )?;

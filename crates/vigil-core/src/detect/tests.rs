@@ -382,6 +382,7 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
             ..ChainConfig::reference()
         },
         chains: 2,
+        min_draws: crate::madfa::CALIBRATED_MIN_DRAWS,
         attributions: 2,
     };
     let detector = DetectorSettings::Madfa(settings.clone()).build().unwrap();
@@ -510,6 +511,21 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
     .unwrap()
     .to_string();
     assert!(err.contains("at least one chain"), "{err}");
+    // A floor on the calibrated draws above their ceiling is refused before any work.
+    let err = DetectorSettings::Madfa(MadfaSettings {
+        min_draws: 5000,
+        ..MadfaSettings::default()
+    })
+    .build()
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("5000"), "{err}");
+    // Settings written before `min_draws` existed read as today's default.
+    let mut old = serde_json::to_value(MadfaSettings::default()).unwrap();
+    old.as_object_mut().unwrap().remove("min_draws");
+    let read: MadfaSettings = serde_json::from_value(old).unwrap();
+    assert_eq!(read.min_draws, crate::madfa::CALIBRATED_MIN_DRAWS);
 }
 
 #[test]

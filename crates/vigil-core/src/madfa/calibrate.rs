@@ -24,7 +24,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainConfig, ChainDiagnostics, ChainEvent, TraceForm, run_chains};
+use super::chain::{
+    ChainConfig, ChainDiagnostics, ChainEvent, MIN_KEPT_DRAWS, TraceForm, run_chains,
+};
 use super::scores::{anomaly_scores, coupling};
 use super::task::MadTask;
 use super::{LossTraces, MadError, Preconditioner};
@@ -33,11 +35,27 @@ use crate::models::Classifier;
 use crate::progress::Progress;
 use burn::tensor::Device;
 
-/// Chains a calibrated run spreads its recommended draws over. Two independent chains, each with
-/// its own burn-in, at target reliability 0.9: on Fashion-MNIST Blended this took the CLC spread
-/// over 5 seeds from 0.016 (one chain, 0.8) to 0.007, because more draws from one chain cannot
-/// undo a chain that wandered (docs/madfa.md, "Two chains at target reliability 0.9").
-pub const CALIBRATED_CHAINS: usize = 2;
+/// Chains a calibrated run spreads its recommended draws over. Each chain keeps a share of its
+/// own that more draws do not remove (it settles in its own region of the slow, well-determined
+/// weights, where RMSprop's gain and so the pull are small), so on models vigil was not tuned on
+/// the CLC spread over seeds falls with chains more than with draws: on WaNet, two chains of 300
+/// draws gave 0.987 +- 0.010 and four of 150 0.991 +- 0.005, at the same number of traced
+/// draws; the burn-in each chain adds costs 100 steps, about 10 s on the small CNN
+/// (docs/madfa.md, "Stable on models it was not tuned on"). It was 2 until 2026-12-04.
+pub const CALIBRATED_CHAINS: usize = 4;
+
+/// Fewest draws a calibration recommends, over all chains: 150 per chain at
+/// [`CALIBRATED_CHAINS`]. The probes' reliability can ask for far fewer (one WaNet seed asked
+/// for 220 over two chains), but the anomaly AUROC kept rising up to about 150 draws per chain
+/// on every validation model (docs/madfa.md, "Stable on models it was not tuned on"). It was 50
+/// until 2026-12-04.
+pub const CALIBRATED_MIN_DRAWS: usize = 600;
+
+/// Draws per chain when `draws` are spread over `chains`: rounded up, and at least
+/// [`MIN_KEPT_DRAWS`] (4 draws over 4 chains would leave one per chain, which correlates nothing).
+fn spread(draws: usize, chains: usize) -> usize {
+    draws.div_ceil(chains.max(1)).max(MIN_KEPT_DRAWS)
+}
 
 /// What [`calibrate`] tries and what it aims for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +90,8 @@ pub struct CalibrationConfig {
 impl CalibrationConfig {
     /// The defaults of `vigil calibrate` around `base`: the reference's gamma 1e4 and n_beta 100
     /// as the only candidate (so calibration sets lr and the number of draws), pull 1, 2 x 50
-    /// probe draws after [`settling_steps`] burn-in steps, target reliability 0.9, 50 to 1000 draws, loss rise
+    /// probe draws after [`settling_steps`] burn-in steps, target reliability 0.9,
+    /// [`CALIBRATED_MIN_DRAWS`] to 1000 draws, loss rise
     /// under 10% of chance, at most 10% constant trusted traces. docs/madfa.md has the sweep
     /// these come from, and why gamma is not searched by default: the probes' reliability
     /// preferred gamma 3e4, which detected Blended worse.
@@ -83,7 +102,7 @@ impl CalibrationConfig {
             probe_draws: 50,
             burn_in: settling_steps(&base.sgld.preconditioner),
             target_reliability: 0.9,
-            min_draws: 50,
+            min_draws: CALIBRATED_MIN_DRAWS,
             max_draws: 1000,
             max_loss_rise: 0.1,
             max_constant_fraction: 0.1,
@@ -137,7 +156,7 @@ impl CalibrationConfig {
     /// checks ([`check_run`](super::check_run)) before calibrating.
     pub fn largest_run(&self, chains: usize) -> ChainConfig {
         let mut config = self.base.clone();
-        config.draws = self.max_draws.div_ceil(chains.max(1));
+        config.draws = spread(self.max_draws, chains);
         config.burn_in = self.burn_in;
         config.thinning = 1;
         config
@@ -366,10 +385,11 @@ pub struct Calibration {
 
 impl Calibration {
     /// The recommended settings for each of `chains` chains: the recommended draws spread over
-    /// them (rounded up), every chain with the full burn-in.
+    /// them (rounded up, and at least the [`MIN_KEPT_DRAWS`] a chain's correlations need),
+    /// every chain with the full burn-in.
     pub fn per_chain(&self, chains: usize) -> ChainConfig {
         let mut config = self.recommended.clone();
-        config.draws = self.recommended.draws.div_ceil(chains.max(1));
+        config.draws = spread(self.recommended.draws, chains);
         config
     }
 
@@ -619,6 +639,17 @@ mod tests {
         // The reference lr 1e-6 is a pull of 0.05 at gamma 1e4 and eps 0.1.
         assert!((lr_for_pull(0.05, 1e4, 10.0) - 1e-6).abs() < 1e-18);
         assert!((lr_for_pull(1.0, 1e4, 10.0) - 2e-5).abs() < 1e-18);
+    }
+
+    #[test]
+    fn draws_spread_over_chains_round_up_and_leave_every_chain_two() {
+        assert_eq!(spread(600, 4), 150);
+        assert_eq!(spread(601, 4), 151);
+        assert_eq!(spread(4, 4), MIN_KEPT_DRAWS);
+        assert_eq!(spread(7, 0), 7);
+        let config = CalibrationConfig::defaults(ChainConfig::reference());
+        assert_eq!(config.min_draws, CALIBRATED_MIN_DRAWS);
+        assert_eq!(config.largest_run(CALIBRATED_CHAINS).draws, 250);
     }
 
     #[test]

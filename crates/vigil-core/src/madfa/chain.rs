@@ -147,7 +147,7 @@ impl ChainConfig {
 
     /// Checks the values (and the sampler's stability).
     pub fn validate(&self) -> Result<(), MadError> {
-        if self.draws < 2 {
+        if self.draws < MIN_KEPT_DRAWS {
             return Err(MadError::InvalidConfig(format!(
                 "need at least 2 kept draws to correlate traces, got {}",
                 self.draws
@@ -461,6 +461,9 @@ mod files {
 pub fn chain_dir(resume_dir: &Path, chain: usize) -> PathBuf {
     resume_dir.join(format!("chain-{chain}"))
 }
+
+/// Fewest kept draws per chain: a correlation needs two.
+pub const MIN_KEPT_DRAWS: usize = 2;
 
 /// A chain in progress.
 struct Chain {

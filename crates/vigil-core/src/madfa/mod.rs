@@ -23,7 +23,8 @@ pub mod traces;
 use std::path::PathBuf;
 
 pub use calibrate::{
-    CALIBRATED_CHAINS, Calibration, CalibrationConfig, CandidateReport, calibrate,
+    CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, Calibration, CalibrationConfig, CandidateReport,
+    calibrate,
 };
 pub use chain::{
     BnPolicy, ChainConfig, ChainDiagnostics, ChainEvent, ChainOutcome, SampleSettings, StepDraws,

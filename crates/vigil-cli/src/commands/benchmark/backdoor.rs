@@ -11,7 +11,7 @@ use vigil_core::detect::DetectorSettings;
 use vigil_core::detect::experiment::{DetectConfig, DetectProgress};
 use vigil_core::device::default_device;
 
-use crate::commands::{SplitArgs, ThresholdArgs};
+use crate::commands::{MadfaDetectorArgs, SplitArgs, ThresholdArgs};
 use crate::progress::Interruptible;
 
 /// Backdoor detection over attack records: for each record (a folder written by `vigil
@@ -37,6 +37,9 @@ pub struct BackdoorArgs {
     /// sentinet, spectral, que].
     #[arg(long, value_delimiter = ',')]
     detectors: Vec<String>,
+
+    #[command(flatten)]
+    madfa: MadfaDetectorArgs,
 
     #[command(flatten)]
     thresholds: ThresholdArgs,
@@ -134,10 +137,7 @@ fn config(args: &BackdoorArgs) -> Result<BackdoorBenchmarkConfig> {
     };
     Ok(BackdoorBenchmarkConfig {
         detect: DetectConfig {
-            detectors: names
-                .iter()
-                .map(|name| DetectorSettings::by_name(name))
-                .collect::<Result<_, _>>()?,
+            detectors: args.madfa.detectors(&names)?,
             thresholds: args.thresholds.config(),
             batch_size: args.batch_size,
             seed: args.seed,
