@@ -8,7 +8,9 @@ run down).
 Emulates runs of --chains chains x --draws draws from the pool (disjoint groups, 10 random
 assignments, as scripts/madfa-pool.py) and scores each run five ways: concat (vigil's: one
 Pearson over all draws), mean / median / max of the per-chain CLC anomaly scores, and the mean of
-per-chain ranks. Prints each way's AUROC mean and sd over replicates, and each chain's own AUROC.
+per-chain ranks. Prints each way's AUROC mean and sd over replicates, and each chain's own AUROC;
+and, beside them, Class CCC (concordance instead of Pearson, chains concatenated), the score
+that sees the traces' levels as well as their co-variation.
 """
 import argparse
 import pathlib
@@ -20,6 +22,15 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 variants = __import__("madfa-trace-variants")
+
+
+def ccc_matrix(test, trusted):
+    """Lin's concordance of every test trace ([n_test, draws]) with every trusted trace, with
+    population moments and vigil's 1e-8 guard."""
+    mt, mr = test.mean(axis=1), trusted.mean(axis=1)
+    vt, vr = test.var(axis=1), trusted.var(axis=1)
+    cov = (test - mt[:, None]) @ (trusted - mr[:, None]).T / test.shape[1]
+    return 2 * cov / (vt[:, None] + vr[None, :] + (mt[:, None] - mr[None, :]) ** 2 + 1e-8)
 
 
 def main():
@@ -36,7 +47,8 @@ def main():
     print(f"{args.pool}: per-chain AUROC at {d} draws: "
           + ", ".join(f"{roc_auc_score(flags, s):.3f}" for s in per_chain))
     rng = np.random.default_rng(0)
-    ways = {"concat": [], "mean": [], "median": [], "max": [], "mean rank": []}
+    ways = {"concat": [], "mean": [], "median": [], "max": [], "mean rank": [],
+            "class_ccc": []}
     variances = {k: [] for k in ways}
     n = len(test)
     for _ in range(args.permutations):
@@ -49,6 +61,8 @@ def main():
             tr = [trusted[c][:d] for c in g]
             values["concat"].append(roc_auc_score(
                 flags, variants.clc_from_pearson(variants.pearson_concat(te, tr), labels)))
+            ccc = ccc_matrix(np.concatenate(te, axis=0).T, np.concatenate(tr, axis=0).T)
+            values["class_ccc"].append(roc_auc_score(flags, -variants.class_max(ccc, labels)))
             values["mean"].append(roc_auc_score(flags, scores.mean(axis=0)))
             values["median"].append(roc_auc_score(flags, np.median(scores, axis=0)))
             values["max"].append(roc_auc_score(flags, scores.max(axis=0)))
@@ -59,7 +73,7 @@ def main():
             if len(values[k]) >= 2:
                 variances[k].append(np.var(values[k], ddof=1))
     for k in ways:
-        print(f"  {args.chains} x {d} {k:10s} CLC {np.mean(ways[k]):.4f} ± "
+        print(f"  {args.chains} x {d} {k:10s} AUROC {np.mean(ways[k]):.4f} ± "
               f"{np.sqrt(np.mean(variances[k])) if variances[k] else float('nan'):.4f}")
 
 
