@@ -23,7 +23,7 @@ use burn::tensor::Device;
 use clap::Args;
 use vigil_core::checkpoint;
 use vigil_core::data::{DatasetKind, ImageSet, Split};
-use vigil_core::detect::ThresholdSplit;
+use vigil_core::detect::{DetectorSettings, ThresholdSplit};
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
 
 /// Which dataset, and where to find it.
@@ -325,12 +325,12 @@ pub struct MadfaDetectorArgs {
 impl MadfaDetectorArgs {
     /// The detectors called `names`, each with its reference settings, MAD-FA's adjusted by
     /// these flags.
-    pub fn detectors(&self, names: &[String]) -> Result<Vec<vigil_core::detect::DetectorSettings>> {
+    pub fn detectors(&self, names: &[String]) -> Result<Vec<DetectorSettings>> {
         names
             .iter()
             .map(|name| {
-                let mut settings = vigil_core::detect::DetectorSettings::by_name(name.trim())?;
-                if let vigil_core::detect::DetectorSettings::Madfa(madfa) = &mut settings {
+                let mut settings = DetectorSettings::by_name(name.trim())?;
+                if let DetectorSettings::Madfa(madfa) = &mut settings {
                     madfa.chains = self.madfa_chains.unwrap_or(madfa.chains);
                     madfa.min_draws = self.madfa_min_draws.unwrap_or(madfa.min_draws);
                 }

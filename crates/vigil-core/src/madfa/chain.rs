@@ -149,7 +149,7 @@ impl ChainConfig {
     pub fn validate(&self) -> Result<(), MadError> {
         if self.draws < MIN_KEPT_DRAWS {
             return Err(MadError::InvalidConfig(format!(
-                "need at least 2 kept draws to correlate traces, got {}",
+                "need at least {MIN_KEPT_DRAWS} kept draws to correlate traces, got {}",
                 self.draws
             )));
         }
