@@ -24,15 +24,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 variants = __import__("madfa-trace-variants")
 
 
-def ccc_matrix(test, trusted):
-    """Lin's concordance of every test trace ([n_test, draws]) with every trusted trace, with
-    population moments and vigil's 1e-8 guard."""
-    mt, mr = test.mean(axis=1), trusted.mean(axis=1)
-    vt, vr = test.var(axis=1), trusted.var(axis=1)
-    cov = (test - mt[:, None]) @ (trusted - mr[:, None]).T / test.shape[1]
-    return 2 * cov / (vt[:, None] + vr[None, :] + (mt[:, None] - mr[None, :]) ** 2 + 1e-8)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("pool")
@@ -52,8 +43,7 @@ def main():
     variances = {k: [] for k in ways}
     n = len(test)
     for _ in range(args.permutations):
-        order = rng.permutation(n)
-        groups = [order[i:i + args.chains] for i in range(0, n - args.chains + 1, args.chains)]
+        groups = variants.disjoint_groups(rng, n, args.chains)
         values = {k: [] for k in ways}
         for g in groups:
             scores = np.stack([per_chain[c] for c in g])
@@ -61,7 +51,7 @@ def main():
             tr = [trusted[c][:d] for c in g]
             values["concat"].append(roc_auc_score(
                 flags, variants.clc_from_pearson(variants.pearson_concat(te, tr), labels)))
-            ccc = ccc_matrix(np.concatenate(te, axis=0).T, np.concatenate(tr, axis=0).T)
+            ccc = variants.ccc_matrix(np.concatenate(te, axis=0).T, np.concatenate(tr, axis=0).T)
             values["class_ccc"].append(roc_auc_score(flags, -variants.class_max(ccc, labels)))
             values["mean"].append(roc_auc_score(flags, scores.mean(axis=0)))
             values["median"].append(roc_auc_score(flags, np.median(scores, axis=0)))

@@ -90,8 +90,7 @@ def main():
         """run_one(chain indices) -> (auroc, reliability dict, draws per chain)."""
         variances, aurocs, rels, draws = [], [], [], []
         for _ in range(args.permutations):
-            order = rng.permutation(n_chains)
-            groups = [order[i:i + k] for i in range(0, n_chains - k + 1, k)]
+            groups = variants.disjoint_groups(rng, n_chains, k)
             values = []
             for g in groups:
                 a, rel, d = run_one(g)

@@ -64,6 +64,22 @@ def pearson_within(test_chains, trusted_chains):
     return total / len(test_chains)
 
 
+def ccc_matrix(test, trusted):
+    """Lin's concordance of every test trace ([n_test, draws]) with every trusted trace, with
+    population moments and vigil's 1e-8 guard."""
+    mt, mr = test.mean(axis=1), trusted.mean(axis=1)
+    vt, vr = test.var(axis=1), trusted.var(axis=1)
+    cov = (test - mt[:, None]) @ (trusted - mr[:, None]).T / test.shape[1]
+    return 2 * cov / (vt[:, None] + vr[None, :] + (mt[:, None] - mr[None, :]) ** 2 + EPS)
+
+
+def disjoint_groups(rng, n_chains, k):
+    """One random assignment of a pool's chains to disjoint groups of k: each group is an
+    independent replicate of a k-chain run (leftover chains unused)."""
+    order = rng.permutation(n_chains)
+    return [order[i:i + k] for i in range(0, n_chains - k + 1, k)]
+
+
 def loo_clc(trusted_chains, labels):
     """Trusted samples' CLC against the other trusted samples (the diagonal left out)."""
     trusted = np.concatenate(trusted_chains, axis=0).T
