@@ -22,15 +22,42 @@ pub fn cross_entropy_per_sample(logits: Tensor<2>, labels: Tensor<1, Int>) -> Te
 /// subtracts two nearly equal numbers), this one stays positive down to float32's smallest
 /// numbers, so a confident sample's loss still moves when the weights do (MAD-FA's traces).
 pub fn cross_entropy_per_sample_precise(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    softplus(log_odds_against_label(logits, labels))
+}
+
+/// Natural log of the per-sample cross-entropy, shape `[n]`, finite for any finite logits.
+///
+/// `ln(softplus(L))` with `L = logsumexp_{j != y}(z_j - z_y)`. For a confident sample (`L` far
+/// below 0) this is `L` itself, the soft margin of the other classes over the label, which
+/// moves linearly with the logits; the loss itself moves exponentially, so one draw that pushes
+/// a confident sample towards the boundary can multiply its loss a thousandfold and dominate
+/// every correlation of its trace (MAD-FA's `--loss log`, docs/madfa.md). Below `L = -15`
+/// `ln(softplus(L)) = L + ln(1 - e^L/2 + ...)` differs from `L` by less than float32's rounding,
+/// and computing it directly would underflow, so `L` is returned there.
+pub fn log_cross_entropy_per_sample(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let odds = log_odds_against_label(logits, labels);
+    let far = odds.clone().lower_elem(-15.0);
+    // The masked-out branch still runs on every element; clamping keeps it finite (and its
+    // gradient zero rather than NaN) where `L` is used instead.
+    let direct = softplus(odds.clone().clamp_min(-15.0)).log();
+    direct.mask_where(far, odds)
+}
+
+/// `L = logsumexp_{j != y}(z_j - z_y)` per row, shape `[n]`: the log of the other classes'
+/// odds against the label; the cross-entropy is `softplus(L)`.
+fn log_odds_against_label(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let [n, k] = logits.dims();
     let is_label = labels.clone().one_hot::<2>(k).equal_elem(1);
     let z_y = logits.clone().gather(1, labels.reshape([n, 1]));
     let others = (logits - z_y).mask_fill(is_label, f32::NEG_INFINITY);
     let max = others.clone().max_dim(1);
     let lse = (others - max.clone()).exp().sum_dim(1).log() + max;
-    let lse = lse.reshape([n]);
-    // softplus(L) = max(L, 0) + log1p(exp(-|L|)), exact for L of either sign.
-    lse.clone().clamp_min(0.0) + lse.abs().neg().exp().log1p()
+    lse.reshape([n])
+}
+
+/// `softplus(x) = max(x, 0) + log1p(exp(-|x|))`, exact for x of either sign.
+fn softplus(x: Tensor<1>) -> Tensor<1> {
+    x.clone().clamp_min(0.0) + x.abs().neg().exp().log1p()
 }
 
 /// Mean cross-entropy over the batch, shape `[1]`.
@@ -130,6 +157,74 @@ mod tests {
         // Row 2: p_y = 1 - 1.4e-11; float32 log-softmax gives exactly 0.
         assert_eq!(plain[2], 0.0);
         assert!(precise[2] > 1e-12);
+    }
+
+    /// numpy 2.4.6, in f64, for the rows and labels below:
+    /// ```python
+    /// import numpy as np
+    /// for r, y in zip(rows, labels):
+    ///     L = np.log(np.exp(np.delete(r, y) - r[y]).sum())
+    ///     print(np.log(np.log1p(np.exp(L))))
+    /// ```
+    /// Rows 2 and 3 are confident (float32's `-log_softmax` is 0 there), row 3 past the switch
+    /// to `L` itself; rows 0, 1 and 4 are near or past the boundary.
+    #[test]
+    fn log_cross_entropy_matches_numpy_from_confident_to_wrong() {
+        let device = default_device();
+        let rows: [[f32; 3]; 5] = [
+            [1.0, 2.0, 3.0],
+            [-1.0, 0.5, 0.0],
+            [0.0, 25.0, -3.0],
+            [0.0, 40.0, -3.0],
+            [4.0, -2.0, 3.9],
+        ];
+        let labels = [2i64, 0, 1, 1, 0];
+        let want = [
+            -0.8974543446582444,
+            0.7439023677287179,
+            -24.951412648433546,
+            -39.951412648426256,
+            -0.4374247591043482,
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let logits = Tensor::<2>::from_data(TensorData::new(flat, [5, 3]), &device);
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [5]), &device);
+        let got = to_vec(log_cross_entropy_per_sample(logits, labels));
+        for (r, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "row {r}: {g} vs {w}");
+        }
+    }
+
+    /// The gradient is finite on both sides of the switch at `L = -15` (the unused branch is
+    /// clamped, so no NaN leaks through the mask) and is the label's `-(1 - p_y)/loss`-scaled
+    /// softmax gradient; for a far row it is `d L / d z`: -1 on the label.
+    #[test]
+    fn log_cross_entropy_gradient_is_finite_and_correct_far_from_the_boundary() {
+        let device = crate::device::autodiff_device();
+        let flat = vec![0.0f32, 40.0, -3.0, 1.0, 2.0, 3.0];
+        let logits = Tensor::<2>::from_data(TensorData::new(flat, [2, 3]), &device).require_grad();
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 2], [2]), &device);
+        let grads = log_cross_entropy_per_sample(logits.clone(), labels)
+            .sum()
+            .backward();
+        let g: Vec<f32> = logits
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+        // Row 0: L = log(e^-40 + e^-43): dL/dz_y = -1, the others share +1 by their odds.
+        assert!((g[1] + 1.0).abs() < 1e-6, "{g:?}");
+        assert!((g[0] + g[2] - 1.0).abs() < 1e-6, "{g:?}");
+        // Row 1 against numpy: d/dz ln(CE) = (softmax(z) - onehot) / CE.
+        let z = [1.0f64, 2.0, 3.0];
+        let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+        let ce = lse - z[2];
+        for j in 0..3 {
+            let want = ((z[j] - lse).exp() - f64::from(u8::from(j == 2))) / ce;
+            assert!((f64::from(g[3 + j]) - want).abs() < 1e-5, "{j}: {g:?}");
+        }
     }
 
     #[test]

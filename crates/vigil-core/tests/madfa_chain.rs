@@ -139,6 +139,37 @@ fn same_seed_same_traces_and_the_chain_moves() {
     assert_ne!(a.test, c.test);
 }
 
+/// The trace loss only decides what is recorded, never where the chain goes: `--loss log` walks
+/// the same draws as `--loss precise` and records the natural log of its traces.
+#[test]
+fn log_traces_are_the_log_of_the_precise_traces_of_the_same_draws() {
+    let w_star = tiny_cnn();
+    let precise = run(
+        &w_star,
+        &config(BnPolicy::Reference),
+        &[0, 1],
+        None,
+        &mut Quiet,
+    )
+    .unwrap();
+    let log_config = ChainConfig {
+        loss: TraceLoss::Log,
+        ..config(BnPolicy::Reference)
+    };
+    let log = run(&w_star, &log_config, &[0, 1], None, &mut Quiet).unwrap();
+    for (p, l) in [(&precise.trusted, &log.trusted), (&precise.test, &log.test)] {
+        assert_eq!(p.shape(), l.shape());
+        for (&p, &l) in p.iter().zip(l.iter()) {
+            assert!(p > 0.0, "precise loss {p} should be positive");
+            let want = f64::from(p).ln();
+            assert!(
+                (f64::from(l) - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "log trace {l} vs ln(precise) {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn interrupted_chains_resume_bit_for_bit_and_merge_equals_one_run() {
     let w_star = tiny_cnn();

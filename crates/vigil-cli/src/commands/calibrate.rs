@@ -80,8 +80,9 @@ pub fn print_calibration(c: &Calibration) {
     }
     let s = c.per_chain(CALIBRATED_CHAINS);
     let loss = match s.loss {
-        TraceLoss::Reference => "",
+        TraceLoss::Reference => " --loss reference",
         TraceLoss::Precise => " --loss precise",
+        TraceLoss::Log => " --loss log",
     };
     eprintln!(
         "recommended (predicted CLC reliability {:.3}, {} draws over {CALIBRATED_CHAINS} chains): vigil sample --lr {:e} --gamma {:e} --n-beta {} --draws {} --burn-in {} --thinning 1 --chains {CALIBRATED_CHAINS} --seed {}{loss}",

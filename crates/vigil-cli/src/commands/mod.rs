@@ -24,6 +24,7 @@ use clap::Args;
 use vigil_core::checkpoint;
 use vigil_core::data::{DatasetKind, ImageSet, Split};
 use vigil_core::detect::{DetectorSettings, ThresholdSplit};
+use vigil_core::madfa::TraceLoss;
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
 
 /// Which dataset, and where to find it.
@@ -307,6 +308,35 @@ impl ThresholdArgs {
     }
 }
 
+/// The per-sample loss MAD-FA's traces record (`--loss`, `--madfa-loss`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossArg {
+    Reference,
+    Precise,
+    Log,
+}
+
+impl From<TraceLoss> for LossArg {
+    fn from(loss: TraceLoss) -> Self {
+        match loss {
+            TraceLoss::Reference => LossArg::Reference,
+            TraceLoss::Precise => LossArg::Precise,
+            TraceLoss::Log => LossArg::Log,
+        }
+    }
+}
+
+impl LossArg {
+    /// The library's form.
+    pub fn trace_loss(self) -> TraceLoss {
+        match self {
+            LossArg::Reference => TraceLoss::Reference,
+            LossArg::Precise => TraceLoss::Precise,
+            LossArg::Log => TraceLoss::Log,
+        }
+    }
+}
+
 /// MAD-FA's settings in `vigil detect` and `benchmark backdoor` (the other detectors run with
 /// their reference settings).
 #[derive(clap::Args, Debug, Clone)]
@@ -320,6 +350,11 @@ pub struct MadfaDetectorArgs {
     /// reproduces results made before 2026-12-04].
     #[arg(long, value_name = "N")]
     pub madfa_min_draws: Option<usize>,
+
+    /// MAD-FA: the per-sample loss its traces record [default: log; reference reproduces
+    /// results made before 2026-12-05] (`vigil sample --loss`).
+    #[arg(long, value_enum, value_name = "LOSS")]
+    pub madfa_loss: Option<LossArg>,
 }
 
 impl MadfaDetectorArgs {
@@ -333,6 +368,9 @@ impl MadfaDetectorArgs {
                 if let DetectorSettings::Madfa(madfa) = &mut settings {
                     madfa.chains = self.madfa_chains.unwrap_or(madfa.chains);
                     madfa.min_draws = self.madfa_min_draws.unwrap_or(madfa.min_draws);
+                    if let Some(loss) = self.madfa_loss {
+                        madfa.chain.loss = loss.trace_loss();
+                    }
                 }
                 Ok(settings)
             })
@@ -342,17 +380,23 @@ impl MadfaDetectorArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::MadfaDetectorArgs;
+    use super::{LossArg, MadfaDetectorArgs};
     use vigil_core::detect::DetectorSettings;
-    use vigil_core::madfa::{CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS};
+    use vigil_core::detect::madfa::MadfaSettings;
+    use vigil_core::madfa::{CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, TraceLoss};
 
-    fn madfa_of(args: &MadfaDetectorArgs) -> (usize, usize, DetectorSettings) {
+    fn madfa_of(args: &MadfaDetectorArgs) -> (usize, usize, TraceLoss, DetectorSettings) {
         let names = ["madfa".to_string(), " msp".to_string()];
         let settings = args.detectors(&names).unwrap();
         let DetectorSettings::Madfa(madfa) = &settings[0] else {
             panic!("{settings:?}")
         };
-        (madfa.chains, madfa.min_draws, settings[1].clone())
+        (
+            madfa.chains,
+            madfa.min_draws,
+            madfa.chain.loss,
+            settings[1].clone(),
+        )
     }
 
     #[test]
@@ -360,19 +404,22 @@ mod tests {
         let unset = MadfaDetectorArgs {
             madfa_chains: None,
             madfa_min_draws: None,
+            madfa_loss: None,
         };
-        let (chains, min_draws, msp) = madfa_of(&unset);
+        let (chains, min_draws, loss, msp) = madfa_of(&unset);
+        let library = MadfaSettings::default();
         assert_eq!(
-            (chains, min_draws),
-            (CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS)
+            (chains, min_draws, loss),
+            (CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, library.chain.loss)
         );
         assert_eq!(msp, DetectorSettings::by_name("msp").unwrap());
         let before = MadfaDetectorArgs {
             madfa_chains: Some(2),
             madfa_min_draws: Some(50),
+            madfa_loss: Some(LossArg::Reference),
         };
-        let (chains, min_draws, msp) = madfa_of(&before);
-        assert_eq!((chains, min_draws), (2, 50));
+        let (chains, min_draws, loss, msp) = madfa_of(&before);
+        assert_eq!((chains, min_draws, loss), (2, 50, TraceLoss::Reference));
         assert_eq!(msp, DetectorSettings::by_name("msp").unwrap());
     }
 }

@@ -13,13 +13,13 @@ use vigil_core::data::image_folder::{
 use vigil_core::device::default_device;
 use vigil_core::madfa::{
     self, BnPolicy, CALIBRATED_CHAINS, CalibrationConfig, ChainConfig, ChainDiagnostics,
-    ChainEvent, MadTask, Preconditioner, SampleOutcome, SampleReport, SampleRunConfig,
-    SamplingPlan, SgldConfig, TraceEvaluation, TraceForm, TraceLoss,
+    ChainEvent, DEFAULT_TRACE_LOSS, MadTask, Preconditioner, SampleOutcome, SampleReport,
+    SampleRunConfig, SamplingPlan, SgldConfig, TraceEvaluation, TraceForm,
 };
 use vigil_core::models::{Classifier, ModelSpec};
 use vigil_core::progress::Progress;
 
-use super::{DataArgs, ModelArgs, SplitArgs};
+use super::{DataArgs, LossArg, ModelArgs, SplitArgs};
 use crate::progress::{Interruptible, bar};
 
 /// Where MAD-FA's model and samples come from (shared by `vigil sample` and `vigil calibrate`).
@@ -258,9 +258,12 @@ pub struct SamplerArgs {
     #[arg(long, value_enum, default_value_t = BnArg::Reference)]
     bn: BnArg,
 
-    /// Per-sample loss form: reference (-log_softmax, exactly 0 for confident samples in
-    /// float32) or precise (log1p of the other classes' odds).
-    #[arg(long, value_enum, default_value_t = LossArg::Reference)]
+    /// Per-sample loss the traces record: log (the log of the precise loss: a confident
+    /// sample's soft margin, so one draw that multiplies a loss does not dominate its
+    /// correlations; docs/madfa.md), precise (log1p of the other classes' odds) or reference
+    /// (-log_softmax as the authors' code, exactly 0 for confident samples in float32; the
+    /// default before 2026-12-05).
+    #[arg(long, value_enum, default_value_t = LossArg::from(DEFAULT_TRACE_LOSS))]
     loss: LossArg,
 
     /// Traces: exact (the loss of every traced sample at every kept draw, as the reference)
@@ -292,12 +295,6 @@ enum BnArg {
     Frozen,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum LossArg {
-    Reference,
-    Precise,
-}
-
 impl SamplerArgs {
     /// Chain settings with these sampler settings and the reference's lr, n_beta, gamma, draws,
     /// burn-in and thinning (calibration replaces those).
@@ -318,10 +315,7 @@ impl SamplerArgs {
                 BnArg::Reference => BnPolicy::Reference,
                 BnArg::Frozen => BnPolicy::Frozen,
             },
-            loss: match self.loss {
-                LossArg::Reference => TraceLoss::Reference,
-                LossArg::Precise => TraceLoss::Precise,
-            },
+            loss: self.loss.trace_loss(),
             traces: match self.traces {
                 TracesArg::Exact => TraceForm::Exact,
                 TracesArg::Linearised => TraceForm::Linearised,

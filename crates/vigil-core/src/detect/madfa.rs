@@ -15,8 +15,8 @@ use crate::data::ImageSet;
 use crate::madfa::scores::SCORE_NAMES;
 use crate::madfa::{
     AnomalyScores, CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, Calibration, CalibrationConfig,
-    ChainConfig, Quiet, anomaly_scores, bottom_attributions, calibrate, coupling,
-    leave_one_out_scores, run_chains, top_attributions, user_task,
+    ChainConfig, DEFAULT_TRACE_LOSS, Quiet, anomaly_scores, bottom_attributions, calibrate,
+    coupling, leave_one_out_scores, run_chains, top_attributions, user_task,
 };
 use crate::models::Classifier;
 
@@ -49,12 +49,15 @@ fn default_min_draws() -> usize {
 }
 
 impl Default for MadfaSettings {
-    /// Calibrated, [`CALIBRATED_CHAINS`] chains, the reference sampler (`vigil sample
-    /// --calibrate`).
+    /// Calibrated, [`CALIBRATED_CHAINS`] chains, the reference sampler, traces of
+    /// [`DEFAULT_TRACE_LOSS`] (`vigil sample --calibrate`).
     fn default() -> Self {
         Self {
             calibrate: true,
-            chain: ChainConfig::reference(),
+            chain: ChainConfig {
+                loss: DEFAULT_TRACE_LOSS,
+                ..ChainConfig::reference()
+            },
             chains: CALIBRATED_CHAINS,
             min_draws: CALIBRATED_MIN_DRAWS,
             attributions: default_attributions(),

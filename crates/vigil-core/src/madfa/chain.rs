@@ -30,7 +30,10 @@ use crate::checkpoint::{self, TensorFile};
 use crate::data::{ImageSet, batch, images_tensor, labels_tensor};
 use crate::inference::evaluate;
 use crate::io::write_json_atomic;
-use crate::loss::{cross_entropy, cross_entropy_per_sample, cross_entropy_per_sample_precise};
+use crate::loss::{
+    cross_entropy, cross_entropy_per_sample, cross_entropy_per_sample_precise,
+    log_cross_entropy_per_sample,
+};
 use crate::memory;
 use crate::models::{BnMode, Classifier};
 use crate::optim::{ParamSlots, apply_update, param_infos, snapshot_slots};
@@ -59,6 +62,14 @@ impl BnPolicy {
     }
 }
 
+/// The loss vigil's traces record unless told otherwise (`vigil sample`, the MAD-FA
+/// detector): [`TraceLoss::Log`]. On every validation model its CLC was as high or higher and
+/// its spread over chains smaller than the reference's loss, most where the reference was
+/// unstable (the PyTorch peer's Blended model, 4 chains x 150 draws: 0.920 +- 0.047 with the
+/// reference loss; docs/madfa.md, "Stable on models it was not tuned on"). It was
+/// [`TraceLoss::Reference`] until 2026-12-05.
+pub const DEFAULT_TRACE_LOSS: TraceLoss = TraceLoss::Log;
+
 /// Which form of the per-sample cross-entropy the traces record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -68,6 +79,10 @@ pub enum TraceLoss {
     Reference,
     /// `log1p(sum_{j != y} exp(z_j - z_y))`: keeps confident samples' losses moving.
     Precise,
+    /// The natural log of the precise loss: a confident sample's soft margin, linear in the
+    /// logits where the loss is exponential, so a rare draw that multiplies one sample's loss
+    /// does not dominate its correlations (the default since 2026-12-04, docs/madfa.md).
+    Log,
 }
 
 impl TraceLoss {
@@ -76,6 +91,7 @@ impl TraceLoss {
         match self {
             TraceLoss::Reference => cross_entropy_per_sample(logits, labels),
             TraceLoss::Precise => cross_entropy_per_sample_precise(logits, labels),
+            TraceLoss::Log => log_cross_entropy_per_sample(logits, labels),
         }
     }
 }
@@ -847,7 +863,7 @@ fn summarize(
     }
     if d.constant_test_fraction > 0.1 || d.constant_trusted_fraction > 0.1 {
         d.warnings.push(format!(
-            "{:.0}% of test and {:.0}% of trusted traces are constant (float32 losses stuck at 0): they score as uncoupled; consider --loss precise",
+            "{:.0}% of test and {:.0}% of trusted traces are constant (float32 losses stuck at 0): they score as uncoupled; consider --loss log",
             100.0 * d.constant_test_fraction,
             100.0 * d.constant_trusted_fraction
         ));

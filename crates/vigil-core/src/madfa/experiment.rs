@@ -546,7 +546,8 @@ pub fn score_traces(config: &ScoreRunConfig) -> Result<ScoreRun, MadRunError> {
 fn scores_csv(traces: &LossTraces, scores: &super::AnomalyScores) -> String {
     let flags = traces.test_is_anomalous.as_deref();
     let paths = test_paths(traces);
-    let mut csv = String::from("test_index,source_id,mean_corr,clc,mean_ccc,class_ccc");
+    let mut csv =
+        String::from("test_index,source_id,mean_corr,clc,mean_ccc,class_ccc,clc_plus_class_ccc");
     if flags.is_some() {
         csv.push_str(",is_anomalous");
     }
@@ -555,8 +556,12 @@ fn scores_csv(traces: &LossTraces, scores: &super::AnomalyScores) -> String {
         let id = traces.test_ids.as_ref().map_or(i as i64, |ids| ids[i]);
         let _ = write!(
             csv,
-            "{i},{id},{},{},{},{}",
-            scores.mean_corr[i], scores.clc[i], scores.mean_ccc[i], scores.class_ccc[i]
+            "{i},{id},{},{},{},{},{}",
+            scores.mean_corr[i],
+            scores.clc[i],
+            scores.mean_ccc[i],
+            scores.class_ccc[i],
+            scores.clc_plus_class_ccc[i]
         );
         if let Some(flags) = flags {
             let _ = write!(csv, ",{}", u8::from(flags[i]));

@@ -27,8 +27,8 @@ pub use calibrate::{
     calibrate,
 };
 pub use chain::{
-    BnPolicy, ChainConfig, ChainDiagnostics, ChainEvent, ChainOutcome, SampleSettings, StepDraws,
-    TraceForm, TraceInputs, TraceLoss, check_run, run_chain, run_chains,
+    BnPolicy, ChainConfig, ChainDiagnostics, ChainEvent, ChainOutcome, DEFAULT_TRACE_LOSS,
+    SampleSettings, StepDraws, TraceForm, TraceInputs, TraceLoss, check_run, run_chain, run_chains,
 };
 pub use experiment::{
     CalibrationRun, MadRunError, SampleOutcome, SampleReport, SampleRunConfig, SamplingPlan,
@@ -37,8 +37,9 @@ pub use experiment::{
 };
 pub use record::StepRecorder;
 pub use scores::{
-    AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, anomaly_scores,
-    bottom_attributions, coupling, evaluate_scores, leave_one_out_scores, top_attributions,
+    AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, Standardisation,
+    TrustedScale, anomaly_scores, bottom_attributions, coupling, evaluate_scores,
+    leave_one_out_scores, top_attributions,
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
 pub use stability::{Reliability, ScoreStability, SplitKind, split_run_stability};

@@ -7,7 +7,9 @@
 //! `2 cov / (var_x + var_y + (mu_x - mu_y)^2 + 1e-8)` with population moments. So a constant
 //! trace (a confident sample whose float32 loss stays exactly 0) correlates 0 with everything,
 //! never NaN. The benign scores are higher for samples the trusted set explains; vigil reports
-//! their negatives as anomaly scores (higher = more anomalous).
+//! their negatives as anomaly scores (higher = more anomalous). A fifth score adds CLC and
+//! Class CCC after putting each on the scale of the trusted samples' own leave-one-out scores
+//! ([`TrustedScale`]).
 
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis, concatenate, s};
 use serde::{Deserialize, Serialize};
@@ -18,8 +20,14 @@ use super::traces::LossTraces;
 /// Guard added to the std (z-scores) and to the CCC denominator, as in the reference.
 pub const EPSILON: f64 = 1e-8;
 
-/// The names of the four detection scores, in report order.
-pub const SCORE_NAMES: [&str; 4] = ["mean_corr", "clc", "mean_ccc", "class_ccc"];
+/// The names of the five detection scores, in report order.
+pub const SCORE_NAMES: [&str; 5] = [
+    "mean_corr",
+    "clc",
+    "mean_ccc",
+    "class_ccc",
+    "clc_plus_class_ccc",
+];
 
 /// `[chains, draws, n]` traces as `[n, chains * (draws - burn_in)]` in f64: burn-in dropped per
 /// chain, then the chains concatenated along the draws.
@@ -131,8 +139,8 @@ fn class_max(matrix: ArrayView2<f64>, labels: &[i64], leave_out_diagonal: bool) 
         .collect()
 }
 
-/// The four anomaly scores of every test sample (higher = more anomalous: the negated
-/// coupling scores).
+/// The five anomaly scores of every test sample (higher = more anomalous: the negated
+/// coupling scores, and their standardised sum).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyScores {
     /// `-` mean Pearson correlation with the trusted set.
@@ -143,17 +151,77 @@ pub struct AnomalyScores {
     pub mean_ccc: Vec<f64>,
     /// `-` class-level concordance.
     pub class_ccc: Vec<f64>,
+    /// CLC and Class CCC, each standardised by the trusted samples' own leave-one-out scores
+    /// ([`TrustedScale`]), summed: CLC sees only how traces co-vary, Class CCC their levels too,
+    /// and on the validation models each fails where the other holds (docs/madfa.md, "Stable
+    /// on models it was not tuned on").
+    #[serde(default)]
+    pub clc_plus_class_ccc: Vec<f64>,
 }
 
 impl AnomalyScores {
     /// The scores by name, in [`SCORE_NAMES`] order.
-    pub fn named(&self) -> [(&'static str, &[f64]); 4] {
+    pub fn named(&self) -> [(&'static str, &[f64]); 5] {
         [
             (SCORE_NAMES[0], &self.mean_corr),
             (SCORE_NAMES[1], &self.clc),
             (SCORE_NAMES[2], &self.mean_ccc),
             (SCORE_NAMES[3], &self.class_ccc),
+            (SCORE_NAMES[4], &self.clc_plus_class_ccc),
         ]
+    }
+}
+
+/// Mean and population standard deviation of a score over the trusted samples, each scored
+/// leave-one-out against the others ([`leave_one_out_scores`]): the yardstick that puts CLC and
+/// Class CCC on one scale. Only finite scores count (a trusted sample alone in its class with
+/// no other class has none); with fewer than two, or all equal, the scale is the identity
+/// (mean 0, sd 1), so the sum is still defined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Standardisation {
+    /// Mean of the finite leave-one-out scores.
+    pub mean: f64,
+    /// Their population standard deviation.
+    pub sd: f64,
+}
+
+impl Standardisation {
+    /// The standardisation of `scores` (see the type).
+    pub fn of(scores: &[f64]) -> Self {
+        let finite: Vec<f64> = scores.iter().copied().filter(|v| v.is_finite()).collect();
+        let n = finite.len() as f64;
+        if finite.len() < 2 {
+            return Self { mean: 0.0, sd: 1.0 };
+        }
+        let mean = finite.iter().sum::<f64>() / n;
+        let sd = (finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        if sd > 0.0 {
+            Self { mean, sd }
+        } else {
+            Self { mean: 0.0, sd: 1.0 }
+        }
+    }
+
+    /// `(x - mean) / sd`.
+    pub fn apply(&self, x: f64) -> f64 {
+        (x - self.mean) / self.sd
+    }
+}
+
+/// How the trusted samples score against each other, leave-one-out: the scale of
+/// [`AnomalyScores::clc_plus_class_ccc`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrustedScale {
+    /// Of the CLC anomaly score.
+    pub clc: Standardisation,
+    /// Of the Class CCC anomaly score.
+    pub class_ccc: Standardisation,
+}
+
+impl TrustedScale {
+    /// The standardised sum of one sample's CLC and Class CCC anomaly scores.
+    pub fn sum(&self, clc: f64, class_ccc: f64) -> f64 {
+        self.clc.apply(clc) + self.class_ccc.apply(class_ccc)
     }
 }
 
@@ -167,6 +235,8 @@ pub struct Coupling {
     pub covariance: Array2<f64>,
     /// How many traces were constant over the draws used.
     pub constant: ConstantTraces,
+    /// The trusted samples' leave-one-out CLC and Class CCC, standardising their sum.
+    pub trusted_scale: TrustedScale,
 }
 
 /// Traces that do not move over the draws used. A constant trace has no correlation with
@@ -200,7 +270,7 @@ impl ConstantTraces {
         }
         if self.test > 0 {
             out.push(format!(
-                "{} of {} test traces ({:.1}%) are constant over the draws used: they score 0 whatever their mechanism (often confident samples whose float32 loss is exactly 0; `--loss precise` or `--traces linearised` give them a trace)",
+                "{} of {} test traces ({:.1}%) are constant over the draws used: they score 0 whatever their mechanism (often confident samples whose float32 loss is exactly 0 under `--loss reference`; `--loss log`, the default, or `--loss precise` give them a trace)",
                 self.test,
                 self.n_test,
                 share(self.test, self.n_test)
@@ -244,30 +314,71 @@ pub fn coupling(traces: &LossTraces, burn_in: usize) -> Result<Coupling, MadErro
     };
     if constant.trusted == constant.n_trusted {
         return Err(MadError::Data(format!(
-            "all {} trusted traces are constant over the {} draws used: every correlation with them is undefined, so every score would be 0 and every AUROC 0.5; the chain did not move the trusted losses (check lr, or use `--loss precise`)",
+            "all {} trusted traces are constant over the {} draws used: every correlation with them is undefined, so every score would be 0 and every AUROC 0.5; the chain did not move the trusted losses (check lr; with `--loss reference`, try `--loss log`)",
             constant.n_trusted,
             trusted.ncols()
         )));
     }
+    let (_, trusted_scale) = trusted_against_each_other(trusted.view(), &traces.trusted_labels);
     Ok(Coupling {
         pearson: pearson_matrix(test.view(), trusted.view()),
         ccc: ccc_matrix(test.view(), trusted.view()),
         covariance: covariance_matrix(test.view(), trusted.view()),
         constant,
+        trusted_scale,
     })
+}
+
+/// Every trusted sample scored against the other trusted samples (`[samples, draws]`), and the
+/// scale of the summed score those scores give.
+fn trusted_against_each_other(
+    trusted: ArrayView2<f64>,
+    labels: &[i64],
+) -> (AnomalyScores, TrustedScale) {
+    let pearson = pearson_matrix(trusted, trusted);
+    let ccc = ccc_matrix(trusted, trusted);
+    let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect::<Vec<f64>>();
+    let everyone = vec![0; labels.len()];
+    let clc = neg(class_max(pearson.view(), labels, true));
+    let class_ccc = neg(class_max(ccc.view(), labels, true));
+    let scale = TrustedScale {
+        clc: Standardisation::of(&clc),
+        class_ccc: Standardisation::of(&class_ccc),
+    };
+    let clc_plus_class_ccc = clc
+        .iter()
+        .zip(&class_ccc)
+        .map(|(&a, &b)| scale.sum(a, b))
+        .collect();
+    let scores = AnomalyScores {
+        mean_corr: neg(class_max(pearson.view(), &everyone, true)),
+        clc,
+        mean_ccc: neg(class_max(ccc.view(), &everyone, true)),
+        class_ccc,
+        clc_plus_class_ccc,
+    };
+    (scores, scale)
 }
 
 /// The anomaly scores of every test sample from its couplings.
 pub fn anomaly_scores(coupling: &Coupling, trusted_labels: &[i64]) -> AnomalyScores {
-    let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect();
+    let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect::<Vec<f64>>();
+    let clc = neg(class_max_over_trusted(
+        coupling.pearson.view(),
+        trusted_labels,
+    ));
+    let class_ccc = neg(class_max_over_trusted(coupling.ccc.view(), trusted_labels));
+    let clc_plus_class_ccc = clc
+        .iter()
+        .zip(&class_ccc)
+        .map(|(&a, &b)| coupling.trusted_scale.sum(a, b))
+        .collect();
     AnomalyScores {
         mean_corr: neg(mean_over_trusted(coupling.pearson.view())),
-        clc: neg(class_max_over_trusted(
-            coupling.pearson.view(),
-            trusted_labels,
-        )),
+        clc,
         mean_ccc: neg(mean_over_trusted(coupling.ccc.view())),
-        class_ccc: neg(class_max_over_trusted(coupling.ccc.view(), trusted_labels)),
+        class_ccc,
+        clc_plus_class_ccc,
     }
 }
 
@@ -293,16 +404,7 @@ pub fn leave_one_out_scores(
             trusted.nrows()
         )));
     }
-    let pearson = pearson_matrix(trusted.view(), trusted.view());
-    let ccc = ccc_matrix(trusted.view(), trusted.view());
-    let labels = &traces.trusted_labels;
-    let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect();
-    Ok(AnomalyScores {
-        mean_corr: neg(class_max(pearson.view(), &vec![0; labels.len()], true)),
-        clc: neg(class_max(pearson.view(), labels, true)),
-        mean_ccc: neg(class_max(ccc.view(), &vec![0; labels.len()], true)),
-        class_ccc: neg(class_max(ccc.view(), labels, true)),
-    })
+    Ok(trusted_against_each_other(trusted.view(), &traces.trusted_labels).0)
 }
 
 /// Detection quality of every score on a trace file whose test samples carry anomaly flags.
@@ -534,6 +636,76 @@ mod tests {
         LossTraces::new(trusted, test, labels)
     }
 
+    /// CLC, Class CCC and their standardised sum against `scores()` of
+    /// scripts/madfa-fused-score.py (numpy 2.4.6, f64), on traces built there with the same
+    /// formulas in f64 and rounded to float32:
+    /// ```python
+    /// tr[c, d, i] = np.float32(np.sin(((c*31 + d*17 + i*13) % 23) / 7.0) + 0.1*i)  # 2 x 9 x 7
+    /// te[c, d, i] = np.float32(np.cos(((c*7 + d*11 + i*5) % 19) / 5.0) + 0.05*i)   # 2 x 9 x 3
+    /// labels = [0, 1, 0, 1, 0, 1, 2]; chains concatenated along the draws
+    /// ```
+    #[test]
+    fn clc_plus_class_ccc_matches_numpy() {
+        let trusted = Array3::from_shape_fn((2, 9, 7), |(c, d, i)| {
+            ((((c * 31 + d * 17 + i * 13) % 23) as f64 / 7.0).sin() + 0.1 * i as f64) as f32
+        });
+        let test = Array3::from_shape_fn((2, 9, 3), |(c, d, i)| {
+            ((((c * 7 + d * 11 + i * 5) % 19) as f64 / 5.0).cos() + 0.05 * i as f64) as f32
+        });
+        let labels = vec![0, 1, 0, 1, 0, 1, 2];
+        let traces = traces_of(trusted, test, labels.clone());
+        let scores = anomaly_scores(&coupling(&traces, 0).unwrap(), &labels);
+        let want: [(&str, [f64; 3]); 3] = [
+            (
+                "clc",
+                [
+                    -0.21823480562748096,
+                    -0.16292235439461836,
+                    -0.14446684327871118,
+                ],
+            ),
+            (
+                "class_ccc",
+                [
+                    -0.0667584437704213,
+                    -0.031174155869895415,
+                    -0.04690672408021903,
+                ],
+            ),
+            (
+                "clc_plus_class_ccc",
+                [2.36089859012407, 2.7903214602351674, 2.7740888545462434],
+            ),
+        ];
+        for (name, values) in want {
+            let got = scores
+                .named()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .unwrap()
+                .1;
+            for (g, w) in got.iter().zip(values) {
+                assert!((g - w).abs() < 1e-9, "{name}: {got:?} vs {values:?}");
+            }
+        }
+        // The trusted samples' own summed scores use the same scale: standardised, they have
+        // mean 0 per part, so their sum has mean 0.
+        let loo = leave_one_out_scores(&traces, 0).unwrap();
+        let mean = loo.clc_plus_class_ccc.iter().sum::<f64>() / 7.0;
+        assert!(mean.abs() < 1e-12, "{mean}");
+    }
+
+    #[test]
+    fn standardisation_falls_back_to_the_identity_when_undefined() {
+        let unit = Standardisation { mean: 0.0, sd: 1.0 };
+        assert_eq!(Standardisation::of(&[]), unit);
+        assert_eq!(Standardisation::of(&[2.0, f64::INFINITY]), unit);
+        assert_eq!(Standardisation::of(&[3.0, 3.0, 3.0]), unit);
+        let s = Standardisation::of(&[1.0, 3.0, f64::INFINITY]);
+        assert_eq!((s.mean, s.sd), (2.0, 1.0));
+        assert_eq!(s.apply(4.0), 2.0);
+    }
+
     #[test]
     fn constant_traces_are_counted_and_all_constant_trusted_traces_refused() {
         // Trusted sample 0 and test sample 0 never move; the others do.
@@ -599,7 +771,9 @@ mod tests {
             let rest_labels = others.iter().map(|&j| labels[j]).collect::<Vec<_>>();
             let c = coupling(&traces_of(rest, alone, rest_labels.clone()), 2).unwrap();
             let expected = anomaly_scores(&c, &rest_labels);
-            for ((name, got), (_, want)) in loo.named().iter().zip(expected.named()) {
+            // The four coupling scores; the summed one is standardised by the whole trusted
+            // set, not by the six others, and is checked against numpy in its own test.
+            for ((name, got), (_, want)) in loo.named().iter().zip(expected.named()).take(4) {
                 assert!(
                     (got[i] - want[0]).abs() < 1e-12,
                     "{name} of trusted sample {i}: {} vs {}",
