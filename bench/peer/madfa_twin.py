@@ -35,7 +35,7 @@ over classes. Anomaly score = minus these; AUROC with anomalous = 1.
 Command lines of the comparison (same task, same settings, 1 chain, 2 threads):
 
     vigil sample --record runs/badnets --out runs/badnets-madfa-s0 --draws 250 --burn-in 50 \\
-        --seed 0 --json
+        --seed 0 --loss reference --json    # the twin records reference or precise losses only
     python3 bench/peer/madfa_twin.py --model runs/badnets/model.safetensors \\
         --task runs/badnets-madfa-s0/task.npz --out runs/badnets-madfa-s0/torch-traces.npz \\
         --draws 250 --burn-in 50 --seed 0 --threads 2
