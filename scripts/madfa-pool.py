@@ -26,6 +26,10 @@ its own, correlations averaged over chains), and sequential rules "seq K tau": K
 draws at a time until the test-input split-run reliability of CLC reaches tau (or the pool's
 draws run out).
 
+--log EPS scores log(trace + EPS) instead of the trace (vigil's `--loss log` on a pool recorded
+with `--loss precise`: EPS 0; on a pool recorded with the float32 reference loss, a small EPS keeps
+its exact zeros finite). --designs "4x150,2x300" keeps only those plain designs.
+
 Scores are computed in numpy, independently of vigil's Rust code; the whole pool's CLC is checked
 against the AUROC in the run's --json output when it is given (--run-json).
 """
@@ -63,8 +67,15 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="only the candidate designs: 2-5 chains of 100-300 draws, 4 x 150 "
                              "within, and the 4-chain sequential rule at 0.95")
+    parser.add_argument("--log", type=float, metavar="EPS",
+                        help="score log(trace + EPS) (the check against --run-json uses the "
+                             "traces as recorded)")
+    parser.add_argument("--designs", help='only these "KxD" designs, comma-separated')
     args = parser.parse_args()
     test, trusted, labels, flags = variants.load(pathlib.Path(args.pool))
+    only = None
+    if args.designs:
+        only = {tuple(int(v) for v in d.strip().split("x")) for d in args.designs.split(",")}
     n_chains, n_draws = len(test), test[0].shape[0]
     rng = np.random.default_rng(args.seed)
 
@@ -80,6 +91,11 @@ def main():
         trace_cost = sum(c["trace_seconds"] for c in chains) / (len(chains) * n_draws)
     else:
         burn_in, step_cost, trace_cost = 100, float("nan"), float("nan")
+    if args.log is not None:
+        if min(t.min() for t in test + trusted) + args.log <= 0:
+            raise SystemExit(f"--log {args.log}: some traces are <= {-args.log}; use a larger EPS")
+        test = [np.log(t + args.log) for t in test]
+        trusted = [np.log(t + args.log) for t in trusted]
 
     def cost(k, d):
         return k * ((burn_in + d) * step_cost + d * trace_cost)
@@ -127,6 +143,8 @@ def main():
         for d in (50, 100, 150, 200, 300):
             if args.quick and (k == 1 or d == 50):
                 continue
+            if only is not None and (k, d) not in only:
+                continue
             if d > n_draws or k > n_chains // 2 and k != 1:
                 continue
             if k * d > 1200:
@@ -140,7 +158,7 @@ def main():
 
             design(f"{k} x {d}", k, one)
     for k, d in ((2, 150), (2, 300), (4, 150)):
-        if args.quick and k == 2:
+        if args.quick and k == 2 or only is not None:
             continue
         if k > n_chains // 2 or d > n_draws:
             continue
@@ -153,7 +171,7 @@ def main():
         design(f"{k} x {d} within", k, one_within)
     for k in (2, 4):
         for tau in (0.95, 0.97):
-            if args.quick and (k == 2 or tau == 0.97):
+            if args.quick and (k == 2 or tau == 0.97) or only is not None:
                 continue
             if k > n_chains // 2:
                 continue
@@ -171,7 +189,7 @@ def main():
             design(f"seq {k} test>={tau}", k, sequential)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(
-            {"pool": args.pool, "chains": n_chains, "draws": n_draws, "step_seconds": step_cost,
+            {"pool": args.pool, "log_eps": args.log, "chains": n_chains, "draws": n_draws, "step_seconds": step_cost,
              "trace_seconds": trace_cost, "permutations": args.permutations, "rows": rows},
             indent=2) + "\n")
 
