@@ -415,7 +415,13 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
     ]);
     assert!(score.status.success(), "{}", stderr(&score));
     let scored: serde_json::Value = serde_json::from_str(&stdout(&score)).unwrap();
-    for name in ["mean_corr", "clc", "mean_ccc", "class_ccc"] {
+    for name in [
+        "mean_corr",
+        "clc",
+        "mean_ccc",
+        "class_ccc",
+        "clc_plus_class_ccc",
+    ] {
         let auroc = scored["auroc"][name].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auroc), "{name}: {auroc}");
         // The sample command's own report scores the same traces the same way.

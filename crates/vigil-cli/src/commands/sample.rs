@@ -710,7 +710,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     );
     print_evaluation(&report.evaluation);
     if let Some(stability) = &report.stability {
-        eprintln!("{}", stability.summary("clc"));
+        eprintln!("{}", stability.summary(madfa::RECOMMENDED_SCORE));
     }
     if args.json {
         print_sample_json(&report, started);

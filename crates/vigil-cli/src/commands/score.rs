@@ -15,7 +15,7 @@ use vigil_core::madfa::{self, ScoreRun, ScoreRunConfig};
 /// inputs; source_id; mean_corr, clc, mean_ccc, class_ccc; the anomaly flag when the file has
 /// one; and the image's file path when it came from an image folder). When the file says which
 /// samples are anomalous, prints the AUROC of every score; with --json, stdout is one object
-/// {"auroc": {"mean_corr": .., "clc": .., "mean_ccc": .., "class_ccc": ..}, ...}.
+/// {"auroc": {"mean_corr": .., "clc": .., "mean_ccc": .., "class_ccc": .., "clc_plus_class_ccc": ..}, ...}.
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
     /// Trace file (.npz).
@@ -112,6 +112,6 @@ fn print_scored(config: &ScoreRunConfig, scored: &ScoreRun) {
         }
     }
     if let Some(stability) = &scored.stability {
-        eprintln!("{}", stability.summary("clc"));
+        eprintln!("{}", stability.summary(madfa::RECOMMENDED_SCORE));
     }
 }

@@ -86,12 +86,13 @@ impl DetectorSettings {
         })
     }
 
-    /// The column that stands for the detector in summaries and charts, chosen by its method,
-    /// never by results: MAD-FA's CLC (the score its calibration targets), SCALE-UP's SPC (the
-    /// paper's score), the only column otherwise.
+    /// The column that stands for the detector in summaries and charts: MAD-FA's recommended
+    /// score ([`crate::madfa::RECOMMENDED_SCORE`], chosen on validation models that never
+    /// enter a benchmark table; CLC until 2026-12-05), SCALE-UP's SPC (the paper's score), the
+    /// only column otherwise.
     pub fn primary_column(&self) -> &'static str {
         match self {
-            Self::Madfa(_) => "clc",
+            Self::Madfa(_) => crate::madfa::RECOMMENDED_SCORE,
             Self::Strip(_) => super::strip::COLUMN,
             Self::ScaleUp(_) => super::scale_up::SPC,
             Self::IbdPsc(_) => "psc",

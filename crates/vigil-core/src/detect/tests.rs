@@ -398,7 +398,13 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
         .unwrap();
     assert_eq!(
         fitted.columns(),
-        vec!["mean_corr", "clc", "mean_ccc", "class_ccc"]
+        vec![
+            "mean_corr",
+            "clc",
+            "mean_ccc",
+            "class_ccc",
+            "clc_plus_class_ccc"
+        ]
     );
     let first = fitted.score(&model, &inputs, &device).unwrap();
     assert_eq!(first.len(), 6);

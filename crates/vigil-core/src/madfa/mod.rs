@@ -37,8 +37,8 @@ pub use experiment::{
 };
 pub use record::StepRecorder;
 pub use scores::{
-    AnomalyScores, Attribution, ConstantTraces, Coupling, ScoreReport, Standardisation,
-    TrustedScale, anomaly_scores, bottom_attributions, coupling, evaluate_scores,
+    AnomalyScores, Attribution, ConstantTraces, Coupling, RECOMMENDED_SCORE, ScoreReport,
+    Standardisation, TrustedScale, anomaly_scores, bottom_attributions, coupling, evaluate_scores,
     leave_one_out_scores, top_attributions,
 };
 pub use sgld::{LocalizedSgld, Preconditioner, SgldConfig, StepNorms};
