@@ -638,7 +638,7 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
-            "test_index,source_id,mean_corr,clc,mean_ccc,class_ccc,is_anomalous,path"
+            "test_index,source_id,mean_corr,clc,mean_ccc,class_ccc,clc_plus_class_ccc,is_anomalous,path"
         );
         assert_eq!(lines.len(), 4);
         assert!(lines[3].starts_with("2,21,"), "{}", lines[3]);

@@ -31,9 +31,10 @@ pub const SCORE_NAMES: [&str; 5] = [
 
 /// The score vigil recommends and its detector reports first: [`AnomalyScores::clc_plus_class_ccc`].
 /// With the default log-loss traces CLC alone is the best score on some validation models and
-/// falls behind Class CCC on others (the PyTorch peer's BadNets: 0.929 ± 0.031 against 0.997 ±
-/// 0.001 over 5 seeds); their standardised sum holds on all of them (docs/madfa.md, "Stable on
-/// models it was not tuned on"). CLC was the detector's primary score until 2026-12-05.
+/// falls behind Class CCC on others (the PyTorch peer's BadNets: 0.930 ± 0.022 against 0.997 ±
+/// 0.001 over 5 seeds); their standardised sum holds on all of them (0.991 ± 0.003 there;
+/// docs/madfa.md, "Stable on models it was not tuned on"). CLC was the detector's primary score
+/// until 2026-12-05.
 pub const RECOMMENDED_SCORE: &str = "clc_plus_class_ccc";
 
 /// `[chains, draws, n]` traces as `[n, chains * (draws - burn_in)]` in f64: burn-in dropped per

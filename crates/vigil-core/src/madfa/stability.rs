@@ -242,7 +242,10 @@ mod tests {
         let run = traces(trusted.clone(), test.clone(), vec![0, 0, 1, 1]);
         let stability = split_run_stability(&run).unwrap();
         assert_eq!(stability.split, SplitKind::Draws);
-        assert_eq!(stability.test.len(), 4);
+        assert_eq!(
+            stability.test.len(),
+            crate::madfa::scores::SCORE_NAMES.len()
+        );
         let short = traces(
             trusted.slice(s![.., ..3, ..]).to_owned(),
             test.slice(s![.., ..3, ..]).to_owned(),
