@@ -18,6 +18,14 @@ trusted data is used: the score of one input does not depend on the other inputs
 `seeds`: RUNS_DIR/seed-K/traces.npz of scripts/madfa-seeds.sh; prints, per seed, CLC, Class CCC
 and the sum's AUROC, then each one's mean and sample sd over seeds; with --results, checks the
 numpy CLC and Class CCC against the AUROCs vigil printed (RESULTS/seed-K.json).
+`figure`: the stability figure against the spread for the recommended score (issue 26's third
+bar): for every pool given and designs of 2-5 chains x 100-300 draws, the sd of the summed
+score's AUROC over disjoint-chain replicates against one minus its mean split-run reliability on
+the test inputs (even against odd chains, Spearman-Brown, as `vigil sample` prints it); prints
+the rows and the Spearman correlation, and with --plot draws them (SVG).
+
+    OPENBLAS_NUM_THREADS=1 scripts/madfa-fused-score.py figure POOL_RUN_DIR... --log 1e-7 [--plot F.svg]
+
 `pool`: emulates runs of --chains x --draws from a pool of chains (disjoint chain groups, 10
 random assignments, as scripts/madfa-pool.py) and prints each score's mean and sd over replicates.
 --log EPS scores log(trace + EPS) (a pool recorded with the reference or precise loss, to emulate
@@ -67,20 +75,88 @@ def aurocs(test_chains, trusted_chains, labels, flags):
     return {k: roc_auc_score(flags, v) for k, v in scores(test, trusted, labels).items()}
 
 
+def split_run_reliability(test_chains, trusted_chains, labels, name):
+    """Even chains against odd chains: the test inputs' score `name` from each half, correlated
+    across inputs, stepped up to the whole run (Spearman-Brown)."""
+    halves = []
+    for part in (slice(0, None, 2), slice(1, None, 2)):
+        test = np.concatenate(test_chains[part], axis=0).T
+        trusted = np.concatenate(trusted_chains[part], axis=0).T
+        halves.append(scores(test, trusted, labels)[name])
+    r = np.corrcoef(halves[0], halves[1])[0, 1]
+    return 2 * r / (1 + r)
+
+
+def figure(pools, eps, plot_path, name="clc_plus_class_ccc"):
+    from scipy.stats import spearmanr
+
+    points = []
+    for pool in pools:
+        test, trusted, labels, flags = variants.load(pathlib.Path(pool))
+        test, trusted = transform(test, eps), transform(trusted, eps)
+        model = pathlib.Path(pool).name
+        for k in (2, 3, 4, 5):
+            for d in (100, 150, 300):
+                rng = np.random.default_rng(0)
+                variances, rels, values = [], [], []
+                for _ in range(3):
+                    group_values = []
+                    for g in variants.disjoint_groups(rng, len(test), k):
+                        te = [test[c][:d] for c in g]
+                        tr = [trusted[c][:d] for c in g]
+                        group_values.append(aurocs(te, tr, labels, flags)[name])
+                        rels.append(split_run_reliability(te, tr, labels, name))
+                    values.extend(group_values)
+                    variances.append(np.var(group_values, ddof=1))
+                row = (model, f"{k} x {d}", 1 - float(np.mean(rels)),
+                       float(np.sqrt(np.mean(variances))), float(np.mean(values)))
+                points.append(row)
+                print(f"  {row[0]} {row[1]}: 1 - reliability {row[2]:.4f}, sd {row[3]:.4f}, "
+                      f"mean {row[4]:.4f}", flush=True)
+    rho = spearmanr([p[2] for p in points], [p[3] for p in points])
+    print(f"{name}: Spearman rho between 1 - split-run reliability and the AUROC sd over "
+          f"{len(points)} designs of {len(pools)} models: {rho.statistic:.3f} (p {rho.pvalue:.2g})")
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("svg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        colours = plt.get_cmap("tab10")
+        for i, model in enumerate(sorted({p[0] for p in points})):
+            mine = [p for p in points if p[0] == model]
+            ax.scatter([p[2] for p in mine], [p[3] for p in mine], color=colours(i % 10),
+                       label=model)
+        ax.axhline(0.01, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(f"1 - split-run reliability of {name} on the test inputs")
+        ax.set_ylabel(f"sd of the {name} AUROC over replicates")
+        ax.set_title(f"Stability figure against spread (log traces, rho {rho.statistic:.2f})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plot_path)
+
+
 def transform(chains, eps):
     return chains if eps is None else [np.log(c + eps) for c in chains]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["seeds", "pool"])
-    parser.add_argument("folder")
+    parser.add_argument("mode", choices=["seeds", "pool", "figure"])
+    parser.add_argument("folder", nargs="+")
+    parser.add_argument("--plot")
     parser.add_argument("--results")
     parser.add_argument("--log", type=float, metavar="EPS")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=150)
     args = parser.parse_args()
-    root = pathlib.Path(args.folder)
+    if args.mode == "figure":
+        figure(args.folder, args.log, args.plot)
+        return
+    if len(args.folder) != 1:
+        raise SystemExit(f"{args.mode} takes one folder")
+    root = pathlib.Path(args.folder[0])
     rows = []
     if args.mode == "seeds":
         seeds = sorted((p for p in root.glob("seed-*") if (p / "traces.npz").exists()),
