@@ -16,7 +16,7 @@ use crate::madfa::scores::SCORE_NAMES;
 use crate::madfa::{
     AnomalyScores, CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, Calibration, CalibrationConfig,
     ChainConfig, DEFAULT_TRACE_LOSS, Quiet, anomaly_scores, bottom_attributions, calibrate,
-    coupling, leave_one_out_scores, run_chains, top_attributions, user_task,
+    coupling, run_chains, top_attributions, user_task,
 };
 use crate::models::Classifier;
 
@@ -126,7 +126,7 @@ impl Detector for Madfa {
     }
 
     /// Its trusted traces come with every walk: each trusted sample is scored against the
-    /// others ([`leave_one_out_scores`]).
+    /// others ([`crate::madfa::leave_one_out_scores`]).
     fn trusted_dependence(&self) -> super::TrustedDependence {
         super::TrustedDependence::LeaveOneOut
     }
@@ -193,7 +193,7 @@ impl FittedDetector for FittedMadfa {
     }
 
     /// The trusted traces come with every walk, so the trusted samples' leave-one-out scores
-    /// ([`leave_one_out_scores`]) cost no extra draw.
+    /// ([`crate::madfa::leave_one_out_scores`]) cost no extra draw.
     fn score_sets_and_trusted(
         &self,
         model: &Classifier,
@@ -275,7 +275,7 @@ impl FittedMadfa {
                 most: top_attributions(&coupling, self.attributions),
                 least: bottom_attributions(&coupling, self.attributions),
             })?;
-        Ok((inputs_table, table_of(&leave_one_out_scores(&traces, 0)?)?))
+        Ok((inputs_table, table_of(&coupling.trusted_leave_one_out)?))
     }
 }
 

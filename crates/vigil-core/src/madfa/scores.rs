@@ -227,6 +227,14 @@ pub struct TrustedScale {
 }
 
 impl TrustedScale {
+    /// The scale of the trusted samples' leave-one-out CLC and Class CCC anomaly scores.
+    pub fn of(clc: &[f64], class_ccc: &[f64]) -> Self {
+        Self {
+            clc: Standardisation::of(clc),
+            class_ccc: Standardisation::of(class_ccc),
+        }
+    }
+
     /// The standardised sum of one sample's CLC and Class CCC anomaly scores.
     pub fn sum(&self, clc: f64, class_ccc: f64) -> f64 {
         self.clc.apply(clc) + self.class_ccc.apply(class_ccc)
@@ -243,8 +251,9 @@ pub struct Coupling {
     pub covariance: Array2<f64>,
     /// How many traces were constant over the draws used.
     pub constant: ConstantTraces,
-    /// The trusted samples' leave-one-out CLC and Class CCC, standardising their sum.
-    pub trusted_scale: TrustedScale,
+    /// Every trusted sample scored against the other trusted samples
+    /// ([`leave_one_out_scores`]): the thresholds' scores, and the scale of the summed score.
+    pub trusted_leave_one_out: AnomalyScores,
 }
 
 /// Traces that do not move over the draws used. A constant trace has no correlation with
@@ -327,45 +336,37 @@ pub fn coupling(traces: &LossTraces, burn_in: usize) -> Result<Coupling, MadErro
             trusted.ncols()
         )));
     }
-    let (_, trusted_scale) = trusted_against_each_other(trusted.view(), &traces.trusted_labels);
+    let trusted_leave_one_out = trusted_against_each_other(trusted.view(), &traces.trusted_labels);
     Ok(Coupling {
         pearson: pearson_matrix(test.view(), trusted.view()),
         ccc: ccc_matrix(test.view(), trusted.view()),
         covariance: covariance_matrix(test.view(), trusted.view()),
         constant,
-        trusted_scale,
+        trusted_leave_one_out,
     })
 }
 
-/// Every trusted sample scored against the other trusted samples (`[samples, draws]`), and the
-/// scale of the summed score those scores give.
-fn trusted_against_each_other(
-    trusted: ArrayView2<f64>,
-    labels: &[i64],
-) -> (AnomalyScores, TrustedScale) {
+/// Every trusted sample scored against the other trusted samples (`[samples, draws]`).
+fn trusted_against_each_other(trusted: ArrayView2<f64>, labels: &[i64]) -> AnomalyScores {
     let pearson = pearson_matrix(trusted, trusted);
     let ccc = ccc_matrix(trusted, trusted);
     let neg = |v: Vec<f64>| v.into_iter().map(|x| -x).collect::<Vec<f64>>();
     let everyone = vec![0; labels.len()];
     let clc = neg(class_max(pearson.view(), labels, true));
     let class_ccc = neg(class_max(ccc.view(), labels, true));
-    let scale = TrustedScale {
-        clc: Standardisation::of(&clc),
-        class_ccc: Standardisation::of(&class_ccc),
-    };
+    let scale = TrustedScale::of(&clc, &class_ccc);
     let clc_plus_class_ccc = clc
         .iter()
         .zip(&class_ccc)
         .map(|(&a, &b)| scale.sum(a, b))
         .collect();
-    let scores = AnomalyScores {
+    AnomalyScores {
         mean_corr: neg(class_max(pearson.view(), &everyone, true)),
         clc,
         mean_ccc: neg(class_max(ccc.view(), &everyone, true)),
         class_ccc,
         clc_plus_class_ccc,
-    };
-    (scores, scale)
+    }
 }
 
 /// The anomaly scores of every test sample from its couplings.
@@ -376,10 +377,12 @@ pub fn anomaly_scores(coupling: &Coupling, trusted_labels: &[i64]) -> AnomalySco
         trusted_labels,
     ));
     let class_ccc = neg(class_max_over_trusted(coupling.ccc.view(), trusted_labels));
+    let loo = &coupling.trusted_leave_one_out;
+    let scale = TrustedScale::of(&loo.clc, &loo.class_ccc);
     let clc_plus_class_ccc = clc
         .iter()
         .zip(&class_ccc)
-        .map(|(&a, &b)| coupling.trusted_scale.sum(a, b))
+        .map(|(&a, &b)| scale.sum(a, b))
         .collect();
     AnomalyScores {
         mean_corr: neg(mean_over_trusted(coupling.pearson.view())),
@@ -412,7 +415,10 @@ pub fn leave_one_out_scores(
             trusted.nrows()
         )));
     }
-    Ok(trusted_against_each_other(trusted.view(), &traces.trusted_labels).0)
+    Ok(trusted_against_each_other(
+        trusted.view(),
+        &traces.trusted_labels,
+    ))
 }
 
 /// Detection quality of every score on a trace file whose test samples carry anomaly flags.
