@@ -14,7 +14,13 @@ import math
 import pathlib
 import sys
 
-SCORES = ["mean_corr", "clc", "mean_ccc", "class_ccc"]
+# The four reference scores, then vigil's recommended one (runs before 2026-12-05 lack it, as do
+# the PyTorch twin's; a folder reports the scores every one of its runs has).
+SCORES = ["mean_corr", "clc", "mean_ccc", "class_ccc", "clc_plus_class_ccc"]
+
+
+def scores_in(records):
+    return [k for k in SCORES if all(k in r["auroc"] for r in records)]
 
 
 def stats(values):
@@ -44,7 +50,7 @@ def summarize(folder):
         "normal": records[0].get("normal"),
         "anomalous": records[0].get("anomalous"),
         "seconds_per_seed": sum(seconds) / len(seconds),
-        "auroc": {s: stats([r["auroc"][s] for r in records]) for s in SCORES},
+        "auroc": {s: stats([r["auroc"][s] for r in records]) for s in scores_in(records)},
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -57,6 +63,9 @@ def difference_row(a, b):
 
     cells = []
     for k in SCORES:
+        if k not in a["auroc"] or k not in b["auroc"]:
+            cells.append("")
+            continue
         x, y = a["auroc"][k], b["auroc"][k]
         se = math.sqrt(x["se"] ** 2 + y["se"] ** 2)
         z = (x["mean"] - y["mean"]) / se if se > 0 else float("nan")
@@ -74,7 +83,8 @@ def main():
         if s is None:
             continue
         summaries.append(s)
-        cells = [f"{s['auroc'][k]['mean']:.4f} ± {s['auroc'][k]['sd']:.4f}" for k in SCORES]
+        cells = [f"{s['auroc'][k]['mean']:.4f} ± {s['auroc'][k]['sd']:.4f}" if k in s["auroc"] else ""
+                 for k in SCORES]
         print(f"| {s['row']} | {len(s['seeds'])} | " + " | ".join(cells)
               + f" | {s['seconds_per_seed']:.0f} |")
     if len(summaries) == 2:
