@@ -57,6 +57,7 @@ enum Command {
     Train(commands::train::TrainArgs),
     // Boxed: the attack options are by far the largest variant.
     Attack(Box<commands::attack::AttackArgs>),
+    Adversarial(Box<commands::adversarial::AdversarialArgs>),
     Eval(commands::eval::EvalArgs),
     Info(commands::info::InfoArgs),
     Table(commands::table::TableArgs),
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Attack(args) => commands::attack::run(*args),
+        Command::Adversarial(args) => commands::adversarial::run(*args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Table(args) => commands::table::run(args),

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{idx_data, model_and_sets, stderr, train, vigil, write_image_folder};
+use common::{idx_data, model_and_sets, stderr, stdout, train, vigil, write_image_folder};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("vigil-detect", name)
@@ -175,5 +175,100 @@ fn detect_fits_on_trusted_data_scores_every_input_and_measures_the_truth() {
         "{}",
         stderr(&bad)
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `vigil adversarial` writes an attack record of the successful PGD images, which `vigil table`
+/// and `vigil detect --record` read like a backdoor's: clean test inputs against adversarial ones.
+#[test]
+fn adversarial_writes_a_record_that_detect_reads_as_clean_against_adversarial_inputs() {
+    let dir = temp_dir("adversarial");
+    let data = idx_data(&dir, 600, 100, 2);
+    let model = dir.join("model");
+    train("fashion-mnist", &data, &model, 5, &["--seed", "2"]);
+    let record = dir.join("pgd");
+    let (data_s, record_s) = (data.to_str().unwrap(), record.to_str().unwrap());
+    let model_file = model.join("model.safetensors");
+    let attack = |eps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "adversarial",
+            model_file.to_str().unwrap(),
+            "--data-dir",
+            data_s,
+            "--eps",
+            eps,
+            "--steps",
+            "5",
+            "--batch-size",
+            "32",
+            "--out",
+            record_s,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    let run = attack("0.3", &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["attack"]["attack"], "pgd");
+    assert_eq!(report["attack"]["rule"]["kind"], "untargeted");
+    let kept = report["results"]["backdoor_test_size"].as_u64().unwrap();
+    let attempted = report["attempted"].as_u64().unwrap();
+    let rate = report["results"]["attack_success_rate"].as_f64().unwrap();
+    assert!(kept > 0 && kept <= attempted, "{kept} of {attempted}");
+    assert!((rate - kept as f64 / attempted as f64).abs() < 1e-12);
+    // A radius of 0.3 on 28x28 images fools a small five-epoch model almost always.
+    assert!(rate > 0.9, "success rate {rate}");
+    for file in [
+        "attack.json",
+        "backdoor_test.safetensors",
+        "backdoor_test.json",
+        "results.json",
+        "examples.png",
+        "model.safetensors",
+    ] {
+        assert!(record.join(file).exists(), "{file} missing");
+    }
+    let table = vigil(&["table", record_s]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(stdout(&table).contains("| pgd |"), "{}", stdout(&table));
+    assert!(stdout(&table).contains("untargeted"), "{}", stdout(&table));
+
+    let out = dir.join("detect");
+    let detect = vigil(&[
+        "detect",
+        "--record",
+        record_s,
+        "--data-dir",
+        data_s,
+        "--split",
+        "3,3,4",
+        "--detectors",
+        "mahalanobis,msp",
+        "--batch-size",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(detect.status.success(), "{}", stderr(&detect));
+    let detected: serde_json::Value = serde_json::from_slice(&detect.stdout).unwrap();
+    let (inputs, anomalous) = (
+        detected["inputs"].as_u64().unwrap(),
+        detected["anomalous"].as_u64().unwrap(),
+    );
+    assert!(
+        anomalous > 0 && anomalous < inputs,
+        "{anomalous} of {inputs}"
+    );
+
+    // A target that is no class, and a radius outside [0, 1], are refused.
+    let bad = attack("0.3", &["--target", "10"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("target class 10"), "{}", stderr(&bad));
+    let bad = attack("2", &[]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("not in [0, 1]"), "{}", stderr(&bad));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,5 +1,6 @@
 //! One file per subcommand: its arguments (with their manual) and its `run`.
 
+pub mod adversarial;
 pub mod attack;
 pub mod benchmark;
 pub mod calibrate;

@@ -178,6 +178,14 @@ pub fn run_attack(
             manifest
         }
     };
+    if manifest.rule == TargetRule::Untargeted {
+        return Err(AttackError::InvalidConfig {
+            attack: manifest.attack.clone(),
+            reason: "a backdoor needs a target rule (all-to-one or all-to-all), not untargeted"
+                .into(),
+        }
+        .into());
+    }
     let params: AttackParams =
         serde_json::from_value(manifest.params.clone()).map_err(AttackRunError::SavedParams)?;
     let (train_set, test_set) = selection.load(config.data_dir.as_deref())?;
@@ -405,7 +413,7 @@ impl Experiment<'_> {
 }
 
 /// Eight clean test images, their triggered versions and the amplified difference, as a PNG.
-fn write_examples(
+pub(crate) fn write_examples(
     path: &Path,
     clean: &ImageSet,
     triggered: &ImageSet,

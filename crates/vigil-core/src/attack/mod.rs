@@ -1,7 +1,9 @@
 //! Attacks on inputs and training data: backdoor poisoning ([`backdoor`]), a whole backdoor
-//! experiment as one call ([`experiment`]), records summarised for a table ([`summary`]) and
-//! projected-gradient input attacks ([`pgd`]).
+//! experiment as one call ([`experiment`]), records summarised for a table ([`summary`]),
+//! projected-gradient input attacks ([`pgd`]) and the records of their adversarial test sets
+//! ([`adversarial`]).
 
+pub mod adversarial;
 pub mod backdoor;
 pub mod experiment;
 pub mod pgd;

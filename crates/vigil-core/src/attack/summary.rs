@@ -113,11 +113,12 @@ pub struct RecordSummary {
 }
 
 impl RecordSummary {
-    /// The target rule in words: `all-to-one K` or `all-to-all`.
+    /// The target rule in words: `all-to-one K`, `all-to-all` or `untargeted`.
     pub fn target(&self) -> String {
         match self.manifest.rule {
             TargetRule::AllToOne { target } => format!("all-to-one {target}"),
             TargetRule::AllToAll => "all-to-all".to_string(),
+            TargetRule::Untargeted => "untargeted".to_string(),
         }
     }
 }

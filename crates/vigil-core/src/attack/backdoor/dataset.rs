@@ -120,13 +120,17 @@ fn check_plan(
     Ok(())
 }
 
-/// Checks that an all-to-one target is a class of `set`.
+/// Checks that an all-to-one target is a class of `set`, and that the rule names targets.
 fn check_target(
     set: &ImageSet,
     attack: &dyn BackdoorAttack,
     rule: TargetRule,
 ) -> Result<(), AttackError> {
     match rule {
+        TargetRule::Untargeted => Err(invalid(
+            attack,
+            "a backdoor needs a target rule (all-to-one or all-to-all), not untargeted".into(),
+        )),
         TargetRule::AllToOne { target } if usize::from(target) >= set.num_classes() => {
             Err(invalid(
                 attack,

@@ -85,14 +85,19 @@ pub enum TargetRule {
     },
     /// A triggered input of class `y` goes to `(y + 1) mod K` (BackdoorBench's all-to-all).
     AllToAll,
+    /// Any class but the true one: an input attack's goal (adversarial records,
+    /// [`crate::attack::adversarial`]), never a backdoor's; poisoning refuses it.
+    Untargeted,
 }
 
 impl TargetRule {
-    /// The attacker's label for an input whose true label is `label`.
+    /// The attacker's label for an input whose true label is `label` (untargeted: no single
+    /// label, so the input keeps its own; poisoning refuses that rule before asking).
     pub fn target_of(&self, label: Label, num_classes: usize) -> Label {
         match self {
             TargetRule::AllToOne { target } => *target,
             TargetRule::AllToAll => ((usize::from(label) + 1) % num_classes) as Label,
+            TargetRule::Untargeted => label,
         }
     }
 
@@ -101,7 +106,7 @@ impl TargetRule {
     pub fn in_backdoor_test_set(&self, label: Label) -> bool {
         match self {
             TargetRule::AllToOne { target } => label != *target,
-            TargetRule::AllToAll => true,
+            TargetRule::AllToAll | TargetRule::Untargeted => true,
         }
     }
 }

@@ -120,6 +120,9 @@ fn candidate_indices(
             .collect()
     };
     match (rule, mode) {
+        (TargetRule::Untargeted, _) => Err(invalid(
+            "a backdoor needs a target rule (all-to-one or all-to-all), not untargeted".to_string(),
+        )),
         (TargetRule::AllToAll, LabelMode::CleanLabel) => Err(invalid(
             "a clean-label attack needs an all-to-one target (BackdoorBench supports clean-label \
              only for all-to-one)"
@@ -281,6 +284,14 @@ pub(crate) mod tests {
         let bad_target = TargetRule::AllToOne { target: 3 };
         let result = select_poison_indices(&train, bad_target, LabelMode::PoisonLabel, 0.1, 0);
         assert!(matches!(result, Err(AttackError::InvalidConfig { .. })));
+        // An input attack's rule names no target: a backdoor cannot use it.
+        for mode in [LabelMode::PoisonLabel, LabelMode::CleanLabel] {
+            let result = select_poison_indices(&train, TargetRule::Untargeted, mode, 0.1, 0);
+            assert!(
+                matches!(&result, Err(AttackError::InvalidConfig { reason, .. }) if reason.contains("untargeted")),
+                "{result:?}"
+            );
+        }
     }
 
     #[test]
