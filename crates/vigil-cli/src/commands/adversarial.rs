@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::attack::adversarial::{
-    AdversarialConfig, AdversarialError, Attacked, describe, write_adversarial_record,
+    AdversarialConfig, AdversarialError, Attacked, AttackedModel, describe,
+    write_adversarial_record,
 };
 use vigil_core::attack::pgd::Pgd;
 use vigil_core::data::Split;
@@ -92,12 +93,15 @@ pub fn run(args: AdversarialArgs) -> Result<ExitCode> {
         test.len()
     );
     let mut progress_bar = None;
+    let model = AttackedModel {
+        file: &args.model,
+        classifier: &classifier,
+        dataset,
+        test: &test,
+    };
     let report = write_adversarial_record(
         &args.out,
-        &args.model,
-        &classifier,
-        &test,
-        dataset,
+        model,
         &config,
         &device,
         &mut Interruptible::new(|a: Attacked| {

@@ -297,21 +297,37 @@ pub struct AdversarialReport {
     pub seconds: f64,
 }
 
-/// Attacks `test` (the clean test split of `dataset`) on the model in `model_file` and writes the
-/// record folder `out`: `model.safetensors` (the model, rewritten with its spec), `attack.json`,
-/// `backdoor_test.*` (the successful adversarial images), `examples.png` and `results.json`
-/// (written last: a folder without it is unfinished). A folder holding another record is refused
-/// unless it is this attack's own (then it is rewritten, identically for the same settings).
+/// The model an adversarial record attacks, and its data.
+#[derive(Debug, Clone, Copy)]
+pub struct AttackedModel<'a> {
+    /// The model file (recorded in `attack.json`; never written to).
+    pub file: &'a Path,
+    /// The model loaded from it.
+    pub classifier: &'a Classifier,
+    /// The dataset whose clean test split `test` is (detection reloads it from the record).
+    pub dataset: DatasetKind,
+    /// That clean test split.
+    pub test: &'a ImageSet,
+}
+
+/// Attacks the model's test set and writes the record folder `out`: `model.safetensors` (the
+/// model, rewritten with its spec), `attack.json`, `backdoor_test.*` (the successful adversarial
+/// images), `examples.png` and `results.json` (written last: a folder without it is unfinished).
+/// A folder holding another attack's record is refused; this attack's own is rewritten
+/// (identically for the same settings).
 pub fn write_adversarial_record(
     out: &Path,
-    model_file: &Path,
-    classifier: &Classifier,
-    test: &ImageSet,
-    dataset: DatasetKind,
+    model: AttackedModel<'_>,
     config: &AdversarialConfig,
     device: &Device,
     progress: &mut dyn Progress<Attacked>,
 ) -> Result<AdversarialReport, AdversarialError> {
+    let AttackedModel {
+        file: model_file,
+        classifier,
+        dataset,
+        test,
+    } = model;
     let outputs = [
         files::MANIFEST,
         files::BACKDOOR_TEST_IMAGES,
@@ -538,17 +554,15 @@ mod tests {
         let corners: Vec<f32> = CORNERS[..4].iter().cycle().take(12).copied().collect();
         let test = corner_images(&corners, 0.0);
         let out = dir.join("record");
-        let report = write_adversarial_record(
-            &out,
-            &model_file,
-            &model,
-            &test,
-            DatasetKind::FashionMnist,
-            &config(0.1, None),
-            &device,
-            &mut Quiet,
-        )
-        .unwrap();
+        let attacked = AttackedModel {
+            file: &model_file,
+            classifier: &model,
+            dataset: DatasetKind::FashionMnist,
+            test: &test,
+        };
+        let report =
+            write_adversarial_record(&out, attacked, &config(0.1, None), &device, &mut Quiet)
+                .unwrap();
         assert_eq!(report.attack.attack, NAME);
         assert_eq!(
             report.attack.rule,
@@ -587,17 +601,8 @@ mod tests {
             ..report.attack.clone()
         };
         record::write_json(&other, files::MANIFEST, &manifest).unwrap();
-        let e = write_adversarial_record(
-            &other,
-            &model_file,
-            &model,
-            &test,
-            DatasetKind::FashionMnist,
-            &config(0.1, None),
-            &device,
-            &mut Quiet,
-        )
-        .unwrap_err();
+        let e = write_adversarial_record(&other, attacked, &config(0.1, None), &device, &mut Quiet)
+            .unwrap_err();
         assert!(e.to_string().contains("badnets"), "{e}");
         assert!(!other.join(files::RESULTS).exists());
         std::fs::remove_dir_all(&dir).unwrap();
