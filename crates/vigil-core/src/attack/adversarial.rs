@@ -19,20 +19,19 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::backdoor::TriggeredTestSet;
 use super::backdoor::record::{self, AttackManifest, AttackResults, RecordError, files};
-use super::experiment::write_examples;
+use super::experiment::{record_files, write_examples};
 use super::pgd::{Pgd, PgdError, frozen, objective};
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::{DatasetKind, ImageSet, Label, batch};
 use crate::inference::evaluate;
 use crate::io::{IoError, check_outputs};
-use crate::loss::cross_entropy_per_sample;
 use crate::models::{BnMode, Classifier};
 use crate::progress::Progress;
 use crate::train::files as run_files;
@@ -169,17 +168,14 @@ pub fn adversarial_test_set(
                 objective::cross_entropy(attacker, inputs.labels.to_device(&autodiff)),
                 &mut rng,
             )?,
-            Some(target) => {
-                let targets = crate::data::labels_tensor(&vec![target; chunk.len()], &autodiff);
-                config.pgd.attack(
-                    inputs.images,
-                    move |x: Tensor<4>| {
-                        cross_entropy_per_sample(attacker.forward(x, BnMode::Eval), targets.clone())
-                            .neg()
-                    },
-                    &mut rng,
-                )?
-            }
+            Some(target) => config.pgd.attack(
+                inputs.images,
+                objective::towards_class(
+                    attacker,
+                    crate::data::labels_tensor(&vec![target; chunk.len()], &autodiff),
+                ),
+                &mut rng,
+            )?,
         };
         let predicted: Vec<Label> = model
             .forward(adversarial.clone(), BnMode::Eval)
@@ -265,14 +261,8 @@ fn check_config(
             "target class {target} does not exist: the model has {classes} classes"
         )));
     }
-    let [c, h, w] = classifier.spec.input_shape;
-    let shape = test.shape();
-    if [shape.channels, shape.height, shape.width] != [c, h, w] {
-        return Err(AdversarialError::Invalid(format!(
-            "the model takes {c}x{h}x{w} images, {} holds {shape}",
-            test.source()
-        )));
-    }
+    // Stricter than fitting the model: the kept images are labelled with the class the model
+    // gives them, so the set must name every class the model can predict.
     if test.class_names().len() != classes {
         return Err(AdversarialError::Invalid(format!(
             "the model has {classes} classes, {} has {}",
@@ -280,6 +270,8 @@ fn check_config(
             test.class_names().len()
         )));
     }
+    test.check_model_input(classifier.spec.input_shape, classes)
+        .map_err(|e| AdversarialError::Invalid(e.to_string()))?;
     Ok(())
 }
 
@@ -328,16 +320,7 @@ pub fn write_adversarial_record(
         dataset,
         test,
     } = model;
-    let outputs = [
-        files::MANIFEST,
-        files::BACKDOOR_TEST_IMAGES,
-        files::BACKDOOR_TEST_INDEX,
-        files::EXAMPLES,
-        files::RESULTS,
-        run_files::MODEL,
-    ]
-    .map(|f| out.join(f));
-    check_outputs([model_file], &outputs)?;
+    check_outputs([model_file], record_files(out))?;
     if out.join(files::MANIFEST).exists() {
         let existing: AttackManifest = record::read_json(out, files::MANIFEST)?;
         if existing.attack != NAME {

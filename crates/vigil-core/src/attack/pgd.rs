@@ -306,6 +306,15 @@ pub mod objective {
         move |x| cross_entropy_per_sample(model.forward(x, BnMode::Eval), labels.clone())
     }
 
+    /// Cross-entropy of `targets` pushed down (targeted misclassification); the objective is its
+    /// negative.
+    pub fn towards_class<'a>(
+        model: &'a Classifier,
+        targets: Tensor<1, Int>,
+    ) -> impl Fn(Tensor<4>) -> Tensor<1> + 'a {
+        move |x| cross_entropy_per_sample(model.forward(x, BnMode::Eval), targets.clone()).neg()
+    }
+
     /// TRADES: `KL(softmax(clean) || softmax(f(x)))` per sample, from the clean logits (held
     /// constant), with BatchNorm in `bn` mode: eval, or train to reproduce the HALO reference's
     /// train-mode attack.
