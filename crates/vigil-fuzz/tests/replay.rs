@@ -335,6 +335,7 @@ fn write_json_record_seeds() {
                 seed: 0,
                 dataset: "fashion-mnist".into(),
                 vigil_version: "0.1.0".into(),
+                second: None,
             };
             write(
                 "attack.json",

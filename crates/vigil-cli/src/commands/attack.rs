@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use vigil_core::attack::backdoor::{AttackParams, PatchPattern, PatchPosition, TargetRule};
+use vigil_core::attack::backdoor::{
+    AttackParams, PatchPattern, PatchPosition, SECOND_SEED_OFFSET, TargetRule,
+};
 use vigil_core::attack::experiment::{
-    AttackEvent, AttackOutcome, AttackRunConfig, record_files, run_attack,
+    AttackEvent, AttackOutcome, AttackRunConfig, SecondBackdoor, record_files, run_attack,
 };
 use vigil_core::data::DatasetKind;
 use vigil_core::device::default_device;
@@ -61,6 +63,17 @@ pub struct AttackArgs {
     /// All-to-all: class y goes to (y + 1) mod K.
     #[arg(long)]
     all_to_all: bool,
+
+    /// Plant a second backdoor in the same model (several mechanisms in one model): this
+    /// attack, all-to-one to --second-target, at the same rate, its plan and random trigger
+    /// drawn with --attack-seed + 1 and kept off the first's samples. The trigger flags below
+    /// apply to whichever slot uses that attack. Not input-aware.
+    #[arg(long, value_enum, value_name = "ATTACK")]
+    second_attack: Option<AttackName>,
+
+    /// Target class of the second backdoor (default: --target).
+    #[arg(long, value_name = "CLASS", requires = "second_attack")]
+    second_target: Option<u16>,
 
     /// Fraction of the training set poisoned (BackdoorBench counts it over the whole set,
     /// also for clean-label attacks).
@@ -175,12 +188,13 @@ enum AttackName {
 }
 
 impl AttackArgs {
-    fn params(&self) -> Result<AttackParams> {
-        let name = match self.attack {
+    /// The parameters of `attack` from the flags, its random trigger drawn with `seed`.
+    fn params(&self, attack: AttackName, seed: u64) -> Result<AttackParams> {
+        let name = match attack {
             AttackName::InputAware => "input-aware".to_string(),
             other => format!("{other:?}").to_lowercase(),
         };
-        let mut params = AttackParams::defaults(&name, self.attack_seed)?;
+        let mut params = AttackParams::defaults(&name, seed)?;
         match &mut params {
             AttackParams::Badnets {
                 patch_size,
@@ -259,7 +273,7 @@ impl AttackArgs {
     fn run_config(&self) -> Result<AttackRunConfig> {
         let dataset = self.data.dataset.unwrap_or(DatasetKind::FashionMnist);
         Ok(AttackRunConfig {
-            params: self.params()?,
+            params: self.params(self.attack, self.attack_seed)?,
             rule: self.rule(),
             rate: self.rate,
             seed: self.attack_seed,
@@ -267,6 +281,18 @@ impl AttackArgs {
             data_dir: self.data.data_dir.clone(),
             training: self.training.request(dataset)?,
             resume: self.resume,
+            second: self
+                .second_attack
+                .map(|attack| {
+                    Ok::<_, anyhow::Error>(SecondBackdoor {
+                        params: self
+                            .params(attack, self.attack_seed.wrapping_add(SECOND_SEED_OFFSET))?,
+                        rule: TargetRule::AllToOne {
+                            target: self.second_target.unwrap_or(self.target),
+                        },
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -317,11 +343,19 @@ pub fn run(args: AttackArgs) -> Result<ExitCode> {
     };
     eprintln!(
         "{}: clean accuracy {:.4}, attack success rate {:.4}; record in {}",
-        report.attack.attack,
+        report.attack.mechanism_names().join(" + "),
         report.results.clean_accuracy,
         report.results.attack_success_rate,
         args.out.display()
     );
+    for (name, rate) in report
+        .attack
+        .mechanism_names()
+        .iter()
+        .zip(&report.results.mechanism_success_rates)
+    {
+        eprintln!("  {name}: attack success rate {rate:.4}");
+    }
     // Through a JSON value, whose keys are sorted, as this line has always been printed.
     println!("{}", serde_json::to_value(&report)?);
     Ok(ExitCode::SUCCESS)

@@ -217,6 +217,7 @@ pub fn adversarial_test_set(
     .map_err(|e| AdversarialError::Invalid(e.to_string()))?;
     Ok(AdversarialSet {
         set: TriggeredTestSet {
+            mechanisms: vec![0; images.len()],
             images,
             original_indices: originals,
             original_labels: true_labels,
@@ -356,6 +357,7 @@ pub fn write_adversarial_record(
         seed: config.seed,
         dataset: dataset.to_string(),
         vigil_version: env!("CARGO_PKG_VERSION").into(),
+        second: None,
     };
     record::write_json(out, files::MANIFEST, &manifest)?;
     record::write_backdoor_test(out, &attacked.set)?;
@@ -376,6 +378,7 @@ pub fn write_adversarial_record(
         noise_samples: 0,
         epochs: 0,
         train_seconds: 0.0,
+        mechanism_success_rates: Vec::new(),
     };
     record::write_json(out, files::RESULTS, &results)?;
     Ok(AdversarialReport {

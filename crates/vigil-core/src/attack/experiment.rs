@@ -10,13 +10,18 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::backdoor::record::{self, AttackManifest, AttackResults, RecordError, files};
+use super::backdoor::record::{
+    self, AttackManifest, AttackResults, RecordError, SecondBackdoorManifest, files,
+};
 use super::backdoor::{
     AttackError, AttackParams, BuildContext, InputAwareConfig, InputAwareOutcome, PoisonedData,
-    TargetRule, TriggeredTestSet, measure, poison, train_input_aware, triggered_test_set,
+    TargetRule, TriggeredTestSet, measure, poison, poison_two, train_input_aware,
+    triggered_test_set,
 };
 use crate::data::{DatasetKind, ImageSet};
+use crate::inference::evaluate;
 use crate::io::{IoError, check_outputs, write_atomic};
+use crate::models::BnMode;
 use crate::progress::{Nested, Progress};
 use crate::report::grid::{GridError, amplified_difference, image_grid_png};
 use crate::train::{
@@ -91,6 +96,20 @@ pub struct AttackRunConfig {
     pub training: RunRequest,
     /// Continue the record in the folder with its own configuration, whatever this one says.
     pub resume: bool,
+    /// A second backdoor to plant in the same model (several mechanisms in one model).
+    pub second: Option<SecondBackdoor>,
+}
+
+/// The second backdoor of a two-backdoor experiment: another attack with its own target rule,
+/// at the record's rate (see [`poison_two`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecondBackdoor {
+    /// The attack and its parameters. Its plan is drawn with the record's seed plus
+    /// [`super::backdoor::SECOND_SEED_OFFSET`]; `vigil attack` gives a random trigger the same
+    /// seed.
+    pub params: AttackParams,
+    /// Which label its triggered inputs should receive.
+    pub rule: TargetRule,
 }
 
 /// A finished experiment: the record's configuration and the measured outcome, as the record's
@@ -106,8 +125,9 @@ pub struct AttackReport {
 /// How [`run_attack`] ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttackOutcome {
-    /// The model is trained and measured; the record is complete.
-    Recorded(AttackReport),
+    /// The model is trained and measured; the record is complete (boxed: the report is large
+    /// beside the other outcomes).
+    Recorded(Box<AttackReport>),
     /// An Input-Aware record was already complete; nothing was done.
     AlreadyRecorded,
     /// Training was stopped by its [`Progress`]; the run is checkpointed and a new call continues
@@ -169,6 +189,18 @@ pub fn run_attack(
                 seed: config.seed,
                 dataset: selection.dataset.to_string(),
                 vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+                second: config
+                    .second
+                    .as_ref()
+                    .map(|second| {
+                        Ok::<_, AttackRunError>(SecondBackdoorManifest {
+                            attack: second.params.name().to_string(),
+                            params: serde_json::to_value(&second.params)
+                                .map_err(AttackRunError::Params)?,
+                            rule: second.rule,
+                        })
+                    })
+                    .transpose()?,
             };
             if saved.as_ref().is_some_and(|saved| *saved != manifest) {
                 return Err(AttackRunError::OtherAttack {
@@ -188,6 +220,39 @@ pub fn run_attack(
     }
     let params: AttackParams =
         serde_json::from_value(manifest.params.clone()).map_err(AttackRunError::SavedParams)?;
+    let second = manifest
+        .second
+        .as_ref()
+        .map(|second| {
+            let params: AttackParams = serde_json::from_value(second.params.clone())
+                .map_err(AttackRunError::SavedParams)?;
+            Ok::<_, AttackRunError>(SecondBackdoor {
+                params,
+                rule: second.rule,
+            })
+        })
+        .transpose()?;
+    if let Some(second) = &second {
+        let refuse = |reason: &str| -> AttackRunError {
+            AttackError::InvalidConfig {
+                attack: format!("{} + {}", manifest.attack, second.params.name()),
+                reason: reason.into(),
+            }
+            .into()
+        };
+        if second.rule == TargetRule::Untargeted {
+            return Err(refuse(
+                "the second backdoor needs a target rule (all-to-one or all-to-all), not untargeted",
+            ));
+        }
+        if matches!(params, AttackParams::InputAware(_))
+            || matches!(second.params, AttackParams::InputAware(_))
+        {
+            return Err(refuse(
+                "input-aware trains its trigger with the model and cannot share a record with a second backdoor",
+            ));
+        }
+    }
     let (train_set, test_set) = selection.load(config.data_dir.as_deref())?;
     let request = config.training.on_dataset(selection.dataset);
     let run = Experiment {
@@ -202,7 +267,7 @@ pub fn run_attack(
     };
     match params {
         AttackParams::InputAware(input_aware) => run.input_aware(input_aware, progress),
-        params => run.poisoned(&params, saved.is_none(), progress),
+        params => run.poisoned(&params, second.as_ref(), saved.is_none(), progress),
     }
 }
 
@@ -213,6 +278,7 @@ pub fn record_files(out: &Path) -> impl Iterator<Item = PathBuf> + '_ {
             [
                 files::MANIFEST,
                 files::POISON,
+                files::SECOND_POISON,
                 files::BACKDOOR_TEST_IMAGES,
                 files::BACKDOOR_TEST_INDEX,
                 files::RESULTS,
@@ -257,22 +323,39 @@ impl Experiment<'_> {
     fn poisoned(
         &self,
         params: &AttackParams,
+        second: Option<&SecondBackdoor>,
         new_record: bool,
         progress: &mut impl for<'e> Progress<AttackEvent<'e>>,
     ) -> Result<AttackOutcome, AttackRunError> {
-        let attack = params.build(&BuildContext {
-            train: self.train_set,
-            rule: self.manifest.rule,
-            device: self.device,
-        })?;
-        let data = poison(
-            attack.as_ref(),
-            self.train_set,
-            self.test_set,
-            self.manifest.rule,
-            self.manifest.rate,
-            self.manifest.seed,
-        )?;
+        let build = |params: &AttackParams, rule: TargetRule| {
+            params.build(&BuildContext {
+                train: self.train_set,
+                rule,
+                device: self.device,
+            })
+        };
+        let attack = build(params, self.manifest.rule)?;
+        let data = match second {
+            None => poison(
+                attack.as_ref(),
+                self.train_set,
+                self.test_set,
+                self.manifest.rule,
+                self.manifest.rate,
+                self.manifest.seed,
+            )?,
+            Some(second) => {
+                let second_attack = build(&second.params, second.rule)?;
+                poison_two(
+                    (attack.as_ref(), self.manifest.rule),
+                    (second_attack.as_ref(), second.rule),
+                    self.train_set,
+                    self.test_set,
+                    self.manifest.rate,
+                    self.manifest.seed,
+                )?
+            }
+        };
         progress.report(AttackEvent::Poisoned {
             attack: &self.manifest.attack,
             data: &data,
@@ -281,6 +364,9 @@ impl Experiment<'_> {
             self.create_dir()?;
             record::write_json(self.out, files::MANIFEST, self.manifest)?;
             record::write_plan(self.out, &data.plan)?;
+            if let Some(plan) = &data.second_plan {
+                record::write_json(self.out, files::SECOND_POISON, plan)?;
+            }
             self.write_backdoor_test(&data.backdoor_test)?;
         }
         let mut training = Nested::new(progress, train_event);
@@ -393,6 +479,25 @@ impl Experiment<'_> {
             MEASURE_BATCH,
             self.device,
         );
+        // Each backdoor's own success rate, when the record has two.
+        let mechanism_success_rates = if self.manifest.second.is_some() {
+            (0..2u8)
+                .map(|mechanism| {
+                    let positions = backdoor.positions_of(mechanism);
+                    evaluate(
+                        &run.classifier,
+                        &backdoor.images,
+                        Some(&positions),
+                        MEASURE_BATCH,
+                        BnMode::Eval,
+                        self.device,
+                    )
+                    .accuracy()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let history = &run.state.history;
         let results = AttackResults {
             clean_accuracy,
@@ -403,12 +508,13 @@ impl Experiment<'_> {
             noise_samples: noise,
             epochs: history.len(),
             train_seconds: history.iter().map(|r| r.seconds).sum(),
+            mechanism_success_rates,
         };
         record::write_json(self.out, files::RESULTS, &results)?;
-        Ok(AttackOutcome::Recorded(AttackReport {
+        Ok(AttackOutcome::Recorded(Box::new(AttackReport {
             attack: self.manifest.clone(),
             results,
-        }))
+        })))
     }
 }
 
@@ -468,6 +574,7 @@ mod tests {
                 normalize: true,
             },
             resume: false,
+            second: None,
         };
         let device = Device::default();
         let AttackOutcome::Recorded(first) =
@@ -513,6 +620,97 @@ mod tests {
             run_attack(&blended, &out, &device, &mut Quiet),
             Err(AttackRunError::OtherAttack { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_two_backdoor_experiment_plants_both_and_labels_each_triggered_image_by_its_backdoor() {
+        let dir = scratch("attack", "two-backdoors");
+        write_idx(&dir, "train", 60);
+        write_idx(&dir, "t10k", 20);
+        let out = dir.join("record");
+        let config = AttackRunConfig {
+            params: AttackParams::defaults("badnets", 0).unwrap(),
+            rule: TargetRule::AllToOne { target: 0 },
+            rate: 0.2,
+            seed: 0,
+            dataset: DatasetKind::FashionMnist,
+            data_dir: Some(dir.clone()),
+            training: RunRequest {
+                config: TrainConfig {
+                    epochs: 1,
+                    batch_size: 16,
+                    ..TrainConfig::small_cnn_default()
+                },
+                architecture: Architecture::SmallCnn {
+                    width: 4,
+                    hidden: 8,
+                },
+                normalize: true,
+            },
+            resume: false,
+            second: Some(SecondBackdoor {
+                params: AttackParams::defaults("blended", 1).unwrap(),
+                rule: TargetRule::AllToOne { target: 1 },
+            }),
+        };
+        let device = Device::default();
+        let AttackOutcome::Recorded(report) =
+            run_attack(&config, &out, &device, &mut Quiet).unwrap()
+        else {
+            panic!("the experiment did not finish");
+        };
+        assert_eq!(report.attack.mechanism_names(), ["badnets", "blended"]);
+        assert_eq!(report.results.mechanism_success_rates.len(), 2);
+
+        // The two plans are disjoint, each relabels to its own target, and together they
+        // account for the poisoned count.
+        let first: super::super::backdoor::PoisonPlan =
+            record::read_json(&out, files::POISON).unwrap();
+        let second: super::super::backdoor::PoisonPlan =
+            record::read_json(&out, files::SECOND_POISON).unwrap();
+        assert!(!first.samples.is_empty() && !second.samples.is_empty());
+        assert!(first.samples.iter().all(|s| s.label == 0));
+        assert!(second.samples.iter().all(|s| s.label == 1));
+        assert!(
+            first
+                .samples
+                .iter()
+                .all(|a| second.samples.iter().all(|b| a.index != b.index))
+        );
+        assert_eq!(
+            report.results.poisoned_samples,
+            first.samples.len() + second.samples.len()
+        );
+
+        // The triggered test set: every non-class-0 test image under BadNets (mechanism 0,
+        // target 0), then every non-class-1 image under Blended (mechanism 1, target 1).
+        let triggered = record::read_backdoor_test(&out).unwrap();
+        let test = crate::data::load(
+            DatasetKind::FashionMnist,
+            crate::data::Split::Test,
+            Some(&dir),
+        )
+        .unwrap();
+        let not = |class: u16| (0..test.len()).filter(|&i| test.label(i) != class).count();
+        let (n0, n1) = (not(0), not(1));
+        assert_eq!(triggered.images.len(), n0 + n1);
+        assert_eq!(triggered.positions_of(0), (0..n0).collect::<Vec<_>>());
+        assert_eq!(triggered.positions_of(1), (n0..n0 + n1).collect::<Vec<_>>());
+        assert!(triggered.images.labels()[..n0].iter().all(|&l| l == 0));
+        assert!(triggered.images.labels()[n0..].iter().all(|&l| l == 1));
+
+        // A second backdoor cannot be Input-Aware (it trains its own trigger with the model).
+        let input_aware = AttackRunConfig {
+            second: Some(SecondBackdoor {
+                params: AttackParams::defaults("input-aware", 0).unwrap(),
+                rule: TargetRule::AllToOne { target: 1 },
+            }),
+            ..config.clone()
+        };
+        let e = run_attack(&input_aware, &dir.join("ia"), &device, &mut Quiet).unwrap_err();
+        assert!(e.to_string().contains("input-aware"), "{e}");
+        assert!(!dir.join("ia").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -435,6 +435,7 @@ pub fn calibrate(
         sampling: sampling.clone(),
         test: trusted.subset(&probe),
         test_is_anomalous: None,
+        anomaly_mechanisms: None,
         trusted_ids: ids(&reference),
         test_ids: ids(&probe),
     };

@@ -36,6 +36,9 @@ pub struct MadTask {
     pub test: ImageSet,
     /// Whether each test sample is anomalous, if known (evaluation only).
     pub test_is_anomalous: Option<Vec<bool>>,
+    /// Which mechanism made each anomalous test sample, in test order, if known: the index into
+    /// the record's backdoors ([`AttackManifest::mechanism_names`]; evaluation only).
+    pub anomaly_mechanisms: Option<Vec<u8>>,
     /// Index of each trusted sample in its source set.
     pub trusted_ids: Vec<i64>,
     /// Index of each test sample in its source set (clean and triggered share the index of the
@@ -245,6 +248,12 @@ pub fn backdoor_task(
         sampling: clean_test.subset(&sampling_part),
         test,
         test_is_anomalous: Some(flags),
+        anomaly_mechanisms: Some(
+            triggered_kept
+                .iter()
+                .map(|&p| backdoor_test.mechanisms.get(p).copied().unwrap_or(0))
+                .collect(),
+        ),
         trusted_ids: ids(&trusted_kept),
         test_ids,
     };
@@ -474,6 +483,7 @@ pub fn user_task(
         sampling,
         test,
         test_is_anomalous: flags,
+        anomaly_mechanisms: None,
         test_ids,
     })
 }

@@ -51,6 +51,34 @@ pub struct TriggeredTestSet {
     pub original_indices: Vec<usize>,
     /// For each triggered image, the true label of its clean original.
     pub original_labels: Vec<Label>,
+    /// For each triggered image, which of the record's backdoors made it: 0 for the record's
+    /// attack, 1 for its second backdoor ([`super::experiment::poison_two`]).
+    pub mechanisms: Vec<u8>,
+}
+
+impl TriggeredTestSet {
+    /// Appends `other`'s images (same shape and classes) as made by backdoor `mechanism`.
+    pub fn append_mechanism(
+        &mut self,
+        other: &TriggeredTestSet,
+        mechanism: u8,
+    ) -> Result<(), AttackError> {
+        self.images.append(&other.images)?;
+        self.original_indices
+            .extend_from_slice(&other.original_indices);
+        self.original_labels
+            .extend_from_slice(&other.original_labels);
+        self.mechanisms
+            .extend(std::iter::repeat_n(mechanism, other.images.len()));
+        Ok(())
+    }
+
+    /// Positions of the images made by backdoor `mechanism`.
+    pub fn positions_of(&self, mechanism: u8) -> Vec<usize> {
+        (0..self.mechanisms.len())
+            .filter(|&i| self.mechanisms[i] == mechanism)
+            .collect()
+    }
 }
 
 /// Triggers (with [`BackdoorAttack::apply_trigger`]) every test image whose label satisfies
@@ -86,6 +114,7 @@ pub fn triggered_test_set(
     let source = format!("{} triggered by {}", test.source(), attack.name());
     let images = ImageSet::new(pixels, targets, shape, test.class_names().to_vec(), source)?;
     Ok(TriggeredTestSet {
+        mechanisms: vec![0; images.len()],
         images,
         original_indices,
         original_labels,

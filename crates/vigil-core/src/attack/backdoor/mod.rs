@@ -24,7 +24,7 @@ pub mod wanet;
 pub use badnets::{BadNets, Patch, PatchMask, PatchPattern, PatchPosition};
 pub use blended::Blended;
 pub use dataset::{TriggeredTestSet, poison_training_set, triggered_test_set};
-pub use experiment::{PoisonedData, measure, poison};
+pub use experiment::{PoisonedData, SECOND_SEED_OFFSET, measure, poison, poison_two};
 pub use input_aware::{InputAware, InputAwareConfig, InputAwareOutcome, train_input_aware};
 pub use label_consistent::{LabelConsistent, LcPerturbation};
 pub use low_frequency::{LfSearch, LowFrequency};

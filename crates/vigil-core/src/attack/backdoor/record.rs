@@ -5,6 +5,7 @@
 //! - `attack.json`: [`AttackManifest`]: attack name and parameters, target rule, poisoning rate,
 //!   seed, dataset, vigil version;
 //! - `poison.json`: the [`PoisonPlan`] (which training indices were altered, their labels, how);
+//!   `poison-second.json` the same for a second backdoor, when the record has one;
 //! - `backdoor_test.safetensors` + `backdoor_test.json`: the triggered test set (every test image
 //!   the rule covers, triggered, with its original index, original label and target label);
 //! - `results.json`: [`AttackResults`] (clean accuracy, attack success rate, timings);
@@ -34,6 +35,8 @@ pub mod files {
     pub const RESULTS: &str = "results.json";
     /// Clean vs triggered examples.
     pub const EXAMPLES: &str = "examples.png";
+    /// The second backdoor's poisoning plan, in two-backdoor records.
+    pub const SECOND_POISON: &str = "poison-second.json";
 }
 
 /// Errors reading or writing an attack record; each names the file.
@@ -72,6 +75,31 @@ pub struct AttackManifest {
     pub dataset: String,
     /// vigil version that wrote the record.
     pub vigil_version: String,
+    /// A second backdoor planted in the same model, when there is one (several mechanisms in
+    /// one model); its triggered images follow the first's in the backdoor test set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<SecondBackdoorManifest>,
+}
+
+impl AttackManifest {
+    /// Names of the record's backdoors, indexed by [`TriggeredTestSet::mechanisms`].
+    pub fn mechanism_names(&self) -> Vec<String> {
+        let mut names = vec![self.attack.clone()];
+        names.extend(self.second.iter().map(|s| s.attack.clone()));
+        names
+    }
+}
+
+/// The second backdoor of a two-backdoor record: its attack, parameters and target rule (rate
+/// and seed are the record's; see [`super::experiment::poison_two`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecondBackdoorManifest {
+    /// Registry name of the attack.
+    pub attack: String,
+    /// Its parameters, as the attack serialises them.
+    pub params: serde_json::Value,
+    /// Its target rule.
+    pub rule: TargetRule,
 }
 
 /// The outcome of an attack.
@@ -93,6 +121,10 @@ pub struct AttackResults {
     pub epochs: usize,
     /// Seconds spent training.
     pub train_seconds: f64,
+    /// Attack success rate of each backdoor of a two-backdoor record, in mechanism order
+    /// (empty for one backdoor, whose rate is `attack_success_rate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mechanism_success_rates: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +133,9 @@ struct BackdoorTestIndex {
     original_labels: Vec<Label>,
     target_labels: Vec<Label>,
     class_names: Vec<String>,
+    /// Which backdoor made each image (absent in single-backdoor records: all 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mechanisms: Vec<u8>,
 }
 
 /// Writes `value` as `dir/name` (pretty JSON, atomically).
@@ -136,6 +171,11 @@ pub fn write_backdoor_test(dir: &Path, set: &TriggeredTestSet) -> Result<(), Rec
         original_labels: set.original_labels.clone(),
         target_labels: set.images.labels().to_vec(),
         class_names: set.images.class_names().to_vec(),
+        mechanisms: if set.mechanisms.iter().all(|&m| m == 0) {
+            Vec::new()
+        } else {
+            set.mechanisms.clone()
+        },
     };
     write_json(dir, files::BACKDOOR_TEST_INDEX, &index)
 }
@@ -159,13 +199,22 @@ pub fn read_backdoor_test(dir: &Path) -> Result<TriggeredTestSet, RecordError> {
             "images have shape {shape:?}, expected [n, c, h, w]"
         ))
     })?;
+    let mechanisms = if index.mechanisms.is_empty() {
+        vec![0; n]
+    } else {
+        index.mechanisms
+    };
     if index.target_labels.len() != n
         || index.original_labels.len() != n
         || index.original_indices.len() != n
+        || mechanisms.len() != n
     {
         return Err(bad(format!(
-            "{n} images but {} target labels in {}",
+            "{n} images but {} target labels, {} original labels, {} original indices and {} mechanisms in {}",
             index.target_labels.len(),
+            index.original_labels.len(),
+            index.original_indices.len(),
+            mechanisms.len(),
             files::BACKDOOR_TEST_INDEX
         )));
     }
@@ -181,6 +230,7 @@ pub fn read_backdoor_test(dir: &Path) -> Result<TriggeredTestSet, RecordError> {
         images,
         original_indices: index.original_indices,
         original_labels: index.original_labels,
+        mechanisms,
     })
 }
 
