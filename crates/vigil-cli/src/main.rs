@@ -65,6 +65,7 @@ enum Command {
     Sample(Box<commands::sample::SampleArgs>),
     Score(commands::score::ScoreArgs),
     Merge(commands::merge::MergeArgs),
+    Mechanisms(commands::mechanisms::MechanismsArgs),
     Detect(Box<commands::detect::DetectArgs>),
     // `vigil bench` is an old name of this command.
     #[command(alias = "bench")]
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => commands::sample::run(*args),
         Command::Score(args) => commands::score::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Mechanisms(args) => commands::mechanisms::run(args),
         Command::Detect(args) => commands::detect::run(*args),
         Command::Throughput(args) => commands::throughput::run(args),
         Command::Benchmark(args) => commands::benchmark::run(args),

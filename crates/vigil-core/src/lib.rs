@@ -27,6 +27,7 @@ pub mod io;
 pub mod kernels;
 pub mod loss;
 pub mod madfa;
+pub mod mechanisms;
 pub mod memory;
 pub mod metrics;
 pub mod models;

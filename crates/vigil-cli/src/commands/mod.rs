@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod detect;
 pub mod eval;
 pub mod info;
+pub mod mechanisms;
 pub mod merge;
 pub mod sample;
 pub mod score;

@@ -14,7 +14,7 @@ pub struct Line {
 }
 
 /// Line colours: matplotlib's tab20, dark shades first, so up to ten lines stay distinct.
-const COLOURS: [(u8, u8, u8); 20] = [
+pub(crate) const COLOURS: [(u8, u8, u8); 20] = [
     (31, 119, 180),
     (255, 127, 14),
     (44, 160, 44),

@@ -1,10 +1,12 @@
 //! Pictures and summaries for people: image grids of clean and triggered inputs ([`grid`]),
-//! grouped bar charts ([`bars`]), line charts such as ROC curves ([`lines`]), and CSV fields
+//! grouped bar charts ([`bars`]), line charts such as ROC curves ([`lines`]), scatter plots of
+//! points in groups ([`scatter`]), and CSV fields
 //! ([`csv_field`]).
 
 pub mod bars;
 pub mod grid;
 pub mod lines;
+pub mod scatter;
 
 /// `text` as one CSV field (RFC 4180): quoted, with inner quotes doubled, when it holds a comma,
 /// a quote or a line break; as it is otherwise.

@@ -1,0 +1,117 @@
+//! `vigil mechanisms`: tell apart the backdoors of a two-backdoor record from a MAD-FA run's
+//! signatures, against the model's own features.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vigil_core::device::default_device;
+use vigil_core::mechanisms::{MechanismConfig, analyse, files};
+
+/// Cluster the inputs MAD-FA flags on a record with two backdoors, and measure how well the
+/// clusters match the backdoors.
+///
+/// RUN is a `vigil sample --record RECORD` run folder (its task.json and traces.npz). Test
+/// inputs whose recommended MAD-FA score exceeds the trusted samples' leave-one-out (1 - FPR)
+/// quantile are flagged. Each flagged triggered input's signature is its row of Pearson
+/// couplings with the trusted samples (and, more coarsely, their class means); k-means with k
+/// chosen by the silhouette (2..=--max-k, no labels) clusters the signatures, and the adjusted
+/// Rand index compares the clusters with the backdoor that made each input. The model's
+/// penultimate activations of the same inputs are clustered the same way, as the baseline; all
+/// three feature kinds are also clustered over every triggered input, flagged or not. --out
+/// gets mechanisms.json (every clustering: k, silhouettes, ARI), assignments.csv and
+/// signatures.svg (the flagged inputs' features on their first two principal components,
+/// coloured by backdoor and by cluster).
+#[derive(Args, Debug)]
+pub struct MechanismsArgs {
+    /// The two-backdoor attack record (`vigil attack --second-attack`).
+    #[arg(long, value_name = "DIR")]
+    record: PathBuf,
+
+    /// A `vigil sample --record` run on it.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+
+    /// Folder holding the dataset's files (overrides $VIGIL_DATA_DIR and the default places).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Folder to write.
+    #[arg(long, short, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Trusted false-positive rate of the flagging threshold.
+    #[arg(long, default_value_t = 0.05)]
+    fpr: f64,
+
+    /// Most clusters tried (k runs from 2).
+    #[arg(long, default_value_t = 6)]
+    max_k: usize,
+
+    /// k-means restarts per k (k-means++ seeds).
+    #[arg(long, default_value_t = 10)]
+    restarts: usize,
+
+    /// Seed of the k-means seeding.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: MechanismsArgs) -> Result<ExitCode> {
+    let config = MechanismConfig {
+        data_dir: args.data_dir.clone(),
+        fpr: args.fpr,
+        max_k: args.max_k,
+        restarts: args.restarts,
+        seed: args.seed,
+        ..MechanismConfig::new(args.record.clone(), args.run.clone(), args.out.clone())
+    };
+    let report = analyse(&config, &default_device()).with_context(|| {
+        format!(
+            "telling apart the backdoors of {} from the run {}",
+            args.record.display(),
+            args.run.display()
+        )
+    })?;
+    eprintln!(
+        "flagged by {} above {:.4} ({:.0}% trusted FPR): clean {}/{}; {}",
+        report.flagging_score,
+        report.threshold,
+        100.0 * report.fpr,
+        report.clean_flagged.0,
+        report.clean_flagged.1,
+        report
+            .mechanisms
+            .iter()
+            .zip(&report.triggered_flagged)
+            .map(|(name, (flagged, all))| format!("{name} {flagged}/{all}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!(
+        "{:<26} {:<10} {:>5} {:>3} {:>7}",
+        "features", "inputs", "n", "k", "ARI"
+    );
+    for row in &report.rows {
+        eprintln!(
+            "{:<26} {:<10} {:>5} {:>3} {:>7.3}",
+            row.features, row.inputs, row.n, row.k, row.ari
+        );
+    }
+    eprintln!(
+        "written: {}, {}, {} in {}",
+        files::REPORT,
+        files::ASSIGNMENTS,
+        files::PICTURE,
+        args.out.display()
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

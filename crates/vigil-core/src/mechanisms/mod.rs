@@ -1,0 +1,462 @@
+//! Telling anomalous mechanisms apart: offline MAD-FA on a model with several backdoors.
+//!
+//! A flagged input's couplings with the trusted samples (the row of the Pearson matrix MAD-FA
+//! scores from) are its **signature**: inputs that run on the same mechanism should co-vary with
+//! the same trusted samples. [`analyse`] takes a `vigil sample` run on a record with two
+//! backdoors (`vigil attack --second-attack`), flags the test inputs whose recommended MAD-FA
+//! score exceeds the trusted samples' `1 - fpr` quantile, clusters the flagged triggered
+//! inputs' signatures with k-means (k chosen by silhouette, no labels), and measures the
+//! adjusted Rand index against the backdoor that made each input. The baseline gets the same
+//! inputs and the same clustering on its own features, the model's penultimate activations.
+//! Every feature kind is also clustered over all triggered inputs, flagged or not.
+//! Method notes: docs/madfa.md, "Several mechanisms in one model".
+
+pub mod cluster;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::attack::backdoor::record::{self, AttackManifest, files as record_files};
+use crate::detect::DetectError;
+use crate::detect::latent::penultimate_features;
+use crate::io::{IoError, check_outputs, write_atomic, write_json_atomic};
+use crate::madfa::MadError;
+use crate::madfa::scores::{anomaly_scores, coupling};
+use crate::madfa::task::{SplitSizes, record_task};
+use crate::madfa::traces::{LossTraces, TraceFileError};
+use crate::report::bars::ChartError;
+use crate::report::scatter::{ScatterPanel, scatter_panels_svg};
+use cluster::{adjusted_rand_index, choose_k, principal_components_2d};
+
+/// File names a mechanism analysis writes.
+pub mod files {
+    /// The report ([`super::MechanismReport`]).
+    pub const REPORT: &str = "mechanisms.json";
+    /// Every clustered input: mechanism and cluster under each feature kind.
+    pub const ASSIGNMENTS: &str = "assignments.csv";
+    /// Signatures in 2-D, coloured by truth and by cluster.
+    pub const PICTURE: &str = "signatures.svg";
+}
+
+/// Errors of a mechanism analysis.
+#[derive(Debug, thiserror::Error)]
+pub enum MechanismError {
+    /// The run folder does not describe a run on an attack record.
+    #[error("{}: {reason}", .path.display())]
+    Run {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The record has fewer than two backdoors, or the run's inputs do not match it.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A setting is out of range.
+    #[error("invalid mechanism analysis settings: {0}")]
+    InvalidConfig(String),
+    /// The traces cannot be read.
+    #[error(transparent)]
+    Traces(#[from] TraceFileError),
+    /// The task cannot be rebuilt or scored.
+    #[error(transparent)]
+    Mad(#[from] MadError),
+    /// The record cannot be read.
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+    /// The baseline's features cannot be computed.
+    #[error(transparent)]
+    Features(#[from] DetectError),
+    /// The picture cannot be drawn.
+    #[error("drawing {}: {source}", files::PICTURE)]
+    Picture {
+        /// Why.
+        source: ChartError,
+    },
+    /// An output cannot be written.
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// A mechanism analysis, as data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MechanismConfig {
+    /// The attack record (two backdoors).
+    pub record: PathBuf,
+    /// A `vigil sample --record` run on it (`task.json` and `traces.npz`).
+    pub run: PathBuf,
+    /// Folder of the dataset's files (`None`: the default places).
+    pub data_dir: Option<PathBuf>,
+    /// Where the report, assignments and picture go.
+    pub out: PathBuf,
+    /// Trusted false-positive rate of the flagging threshold.
+    pub fpr: f64,
+    /// Largest number of clusters tried (from 2).
+    pub max_k: usize,
+    /// k-means restarts per k.
+    pub restarts: usize,
+    /// Seed of the k-means seeding.
+    pub seed: u64,
+    /// Batch size of the feature pass.
+    pub batch_size: usize,
+}
+
+impl MechanismConfig {
+    /// The defaults for `record`, `run` and `out`: 5% FPR, k from 2 to 6, 10 restarts, seed 0.
+    pub fn new(record: PathBuf, run: PathBuf, out: PathBuf) -> Self {
+        Self {
+            record,
+            run,
+            data_dir: None,
+            out,
+            fpr: 0.05,
+            max_k: 6,
+            restarts: 10,
+            seed: 0,
+            batch_size: 256,
+        }
+    }
+
+    fn validate(&self) -> Result<(), MechanismError> {
+        if !(self.fpr > 0.0 && self.fpr < 1.0) {
+            return Err(MechanismError::InvalidConfig(format!(
+                "--fpr {} is not in (0, 1)",
+                self.fpr
+            )));
+        }
+        if self.max_k < 2 {
+            return Err(MechanismError::InvalidConfig(format!(
+                "--max-k {} leaves no k to try (k starts at 2)",
+                self.max_k
+            )));
+        }
+        if self.restarts == 0 || self.batch_size == 0 {
+            return Err(MechanismError::InvalidConfig(
+                "restarts and batch size must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What each input's features are.
+pub const FEATURE_KINDS: [&str; 3] = [
+    "madfa.trusted_couplings",
+    "madfa.class_couplings",
+    "penultimate",
+];
+
+/// One clustering: a feature kind on a set of inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusteringRow {
+    /// One of [`FEATURE_KINDS`].
+    pub features: String,
+    /// `flagged` (triggered inputs MAD-FA flags) or `triggered` (all of them).
+    pub inputs: String,
+    /// Inputs clustered.
+    pub n: usize,
+    /// Of them, made by each backdoor.
+    pub per_mechanism: Vec<usize>,
+    /// Clusters chosen by silhouette.
+    pub k: usize,
+    /// `(k, mean silhouette)` for every k tried.
+    pub silhouettes: Vec<(usize, Option<f64>)>,
+    /// Adjusted Rand index of the clusters against the backdoors.
+    pub ari: f64,
+}
+
+/// The outcome of [`analyse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MechanismReport {
+    /// The record's backdoors, by mechanism index.
+    pub mechanisms: Vec<String>,
+    /// The score that flags inputs.
+    pub flagging_score: String,
+    /// Its threshold: the trusted samples' leave-one-out `1 - fpr` quantile.
+    pub threshold: f64,
+    /// The trusted false-positive rate asked for.
+    pub fpr: f64,
+    /// Clean test inputs flagged / scored.
+    pub clean_flagged: (usize, usize),
+    /// Triggered test inputs flagged / scored, per backdoor.
+    pub triggered_flagged: Vec<(usize, usize)>,
+    /// Every clustering.
+    pub rows: Vec<ClusteringRow>,
+    /// Settings: k range, restarts, seed.
+    pub max_k: usize,
+    /// k-means restarts per k.
+    pub restarts: usize,
+    /// Seed of the k-means seeding.
+    pub seed: u64,
+}
+
+/// What `vigil sample --record` writes about its task (`task.json`); only the split is read.
+#[derive(Debug, Deserialize)]
+struct RunTask {
+    split_per_class: SplitSizes,
+    split_seed: u64,
+}
+
+/// The `1 - fpr` quantile of `trusted` (the smallest value at or above that share, as the
+/// detectors' thresholds): inputs scoring above it are flagged.
+fn quantile_threshold(trusted: &[f64], fpr: f64) -> f64 {
+    let mut sorted: Vec<f64> = trusted.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::INFINITY;
+    }
+    let rank = ((1.0 - fpr) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs the analysis `config` describes and writes its report, assignments and picture.
+pub fn analyse(
+    config: &MechanismConfig,
+    device: &Device,
+) -> Result<MechanismReport, MechanismError> {
+    config.validate()?;
+    let out = &config.out;
+    let task_path = config.run.join("task.json");
+    let traces_path = config.run.join("traces.npz");
+    check_outputs(
+        [&task_path, &traces_path],
+        [files::REPORT, files::ASSIGNMENTS, files::PICTURE].map(|f| out.join(f)),
+    )?;
+    let manifest: AttackManifest = record::read_json(&config.record, record_files::MANIFEST)?;
+    let names = manifest.mechanism_names();
+    if names.len() < 2 {
+        return Err(MechanismError::Mismatch(format!(
+            "{} holds one backdoor ({}); a mechanism analysis needs a record with two (vigil attack --second-attack)",
+            config.record.display(),
+            names[0]
+        )));
+    }
+    let text = std::fs::read_to_string(&task_path).map_err(|e| MechanismError::Run {
+        path: task_path.clone(),
+        reason: format!("cannot read ({e}); is this a `vigil sample --record` run folder?"),
+    })?;
+    let run_task: RunTask = serde_json::from_str(&text).map_err(|e| MechanismError::Run {
+        path: task_path.clone(),
+        reason: format!("not a record run's task ({e})"),
+    })?;
+    let traces = LossTraces::load(&traces_path)?;
+    let loaded = record_task(
+        &config.record,
+        config.data_dir.as_deref(),
+        run_task.split_per_class,
+        run_task.split_seed,
+        config.batch_size,
+        device,
+    )?;
+    let task = &loaded.task;
+    let (Some(flags), Some(mechanisms)) = (&task.test_is_anomalous, &task.anomaly_mechanisms)
+    else {
+        return Err(MechanismError::Mismatch(
+            "the record's task does not say which inputs are triggered".into(),
+        ));
+    };
+    if traces.test_ids.as_deref() != Some(task.test_ids.as_slice())
+        || traces.test_is_anomalous.as_deref() != Some(flags.as_slice())
+    {
+        return Err(MechanismError::Mismatch(format!(
+            "the traces in {} are not of this record's test inputs ({} traced, {} in the task): was the run made on {}?",
+            traces_path.display(),
+            traces.n_test(),
+            task.test.len(),
+            config.record.display()
+        )));
+    }
+
+    let coupled = coupling(&traces, 0)?;
+    let scores = anomaly_scores(&coupled, &traces.trusted_labels);
+    let threshold = quantile_threshold(
+        &coupled.trusted_leave_one_out.clc_plus_class_ccc,
+        config.fpr,
+    );
+    let flagged: Vec<bool> = scores
+        .clc_plus_class_ccc
+        .iter()
+        .map(|&s| s > threshold)
+        .collect();
+    let anomalous: Vec<usize> = (0..flags.len()).filter(|&i| flags[i]).collect();
+    let mechanism_of = |position: usize| usize::from(mechanisms[position]);
+    let clean: Vec<usize> = (0..flags.len()).filter(|&i| !flags[i]).collect();
+    let mut triggered_flagged = vec![(0, 0); names.len()];
+    for (position, &i) in anomalous.iter().enumerate() {
+        let m = mechanism_of(position).min(names.len() - 1);
+        triggered_flagged[m].1 += 1;
+        if flagged[i] {
+            triggered_flagged[m].0 += 1;
+        }
+    }
+
+    // Features of every triggered input, `[n_anomalous, dim]` per kind.
+    let classes: Vec<i64> = {
+        let mut c = traces.trusted_labels.clone();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    let n_trusted = coupled.pearson.ncols();
+    let mut trusted_couplings = Vec::with_capacity(anomalous.len() * n_trusted);
+    let mut class_couplings = Vec::with_capacity(anomalous.len() * classes.len());
+    for &i in &anomalous {
+        let row = coupled.pearson.row(i);
+        trusted_couplings.extend(row.iter());
+        for c in &classes {
+            let members: Vec<f64> = (0..n_trusted)
+                .filter(|&j| traces.trusted_labels[j] == *c)
+                .map(|j| row[j])
+                .collect();
+            class_couplings.push(members.iter().sum::<f64>() / members.len() as f64);
+        }
+    }
+    let triggered_images = task.test.subset(&anomalous);
+    let (penultimate, penultimate_dim) = penultimate_features(
+        "mechanisms",
+        &loaded.classifier,
+        &triggered_images,
+        config.batch_size,
+        device,
+    )?;
+    let kinds: [(&str, &[f64], usize); 3] = [
+        (FEATURE_KINDS[0], &trusted_couplings, n_trusted),
+        (FEATURE_KINDS[1], &class_couplings, classes.len()),
+        (FEATURE_KINDS[2], &penultimate, penultimate_dim),
+    ];
+
+    let truth: Vec<usize> = (0..anomalous.len()).map(mechanism_of).collect();
+    let flagged_positions: Vec<usize> = (0..anomalous.len())
+        .filter(|&p| flagged[anomalous[p]])
+        .collect();
+    let all_positions: Vec<usize> = (0..anomalous.len()).collect();
+    let mut rows = Vec::new();
+    let mut assignments: Vec<Vec<Option<usize>>> = vec![vec![None; kinds.len()]; anomalous.len()];
+    let mut panels = Vec::new();
+    for (inputs, positions) in [
+        ("flagged", &flagged_positions),
+        ("triggered", &all_positions),
+    ] {
+        for (kind_index, (kind, features, dim)) in kinds.iter().enumerate() {
+            let points: Vec<f64> = positions
+                .iter()
+                .flat_map(|&p| features[p * dim..(p + 1) * dim].iter().copied())
+                .collect();
+            let own_truth: Vec<usize> = positions.iter().map(|&p| truth[p]).collect();
+            let mut per_mechanism = vec![0; names.len()];
+            for &t in &own_truth {
+                per_mechanism[t.min(names.len() - 1)] += 1;
+            }
+            let Some(chosen) = choose_k(
+                &points,
+                *dim,
+                2..=config.max_k,
+                config.restarts,
+                config.seed,
+            ) else {
+                return Err(MechanismError::Mismatch(format!(
+                    "{} {inputs} inputs cannot be clustered into 2 to {} groups by {kind} (too few, or identical)",
+                    positions.len(),
+                    config.max_k
+                )));
+            };
+            let ari =
+                adjusted_rand_index(&own_truth, &chosen.clustering.labels).unwrap_or(f64::NAN);
+            if inputs == "flagged" {
+                for (&p, &c) in positions.iter().zip(&chosen.clustering.labels) {
+                    assignments[p][kind_index] = Some(c);
+                }
+                if let Some(projected) = principal_components_2d(&points, *dim) {
+                    for (colouring, groups, group_names) in [
+                        ("backdoor", own_truth.clone(), names.clone()),
+                        (
+                            "cluster",
+                            chosen.clustering.labels.clone(),
+                            (0..chosen.k).map(|c| format!("cluster {c}")).collect(),
+                        ),
+                    ] {
+                        panels.push(ScatterPanel {
+                            title: format!("{kind}: by {colouring}"),
+                            points: projected.clone(),
+                            groups,
+                            group_names,
+                        });
+                    }
+                }
+            }
+            rows.push(ClusteringRow {
+                features: kind.to_string(),
+                inputs: inputs.to_string(),
+                n: positions.len(),
+                per_mechanism,
+                k: chosen.k,
+                silhouettes: chosen.silhouettes,
+                ari,
+            });
+        }
+    }
+
+    let report = MechanismReport {
+        mechanisms: names.clone(),
+        flagging_score: format!("madfa.{}", crate::madfa::scores::RECOMMENDED_SCORE),
+        threshold,
+        fpr: config.fpr,
+        clean_flagged: (clean.iter().filter(|&&i| flagged[i]).count(), clean.len()),
+        triggered_flagged,
+        rows,
+        max_k: config.max_k,
+        restarts: config.restarts,
+        seed: config.seed,
+    };
+    write_assignments(
+        &out.join(files::ASSIGNMENTS),
+        &anomalous,
+        &task.test_ids,
+        &truth,
+        &names,
+        &flagged,
+        &assignments,
+    )?;
+    let svg =
+        scatter_panels_svg(&panels, 2).map_err(|source| MechanismError::Picture { source })?;
+    write_atomic(&out.join(files::PICTURE), svg.as_bytes())?;
+    write_json_atomic(&out.join(files::REPORT), &report)?;
+    Ok(report)
+}
+
+/// One CSV row per triggered input: its test position and source id, its backdoor, whether it
+/// was flagged, and its cluster under each feature kind (empty when not flagged).
+fn write_assignments(
+    path: &Path,
+    anomalous: &[usize],
+    test_ids: &[i64],
+    truth: &[usize],
+    names: &[String],
+    flagged: &[bool],
+    assignments: &[Vec<Option<usize>>],
+) -> Result<(), IoError> {
+    let mut text = String::from("test_index,source_id,backdoor,flagged");
+    for kind in FEATURE_KINDS {
+        text.push(',');
+        text.push_str(kind);
+    }
+    text.push('\n');
+    for (position, &i) in anomalous.iter().enumerate() {
+        text.push_str(&format!(
+            "{i},{},{},{}",
+            test_ids[i],
+            names[truth[position].min(names.len() - 1)],
+            flagged[i]
+        ));
+        for cluster in &assignments[position] {
+            text.push(',');
+            if let Some(c) = cluster {
+                text.push_str(&c.to_string());
+            }
+        }
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
