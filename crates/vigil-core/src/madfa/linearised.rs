@@ -103,6 +103,58 @@ fn flat_gradient<M: Module>(module: &M, grads: &Gradients, out: &mut Vec<f32>) {
     module.visit(&mut Visit { grads, out });
 }
 
+/// Appends the gradient with respect to every float of `model` (an autodiff copy that tracks
+/// its parameters, eval mode) of the loss `form` of one image `x` (`[1, c, h, w]`) against
+/// `label`, flattened in visiting order.
+pub(crate) fn sample_gradient(
+    model: &Classifier,
+    x: Tensor<4>,
+    label: i64,
+    form: TraceLoss,
+    out: &mut Vec<f32>,
+) {
+    let device = x.device().autodiff();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label], [1]), &device);
+    let logits = model.forward(x.autodiff(), BnMode::Eval);
+    let grads = form.per_sample(logits, y).sum().backward();
+    flat_gradient(&model.network, &grads, out);
+}
+
+/// Whether each float of `model` (visiting order) has a gradient: parameters do, buffers such
+/// as BatchNorm's running statistics do not. `model` is an autodiff copy that tracks its
+/// parameters; one backward pass of a zero image tells.
+pub(crate) fn trainable_mask(model: &Classifier, form: TraceLoss) -> Vec<bool> {
+    struct Visit<'a> {
+        grads: &'a Gradients,
+        out: Vec<bool>,
+    }
+    impl ModuleVisitor for Visit<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let n = value.dims().iter().product::<usize>();
+            let has = value.grad(self.grads).is_some();
+            self.out.extend(std::iter::repeat_n(has, n));
+        }
+    }
+    let s = &model.spec.input_shape;
+    let device = model
+        .network
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let x = Tensor::<4>::zeros([1, s[0], s[1], s[2]], &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &device);
+    let logits = model.forward(x, BnMode::Eval);
+    let grads = form.per_sample(logits, y).sum().backward();
+    let mut visit = Visit {
+        grads: &grads,
+        out: Vec::new(),
+    };
+    model.network.visit(&mut visit);
+    visit.out
+}
+
 /// Per-sample gradients at w* (loss `form`, eval mode) of samples `range` of `inputs`,
 /// `[range.len(), floats]` row-major. Each worker thread backpropagates its own samples through
 /// its own copy of the model, one sample at a time.
@@ -131,15 +183,8 @@ fn gradient_block(
             for &i in chunk {
                 let x = inputs
                     .image(i)
-                    .ok_or_else(|| MadError::Data(format!("no traced sample {i}")))?
-                    .autodiff();
-                let y = Tensor::<1, Int>::from_data(
-                    TensorData::new(vec![inputs.labels[i]], [1]),
-                    &autodiff,
-                );
-                let logits = model.forward(x, BnMode::Eval);
-                let grads = form.per_sample(logits, y).sum().backward();
-                flat_gradient(&model.network, &grads, &mut out);
+                    .ok_or_else(|| MadError::Data(format!("no traced sample {i}")))?;
+                sample_gradient(&model, x, inputs.labels[i], form, &mut out);
             }
             Ok(out)
         })

@@ -12,6 +12,7 @@
 pub mod calibrate;
 pub mod chain;
 pub mod experiment;
+pub mod input_gradient;
 pub mod linearised;
 pub mod record;
 pub mod scores;

@@ -1,0 +1,574 @@
+//! MAD-FA's score as a differentiable function of the input, through linearised traces: what an
+//! attack on the detector (an adaptive attack) or an attacked OOD benchmark needs.
+//!
+//! With the chain's displacements `d_k = w_k - w*` (rows of `D`, one per kept draw), an input
+//! `x` with label `y` (the model's prediction at w*, held fixed) has the linearised trace
+//!
+//! ```text
+//! t_k(x) = l(x) + g(x) . d_k,      l(x) = L(x, y; w*),   g(x) = grad_w L(x, y; w*)
+//! ```
+//!
+//! and a score `s(t)` (the negated couplings with the fixed trusted traces). By the chain rule,
+//! with `a = ds/dt`,
+//!
+//! ```text
+//! grad_x s = (sum_k a_k) grad_x l(x)  +  grad_x [ g(x) . v ],      v = D^T a
+//! ```
+//!
+//! The first term is one input gradient. The second is a mixed second derivative: `g(x) . v` is
+//! the derivative of the loss along the weight direction `v`, so its input gradient is the
+//! derivative along `v` of the input gradient, taken here as a central difference in weight
+//! space (burn has no second-order autodiff):
+//!
+//! ```text
+//! grad_x [g(x) . v] ~ |v| (grad_x L(x; w* + h v/|v|) - grad_x L(x; w* - h v/|v|)) / (2h)
+//! ```
+//!
+//! with error `O(h^2)`. Only parameters move (buffers such as BatchNorm's running statistics
+//! have no gradient, so `g` is zero there and they stay at w*). `a` is exact: the derivatives of
+//! Pearson's correlation and Lin's concordance with the population moments and the `1e-8`
+//! guards of [`scores`](super::scores), and of the class maximum at its arg-max class. The
+//! whole is checked against central differences in the input in the tests; the derivation is
+//! in docs/madfa.md, "The score as a function of the input".
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ndarray::{Array2, Array3};
+
+use super::MadError;
+use super::chain::TraceLoss;
+use super::linearised::{flat_len, sample_gradient, trainable_mask};
+use super::scores::{EPSILON, TrustedScale, leave_one_out_scores};
+use super::traces::LossTraces;
+use crate::data::ImageSet;
+use crate::models::{BnMode, Classifier};
+
+/// Which of MAD-FA's scores the function computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputScore {
+    /// `-` mean Pearson correlation with the trusted traces.
+    MeanCorr,
+    /// `-` class-level correlation.
+    Clc,
+    /// `-` class-level concordance.
+    ClassCcc,
+    /// CLC and Class CCC standardised by the trusted samples' leave-one-out scores, summed (the
+    /// recommended score).
+    ClcPlusClassCcc,
+}
+
+/// Default weight-space step `h` of the mixed derivative, in parameter units (the norm of the
+/// weight perturbation): small against the weights, large against float32 rounding of the
+/// input gradients.
+pub const DEFAULT_WEIGHT_STEP: f64 = 1e-3;
+
+/// MAD-FA's linearised score of single inputs, and its input gradient.
+pub struct LinearisedScorer {
+    /// w* on the plain device.
+    w_star: Classifier,
+    /// Displacements `[draws, floats]`, row-major.
+    displacements: Vec<f32>,
+    draws: usize,
+    floats: usize,
+    /// Whether each float is a parameter (moves in the weight-space difference).
+    trainable: Vec<bool>,
+    /// Trusted traces `[n_trusted, draws]`.
+    trusted: Array2<f64>,
+    /// Trusted traces z-scored over draws.
+    trusted_z: Array2<f64>,
+    /// Members of every trusted class.
+    classes: Vec<Vec<usize>>,
+    scale: TrustedScale,
+    form: TraceLoss,
+    /// Weight-space step of the mixed derivative.
+    pub weight_step: f64,
+    device: Device,
+}
+
+/// Per-row mean and population variance of a trace.
+fn moments(t: &[f64]) -> (f64, f64) {
+    let k = t.len() as f64;
+    let mean = t.iter().sum::<f64>() / k;
+    (mean, t.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / k)
+}
+
+impl LinearisedScorer {
+    /// A scorer for `w_star`, the displacements of a chain's kept draws (`[draws, floats]`
+    /// row-major, as a linearised run records them) and the trusted images with their labels
+    /// (the model's predictions at w*). The trusted traces are computed here, one per-sample
+    /// gradient and one product with the displacements each, and rounded to float32 as a trace
+    /// file holds them, so the scores equal [`super::scores::anomaly_scores`] on that file.
+    pub fn new(
+        w_star: &Classifier,
+        displacements: Vec<f32>,
+        trusted_images: &ImageSet,
+        trusted_labels: Vec<i64>,
+        form: TraceLoss,
+        device: &Device,
+    ) -> Result<Self, MadError> {
+        let floats = flat_len(&w_star.network);
+        if floats == 0 || displacements.is_empty() || !displacements.len().is_multiple_of(floats) {
+            return Err(MadError::InvalidConfig(format!(
+                "{} displacement values do not make rows of {floats}",
+                displacements.len()
+            )));
+        }
+        let draws = displacements.len() / floats;
+        if draws < 2 || trusted_images.len() != trusted_labels.len() || trusted_images.len() < 2 {
+            return Err(MadError::InvalidConfig(format!(
+                "{} trusted images with {} labels and {draws} displacements (at least 2 of each)",
+                trusted_images.len(),
+                trusted_labels.len()
+            )));
+        }
+        let tracked = Self::tracked(w_star, device);
+        let trainable = trainable_mask(&tracked, form);
+        let mut scorer = Self {
+            w_star: w_star.deep_copy().for_inference(),
+            displacements,
+            draws,
+            floats,
+            trainable,
+            trusted: Array2::zeros((0, draws)),
+            trusted_z: Array2::zeros((0, draws)),
+            classes: Vec::new(),
+            scale: TrustedScale::of(&[], &[]),
+            form,
+            weight_step: DEFAULT_WEIGHT_STEP,
+            device: device.clone(),
+        };
+        let mut trusted = Array2::zeros((trusted_images.len(), draws));
+        for (i, mut row) in trusted.outer_iter_mut().enumerate() {
+            let trace = scorer.trace(trusted_images.image(i), trusted_labels[i])?;
+            for (slot, v) in row.iter_mut().zip(trace) {
+                *slot = f64::from(v as f32);
+            }
+        }
+        let as_traces = LossTraces::new(
+            Array3::from_shape_vec(
+                (1, draws, trusted.nrows()),
+                trusted.t().iter().map(|&v| v as f32).collect(),
+            )
+            .map_err(|e| MadError::InvalidConfig(e.to_string()))?,
+            Array3::zeros((1, draws, 0)),
+            trusted_labels.clone(),
+        );
+        let loo = leave_one_out_scores(&as_traces, 0)?;
+        // The leave-one-out scale comes from the trusted traces as float32, as a trace file
+        // holds them; the couplings below use the f64 traces given.
+        let scale = TrustedScale::of(&loo.clc, &loo.class_ccc);
+        let trusted_z = super::scores::standardize(trusted.view());
+        let mut labels = trusted_labels.clone();
+        labels.sort_unstable();
+        labels.dedup();
+        let classes = labels
+            .iter()
+            .map(|c| {
+                (0..trusted_labels.len())
+                    .filter(|&j| trusted_labels[j] == *c)
+                    .collect()
+            })
+            .collect();
+        scorer.trusted = trusted;
+        scorer.trusted_z = trusted_z;
+        scorer.classes = classes;
+        scorer.scale = scale;
+        Ok(scorer)
+    }
+
+    /// An autodiff copy of `model` that tracks its parameters.
+    fn tracked(model: &Classifier, device: &Device) -> Classifier {
+        Classifier {
+            network: model
+                .deep_copy()
+                .network
+                .fork(&device.clone().autodiff())
+                .train(),
+            spec: model.spec.clone(),
+        }
+    }
+
+    fn image(&self, pixels: &[f32]) -> Result<Tensor<4>, MadError> {
+        let [c, h, w] = self.w_star.spec.input_shape;
+        if pixels.len() != c * h * w || pixels.iter().any(|v| !v.is_finite()) {
+            return Err(MadError::Data(format!(
+                "an input of {} values (or a value that is not finite), expected {c}x{h}x{w}",
+                pixels.len()
+            )));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(pixels.to_vec(), [1, c, h, w]),
+            &self.device,
+        ))
+    }
+
+    /// The linearised trace `[draws]` of one input (`c x h x w` pixels) with label `label`.
+    pub fn trace(&self, pixels: &[f32], label: i64) -> Result<Vec<f64>, MadError> {
+        let x = self.image(pixels)?;
+        let tracked = Self::tracked(&self.w_star, &self.device);
+        let mut gradient = Vec::with_capacity(self.floats);
+        sample_gradient(&tracked, x.clone(), label, self.form, &mut gradient);
+        let loss = f64::from(self.loss_and_input_gradient(&self.w_star, x, label).0);
+        Ok(self
+            .displacements
+            .chunks_exact(self.floats)
+            .map(|d| {
+                loss + d
+                    .iter()
+                    .zip(&gradient)
+                    .map(|(a, b)| f64::from(a * b))
+                    .sum::<f64>()
+            })
+            .collect())
+    }
+
+    /// The loss of `x` against `label` under `model` and its gradient with respect to `x`.
+    fn loss_and_input_gradient(
+        &self,
+        model: &Classifier,
+        x: Tensor<4>,
+        label: i64,
+    ) -> (f32, Vec<f32>) {
+        let autodiff = self.device.clone().autodiff();
+        let frozen = crate::attack::pgd::frozen(model, &self.device);
+        let xa = x.autodiff().require_grad();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label], [1]), &autodiff);
+        let loss = self
+            .form
+            .per_sample(frozen.forward(xa.clone(), BnMode::Eval), y)
+            .sum();
+        let value = loss.clone().into_scalar();
+        let grads = loss.backward();
+        let gradient = xa
+            .grad(&grads)
+            .map(|g| g.into_data().iter::<f32>().collect())
+            .unwrap_or_else(|| vec![0.0; x_len(&self.w_star)]);
+        (value, gradient)
+    }
+
+    /// The score `which` of a trace `t` (`[draws]`), exactly as [`super::scores::anomaly_scores`]
+    /// computes it for a test sample, and its derivative with respect to `t`.
+    pub fn score_of_trace(&self, t: &[f64], which: InputScore) -> (f64, Vec<f64>) {
+        let k = self.draws as f64;
+        let (mean, var) = moments(t);
+        let sd = var.sqrt();
+        let c: Vec<f64> = t.iter().map(|v| v - mean).collect();
+        let z: Vec<f64> = c.iter().map(|v| v / (sd + EPSILON)).collect();
+        // Pearson with trusted row u, and its gradient in t.
+        let pearson = |u: usize| -> (f64, Vec<f64>) {
+            let zu = self.trusted_z.row(u);
+            let rho = z.iter().zip(zu.iter()).map(|(a, b)| a * b).sum::<f64>() / k;
+            let zu_mean = zu.sum() / k;
+            let zu_c: f64 = zu.iter().zip(&c).map(|(a, b)| a * b).sum();
+            let second = if sd > 0.0 {
+                zu_c / (k * sd * (sd + EPSILON).powi(2))
+            } else {
+                0.0
+            };
+            let grad = (0..self.draws)
+                .map(|j| ((zu[j] - zu_mean) / (sd + EPSILON) - second * c[j]) / k)
+                .collect();
+            (rho, grad)
+        };
+        // Lin's concordance with trusted row u, and its gradient in t.
+        let concordance = |u: usize| -> (f64, Vec<f64>) {
+            let row = self.trusted.row(u).to_vec();
+            let (mean_u, var_u) = moments(&row);
+            let d: Vec<f64> = row.iter().map(|v| v - mean_u).collect();
+            let d_mean = d.iter().sum::<f64>() / k;
+            let c_mean = c.iter().sum::<f64>() / k;
+            let cov = c.iter().zip(&d).map(|(a, b)| a * b).sum::<f64>() / k;
+            let den = var + var_u + (mean - mean_u).powi(2) + EPSILON;
+            let grad = (0..self.draws)
+                .map(|j| {
+                    let d_cov = (d[j] - d_mean) / k;
+                    let d_den = 2.0 * (c[j] - c_mean) / k + 2.0 * (mean - mean_u) / k;
+                    (2.0 * d_cov * den - 2.0 * cov * d_den) / (den * den)
+                })
+                .collect();
+            (2.0 * cov / den, grad)
+        };
+        // `-` max over classes of the class mean of `coupling`, and the gradient at the arg-max.
+        let class_level = |coupling: &dyn Fn(usize) -> (f64, Vec<f64>)| -> (f64, Vec<f64>) {
+            let mut best: Option<(f64, Vec<f64>)> = None;
+            for members in &self.classes {
+                let mut value = 0.0;
+                let mut grad = vec![0.0; self.draws];
+                for &u in members {
+                    let (v, g) = coupling(u);
+                    value += v;
+                    grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                }
+                let n = members.len() as f64;
+                value /= n;
+                grad.iter_mut().for_each(|g| *g /= n);
+                if best.as_ref().is_none_or(|(b, _)| value > *b) {
+                    best = Some((value, grad));
+                }
+            }
+            let (value, grad) = best.unwrap_or((0.0, vec![0.0; self.draws]));
+            (-value, grad.into_iter().map(|g| -g).collect())
+        };
+        match which {
+            InputScore::MeanCorr => {
+                let n = self.trusted.nrows() as f64;
+                let mut value = 0.0;
+                let mut grad = vec![0.0; self.draws];
+                for u in 0..self.trusted.nrows() {
+                    let (v, g) = pearson(u);
+                    value += v;
+                    grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                }
+                (-value / n, grad.into_iter().map(|g| -g / n).collect())
+            }
+            InputScore::Clc => class_level(&pearson),
+            InputScore::ClassCcc => class_level(&concordance),
+            InputScore::ClcPlusClassCcc => {
+                let (clc, clc_grad) = class_level(&pearson);
+                let (ccc, ccc_grad) = class_level(&concordance);
+                let (a, b) = (self.scale.clc, self.scale.class_ccc);
+                (
+                    a.apply(clc) + b.apply(ccc),
+                    clc_grad
+                        .iter()
+                        .zip(&ccc_grad)
+                        .map(|(x, y)| x / a.sd + y / b.sd)
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// The score `which` of one input.
+    pub fn score(&self, pixels: &[f32], label: i64, which: InputScore) -> Result<f64, MadError> {
+        Ok(self.score_of_trace(&self.trace(pixels, label)?, which).0)
+    }
+
+    /// The score `which` of one input and its gradient with respect to the pixels.
+    pub fn score_and_gradient(
+        &self,
+        pixels: &[f32],
+        label: i64,
+        which: InputScore,
+    ) -> Result<(f64, Vec<f32>), MadError> {
+        let t = self.trace(pixels, label)?;
+        let (value, a) = self.score_of_trace(&t, which);
+        let x = self.image(pixels)?;
+        let a_sum: f64 = a.iter().sum();
+        let (_, loss_gradient) = self.loss_and_input_gradient(&self.w_star, x.clone(), label);
+        // v = D^T a over the parameters (buffers stay at w*).
+        let mut v = vec![0.0f64; self.floats];
+        for (d, &a_k) in self.displacements.chunks_exact(self.floats).zip(&a) {
+            for ((acc, &dj), &moves) in v.iter_mut().zip(d).zip(&self.trainable) {
+                if moves {
+                    *acc += a_k * f64::from(dj);
+                }
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let mut gradient: Vec<f64> = loss_gradient
+            .iter()
+            .map(|&g| a_sum * f64::from(g))
+            .collect();
+        if norm > 0.0 {
+            let h = self.weight_step;
+            let direction: Vec<f32> = v.iter().map(|x| (x / norm) as f32).collect();
+            let shifted = |sign: f32| {
+                let mut model = self.w_star.deep_copy();
+                model.network = model.network.map(&mut Shift {
+                    step: &direction,
+                    scale: sign * h as f32,
+                    offset: 0,
+                });
+                self.loss_and_input_gradient(&model, x.clone(), label).1
+            };
+            let (plus, minus) = (shifted(1.0), shifted(-1.0));
+            for ((g, p), m) in gradient.iter_mut().zip(&plus).zip(&minus) {
+                *g += norm * f64::from(p - m) / (2.0 * h);
+            }
+        }
+        Ok((value, gradient.into_iter().map(|g| g as f32).collect()))
+    }
+}
+
+/// Number of pixels of one input of `model`.
+fn x_len(model: &Classifier) -> usize {
+    model.spec.input_shape.iter().product()
+}
+
+/// Adds `scale * step` to every float of a module, `step` flattened in visiting order.
+struct Shift<'a> {
+    step: &'a [f32],
+    scale: f32,
+    offset: usize,
+}
+
+impl ModuleMapper for Shift<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let n = dims.iter().product::<usize>();
+        let end = (self.offset + n).min(self.step.len());
+        let step = &self.step[self.offset.min(end)..end];
+        self.offset += n;
+        if step.len() != n || step.iter().all(|&s| s == 0.0) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let require_grad = tensor.is_require_grad();
+        let delta = Tensor::<1>::from_data(
+            TensorData::new(
+                step.iter().map(|s| s * self.scale).collect::<Vec<f32>>(),
+                [n],
+            ),
+            &tensor.device(),
+        )
+        .reshape(dims);
+        let mut next = tensor + delta;
+        if require_grad {
+            next = next.require_grad();
+        }
+        Param::from_mapped_value(id, next, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::test_data::tiny_cnn_spec;
+    use crate::device::default_device;
+    use crate::madfa::scores::{anomaly_scores, coupling};
+    use crate::models::test_util::host_seeded;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const DRAWS: usize = 16;
+
+    /// A random tiny CNN on 8x8 images, random displacements of its floats, six trusted images
+    /// in two classes, and one test image.
+    fn fixture() -> (LinearisedScorer, Vec<f32>, ImageSet) {
+        let device = default_device();
+        let mut rng = StdRng::seed_from_u64(7);
+        let model = host_seeded(tiny_cnn_spec(), &mut rng, &device);
+        let floats = flat_len(&model.network);
+        let displacements: Vec<f32> = (0..DRAWS * floats)
+            .map(|_| rng.random_range(-0.05..0.05))
+            .collect();
+        let pixels: Vec<f32> = (0..6 * 64).map(|_| rng.random_range(0.0..1.0)).collect();
+        let labels = vec![0, 1, 0, 1, 0, 1];
+        let trusted = ImageSet::new(
+            pixels,
+            labels.clone(),
+            crate::data::ImageShape::new(1, 8, 8),
+            vec!["a".into(), "b".into()],
+            "trusted",
+        )
+        .unwrap();
+        let scorer = LinearisedScorer::new(
+            &model,
+            displacements,
+            &trusted,
+            labels.iter().map(|&l| i64::from(l)).collect(),
+            TraceLoss::Log,
+            &device,
+        )
+        .unwrap();
+        let x: Vec<f32> = (0..64).map(|_| rng.random_range(0.2..0.8)).collect();
+        (scorer, x, trusted)
+    }
+
+    const SCORES: [InputScore; 4] = [
+        InputScore::MeanCorr,
+        InputScore::Clc,
+        InputScore::ClassCcc,
+        InputScore::ClcPlusClassCcc,
+    ];
+
+    #[test]
+    fn the_score_of_a_trace_is_the_score_of_the_trace_file() {
+        let (scorer, x, _) = fixture();
+        let t: Vec<f64> = scorer
+            .trace(&x, 1)
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v as f32))
+            .collect();
+        let trusted = scorer.trusted.t().as_standard_layout().mapv(|v| v as f32);
+        let n = scorer.trusted.nrows();
+        let traces = LossTraces::new(
+            trusted.into_shape_with_order((1, DRAWS, n)).unwrap(),
+            Array3::from_shape_vec((1, DRAWS, 1), t.iter().map(|&v| v as f32).collect()).unwrap(),
+            vec![0, 1, 0, 1, 0, 1],
+        );
+        let file = anomaly_scores(&coupling(&traces, 0).unwrap(), &traces.trusted_labels);
+        let want = [
+            file.mean_corr[0],
+            file.clc[0],
+            file.class_ccc[0],
+            file.clc_plus_class_ccc[0],
+        ];
+        for (which, want) in SCORES.iter().zip(want) {
+            let got = scorer.score_of_trace(&t, *which).0;
+            assert!((got - want).abs() < 1e-12, "{which:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn the_derivative_in_the_trace_matches_central_differences() {
+        let (scorer, x, _) = fixture();
+        let t = scorer.trace(&x, 1).unwrap();
+        let h = 1e-6;
+        for which in SCORES {
+            let (_, grad) = scorer.score_of_trace(&t, which);
+            for j in 0..DRAWS {
+                let mut up = t.clone();
+                up[j] += h;
+                let mut down = t.clone();
+                down[j] -= h;
+                let numeric = (scorer.score_of_trace(&up, which).0
+                    - scorer.score_of_trace(&down, which).0)
+                    / (2.0 * h);
+                assert!(
+                    (numeric - grad[j]).abs() < 1e-6 * (1.0 + numeric.abs()),
+                    "{which:?} draw {j}: analytic {} vs numeric {numeric}",
+                    grad[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_matches_central_differences_in_the_input() {
+        let (scorer, x, _) = fixture();
+        let mut rng = StdRng::seed_from_u64(11);
+        // Small enough that no ReLU of the tiny model changes state along the way (at 1e-2 the
+        // mean-correlation difference is already off by a factor of two).
+        let delta = 1e-3f32;
+        for which in SCORES {
+            let (value, gradient) = scorer.score_and_gradient(&x, 1, which).unwrap();
+            assert!((value - scorer.score(&x, 1, which).unwrap()).abs() < 1e-12);
+            for _ in 0..3 {
+                let direction: Vec<f32> = (0..64).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let moved = |sign: f32| -> Vec<f32> {
+                    x.iter()
+                        .zip(&direction)
+                        .map(|(a, d)| a + sign * delta * d)
+                        .collect()
+                };
+                let numeric = (scorer.score(&moved(1.0), 1, which).unwrap()
+                    - scorer.score(&moved(-1.0), 1, which).unwrap())
+                    / (2.0 * f64::from(delta));
+                let analytic: f64 = gradient
+                    .iter()
+                    .zip(&direction)
+                    .map(|(g, d)| f64::from(g * d))
+                    .sum();
+                assert!(
+                    // 2%: the traces' levels are float32 losses, whose rounding moves the
+                    // concordance's difference quotient by about 1% at this step.
+                    (numeric - analytic).abs() < 0.02 * numeric.abs().max(analytic.abs()) + 1e-5,
+                    "{which:?}: analytic {analytic} vs numeric {numeric}"
+                );
+            }
+        }
+    }
+}
