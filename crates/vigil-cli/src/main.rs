@@ -66,6 +66,7 @@ enum Command {
     Score(commands::score::ScoreArgs),
     Merge(commands::merge::MergeArgs),
     Mechanisms(commands::mechanisms::MechanismsArgs),
+    Evade(commands::evade::EvadeArgs),
     Detect(Box<commands::detect::DetectArgs>),
     // `vigil bench` is an old name of this command.
     #[command(alias = "bench")]
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Merge(args) => commands::merge::run(args),
         Command::Mechanisms(args) => commands::mechanisms::run(args),
+        Command::Evade(args) => commands::evade::run(args),
         Command::Detect(args) => commands::detect::run(*args),
         Command::Throughput(args) => commands::throughput::run(args),
         Command::Benchmark(args) => commands::benchmark::run(args),

@@ -1,6 +1,7 @@
 //! Two backdoors in one model end to end on tiny data: `vigil attack --second-attack` writes
 //! the record, `vigil sample --record` traces it, `vigil mechanisms` clusters the triggered
-//! inputs and measures the clusters against the backdoors.
+//! inputs and measures the clusters against the backdoors; `vigil evade` attacks MAD-FA on the
+//! same run.
 
 mod common;
 
@@ -95,6 +96,44 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         "sample failed: {}",
         stderr(&sample)
     );
+
+    // The adaptive attack on the same run: MAD-FA's own chains, linearised, attacked through.
+    let evasion = dir.join("evade");
+    let evade = vigil(&[
+        "evade",
+        "--record",
+        record_s,
+        "--run",
+        run.to_str().unwrap(),
+        "--data-dir",
+        data_s,
+        "--out",
+        evasion.to_str().unwrap(),
+        "--eps",
+        "0.05",
+        "--steps",
+        "3",
+        "--inputs",
+        "6",
+        "--json",
+    ]);
+    assert!(evade.status.success(), "evade failed: {}", stderr(&evade));
+    let file: serde_json::Value = serde_json::from_slice(&evade.stdout).unwrap();
+    let report = &file["report"];
+    assert_eq!(report["attacked"], 6, "{report}");
+    assert!(report["still_target"].as_u64().unwrap() <= 6);
+    assert!(
+        report["max_linf"].as_f64().unwrap() <= 0.05 + 1e-6,
+        "{report}"
+    );
+    for key in ["auroc_before", "auroc_after", "tpr_before", "tpr_after"] {
+        let v = report[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    assert_eq!(file["chain"]["traces"], "linearised");
+    for name in ["evasion.json", "examples.png"] {
+        assert!(evasion.join(name).exists(), "{name} missing");
+    }
 
     let out = dir.join("mechanisms");
     let mechanisms = |extra: &[&str]| {

@@ -5,6 +5,7 @@ pub mod attack;
 pub mod benchmark;
 pub mod calibrate;
 pub mod detect;
+pub mod evade;
 pub mod eval;
 pub mod info;
 pub mod mechanisms;

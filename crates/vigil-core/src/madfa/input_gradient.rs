@@ -38,9 +38,10 @@ use ndarray::{Array2, Array3};
 use super::MadError;
 use super::chain::TraceLoss;
 use super::linearised::{flat_len, sample_gradient, trainable_mask};
-use super::scores::{EPSILON, TrustedScale, leave_one_out_scores};
+use super::scores::{AnomalyScores, EPSILON, TrustedScale, leave_one_out_scores};
 use super::traces::LossTraces;
 use crate::data::ImageSet;
+use crate::kernels::conv2d::{Mat, matmul_threaded};
 use crate::models::{BnMode, Classifier};
 
 /// Which of MAD-FA's scores the function computes.
@@ -79,6 +80,8 @@ pub struct LinearisedScorer {
     /// Members of every trusted class.
     classes: Vec<Vec<usize>>,
     scale: TrustedScale,
+    /// The trusted samples scored leave-one-out against the others (thresholds).
+    trusted_leave_one_out: AnomalyScores,
     form: TraceLoss,
     /// Weight-space step of the mixed derivative.
     pub weight_step: f64,
@@ -133,6 +136,13 @@ impl LinearisedScorer {
             trusted_z: Array2::zeros((0, draws)),
             classes: Vec::new(),
             scale: TrustedScale::of(&[], &[]),
+            trusted_leave_one_out: AnomalyScores {
+                mean_corr: Vec::new(),
+                clc: Vec::new(),
+                mean_ccc: Vec::new(),
+                class_ccc: Vec::new(),
+                clc_plus_class_ccc: Vec::new(),
+            },
             form,
             weight_step: DEFAULT_WEIGHT_STEP,
             device: device.clone(),
@@ -173,6 +183,7 @@ impl LinearisedScorer {
         scorer.trusted_z = trusted_z;
         scorer.classes = classes;
         scorer.scale = scale;
+        scorer.trusted_leave_one_out = loo;
         Ok(scorer)
     }
 
@@ -209,17 +220,13 @@ impl LinearisedScorer {
         let mut gradient = Vec::with_capacity(self.floats);
         sample_gradient(&tracked, x.clone(), label, self.form, &mut gradient);
         let loss = f64::from(self.loss_and_input_gradient(&self.w_star, x, label).0);
-        Ok(self
-            .displacements
-            .chunks_exact(self.floats)
-            .map(|d| {
-                loss + d
-                    .iter()
-                    .zip(&gradient)
-                    .map(|(a, b)| f64::from(a * b))
-                    .sum::<f64>()
-            })
-            .collect())
+        let mut product = vec![0.0f32; self.draws];
+        matmul_threaded(
+            &mut product,
+            Mat::new(&self.displacements, self.draws, self.floats),
+            Mat::new(&gradient, self.floats, 1),
+        );
+        Ok(product.iter().map(|&p| loss + f64::from(p)).collect())
     }
 
     /// The loss of `x` against `label` under `model` and its gradient with respect to `x`.
@@ -339,6 +346,42 @@ impl LinearisedScorer {
         }
     }
 
+    /// The trusted samples' leave-one-out scores `which` (where thresholds come from).
+    pub fn trusted_scores(&self, which: InputScore) -> &[f64] {
+        let loo = &self.trusted_leave_one_out;
+        match which {
+            InputScore::MeanCorr => &loo.mean_corr,
+            InputScore::Clc => &loo.clc,
+            InputScore::ClassCcc => &loo.class_ccc,
+            InputScore::ClcPlusClassCcc => &loo.clc_plus_class_ccc,
+        }
+    }
+
+    /// The trace loss of one input at w* against `label`, and its gradient in the pixels.
+    pub fn loss_and_gradient(
+        &self,
+        pixels: &[f32],
+        label: i64,
+    ) -> Result<(f32, Vec<f32>), MadError> {
+        let x = self.image(pixels)?;
+        Ok(self.loss_and_input_gradient(&self.w_star, x, label))
+    }
+
+    /// The class w* gives one input.
+    pub fn predict(&self, pixels: &[f32]) -> Result<i64, MadError> {
+        let logits: Vec<f32> = self
+            .w_star
+            .forward(self.image(pixels)?, BnMode::Eval)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        Ok(logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as i64))
+    }
+
     /// The score `which` of one input.
     pub fn score(&self, pixels: &[f32], label: i64, which: InputScore) -> Result<f64, MadError> {
         Ok(self.score_of_trace(&self.trace(pixels, label)?, which).0)
@@ -357,14 +400,18 @@ impl LinearisedScorer {
         let a_sum: f64 = a.iter().sum();
         let (_, loss_gradient) = self.loss_and_input_gradient(&self.w_star, x.clone(), label);
         // v = D^T a over the parameters (buffers stay at w*).
-        let mut v = vec![0.0f64; self.floats];
-        for (d, &a_k) in self.displacements.chunks_exact(self.floats).zip(&a) {
-            for ((acc, &dj), &moves) in v.iter_mut().zip(d).zip(&self.trainable) {
-                if moves {
-                    *acc += a_k * f64::from(dj);
-                }
-            }
-        }
+        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+        let mut v32 = vec![0.0f32; self.floats];
+        matmul_threaded(
+            &mut v32,
+            Mat::transposed(&self.displacements, self.draws, self.floats),
+            Mat::new(&a32, self.draws, 1),
+        );
+        let v: Vec<f64> = v32
+            .iter()
+            .zip(&self.trainable)
+            .map(|(&x, &moves)| if moves { f64::from(x) } else { 0.0 })
+            .collect();
         let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         let mut gradient: Vec<f64> = loss_gradient
             .iter()
@@ -432,7 +479,7 @@ impl ModuleMapper for Shift<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::attack::test_data::tiny_cnn_spec;
     use crate::device::default_device;
@@ -445,7 +492,7 @@ mod tests {
 
     /// A random tiny CNN on 8x8 images, random displacements of its floats, six trusted images
     /// in two classes, and one test image.
-    fn fixture() -> (LinearisedScorer, Vec<f32>, ImageSet) {
+    pub(crate) fn fixture() -> (LinearisedScorer, Vec<f32>, ImageSet) {
         let device = default_device();
         let mut rng = StdRng::seed_from_u64(7);
         let model = host_seeded(tiny_cnn_spec(), &mut rng, &device);

@@ -260,6 +260,36 @@ pub fn backdoor_task(
     Ok((task, summary))
 }
 
+/// The split a `vigil sample --record` run used, as its `task.json` records it, so that later
+/// analyses of the run (`vigil mechanisms`, `vigil evade`) rebuild the same task.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct RunSplit {
+    /// Per-class sizes of the trusted, sampling and test parts.
+    pub split_per_class: SplitSizes,
+    /// Seed of the split.
+    pub split_seed: u64,
+}
+
+impl RunSplit {
+    /// Reads `run/task.json`.
+    pub fn read(run: &Path) -> Result<Self, MadError> {
+        let path = run.join("task.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            MadError::Data(format!(
+                "cannot read {} ({e}); is {} a `vigil sample --record` run folder?",
+                path.display(),
+                run.display()
+            ))
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            MadError::Data(format!(
+                "{}: not the task of a record run ({e})",
+                path.display()
+            ))
+        })
+    }
+}
+
 /// A backdoor task read from an attack record folder written by `vigil attack`: its model, and
 /// [`backdoor_task`] over its dataset's clean test set (from `data_dir` or the default places)
 /// and its triggered test set.

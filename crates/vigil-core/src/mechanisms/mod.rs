@@ -24,7 +24,7 @@ use crate::detect::latent::penultimate_features;
 use crate::io::{IoError, check_outputs, write_atomic, write_json_atomic};
 use crate::madfa::MadError;
 use crate::madfa::scores::{anomaly_scores, coupling};
-use crate::madfa::task::{SplitSizes, record_task};
+use crate::madfa::task::{RunSplit, record_task};
 use crate::madfa::traces::{LossTraces, TraceFileError};
 use crate::report::bars::ChartError;
 use crate::report::scatter::{ScatterPanel, scatter_panels_svg};
@@ -43,14 +43,6 @@ pub mod files {
 /// Errors of a mechanism analysis.
 #[derive(Debug, thiserror::Error)]
 pub enum MechanismError {
-    /// The run folder does not describe a run on an attack record.
-    #[error("{}: {reason}", .path.display())]
-    Run {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// The record has fewer than two backdoors, or the run's inputs do not match it.
     #[error("{0}")]
     Mismatch(String),
@@ -192,13 +184,6 @@ pub struct MechanismReport {
     pub seed: u64,
 }
 
-/// What `vigil sample --record` writes about its task (`task.json`); only the split is read.
-#[derive(Debug, Deserialize)]
-struct RunTask {
-    split_per_class: SplitSizes,
-    split_seed: u64,
-}
-
 /// The `1 - fpr` quantile of `trusted` (the smallest value at or above that share, as the
 /// detectors' thresholds): inputs scoring above it are flagged.
 fn quantile_threshold(trusted: &[f64], fpr: f64) -> f64 {
@@ -233,14 +218,7 @@ pub fn analyse(
             names[0]
         )));
     }
-    let text = std::fs::read_to_string(&task_path).map_err(|e| MechanismError::Run {
-        path: task_path.clone(),
-        reason: format!("cannot read ({e}); is this a `vigil sample --record` run folder?"),
-    })?;
-    let run_task: RunTask = serde_json::from_str(&text).map_err(|e| MechanismError::Run {
-        path: task_path.clone(),
-        reason: format!("not a record run's task ({e})"),
-    })?;
+    let run_task = RunSplit::read(&config.run)?;
     let traces = LossTraces::load(&traces_path)?;
     let loaded = record_task(
         &config.record,

@@ -1,0 +1,155 @@
+//! `vigil evade`: an attacker who knows MAD-FA pushes triggered inputs to look trusted while the
+//! backdoor keeps working; detection before and after.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use vigil_core::device::default_device;
+use vigil_core::madfa::evasion::{
+    EvasionConfig, EvasionEvent, RecordEvasion, evade_record_run, files,
+};
+use vigil_core::madfa::input_gradient::InputScore;
+use vigil_core::progress::Progress;
+
+use super::parse_fraction;
+
+/// Attack MAD-FA itself: move triggered inputs, within an L-infinity ball, to couple with the
+/// trusted samples while the model keeps them in the backdoor's target class; measure MAD-FA
+/// before and after.
+///
+/// RUN is a `vigil sample --record RECORD` run: its split (task.json) and its sampler settings
+/// and seed (traces.npz) are reused, and its chains are run again with linearised traces, so
+/// the attacker knows the model, the trusted set, the score, the threshold rule and the
+/// defender's own chains (white box). The score is differentiated through the linearised traces
+/// (docs/madfa.md, "The score as a function of the input"); each attacked input takes --steps
+/// sign-gradient steps of 2.5 eps / steps on score + keep * (target's trace loss), and keeps the
+/// iterate of least score that the model still puts in the target class. Defender and attacker
+/// score with the same linearised traces. --out gets evasion.json (AUROC and TPR at the trusted
+/// --fpr threshold before and after, how many stay in the target class, timings, settings) and
+/// examples.png (originals, attacked inputs, amplified difference).
+#[derive(Args, Debug)]
+pub struct EvadeArgs {
+    /// The attack record.
+    #[arg(long, value_name = "DIR")]
+    record: PathBuf,
+
+    /// A `vigil sample --record` run on it.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+
+    /// Folder holding the dataset's files (overrides $VIGIL_DATA_DIR and the default places).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Folder to write.
+    #[arg(long, short, value_name = "DIR")]
+    out: PathBuf,
+
+    /// L-infinity radius, in [0, 1] pixel units (`8/255` or `0.0314`).
+    #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
+    eps: f64,
+
+    /// Sign-gradient steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+
+    /// Weight of the target's trace loss (keeps the backdoor working).
+    #[arg(long, default_value_t = 1.0)]
+    keep: f64,
+
+    /// The score attacked and measured.
+    #[arg(long, value_enum, default_value_t = ScoreArg::Recommended)]
+    score: ScoreArg,
+
+    /// Triggered inputs attacked at most (spread evenly over the task's).
+    #[arg(long, default_value_t = 100)]
+    inputs: usize,
+
+    /// Trusted false-positive rate of the threshold the TPRs are read at.
+    #[arg(long, default_value_t = 0.05)]
+    fpr: f64,
+
+    /// Print evasion.json on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ScoreArg {
+    /// CLC plus Class CCC, standardised (MAD-FA's recommended score).
+    Recommended,
+    Clc,
+    ClassCcc,
+    MeanCorr,
+}
+
+/// Prints one line per stage.
+struct Printer;
+
+impl Progress<EvasionEvent> for Printer {
+    fn report(&mut self, event: EvasionEvent) {
+        match event {
+            EvasionEvent::Sampled { chain, chains } => {
+                eprintln!("chain {chain} of {chains} sampled (linearised)")
+            }
+            EvasionEvent::Scored { done: 0, total } => {
+                eprintln!("scoring {total} inputs")
+            }
+            EvasionEvent::Attacked { done, total } if done % 10 == 0 || done == total => {
+                eprintln!("attacked {done} of {total}")
+            }
+            _ => {}
+        }
+    }
+}
+
+pub fn run(args: EvadeArgs) -> Result<ExitCode> {
+    let experiment = RecordEvasion {
+        record: args.record.clone(),
+        run: args.run.clone(),
+        data_dir: args.data_dir.clone(),
+        config: EvasionConfig {
+            eps: args.eps,
+            steps: args.steps,
+            keep: args.keep,
+            score: match args.score {
+                ScoreArg::Recommended => InputScore::ClcPlusClassCcc,
+                ScoreArg::Clc => InputScore::Clc,
+                ScoreArg::ClassCcc => InputScore::ClassCcc,
+                ScoreArg::MeanCorr => InputScore::MeanCorr,
+            },
+            max_inputs: args.inputs,
+            fpr: args.fpr,
+        },
+        out: args.out.clone(),
+    };
+    let file =
+        evade_record_run(&experiment, &default_device(), &mut Printer).with_context(|| {
+            format!(
+                "attacking MAD-FA on {} with the run {}",
+                args.record.display(),
+                args.run.display()
+            )
+        })?;
+    let r = &file.report;
+    eprintln!(
+        "{} attacked ({} still in the target class), {} clean: AUROC {:.4} -> {:.4}, TPR at {:.0}% trusted FPR {:.3} -> {:.3}; written {} and {} in {}",
+        r.attacked,
+        r.still_target,
+        r.clean,
+        r.auroc_before,
+        r.auroc_after,
+        100.0 * args.fpr,
+        r.tpr_before,
+        r.tpr_after,
+        files::REPORT,
+        files::EXAMPLES,
+        args.out.display()
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&file)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
