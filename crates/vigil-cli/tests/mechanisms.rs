@@ -119,16 +119,21 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
     ]);
     assert!(evade.status.success(), "evade failed: {}", stderr(&evade));
     let file: serde_json::Value = serde_json::from_slice(&evade.stdout).unwrap();
-    let report = &file["report"];
-    assert_eq!(report["attacked"], 6, "{report}");
-    assert!(report["still_target"].as_u64().unwrap() <= 6);
-    assert!(
-        report["max_linf"].as_f64().unwrap() <= 0.05 + 1e-6,
-        "{report}"
-    );
-    for key in ["auroc_before", "auroc_after", "tpr_before", "tpr_after"] {
-        let v = report[key].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    let detectors = file["detectors"].as_array().unwrap();
+    assert_eq!(detectors.len(), 2);
+    assert_eq!(detectors[0]["detector"], "madfa");
+    assert_eq!(detectors[1]["detector"], "mahalanobis");
+    for report in detectors {
+        assert_eq!(report["attacked"], 6, "{report}");
+        assert!(report["still_target"].as_u64().unwrap() <= 6);
+        assert!(
+            report["max_linf"].as_f64().unwrap() <= 0.05 + 1e-6,
+            "{report}"
+        );
+        for key in ["auroc_before", "auroc_after", "tpr_before", "tpr_after"] {
+            let v = report[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} {v}");
+        }
     }
     assert_eq!(file["chain"]["traces"], "linearised");
     for name in ["evasion.json", "examples.png"] {

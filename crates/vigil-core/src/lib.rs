@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod detect;
 pub mod device;
+pub mod evasion;
 pub mod halo;
 pub mod identity;
 pub mod inference;

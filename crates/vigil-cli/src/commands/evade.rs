@@ -7,17 +7,17 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use vigil_core::device::default_device;
-use vigil_core::madfa::evasion::{
-    EvasionConfig, EvasionEvent, RecordEvasion, evade_record_run, files,
-};
+use vigil_core::evasion::{EvasionConfig, EvasionEvent, RecordEvasion, evade_record_run, files};
 use vigil_core::madfa::input_gradient::InputScore;
+use vigil_core::ood::ScoreKind;
 use vigil_core::progress::Progress;
 
 use super::parse_fraction;
 
-/// Attack MAD-FA itself: move triggered inputs, within an L-infinity ball, to couple with the
-/// trusted samples while the model keeps them in the backdoor's target class; measure MAD-FA
-/// before and after.
+/// Attack the detectors themselves: move triggered inputs, within an L-infinity ball, so each
+/// detector scores them as normal while the model keeps them in the backdoor's target class;
+/// measure MAD-FA and a latent detector (Mahalanobis) before and after an attack on their own
+/// scores, on the same inputs at the same budget.
 ///
 /// RUN is a `vigil sample --record RECORD` run: its split (task.json) and its sampler settings
 /// and seed (traces.npz) are reused, and its chains are run again with linearised traces, so
@@ -26,9 +26,12 @@ use super::parse_fraction;
 /// (docs/madfa.md, "The score as a function of the input"); each attacked input takes --steps
 /// sign-gradient steps of 2.5 eps / steps on score + keep * (target's trace loss), and keeps the
 /// iterate of least score that the model still puts in the target class. Defender and attacker
-/// score with the same linearised traces. --out gets evasion.json (AUROC and TPR at the trusted
-/// --fpr threshold before and after, how many stay in the target class, timings, settings) and
-/// examples.png (originals, attacked inputs, amplified difference).
+/// score with the same linearised traces. The latent detector, fitted on the trusted set as
+/// `vigil detect` fits it, is attacked on its own score plus keep * the target's cross-entropy
+/// (the same steps, through the model). --out gets evasion.json (per detector: AUROC and TPR at
+/// the trusted --fpr threshold before and after, how many stay in the target class, timings;
+/// the settings) and examples.png (originals, each detector's attacked inputs, the amplified
+/// differences).
 #[derive(Args, Debug)]
 pub struct EvadeArgs {
     /// The attack record.
@@ -70,6 +73,11 @@ pub struct EvadeArgs {
     /// Trusted false-positive rate of the threshold the TPRs are read at.
     #[arg(long, default_value_t = 0.05)]
     fpr: f64,
+
+    /// The latent detector attacked beside MAD-FA (a differentiable OOD score: mahalanobis,
+    /// knn, msp, energy, ...).
+    #[arg(long, default_value = "mahalanobis")]
+    latent: ScoreKind,
 
     /// Print evasion.json on stdout.
     #[arg(long)]
@@ -123,6 +131,7 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
             max_inputs: args.inputs,
             fpr: args.fpr,
         },
+        latent: args.latent,
         out: args.out.clone(),
     };
     let file =
@@ -133,17 +142,22 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
                 args.run.display()
             )
         })?;
-    let r = &file.report;
+    for r in &file.detectors {
+        eprintln!(
+            "{}: {} attacked ({} still in the target class), {} clean: AUROC {:.4} -> {:.4}, TPR at {:.0}% trusted FPR {:.3} -> {:.3}",
+            r.detector,
+            r.attacked,
+            r.still_target,
+            r.clean,
+            r.auroc_before,
+            r.auroc_after,
+            100.0 * args.fpr,
+            r.tpr_before,
+            r.tpr_after
+        );
+    }
     eprintln!(
-        "{} attacked ({} still in the target class), {} clean: AUROC {:.4} -> {:.4}, TPR at {:.0}% trusted FPR {:.3} -> {:.3}; written {} and {} in {}",
-        r.attacked,
-        r.still_target,
-        r.clean,
-        r.auroc_before,
-        r.auroc_after,
-        100.0 * args.fpr,
-        r.tpr_before,
-        r.tpr_after,
+        "written {} and {} in {}",
         files::REPORT,
         files::EXAMPLES,
         args.out.display()

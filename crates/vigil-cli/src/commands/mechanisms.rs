@@ -13,8 +13,8 @@ use vigil_core::mechanisms::{MechanismConfig, analyse, files};
 /// clusters match the backdoors.
 ///
 /// RUN is a `vigil sample --record RECORD` run folder (its task.json and traces.npz). Test
-/// inputs whose recommended MAD-FA score exceeds the trusted samples' leave-one-out (1 - FPR)
-/// quantile are flagged. Each flagged triggered input's signature is its row of Pearson
+/// inputs whose recommended MAD-FA score reaches the threshold of a trusted --fpr (set on the
+/// trusted samples' leave-one-out scores) are flagged. Each flagged triggered input's signature is its row of Pearson
 /// couplings with the trusted samples (and, more coarsely, their class means); k-means with k
 /// chosen by the silhouette (2..=--max-k, no labels) clusters the signatures, and the adjusted
 /// Rand index compares the clusters with the backdoor that made each input. The model's

@@ -11,7 +11,7 @@
 
 pub mod calibrate;
 pub mod chain;
-pub mod evasion;
+
 pub mod experiment;
 pub mod input_gradient;
 pub mod linearised;

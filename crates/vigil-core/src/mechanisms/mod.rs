@@ -166,7 +166,8 @@ pub struct MechanismReport {
     pub mechanisms: Vec<String>,
     /// The score that flags inputs.
     pub flagging_score: String,
-    /// Its threshold: the trusted samples' leave-one-out `1 - fpr` quantile.
+    /// Its threshold at the trusted `fpr` on the trusted samples' leave-one-out scores
+    /// ([`crate::metrics::threshold_for_fpr`]; flagged: at least it).
     pub threshold: f64,
     /// The trusted false-positive rate asked for.
     pub fpr: f64,
@@ -182,18 +183,6 @@ pub struct MechanismReport {
     pub restarts: usize,
     /// Seed of the k-means seeding.
     pub seed: u64,
-}
-
-/// The `1 - fpr` quantile of `trusted` (the smallest value at or above that share, as the
-/// detectors' thresholds): inputs scoring above it are flagged.
-fn quantile_threshold(trusted: &[f64], fpr: f64) -> f64 {
-    let mut sorted: Vec<f64> = trusted.iter().copied().filter(|v| v.is_finite()).collect();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::INFINITY;
-    }
-    let rank = ((1.0 - fpr) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Runs the analysis `config` describes and writes its report, assignments and picture.
@@ -249,14 +238,15 @@ pub fn analyse(
 
     let coupled = coupling(&traces, 0)?;
     let scores = anomaly_scores(&coupled, &traces.trusted_labels);
-    let threshold = quantile_threshold(
+    let threshold = crate::evasion::trusted_threshold(
         &coupled.trusted_leave_one_out.clc_plus_class_ccc,
         config.fpr,
-    );
+    )
+    .map_err(|e| MechanismError::Mismatch(format!("the trusted scores: {e}")))?;
     let flagged: Vec<bool> = scores
         .clc_plus_class_ccc
         .iter()
-        .map(|&s| s > threshold)
+        .map(|&s| s >= threshold)
         .collect();
     let anomalous: Vec<usize> = (0..flags.len()).filter(|&i| flags[i]).collect();
     let mechanism_of = |position: usize| usize::from(mechanisms[position]);
