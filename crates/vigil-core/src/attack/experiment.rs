@@ -548,19 +548,15 @@ mod tests {
     use crate::train::TrainConfig;
     use crate::train::test_util::{scratch, write_idx};
 
-    #[test]
-    fn an_experiment_records_trains_measures_and_refuses_another_configuration() {
-        let dir = scratch("attack", "experiment");
-        write_idx(&dir, "train", 40);
-        write_idx(&dir, "t10k", 20);
-        let out = dir.join("record");
-        let config = AttackRunConfig {
+    /// BadNets to class 0 at `rate` on the IDX files in `dir`, one epoch of a tiny CNN.
+    fn badnets_config(dir: &std::path::Path, rate: f64) -> AttackRunConfig {
+        AttackRunConfig {
             params: AttackParams::defaults("badnets", 0).unwrap(),
             rule: TargetRule::AllToOne { target: 0 },
-            rate: 0.1,
+            rate,
             seed: 0,
             dataset: DatasetKind::FashionMnist,
-            data_dir: Some(dir.clone()),
+            data_dir: Some(dir.to_path_buf()),
             training: RunRequest {
                 config: TrainConfig {
                     epochs: 1,
@@ -575,7 +571,16 @@ mod tests {
             },
             resume: false,
             second: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_experiment_records_trains_measures_and_refuses_another_configuration() {
+        let dir = scratch("attack", "experiment");
+        write_idx(&dir, "train", 40);
+        write_idx(&dir, "t10k", 20);
+        let out = dir.join("record");
+        let config = badnets_config(&dir, 0.1);
         let device = Device::default();
         let AttackOutcome::Recorded(first) =
             run_attack(&config, &out, &device, &mut Quiet).unwrap()
@@ -630,29 +635,11 @@ mod tests {
         write_idx(&dir, "t10k", 20);
         let out = dir.join("record");
         let config = AttackRunConfig {
-            params: AttackParams::defaults("badnets", 0).unwrap(),
-            rule: TargetRule::AllToOne { target: 0 },
-            rate: 0.2,
-            seed: 0,
-            dataset: DatasetKind::FashionMnist,
-            data_dir: Some(dir.clone()),
-            training: RunRequest {
-                config: TrainConfig {
-                    epochs: 1,
-                    batch_size: 16,
-                    ..TrainConfig::small_cnn_default()
-                },
-                architecture: Architecture::SmallCnn {
-                    width: 4,
-                    hidden: 8,
-                },
-                normalize: true,
-            },
-            resume: false,
             second: Some(SecondBackdoor {
                 params: AttackParams::defaults("blended", 1).unwrap(),
                 rule: TargetRule::AllToOne { target: 1 },
             }),
+            ..badnets_config(&dir, 0.2)
         };
         let device = Device::default();
         let AttackOutcome::Recorded(report) =
