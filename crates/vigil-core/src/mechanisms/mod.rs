@@ -133,6 +133,9 @@ impl MechanismConfig {
     }
 }
 
+/// Most inputs drawn in each panel of the picture.
+const PICTURE_POINTS: usize = 400;
+
 /// What each input's features are.
 pub const FEATURE_KINDS: [&str; 3] = [
     "madfa.trusted_couplings",
@@ -337,18 +340,24 @@ pub fn analyse(
                     assignments[p][kind_index] = Some(c);
                 }
                 if let Some(projected) = principal_components_2d(&points, *dim) {
+                    // The picture draws an even spread of at most PICTURE_POINTS inputs, so the
+                    // SVG stays small; the clustering used them all.
+                    let n = projected.len();
+                    let shown: Vec<usize> = (0..n.min(PICTURE_POINTS))
+                        .map(|j| j * n / n.min(PICTURE_POINTS))
+                        .collect();
                     for (colouring, groups, group_names) in [
-                        ("backdoor", own_truth.clone(), names.clone()),
+                        ("backdoor", &own_truth, names.clone()),
                         (
                             "cluster",
-                            chosen.clustering.labels.clone(),
+                            &chosen.clustering.labels,
                             (0..chosen.k).map(|c| format!("cluster {c}")).collect(),
                         ),
                     ] {
                         panels.push(ScatterPanel {
                             title: format!("{kind}: by {colouring}"),
-                            points: projected.clone(),
-                            groups,
+                            points: shown.iter().map(|&j| projected[j]).collect(),
+                            groups: shown.iter().map(|&j| groups[j]).collect(),
                             group_names,
                         });
                     }
