@@ -171,8 +171,8 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         serde_json::json!(["badnets", "blended"])
     );
     let rows = report["rows"].as_array().unwrap();
-    // Three feature kinds, on the flagged triggered inputs and on all of them.
-    assert_eq!(rows.len(), 6);
+    // Four feature kinds, on the flagged triggered inputs and on all of them.
+    assert_eq!(rows.len(), 8);
     let flagged: u64 = report["triggered_flagged"]
         .as_array()
         .unwrap()
@@ -183,6 +183,8 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         let k = row["k"].as_u64().unwrap();
         let ari = row["ari"].as_f64().unwrap();
         assert!((2..=6).contains(&k) && (-1.0..=1.0).contains(&ari), "{row}");
+        let given = row["ari_true_k"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&given) && row["true_k"].as_u64().unwrap() <= 2, "{row}");
         let n = row["n"].as_u64().unwrap();
         let per: u64 = row["per_mechanism"]
             .as_array()
@@ -199,7 +201,7 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let csv = std::fs::read_to_string(out.join("assignments.csv")).unwrap();
-    assert!(csv.starts_with("test_index,source_id,backdoor,flagged,madfa.trusted_couplings"));
+    assert!(csv.starts_with("test_index,source_id,backdoor,flagged,madfa.traces,madfa.trusted_couplings"));
 
     // Settings out of range are refused before anything is read.
     let bad = mechanisms(&["--max-k", "1"]);

@@ -15,15 +15,17 @@ use super::RecordRunArgs;
 ///
 /// RUN is a `vigil sample --record RECORD` run folder (its task.json and traces.npz). Test
 /// inputs whose recommended MAD-FA score reaches the threshold of a trusted --fpr (set on the
-/// trusted samples' leave-one-out scores) are flagged. Each flagged triggered input's signature is its row of Pearson
-/// couplings with the trusted samples (and, more coarsely, their class means); k-means with k
-/// chosen by the silhouette (2..=--max-k, no labels) clusters the signatures, and the adjusted
-/// Rand index compares the clusters with the backdoor that made each input. The model's
-/// penultimate activations of the same inputs are clustered the same way, as the baseline; all
-/// three feature kinds are also clustered over every triggered input, flagged or not. --out
-/// gets mechanisms.json (every clustering: k, silhouettes, ARI), assignments.csv and
-/// signatures.svg (the flagged inputs' features on their first two principal components,
-/// coloured by backdoor and by cluster).
+/// trusted samples' leave-one-out scores) are flagged. MAD-FA's signatures of a flagged
+/// triggered input: its own trace z-scored over the draws (inputs of one mechanism move
+/// together), its row of Pearson couplings with the trusted samples, and the class means of
+/// that row. k-means with k chosen by the silhouette (2..=--max-k, no labels) clusters each,
+/// and the adjusted Rand index compares the clusters with the backdoor that made each input;
+/// the ARI with k set to the true number of backdoors is reported beside it. The model's
+/// penultimate activations of the same inputs are clustered the same way, as the baseline;
+/// every feature kind is also clustered over every triggered input, flagged or not. --out gets
+/// mechanisms.json (every clustering: k, silhouettes, ARI), assignments.csv and signatures.svg
+/// (the flagged inputs' features on their first two principal components, coloured by backdoor
+/// and by cluster).
 #[derive(Args, Debug)]
 pub struct MechanismsArgs {
     #[command(flatten)]
@@ -86,13 +88,13 @@ pub fn run(args: MechanismsArgs) -> Result<ExitCode> {
             .join(", ")
     );
     eprintln!(
-        "{:<26} {:<10} {:>5} {:>3} {:>7}",
-        "features", "inputs", "n", "k", "ARI"
+        "{:<26} {:<10} {:>5} {:>3} {:>7} {:>16}",
+        "features", "inputs", "n", "k", "ARI", "ARI (k given)"
     );
     for row in &report.rows {
         eprintln!(
-            "{:<26} {:<10} {:>5} {:>3} {:>7.3}",
-            row.features, row.inputs, row.n, row.k, row.ari
+            "{:<26} {:<10} {:>5} {:>3} {:>7.3} {:>16.3}",
+            row.features, row.inputs, row.n, row.k, row.ari, row.ari_true_k
         );
     }
     eprintln!(

@@ -23,12 +23,12 @@ use crate::detect::DetectError;
 use crate::detect::latent::penultimate_features;
 use crate::io::{IoError, check_outputs, write_atomic, write_json_atomic};
 use crate::madfa::MadError;
-use crate::madfa::scores::{anomaly_scores, coupling};
+use crate::madfa::scores::{anomaly_scores, by_sample, coupling, standardize};
 use crate::madfa::task::{RunSplit, record_task};
 use crate::madfa::traces::{LossTraces, TraceFileError};
 use crate::report::bars::ChartError;
 use crate::report::scatter::{ScatterPanel, scatter_panels_svg};
-use cluster::{adjusted_rand_index, choose_k, principal_components_2d};
+use cluster::{adjusted_rand_index, choose_k, kmeans, principal_components_2d};
 
 /// File names a mechanism analysis writes.
 pub mod files {
@@ -137,7 +137,8 @@ impl MechanismConfig {
 const PICTURE_POINTS: usize = 400;
 
 /// What each input's features are.
-pub const FEATURE_KINDS: [&str; 3] = [
+pub const FEATURE_KINDS: [&str; 4] = [
+    "madfa.traces",
     "madfa.trusted_couplings",
     "madfa.class_couplings",
     "penultimate",
@@ -160,6 +161,12 @@ pub struct ClusteringRow {
     pub silhouettes: Vec<(usize, Option<f64>)>,
     /// Adjusted Rand index of the clusters against the backdoors.
     pub ari: f64,
+    /// The number of backdoors among the inputs (what k would be if it were known).
+    pub true_k: usize,
+    /// ARI of k-means with `true_k` clusters: how well the features separate the backdoors when
+    /// the number is given (not available to a user without labels; reported beside the
+    /// label-free choice).
+    pub ari_true_k: f64,
 }
 
 /// The outcome of [`analyse`].
@@ -292,10 +299,20 @@ pub fn analyse(
         config.batch_size,
         device,
     )?;
-    let kinds: [(&str, &[f64], usize); 3] = [
-        (FEATURE_KINDS[0], &trusted_couplings, n_trusted),
-        (FEATURE_KINDS[1], &class_couplings, classes.len()),
-        (FEATURE_KINDS[2], &penultimate, penultimate_dim),
+    // Each input's own trace, z-scored over the draws and divided by sqrt(draws): the squared
+    // distance of two is 2 (1 - their correlation), so k-means groups inputs whose losses move
+    // together, whatever the trusted samples do.
+    let test_traces = standardize(by_sample(traces.test.view(), 0).view());
+    let draws = test_traces.ncols();
+    let mut own_traces = Vec::with_capacity(anomalous.len() * draws);
+    for &i in &anomalous {
+        own_traces.extend(test_traces.row(i).iter().map(|v| v / (draws as f64).sqrt()));
+    }
+    let kinds: [(&str, &[f64], usize); 4] = [
+        (FEATURE_KINDS[0], &own_traces, draws),
+        (FEATURE_KINDS[1], &trusted_couplings, n_trusted),
+        (FEATURE_KINDS[2], &class_couplings, classes.len()),
+        (FEATURE_KINDS[3], &penultimate, penultimate_dim),
     ];
 
     let truth: Vec<usize> = (0..anomalous.len()).map(mechanism_of).collect();
@@ -335,6 +352,14 @@ pub fn analyse(
             };
             let ari =
                 adjusted_rand_index(&own_truth, &chosen.clustering.labels).unwrap_or(f64::NAN);
+            let true_k = per_mechanism.iter().filter(|&&n| n > 0).count();
+            let ari_true_k = if true_k == chosen.k {
+                ari
+            } else {
+                kmeans(&points, *dim, true_k.max(1), config.restarts, config.seed)
+                    .and_then(|fit| adjusted_rand_index(&own_truth, &fit.labels))
+                    .unwrap_or(f64::NAN)
+            };
             if inputs == "flagged" {
                 for (&p, &c) in positions.iter().zip(&chosen.clustering.labels) {
                     assignments[p][kind_index] = Some(c);
@@ -371,6 +396,8 @@ pub fn analyse(
                 k: chosen.k,
                 silhouettes: chosen.silhouettes,
                 ari,
+                true_k,
+                ari_true_k,
             });
         }
     }
