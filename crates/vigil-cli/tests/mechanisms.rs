@@ -184,7 +184,10 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         let ari = row["ari"].as_f64().unwrap();
         assert!((2..=6).contains(&k) && (-1.0..=1.0).contains(&ari), "{row}");
         let given = row["ari_true_k"].as_f64().unwrap();
-        assert!((-1.0..=1.0).contains(&given) && row["true_k"].as_u64().unwrap() <= 2, "{row}");
+        assert!(
+            (-1.0..=1.0).contains(&given) && row["true_k"].as_u64().unwrap() <= 2,
+            "{row}"
+        );
         let n = row["n"].as_u64().unwrap();
         let per: u64 = row["per_mechanism"]
             .as_array()
@@ -201,7 +204,11 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         assert!(out.join(file).exists(), "{file} missing");
     }
     let csv = std::fs::read_to_string(out.join("assignments.csv")).unwrap();
-    assert!(csv.starts_with("test_index,source_id,backdoor,flagged,madfa.traces,madfa.trusted_couplings"));
+    assert!(
+        csv.starts_with(
+            "test_index,source_id,backdoor,flagged,madfa.traces,madfa.trusted_couplings"
+        )
+    );
 
     // Settings out of range are refused before anything is read.
     let bad = mechanisms(&["--max-k", "1"]);

@@ -44,8 +44,9 @@ pub struct EvadeArgs {
     #[arg(long, default_value_t = 20)]
     steps: usize,
 
-    /// Weight of the target's trace loss (keeps the backdoor working).
-    #[arg(long, default_value_t = 1.0)]
+    /// Weight of the target's loss in the objective (0: the score alone; either way only
+    /// iterates the model still sends to the target are kept).
+    #[arg(long, default_value_t = 0.0)]
     keep: f64,
 
     /// The score attacked and measured.

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use vigil_core::device::default_device;
-use vigil_core::mechanisms::{MechanismConfig, analyse, files};
+use vigil_core::mechanisms::{KRule, MechanismConfig, analyse, files};
 
 use super::RecordRunArgs;
 
@@ -18,7 +18,8 @@ use super::RecordRunArgs;
 /// trusted samples' leave-one-out scores) are flagged. MAD-FA's signatures of a flagged
 /// triggered input: its own trace z-scored over the draws (inputs of one mechanism move
 /// together), its row of Pearson couplings with the trusted samples, and the class means of
-/// that row. k-means with k chosen by the silhouette (2..=--max-k, no labels) clusters each,
+/// that row. k-means with k chosen without labels (2..=--max-k; by default the k whose
+/// clustering random halves of the inputs reproduce best) clusters each,
 /// and the adjusted Rand index compares the clusters with the backdoor that made each input;
 /// the ARI with k set to the true number of backdoors is reported beside it. The model's
 /// penultimate activations of the same inputs are clustered the same way, as the baseline;
@@ -39,6 +40,11 @@ pub struct MechanismsArgs {
     #[arg(long, default_value_t = 6)]
     max_k: usize,
 
+    /// How k is chosen: stability (split-half reproducibility, Ben-Hur et al. 2002) or
+    /// silhouette.
+    #[arg(long, value_enum, default_value_t = KRuleArg::Stability)]
+    choose_k: KRuleArg,
+
     /// k-means restarts per k (k-means++ seeds).
     #[arg(long, default_value_t = 10)]
     restarts: usize,
@@ -52,12 +58,22 @@ pub struct MechanismsArgs {
     json: bool,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum KRuleArg {
+    Stability,
+    Silhouette,
+}
+
 pub fn run(args: MechanismsArgs) -> Result<ExitCode> {
     let config = MechanismConfig {
         data_dir: args.paths.data_dir.clone(),
         fpr: args.fpr,
         max_k: args.max_k,
         restarts: args.restarts,
+        k_rule: match args.choose_k {
+            KRuleArg::Stability => KRule::Stability,
+            KRuleArg::Silhouette => KRule::Silhouette,
+        },
         seed: args.seed,
         ..MechanismConfig::new(
             args.paths.record.clone(),

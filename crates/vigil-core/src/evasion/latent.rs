@@ -3,10 +3,12 @@
 //! detector's own score.
 //!
 //! **The attacker's knowledge** (white box): the model, the trusted set the score is fitted on,
-//! the score and its threshold rule. Projected sign-gradient descent on `score(x) + keep *
-//! CE(x, target)` in the ball `|x - x0|_inf <= eps` around the triggered input (clipped to
-//! `[0, 1]`, step `2.5 eps / steps`, no random start, the iterate of least objective kept),
-//! through [`Pgd`]. This is the obfuscation the seed names: inputs whose activations look
+//! the score and its threshold rule. Projected sign-gradient descent on `score(x) / sd +
+//! keep * CE(x, target)` (`sd` the score's spread over the trusted set) in the ball
+//! `|x - x0|_inf <= eps` around the triggered input (clipped to `[0, 1]`, step
+//! `2.5 eps / steps`, no random start), through [`Pgd`]; the kept iterate is the one of least
+//! objective among those the model still sends to the target (the start if none), as against
+//! MAD-FA. This is the obfuscation the seed names: inputs whose activations look
 //! normal to a latent detector while the backdoor works.
 
 use std::time::Instant;
@@ -26,6 +28,10 @@ use crate::progress::Progress;
 
 /// Inputs attacked at once.
 const BATCH: usize = 32;
+
+/// Subtracted from the objective of an iterate that leaves the target class, so it is never
+/// kept.
+const OFF_TARGET: f64 = 1e6;
 
 /// Fits `kind` on the task's trusted set (as `vigil detect` fits the detector), scores the
 /// clean test inputs and the triggered ones `chosen`, attacks those on the score and scores
@@ -54,6 +60,12 @@ pub fn evade(
     let originals = task.test.subset(chosen);
     let before = score_set(score.as_ref(), model, &originals, BATCH, device)?;
 
+    let spread = {
+        let mean = trusted.iter().sum::<f64>() / trusted.len().max(1) as f64;
+        let var =
+            trusted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / trusted.len().max(1) as f64;
+        if var > 0.0 { var.sqrt() } else { 1.0 }
+    };
     let attacker = frozen(model, device);
     let pgd = Pgd {
         start: RandomStart::None,
@@ -85,15 +97,24 @@ pub fn evade(
             ),
             &device.clone().autodiff(),
         );
-        // Ascent on the negated objective: the score and the target's cross-entropy go down.
+        // Ascent on the negated objective: the score (in units of its trusted spread, so that
+        // `keep` weighs alike against every detector) and the target's cross-entropy go down.
+        // An iterate the model no longer sends to the target loses a constant far below any
+        // objective, so the kept iterate is the best one that keeps the backdoor working (the
+        // clean start is one); the constant has no gradient.
         let objective = |x: Tensor<4>| {
-            let keep = cross_entropy_per_sample(
-                attacker.forward(x.clone(), BnMode::Eval),
-                targets.clone(),
-            )
-            .mul_scalar(config.keep);
+            let logits = attacker.forward(x.clone(), BnMode::Eval);
+            let off_target = logits
+                .clone()
+                .detach()
+                .argmax(1)
+                .reshape([end - start])
+                .not_equal(targets.clone())
+                .float()
+                .mul_scalar(OFF_TARGET);
+            let keep = cross_entropy_per_sample(logits, targets.clone()).mul_scalar(config.keep);
             match score.score(&attacker, x) {
-                Ok(values) => (values + keep).neg(),
+                Ok(values) => (values.div_scalar(spread) + keep).neg() - off_target,
                 Err(e) => {
                     failure.borrow_mut().get_or_insert(e);
                     keep.mul_scalar(0.0)

@@ -1,7 +1,7 @@
 //! Clustering without labels, and how well a clustering matches the truth: k-means (k-means++
-//! seeding, Lloyd iterations, best of several restarts), the silhouette coefficient that picks
-//! the number of clusters, the adjusted Rand index, and a 2-D principal-component projection
-//! for pictures. Points are rows of a row-major `[n, dim]` f64 matrix.
+//! seeding, Lloyd iterations, best of several restarts), two rules that pick the number of
+//! clusters (split-half stability and the silhouette coefficient), the adjusted Rand index, and a
+//! 2-D principal-component projection for pictures. Points are rows of a row-major `[n, dim]` f64 matrix.
 //!
 //! The formulas are scikit-learn's (`KMeans` inertia, `silhouette_score` with Euclidean
 //! distances, `adjusted_rand_score`), checked against its values in the tests
@@ -207,9 +207,18 @@ pub fn silhouette(distances: &[f64], labels: &[usize]) -> Option<f64> {
     Some(total / n as f64)
 }
 
-/// The number of clusters in `ks` (each >= 2) whose k-means clustering has the highest mean
-/// silhouette, with that clustering, and the silhouette of every k tried (`None` where k-means
-/// or the silhouette is undefined, e.g. k >= n).
+/// How the number of clusters is chosen without labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KRule {
+    /// The k whose clustering is most reproducible from random halves ([`stability`]).
+    Stability,
+    /// The k of highest mean silhouette ([`silhouette`]).
+    Silhouette,
+}
+
+/// The number of clusters chosen in `ks` (each >= 2), with its clustering, and both criteria
+/// for every k tried (`None` where undefined, e.g. k >= n).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChosenClustering {
     /// The chosen number of clusters.
@@ -218,28 +227,37 @@ pub struct ChosenClustering {
     pub clustering: KMeans,
     /// `(k, silhouette)` for every k tried.
     pub silhouettes: Vec<(usize, Option<f64>)>,
+    /// `(k, split-half stability)` for every k tried.
+    pub stabilities: Vec<(usize, Option<f64>)>,
 }
 
-/// k-means for every k in `ks`, keeping the one of highest silhouette (the smaller k on a tie);
-/// `None` when no k gives a defined silhouette.
+/// k-means for every k in `ks`, keeping the k `rule` prefers (the smaller k on a tie); `None`
+/// when no k gives a defined criterion. Stability uses 5 random halvings.
 pub fn choose_k(
     points: &[f64],
     dim: usize,
     ks: std::ops::RangeInclusive<usize>,
+    rule: KRule,
     restarts: usize,
     seed: u64,
 ) -> Option<ChosenClustering> {
     let distances = pairwise_distances(points, dim);
     let mut best: Option<(f64, usize, KMeans)> = None;
-    let mut silhouettes = Vec::new();
+    let (mut silhouettes, mut stabilities) = (Vec::new(), Vec::new());
     for k in ks {
         let fit = kmeans(points, dim, k, restarts, seed);
-        let score = fit
+        let width = fit
             .as_ref()
             .and_then(|fit| silhouette(&distances, &fit.labels));
-        silhouettes.push((k, score));
-        if let (Some(fit), Some(score)) = (fit, score)
-            && best.as_ref().is_none_or(|(s, _, _)| score > *s)
+        let stable = stability(points, dim, k, restarts, 5, seed);
+        silhouettes.push((k, width));
+        stabilities.push((k, stable));
+        let criterion = match rule {
+            KRule::Silhouette => width,
+            KRule::Stability => stable,
+        };
+        if let (Some(fit), Some(score)) = (fit, criterion)
+            && best.as_ref().is_none_or(|(s, _, _)| score > *s + 1e-12)
         {
             best = Some((score, k, fit));
         }
@@ -248,7 +266,67 @@ pub fn choose_k(
         k,
         clustering,
         silhouettes,
+        stabilities,
     })
+}
+
+/// Nearest of `centres` (`[k, dim]`) for every row of `points`.
+pub fn assign(points: &[f64], dim: usize, centres: &[f64]) -> Vec<usize> {
+    let k = centres.len() / dim.max(1);
+    (0..points.len() / dim.max(1))
+        .map(|i| {
+            (0..k)
+                .map(|c| {
+                    (
+                        c,
+                        squared_distance(row(points, dim, i), row(centres, dim, c)),
+                    )
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |(c, _)| c)
+        })
+        .collect()
+}
+
+/// How reproducible k-means with `k` clusters is on `points`: over `replicates` random halvings,
+/// each half is clustered on its own, every point is assigned by both halves' centres, and the
+/// two labellings are compared by the adjusted Rand index; the mean (Ben-Hur et al. 2002, Lange
+/// et al. 2004: a k that matches real groups gives the same partition from any half). `None`
+/// when a half has fewer than `k` points.
+pub fn stability(
+    points: &[f64],
+    dim: usize,
+    k: usize,
+    restarts: usize,
+    replicates: usize,
+    seed: u64,
+) -> Option<f64> {
+    let n = points.len() / dim.max(1);
+    if n / 2 < k || replicates == 0 {
+        return None;
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut total = 0.0;
+    for replicate in 0..replicates {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let half = |part: &[usize]| -> Vec<f64> {
+            part.iter()
+                .flat_map(|&i| row(points, dim, i).iter().copied())
+                .collect()
+        };
+        let (a, b) = order.split_at(n / 2);
+        let seed_of = |side: u64| seed ^ ((replicate as u64) << 8 | side);
+        let fit_a = kmeans(&half(a), dim, k, restarts, seed_of(1))?;
+        let fit_b = kmeans(&half(b), dim, k, restarts, seed_of(2))?;
+        total += adjusted_rand_index(
+            &assign(points, dim, &fit_a.centres),
+            &assign(points, dim, &fit_b.centres),
+        )?;
+    }
+    Some(total / replicates as f64)
 }
 
 /// Adjusted Rand index of two labellings of the same points (Hubert and Arabie): 1 for the same
@@ -394,9 +472,22 @@ mod tests {
         close(fit.inertia, 1.3359071258290414, "inertia");
         let groups: Vec<usize> = (0..12).map(|i| i / 4).collect();
         assert_eq!(adjusted_rand_index(&groups, &fit.labels), Some(1.0));
-        let chosen = choose_k(&points(), 3, 2..=5, 10, 0).unwrap();
-        assert_eq!(chosen.k, 3, "{:?}", chosen.silhouettes);
-        assert_eq!(chosen.silhouettes.len(), 4);
+        for rule in [KRule::Silhouette, KRule::Stability] {
+            let chosen = choose_k(&points(), 3, 2..=5, rule, 10, 0).unwrap();
+            assert_eq!(
+                chosen.k, 3,
+                "{rule:?}: {:?} {:?}",
+                chosen.silhouettes, chosen.stabilities
+            );
+            assert_eq!(chosen.silhouettes.len(), 4);
+        }
+        // Three separated groups come back the same from any half; more clusters do not.
+        let stable = stability(&points(), 3, 3, 10, 5, 0).unwrap();
+        assert!((stable - 1.0).abs() < 1e-12, "{stable}");
+        assert!(
+            stability(&points(), 3, 7, 10, 5, 0).is_none(),
+            "halves of 6 cannot hold 7"
+        );
         // Refusals: k out of range, ragged or non-finite input.
         assert!(kmeans(&points(), 3, 0, 1, 0).is_none());
         assert!(kmeans(&points(), 3, 13, 1, 0).is_none());

@@ -5,7 +5,8 @@
 //! the same trusted samples. [`analyse`] takes a `vigil sample` run on a record with two
 //! backdoors (`vigil attack --second-attack`), flags the test inputs whose recommended MAD-FA
 //! score exceeds the trusted samples' `1 - fpr` quantile, clusters the flagged triggered
-//! inputs' signatures with k-means (k chosen by silhouette, no labels), and measures the
+//! inputs' signatures with k-means (k chosen without labels, by split-half stability), and
+//! measures the
 //! adjusted Rand index against the backdoor that made each input. The baseline gets the same
 //! inputs and the same clustering on its own features, the model's penultimate activations.
 //! Every feature kind is also clustered over all triggered inputs, flagged or not.
@@ -28,6 +29,7 @@ use crate::madfa::task::{RunSplit, record_task};
 use crate::madfa::traces::{LossTraces, TraceFileError};
 use crate::report::bars::ChartError;
 use crate::report::scatter::{ScatterPanel, scatter_panels_svg};
+pub use cluster::KRule;
 use cluster::{adjusted_rand_index, choose_k, kmeans, principal_components_2d};
 
 /// File names a mechanism analysis writes.
@@ -89,6 +91,8 @@ pub struct MechanismConfig {
     pub max_k: usize,
     /// k-means restarts per k.
     pub restarts: usize,
+    /// How k is chosen.
+    pub k_rule: KRule,
     /// Seed of the k-means seeding.
     pub seed: u64,
     /// Batch size of the feature pass.
@@ -96,7 +100,8 @@ pub struct MechanismConfig {
 }
 
 impl MechanismConfig {
-    /// The defaults for `record`, `run` and `out`: 5% FPR, k from 2 to 6, 10 restarts, seed 0.
+    /// The defaults for `record`, `run` and `out`: 5% FPR, k from 2 to 6 chosen by split-half
+    /// stability, 10 restarts, seed 0.
     pub fn new(record: PathBuf, run: PathBuf, out: PathBuf) -> Self {
         Self {
             record,
@@ -106,6 +111,7 @@ impl MechanismConfig {
             fpr: 0.05,
             max_k: 6,
             restarts: 10,
+            k_rule: KRule::Stability,
             seed: 0,
             batch_size: 256,
         }
@@ -155,10 +161,12 @@ pub struct ClusteringRow {
     pub n: usize,
     /// Of them, made by each backdoor.
     pub per_mechanism: Vec<usize>,
-    /// Clusters chosen by silhouette.
+    /// Clusters chosen by the report's rule.
     pub k: usize,
     /// `(k, mean silhouette)` for every k tried.
     pub silhouettes: Vec<(usize, Option<f64>)>,
+    /// `(k, split-half stability)` for every k tried.
+    pub stabilities: Vec<(usize, Option<f64>)>,
     /// Adjusted Rand index of the clusters against the backdoors.
     pub ari: f64,
     /// The number of backdoors among the inputs (what k would be if it were known).
@@ -187,8 +195,10 @@ pub struct MechanismReport {
     pub triggered_flagged: Vec<(usize, usize)>,
     /// Every clustering.
     pub rows: Vec<ClusteringRow>,
-    /// Settings: k range, restarts, seed.
+    /// Settings: k range, rule, restarts, seed.
     pub max_k: usize,
+    /// How k was chosen.
+    pub k_rule: KRule,
     /// k-means restarts per k.
     pub restarts: usize,
     /// Seed of the k-means seeding.
@@ -341,6 +351,7 @@ pub fn analyse(
                 &points,
                 *dim,
                 2..=config.max_k,
+                config.k_rule,
                 config.restarts,
                 config.seed,
             ) else {
@@ -395,6 +406,7 @@ pub fn analyse(
                 per_mechanism,
                 k: chosen.k,
                 silhouettes: chosen.silhouettes,
+                stabilities: chosen.stabilities,
                 ari,
                 true_k,
                 ari_true_k,
@@ -411,6 +423,7 @@ pub fn analyse(
         triggered_flagged,
         rows,
         max_k: config.max_k,
+        k_rule: config.k_rule,
         restarts: config.restarts,
         seed: config.seed,
     };
