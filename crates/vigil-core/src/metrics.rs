@@ -316,6 +316,13 @@ pub fn threshold_for_fpr(benign: &[f64], target_fpr: f64) -> Result<f64, Metrics
     Ok(threshold)
 }
 
+/// [`threshold_for_fpr`] on the finite ones of `benign` (a trusted sample alone in its class has
+/// no class-level MAD-FA score): what the analyses of a run flag with (`score >= threshold`).
+pub fn threshold_for_fpr_of_finite(benign: &[f64], target_fpr: f64) -> Result<f64, MetricsError> {
+    let finite: Vec<f64> = benign.iter().copied().filter(|v| v.is_finite()).collect();
+    threshold_for_fpr(&finite, target_fpr)
+}
+
 /// The randomised part of a threshold (a Neyman-Pearson randomised test): inputs scoring at
 /// least `below` but under the threshold are flagged with probability `fraction`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -13,14 +13,15 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::{DetectionShift, EvasionConfig, EvasionEvent, shift};
 use crate::attack::pgd::{Keep, Pgd, RandomStart, frozen};
-use crate::data::ImageSet;
+use crate::data::{ImageSet, images_tensor, labels_tensor};
 use crate::loss::cross_entropy_per_sample;
+use crate::madfa::scores::Standardisation;
 use crate::madfa::task::MadTask;
 use crate::models::{BnMode, Classifier};
 use crate::ood::{OodError, ScoreKind, score_set};
@@ -60,41 +61,24 @@ pub fn evade(
     let originals = task.test.subset(chosen);
     let before = score_set(score.as_ref(), model, &originals, BATCH, device)?;
 
-    let spread = {
-        let mean = trusted.iter().sum::<f64>() / trusted.len().max(1) as f64;
-        let var =
-            trusted.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / trusted.len().max(1) as f64;
-        if var > 0.0 { var.sqrt() } else { 1.0 }
-    };
+    let spread = Standardisation::of(&trusted).sd;
     let attacker = frozen(model, device);
     let pgd = Pgd {
         start: RandomStart::None,
         keep: Keep::BestPerSample,
         ..Pgd::linf(config.eps, config.steps)
     };
-    let shape = originals.shape();
     let mut attacked = Vec::with_capacity(originals.pixels().len());
     let mut rng = StdRng::seed_from_u64(0);
     let failure = std::cell::RefCell::new(None);
-    for start in (0..originals.len()).step_by(BATCH) {
-        let end = (start + BATCH).min(originals.len());
-        let pixels =
-            originals.pixels()[start * shape.num_values()..end * shape.num_values()].to_vec();
-        let x = Tensor::<4>::from_data(
-            TensorData::new(
-                pixels,
-                [end - start, shape.channels, shape.height, shape.width],
-            ),
-            device,
-        );
-        let targets = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                originals.labels()[start..end]
-                    .iter()
-                    .map(|&l| i64::from(l))
-                    .collect::<Vec<_>>(),
-                [end - start],
-            ),
+    let all: Vec<usize> = (0..originals.len()).collect();
+    for chunk in all.chunks(BATCH) {
+        let x = images_tensor(&originals, chunk, device);
+        let targets = labels_tensor(
+            &chunk
+                .iter()
+                .map(|&i| originals.label(i))
+                .collect::<Vec<_>>(),
             &device.clone().autodiff(),
         );
         // Ascent on the negated objective: the score (in units of its trusted spread, so that
@@ -108,7 +92,7 @@ pub fn evade(
                 .clone()
                 .detach()
                 .argmax(1)
-                .reshape([end - start])
+                .reshape([chunk.len()])
                 .not_equal(targets.clone())
                 .float()
                 .mul_scalar(OFF_TARGET);
@@ -132,14 +116,14 @@ pub fn evade(
         }
         attacked.extend(result.into_data().iter::<f32>());
         progress.report(EvasionEvent::Attacked {
-            done: end,
+            done: chunk[chunk.len() - 1] + 1,
             total: originals.len(),
         });
     }
     let attacked_set = ImageSet::new(
         attacked.clone(),
         originals.labels().to_vec(),
-        shape,
+        originals.shape(),
         originals.class_names().to_vec(),
         "attacked",
     )

@@ -37,20 +37,19 @@ pub fn evade_one(
     let mut x = original.to_vec();
     let mut best: Option<(f64, Vec<f32>)> = None;
     for step in 0..=config.steps {
-        let (score, score_gradient) = scorer.score_and_gradient(&x, target, config.score)?;
+        // The last iterate is only scored: no step follows it.
+        let last = step == config.steps;
+        let (score, gradient) = if last {
+            (scorer.score(&x, target, config.score)?, Vec::new())
+        } else {
+            scorer.objective_and_gradient(&x, target, config.score, config.keep)?
+        };
         if scorer.predict(&x)? == target && best.as_ref().is_none_or(|(b, _)| score < *b) {
             best = Some((score, x.clone()));
         }
-        if step == config.steps {
-            break;
-        }
-        let (_, loss_gradient) = scorer.loss_and_gradient(&x, target)?;
-        for (i, xi) in x.iter_mut().enumerate() {
-            let g = score_gradient[i] + config.keep as f32 * loss_gradient[i];
+        for ((xi, &g), &x0) in x.iter_mut().zip(&gradient).zip(original) {
             let moved = *xi - alpha * g.signum() * f32::from(g != 0.0);
-            *xi = moved
-                .clamp(original[i] - eps, original[i] + eps)
-                .clamp(0.0, 1.0);
+            *xi = moved.clamp(x0 - eps, x0 + eps).clamp(0.0, 1.0);
         }
     }
     Ok(match best {

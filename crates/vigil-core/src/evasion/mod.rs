@@ -21,9 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::madfa::MadError;
 use crate::madfa::chain::{ChainConfig, SampleSettings, TraceForm};
 use crate::madfa::input_gradient::InputScore;
-use crate::madfa::task::{MadTask, RunSplit, record_task};
-use crate::madfa::traces::LossTraces;
-use crate::metrics::{auroc, threshold_for_fpr};
+use crate::madfa::task::{MadTask, RecordRun, open_record_run};
+use crate::metrics::{auroc, threshold_for_fpr_of_finite};
 use crate::ood::ScoreKind;
 use crate::progress::Progress;
 
@@ -138,16 +137,6 @@ pub struct DetectionShift {
     pub seconds: f64,
 }
 
-/// The detectors' threshold ([`threshold_for_fpr`]: flagged when the score is at least it) on
-/// the finite trusted scores (a trusted sample alone in its class has no class-level score).
-pub(crate) fn trusted_threshold(
-    trusted: &[f64],
-    fpr: f64,
-) -> Result<f64, crate::metrics::MetricsError> {
-    let finite: Vec<f64> = trusted.iter().copied().filter(|v| v.is_finite()).collect();
-    threshold_for_fpr(&finite, fpr)
-}
-
 /// Test indices of the task's clean inputs.
 pub(crate) fn clean_inputs(task: &MadTask) -> Vec<usize> {
     let flags = task.test_is_anomalous.as_deref().unwrap_or_default();
@@ -173,7 +162,7 @@ pub(crate) fn shift(
     fpr: f64,
     seconds: f64,
 ) -> Result<DetectionShift, crate::metrics::MetricsError> {
-    let cut = trusted_threshold(trusted, fpr)?;
+    let cut = threshold_for_fpr_of_finite(trusted, fpr)?;
     let share = |s: &[f64]| s.iter().filter(|&&v| v >= cut).count() as f64 / s.len().max(1) as f64;
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
     let values = task.test.shape().num_values();
@@ -204,6 +193,9 @@ pub(crate) fn shift(
         seconds,
     })
 }
+
+/// Batch size of the predictions that rebuild the run's task (its values do not depend on it).
+const PREDICT_BATCH: usize = 256;
 
 /// File names `vigil evade` writes.
 pub mod files {
@@ -279,13 +271,25 @@ pub fn evade_record_run(
 ) -> Result<EvasionFile, EvasionError> {
     experiment.config.validate()?;
     let out = &experiment.out;
-    let traces_path = experiment.run.join("traces.npz");
     crate::io::check_outputs(
-        [&traces_path, &experiment.run.join("task.json")],
+        [
+            experiment.run.join("traces.npz"),
+            experiment.run.join("task.json"),
+        ],
         [files::REPORT, files::EXAMPLES].map(|f| out.join(f)),
     )?;
-    let split = RunSplit::read(&experiment.run)?;
-    let traces = LossTraces::load(&traces_path).map_err(|e| MadError::Data(e.to_string()))?;
+    let RecordRun {
+        loaded,
+        traces,
+        traces_path,
+    } = open_record_run(
+        &experiment.record,
+        &experiment.run,
+        experiment.data_dir.as_deref(),
+        PREDICT_BATCH,
+        device,
+    )?;
+    // The trace file holds the sampler settings the defender's chains are rerun with.
     let settings: SampleSettings = traces
         .settings_json
         .as_deref()
@@ -296,14 +300,7 @@ pub fn evade_record_run(
                 traces_path.display()
             ))
         })?;
-    let loaded = record_task(
-        &experiment.record,
-        experiment.data_dir.as_deref(),
-        split.split_per_class,
-        split.split_seed,
-        settings.chain.trace_batch_size.max(1),
-        device,
-    )?;
+    drop(traces);
     let task = &loaded.task;
     let chosen = chosen_triggered(task, experiment.config.max_inputs);
     if chosen.is_empty() || clean_inputs(task).is_empty() {

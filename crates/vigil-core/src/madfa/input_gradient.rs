@@ -65,8 +65,12 @@ pub const DEFAULT_WEIGHT_STEP: f64 = 1e-3;
 
 /// MAD-FA's linearised score of single inputs, and its input gradient.
 pub struct LinearisedScorer {
-    /// w* on the plain device.
+    /// w* on the plain device (predictions, and the copies the weight-space difference moves).
     w_star: Classifier,
+    /// w* on the autodiff device tracking its parameters (per-sample weight gradients).
+    tracked: Classifier,
+    /// w* on the autodiff device with frozen parameters (input gradients).
+    frozen: Classifier,
     /// Displacements `[draws, floats]`, row-major.
     displacements: Vec<f32>,
     draws: usize,
@@ -128,6 +132,8 @@ impl LinearisedScorer {
         let trainable = trainable_mask(&tracked, form);
         let mut scorer = Self {
             w_star: w_star.deep_copy().for_inference(),
+            tracked,
+            frozen: crate::attack::pgd::frozen(w_star, device),
             displacements,
             draws,
             floats,
@@ -147,6 +153,8 @@ impl LinearisedScorer {
             weight_step: DEFAULT_WEIGHT_STEP,
             device: device.clone(),
         };
+        // Traces rounded to float32 as a trace file holds them: the leave-one-out scale and the
+        // couplings below see the values `anomaly_scores` would read from that file.
         let mut trusted = Array2::zeros((trusted_images.len(), draws));
         for (i, mut row) in trusted.outer_iter_mut().enumerate() {
             let trace = scorer.trace(trusted_images.image(i), trusted_labels[i])?;
@@ -164,8 +172,6 @@ impl LinearisedScorer {
             trusted_labels.clone(),
         );
         let loo = leave_one_out_scores(&as_traces, 0)?;
-        // The leave-one-out scale comes from the trusted traces as float32, as a trace file
-        // holds them; the couplings below use the f64 traces given.
         let scale = TrustedScale::of(&loo.clc, &loo.class_ccc);
         let trusted_z = super::scores::standardize(trusted.view());
         let mut labels = trusted_labels.clone();
@@ -215,29 +221,37 @@ impl LinearisedScorer {
 
     /// The linearised trace `[draws]` of one input (`c x h x w` pixels) with label `label`.
     pub fn trace(&self, pixels: &[f32], label: i64) -> Result<Vec<f64>, MadError> {
-        let x = self.image(pixels)?;
-        let tracked = Self::tracked(&self.w_star, &self.device);
+        Ok(self.trace_and_loss_gradient(&self.image(pixels)?, label).0)
+    }
+
+    /// The linearised trace of `x` (`[1, c, h, w]`) and the input gradient of its loss at w*,
+    /// which the trace's level needs anyway (one pass for both).
+    fn trace_and_loss_gradient(&self, x: &Tensor<4>, label: i64) -> (Vec<f64>, Vec<f32>) {
         let mut gradient = Vec::with_capacity(self.floats);
-        sample_gradient(&tracked, x.clone(), label, self.form, &mut gradient);
-        let loss = f64::from(self.loss_and_input_gradient(&self.w_star, x, label).0);
+        sample_gradient(&self.tracked, x.clone(), label, self.form, &mut gradient);
+        let (loss, loss_gradient) = self.loss_and_input_gradient(&self.frozen, x.clone(), label);
         let mut product = vec![0.0f32; self.draws];
         matmul_threaded(
             &mut product,
             Mat::new(&self.displacements, self.draws, self.floats),
             Mat::new(&gradient, self.floats, 1),
         );
-        Ok(product.iter().map(|&p| loss + f64::from(p)).collect())
+        let trace = product
+            .iter()
+            .map(|&p| f64::from(loss) + f64::from(p))
+            .collect();
+        (trace, loss_gradient)
     }
 
-    /// The loss of `x` against `label` under `model` and its gradient with respect to `x`.
+    /// The loss of `x` against `label` under `frozen` (a copy on the autodiff device whose
+    /// parameters do not track gradients) and its gradient with respect to `x`.
     fn loss_and_input_gradient(
         &self,
-        model: &Classifier,
+        frozen: &Classifier,
         x: Tensor<4>,
         label: i64,
     ) -> (f32, Vec<f32>) {
         let autodiff = self.device.clone().autodiff();
-        let frozen = crate::attack::pgd::frozen(model, &self.device);
         let xa = x.autodiff().require_grad();
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![label], [1]), &autodiff);
         let loss = self
@@ -357,16 +371,6 @@ impl LinearisedScorer {
         }
     }
 
-    /// The trace loss of one input at w* against `label`, and its gradient in the pixels.
-    pub fn loss_and_gradient(
-        &self,
-        pixels: &[f32],
-        label: i64,
-    ) -> Result<(f32, Vec<f32>), MadError> {
-        let x = self.image(pixels)?;
-        Ok(self.loss_and_input_gradient(&self.w_star, x, label))
-    }
-
     /// The class w* gives one input.
     pub fn predict(&self, pixels: &[f32]) -> Result<i64, MadError> {
         let logits: Vec<f32> = self
@@ -394,11 +398,23 @@ impl LinearisedScorer {
         label: i64,
         which: InputScore,
     ) -> Result<(f64, Vec<f32>), MadError> {
-        let t = self.trace(pixels, label)?;
-        let (value, a) = self.score_of_trace(&t, which);
+        self.objective_and_gradient(pixels, label, which, 0.0)
+    }
+
+    /// The score `which` of one input, and the pixel gradient of the score plus `keep` times
+    /// the input's trace loss at w* (an attacker's objective that keeps the class; the loss
+    /// gradient is a by-product of the trace, so it costs nothing extra).
+    pub fn objective_and_gradient(
+        &self,
+        pixels: &[f32],
+        label: i64,
+        which: InputScore,
+        keep: f64,
+    ) -> Result<(f64, Vec<f32>), MadError> {
         let x = self.image(pixels)?;
+        let (t, loss_gradient) = self.trace_and_loss_gradient(&x, label);
+        let (value, a) = self.score_of_trace(&t, which);
         let a_sum: f64 = a.iter().sum();
-        let (_, loss_gradient) = self.loss_and_input_gradient(&self.w_star, x.clone(), label);
         // v = D^T a over the parameters (buffers stay at w*).
         let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
         let mut v32 = vec![0.0f32; self.floats];
@@ -427,14 +443,23 @@ impl LinearisedScorer {
                     scale: sign * h as f32,
                     offset: 0,
                 });
-                self.loss_and_input_gradient(&model, x.clone(), label).1
+                let frozen = crate::attack::pgd::frozen(&model, &self.device);
+                self.loss_and_input_gradient(&frozen, x.clone(), label).1
             };
             let (plus, minus) = (shifted(1.0), shifted(-1.0));
             for ((g, p), m) in gradient.iter_mut().zip(&plus).zip(&minus) {
                 *g += norm * f64::from(p - m) / (2.0 * h);
             }
         }
-        Ok((value, gradient.into_iter().map(|g| g as f32).collect()))
+        let keep = keep as f32;
+        Ok((
+            value,
+            gradient
+                .iter()
+                .zip(&loss_gradient)
+                .map(|(&g, &l)| g as f32 + keep * l)
+                .collect(),
+        ))
     }
 }
 

@@ -16,6 +16,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::MadError;
+use super::traces::LossTraces;
 use crate::attack::backdoor::TriggeredTestSet;
 use crate::attack::backdoor::record::{self, AttackManifest, files as record_files};
 use crate::checkpoint;
@@ -261,33 +262,78 @@ pub fn backdoor_task(
 }
 
 /// The split a `vigil sample --record` run used, as its `task.json` records it, so that later
-/// analyses of the run (`vigil mechanisms`, `vigil evade`) rebuild the same task.
+/// analyses of the run rebuild the same task ([`open_record_run`]).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-pub struct RunSplit {
+struct RunSplit {
     /// Per-class sizes of the trusted, sampling and test parts.
-    pub split_per_class: SplitSizes,
+    split_per_class: SplitSizes,
     /// Seed of the split.
-    pub split_seed: u64,
+    split_seed: u64,
 }
 
-impl RunSplit {
-    /// Reads `run/task.json`.
-    pub fn read(run: &Path) -> Result<Self, MadError> {
-        let path = run.join("task.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            MadError::Data(format!(
-                "cannot read {} ({e}); is {} a `vigil sample --record` run folder?",
-                path.display(),
-                run.display()
-            ))
-        })?;
-        serde_json::from_str(&text).map_err(|e| {
-            MadError::Data(format!(
-                "{}: not the task of a record run ({e})",
-                path.display()
-            ))
-        })
+/// A `vigil sample --record` run reopened with its record: the task rebuilt from the record
+/// with the run's split, and the run's traces, checked to be of that task's test inputs.
+pub struct RecordRun {
+    /// The record's model and the rebuilt task.
+    pub loaded: RecordTask,
+    /// The run's traces (`traces.npz`).
+    pub traces: LossTraces,
+    /// The trace file read.
+    pub traces_path: PathBuf,
+}
+
+/// Reopens the run folder `run` made on the attack record `record` (what `vigil mechanisms` and
+/// `vigil evade` analyse): reads its split (`task.json`) and traces (`traces.npz`), rebuilds the
+/// task (predictions in batches of `batch_size`) and refuses traces that are not of its test
+/// inputs (another record's run, say).
+pub fn open_record_run(
+    record: &Path,
+    run: &Path,
+    data_dir: Option<&Path>,
+    batch_size: usize,
+    device: &Device,
+) -> Result<RecordRun, MadError> {
+    let task_path = run.join("task.json");
+    let text = std::fs::read_to_string(&task_path).map_err(|e| {
+        MadError::Data(format!(
+            "cannot read {} ({e}); is {} a `vigil sample --record` run folder?",
+            task_path.display(),
+            run.display()
+        ))
+    })?;
+    let split: RunSplit = serde_json::from_str(&text).map_err(|e| {
+        MadError::Data(format!(
+            "{}: not the task of a record run ({e})",
+            task_path.display()
+        ))
+    })?;
+    let traces_path = run.join("traces.npz");
+    let traces = LossTraces::load(&traces_path).map_err(|e| MadError::Data(e.to_string()))?;
+    let loaded = record_task(
+        record,
+        data_dir,
+        split.split_per_class,
+        split.split_seed,
+        batch_size,
+        device,
+    )?;
+    let task = &loaded.task;
+    if traces.test_ids.as_deref() != Some(task.test_ids.as_slice())
+        || traces.test_is_anomalous != task.test_is_anomalous
+    {
+        return Err(MadError::Data(format!(
+            "the traces in {} are not of this record's test inputs ({} traced, {} in the task): was the run made on {}?",
+            traces_path.display(),
+            traces.n_test(),
+            task.test.len(),
+            record.display()
+        )));
     }
+    Ok(RecordRun {
+        loaded,
+        traces,
+        traces_path,
+    })
 }
 
 /// A backdoor task read from an attack record folder written by `vigil attack`: its model, and

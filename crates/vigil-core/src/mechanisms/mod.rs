@@ -25,8 +25,8 @@ use crate::detect::latent::penultimate_features;
 use crate::io::{IoError, check_outputs, write_atomic, write_json_atomic};
 use crate::madfa::MadError;
 use crate::madfa::scores::{anomaly_scores, by_sample, coupling, standardize};
-use crate::madfa::task::{RunSplit, record_task};
-use crate::madfa::traces::{LossTraces, TraceFileError};
+use crate::madfa::task::{RecordRun, open_record_run};
+use crate::metrics::threshold_for_fpr_of_finite;
 use crate::report::bars::ChartError;
 use crate::report::scatter::{ScatterPanel, scatter_panels_svg};
 pub use cluster::KRule;
@@ -51,9 +51,6 @@ pub enum MechanismError {
     /// A setting is out of range.
     #[error("invalid mechanism analysis settings: {0}")]
     InvalidConfig(String),
-    /// The traces cannot be read.
-    #[error(transparent)]
-    Traces(#[from] TraceFileError),
     /// The task cannot be rebuilt or scored.
     #[error(transparent)]
     Mad(#[from] MadError),
@@ -212,10 +209,8 @@ pub fn analyse(
 ) -> Result<MechanismReport, MechanismError> {
     config.validate()?;
     let out = &config.out;
-    let task_path = config.run.join("task.json");
-    let traces_path = config.run.join("traces.npz");
     check_outputs(
-        [&task_path, &traces_path],
+        [config.run.join("task.json"), config.run.join("traces.npz")],
         [files::REPORT, files::ASSIGNMENTS, files::PICTURE].map(|f| out.join(f)),
     )?;
     let manifest: AttackManifest = record::read_json(&config.record, record_files::MANIFEST)?;
@@ -227,13 +222,10 @@ pub fn analyse(
             names[0]
         )));
     }
-    let run_task = RunSplit::read(&config.run)?;
-    let traces = LossTraces::load(&traces_path)?;
-    let loaded = record_task(
+    let RecordRun { loaded, traces, .. } = open_record_run(
         &config.record,
+        &config.run,
         config.data_dir.as_deref(),
-        run_task.split_per_class,
-        run_task.split_seed,
         config.batch_size,
         device,
     )?;
@@ -244,21 +236,10 @@ pub fn analyse(
             "the record's task does not say which inputs are triggered".into(),
         ));
     };
-    if traces.test_ids.as_deref() != Some(task.test_ids.as_slice())
-        || traces.test_is_anomalous.as_deref() != Some(flags.as_slice())
-    {
-        return Err(MechanismError::Mismatch(format!(
-            "the traces in {} are not of this record's test inputs ({} traced, {} in the task): was the run made on {}?",
-            traces_path.display(),
-            traces.n_test(),
-            task.test.len(),
-            config.record.display()
-        )));
-    }
 
     let coupled = coupling(&traces, 0)?;
     let scores = anomaly_scores(&coupled, &traces.trusted_labels);
-    let threshold = crate::evasion::trusted_threshold(
+    let threshold = threshold_for_fpr_of_finite(
         &coupled.trusted_leave_one_out.clc_plus_class_ccc,
         config.fpr,
     )
@@ -281,25 +262,28 @@ pub fn analyse(
     }
 
     // Features of every triggered input, `[n_anomalous, dim]` per kind.
-    let classes: Vec<i64> = {
-        let mut c = traces.trusted_labels.clone();
-        c.sort_unstable();
-        c.dedup();
-        c
-    };
+    let mut classes: Vec<i64> = traces.trusted_labels.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    let members: Vec<Vec<usize>> = classes
+        .iter()
+        .map(|c| {
+            (0..traces.trusted_labels.len())
+                .filter(|&j| traces.trusted_labels[j] == *c)
+                .collect()
+        })
+        .collect();
     let n_trusted = coupled.pearson.ncols();
     let mut trusted_couplings = Vec::with_capacity(anomalous.len() * n_trusted);
     let mut class_couplings = Vec::with_capacity(anomalous.len() * classes.len());
     for &i in &anomalous {
         let row = coupled.pearson.row(i);
         trusted_couplings.extend(row.iter());
-        for c in &classes {
-            let members: Vec<f64> = (0..n_trusted)
-                .filter(|&j| traces.trusted_labels[j] == *c)
-                .map(|j| row[j])
-                .collect();
-            class_couplings.push(members.iter().sum::<f64>() / members.len() as f64);
-        }
+        class_couplings.extend(
+            members
+                .iter()
+                .map(|m| m.iter().map(|&j| row[j]).sum::<f64>() / m.len() as f64),
+        );
     }
     let triggered_images = task.test.subset(&anomalous);
     let (penultimate, penultimate_dim) = penultimate_features(
