@@ -27,7 +27,11 @@ def fmt(values, digits=4):
 def main(paths):
     reports = [json.load(open(p)) for p in paths]
     models = [a["model"] for a in reports[0]["accuracy"]]
-    scores = reports[0]["config"]["scores"]
+    scores = list(reports[0]["config"]["scores"])
+    # MAD-FA's columns, when the benchmark ran it (`--madfa`), in the order the rows give them.
+    for r in reports[0]["averages"]:
+        if r["score"] not in scores:
+            scores.append(r["score"])
 
     def auroc(report, model, score, setting, over="mean"):
         for r in report["averages"]:

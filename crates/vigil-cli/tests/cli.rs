@@ -718,6 +718,99 @@ fn robust_ladder_trains_std_then_halo_with_letter_outliers() {
 }
 
 #[test]
+fn ood_benchmark_adds_madfa_with_held_out_trusted_images() {
+    let dir = temp_dir("ood-benchmark-madfa");
+    let data = idx_data(&dir, 200, 120, 7);
+    let data_s = data.to_str().unwrap();
+    let ladder = dir.join("ladder");
+    let bench = dir.join("bench");
+    let train_flags =
+        format!("--dataset fashion-mnist --data-dir {data_s} --epochs 1 --batch-size 32 --width 8");
+    let benchmark = |extra: &[&str]| {
+        let mut args = vec![
+            "benchmark",
+            "ood",
+            "--ladder",
+            ladder.to_str().unwrap(),
+            "--objectives",
+            "std",
+            "--train",
+            &train_flags,
+            "--data-dir",
+            data_s,
+            "--ood",
+            "uniform-noise",
+            "--scores",
+            "msp",
+            "--adaptive",
+            "none",
+            "--steps",
+            "2",
+            "--ood-limit",
+            "10",
+            "--fit-limit",
+            "60",
+            "--madfa",
+            "--madfa-chains",
+            "1",
+            "--madfa-min-draws",
+            "4",
+            "--madfa-split",
+            "2,2",
+            "--madfa-adaptive-inputs",
+            "2",
+            "--madfa-adaptive-steps",
+            "1",
+            "--out",
+            bench.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    // Without --id-limit every test image is an ID test input: none is left to trust.
+    let out = benchmark(&[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--id-limit"), "{}", stderr(&out));
+    let out = benchmark(&["--id-limit", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bench.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let of = |score: &str, setting: &str| {
+        rows.iter()
+            .filter(|r| r["score"] == score && r["setting"] == setting)
+            .count()
+    };
+    // MSP in four settings; MAD-FA's five columns in the same four; its recommended score
+    // attacked through itself.
+    assert_eq!(of("msp", "clean"), 1);
+    for column in [
+        "mean-corr",
+        "clc",
+        "mean-ccc",
+        "class-ccc",
+        "clc-plus-class-ccc",
+    ] {
+        for setting in ["clean", "id-attacked", "ood-attacked", "both-attacked"] {
+            assert_eq!(
+                of(&format!("madfa-{column}"), setting),
+                1,
+                "{column} {setting}"
+            );
+        }
+    }
+    assert_eq!(of("madfa-clc-plus-class-ccc", "adaptive"), 1);
+    assert_eq!(rows.len(), 4 + 5 * 4 + 1);
+    let adaptive = &report["madfa_adaptive"][0];
+    assert_eq!(adaptive["id_inputs"], 2);
+    assert!(adaptive["auroc_after"].as_f64() <= adaptive["auroc_before"].as_f64());
+    let markdown = std::fs::read_to_string(bench.join("report.md")).unwrap();
+    assert!(markdown.contains("## MAD-FA"), "{markdown}");
+    assert!(bench.join("auroc-madfa-clc-plus-class-ccc.svg").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn ood_benchmark_trains_the_missing_rungs_then_evaluates_them() {
     let dir = temp_dir("ood-benchmark-train");
     let data = idx_data(&dir, 200, 40, 5);

@@ -26,6 +26,7 @@ use burn::tensor::Device;
 use clap::Args;
 use vigil_core::checkpoint;
 use vigil_core::data::{DatasetKind, ImageSet, Split};
+use vigil_core::detect::madfa::MadfaSettings;
 use vigil_core::detect::{DetectorSettings, ThresholdSplit};
 use vigil_core::madfa::TraceLoss;
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
@@ -400,6 +401,14 @@ impl MadfaDetectorArgs {
                 Ok(settings)
             })
             .collect()
+    }
+
+    /// MAD-FA's settings alone: the library's defaults adjusted by these flags.
+    pub fn madfa_settings(&self) -> Result<MadfaSettings> {
+        match self.detectors(&["madfa".to_string()])?.pop() {
+            Some(DetectorSettings::Madfa(settings)) => Ok(settings),
+            other => bail!("the madfa detector resolved to {other:?}"),
+        }
     }
 }
 

@@ -35,6 +35,12 @@ pub enum BenchmarkError {
     /// The settings or inputs cannot make a benchmark.
     #[error("{0}")]
     Invalid(String),
+    /// A detector (MAD-FA beside the OOD scores) could not be fitted or applied.
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
+    /// MAD-FA's linearised score failed.
+    #[error(transparent)]
+    Madfa(#[from] crate::madfa::MadError),
     /// The output folder belongs to another run.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),

@@ -34,6 +34,7 @@ use super::parts::PartStore;
 use crate::attack::pgd::{Pgd, frozen, objective};
 use crate::data::ood_sets::OodGroup;
 use crate::data::{ImageSet, batch};
+use crate::detect::madfa::FittedMadfa;
 use crate::identity::{self, RunIdentity};
 use crate::inference::evaluate as classify;
 use crate::metrics::OodMetrics;
@@ -41,6 +42,8 @@ use crate::models::{BnMode, Classifier};
 use crate::ood::{OodError, OodScore, ScoreKind, evaluate, score_set};
 use crate::progress;
 use crate::train::mix;
+
+pub use madfa::{MadfaAdaptiveRow, MadfaInOod};
 
 /// What the benchmark measures and how hard it attacks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +58,9 @@ pub struct OodBenchmarkConfig {
     pub batch_size: usize,
     /// Seed of the attacks' random starts.
     pub seed: u64,
+    /// MAD-FA beside the OOD scores ([`madfa`]); it needs [`OodBenchmarkData::madfa_pool`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub madfa: Option<MadfaInOod>,
 }
 
 impl OodBenchmarkConfig {
@@ -68,6 +74,7 @@ impl OodBenchmarkConfig {
             adaptive: ScoreKind::ALL.to_vec(),
             batch_size: 200,
             seed: 0,
+            madfa: None,
         }
     }
 
@@ -83,6 +90,9 @@ impl OodBenchmarkConfig {
         }
         if self.batch_size == 0 {
             return Err(BenchmarkError::Invalid("the batch size must be > 0".into()));
+        }
+        if let Some(madfa) = &self.madfa {
+            madfa.validate()?;
         }
         Ok(())
     }
@@ -108,6 +118,9 @@ pub struct OodBenchmarkData {
     pub id_test: ImageSet,
     /// The test OOD sets.
     pub ood: Vec<OodSet>,
+    /// Clean labelled ID images disjoint from `id_test` (held-out test images): MAD-FA's
+    /// trusted and sampling sets are drawn from them. Needed with [`OodBenchmarkConfig::madfa`].
+    pub madfa_pool: Option<ImageSet>,
 }
 
 /// A model under test, by name.
@@ -167,8 +180,9 @@ impl Setting {
 pub struct OodRow {
     /// The model.
     pub model: String,
-    /// The score.
-    pub score: ScoreKind,
+    /// The score: an OOD score's name ([`ScoreKind`]) or a MAD-FA column's
+    /// ([`madfa::score_name`]).
+    pub score: String,
     /// The setting.
     pub setting: Setting,
     /// The OOD set, or `mean`, `near`, `far`.
@@ -224,6 +238,9 @@ pub struct OodBenchmarkReport {
     pub rows: Vec<OodRow>,
     /// Averages over OOD sets (`mean`, `near`, `far`).
     pub averages: Vec<OodRow>,
+    /// The adaptive attack on MAD-FA, on its subsets, before and after (empty without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub madfa_adaptive: Vec<MadfaAdaptiveRow>,
     /// Wall-clock seconds of this invocation (parts loaded from disk cost nothing).
     pub seconds: f64,
 }
@@ -258,6 +275,8 @@ struct Part {
     weights: String,
     accuracy: Option<ModelAccuracy>,
     rows: Vec<OodRow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    madfa_adaptive: Vec<MadfaAdaptiveRow>,
 }
 
 /// Runs the benchmark over `contenders`, the transfer attack crafted on `transfer_source` when
@@ -275,6 +294,12 @@ pub fn run(
 ) -> Result<OodBenchmarkReport, BenchmarkError> {
     config.validate()?;
     check_inputs(data, contenders)?;
+    if config.madfa.is_some() && data.madfa_pool.as_ref().is_none_or(ImageSet::is_empty) {
+        return Err(BenchmarkError::Invalid(
+            "MAD-FA needs clean ID images outside the ID test set for its trusted and sampling sets"
+                .into(),
+        ));
+    }
     let started = Instant::now();
     let parts = match out {
         Some(out) => {
@@ -290,6 +315,9 @@ pub fn run(
             .with_images("id test", &data.id_test);
             for set in &data.ood {
                 identity = identity.with_images(&format!("ood {}", set.name), &set.images);
+            }
+            if let (Some(_), Some(pool)) = (&config.madfa, &data.madfa_pool) {
+                identity = identity.with_images("madfa pool", pool);
             }
             if let Some(source) = transfer_source {
                 identity = identity.with_model("transfer source", &source.model)?;
@@ -308,17 +336,26 @@ pub fn run(
     };
     let mut accuracy = Vec::new();
     let mut rows = Vec::new();
+    let mut madfa_adaptive = Vec::new();
     for contender in contenders {
         let weights = identity::hash_classifier(&contender.model)?;
         let mut model_run = ModelRun {
             contender,
             weights: weights.clone(),
             scores: None,
+            uniform: None,
+            madfa: None,
         };
         let mut stages = vec![Stage::Accuracy, Stage::Uniform];
         stages.extend(config.adaptive.iter().map(|&s| Stage::Adaptive(s)));
         if transfer_source.is_some() {
             stages.push(Stage::Transfer);
+        }
+        if let Some(madfa) = &config.madfa {
+            stages.push(Stage::Madfa);
+            if madfa.adaptive_inputs > 0 {
+                stages.push(Stage::MadfaAdaptive);
+            }
         }
         for stage in stages {
             let name = stage.name();
@@ -361,6 +398,7 @@ pub fn run(
             };
             accuracy.extend(part.accuracy);
             rows.extend(part.rows);
+            madfa_adaptive.extend(part.madfa_adaptive);
         }
     }
     let averages = averages(&rows, &data.ood);
@@ -385,6 +423,7 @@ pub fn run(
         accuracy,
         rows,
         averages,
+        madfa_adaptive,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -396,6 +435,10 @@ enum Stage {
     Uniform,
     Adaptive(ScoreKind),
     Transfer,
+    /// MAD-FA in the clean, uniform-attacked and transfer settings (one walk).
+    Madfa,
+    /// MAD-FA attacked through its own score.
+    MadfaAdaptive,
 }
 
 impl Stage {
@@ -405,6 +448,8 @@ impl Stage {
             Stage::Uniform => "uniform".into(),
             Stage::Adaptive(s) => format!("adaptive-{s}"),
             Stage::Transfer => "transfer".into(),
+            Stage::Madfa => "madfa".into(),
+            Stage::MadfaAdaptive => "adaptive-madfa".into(),
         }
     }
 }
@@ -446,6 +491,10 @@ struct ModelRun<'a> {
     contender: &'a Contender,
     weights: String,
     scores: Option<Vec<(ScoreKind, Box<dyn OodScore>)>>,
+    /// The uniform-attacked ID and OOD sets, once crafted (MAD-FA scores them too).
+    uniform: Option<(ImageSet, Vec<ImageSet>)>,
+    /// MAD-FA fitted, once a stage needed it.
+    madfa: Option<FittedMadfa>,
 }
 
 impl Bench<'_> {
@@ -461,6 +510,18 @@ impl Bench<'_> {
             Stage::Uniform | Stage::Adaptive(_) => both,
             Stage::Transfer if self.transfer.is_none() => both,
             Stage::Transfer => 0,
+            // MAD-FA's walk reports no images; its adaptive attack one per attacked input.
+            Stage::Madfa => 0,
+            Stage::MadfaAdaptive => {
+                let n = self.config.madfa.as_ref().map_or(0, |m| m.adaptive_inputs);
+                n.min(self.data.id_test.len())
+                    + self
+                        .data
+                        .ood
+                        .iter()
+                        .map(|s| n.min(s.images.len()))
+                        .sum::<usize>()
+            }
         }
     }
 
@@ -476,6 +537,7 @@ impl Bench<'_> {
             weights: run.weights.clone(),
             accuracy: None,
             rows: Vec::new(),
+            madfa_adaptive: Vec::new(),
         };
         if let Stage::Accuracy = stage {
             let clean = classify(
@@ -501,6 +563,10 @@ impl Bench<'_> {
             });
             return Ok(part);
         }
+        if let Stage::Madfa | Stage::MadfaAdaptive = stage {
+            self.madfa_stage(run, stage, &mut part, progress)?;
+            return Ok(part);
+        }
         if run.scores.is_none() {
             let mut fitted = Vec::new();
             for &kind in &self.config.scores {
@@ -513,19 +579,9 @@ impl Bench<'_> {
         let scores = run.scores.as_deref().unwrap_or_default();
         let id = &self.data.id_test;
         match stage {
-            Stage::Accuracy => {}
+            Stage::Accuracy | Stage::Madfa | Stage::MadfaAdaptive => {}
             Stage::Uniform => {
-                let id_adv = self.attack_on(model, &name, id, InputAttack::TowardsOod, progress)?;
-                let mut ood_adv = Vec::new();
-                for set in &self.data.ood {
-                    ood_adv.push(self.attack_on(
-                        model,
-                        &name,
-                        &set.images,
-                        InputAttack::TowardsId,
-                        progress,
-                    )?);
-                }
+                let (id_adv, ood_adv) = self.uniform_sets(model, &name, progress)?;
                 for (kind, score) in scores {
                     let batch = self.config.batch_size;
                     let id_clean = score_set(score.as_ref(), model, id, batch, self.device)?;
@@ -541,10 +597,12 @@ impl Bench<'_> {
                             (Setting::OodAttacked, &id_clean, &attacked),
                             (Setting::BothAttacked, &id_attacked, &attacked),
                         ] {
-                            part.rows.push(row(&name, *kind, setting, &set.name, i, o)?);
+                            part.rows
+                                .push(row(&name, kind.name(), setting, &set.name, i, o)?);
                         }
                     }
                 }
+                run.uniform = Some((id_adv, ood_adv));
             }
             Stage::Adaptive(kind) => {
                 let score = scores
@@ -571,7 +629,7 @@ impl Bench<'_> {
                     let ood_scores = score_set(score, model, &adv, batch, self.device)?;
                     part.rows.push(row(
                         &name,
-                        kind,
+                        kind.name(),
                         Setting::Adaptive,
                         &set.name,
                         &id_scores,
@@ -588,7 +646,7 @@ impl Bench<'_> {
                         let ood_scores = score_set(score.as_ref(), model, adv, batch, device)?;
                         part.rows.push(row(
                             &name,
-                            *kind,
+                            kind.name(),
                             Setting::Transfer,
                             &set.name,
                             &id_scores,
@@ -599,6 +657,123 @@ impl Bench<'_> {
             }
         }
         Ok(part)
+    }
+
+    /// The ID test set pushed towards a uniform prediction and each OOD set away from it, on
+    /// `model` (seeded by the model's name, so crafting them again gives the same sets).
+    fn uniform_sets(
+        &self,
+        model: &Classifier,
+        name: &str,
+        progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
+    ) -> Result<(ImageSet, Vec<ImageSet>), BenchmarkError> {
+        let id = &self.data.id_test;
+        let id_adv = self.attack_on(model, name, id, InputAttack::TowardsOod, progress)?;
+        let mut ood_adv = Vec::new();
+        for set in &self.data.ood {
+            ood_adv.push(self.attack_on(
+                model,
+                name,
+                &set.images,
+                InputAttack::TowardsId,
+                progress,
+            )?);
+        }
+        Ok((id_adv, ood_adv))
+    }
+
+    /// MAD-FA's stages ([`madfa`]): fits it on the held-out pool once per model, then either
+    /// walks its chains over every setting's sets or attacks it through its own score.
+    fn madfa_stage(
+        &mut self,
+        run: &mut ModelRun,
+        stage: Stage,
+        part: &mut Part,
+        progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
+    ) -> Result<(), BenchmarkError> {
+        let (Some(config), Some(pool)) = (&self.config.madfa, &self.data.madfa_pool) else {
+            return Err(BenchmarkError::Invalid(
+                "MAD-FA's stages need its settings and a held-out pool".into(),
+            ));
+        };
+        let model = &run.contender.model;
+        let name = run.contender.name.clone();
+        if run.madfa.is_none() {
+            run.madfa = Some(config.fit(
+                model,
+                pool,
+                self.config.batch_size,
+                self.config.seed,
+                self.device,
+            )?);
+        }
+        let Some(fitted) = run.madfa.as_ref() else {
+            return Err(BenchmarkError::Invalid("MAD-FA was not fitted".into()));
+        };
+        let n_ood = self.data.ood.len();
+        if let Stage::MadfaAdaptive = stage {
+            let (rows, id_after, ood_after) = madfa::adaptive(
+                config,
+                fitted,
+                (&name, model),
+                self.data,
+                (self.config.attack.eps, self.config.seed),
+                self.device,
+                progress,
+            )?;
+            let score = madfa::score_name(madfa::ADAPTIVE_COLUMN);
+            for (set, after) in self.data.ood.iter().zip(&ood_after) {
+                part.rows.push(row(
+                    &name,
+                    &score,
+                    Setting::Adaptive,
+                    &set.name,
+                    &id_after,
+                    after,
+                )?);
+            }
+            part.madfa_adaptive = rows;
+            return Ok(());
+        }
+        if run.uniform.is_none() {
+            run.uniform = Some(self.uniform_sets(model, &name, progress)?);
+        }
+        let transfer = match self.transfer_source {
+            Some(_) => {
+                let (id, ood) = self.transfer_sets(progress)?;
+                Some((id.clone(), ood.to_vec()))
+            }
+            None => None,
+        };
+        let Some((id_adv, ood_adv)) = run.uniform.as_ref() else {
+            return Err(BenchmarkError::Invalid(
+                "the uniform attacks are missing".into(),
+            ));
+        };
+        let tables = madfa::exact_tables(
+            fitted,
+            model,
+            self.data,
+            (id_adv, ood_adv),
+            transfer.as_ref().map(|(id, ood)| (id, ood.as_slice())),
+            self.device,
+        )?;
+        for column in crate::madfa::scores::SCORE_NAMES {
+            let score = madfa::score_name(column);
+            for scores in madfa::settings_of(&tables, column, n_ood)? {
+                for (set, ood) in self.data.ood.iter().zip(&scores.ood) {
+                    part.rows.push(row(
+                        &name,
+                        &score,
+                        scores.setting,
+                        &set.name,
+                        scores.id,
+                        ood,
+                    )?);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The transfer attack's sets, crafted on the source model once.
@@ -753,7 +928,7 @@ fn attack_set(
 
 fn row(
     model: &str,
-    score: ScoreKind,
+    score: &str,
     setting: Setting,
     ood_set: &str,
     id_scores: &[f64],
@@ -761,7 +936,7 @@ fn row(
 ) -> Result<OodRow, BenchmarkError> {
     Ok(OodRow {
         model: model.into(),
-        score,
+        score: score.into(),
         setting,
         ood_set: ood_set.into(),
         metrics: evaluate(id_scores, ood_scores)?,
@@ -772,9 +947,9 @@ fn row(
 /// group present (`near`, `far`).
 pub fn averages(rows: &[OodRow], sets: &[OodSet]) -> Vec<OodRow> {
     let group_of = |name: &str| sets.iter().find(|s| s.name == name).map(|s| s.group);
-    let mut keys: Vec<(String, ScoreKind, Setting)> = Vec::new();
+    let mut keys: Vec<(String, String, Setting)> = Vec::new();
     for r in rows {
-        let key = (r.model.clone(), r.score, r.setting);
+        let key = (r.model.clone(), r.score.clone(), r.setting);
         if !keys.contains(&key) {
             keys.push(key);
         }
@@ -802,7 +977,7 @@ pub fn averages(rows: &[OodRow], sets: &[OodSet]) -> Vec<OodRow> {
             let mean = |f: fn(&OodMetrics) -> f64| chosen.iter().map(|m| f(m)).sum::<f64>() / n;
             out.push(OodRow {
                 model: model.clone(),
-                score,
+                score: score.clone(),
                 setting,
                 ood_set: label.into(),
                 metrics: OodMetrics {
@@ -880,6 +1055,7 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
     })
 }
 
+pub mod madfa;
 mod report;
 
 #[cfg(test)]

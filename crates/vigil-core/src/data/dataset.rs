@@ -403,6 +403,22 @@ impl ImageSet {
         Ok(parts)
     }
 
+    /// The same images, every label 0, under `class_names`: for a consumer that never reads
+    /// the labels (a detector scoring inputs) but must join the set with labelled data of
+    /// another label space (OOD images beside ID ones).
+    pub fn with_placeholder_labels(&self, class_names: &[String]) -> Result<ImageSet> {
+        if class_names.is_empty() {
+            return Err(self.inconsistent("no class name to label the images with".into()));
+        }
+        ImageSet::new(
+            self.pixels.clone(),
+            vec![0; self.len()],
+            self.shape,
+            class_names.to_vec(),
+            self.source.clone(),
+        )
+    }
+
     /// At most `limit` of the images, chosen by a seeded shuffle ([`ImageSet::random_split`]);
     /// the whole set if `limit` is `None` or not smaller than it.
     pub fn limited(self, limit: Option<usize>, seed: u64) -> Result<ImageSet> {
@@ -530,6 +546,17 @@ mod tests {
         set.set_label(1, 1).unwrap();
         assert_eq!(set.labels(), &[0, 1]);
         assert!(set.set_label(0, 2).is_err());
+    }
+
+    #[test]
+    fn placeholder_labels_keep_the_images_and_take_the_given_classes() {
+        let set = balanced_set(3, 2);
+        let names = vec!["x".to_string(), "y".to_string()];
+        let relabelled = set.with_placeholder_labels(&names).unwrap();
+        assert_eq!(relabelled.pixels(), set.pixels());
+        assert_eq!(relabelled.class_names(), names.as_slice());
+        assert!(relabelled.labels().iter().all(|&l| l == 0));
+        assert!(set.with_placeholder_labels(&[]).is_err());
     }
 
     #[test]

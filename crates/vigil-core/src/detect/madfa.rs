@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DetectError, Detector, FitData, FittedDetector, ScoreTable, TrustedAttributions};
 use crate::data::ImageSet;
+use crate::madfa::input_gradient::LinearisedScorer;
 use crate::madfa::scores::SCORE_NAMES;
 use crate::madfa::{
     AnomalyScores, CALIBRATED_CHAINS, CALIBRATED_MIN_DRAWS, Calibration, CalibrationConfig,
@@ -132,6 +133,14 @@ impl Detector for Madfa {
     }
 
     fn fit(&self, data: &FitData<'_>) -> Result<Box<dyn FittedDetector>, DetectError> {
+        Ok(Box::new(self.fit_madfa(data)?))
+    }
+}
+
+impl Madfa {
+    /// [`Detector::fit`], as the concrete fitted MAD-FA (its chain settings and linearised
+    /// scorer are then at hand).
+    pub fn fit_madfa(&self, data: &FitData<'_>) -> Result<FittedMadfa, DetectError> {
         let mut base = self.settings.chain.clone();
         base.seed = data.seed;
         let (config, calibration) = if self.settings.calibrate {
@@ -150,14 +159,14 @@ impl Detector for Madfa {
         } else {
             (base, None)
         };
-        Ok(Box::new(FittedMadfa {
+        Ok(FittedMadfa {
             attributions: self.settings.attributions,
             config,
             chains: (0..self.settings.chains).collect(),
             trusted: data.trusted.clone(),
             sampling: data.sampling.clone(),
             calibration,
-        }))
+        })
     }
 }
 
@@ -200,6 +209,20 @@ impl FittedDetector for FittedMadfa {
         sets: &[&ImageSet],
         device: &Device,
     ) -> Result<(Vec<ScoreTable>, Option<ScoreTable>), DetectError> {
+        // Inputs' labels are never read (traces use w*'s predictions), so sets of another
+        // label space (OOD images) join the trusted set's under placeholder labels.
+        let conformed: Vec<std::borrow::Cow<'_, ImageSet>> = sets
+            .iter()
+            .map(|&set| {
+                if set.class_names() == self.trusted.class_names() {
+                    Ok(std::borrow::Cow::Borrowed(set))
+                } else {
+                    set.with_placeholder_labels(self.trusted.class_names())
+                        .map(std::borrow::Cow::Owned)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let sets: Vec<&ImageSet> = conformed.iter().map(|s| s.as_ref()).collect();
         // With nothing to score, one trusted image is traced: the walk needs a test set.
         let Some((first, rest)) = sets.split_first() else {
             let (_, own) = self.score_joined(model, &self.trusted.subset(&[0]), device)?;
@@ -241,6 +264,32 @@ impl FittedDetector for FittedMadfa {
 }
 
 impl FittedMadfa {
+    /// MAD-FA's score as a differentiable function of single inputs
+    /// ([`LinearisedScorer`]), over the draws every [`FittedDetector::score`] walks: the same
+    /// chains, traced linearised.
+    pub fn linearised_scorer(
+        &self,
+        model: &Classifier,
+        device: &Device,
+    ) -> Result<LinearisedScorer, DetectError> {
+        // The walk needs a test set; one trusted image stands in (its traces are not used).
+        let task = user_task(
+            self.trusted.clone(),
+            self.sampling.clone(),
+            self.trusted.subset(&[0]),
+            None,
+        )?;
+        let (scorer, _) = LinearisedScorer::from_chains(
+            model,
+            &task,
+            &self.config,
+            &self.chains,
+            device,
+            |_| {},
+        )?;
+        Ok(scorer)
+    }
+
     /// Runs the chains once with `inputs` as the traced test set; scores every input, and every
     /// trusted sample against the others.
     fn score_joined(

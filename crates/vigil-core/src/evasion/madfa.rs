@@ -18,11 +18,70 @@ use burn::tensor::Device;
 
 use super::{DetectionShift, EvasionConfig, EvasionEvent, shift};
 use crate::madfa::MadError;
-use crate::madfa::chain::{ChainConfig, ChainOutcome, TraceForm, TraceInputs, run_chain};
-use crate::madfa::input_gradient::LinearisedScorer;
+use crate::madfa::chain::ChainConfig;
+use crate::madfa::input_gradient::{InputScore, LinearisedScorer};
 use crate::madfa::task::MadTask;
 use crate::models::Classifier;
 use crate::progress::Progress;
+
+/// Where [`pgd_on_score`] pushes an input's score, and which class it must keep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreGoal {
+    /// Raise the score (an ID input made to look anomalous) instead of lowering it.
+    pub raise: bool,
+    /// The class w* must keep predicting for an iterate to count, and the label of the traces;
+    /// `None`: any class counts, and each iterate is traced with w*'s prediction for it (what
+    /// the defender would trace it with).
+    pub class: Option<i64>,
+    /// Weight of the trace loss at w* of `class` in the objective (keeps the class; with
+    /// `class` only).
+    pub keep: f64,
+}
+
+/// Projected sign-gradient steps on MAD-FA's linearised score `which` of one input (`steps`
+/// steps of `2.5 eps / steps` in the L-inf ball of radius `eps` around `original`, clipped to
+/// `[0, 1]`, no random start). Returns the best iterate that counts (least score, or greatest
+/// when raising; the start if none counts), its score, and whether any counted.
+pub fn pgd_on_score(
+    scorer: &LinearisedScorer,
+    original: &[f32],
+    (eps, steps): (f64, usize),
+    which: InputScore,
+    goal: ScoreGoal,
+) -> Result<(Vec<f32>, f64, bool), MadError> {
+    let alpha = (2.5 * eps / steps as f64) as f32;
+    let eps = eps as f32;
+    let direction: f32 = if goal.raise { 1.0 } else { -1.0 };
+    let mut x = original.to_vec();
+    let mut best: Option<(f64, Vec<f32>)> = None;
+    for step in 0..=steps {
+        let predicted = scorer.predict(&x)?;
+        let label = goal.class.unwrap_or(predicted);
+        // The last iterate is only scored: no step follows it.
+        let (score, gradient) = if step == steps {
+            (scorer.score(&x, label, which)?, Vec::new())
+        } else {
+            let keep = if goal.class.is_some() { goal.keep } else { 0.0 };
+            scorer.objective_and_gradient(&x, label, which, keep)?
+        };
+        let better = |b: f64| if goal.raise { score > b } else { score < b };
+        if predicted == label && best.as_ref().is_none_or(|(b, _)| better(*b)) {
+            best = Some((score, x.clone()));
+        }
+        for ((xi, &g), &x0) in x.iter_mut().zip(&gradient).zip(original) {
+            let moved = *xi + direction * alpha * g.signum() * f32::from(g != 0.0);
+            *xi = moved.clamp(x0 - eps, x0 + eps).clamp(0.0, 1.0);
+        }
+    }
+    Ok(match best {
+        Some((score, x)) => (x, score, true),
+        None => {
+            let label = goal.class.unwrap_or(scorer.predict(original)?);
+            let score = scorer.score(original, label, which)?;
+            (original.to_vec(), score, false)
+        }
+    })
+}
 
 /// Attacks one triggered input (see the module): returns the kept iterate and whether w* puts
 /// it in `target`.
@@ -32,30 +91,19 @@ pub fn evade_one(
     target: i64,
     config: &EvasionConfig,
 ) -> Result<(Vec<f32>, bool), MadError> {
-    let eps = config.eps as f32;
-    let alpha = (2.5 * config.eps / config.steps as f64) as f32;
-    let mut x = original.to_vec();
-    let mut best: Option<(f64, Vec<f32>)> = None;
-    for step in 0..=config.steps {
-        // The last iterate is only scored: no step follows it.
-        let last = step == config.steps;
-        let (score, gradient) = if last {
-            (scorer.score(&x, target, config.score)?, Vec::new())
-        } else {
-            scorer.objective_and_gradient(&x, target, config.score, config.keep)?
-        };
-        if scorer.predict(&x)? == target && best.as_ref().is_none_or(|(b, _)| score < *b) {
-            best = Some((score, x.clone()));
-        }
-        for ((xi, &g), &x0) in x.iter_mut().zip(&gradient).zip(original) {
-            let moved = *xi - alpha * g.signum() * f32::from(g != 0.0);
-            *xi = moved.clamp(x0 - eps, x0 + eps).clamp(0.0, 1.0);
-        }
-    }
-    Ok(match best {
-        Some((_, x)) => (x, true),
-        None => (original.to_vec(), false),
-    })
+    let goal = ScoreGoal {
+        raise: false,
+        class: Some(target),
+        keep: config.keep,
+    };
+    let (x, _, in_target) = pgd_on_score(
+        scorer,
+        original,
+        (config.eps, config.steps),
+        config.score,
+        goal,
+    )?;
+    Ok((x, in_target))
 }
 
 /// Runs the chains `chains` (indices) of `chain`, linearised, around `w_star` on `task`, then
@@ -74,43 +122,14 @@ pub fn evade(
     progress: &mut impl Progress<EvasionEvent>,
 ) -> Result<(DetectionShift, Vec<f32>), MadError> {
     let started = Instant::now();
-    let linearised = ChainConfig {
-        traces: TraceForm::Linearised,
-        ..chain.clone()
-    };
-    let inputs = TraceInputs::new(w_star, task, linearised.trace_batch_size, device)?;
-    let mut displacements = Vec::new();
-    for (done, &c) in chains.iter().enumerate() {
-        let outcome = run_chain(
-            w_star,
-            &task.sampling,
-            &inputs,
-            &linearised,
-            c,
-            None,
-            device,
-            &mut crate::progress::Quiet,
-            None,
-        )?;
-        let ChainOutcome::Finished(values, _) = outcome else {
-            return Err(MadError::Data("a chain stopped before its end".into()));
-        };
-        displacements.extend(values);
-        progress.report(EvasionEvent::Sampled {
-            chain: done + 1,
-            chains: chains.len(),
-        });
-    }
-    let trusted_labels = inputs.labels[..inputs.n_trusted].to_vec();
-    let test_labels = &inputs.labels[inputs.n_trusted..];
-    let scorer = LinearisedScorer::new(
-        w_star,
-        displacements,
-        &task.trusted,
-        trusted_labels,
-        chain.loss,
-        device,
-    )?;
+    let (scorer, test_labels) =
+        LinearisedScorer::from_chains(w_star, task, chain, chains, device, |done| {
+            progress.report(EvasionEvent::Sampled {
+                chain: done,
+                chains: chains.len(),
+            })
+        })?;
+    let test_labels = &test_labels;
 
     let clean = super::clean_inputs(task);
     let total = clean.len() + chosen.len();

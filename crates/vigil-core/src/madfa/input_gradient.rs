@@ -36,9 +36,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use ndarray::{Array2, Array3};
 
 use super::MadError;
-use super::chain::TraceLoss;
+use super::chain::{ChainConfig, ChainOutcome, TraceForm, TraceInputs, TraceLoss, run_chain};
 use super::linearised::{flat_len, sample_gradient, trainable_mask};
 use super::scores::{AnomalyScores, EPSILON, TrustedScale, leave_one_out_scores};
+use super::task::MadTask;
 use super::traces::LossTraces;
 use crate::data::ImageSet;
 use crate::kernels::conv2d::{Mat, matmul_threaded};
@@ -191,6 +192,56 @@ impl LinearisedScorer {
         scorer.scale = scale;
         scorer.trusted_leave_one_out = loo;
         Ok(scorer)
+    }
+
+    /// A scorer for the chains `chains` (indices) of `chain` around `w_star` on `task`: walks
+    /// them with linearised traces (the walk depends only on the model, the sampling set and the
+    /// seed, so these are the draws an exact run of the same settings takes) and keeps their
+    /// displacements. Returns the scorer and the task's test labels (the predictions at w*).
+    /// `on_chain` is told each finished chain.
+    pub fn from_chains(
+        w_star: &Classifier,
+        task: &MadTask,
+        chain: &ChainConfig,
+        chains: &[usize],
+        device: &Device,
+        mut on_chain: impl FnMut(usize),
+    ) -> Result<(Self, Vec<i64>), MadError> {
+        let linearised = ChainConfig {
+            traces: TraceForm::Linearised,
+            ..chain.clone()
+        };
+        let inputs = TraceInputs::new(w_star, task, linearised.trace_batch_size, device)?;
+        let mut displacements = Vec::new();
+        for (done, &c) in chains.iter().enumerate() {
+            let outcome = run_chain(
+                w_star,
+                &task.sampling,
+                &inputs,
+                &linearised,
+                c,
+                None,
+                device,
+                &mut crate::progress::Quiet,
+                None,
+            )?;
+            let ChainOutcome::Finished(values, _) = outcome else {
+                return Err(MadError::Data("a chain stopped before its end".into()));
+            };
+            displacements.extend(values);
+            on_chain(done + 1);
+        }
+        let trusted_labels = inputs.labels[..inputs.n_trusted].to_vec();
+        let test_labels = inputs.labels[inputs.n_trusted..].to_vec();
+        let scorer = Self::new(
+            w_star,
+            displacements,
+            &task.trusted,
+            trusted_labels,
+            chain.loss,
+            device,
+        )?;
+        Ok((scorer, test_labels))
     }
 
     /// An autodiff copy of `model` that tracks its parameters.

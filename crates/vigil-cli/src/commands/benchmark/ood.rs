@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use vigil_core::attack::pgd::Pgd;
 use vigil_core::benchmark::BenchmarkError;
 use vigil_core::benchmark::ood::{
-    self, Contender, OodBenchmarkConfig, OodBenchmarkData, OodSet, Progress,
+    self, Contender, MadfaInOod, OodBenchmarkConfig, OodBenchmarkData, OodSet, Progress,
 };
 use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
 use vigil_core::data::ood_sets::OodSetSpec;
@@ -20,7 +20,7 @@ use vigil_core::halo::{Objective, ladder};
 use vigil_core::ood::ScoreKind;
 
 use crate::commands::train::{TrainArgs, train_and_report};
-use crate::commands::{DataArgs, ModelArgs, limit, parse_fraction, trained_on};
+use crate::commands::{DataArgs, MadfaDetectorArgs, ModelArgs, limit, parse_fraction, trained_on};
 use crate::progress::{Interruptible, bar};
 
 /// OOD detection under attack: every model x OOD score, on the ID test set against each test
@@ -97,6 +97,34 @@ pub struct OodArgs {
     /// [default: every score of --scores].
     #[arg(long, value_delimiter = ',', value_parser = parse_adaptive)]
     adaptive: Option<Vec<Option<ScoreKind>>>,
+
+    /// Add MAD-FA beside the OOD scores: its trusted and sampling sets are drawn from the ID test
+    /// images outside the ID test set (so give --id-limit), its chains are walked once per model
+    /// over every setting, and its recommended score is attacked adaptively through linearised
+    /// traces on a subset (docs/madfa.md, "OOD inputs").
+    #[arg(long)]
+    madfa: bool,
+
+    #[command(flatten)]
+    madfa_detector: MadfaDetectorArgs,
+
+    /// MAD-FA's trusted and sampling images per class.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "T,S",
+        default_value = "250,250",
+        requires = "madfa"
+    )]
+    madfa_split: Vec<usize>,
+
+    /// Inputs of the ID test set and of each OOD set attacked through MAD-FA's score (0: none).
+    #[arg(long, value_name = "N", default_value_t = 50, requires = "madfa")]
+    madfa_adaptive_inputs: usize,
+
+    /// Steps of the adaptive attack on MAD-FA.
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "madfa")]
+    madfa_adaptive_steps: usize,
 
     /// L-infinity radius of every attack.
     #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
@@ -196,7 +224,7 @@ pub fn run(args: OodArgs) -> Result<ExitCode> {
         })?,
     };
     let data = benchmark_data(&args, kind)?;
-    let config = benchmark_config(&args);
+    let config = benchmark_config(&args)?;
     let Some(report) = run_with_progress(
         &config,
         &data,
@@ -249,7 +277,20 @@ fn models_to_evaluate(args: &OodArgs, device: &Device) -> Result<Vec<(String, Pa
 
 /// The ID sets (test, and training images the scores are fitted on) and the OOD sets.
 fn benchmark_data(args: &OodArgs, kind: DatasetKind) -> Result<OodBenchmarkData> {
-    let id_test = limit(args.data.load(kind, Split::Test)?, args.id_limit, args.seed)?;
+    let test = args.data.load(kind, Split::Test)?;
+    // MAD-FA's pool is the rest of the test split: the same seeded choice `limit` makes.
+    let madfa_pool = match args.id_limit {
+        Some(n) if args.madfa && n < test.len() => {
+            let (_, rest) = test.random_split(n, args.seed)?;
+            Some(test.subset(&rest))
+        }
+        _ if args.madfa => bail!(
+            "--madfa draws its trusted and sampling sets from ID test images outside the ID test set: give --id-limit below the test set's {} images",
+            test.len()
+        ),
+        _ => None,
+    };
+    let id_test = limit(test, args.id_limit, args.seed)?;
     let id_fit = limit(
         args.data.load(kind, Split::Train)?,
         Some(args.fit_limit),
@@ -279,16 +320,20 @@ fn benchmark_data(args: &OodArgs, kind: DatasetKind) -> Result<OodBenchmarkData>
         id_fit,
         id_test,
         ood,
+        madfa_pool,
     })
 }
 
 /// The attack, scores and batches the options ask for.
-fn benchmark_config(args: &OodArgs) -> OodBenchmarkConfig {
+fn benchmark_config(args: &OodArgs) -> Result<OodBenchmarkConfig> {
+    let &[trusted_per_class, sampling_per_class] = args.madfa_split.as_slice() else {
+        bail!("--madfa-split takes two counts, trusted and sampling images per class");
+    };
     let mut attack = Pgd::linf(args.eps, args.steps);
     if args.reference_pgd {
         attack = attack.reference();
     }
-    OodBenchmarkConfig {
+    Ok(OodBenchmarkConfig {
         attack,
         scores: args.scores.clone(),
         adaptive: match &args.adaptive {
@@ -297,7 +342,17 @@ fn benchmark_config(args: &OodArgs) -> OodBenchmarkConfig {
         },
         batch_size: args.batch_size,
         seed: args.seed,
-    }
+        madfa: match args.madfa {
+            true => Some(MadfaInOod {
+                settings: args.madfa_detector.madfa_settings()?,
+                trusted_per_class,
+                sampling_per_class,
+                adaptive_inputs: args.madfa_adaptive_inputs,
+                adaptive_steps: args.madfa_adaptive_steps,
+            }),
+            false => None,
+        },
+    })
 }
 
 /// [`ood::run`] in the folder `out` (created if need be) with a progress bar per stage on stderr;

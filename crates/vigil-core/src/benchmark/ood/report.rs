@@ -8,7 +8,6 @@ use std::path::Path;
 use super::{OodBenchmarkReport, OodRow, Setting};
 use crate::benchmark::BenchmarkError;
 use crate::io::{write_atomic, write_json_atomic};
-use crate::ood::ScoreKind;
 use crate::report::bars::{BarSeries, grouped_bars_svg};
 
 impl OodBenchmarkReport {
@@ -18,15 +17,15 @@ impl OodBenchmarkReport {
         write_json_atomic(&dir.join("report.json"), self)?;
         write_atomic(&dir.join("rows.csv"), self.to_csv().as_bytes())?;
         write_atomic(&dir.join("report.md"), self.to_markdown().as_bytes())?;
-        for &score in &self.config.scores {
-            let svg = self.auroc_chart(score)?;
+        for score in self.score_names() {
+            let svg = self.auroc_chart(&score)?;
             write_atomic(&dir.join(format!("auroc-{score}.svg")), svg.as_bytes())?;
         }
         Ok(())
     }
 
     /// The mean AUROC over OOD sets of every model (bars) in every setting (groups) for `score`.
-    pub fn auroc_chart(&self, score: ScoreKind) -> Result<String, BenchmarkError> {
+    pub fn auroc_chart(&self, score: &str) -> Result<String, BenchmarkError> {
         let settings = self.settings();
         let categories: Vec<String> = settings.iter().map(|s| s.name().to_string()).collect();
         let series: Vec<BarSeries> = self
@@ -75,6 +74,20 @@ impl OodBenchmarkReport {
         out
     }
 
+    /// Every score's name, the OOD scores' then MAD-FA's columns.
+    pub fn score_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .config
+            .scores
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        if self.config.madfa.is_some() {
+            names.extend(super::madfa::score_names());
+        }
+        names
+    }
+
     /// The settings present, in report order.
     fn settings(&self) -> Vec<Setting> {
         Setting::ALL
@@ -93,13 +106,7 @@ impl OodBenchmarkReport {
         models
     }
 
-    fn average(
-        &self,
-        model: &str,
-        score: ScoreKind,
-        setting: Setting,
-        over: &str,
-    ) -> Option<&OodRow> {
+    fn average(&self, model: &str, score: &str, setting: Setting, over: &str) -> Option<&OodRow> {
         self.averages.iter().find(|r| {
             r.model == model && r.score == score && r.setting == setting && r.ood_set == over
         })
@@ -143,7 +150,8 @@ impl OodBenchmarkReport {
         }
         let settings = self.settings();
         let header: Vec<&str> = settings.iter().map(|s| s.name()).collect();
-        for &score in &c.scores {
+        let names = self.score_names();
+        for score in &names {
             let _ = writeln!(
                 out,
                 "\n## {score}: AUROC / FPR@95TPR, mean over OOD sets\n\n| model | {} |\n|---|{}",
@@ -176,7 +184,7 @@ impl OodBenchmarkReport {
                 "---|".repeat(sets.len())
             );
             for model in self.models() {
-                for &score in &c.scores {
+                for score in &names {
                     let cells: Vec<String> = sets
                         .iter()
                         .map(|set| {
@@ -184,7 +192,7 @@ impl OodBenchmarkReport {
                                 .iter()
                                 .find(|r| {
                                     r.model == model
-                                        && r.score == score
+                                        && r.score == *score
                                         && r.setting == setting
                                         && r.ood_set == *set
                                 })
@@ -192,6 +200,44 @@ impl OodBenchmarkReport {
                         })
                         .collect();
                     let _ = writeln!(out, "| {model} | {score} | {} |", cells.join(" | "));
+                }
+            }
+        }
+        if let Some(m) = &c.madfa {
+            let _ = writeln!(
+                out,
+                "\n## MAD-FA\n\nTrusted and sampling sets: {} and {} held-out ID test images per \
+                 class; {} chains, {}. Clean, attacked and transfer rows: one walk of exact traces \
+                 per model. Adaptive rows: the recommended score attacked through linearised \
+                 traces of the defender's own chains (white box), {} steps of 2.5 eps / steps, no \
+                 random start, on {} seeded inputs of the ID test set and of each OOD set, scored \
+                 with the same linearised traces:\n",
+                m.trusted_per_class,
+                m.sampling_per_class,
+                m.settings.chains,
+                if m.settings.calibrate {
+                    "calibrated"
+                } else {
+                    "the given chain settings"
+                },
+                m.adaptive_steps,
+                m.adaptive_inputs,
+            );
+            if !self.madfa_adaptive.is_empty() {
+                out.push_str(
+                    "| model | OOD set | ID / OOD inputs | AUROC before | AUROC after |\n|---|---|---|---|---|\n",
+                );
+                for r in &self.madfa_adaptive {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} / {} | {:.4} | {:.4} |",
+                        r.model,
+                        r.ood_set,
+                        r.id_inputs,
+                        r.ood_inputs,
+                        r.auroc_before,
+                        r.auroc_after
+                    );
                 }
             }
         }

@@ -4,6 +4,7 @@ use super::*;
 use crate::attack::test_data::{tiny_cnn_spec, two_class_8x8};
 use crate::data::ImageShape;
 use crate::data::ood_sets::uniform_noise;
+use crate::detect::FittedDetector;
 use crate::device::default_device;
 use crate::identity::IdentityError;
 use crate::models::test_util::host_seeded;
@@ -42,6 +43,7 @@ fn tiny_data() -> OodBenchmarkData {
                 two_class_8x8(8, |i| ((i / 8) % 2) as f32),
             ),
         ],
+        madfa_pool: None,
     }
 }
 
@@ -65,6 +67,7 @@ fn tiny_config() -> OodBenchmarkConfig {
         adaptive: vec![ScoreKind::Msp],
         batch_size: 5,
         seed: 3,
+        madfa: None,
     }
 }
 
@@ -79,7 +82,7 @@ fn averages_are_means_over_all_sets_and_each_group() {
         .into_iter()
         .map(|(s, auroc)| OodRow {
             model: "m".into(),
-            score: ScoreKind::Msp,
+            score: "msp".into(),
             setting: Setting::Clean,
             ood_set: s.into(),
             metrics: metrics(auroc),
@@ -150,7 +153,7 @@ fn runs_every_setting_saves_parts_and_resumes_from_them() {
                 .iter()
                 .find(|r| {
                     r.model == model
-                        && r.score == ScoreKind::Msp
+                        && r.score == "msp"
                         && r.setting == setting
                         && r.ood_set == "mean"
                 })
@@ -372,4 +375,188 @@ fn a_stopped_run_keeps_its_finished_stages_and_a_rerun_computes_only_the_rest() 
     assert_eq!(resumed.rows, fresh.rows);
     assert_eq!(resumed.accuracy, fresh.accuracy);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// MAD-FA on a quick chain, its trusted and sampling sets from a held-out pool.
+fn with_madfa(adaptive_inputs: usize) -> (OodBenchmarkConfig, OodBenchmarkData) {
+    use crate::detect::madfa::MadfaSettings;
+    use crate::madfa::{ChainConfig, SgldConfig};
+    let mut data = tiny_data();
+    data.madfa_pool = Some(two_class_8x8(30, |i| ((i * 29) % 97) as f32 / 96.0));
+    let config = OodBenchmarkConfig {
+        madfa: Some(MadfaInOod {
+            settings: MadfaSettings {
+                calibrate: false,
+                chain: ChainConfig {
+                    sgld: SgldConfig {
+                        lr: 1e-4,
+                        n_beta: 10.0,
+                        gamma: 100.0,
+                        batch_size: 4,
+                        ..SgldConfig::reference()
+                    },
+                    draws: 6,
+                    burn_in: 1,
+                    thinning: 1,
+                    trace_batch_size: 16,
+                    ..ChainConfig::reference()
+                },
+                chains: 2,
+                ..MadfaSettings::default()
+            },
+            trusted_per_class: 4,
+            sampling_per_class: 4,
+            adaptive_inputs,
+            adaptive_steps: 2,
+        }),
+        adaptive: Vec::new(),
+        ..tiny_config()
+    };
+    (config, data)
+}
+
+#[test]
+fn madfa_joins_every_setting_and_its_adaptive_attack_only_helps_the_attacker() {
+    let device = default_device();
+    let (config, data) = with_madfa(3);
+    let models = &contenders()[..1];
+    let source = Contender {
+        name: "source".into(),
+        model: host_seeded(tiny_cnn_spec(), &mut StdRng::seed_from_u64(99), &device),
+    };
+    let dir = crate::train::test_util::scratch("benchmark", "ood-madfa");
+    let quiet = &mut |_: Progress<'_>| {};
+    let report = run(
+        &config,
+        &data,
+        models,
+        Some(&source),
+        Some(&dir),
+        &device,
+        quiet,
+    )
+    .unwrap();
+    let madfa_rows = |score: &str, setting: Setting| {
+        report
+            .rows
+            .iter()
+            .filter(|r| r.score == score && r.setting == setting)
+            .count()
+    };
+    // Every MAD-FA column in the five walked settings, against both OOD sets.
+    for name in madfa::score_names() {
+        for setting in [
+            Setting::Clean,
+            Setting::IdAttacked,
+            Setting::OodAttacked,
+            Setting::BothAttacked,
+            Setting::Transfer,
+        ] {
+            assert_eq!(madfa_rows(&name, setting), 2, "{name} {setting:?}");
+        }
+    }
+    // The adaptive attack aims at the recommended score alone.
+    let recommended = madfa::score_name(madfa::ADAPTIVE_COLUMN);
+    assert_eq!(madfa_rows(&recommended, Setting::Adaptive), 2);
+    assert_eq!(
+        report
+            .rows
+            .iter()
+            .filter(|r| r.setting == Setting::Adaptive)
+            .count(),
+        2
+    );
+    // Raising ID scores and lowering OOD ones, keeping the start when nothing beats it, cannot
+    // raise the AUROC; the adaptive rows are the "after" side of the same measurement.
+    assert_eq!(report.madfa_adaptive.len(), 2);
+    for a in &report.madfa_adaptive {
+        assert_eq!((a.id_inputs, a.ood_inputs), (3, 3));
+        assert!(a.auroc_after <= a.auroc_before + 1e-12, "{a:?}");
+        let row = report
+            .rows
+            .iter()
+            .find(|r| {
+                r.score == recommended && r.setting == Setting::Adaptive && r.ood_set == a.ood_set
+            })
+            .unwrap();
+        assert!((row.metrics.auroc - a.auroc_after).abs() < 1e-12);
+    }
+    // The clean rows are the detector's own scores of the ID and OOD sets.
+    let fitted = config
+        .madfa
+        .as_ref()
+        .unwrap()
+        .fit(
+            &models[0].model,
+            data.madfa_pool.as_ref().unwrap(),
+            5,
+            3,
+            &device,
+        )
+        .unwrap();
+    let id = fitted
+        .score(&models[0].model, &data.id_test, &device)
+        .unwrap();
+    let ood = fitted
+        .score(&models[0].model, &data.ood[0].images, &device)
+        .unwrap();
+    let column = madfa::ADAPTIVE_COLUMN;
+    let expected = evaluate(id.column(column).unwrap(), ood.column(column).unwrap()).unwrap();
+    let clean = report
+        .rows
+        .iter()
+        .find(|r| {
+            r.score == recommended && r.setting == Setting::Clean && r.ood_set == data.ood[0].name
+        })
+        .unwrap();
+    assert_eq!(clean.metrics, expected);
+    // Resuming loads every MAD-FA part, the adaptive rows included.
+    let again = run(
+        &config,
+        &data,
+        models,
+        Some(&source),
+        Some(&dir),
+        &device,
+        quiet,
+    )
+    .unwrap();
+    assert_eq!(again.rows, report.rows);
+    assert_eq!(again.madfa_adaptive, report.madfa_adaptive);
+    // The report names MAD-FA's scores in its tables and charts.
+    assert!(report.to_markdown().contains("## MAD-FA"));
+    assert!(report.score_names().contains(&recommended));
+    report.auroc_chart(&recommended).unwrap();
+}
+
+#[test]
+fn madfa_refuses_to_run_without_held_out_images() {
+    let device = default_device();
+    let (config, mut data) = with_madfa(0);
+    data.madfa_pool = None;
+    let quiet = &mut |_: Progress<'_>| {};
+    let err = run(
+        &config,
+        &data,
+        &contenders()[..1],
+        None,
+        None,
+        &device,
+        quiet,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("outside the ID test set"), "{err}");
+    // A pool too small for the per-class sizes is refused with the sizes to change.
+    data.madfa_pool = Some(two_class_8x8(2, |i| i as f32 / 4.0));
+    let err = run(
+        &config,
+        &data,
+        &contenders()[..1],
+        None,
+        None,
+        &device,
+        quiet,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--id-limit"), "{err}");
 }
