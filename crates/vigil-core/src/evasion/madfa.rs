@@ -24,7 +24,7 @@ use crate::madfa::task::MadTask;
 use crate::models::Classifier;
 use crate::progress::Progress;
 
-/// Where [`pgd_on_score`] pushes an input's score, and which class it must keep.
+/// Where [`pgd_on_scores`] pushes an input's score, and which class it must keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoreGoal {
     /// Raise the score (an ID input made to look anomalous) instead of lowering it.
@@ -38,49 +38,103 @@ pub struct ScoreGoal {
     pub keep: f64,
 }
 
-/// Projected sign-gradient steps on MAD-FA's linearised score `which` of one input (`steps`
-/// steps of `2.5 eps / steps` in the L-inf ball of radius `eps` around `original`, clipped to
-/// `[0, 1]`, no random start). Returns the best iterate that counts (least score, or greatest
-/// when raising; the start if none counts), its score, and whether any counted.
-pub fn pgd_on_score(
+/// Projected sign-gradient steps on MAD-FA's linearised score `which` of several inputs in
+/// lockstep, one goal each (`steps` steps of `2.5 eps / steps` in the L-inf ball of radius
+/// `eps` around each original, clipped to `[0, 1]`, no random start); each step's products
+/// with the chains' displacements are made once for all the inputs. Returns per input the
+/// best iterate that counts (least score, or greatest when raising; the start if none
+/// counts), its score, and whether any counted.
+pub fn pgd_on_scores(
     scorer: &LinearisedScorer,
-    original: &[f32],
+    originals: &[&[f32]],
     (eps, steps): (f64, usize),
     which: InputScore,
-    goal: ScoreGoal,
-) -> Result<(Vec<f32>, f64, bool), MadError> {
+    goals: &[ScoreGoal],
+) -> Result<Vec<(Vec<f32>, f64, bool)>, MadError> {
+    if originals.len() != goals.len() {
+        return Err(MadError::InvalidConfig(format!(
+            "{} inputs with {} goals",
+            originals.len(),
+            goals.len()
+        )));
+    }
     let alpha = (2.5 * eps / steps as f64) as f32;
     let eps = eps as f32;
-    let direction: f32 = if goal.raise { 1.0 } else { -1.0 };
-    let mut x = original.to_vec();
-    let mut best: Option<(f64, Vec<f32>)> = None;
+    let mut xs: Vec<Vec<f32>> = originals.iter().map(|x| x.to_vec()).collect();
+    let mut best: Vec<Option<(f64, Vec<f32>)>> = vec![None; xs.len()];
     for step in 0..=steps {
-        let predicted = scorer.predict(&x)?;
-        let label = goal.class.unwrap_or(predicted);
+        let predicted: Vec<i64> = xs
+            .iter()
+            .map(|x| scorer.predict(x))
+            .collect::<Result<_, _>>()?;
+        let labels: Vec<i64> = goals
+            .iter()
+            .zip(&predicted)
+            .map(|(goal, &p)| goal.class.unwrap_or(p))
+            .collect();
+        let inputs: Vec<(&[f32], i64)> = xs
+            .iter()
+            .map(|x| x.as_slice())
+            .zip(labels.iter().copied())
+            .collect();
         // The last iterate is only scored: no step follows it.
-        let (score, gradient) = if step == steps {
-            (scorer.score(&x, label, which)?, Vec::new())
+        let scored: Vec<(f64, Vec<f32>)> = if step == steps {
+            scorer
+                .scores(&inputs, which)?
+                .into_iter()
+                .map(|s| (s, Vec::new()))
+                .collect()
         } else {
-            let keep = if goal.class.is_some() { goal.keep } else { 0.0 };
-            scorer.objective_and_gradient(&x, label, which, keep)?
+            // The class-keeping loss counts only for a goal with a class; one weight per call,
+            // so the inputs are grouped by it.
+            let keep_of = |goal: &ScoreGoal| if goal.class.is_some() { goal.keep } else { 0.0 };
+            let mut out: Vec<Option<(f64, Vec<f32>)>> = vec![None; inputs.len()];
+            let mut keeps: Vec<f64> = goals.iter().map(keep_of).collect();
+            keeps.sort_by(f64::total_cmp);
+            keeps.dedup();
+            for keep in keeps {
+                let members: Vec<usize> = (0..inputs.len())
+                    .filter(|&j| keep_of(&goals[j]) == keep)
+                    .collect();
+                let chosen: Vec<(&[f32], i64)> = members.iter().map(|&j| inputs[j]).collect();
+                let results = scorer.objectives_and_gradients(&chosen, which, keep)?;
+                for (&j, result) in members.iter().zip(results) {
+                    out[j] = Some(result);
+                }
+            }
+            out.into_iter()
+                .map(|o| o.ok_or_else(|| MadError::Data("an input was not scored".into())))
+                .collect::<Result<_, _>>()?
         };
-        let better = |b: f64| if goal.raise { score > b } else { score < b };
-        if predicted == label && best.as_ref().is_none_or(|(b, _)| better(*b)) {
-            best = Some((score, x.clone()));
-        }
-        for ((xi, &g), &x0) in x.iter_mut().zip(&gradient).zip(original) {
-            let moved = *xi + direction * alpha * g.signum() * f32::from(g != 0.0);
-            *xi = moved.clamp(x0 - eps, x0 + eps).clamp(0.0, 1.0);
+        for (j, (score, gradient)) in scored.into_iter().enumerate() {
+            let goal = &goals[j];
+            let better = |b: f64| if goal.raise { score > b } else { score < b };
+            if predicted[j] == labels[j] && best[j].as_ref().is_none_or(|(b, _)| better(*b)) {
+                best[j] = Some((score, xs[j].clone()));
+            }
+            let direction: f32 = if goal.raise { 1.0 } else { -1.0 };
+            for ((xi, &g), &x0) in xs[j].iter_mut().zip(&gradient).zip(originals[j]) {
+                let moved = *xi + direction * alpha * g.signum() * f32::from(g != 0.0);
+                *xi = moved.clamp(x0 - eps, x0 + eps).clamp(0.0, 1.0);
+            }
         }
     }
-    Ok(match best {
-        Some((score, x)) => (x, score, true),
-        None => {
-            let label = goal.class.unwrap_or(scorer.predict(original)?);
-            let score = scorer.score(original, label, which)?;
-            (original.to_vec(), score, false)
-        }
-    })
+    best.into_iter()
+        .zip(originals.iter().zip(goals))
+        .map(|(kept, (&original, goal))| {
+            Ok(match kept {
+                Some((score, x)) => (x, score, true),
+                None => {
+                    let label = match goal.class {
+                        Some(class) => class,
+                        None => scorer.predict(original)?,
+                    };
+                    let score = scorer.score(original, label, which)?;
+                    (original.to_vec(), score, false)
+                }
+            })
+        })
+        .collect()
 }
 
 /// Attacks one triggered input (see the module): returns the kept iterate and whether w* puts
@@ -96,13 +150,14 @@ pub fn evade_one(
         class: Some(target),
         keep: config.keep,
     };
-    let (x, _, in_target) = pgd_on_score(
+    let (x, _, in_target) = pgd_on_scores(
         scorer,
-        original,
+        &[original],
         (config.eps, config.steps),
         config.score,
-        goal,
-    )?;
+        &[goal],
+    )?
+    .remove(0);
     Ok((x, in_target))
 }
 
@@ -201,5 +256,49 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn inputs_attacked_together_move_as_each_alone_and_only_their_way() {
+        let (scorer, x, trusted) = fixture();
+        let originals: Vec<&[f32]> = vec![&x, trusted.image(1)];
+        let goals = [
+            ScoreGoal {
+                raise: true,
+                class: None,
+                keep: 0.0,
+            },
+            ScoreGoal {
+                raise: false,
+                class: None,
+                keep: 0.0,
+            },
+        ];
+        let which = InputScore::ClcPlusClassCcc;
+        let together = pgd_on_scores(&scorer, &originals, (0.05, 4), which, &goals).unwrap();
+        for ((original, goal), (attacked, score, counted)) in
+            originals.iter().zip(&goals).zip(&together)
+        {
+            // Any class counts: the start at least.
+            assert!(counted);
+            let start = scorer
+                .score(original, scorer.predict(original).unwrap(), which)
+                .unwrap();
+            if goal.raise {
+                assert!(*score >= start, "{score} < {start}");
+            } else {
+                assert!(*score <= start, "{score} > {start}");
+            }
+            let (alone, alone_score, _) =
+                pgd_on_scores(&scorer, &[original], (0.05, 4), which, &[*goal])
+                    .unwrap()
+                    .remove(0);
+            assert!((score - alone_score).abs() < 1e-4 * (1.0 + score.abs()));
+            for (a, b) in attacked.iter().zip(&alone) {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+        // One goal per input.
+        assert!(pgd_on_scores(&scorer, &originals, (0.05, 4), which, &goals[..1]).is_err());
     }
 }

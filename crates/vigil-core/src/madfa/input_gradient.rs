@@ -64,6 +64,9 @@ pub enum InputScore {
 /// input gradients.
 pub const DEFAULT_WEIGHT_STEP: f64 = 1e-3;
 
+/// Inputs whose traces are computed together when the trusted traces are made.
+const TRACE_CHUNK: usize = 32;
+
 /// MAD-FA's linearised score of single inputs, and its input gradient.
 pub struct LinearisedScorer {
     /// w* on the plain device (predictions, and the copies the weight-space difference moves).
@@ -156,11 +159,19 @@ impl LinearisedScorer {
         };
         // Traces rounded to float32 as a trace file holds them: the leave-one-out scale and the
         // couplings below see the values `anomaly_scores` would read from that file.
+        // In chunks: each streams the displacements once.
         let mut trusted = Array2::zeros((trusted_images.len(), draws));
-        for (i, mut row) in trusted.outer_iter_mut().enumerate() {
-            let trace = scorer.trace(trusted_images.image(i), trusted_labels[i])?;
-            for (slot, v) in row.iter_mut().zip(trace) {
-                *slot = f64::from(v as f32);
+        let all: Vec<usize> = (0..trusted_images.len()).collect();
+        for chunk in all.chunks(TRACE_CHUNK) {
+            let inputs: Vec<(&[f32], i64)> = chunk
+                .iter()
+                .map(|&i| (trusted_images.image(i), trusted_labels[i]))
+                .collect();
+            let traced = scorer.traces_and_loss_gradients(&scorer.images(&inputs)?);
+            for (&i, (trace, _)) in chunk.iter().zip(traced) {
+                for (slot, v) in trusted.row_mut(i).iter_mut().zip(trace) {
+                    *slot = f64::from(v as f32);
+                }
             }
         }
         let as_traces = LossTraces::new(
@@ -272,26 +283,44 @@ impl LinearisedScorer {
 
     /// The linearised trace `[draws]` of one input (`c x h x w` pixels) with label `label`.
     pub fn trace(&self, pixels: &[f32], label: i64) -> Result<Vec<f64>, MadError> {
-        Ok(self.trace_and_loss_gradient(&self.image(pixels)?, label).0)
+        let x = self.image(pixels)?;
+        let mut traces = self.traces_and_loss_gradients(&[(x, label)]);
+        Ok(traces.remove(0).0)
     }
 
-    /// The linearised trace of `x` (`[1, c, h, w]`) and the input gradient of its loss at w*,
-    /// which the trace's level needs anyway (one pass for both).
-    fn trace_and_loss_gradient(&self, x: &Tensor<4>, label: i64) -> (Vec<f64>, Vec<f32>) {
+    /// The linearised traces of several inputs (`[1, c, h, w]` each, with its label) and the
+    /// input gradients of their losses at w*, which the traces' levels need anyway. The product
+    /// with the displacements streams the whole `[draws, floats]` matrix once for all inputs.
+    fn traces_and_loss_gradients(&self, inputs: &[(Tensor<4>, i64)]) -> Vec<(Vec<f64>, Vec<f32>)> {
+        let b = inputs.len();
+        // Per-sample weight gradients as the columns of `[floats, b]`.
+        let mut gradients = vec![0.0f32; self.floats * b];
+        let mut levels = Vec::with_capacity(b);
         let mut gradient = Vec::with_capacity(self.floats);
-        sample_gradient(&self.tracked, x.clone(), label, self.form, &mut gradient);
-        let (loss, loss_gradient) = self.loss_and_input_gradient(&self.frozen, x.clone(), label);
-        let mut product = vec![0.0f32; self.draws];
+        for (j, (x, label)) in inputs.iter().enumerate() {
+            gradient.clear();
+            sample_gradient(&self.tracked, x.clone(), *label, self.form, &mut gradient);
+            for (f, &value) in gradient.iter().enumerate() {
+                gradients[f * b + j] = value;
+            }
+            levels.push(self.loss_and_input_gradient(&self.frozen, x.clone(), *label));
+        }
+        let mut products = vec![0.0f32; self.draws * b];
         matmul_threaded(
-            &mut product,
+            &mut products,
             Mat::new(&self.displacements, self.draws, self.floats),
-            Mat::new(&gradient, self.floats, 1),
+            Mat::new(&gradients, self.floats, b),
         );
-        let trace = product
-            .iter()
-            .map(|&p| f64::from(loss) + f64::from(p))
-            .collect();
-        (trace, loss_gradient)
+        levels
+            .into_iter()
+            .enumerate()
+            .map(|(j, (loss, loss_gradient))| {
+                let trace = (0..self.draws)
+                    .map(|k| f64::from(loss) + f64::from(products[k * b + j]))
+                    .collect();
+                (trace, loss_gradient)
+            })
+            .collect()
     }
 
     /// The loss of `x` against `label` under `frozen` (a copy on the autodiff device whose
@@ -439,7 +468,29 @@ impl LinearisedScorer {
 
     /// The score `which` of one input.
     pub fn score(&self, pixels: &[f32], label: i64, which: InputScore) -> Result<f64, MadError> {
-        Ok(self.score_of_trace(&self.trace(pixels, label)?, which).0)
+        Ok(self.scores(&[(pixels, label)], which)?[0])
+    }
+
+    /// The scores `which` of several inputs (pixels and label each), in one pass over the
+    /// displacements.
+    pub fn scores(
+        &self,
+        inputs: &[(&[f32], i64)],
+        which: InputScore,
+    ) -> Result<Vec<f64>, MadError> {
+        let xs = self.images(inputs)?;
+        Ok(self
+            .traces_and_loss_gradients(&xs)
+            .iter()
+            .map(|(t, _)| self.score_of_trace(t, which).0)
+            .collect())
+    }
+
+    fn images(&self, inputs: &[(&[f32], i64)]) -> Result<Vec<(Tensor<4>, i64)>, MadError> {
+        inputs
+            .iter()
+            .map(|&(pixels, label)| Ok((self.image(pixels)?, label)))
+            .collect()
     }
 
     /// The score `which` of one input and its gradient with respect to the pixels.
@@ -462,23 +513,77 @@ impl LinearisedScorer {
         which: InputScore,
         keep: f64,
     ) -> Result<(f64, Vec<f32>), MadError> {
-        let x = self.image(pixels)?;
-        let (t, loss_gradient) = self.trace_and_loss_gradient(&x, label);
-        let (value, a) = self.score_of_trace(&t, which);
-        let a_sum: f64 = a.iter().sum();
+        Ok(self
+            .objectives_and_gradients(&[(pixels, label)], which, keep)?
+            .remove(0))
+    }
+
+    /// [`Self::objective_and_gradient`] of several inputs: both products with the
+    /// displacements (traces, and `v = D^T a`) stream the `[draws, floats]` matrix once for all
+    /// of them; the weight-space differences stay one pair per input.
+    pub fn objectives_and_gradients(
+        &self,
+        inputs: &[(&[f32], i64)],
+        which: InputScore,
+        keep: f64,
+    ) -> Result<Vec<(f64, Vec<f32>)>, MadError> {
+        let xs = self.images(inputs)?;
+        let b = xs.len();
+        let traced = self.traces_and_loss_gradients(&xs);
+        // a = ds/dt of every input as the columns of `[draws, b]`.
+        let mut values = Vec::with_capacity(b);
+        let mut a_sums = Vec::with_capacity(b);
+        let mut a32 = vec![0.0f32; self.draws * b];
+        for (j, (t, _)) in traced.iter().enumerate() {
+            let (value, a) = self.score_of_trace(t, which);
+            a_sums.push(a.iter().sum::<f64>());
+            for (k, &ak) in a.iter().enumerate() {
+                a32[k * b + j] = ak as f32;
+            }
+            values.push(value);
+        }
         // v = D^T a over the parameters (buffers stay at w*).
-        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-        let mut v32 = vec![0.0f32; self.floats];
+        let mut v32 = vec![0.0f32; self.floats * b];
         matmul_threaded(
             &mut v32,
             Mat::transposed(&self.displacements, self.draws, self.floats),
-            Mat::new(&a32, self.draws, 1),
+            Mat::new(&a32, self.draws, b),
         );
-        let v: Vec<f64> = v32
-            .iter()
-            .zip(&self.trainable)
-            .map(|(&x, &moves)| if moves { f64::from(x) } else { 0.0 })
-            .collect();
+        let mut out = Vec::with_capacity(b);
+        for (j, ((x, label), (_, loss_gradient))) in xs.iter().zip(&traced).enumerate() {
+            let v: Vec<f64> = (0..self.floats)
+                .map(|f| {
+                    if self.trainable[f] {
+                        f64::from(v32[f * b + j])
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let gradient = self.mixed_gradient(x, *label, &v, a_sums[j], loss_gradient);
+            let keep = keep as f32;
+            out.push((
+                values[j],
+                gradient
+                    .iter()
+                    .zip(loss_gradient)
+                    .map(|(&g, &l)| g as f32 + keep * l)
+                    .collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `(sum_k a_k) grad_x l(x) + grad_x [g(x) . v]`, the second term by a central difference
+    /// in weight space along `v` (the module's derivation).
+    fn mixed_gradient(
+        &self,
+        x: &Tensor<4>,
+        label: i64,
+        v: &[f64],
+        a_sum: f64,
+        loss_gradient: &[f32],
+    ) -> Vec<f64> {
         let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         let mut gradient: Vec<f64> = loss_gradient
             .iter()
@@ -502,15 +607,7 @@ impl LinearisedScorer {
                 *g += norm * f64::from(p - m) / (2.0 * h);
             }
         }
-        let keep = keep as f32;
-        Ok((
-            value,
-            gradient
-                .iter()
-                .zip(&loss_gradient)
-                .map(|(&g, &l)| g as f32 + keep * l)
-                .collect(),
-        ))
+        gradient
     }
 }
 
@@ -691,6 +788,42 @@ pub(crate) mod tests {
                     (numeric - analytic).abs() < 0.02 * numeric.abs().max(analytic.abs()) + 1e-5,
                     "{which:?}: analytic {analytic} vs numeric {numeric}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn several_inputs_at_once_score_and_differentiate_as_each_alone() {
+        let (scorer, x, trusted) = fixture();
+        let inputs: Vec<(&[f32], i64)> =
+            vec![(&x, 1), (trusted.image(0), 0), (trusted.image(3), 1)];
+        for which in SCORES {
+            let together = scorer
+                .objectives_and_gradients(&inputs, which, 0.5)
+                .unwrap();
+            let scores = scorer.scores(&inputs, which).unwrap();
+            for (((pixels, label), (value, gradient)), score) in
+                inputs.iter().zip(&together).zip(&scores)
+            {
+                let (alone, alone_gradient) = scorer
+                    .objective_and_gradient(pixels, *label, which, 0.5)
+                    .unwrap();
+                // Float32 products summed in another order: equal to rounding.
+                assert!(
+                    (value - alone).abs() < 1e-6 * (1.0 + alone.abs()),
+                    "{which:?}"
+                );
+                assert!(
+                    (score - alone).abs() < 1e-6 * (1.0 + alone.abs()),
+                    "{which:?}"
+                );
+                let scale = alone_gradient.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+                for (a, b) in gradient.iter().zip(&alone_gradient) {
+                    assert!(
+                        (a - b).abs() <= 1e-3 * scale + 1e-6,
+                        "{which:?}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ use super::{BenchmarkError, OodBenchmarkData, Progress, Setting};
 use crate::data::ImageSet;
 use crate::detect::madfa::{FittedMadfa, Madfa, MadfaSettings};
 use crate::detect::{FitData, FittedDetector, ScoreTable};
-use crate::evasion::madfa::{ScoreGoal, pgd_on_score};
+use crate::evasion::madfa::{ScoreGoal, pgd_on_scores};
 use crate::madfa::input_gradient::{InputScore, LinearisedScorer};
 use crate::madfa::scores::SCORE_NAMES;
 use crate::metrics::auroc;
@@ -223,13 +223,16 @@ pub struct MadfaAdaptiveRow {
     pub auroc_after: f64,
 }
 
-/// Pushes each input of `set` (`chosen` indices) through [`pgd_on_score`] on the recommended
+/// Inputs attacked in lockstep: each step streams the chains' displacements once for them all.
+const ATTACK_CHUNK: usize = 16;
+
+/// Pushes each input of `set` (`chosen` indices) through [`pgd_on_scores`] on the recommended
 /// score, up when `raise`; returns the scores before and after.
 fn attack_subset(
     scorer: &LinearisedScorer,
     set: &ImageSet,
     chosen: &[usize],
-    (eps, steps): (f64, usize),
+    budget: (f64, usize),
     raise: bool,
     progress: &mut dyn for<'e> progress::Progress<Progress<'e>>,
 ) -> Result<(Vec<f64>, Vec<f64>), BenchmarkError> {
@@ -240,13 +243,17 @@ fn attack_subset(
     };
     let mut before = Vec::with_capacity(chosen.len());
     let mut after = Vec::with_capacity(chosen.len());
-    for &i in chosen {
-        let x = set.image(i);
-        let label = scorer.predict(x)?;
-        before.push(scorer.score(x, label, ADAPTIVE_SCORE)?);
-        let (_, score, _) = pgd_on_score(scorer, x, (eps, steps), ADAPTIVE_SCORE, goal)?;
-        after.push(score);
-        progress.report(Progress::Images(1));
+    for chunk in chosen.chunks(ATTACK_CHUNK) {
+        let images: Vec<&[f32]> = chunk.iter().map(|&i| set.image(i)).collect();
+        let labelled: Vec<(&[f32], i64)> = images
+            .iter()
+            .map(|&x| Ok((x, scorer.predict(x)?)))
+            .collect::<Result<_, crate::madfa::MadError>>()?;
+        before.extend(scorer.scores(&labelled, ADAPTIVE_SCORE)?);
+        let goals = vec![goal; chunk.len()];
+        let attacked = pgd_on_scores(scorer, &images, budget, ADAPTIVE_SCORE, &goals)?;
+        after.extend(attacked.into_iter().map(|(_, score, _)| score));
+        progress.report(Progress::Images(chunk.len()));
     }
     Ok((before, after))
 }
