@@ -115,14 +115,23 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         "3",
         "--inputs",
         "6",
+        "--defender-seed",
+        "11",
         "--json",
     ]);
     assert!(evade.status.success(), "evade failed: {}", stderr(&evade));
     let file: serde_json::Value = serde_json::from_slice(&evade.stdout).unwrap();
     let detectors = file["detectors"].as_array().unwrap();
-    assert_eq!(detectors.len(), 2);
+    assert_eq!(detectors.len(), 3);
     assert_eq!(detectors[0]["detector"], "madfa");
-    assert_eq!(detectors[1]["detector"], "mahalanobis");
+    // The same attacked inputs, scored by the defender's own exact chains of another seed.
+    assert_eq!(
+        detectors[1]["detector"],
+        "madfa, exact traces of fresh chains (seed 11)"
+    );
+    assert_eq!(detectors[1]["still_target"], detectors[0]["still_target"]);
+    assert_eq!(detectors[1]["max_linf"], detectors[0]["max_linf"]);
+    assert_eq!(detectors[2]["detector"], "mahalanobis");
     for report in detectors {
         assert_eq!(report["attacked"], 6, "{report}");
         assert!(report["still_target"].as_u64().unwrap() <= 6);

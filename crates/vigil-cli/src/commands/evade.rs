@@ -66,6 +66,12 @@ pub struct EvadeArgs {
     #[arg(long, default_value = "mahalanobis")]
     latent: ScoreKind,
 
+    /// Also score MAD-FA's attacked inputs as a defender with its own chain seed would: exact
+    /// traces of fresh chains of the run's settings drawn with this seed, which the attacker
+    /// does not know (the attack transfers from the run's chains).
+    #[arg(long, value_name = "SEED")]
+    defender_seed: Option<u64>,
+
     /// Print evasion.json on stdout.
     #[arg(long)]
     json: bool,
@@ -119,6 +125,7 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
             fpr: args.fpr,
         },
         latent: args.latent,
+        defender_seed: args.defender_seed,
         out: args.paths.out.clone(),
     };
     let file =

@@ -17,8 +17,10 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 use super::{DetectionShift, EvasionConfig, EvasionEvent, shift};
+use crate::detect::madfa::{Madfa, MadfaSettings};
+use crate::detect::{FitData, FittedDetector, ScoreTable};
 use crate::madfa::MadError;
-use crate::madfa::chain::ChainConfig;
+use crate::madfa::chain::{ChainConfig, TraceForm};
 use crate::madfa::input_gradient::{InputScore, LinearisedScorer};
 use crate::madfa::task::MadTask;
 use crate::models::Classifier;
@@ -137,6 +139,81 @@ pub fn pgd_on_scores(
         .collect()
 }
 
+/// MAD-FA as the defender runs it, on the inputs [`evade`] attacked: exact traces of chains of
+/// the run's settings drawn with `seed`, which the attacker did not know, so the attack must
+/// transfer from the attacker's linearised copy of the run's chains to fresh exact ones. Scores
+/// the clean test inputs, the originals `chosen` and `attacked` (`[n, c, h, w]` flattened)
+/// along one walk; thresholds from the trusted samples' leave-one-out scores.
+#[allow(clippy::too_many_arguments)]
+pub fn score_on_fresh_chains(
+    w_star: &Classifier,
+    task: &MadTask,
+    chosen: &[usize],
+    attacked: &[f32],
+    still_target: usize,
+    (chain, chains, seed): (&ChainConfig, usize, u64),
+    config: &EvasionConfig,
+    device: &Device,
+) -> Result<DetectionShift, super::EvasionError> {
+    let started = Instant::now();
+    let clean = task.test.subset(&super::clean_inputs(task));
+    let originals = task.test.subset(chosen);
+    let mut moved = originals.clone();
+    let values = originals.shape().num_values();
+    if attacked.len() != chosen.len() * values {
+        return Err(MadError::Data(format!(
+            "{} attacked values for {} inputs of {values}",
+            attacked.len(),
+            chosen.len()
+        ))
+        .into());
+    }
+    for (j, x) in attacked.chunks_exact(values).enumerate() {
+        moved.image_mut(j).copy_from_slice(x);
+    }
+    let settings = MadfaSettings {
+        calibrate: false,
+        chain: ChainConfig {
+            traces: TraceForm::Exact,
+            ..chain.clone()
+        },
+        chains,
+        ..MadfaSettings::default()
+    };
+    let fitted = Madfa::new(settings)?.fit_madfa(&FitData {
+        model: w_star,
+        trusted: &task.trusted,
+        sampling: &task.sampling,
+        batch_size: chain.trace_batch_size,
+        seed,
+        device,
+    })?;
+    let (tables, trusted) =
+        fitted.score_sets_and_trusted(w_star, &[&clean, &originals, &moved], device)?;
+    let column = config.score.column();
+    let of = |table: &ScoreTable| -> Result<Vec<f64>, super::EvasionError> {
+        Ok(table
+            .column(column)
+            .ok_or_else(|| MadError::Data(format!("MAD-FA gave no column {column}")))?
+            .to_vec())
+    };
+    let trusted = trusted.ok_or_else(|| MadError::Data("no trusted scores".into()))?;
+    let shift = shift(
+        &format!("madfa, exact traces of fresh chains (seed {seed})"),
+        &of(&trusted)?,
+        (&of(&tables[0])?, &of(&tables[1])?, &of(&tables[2])?),
+        still_target,
+        (task, chosen, attacked),
+        config.fpr,
+        started.elapsed().as_secs_f64(),
+    )
+    .map_err(|e| MadError::Data(e.to_string()))?;
+    Ok(shift)
+}
+
+/// Inputs scored and attacked together (each step streams the displacements once for them).
+const LOCKSTEP: usize = 16;
+
 /// Attacks one triggered input (see the module): returns the kept iterate and whether w* puts
 /// it in `target`.
 pub fn evade_one(
@@ -189,22 +266,47 @@ pub fn evade(
     let clean = super::clean_inputs(task);
     let total = clean.len() + chosen.len();
     let mut scores = Vec::with_capacity(total);
-    for (done, &i) in clean.iter().chain(chosen).enumerate() {
-        progress.report(EvasionEvent::Scored { done, total });
-        scores.push(scorer.score(task.test.image(i), test_labels[i], config.score)?);
+    let all: Vec<usize> = clean.iter().chain(chosen).copied().collect();
+    for (done, part) in all.chunks(LOCKSTEP).enumerate() {
+        progress.report(EvasionEvent::Scored {
+            done: done * LOCKSTEP,
+            total,
+        });
+        let inputs: Vec<(&[f32], i64)> = part
+            .iter()
+            .map(|&i| (task.test.image(i), test_labels[i]))
+            .collect();
+        scores.extend(scorer.scores(&inputs, config.score)?);
     }
     let before = scores.split_off(clean.len());
 
     let mut attacked = Vec::new();
     let mut after = Vec::with_capacity(chosen.len());
     let mut still_target = 0;
-    for (done, &i) in chosen.iter().enumerate() {
-        let (x, in_target) = evade_one(&scorer, task.test.image(i), test_labels[i], config)?;
-        still_target += usize::from(in_target);
-        after.push(scorer.score(&x, test_labels[i], config.score)?);
-        attacked.extend(x);
+    for part in chosen.chunks(LOCKSTEP) {
+        let originals: Vec<&[f32]> = part.iter().map(|&i| task.test.image(i)).collect();
+        let goals: Vec<ScoreGoal> = part
+            .iter()
+            .map(|&i| ScoreGoal {
+                raise: false,
+                class: Some(test_labels[i]),
+                keep: config.keep,
+            })
+            .collect();
+        let results = pgd_on_scores(
+            &scorer,
+            &originals,
+            (config.eps, config.steps),
+            config.score,
+            &goals,
+        )?;
+        for (x, score, in_target) in results {
+            still_target += usize::from(in_target);
+            after.push(score);
+            attacked.extend(x);
+        }
         progress.report(EvasionEvent::Attacked {
-            done: done + 1,
+            done: after.len(),
             total: chosen.len(),
         });
     }

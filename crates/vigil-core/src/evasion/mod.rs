@@ -214,6 +214,9 @@ pub enum EvasionError {
     /// The latent detector's part.
     #[error(transparent)]
     Latent(#[from] crate::ood::OodError),
+    /// MAD-FA as a detector (the fresh chains' exact scores).
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
     /// An output cannot be written.
     #[error(transparent)]
     Io(#[from] crate::io::IoError),
@@ -239,6 +242,10 @@ pub struct RecordEvasion {
     pub config: EvasionConfig,
     /// The latent detector attacked beside MAD-FA (Mahalanobis by default).
     pub latent: ScoreKind,
+    /// Also score MAD-FA's attacked inputs as the defender runs it: exact traces of fresh
+    /// chains (the run's settings) drawn with this seed, unknown to the attacker
+    /// ([`madfa::score_on_fresh_chains`]).
+    pub defender_seed: Option<u64>,
     /// Where `evasion.json` and `examples.png` go.
     pub out: PathBuf,
 }
@@ -246,7 +253,8 @@ pub struct RecordEvasion {
 /// The written outcome of [`evade_record_run`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvasionFile {
-    /// Every detector before and after its own adaptive attack (MAD-FA first).
+    /// Every detector before and after its own adaptive attack: MAD-FA (linearised, the
+    /// attacker's chains), MAD-FA on fresh exact chains if asked, then the latent detector.
     pub detectors: Vec<DetectionShift>,
     /// The attack: budget, steps, keep weight, the MAD-FA score attacked, the knowledge.
     pub attack: serde_json::Value,
@@ -328,9 +336,25 @@ pub fn evade_record_run(
         device,
         progress,
     )?;
+    let fresh = match experiment.defender_seed {
+        Some(seed) => Some(madfa::score_on_fresh_chains(
+            &loaded.classifier,
+            task,
+            &chosen,
+            &madfa_attacked,
+            madfa_shift.still_target,
+            (&settings.chain, settings.chains.len(), seed),
+            &experiment.config,
+            device,
+        )?),
+        None => None,
+    };
     let c = &experiment.config;
+    let mut detectors = vec![madfa_shift];
+    detectors.extend(fresh);
+    detectors.push(latent_shift);
     let file = EvasionFile {
-        detectors: vec![madfa_shift, latent_shift],
+        detectors,
         attack: serde_json::json!({
             "eps": c.eps,
             "steps": c.steps,
@@ -340,6 +364,7 @@ pub fn evade_record_run(
             "inputs": chosen.len(),
             "fpr": c.fpr,
             "knowledge": "white box: the model, the trusted set, each detector's score and threshold rule; against MAD-FA also the defender's chains (same settings and seed)",
+            "defender_seed": experiment.defender_seed,
         }),
         chain: ChainConfig {
             traces: TraceForm::Linearised,

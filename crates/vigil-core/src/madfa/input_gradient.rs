@@ -59,6 +59,18 @@ pub enum InputScore {
     ClcPlusClassCcc,
 }
 
+impl InputScore {
+    /// Its column in [`AnomalyScores::named`] and score tables.
+    pub fn column(self) -> &'static str {
+        match self {
+            InputScore::MeanCorr => "mean_corr",
+            InputScore::Clc => "clc",
+            InputScore::ClassCcc => "class_ccc",
+            InputScore::ClcPlusClassCcc => "clc_plus_class_ccc",
+        }
+    }
+}
+
 /// Default weight-space step `h` of the mixed derivative, in parameter units (the norm of the
 /// weight perturbation): small against the weights, large against float32 rounding of the
 /// input gradients.
