@@ -533,30 +533,18 @@ fn madfa_joins_every_setting_and_its_adaptive_attack_only_helps_the_attacker() {
 fn madfa_refuses_to_run_without_held_out_images() {
     let device = default_device();
     let (config, mut data) = with_madfa(0);
+    let models = &contenders()[..1];
+    let refusal = |data: &OodBenchmarkData| {
+        let quiet = &mut |_: Progress<'_>| {};
+        run(&config, data, models, None, None, &device, quiet)
+            .unwrap_err()
+            .to_string()
+    };
     data.madfa_pool = None;
-    let quiet = &mut |_: Progress<'_>| {};
-    let err = run(
-        &config,
-        &data,
-        &contenders()[..1],
-        None,
-        None,
-        &device,
-        quiet,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("outside the ID test set"), "{err}");
+    let err = refusal(&data);
+    assert!(err.contains("outside the ID test set"), "{err}");
     // A pool too small for the per-class sizes is refused with the sizes to change.
     data.madfa_pool = Some(two_class_8x8(2, |i| i as f32 / 4.0));
-    let err = run(
-        &config,
-        &data,
-        &contenders()[..1],
-        None,
-        None,
-        &device,
-        quiet,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("--id-limit"), "{err}");
+    let err = refusal(&data);
+    assert!(err.contains("--id-limit"), "{err}");
 }
