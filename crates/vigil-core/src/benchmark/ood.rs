@@ -738,13 +738,9 @@ impl Bench<'_> {
         if run.uniform.is_none() {
             run.uniform = Some(self.uniform_sets(model, &name, progress)?);
         }
-        let transfer = match self.transfer_source {
-            Some(_) => {
-                let (id, ood) = self.transfer_sets(progress)?;
-                Some((id.clone(), ood.to_vec()))
-            }
-            None => None,
-        };
+        if self.transfer_source.is_some() {
+            self.transfer_sets(progress)?;
+        }
         let Some((id_adv, ood_adv)) = run.uniform.as_ref() else {
             return Err(BenchmarkError::Invalid(
                 "the uniform attacks are missing".into(),
@@ -755,7 +751,7 @@ impl Bench<'_> {
             model,
             self.data,
             (id_adv, ood_adv),
-            transfer.as_ref().map(|(id, ood)| (id, ood.as_slice())),
+            self.transfer.as_ref().map(|(id, ood)| (id, ood.as_slice())),
             self.device,
         )?;
         for column in crate::madfa::scores::SCORE_NAMES {

@@ -87,26 +87,12 @@ pub fn pgd_on_scores(
                 .map(|s| (s, Vec::new()))
                 .collect()
         } else {
-            // The class-keeping loss counts only for a goal with a class; one weight per call,
-            // so the inputs are grouped by it.
-            let keep_of = |goal: &ScoreGoal| if goal.class.is_some() { goal.keep } else { 0.0 };
-            let mut out: Vec<Option<(f64, Vec<f32>)>> = vec![None; inputs.len()];
-            let mut keeps: Vec<f64> = goals.iter().map(keep_of).collect();
-            keeps.sort_by(f64::total_cmp);
-            keeps.dedup();
-            for keep in keeps {
-                let members: Vec<usize> = (0..inputs.len())
-                    .filter(|&j| keep_of(&goals[j]) == keep)
-                    .collect();
-                let chosen: Vec<(&[f32], i64)> = members.iter().map(|&j| inputs[j]).collect();
-                let results = scorer.objectives_and_gradients(&chosen, which, keep)?;
-                for (&j, result) in members.iter().zip(results) {
-                    out[j] = Some(result);
-                }
-            }
-            out.into_iter()
-                .map(|o| o.ok_or_else(|| MadError::Data("an input was not scored".into())))
-                .collect::<Result<_, _>>()?
+            // The class-keeping loss counts only for a goal with a class.
+            let keep: Vec<f64> = goals
+                .iter()
+                .map(|goal| if goal.class.is_some() { goal.keep } else { 0.0 })
+                .collect();
+            scorer.objectives_and_gradients(&inputs, which, &keep)?
         };
         for (j, (score, gradient)) in scored.into_iter().enumerate() {
             let goal = &goals[j];
@@ -214,30 +200,6 @@ pub fn score_on_fresh_chains(
 /// Inputs scored and attacked together (each step streams the displacements once for them).
 const LOCKSTEP: usize = 16;
 
-/// Attacks one triggered input (see the module): returns the kept iterate and whether w* puts
-/// it in `target`.
-pub fn evade_one(
-    scorer: &LinearisedScorer,
-    original: &[f32],
-    target: i64,
-    config: &EvasionConfig,
-) -> Result<(Vec<f32>, bool), MadError> {
-    let goal = ScoreGoal {
-        raise: false,
-        class: Some(target),
-        keep: config.keep,
-    };
-    let (x, _, in_target) = pgd_on_scores(
-        scorer,
-        &[original],
-        (config.eps, config.steps),
-        config.score,
-        &[goal],
-    )?
-    .remove(0);
-    Ok((x, in_target))
-}
-
 /// Runs the chains `chains` (indices) of `chain`, linearised, around `w_star` on `task`, then
 /// scores the clean test inputs and the triggered ones `chosen` (test indices), attacks those
 /// (see the module) and scores them again. Returns the shift and the attacked images
@@ -338,7 +300,20 @@ mod tests {
             ..EvasionConfig::defaults()
         };
         let before = scorer.score(&x, target, config.score).unwrap();
-        let (attacked, in_target) = evade_one(&scorer, &x, target, &config).unwrap();
+        let goal = ScoreGoal {
+            raise: false,
+            class: Some(target),
+            keep: config.keep,
+        };
+        let (attacked, _, in_target) = pgd_on_scores(
+            &scorer,
+            &[&x],
+            (config.eps, config.steps),
+            config.score,
+            &[goal],
+        )
+        .unwrap()
+        .remove(0);
         assert!(in_target);
         assert_eq!(scorer.predict(&attacked).unwrap(), target);
         let after = scorer.score(&attacked, target, config.score).unwrap();

@@ -526,19 +526,27 @@ impl LinearisedScorer {
         keep: f64,
     ) -> Result<(f64, Vec<f32>), MadError> {
         Ok(self
-            .objectives_and_gradients(&[(pixels, label)], which, keep)?
+            .objectives_and_gradients(&[(pixels, label)], which, &[keep])?
             .remove(0))
     }
 
-    /// [`Self::objective_and_gradient`] of several inputs: both products with the
-    /// displacements (traces, and `v = D^T a`) stream the `[draws, floats]` matrix once for all
-    /// of them; the weight-space differences stay one pair per input.
+    /// [`Self::objective_and_gradient`] of several inputs, each with its own `keep` weight:
+    /// both products with the displacements (traces, and `v = D^T a`) stream the
+    /// `[draws, floats]` matrix once for all of them; the weight-space differences stay one pair
+    /// per input.
     pub fn objectives_and_gradients(
         &self,
         inputs: &[(&[f32], i64)],
         which: InputScore,
-        keep: f64,
+        keep: &[f64],
     ) -> Result<Vec<(f64, Vec<f32>)>, MadError> {
+        if keep.len() != inputs.len() {
+            return Err(MadError::InvalidConfig(format!(
+                "{} inputs with {} keep weights",
+                inputs.len(),
+                keep.len()
+            )));
+        }
         let xs = self.images(inputs)?;
         let b = xs.len();
         let traced = self.traces_and_loss_gradients(&xs);
@@ -573,7 +581,7 @@ impl LinearisedScorer {
                 })
                 .collect();
             let gradient = self.mixed_gradient(x, *label, &v, a_sums[j], loss_gradient);
-            let keep = keep as f32;
+            let keep = keep[j] as f32;
             out.push((
                 values[j],
                 gradient
@@ -811,7 +819,7 @@ pub(crate) mod tests {
             vec![(&x, 1), (trusted.image(0), 0), (trusted.image(3), 1)];
         for which in SCORES {
             let together = scorer
-                .objectives_and_gradients(&inputs, which, 0.5)
+                .objectives_and_gradients(&inputs, which, &[0.5; 3])
                 .unwrap();
             let scores = scorer.scores(&inputs, which).unwrap();
             for (((pixels, label), (value, gradient)), score) in

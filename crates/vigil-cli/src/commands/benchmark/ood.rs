@@ -278,19 +278,21 @@ fn models_to_evaluate(args: &OodArgs, device: &Device) -> Result<Vec<(String, Pa
 /// The ID sets (test, and training images the scores are fitted on) and the OOD sets.
 fn benchmark_data(args: &OodArgs, kind: DatasetKind) -> Result<OodBenchmarkData> {
     let test = args.data.load(kind, Split::Test)?;
-    // MAD-FA's pool is the rest of the test split: the same seeded choice `limit` makes.
-    let madfa_pool = match args.id_limit {
-        Some(n) if args.madfa && n < test.len() => {
-            let (_, rest) = test.random_split(n, args.seed)?;
-            Some(test.subset(&rest))
+    // One seeded split gives the ID test set (as `limit` chooses it) and, with --madfa, the rest
+    // as MAD-FA's pool.
+    let (id_test, madfa_pool) = match args.id_limit {
+        Some(n) if n < test.len() => {
+            let (keep, rest) = test.random_split(n, args.seed)?;
+            (test.subset(&keep), args.madfa.then(|| test.subset(&rest)))
         }
-        _ if args.madfa => bail!(
-            "--madfa draws its trusted and sampling sets from ID test images outside the ID test set: give --id-limit below the test set's {} images",
-            test.len()
-        ),
-        _ => None,
+        _ => (test, None),
     };
-    let id_test = limit(test, args.id_limit, args.seed)?;
+    if args.madfa && madfa_pool.is_none() {
+        bail!(
+            "--madfa draws its trusted and sampling sets from ID test images outside the ID test set: give --id-limit below the test set's {} images",
+            id_test.len()
+        );
+    }
     let id_fit = limit(
         args.data.load(kind, Split::Train)?,
         Some(args.fit_limit),

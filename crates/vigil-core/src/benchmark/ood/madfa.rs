@@ -27,8 +27,8 @@ use crate::detect::{FitData, FittedDetector, ScoreTable};
 use crate::evasion::madfa::{ScoreGoal, pgd_on_scores};
 use crate::madfa::input_gradient::{InputScore, LinearisedScorer};
 use crate::madfa::scores::SCORE_NAMES;
-use crate::metrics::auroc;
 use crate::models::Classifier;
+use crate::ood::evaluate;
 use crate::progress;
 
 /// MAD-FA's part of an OOD benchmark.
@@ -258,18 +258,6 @@ fn attack_subset(
     Ok((before, after))
 }
 
-/// The first `n` indices of a seeded shuffle of `0..len` (all of them when `n >= len`),
-/// ascending.
-fn seeded_subset(len: usize, n: usize, seed: u64) -> Vec<usize> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    let mut all: Vec<usize> = (0..len).collect();
-    all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-    all.truncate(n);
-    all.sort_unstable();
-    all
-}
-
 /// MAD-FA's adaptive setting for one model: `adaptive_inputs` ID test inputs pushed up the
 /// recommended score and as many of each OOD set pushed down it, through the linearised traces
 /// of the fitted detector's chains; one [`MadfaAdaptiveRow`] per OOD set, and the after-attack
@@ -287,13 +275,15 @@ pub(super) fn adaptive(
     let scorer = fitted.linearised_scorer(model.1, device)?;
     let budget = (eps, config.adaptive_steps);
     let n = config.adaptive_inputs;
-    let id_chosen = seeded_subset(data.id_test.len(), n, seed);
+    // The first `n` of a seeded shuffle (all when fewer), ascending.
+    let subset = |set: &ImageSet, seed: u64| set.random_split(n.min(set.len()), seed);
+    let id_chosen = subset(&data.id_test, seed)?.0;
     let (id_before, id_after) =
         attack_subset(&scorer, &data.id_test, &id_chosen, budget, true, progress)?;
     let mut rows = Vec::new();
     let mut ood_after = Vec::new();
     for (k, set) in data.ood.iter().enumerate() {
-        let chosen = seeded_subset(set.images.len(), n, seed.wrapping_add(1 + k as u64));
+        let chosen = subset(&set.images, seed.wrapping_add(1 + k as u64))?.0;
         let (before, after) =
             attack_subset(&scorer, &set.images, &chosen, budget, false, progress)?;
         rows.push(MadfaAdaptiveRow {
@@ -301,15 +291,10 @@ pub(super) fn adaptive(
             ood_set: set.name.clone(),
             id_inputs: id_chosen.len(),
             ood_inputs: chosen.len(),
-            auroc_before: ood_auroc(&id_before, &before)?,
-            auroc_after: ood_auroc(&id_after, &after)?,
+            auroc_before: evaluate(&id_before, &before)?.auroc,
+            auroc_after: evaluate(&id_after, &after)?.auroc,
         });
         ood_after.push(after);
     }
     Ok((rows, id_after, ood_after))
-}
-
-/// AUROC with OOD positive.
-fn ood_auroc(id: &[f64], ood: &[f64]) -> Result<f64, BenchmarkError> {
-    auroc(id, ood).map_err(|e| BenchmarkError::Ood(e.into()))
 }
