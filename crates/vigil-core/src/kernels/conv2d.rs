@@ -140,6 +140,12 @@ fn valid_range(
 /// Fills `col` (`[col_rows, col_cols]`, row-major) with the patches of one sample `x`
 /// (`[c_in, h, w]`).
 fn im2col(g: &Conv2dGeometry, x: &[f32], col: &mut [f32]) {
+    im2col_at(g, x, col, g.col_cols(), 0);
+}
+
+/// [`im2col`] into columns `offset..offset + col_cols` of a row-major matrix with `ld` columns:
+/// several samples' patches side by side, for one wider gemm.
+fn im2col_at(g: &Conv2dGeometry, x: &[f32], col: &mut [f32], ld: usize, offset: usize) {
     let (p, [sy, sx], [py, px]) = (g.col_cols(), g.stride, g.padding);
     let mut row = 0;
     for c in 0..g.c_in {
@@ -148,7 +154,8 @@ fn im2col(g: &Conv2dGeometry, x: &[f32], col: &mut [f32]) {
             let rows = g.valid_rows(ky);
             for kx in 0..g.kw {
                 let cols = g.valid_columns(kx);
-                let dst = &mut col[row * p..(row + 1) * p];
+                let start = row * ld + offset;
+                let dst = &mut col[start..start + p];
                 for oy in 0..g.oh {
                     let line = &mut dst[oy * g.ow..(oy + 1) * g.ow];
                     if !rows.contains(&oy) {
@@ -180,6 +187,12 @@ fn im2col(g: &Conv2dGeometry, x: &[f32], col: &mut [f32]) {
 /// Adds the patches in `col` back onto one sample's input gradient `dx` (`[c_in, h, w]`): the
 /// adjoint of [`im2col`].
 fn col2im_add(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32]) {
+    col2im_add_at(g, col, dx, g.col_cols(), 0);
+}
+
+/// [`col2im_add`] from columns `offset..offset + col_cols` of a row-major matrix with `ld`
+/// columns: the adjoint of [`im2col_at`].
+fn col2im_add_at(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32], ld: usize, offset: usize) {
     let (p, [sy, sx], [py, px]) = (g.col_cols(), g.stride, g.padding);
     let mut row = 0;
     for c in 0..g.c_in {
@@ -188,7 +201,8 @@ fn col2im_add(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32]) {
             let rows = g.valid_rows(ky);
             for kx in 0..g.kw {
                 let cols = g.valid_columns(kx);
-                let src = &col[row * p..(row + 1) * p];
+                let start = row * ld + offset;
+                let src = &col[start..start + p];
                 if cols.is_empty() {
                     row += 1;
                     continue;
@@ -294,50 +308,162 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
     }
 }
 
+/// Output positions one gemm should cover at least: samples whose output plane is smaller
+/// (the deep layers of a ResNet: 16-64 positions) are grouped side by side into one gemm of
+/// about this width, so each weight read from memory serves that many columns instead of a
+/// single sample's few.
+const GEMM_COLUMNS: usize = 256;
+
+/// Samples per gemm for `g`: 1 when a sample's output plane alone is wide enough.
+fn group_size(g: &Conv2dGeometry) -> usize {
+    GEMM_COLUMNS
+        .div_ceil(g.col_cols().max(1))
+        .clamp(1, g.batch.max(1))
+}
+
 /// The forward pass: the output (`[batch, c_out, oh, ow]`) of `x` and `weight`, without bias.
 pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    forward_grouped(g, x, weight, group_size(g))
+}
+
+/// [`forward`] with `group` samples per gemm.
+fn forward_grouped(g: &Conv2dGeometry, x: &[f32], weight: &[f32], group: usize) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(weight.len(), g.c_out * g.col_rows());
     let mut out = vec![0.0; g.batch * g.output_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w = Mat::new(weight, g.c_out, k);
-    out.par_chunks_mut(g.output_len().max(1))
-        .zip(x.par_chunks(g.input_len().max(1)))
+    if group == 1 {
+        out.par_chunks_mut(g.output_len().max(1))
+            .zip(x.par_chunks(g.input_len().max(1)))
+            .for_each_init(
+                || g.col_buffer(),
+                |col, (out, x)| {
+                    let col: &[f32] = if g.is_pointwise() {
+                        x
+                    } else {
+                        im2col(g, x, col);
+                        col
+                    };
+                    matmul(out, w, Mat::new(col, k, p), false);
+                },
+            );
+        return out;
+    }
+    // Per group: the samples' patches side by side ([k, n p]), one gemm into [c_out, n p], and
+    // each sample's columns copied to its own output planes.
+    out.par_chunks_mut((group * g.output_len()).max(1))
+        .zip(x.par_chunks((group * g.input_len()).max(1)))
         .for_each_init(
-            || g.col_buffer(),
-            |col, (out, x)| {
-                let col: &[f32] = if g.is_pointwise() {
-                    x
-                } else {
-                    im2col(g, x, col);
-                    col
-                };
-                matmul(out, w, Mat::new(col, k, p), false);
+            || GroupBuffers::new(g, group),
+            |buffers, (out, x)| {
+                let n = x.len() / g.input_len();
+                let (col, wide) = buffers.for_samples(g, n);
+                for (s, xs) in x.chunks(g.input_len()).enumerate() {
+                    im2col_at(g, xs, col, n * p, s * p);
+                }
+                matmul(wide, w, Mat::new(col, k, n * p), false);
+                unpack_columns(g, wide, out, n);
             },
         );
     out
 }
 
+/// Scratch matrices of one group of samples: patches `[k, n p]` and an output-shaped
+/// `[c_out, n p]`.
+struct GroupBuffers {
+    col: Vec<f32>,
+    wide: Vec<f32>,
+}
+
+impl GroupBuffers {
+    fn new(g: &Conv2dGeometry, group: usize) -> Self {
+        Self {
+            col: vec![0.0; g.col_rows() * group * g.col_cols()],
+            wide: vec![0.0; g.c_out * group * g.col_cols()],
+        }
+    }
+
+    /// The two matrices, sized for `n` samples (the last group may be smaller).
+    fn for_samples(&mut self, g: &Conv2dGeometry, n: usize) -> (&mut [f32], &mut [f32]) {
+        let np = n * g.col_cols();
+        (
+            &mut self.col[..g.col_rows() * np],
+            &mut self.wide[..g.c_out * np],
+        )
+    }
+}
+
+/// `[c_out, n p]` (samples side by side) to `n` samples' `[c_out, p]` planes.
+fn unpack_columns(g: &Conv2dGeometry, wide: &[f32], out: &mut [f32], n: usize) {
+    let p = g.col_cols();
+    for (s, sample) in out.chunks_mut(g.output_len()).enumerate() {
+        for (c, plane) in sample.chunks_mut(p).enumerate() {
+            let start = c * n * p + s * p;
+            plane.copy_from_slice(&wide[start..start + p]);
+        }
+    }
+}
+
+/// `n` samples' `[c_out, p]` planes side by side as `[c_out, n p]`: the inverse of
+/// [`unpack_columns`].
+fn pack_columns(g: &Conv2dGeometry, planes: &[f32], wide: &mut [f32], n: usize) {
+    let p = g.col_cols();
+    for (s, sample) in planes.chunks(g.output_len()).enumerate() {
+        for (c, plane) in sample.chunks(p).enumerate() {
+            let start = c * n * p + s * p;
+            wide[start..start + p].copy_from_slice(plane);
+        }
+    }
+}
+
 /// The gradient with respect to the input (`[batch, c_in, h, w]`) from the output gradient
 /// `dout` (`[batch, c_out, oh, ow]`).
 pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32]) -> Vec<f32> {
+    backward_input_grouped(g, weight, dout, group_size(g))
+}
+
+/// [`backward_input`] with `group` samples per gemm.
+fn backward_input_grouped(
+    g: &Conv2dGeometry,
+    weight: &[f32],
+    dout: &[f32],
+    group: usize,
+) -> Vec<f32> {
     assert_eq!(weight.len(), g.c_out * g.col_rows());
     assert_eq!(dout.len(), g.batch * g.output_len());
     // Zeroed once here: col2im adds onto it.
     let mut dx = vec![0.0; g.batch * g.input_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w_t = Mat::transposed(weight, g.c_out, k);
-    dx.par_chunks_mut(g.input_len().max(1))
-        .zip(dout.par_chunks(g.output_len().max(1)))
+    if group == 1 {
+        dx.par_chunks_mut(g.input_len().max(1))
+            .zip(dout.par_chunks(g.output_len().max(1)))
+            .for_each_init(
+                || g.col_buffer(),
+                |col, (dx, dout)| {
+                    let dout = Mat::new(dout, g.c_out, p);
+                    if g.is_pointwise() {
+                        matmul(dx, w_t, dout, false);
+                    } else {
+                        matmul(col, w_t, dout, false);
+                        col2im_add(g, col, dx);
+                    }
+                },
+            );
+        return dx;
+    }
+    dx.par_chunks_mut((group * g.input_len()).max(1))
+        .zip(dout.par_chunks((group * g.output_len()).max(1)))
         .for_each_init(
-            || g.col_buffer(),
-            |col, (dx, dout)| {
-                let dout = Mat::new(dout, g.c_out, p);
-                if g.is_pointwise() {
-                    matmul(dx, w_t, dout, false);
-                } else {
-                    matmul(col, w_t, dout, false);
-                    col2im_add(g, col, dx);
+            || GroupBuffers::new(g, group),
+            |buffers, (dx, dout)| {
+                let n = dout.len() / g.output_len();
+                let (col, wide) = buffers.for_samples(g, n);
+                pack_columns(g, dout, wide, n);
+                matmul(col, w_t, Mat::new(wide, g.c_out, n * p), false);
+                for (s, dxs) in dx.chunks_mut(g.input_len()).enumerate() {
+                    col2im_add_at(g, col, dxs, n * p, s * p);
                 }
             },
         );
@@ -355,6 +481,13 @@ const PARTIAL_BUDGET: usize = 16 << 20;
 /// its samples into its own partial gradient, and the partials are added in chunk order: the
 /// result does not depend on the thread count or on scheduling.
 pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
+    backward_weight_grouped(g, x, dout, group_size(g))
+}
+
+/// [`backward_weight`] with `group` samples per gemm (one gemm of inner size `group p`
+/// instead of `group` of inner size `p`, each of which would read and write the whole
+/// gradient).
+fn backward_weight_grouped(g: &Conv2dGeometry, x: &[f32], dout: &[f32], group: usize) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(dout.len(), g.batch * g.output_len());
     let (k, p) = (g.col_rows(), g.col_cols());
@@ -362,29 +495,54 @@ pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> 
     if g.batch == 0 || size == 0 {
         return vec![0.0; size];
     }
-    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(g.batch);
-    let per_chunk = g.batch.div_ceil(chunks);
-    let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(per_chunk))
+    let groups = g.batch.div_ceil(group);
+    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(groups);
+    let per_chunk = groups.div_ceil(chunks);
+    let partials: Vec<Vec<f32>> = (0..groups.div_ceil(per_chunk))
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0.0f32; size];
-            let mut col = g.col_buffer();
-            let samples = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
-            for (i, b) in samples.enumerate() {
-                let xb = &x[b * g.input_len()..(b + 1) * g.input_len()];
-                let cols: &[f32] = if g.is_pointwise() {
-                    xb
-                } else {
-                    im2col(g, xb, &mut col);
-                    &col
-                };
-                let dout_b = &dout[b * g.output_len()..(b + 1) * g.output_len()];
-                matmul(
-                    &mut dw,
-                    Mat::new(dout_b, g.c_out, p),
-                    Mat::transposed(cols, k, p),
-                    i > 0,
-                );
+            let mut buffers = (group > 1).then(|| GroupBuffers::new(g, group));
+            let mut col = if group > 1 {
+                Vec::new()
+            } else {
+                g.col_buffer()
+            };
+            let first = chunk * per_chunk * group;
+            let last = ((chunk + 1) * per_chunk * group).min(g.batch);
+            for (i, b) in (first..last).step_by(group).enumerate() {
+                let n = group.min(last - b);
+                let xb = &x[b * g.input_len()..(b + n) * g.input_len()];
+                let dout_b = &dout[b * g.output_len()..(b + n) * g.output_len()];
+                match &mut buffers {
+                    Some(buffers) => {
+                        let (col, wide) = buffers.for_samples(g, n);
+                        for (s, xs) in xb.chunks(g.input_len()).enumerate() {
+                            im2col_at(g, xs, col, n * p, s * p);
+                        }
+                        pack_columns(g, dout_b, wide, n);
+                        matmul(
+                            &mut dw,
+                            Mat::new(wide, g.c_out, n * p),
+                            Mat::transposed(col, k, n * p),
+                            i > 0,
+                        );
+                    }
+                    None => {
+                        let cols: &[f32] = if g.is_pointwise() {
+                            xb
+                        } else {
+                            im2col(g, xb, &mut col);
+                            &col
+                        };
+                        matmul(
+                            &mut dw,
+                            Mat::new(dout_b, g.c_out, p),
+                            Mat::transposed(cols, k, p),
+                            i > 0,
+                        );
+                    }
+                }
             }
             dw
         })
@@ -471,6 +629,7 @@ mod tests {
             ([2, 4, 9, 7], [6, 4, 1, 1], [2, 2], [0, 0]),
             ([1, 2, 4, 4], [2, 2, 3, 3], [3, 3], [2, 2]),
             ([5, 1, 3, 3], [1, 1, 3, 3], [1, 1], [0, 0]),
+            ([7, 3, 4, 4], [4, 3, 3, 3], [2, 2], [1, 1]),
         ];
         cases
             .into_iter()
@@ -487,13 +646,37 @@ mod tests {
         assert!(Conv2dGeometry::new([1, 1, 4, 4], [1, 1, 3, 3], [0, 1], [0, 0]).is_none());
     }
 
+    /// Samples per gemm to test each geometry with: one, two and three (a ragged last group
+    /// where the batch is not a multiple), the whole batch, and the default choice.
+    fn groups(g: &Conv2dGeometry) -> Vec<usize> {
+        let mut groups = vec![1, 2, 3, g.batch, group_size(g)];
+        groups.retain(|&n| n >= 1 && n <= g.batch.max(1));
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    }
+
     #[test]
     fn forward_equals_the_definition() {
         for (i, g) in geometries().iter().enumerate() {
             let x = pseudo_random(g.batch * g.input_len(), i as u64);
             let w = pseudo_random(g.c_out * g.col_rows(), 100 + i as u64);
-            close(&forward(g, &x, &w), &naive_forward(g, &x, &w));
+            let expected = naive_forward(g, &x, &w);
+            close(&forward(g, &x, &w), &expected);
+            for group in groups(g) {
+                close(&forward_grouped(g, &x, &w, group), &expected);
+            }
         }
+    }
+
+    #[test]
+    fn small_output_planes_are_grouped_and_large_ones_are_not() {
+        let deep = Conv2dGeometry::new([64, 8, 4, 4], [8, 8, 3, 3], [1, 1], [1, 1]).unwrap();
+        assert_eq!(group_size(&deep), GEMM_COLUMNS / 16);
+        let few = Conv2dGeometry::new([3, 8, 4, 4], [8, 8, 3, 3], [1, 1], [1, 1]).unwrap();
+        assert_eq!(group_size(&few), 3);
+        let wide = Conv2dGeometry::new([64, 1, 28, 28], [8, 1, 3, 3], [1, 1], [1, 1]).unwrap();
+        assert_eq!(group_size(&wide), 1);
     }
 
     /// Both gradients against the adjoint identities of the definition: for a random output
@@ -507,7 +690,6 @@ mod tests {
             let u = pseudo_random(g.batch * g.output_len(), 700 + i as u64);
             let dot = |out: &[f64]| out.iter().zip(&u).map(|(a, b)| a * *b as f64).sum::<f64>();
 
-            let dx = backward_input(g, &w, &u);
             let expected_dx: Vec<f64> = (0..x.len())
                 .map(|j| {
                     let mut e = vec![0.0f32; x.len()];
@@ -515,9 +697,8 @@ mod tests {
                     dot(&naive_forward(g, &e, &w))
                 })
                 .collect();
-            close(&dx, &expected_dx);
+            close(&backward_input(g, &w, &u), &expected_dx);
 
-            let dw = backward_weight(g, &x, &u);
             let expected_dw: Vec<f64> = (0..w.len())
                 .map(|j| {
                     let mut e = vec![0.0f32; w.len()];
@@ -525,7 +706,12 @@ mod tests {
                     dot(&naive_forward(g, &x, &e))
                 })
                 .collect();
-            close(&dw, &expected_dw);
+            close(&backward_weight(g, &x, &u), &expected_dw);
+
+            for group in groups(g) {
+                close(&backward_input_grouped(g, &w, &u, group), &expected_dx);
+                close(&backward_weight_grouped(g, &x, &u, group), &expected_dw);
+            }
         }
     }
 
