@@ -420,6 +420,7 @@ fn madfa_on_the_record(dir: &Path, record: &Path, data_s: &str) {
         "clc",
         "mean_ccc",
         "class_ccc",
+        "nearest_corr",
         "clc_plus_class_ccc",
     ] {
         let auroc = scored["auroc"][name].as_f64().unwrap();
@@ -789,6 +790,7 @@ fn ood_benchmark_adds_madfa_with_held_out_trusted_images() {
         "clc",
         "mean-ccc",
         "class-ccc",
+        "nearest-corr",
         "clc-plus-class-ccc",
     ] {
         for setting in ["clean", "id-attacked", "ood-attacked", "both-attacked"] {
@@ -800,7 +802,7 @@ fn ood_benchmark_adds_madfa_with_held_out_trusted_images() {
         }
     }
     assert_eq!(of("madfa-clc-plus-class-ccc", "adaptive"), 1);
-    assert_eq!(rows.len(), 4 + 5 * 4 + 1);
+    assert_eq!(rows.len(), 4 + 6 * 4 + 1);
     let adaptive = &report["madfa_adaptive"][0];
     assert_eq!(adaptive["id_inputs"], 2);
     assert!(adaptive["auroc_after"].as_f64() <= adaptive["auroc_before"].as_f64());

@@ -12,10 +12,10 @@ use vigil_core::madfa::{self, ScoreRun, ScoreRunConfig};
 /// with the trusted samples' losses. Scores are anomaly scores: higher = more anomalous.
 ///
 /// Writes a CSV with one row per test sample (test_index, unique across test and anomalous
-/// inputs; source_id; mean_corr, clc, mean_ccc, class_ccc; the anomaly flag when the file has
+/// inputs; source_id; mean_corr, clc, mean_ccc, class_ccc, nearest_corr, clc_plus_class_ccc; the anomaly flag when the file has
 /// one; and the image's file path when it came from an image folder). When the file says which
 /// samples are anomalous, prints the AUROC of every score; with --json, stdout is one object
-/// {"auroc": {"mean_corr": .., "clc": .., "mean_ccc": .., "class_ccc": .., "clc_plus_class_ccc": ..}, ...}.
+/// {"auroc": {"mean_corr": .., "clc": .., "mean_ccc": .., "class_ccc": .., "nearest_corr": .., "clc_plus_class_ccc": ..}, ...}.
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
     /// Trace file (.npz).

@@ -403,6 +403,7 @@ fn madfa_scores_the_same_draws_every_call_and_never_sees_labels() {
             "clc",
             "mean_ccc",
             "class_ccc",
+            "nearest_corr",
             "clc_plus_class_ccc"
         ]
     );

@@ -472,7 +472,7 @@ pub struct ScoreRun {
 
 /// Scores every test sample of a trace file by how strongly its loss co-varies with the
 /// trusted samples' ([`coupling`], [`anomaly_scores`]), writes one CSV row per test sample
-/// (`test_index,source_id,mean_corr,clc,mean_ccc,class_ccc[,is_anomalous],path`) and, when
+/// (`test_index,source_id`, every score of [`super::SCORE_NAMES`]`[,is_anomalous],path`) and, when
 /// asked, the top attributions; measures the AUROCs when the file has anomaly flags. Neither
 /// table may replace the traces, nor the two tables each other.
 pub fn score_traces(config: &ScoreRunConfig) -> Result<ScoreRun, MadRunError> {
@@ -546,23 +546,21 @@ pub fn score_traces(config: &ScoreRunConfig) -> Result<ScoreRun, MadRunError> {
 fn scores_csv(traces: &LossTraces, scores: &super::AnomalyScores) -> String {
     let flags = traces.test_is_anomalous.as_deref();
     let paths = test_paths(traces);
-    let mut csv =
-        String::from("test_index,source_id,mean_corr,clc,mean_ccc,class_ccc,clc_plus_class_ccc");
+    let named = scores.named();
+    let mut csv = format!(
+        "test_index,source_id,{}",
+        named.map(|(name, _)| name).join(",")
+    );
     if flags.is_some() {
         csv.push_str(",is_anomalous");
     }
     csv.push_str(",path\n");
     for i in 0..traces.n_test() {
         let id = traces.test_ids.as_ref().map_or(i as i64, |ids| ids[i]);
-        let _ = write!(
-            csv,
-            "{i},{id},{},{},{},{},{}",
-            scores.mean_corr[i],
-            scores.clc[i],
-            scores.mean_ccc[i],
-            scores.class_ccc[i],
-            scores.clc_plus_class_ccc[i]
-        );
+        let _ = write!(csv, "{i},{id}");
+        for (_, values) in &named {
+            let _ = write!(csv, ",{}", values[i]);
+        }
         if let Some(flags) = flags {
             let _ = write!(csv, ",{}", u8::from(flags[i]));
         }
@@ -638,7 +636,7 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
-            "test_index,source_id,mean_corr,clc,mean_ccc,class_ccc,clc_plus_class_ccc,is_anomalous,path"
+            "test_index,source_id,mean_corr,clc,mean_ccc,class_ccc,nearest_corr,clc_plus_class_ccc,is_anomalous,path"
         );
         assert_eq!(lines.len(), 4);
         assert!(lines[3].starts_with("2,21,"), "{}", lines[3]);

@@ -163,6 +163,7 @@ impl LinearisedScorer {
                 clc: Vec::new(),
                 mean_ccc: Vec::new(),
                 class_ccc: Vec::new(),
+                nearest_corr: Vec::new(),
                 clc_plus_class_ccc: Vec::new(),
             },
             form,
