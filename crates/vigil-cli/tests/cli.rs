@@ -782,7 +782,7 @@ fn ood_benchmark_adds_madfa_with_held_out_trusted_images() {
             .filter(|r| r["score"] == score && r["setting"] == setting)
             .count()
     };
-    // MSP in four settings; MAD-FA's five columns in the same four; its recommended score
+    // MSP in four settings; MAD-FA's six columns in the same four; its recommended score
     // attacked through itself.
     assert_eq!(of("msp", "clean"), 1);
     for column in [
