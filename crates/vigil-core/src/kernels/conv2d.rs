@@ -212,8 +212,17 @@ fn col2im_add_at(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32], ld: usize, off
                     let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
                     let line = &src[oy * g.ow..(oy + 1) * g.ow];
                     let ix0 = cols.start * sx + kx - px;
-                    for (o, v) in line[cols.clone()].iter().enumerate() {
-                        dst[ix0 + o * sx] += v;
+                    if sx == 1 {
+                        // Contiguous on both sides: a slice add the compiler vectorises (the
+                        // strided loop below does not, and was 8% of a training step).
+                        let dst = &mut dst[ix0..ix0 + cols.len()];
+                        for (d, v) in dst.iter_mut().zip(&line[cols.clone()]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (o, v) in line[cols.clone()].iter().enumerate() {
+                            dst[ix0 + o * sx] += v;
+                        }
                     }
                 }
                 row += 1;
