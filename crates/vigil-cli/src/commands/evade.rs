@@ -84,6 +84,8 @@ enum ScoreArg {
     Clc,
     ClassCcc,
     MeanCorr,
+    /// Mean correlation with the 5 most correlated trusted samples.
+    NearestCorr,
 }
 
 /// Prints one line per stage.
@@ -120,6 +122,7 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
                 ScoreArg::Clc => InputScore::Clc,
                 ScoreArg::ClassCcc => InputScore::ClassCcc,
                 ScoreArg::MeanCorr => InputScore::MeanCorr,
+                ScoreArg::NearestCorr => InputScore::NearestCorr,
             },
             max_inputs: args.inputs,
             fpr: args.fpr,

@@ -57,6 +57,9 @@ pub enum InputScore {
     /// CLC and Class CCC standardised by the trusted samples' leave-one-out scores, summed (the
     /// recommended score).
     ClcPlusClassCcc,
+    /// `-` mean correlation with the most correlated trusted traces
+    /// ([`super::scores::NEAREST_TRUSTED`] of them).
+    NearestCorr,
 }
 
 impl InputScore {
@@ -67,6 +70,7 @@ impl InputScore {
             InputScore::Clc => "clc",
             InputScore::ClassCcc => "class_ccc",
             InputScore::ClcPlusClassCcc => "clc_plus_class_ccc",
+            InputScore::NearestCorr => "nearest_corr",
         }
     }
 }
@@ -437,6 +441,27 @@ impl LinearisedScorer {
             }
             InputScore::Clc => class_level(&pearson),
             InputScore::ClassCcc => class_level(&concordance),
+            InputScore::NearestCorr => {
+                // The correlations alone first (a dot product each), then the gradients of the
+                // selected ones: the derivative where the selection does not change.
+                let rho: Vec<f64> = self
+                    .trusted_z
+                    .outer_iter()
+                    .map(|zu| z.iter().zip(zu.iter()).map(|(a, b)| a * b).sum::<f64>() / k)
+                    .collect();
+                let mut order: Vec<usize> = (0..rho.len()).collect();
+                order.sort_by(|&a, &b| rho[b].total_cmp(&rho[a]).then(a.cmp(&b)));
+                order.truncate(super::scores::NEAREST_TRUSTED);
+                let n = order.len().max(1) as f64;
+                let mut value = 0.0;
+                let mut grad = vec![0.0; self.draws];
+                for &u in &order {
+                    let (v, g) = pearson(u);
+                    value += v;
+                    grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                }
+                (-value / n, grad.into_iter().map(|g| -g / n).collect())
+            }
             InputScore::ClcPlusClassCcc => {
                 let (clc, clc_grad) = class_level(&pearson);
                 let (ccc, ccc_grad) = class_level(&concordance);
@@ -461,6 +486,7 @@ impl LinearisedScorer {
             InputScore::Clc => &loo.clc,
             InputScore::ClassCcc => &loo.class_ccc,
             InputScore::ClcPlusClassCcc => &loo.clc_plus_class_ccc,
+            InputScore::NearestCorr => &loo.nearest_corr,
         }
     }
 
@@ -717,11 +743,12 @@ pub(crate) mod tests {
         (scorer, x, trusted)
     }
 
-    const SCORES: [InputScore; 4] = [
+    const SCORES: [InputScore; 5] = [
         InputScore::MeanCorr,
         InputScore::Clc,
         InputScore::ClassCcc,
         InputScore::ClcPlusClassCcc,
+        InputScore::NearestCorr,
     ];
 
     #[test]
@@ -746,6 +773,7 @@ pub(crate) mod tests {
             file.clc[0],
             file.class_ccc[0],
             file.clc_plus_class_ccc[0],
+            file.nearest_corr[0],
         ];
         for (which, want) in SCORES.iter().zip(want) {
             let got = scorer.score_of_trace(&t, *which).0;
