@@ -324,7 +324,7 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
 const GEMM_COLUMNS: usize = 256;
 
 /// Samples per gemm for `g`: 1 when a sample's output plane alone is wide enough.
-fn group_size(g: &Conv2dGeometry) -> usize {
+pub fn group_size(g: &Conv2dGeometry) -> usize {
     GEMM_COLUMNS
         .div_ceil(g.col_cols().max(1))
         .clamp(1, g.batch.max(1))
@@ -335,8 +335,10 @@ pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     forward_grouped(g, x, weight, group_size(g))
 }
 
-/// [`forward`] with `group` samples per gemm.
-fn forward_grouped(g: &Conv2dGeometry, x: &[f32], weight: &[f32], group: usize) -> Vec<f32> {
+/// [`forward`] with `group` samples per gemm (1: one gemm per sample; the kernel benchmark
+/// compares the two).
+pub fn forward_grouped(g: &Conv2dGeometry, x: &[f32], weight: &[f32], group: usize) -> Vec<f32> {
+    let group = group.clamp(1, g.batch.max(1));
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(weight.len(), g.c_out * g.col_rows());
     let mut out = vec![0.0; g.batch * g.output_len()];
@@ -433,12 +435,13 @@ pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32]) -> Vec<f
 }
 
 /// [`backward_input`] with `group` samples per gemm.
-fn backward_input_grouped(
+pub fn backward_input_grouped(
     g: &Conv2dGeometry,
     weight: &[f32],
     dout: &[f32],
     group: usize,
 ) -> Vec<f32> {
+    let group = group.clamp(1, g.batch.max(1));
     assert_eq!(weight.len(), g.c_out * g.col_rows());
     assert_eq!(dout.len(), g.batch * g.output_len());
     // Zeroed once here: col2im adds onto it.
@@ -496,7 +499,13 @@ pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> 
 /// [`backward_weight`] with `group` samples per gemm (one gemm of inner size `group p`
 /// instead of `group` of inner size `p`, each of which would read and write the whole
 /// gradient).
-fn backward_weight_grouped(g: &Conv2dGeometry, x: &[f32], dout: &[f32], group: usize) -> Vec<f32> {
+pub fn backward_weight_grouped(
+    g: &Conv2dGeometry,
+    x: &[f32],
+    dout: &[f32],
+    group: usize,
+) -> Vec<f32> {
+    let group = group.clamp(1, g.batch.max(1));
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(dout.len(), g.batch * g.output_len());
     let (k, p) = (g.col_rows(), g.col_cols());
@@ -658,8 +667,9 @@ mod tests {
     /// Samples per gemm to test each geometry with: one, two and three (a ragged last group
     /// where the batch is not a multiple), the whole batch, and the default choice.
     fn groups(g: &Conv2dGeometry) -> Vec<usize> {
-        let mut groups = vec![1, 2, 3, g.batch, group_size(g)];
-        groups.retain(|&n| n >= 1 && n <= g.batch.max(1));
+        let mut groups = vec![0, 1, 2, 3, g.batch, group_size(g)];
+        // 0 stands for "clamped to 1".
+        groups.retain(|&n| n <= g.batch.max(1));
         groups.sort_unstable();
         groups.dedup();
         groups

@@ -1,0 +1,86 @@
+//! Achieved GFLOP/s of vigil's convolution kernels on the 3x3 layers of PreAct-ResNet-18
+//! (width 64; the first convolution of each stage at its stride-1 shape), forward and both
+//! backward passes, one gemm per sample against several samples per gemm
+//! ([`conv2d::group_size`]). A kernel benchmark, not a test: run it on an idle machine.
+//!
+//!     cargo run --release -p vigil-core --example conv_kernels -- [HW] [BATCH] [REPS]
+//!
+//! HW is the input's side (28: Fashion-MNIST, 32: CIFAR), default 28; BATCH 64; REPS 5 (the
+//! median is printed). Threads: rayon's default, or RAYON_NUM_THREADS.
+
+use std::time::Instant;
+
+use vigil_core::kernels::conv2d::{
+    self, Conv2dGeometry, backward_input_grouped, backward_weight_grouped, forward_grouped,
+};
+
+fn median_seconds(reps: usize, mut run: impl FnMut()) -> f64 {
+    run();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() {
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (hw, batch, reps) = (arg(1, 28), arg(2, 64), arg(3, 5).max(1));
+    println!(
+        "PreAct-ResNet-18 3x3 layers, {hw}x{hw} input, batch {batch}, {} threads; GFLOP/s (median of {reps})",
+        rayon::current_num_threads()
+    );
+    println!("layer (input)        samples/gemm  forward  backward-input  backward-weight");
+    let mut side = hw;
+    for (stage, channels) in [64usize, 128, 256, 512].into_iter().enumerate() {
+        if stage > 0 {
+            side = side.div_ceil(2);
+        }
+        let g = Conv2dGeometry::new(
+            [batch, channels, side, side],
+            [channels, channels, 3, 3],
+            [1, 1],
+            [1, 1],
+        )
+        .expect("valid layer");
+        let x: Vec<f32> = (0..batch * channels * side * side)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..channels * channels * 9)
+            .map(|i| ((i * 104729) % 1000) as f32 / 50_000.0 - 0.01)
+            .collect();
+        let dout = forward_grouped(&g, &x, &w, 1);
+        let flops = 2.0 * (batch * channels * side * side * channels * 9) as f64;
+        let gflops = |seconds: f64| flops / seconds / 1e9;
+        let mut groups = vec![1, conv2d::group_size(&g)];
+        groups.dedup();
+        for group in groups {
+            let fwd = median_seconds(reps, || {
+                std::hint::black_box(forward_grouped(&g, &x, &w, group));
+            });
+            let bin = median_seconds(reps, || {
+                std::hint::black_box(backward_input_grouped(&g, &w, &dout, group));
+            });
+            let bw = median_seconds(reps, || {
+                std::hint::black_box(backward_weight_grouped(&g, &x, &dout, group));
+            });
+            println!(
+                "{:<20} {:>13} {:>8.1} {:>15.1} {:>16.1}",
+                format!("{channels}x{side}x{side}"),
+                group,
+                gflops(fwd),
+                gflops(bin),
+                gflops(bw)
+            );
+        }
+    }
+}
