@@ -694,6 +694,21 @@ mod tests {
         LossTraces::new(trusted, test, labels)
     }
 
+    /// The traces of the numpy-checked score tests (built as in the Python below) and their
+    /// anomaly scores.
+    fn sin_cos_traces_and_scores() -> (LossTraces, AnomalyScores) {
+        let trusted = Array3::from_shape_fn((2, 9, 7), |(c, d, i)| {
+            ((((c * 31 + d * 17 + i * 13) % 23) as f64 / 7.0).sin() + 0.1 * i as f64) as f32
+        });
+        let test = Array3::from_shape_fn((2, 9, 3), |(c, d, i)| {
+            ((((c * 7 + d * 11 + i * 5) % 19) as f64 / 5.0).cos() + 0.05 * i as f64) as f32
+        });
+        let labels = vec![0, 1, 0, 1, 0, 1, 2];
+        let traces = traces_of(trusted, test, labels.clone());
+        let scores = anomaly_scores(&coupling(&traces, 0).unwrap(), &labels);
+        (traces, scores)
+    }
+
     /// CLC, Class CCC and their standardised sum against `scores()` of
     /// scripts/madfa-fused-score.py (numpy 2.4.6, f64), on traces built there with the same
     /// formulas in f64 and rounded to float32:
@@ -704,15 +719,7 @@ mod tests {
     /// ```
     #[test]
     fn clc_plus_class_ccc_matches_numpy() {
-        let trusted = Array3::from_shape_fn((2, 9, 7), |(c, d, i)| {
-            ((((c * 31 + d * 17 + i * 13) % 23) as f64 / 7.0).sin() + 0.1 * i as f64) as f32
-        });
-        let test = Array3::from_shape_fn((2, 9, 3), |(c, d, i)| {
-            ((((c * 7 + d * 11 + i * 5) % 19) as f64 / 5.0).cos() + 0.05 * i as f64) as f32
-        });
-        let labels = vec![0, 1, 0, 1, 0, 1, 2];
-        let traces = traces_of(trusted, test, labels.clone());
-        let scores = anomaly_scores(&coupling(&traces, 0).unwrap(), &labels);
+        let (traces, scores) = sin_cos_traces_and_scores();
         let want: [(&str, [f64; 3]); 3] = [
             (
                 "clc",
@@ -759,15 +766,7 @@ mod tests {
     #[test]
     fn nearest_corr_matches_numpy() {
         assert_eq!(NEAREST_TRUSTED, 5, "the constants below are for k = 5");
-        let trusted = Array3::from_shape_fn((2, 9, 7), |(c, d, i)| {
-            ((((c * 31 + d * 17 + i * 13) % 23) as f64 / 7.0).sin() + 0.1 * i as f64) as f32
-        });
-        let test = Array3::from_shape_fn((2, 9, 3), |(c, d, i)| {
-            ((((c * 7 + d * 11 + i * 5) % 19) as f64 / 5.0).cos() + 0.05 * i as f64) as f32
-        });
-        let labels = vec![0, 1, 0, 1, 0, 1, 2];
-        let traces = traces_of(trusted, test, labels.clone());
-        let scores = anomaly_scores(&coupling(&traces, 0).unwrap(), &labels);
+        let (traces, scores) = sin_cos_traces_and_scores();
         assert_all_close(
             &scores.nearest_corr,
             &[
