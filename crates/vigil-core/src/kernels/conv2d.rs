@@ -320,8 +320,10 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
 /// Output positions one gemm should cover at least: samples whose output plane is smaller
 /// (the deep layers of a ResNet: 16-64 positions) are grouped side by side into one gemm of
 /// about this width, so each weight read from memory serves that many columns instead of a
-/// single sample's few.
-const GEMM_COLUMNS: usize = 256;
+/// single sample's few. Measured on PreAct-ResNet-18's layers (`examples/conv_kernels.rs`, 2
+/// threads, groups 1-16): wider groups make the patch matrix outgrow the L2 cache and lose in
+/// the forward pass; about 128 columns was best or within noise of best on every layer.
+const GEMM_COLUMNS: usize = 128;
 
 /// Samples per gemm for `g`: 1 when a sample's output plane alone is wide enough.
 pub fn group_size(g: &Conv2dGeometry) -> usize {
