@@ -147,3 +147,13 @@ for k in (1, 5, 20, 50, 250):
     aggregated(f"mean of the {k} most correlated", -ranked[:, :k].mean(axis=1))
 if "madfa-nearest_corr" in scores:
     aggregated("vigil's nearest_corr column", scores["madfa-nearest_corr"])
+
+# Noise: CLC from half the chains against all of them (chains joined as vigil joins them).
+print()
+print("CLC from chains 0-1 and from chains 2-3 (mean AUROC over the sets), against all chains:")
+for half in ([0, 1], [2, 3]):
+    xs = test[half].transpose(2, 0, 1).reshape(n, -1)
+    ts = trusted[half].transpose(2, 0, 1).reshape(trusted.shape[2], -1)
+    p_half = zpool(xs) @ zpool(ts).T / xs.shape[1]
+    cm = np.stack([p_half[:, labels == k].mean(axis=1) for k in classes], axis=1)
+    aggregated(f"CLC, chains {half[0]}-{half[1]}", -cm.max(axis=1))
