@@ -137,14 +137,9 @@ fn valid_range(
     first.min(end)..end
 }
 
-/// Fills `col` (`[col_rows, col_cols]`, row-major) with the patches of one sample `x`
-/// (`[c_in, h, w]`).
-fn im2col(g: &Conv2dGeometry, x: &[f32], col: &mut [f32]) {
-    im2col_at(g, x, col, g.col_cols(), 0);
-}
-
-/// [`im2col`] into columns `offset..offset + col_cols` of a row-major matrix with `ld` columns:
-/// several samples' patches side by side, for one wider gemm.
+/// Fills columns `offset..offset + col_cols` of `col` (row-major, `col_rows` rows of `ld`
+/// columns) with the patches of one sample `x` (`[c_in, h, w]`): several samples' patches side
+/// by side, for one wider gemm (`ld = col_cols`, `offset = 0` for one sample alone).
 fn im2col_at(g: &Conv2dGeometry, x: &[f32], col: &mut [f32], ld: usize, offset: usize) {
     let (p, [sy, sx], [py, px]) = (g.col_cols(), g.stride, g.padding);
     let mut row = 0;
@@ -184,14 +179,8 @@ fn im2col_at(g: &Conv2dGeometry, x: &[f32], col: &mut [f32], ld: usize, offset: 
     }
 }
 
-/// Adds the patches in `col` back onto one sample's input gradient `dx` (`[c_in, h, w]`): the
-/// adjoint of [`im2col`].
-fn col2im_add(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32]) {
-    col2im_add_at(g, col, dx, g.col_cols(), 0);
-}
-
-/// [`col2im_add`] from columns `offset..offset + col_cols` of a row-major matrix with `ld`
-/// columns: the adjoint of [`im2col_at`].
+/// Adds the patches in columns `offset..offset + col_cols` of `col` (row-major, `ld` columns)
+/// back onto one sample's input gradient `dx` (`[c_in, h, w]`): the adjoint of [`im2col_at`].
 fn col2im_add_at(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32], ld: usize, offset: usize) {
     let (p, [sy, sx], [py, px]) = (g.col_cols(), g.stride, g.padding);
     let mut row = 0;
@@ -346,44 +335,31 @@ pub fn forward_grouped(g: &Conv2dGeometry, x: &[f32], weight: &[f32], group: usi
     let mut out = vec![0.0; g.batch * g.output_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w = Mat::new(weight, g.c_out, k);
-    if group == 1 {
-        out.par_chunks_mut(g.output_len().max(1))
-            .zip(x.par_chunks(g.input_len().max(1)))
-            .for_each_init(
-                || g.col_buffer(),
-                |col, (out, x)| {
-                    let col: &[f32] = if g.is_pointwise() {
-                        x
-                    } else {
-                        im2col(g, x, col);
-                        col
-                    };
-                    matmul(out, w, Mat::new(col, k, p), false);
-                },
-            );
-        return out;
-    }
     // Per group: the samples' patches side by side ([k, n p]), one gemm into [c_out, n p], and
-    // each sample's columns copied to its own output planes.
+    // each sample's columns copied to its own output planes (a sample alone writes them in
+    // place: its planes are its [c_out, p] matrix).
     out.par_chunks_mut((group * g.output_len()).max(1))
         .zip(x.par_chunks((group * g.input_len()).max(1)))
         .for_each_init(
             || GroupBuffers::new(g, group),
-            |buffers, (out, x)| {
+            |GroupBuffers { col, wide }, (out, x)| {
                 let n = x.len() / g.input_len();
-                let (col, wide) = buffers.for_samples(g, n);
-                for (s, xs) in x.chunks(g.input_len()).enumerate() {
-                    im2col_at(g, xs, col, n * p, s * p);
+                let col = Mat::new(patches(g, x, col), k, n * p);
+                if n == 1 {
+                    matmul(out, w, col, false);
+                } else {
+                    let wide = &mut wide[..g.c_out * n * p];
+                    matmul(wide, w, col, false);
+                    unpack_columns(g, wide, out, n);
                 }
-                matmul(wide, w, Mat::new(col, k, n * p), false);
-                unpack_columns(g, wide, out, n);
             },
         );
     out
 }
 
 /// Scratch matrices of one group of samples: patches `[k, n p]` and an output-shaped
-/// `[c_out, n p]`.
+/// `[c_out, n p]`; for one sample per gemm only the patches (none for a pointwise
+/// convolution, which reads the input itself).
 struct GroupBuffers {
     col: Vec<f32>,
     wide: Vec<f32>,
@@ -391,20 +367,44 @@ struct GroupBuffers {
 
 impl GroupBuffers {
     fn new(g: &Conv2dGeometry, group: usize) -> Self {
+        if group == 1 {
+            return Self {
+                col: g.col_buffer(),
+                wide: Vec::new(),
+            };
+        }
         Self {
             col: vec![0.0; g.col_rows() * group * g.col_cols()],
             wide: vec![0.0; g.c_out * group * g.col_cols()],
         }
     }
+}
 
-    /// The two matrices, sized for `n` samples (the last group may be smaller).
-    fn for_samples(&mut self, g: &Conv2dGeometry, n: usize) -> (&mut [f32], &mut [f32]) {
-        let np = n * g.col_cols();
-        (
-            &mut self.col[..g.col_rows() * np],
-            &mut self.wide[..g.c_out * np],
-        )
+/// The patches of the samples in `x` side by side, `[k, n p]`, written into `col`; the input
+/// itself for one sample of a pointwise convolution.
+fn patches<'a>(g: &Conv2dGeometry, x: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+    let n = x.len() / g.input_len();
+    if n == 1 && g.is_pointwise() {
+        return x;
     }
+    let (p, np) = (g.col_cols(), n * g.col_cols());
+    let col = &mut col[..g.col_rows() * np];
+    for (s, xs) in x.chunks(g.input_len()).enumerate() {
+        im2col_at(g, xs, col, np, s * p);
+    }
+    col
+}
+
+/// `n` samples' `[c_out, p]` planes as one `[c_out, n p]` matrix: the planes themselves for
+/// one sample, else copied side by side into `wide`.
+fn side_by_side<'a>(g: &Conv2dGeometry, planes: &'a [f32], wide: &'a mut [f32]) -> &'a [f32] {
+    let n = planes.len() / g.output_len();
+    if n == 1 {
+        return planes;
+    }
+    let wide = &mut wide[..g.c_out * n * g.col_cols()];
+    pack_columns(g, planes, wide, n);
+    wide
 }
 
 /// `[c_out, n p]` (samples side by side) to `n` samples' `[c_out, p]` planes.
@@ -450,32 +450,19 @@ pub fn backward_input_grouped(
     let mut dx = vec![0.0; g.batch * g.input_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w_t = Mat::transposed(weight, g.c_out, k);
-    if group == 1 {
-        dx.par_chunks_mut(g.input_len().max(1))
-            .zip(dout.par_chunks(g.output_len().max(1)))
-            .for_each_init(
-                || g.col_buffer(),
-                |col, (dx, dout)| {
-                    let dout = Mat::new(dout, g.c_out, p);
-                    if g.is_pointwise() {
-                        matmul(dx, w_t, dout, false);
-                    } else {
-                        matmul(col, w_t, dout, false);
-                        col2im_add(g, col, dx);
-                    }
-                },
-            );
-        return dx;
-    }
     dx.par_chunks_mut((group * g.input_len()).max(1))
         .zip(dout.par_chunks((group * g.output_len()).max(1)))
         .for_each_init(
             || GroupBuffers::new(g, group),
-            |buffers, (dx, dout)| {
+            |GroupBuffers { col, wide }, (dx, dout)| {
                 let n = dout.len() / g.output_len();
-                let (col, wide) = buffers.for_samples(g, n);
-                pack_columns(g, dout, wide, n);
-                matmul(col, w_t, Mat::new(wide, g.c_out, n * p), false);
+                let dout = Mat::new(side_by_side(g, dout, wide), g.c_out, n * p);
+                if n == 1 && g.is_pointwise() {
+                    matmul(dx, w_t, dout, false);
+                    return;
+                }
+                let col = &mut col[..k * n * p];
+                matmul(col, w_t, dout, false);
                 for (s, dxs) in dx.chunks_mut(g.input_len()).enumerate() {
                     col2im_add_at(g, col, dxs, n * p, s * p);
                 }
@@ -522,47 +509,19 @@ pub fn backward_weight_grouped(
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0.0f32; size];
-            let mut buffers = (group > 1).then(|| GroupBuffers::new(g, group));
-            let mut col = if group > 1 {
-                Vec::new()
-            } else {
-                g.col_buffer()
-            };
+            let GroupBuffers { mut col, mut wide } = GroupBuffers::new(g, group);
             let first = chunk * per_chunk * group;
             let last = ((chunk + 1) * per_chunk * group).min(g.batch);
             for (i, b) in (first..last).step_by(group).enumerate() {
                 let n = group.min(last - b);
                 let xb = &x[b * g.input_len()..(b + n) * g.input_len()];
                 let dout_b = &dout[b * g.output_len()..(b + n) * g.output_len()];
-                match &mut buffers {
-                    Some(buffers) => {
-                        let (col, wide) = buffers.for_samples(g, n);
-                        for (s, xs) in xb.chunks(g.input_len()).enumerate() {
-                            im2col_at(g, xs, col, n * p, s * p);
-                        }
-                        pack_columns(g, dout_b, wide, n);
-                        matmul(
-                            &mut dw,
-                            Mat::new(wide, g.c_out, n * p),
-                            Mat::transposed(col, k, n * p),
-                            i > 0,
-                        );
-                    }
-                    None => {
-                        let cols: &[f32] = if g.is_pointwise() {
-                            xb
-                        } else {
-                            im2col(g, xb, &mut col);
-                            &col
-                        };
-                        matmul(
-                            &mut dw,
-                            Mat::new(dout_b, g.c_out, p),
-                            Mat::transposed(cols, k, p),
-                            i > 0,
-                        );
-                    }
-                }
+                matmul(
+                    &mut dw,
+                    Mat::new(side_by_side(g, dout_b, &mut wide), g.c_out, n * p),
+                    Mat::transposed(patches(g, xb, &mut col), k, n * p),
+                    i > 0,
+                );
             }
             dw
         })
