@@ -118,13 +118,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         columns.push((format!("madfa-{name}"), values.to_vec()));
     }
 
-    let predictions = {
-        let mut all = id_test.clone();
-        for (_, images) in &ood {
-            all.append(&images.with_placeholder_labels(id_test.class_names())?)?;
-        }
-        vigil_core::inference::evaluate(&model, &all, None, 256, BnMode::Eval, &device).predicted
-    };
+    // The task's test set is the ID test images with the OOD sets joined after them.
+    let predictions =
+        vigil_core::inference::evaluate(&model, &task.test, None, 256, BnMode::Eval, &device)
+            .predicted;
     let mut csv = std::io::BufWriter::new(std::fs::File::create(out.join("scores.csv"))?);
     let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
     writeln!(csv, "set,index,predicted,{}", names.join(","))?;

@@ -372,10 +372,15 @@ impl LinearisedScorer {
         let sd = var.sqrt();
         let c: Vec<f64> = t.iter().map(|v| v - mean).collect();
         let z: Vec<f64> = c.iter().map(|v| v / (sd + EPSILON)).collect();
+        // Pearson with trusted row u.
+        let correlation = |u: usize| -> f64 {
+            let zu = self.trusted_z.row(u);
+            z.iter().zip(zu.iter()).map(|(a, b)| a * b).sum::<f64>() / k
+        };
         // Pearson with trusted row u, and its gradient in t.
         let pearson = |u: usize| -> (f64, Vec<f64>) {
             let zu = self.trusted_z.row(u);
-            let rho = z.iter().zip(zu.iter()).map(|(a, b)| a * b).sum::<f64>() / k;
+            let rho = correlation(u);
             let zu_mean = zu.sum() / k;
             let zu_c: f64 = zu.iter().zip(&c).map(|(a, b)| a * b).sum();
             let second = if sd > 0.0 {
@@ -444,11 +449,7 @@ impl LinearisedScorer {
             InputScore::NearestCorr => {
                 // The correlations alone first (a dot product each), then the gradients of the
                 // selected ones: the derivative where the selection does not change.
-                let rho: Vec<f64> = self
-                    .trusted_z
-                    .outer_iter()
-                    .map(|zu| z.iter().zip(zu.iter()).map(|(a, b)| a * b).sum::<f64>() / k)
-                    .collect();
+                let rho: Vec<f64> = (0..self.trusted_z.nrows()).map(correlation).collect();
                 let mut order: Vec<usize> = (0..rho.len()).collect();
                 order.sort_by(|&a, &b| rho[b].total_cmp(&rho[a]).then(a.cmp(&b)));
                 order.truncate(super::scores::NEAREST_TRUSTED);
