@@ -1,7 +1,9 @@
 //! Achieved GFLOP/s of vigil's convolution kernels on the 3x3 layers of PreAct-ResNet-18
 //! (width 64; the first convolution of each stage at its stride-1 shape), forward and both
 //! backward passes, one gemm per sample against several samples per gemm
-//! ([`conv2d::group_size`]). A kernel benchmark, not a test: run it on an idle machine.
+//! ([`conv2d::group_size`]) and against Winograd's F(2x2, 3x3) ([`winograd`], what the layers
+//! run). Winograd's rate is the direct convolution's flops over its time (effective GFLOP/s).
+//! A kernel benchmark, not a test: run it on an idle machine.
 //!
 //!     cargo run --release -p vigil-core --example conv_kernels -- [HW] [BATCH] [REPS]
 //!
@@ -13,6 +15,7 @@ use std::time::Instant;
 use vigil_core::kernels::conv2d::{
     self, Conv2dGeometry, backward_input_grouped, backward_weight_grouped, forward_grouped,
 };
+use vigil_core::kernels::winograd;
 
 fn median_seconds(reps: usize, mut run: impl FnMut()) -> f64 {
     run();
@@ -40,6 +43,12 @@ fn main() {
         rayon::current_num_threads()
     );
     println!("layer (input)        samples/gemm  forward  backward-input  backward-weight");
+    let row = |layer: &str, kind: &str, rates: [f64; 3]| {
+        println!(
+            "{layer:<20} {kind:>13} {:>8.1} {:>15.1} {:>16.1}",
+            rates[0], rates[1], rates[2]
+        );
+    };
     let mut side = hw;
     for (stage, channels) in [64usize, 128, 256, 512].into_iter().enumerate() {
         if stage > 0 {
@@ -73,14 +82,22 @@ fn main() {
             let bw = median_seconds(reps, || {
                 std::hint::black_box(backward_weight_grouped(&g, &x, &dout, group));
             });
-            println!(
-                "{:<20} {:>13} {:>8.1} {:>15.1} {:>16.1}",
-                format!("{channels}x{side}x{side}"),
-                group,
-                gflops(fwd),
-                gflops(bin),
-                gflops(bw)
-            );
+            let layer = format!("{channels}x{side}x{side}");
+            row(&layer, &group.to_string(), [fwd, bin, bw].map(gflops));
         }
+        let fwd = median_seconds(reps, || {
+            std::hint::black_box(winograd::forward(&g, &x, &w));
+        });
+        let bin = median_seconds(reps, || {
+            std::hint::black_box(winograd::backward_input(&g, &w, &dout));
+        });
+        let bw = median_seconds(reps, || {
+            std::hint::black_box(winograd::backward_weight(&g, &x, &dout));
+        });
+        row(
+            &format!("{channels}x{side}x{side}"),
+            "winograd",
+            [fwd, bin, bw].map(gflops),
+        );
     }
 }

@@ -264,7 +264,7 @@ impl<'a> Mat<'a> {
 
 /// `dst = a b` (or `dst += a b` with `accumulate`), `dst` row-major `a.rows x b.cols`,
 /// single-threaded: the callers parallelise over samples.
-fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+pub(super) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     matmul_with(dst, a, b, accumulate, Parallelism::None);
 }
 
@@ -322,7 +322,12 @@ pub fn group_size(g: &Conv2dGeometry) -> usize {
 }
 
 /// The forward pass: the output (`[batch, c_out, oh, ow]`) of `x` and `weight`, without bias.
+/// 3x3 convolutions of stride 1 with enough channels go through Winograd's F(2x2, 3x3)
+/// ([`super::winograd`]).
 pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::forward(g, x, weight);
+    }
     forward_grouped(g, x, weight, group_size(g))
 }
 
@@ -433,6 +438,9 @@ fn pack_columns(g: &Conv2dGeometry, planes: &[f32], wide: &mut [f32], n: usize) 
 /// The gradient with respect to the input (`[batch, c_in, h, w]`) from the output gradient
 /// `dout` (`[batch, c_out, oh, ow]`).
 pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32]) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::backward_input(g, weight, dout);
+    }
     backward_input_grouped(g, weight, dout, group_size(g))
 }
 
@@ -482,6 +490,9 @@ const PARTIAL_BUDGET: usize = 16 << 20;
 /// its samples into its own partial gradient, and the partials are added in chunk order: the
 /// result does not depend on the thread count or on scheduling.
 pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::backward_weight(g, x, dout);
+    }
     backward_weight_grouped(g, x, dout, group_size(g))
 }
 

@@ -14,6 +14,7 @@
 
 pub mod conv2d;
 pub mod max_pool2d;
+pub mod winograd;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -494,7 +495,7 @@ mod tests {
     }
 
     /// Forward values and both gradients (through autodiff) against burn's own convolution,
-    /// on strides, paddings, odd sizes, 1 and 3 channels, with and without bias.
+    /// on strides, paddings, odd sizes, 1 to 20 channels, with and without bias.
     #[test]
     fn convolution_layer_agrees_with_burn() {
         let cases = [
@@ -503,6 +504,9 @@ mod tests {
             (3, 2, [1, 1], [2, 2], 0, 8, false),
             (2, 3, [5, 5], [1, 1], 2, 6, true),
             (3, 4, [1, 1], [1, 1], 0, 5, true),
+            // Winograd's F(2x2, 3x3) (kernels::winograd): 16+ channels, stride 1.
+            (16, 17, [3, 3], [1, 1], 1, 8, true),
+            (20, 16, [3, 3], [1, 1], 2, 6, false),
         ];
         for (i, (c_in, c_out, k, stride, pad, size, bias)) in cases.into_iter().enumerate() {
             let device = autodiff_device();

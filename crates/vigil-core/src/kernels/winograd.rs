@@ -1,0 +1,527 @@
+//! Winograd's minimal filtering F(2x2, 3x3) for 3x3 convolutions of stride 1: forward and
+//! both backward passes.
+//!
+//! Each 2x2 output tile of a 3x3 convolution is `A^T [(G g G^T) ⊙ (B^T d B)] A`, with `d` the
+//! 4x4 input patch under the tile and `g` the 3x3 filter (Lavin and Gray 2016, "Fast
+//! Algorithms for Convolutional Neural Networks"). Summed over input channels, the product
+//! `⊙` becomes 16 independent gemms, one per position `ξ` of the 4x4 transformed tile:
+//! `M[ξ] = U[ξ] V[ξ]` with `U[ξ]` the transformed filters `[c_out, c_in]` and `V[ξ]` the
+//! transformed patches `[c_in, tiles]`. That is 16 multiplications per 4 outputs instead of
+//! 36: 2.25x fewer than im2col's gemm, which is where PreAct-ResNet-18 spends its time
+//! (docs/performance.md). The transforms are additions and halvings.
+//!
+//! The three passes are linear in the same factors, so each is exact in exact arithmetic:
+//! - forward: `Y = A^T M A` per tile;
+//! - input gradient: a forward pass of the output gradient with the filters turned by 180
+//!   degrees and their channel axes swapped, padding `2 - p`;
+//! - weight gradient: `dU[ξ] = dM[ξ] V[ξ]^T` summed over tiles, with `dM = A dY A^T` per
+//!   tile, then `dW = G^T dU G`.
+//!
+//! In float32 the transforms cost a little precision (relative error about 1e-6 on these
+//! sizes, against about 2e-7 for im2col); the tests bound it against the definition in f64.
+
+use rayon::prelude::*;
+
+use super::conv2d::{Conv2dGeometry, Mat, matmul};
+
+/// Tiles one group of gemms should cover at least: samples whose output has fewer tiles (the
+/// deep layers of a ResNet: 4-16) are grouped so the 16 gemms stay wide. Measured on
+/// PreAct-ResNet-18's layers (`examples/conv_kernels.rs`, 2 threads): 128 beat 64, 256, 512
+/// and 1024 on every layer but one, where it was within noise.
+const GEMM_TILES: usize = 128;
+
+/// Largest number of partial weight gradients held at once (in floats, 64 MiB), as in the
+/// direct kernel.
+const PARTIAL_BUDGET: usize = 16 << 20;
+
+/// Input channels below which the direct kernel wins: with few channels the 16 gemms are too
+/// thin (inner size `c_in`) to make up for the transforms.
+const MIN_CHANNELS: usize = 16;
+
+/// Whether the Winograd kernels compute `g`: 3x3, stride 1, padding at most 2, enough
+/// channels, and tiles that cover the output with little waste. An odd side computes a whole
+/// tile for its last row or column: on a 7x7 output (ResNet's third stage on 28x28 inputs) 64
+/// positions for 49, and there the direct kernel measured faster in all three passes.
+pub fn applies(g: &Conv2dGeometry) -> bool {
+    let [th, tw] = tiles(g);
+    let covered = 4 * th * tw;
+    let wasted = covered - g.oh * g.ow;
+    10 * wasted <= covered
+        && g.kh == 3
+        && g.kw == 3
+        && g.stride == [1, 1]
+        && g.padding[0] <= 2
+        && g.padding[1] <= 2
+        && g.c_in >= MIN_CHANNELS
+        && g.c_out >= MIN_CHANNELS
+        && g.oh > 0
+        && g.ow > 0
+        && g.batch > 0
+}
+
+/// Checks that `g` is a 3x3 convolution of stride 1 and padding at most 2, the shapes these
+/// kernels compute (whether they pay is [`applies`]).
+fn check(g: &Conv2dGeometry) {
+    assert!(
+        g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.padding[0] <= 2 && g.padding[1] <= 2,
+        "winograd: not a 3x3 stride-1 convolution with padding at most 2: {g:?}"
+    );
+}
+
+/// Tile counts of one sample's output: `[rows, columns]` of 2x2 tiles.
+fn tiles(g: &Conv2dGeometry) -> [usize; 2] {
+    [g.oh.div_ceil(2), g.ow.div_ceil(2)]
+}
+
+/// Samples per group of gemms.
+fn group_size(g: &Conv2dGeometry) -> usize {
+    let [th, tw] = tiles(g);
+    GEMM_TILES.div_ceil(th * tw).clamp(1, g.batch.max(1))
+}
+
+/// `U = G g G^T` of every filter, laid out `[16][c_out][c_in]`.
+fn filter_transform(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut u = vec![0.0f32; 16 * c_out * c_in];
+    let plane = c_out * c_in;
+    for (f, g) in weight.chunks_exact(9).enumerate() {
+        // Rows: G g (4x3).
+        let mut t = [[0.0f32; 3]; 4];
+        for j in 0..3 {
+            let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+            t[0][j] = g0;
+            t[1][j] = 0.5 * (g0 + g1 + g2);
+            t[2][j] = 0.5 * (g0 - g1 + g2);
+            t[3][j] = g2;
+        }
+        // Columns: (G g) G^T (4x4).
+        for (i, row) in t.iter().enumerate() {
+            let (a, b, c) = (row[0], row[1], row[2]);
+            let out = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+            for (j, v) in out.into_iter().enumerate() {
+                u[(i * 4 + j) * plane + f] = v;
+            }
+        }
+    }
+    u
+}
+
+/// The transposed filters of the input gradient: `W'[ci][co] = rot180(W[co][ci])`.
+fn turned_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut turned = vec![0.0f32; weight.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            let from = &weight[(co * c_in + ci) * 9..][..9];
+            let to = &mut turned[(ci * c_out + co) * 9..][..9];
+            for k in 0..9 {
+                to[k] = from[8 - k];
+            }
+        }
+    }
+    turned
+}
+
+/// `V = B^T d B` of every 4x4 patch under the tiles of the samples in `x`, laid out
+/// `[16][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
+/// zero.
+fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32]) {
+    let [th, tw] = tiles(g);
+    let n = x.len() / (g.c_in * g.h * g.w);
+    let t_all = n * th * tw;
+    let plane = g.c_in * t_all;
+    let (ph, pw) = (g.padding[0] as isize, g.padding[1] as isize);
+    let (h, w) = (g.h as isize, g.w as isize);
+    for s in 0..n {
+        for ci in 0..g.c_in {
+            let xp = &x[(s * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
+            for ty in 0..th {
+                let y0 = 2 * ty as isize - ph;
+                for tx in 0..tw {
+                    let x0 = 2 * tx as isize - pw;
+                    let mut d = [[0.0f32; 4]; 4];
+                    let inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w;
+                    if inside {
+                        for (r, row) in d.iter_mut().enumerate() {
+                            let start = (y0 as usize + r) * g.w + x0 as usize;
+                            row.copy_from_slice(&xp[start..start + 4]);
+                        }
+                    } else {
+                        for (r, row) in d.iter_mut().enumerate() {
+                            let y = y0 + r as isize;
+                            if !(0..h).contains(&y) {
+                                continue;
+                            }
+                            for (c, value) in row.iter_mut().enumerate() {
+                                let xx = x0 + c as isize;
+                                if (0..w).contains(&xx) {
+                                    *value = xp[y as usize * g.w + xx as usize];
+                                }
+                            }
+                        }
+                    }
+                    // Rows: B^T d, column by column.
+                    let t: [[f32; 4]; 4] = std::array::from_fn(|j| {
+                        [
+                            d[0][j] - d[2][j],
+                            d[1][j] + d[2][j],
+                            d[2][j] - d[1][j],
+                            d[1][j] - d[3][j],
+                        ]
+                    });
+                    // Columns: (B^T d) B; `t[j][i]` is row i, column j of B^T d.
+                    let tile = (s * th + ty) * tw + tx;
+                    let base = ci * t_all + tile;
+                    for i in 0..4 {
+                        let row = [
+                            t[0][i] - t[2][i],
+                            t[1][i] + t[2][i],
+                            t[2][i] - t[1][i],
+                            t[1][i] - t[3][i],
+                        ];
+                        for (j, value) in row.into_iter().enumerate() {
+                            v[(i * 4 + j) * plane + base] = value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Y = A^T m A` of every tile in `m` (`[16][c_out][tiles]`), written into the samples'
+/// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output.
+fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32]) {
+    let [th, tw] = tiles(g);
+    let n = out.len() / (g.c_out * g.oh * g.ow);
+    let t_all = n * th * tw;
+    let plane = g.c_out * t_all;
+    for s in 0..n {
+        for co in 0..g.c_out {
+            let op = &mut out[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let base = co * t_all + (s * th + ty) * tw + tx;
+                    let at = |i: usize, j: usize| m[(i * 4 + j) * plane + base];
+                    // Rows: A^T m (2x4).
+                    let t = [
+                        std::array::from_fn::<f32, 4, _>(|j| at(0, j) + at(1, j) + at(2, j)),
+                        std::array::from_fn::<f32, 4, _>(|j| at(1, j) - at(2, j) - at(3, j)),
+                    ];
+                    for (r, row) in t.iter().enumerate() {
+                        let y = 2 * ty + r;
+                        if y >= g.oh {
+                            break;
+                        }
+                        let pair = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
+                        for (c, value) in pair.into_iter().enumerate() {
+                            let x = 2 * tx + c;
+                            if x < g.ow {
+                                op[y * g.ow + x] = value;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dM = A dY A^T` of every tile of the output gradient `dout` (`[n, c_out, oh, ow]`), laid
+/// out `[16][c_out][tiles]`; positions past the output's edge have no gradient.
+fn gradient_transform(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32]) {
+    let [th, tw] = tiles(g);
+    let n = dout.len() / (g.c_out * g.oh * g.ow);
+    let t_all = n * th * tw;
+    let plane = g.c_out * t_all;
+    // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
+    let lift = |a: f32, b: f32| [a, a + b, a - b, -b];
+    for s in 0..n {
+        for co in 0..g.c_out {
+            let dp = &dout[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let mut y = [[0.0f32; 2]; 2];
+                    for (r, row) in y.iter_mut().enumerate() {
+                        for (c, value) in row.iter_mut().enumerate() {
+                            let (yy, xx) = (2 * ty + r, 2 * tx + c);
+                            if yy < g.oh && xx < g.ow {
+                                *value = dp[yy * g.ow + xx];
+                            }
+                        }
+                    }
+                    // A y per column (4x2), then per row (4x4).
+                    let cols = [lift(y[0][0], y[1][0]), lift(y[0][1], y[1][1])];
+                    let base = co * t_all + (s * th + ty) * tw + tx;
+                    for i in 0..4 {
+                        for (j, value) in lift(cols[0][i], cols[1][i]).into_iter().enumerate() {
+                            dm[(i * 4 + j) * plane + base] = value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The forward pass, as [`super::conv2d::forward`], of a 3x3 convolution of stride 1 and
+/// padding at most 2 (panics on another).
+pub fn forward(g: &Conv2dGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    check(g);
+    let u = filter_transform(weight, g.c_out, g.c_in);
+    forward_transformed(g, x, &u)
+}
+
+/// The forward pass with the filters already transformed (`[16][c_out][c_in]`).
+fn forward_transformed(g: &Conv2dGeometry, x: &[f32], u: &[f32]) -> Vec<f32> {
+    let (input_len, output_len) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
+    assert_eq!(x.len(), g.batch * input_len);
+    assert_eq!(u.len(), 16 * g.c_out * g.c_in);
+    let mut out = vec![0.0f32; g.batch * output_len];
+    let group = group_size(g);
+    let [th, tw] = tiles(g);
+    out.par_chunks_mut(group * output_len)
+        .zip(x.par_chunks(group * input_len))
+        .for_each_init(
+            || {
+                let t = group * th * tw;
+                (
+                    vec![0.0f32; 16 * g.c_in * t],
+                    vec![0.0f32; 16 * g.c_out * t],
+                )
+            },
+            |(v, m), (out, x)| {
+                let t = (x.len() / input_len) * th * tw;
+                let (v, m) = (&mut v[..16 * g.c_in * t], &mut m[..16 * g.c_out * t]);
+                input_transform(g, x, v);
+                for xi in 0..16 {
+                    matmul(
+                        &mut m[xi * g.c_out * t..][..g.c_out * t],
+                        Mat::new(
+                            &u[xi * g.c_out * g.c_in..][..g.c_out * g.c_in],
+                            g.c_out,
+                            g.c_in,
+                        ),
+                        Mat::new(&v[xi * g.c_in * t..][..g.c_in * t], g.c_in, t),
+                        false,
+                    );
+                }
+                output_transform(g, m, out);
+            },
+        );
+    out
+}
+
+/// The input gradient, as [`super::conv2d::backward_input`]: a forward pass of `dout` with the
+/// turned filters and padding `2 - p` (the same shapes as [`forward`]).
+pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32]) -> Vec<f32> {
+    check(g);
+    let turned = turned_filters(weight, g.c_out, g.c_in);
+    let transposed = Conv2dGeometry {
+        batch: g.batch,
+        c_in: g.c_out,
+        h: g.oh,
+        w: g.ow,
+        c_out: g.c_in,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        padding: [2 - g.padding[0], 2 - g.padding[1]],
+        oh: g.h,
+        ow: g.w,
+    };
+    let u = filter_transform(&turned, g.c_in, g.c_out);
+    forward_transformed(&transposed, dout, &u)
+}
+
+/// The weight gradient, as [`super::conv2d::backward_weight`] (the same shapes as [`forward`]).
+/// The batch is cut into chunks by the shapes alone and the partial sums
+/// are added in chunk order, so the result does not depend on the thread count.
+pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
+    check(g);
+    let (input_len, output_len) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
+    assert_eq!(x.len(), g.batch * input_len);
+    assert_eq!(dout.len(), g.batch * output_len);
+    let size = 16 * g.c_out * g.c_in;
+    let group = group_size(g);
+    let [th, tw] = tiles(g);
+    let groups = g.batch.div_ceil(group);
+    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(groups);
+    let per_chunk = groups.div_ceil(chunks);
+    let partials: Vec<Vec<f32>> = (0..groups.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut du = vec![0.0f32; size];
+            let t_max = group * th * tw;
+            let mut v = vec![0.0f32; 16 * g.c_in * t_max];
+            let mut dm = vec![0.0f32; 16 * g.c_out * t_max];
+            let first = chunk * per_chunk * group;
+            let last = ((chunk + 1) * per_chunk * group).min(g.batch);
+            for (i, b) in (first..last).step_by(group).enumerate() {
+                let n = group.min(last - b);
+                let t = n * th * tw;
+                let (v, dm) = (&mut v[..16 * g.c_in * t], &mut dm[..16 * g.c_out * t]);
+                input_transform(g, &x[b * input_len..(b + n) * input_len], v);
+                gradient_transform(g, &dout[b * output_len..(b + n) * output_len], dm);
+                for xi in 0..16 {
+                    matmul(
+                        &mut du[xi * g.c_out * g.c_in..][..g.c_out * g.c_in],
+                        Mat::new(&dm[xi * g.c_out * t..][..g.c_out * t], g.c_out, t),
+                        Mat::transposed(&v[xi * g.c_in * t..][..g.c_in * t], g.c_in, t),
+                        i > 0,
+                    );
+                }
+            }
+            du
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut du = parts.next().unwrap_or_else(|| vec![0.0; size]);
+    for part in parts {
+        for (a, b) in du.iter_mut().zip(&part) {
+            *a += b;
+        }
+    }
+    weight_from_transformed(&du, g.c_out, g.c_in)
+}
+
+/// `dW = G^T dU G` of every filter from `dU` (`[16][c_out][c_in]`), as `[c_out, c_in, 3, 3]`.
+fn weight_from_transformed(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = c_out * c_in;
+    let mut dw = vec![0.0f32; plane * 9];
+    // G^T u for a 4-vector u: G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+    let fold = |u: [f32; 4]| {
+        [
+            u[0] + 0.5 * (u[1] + u[2]),
+            0.5 * (u[1] - u[2]),
+            0.5 * (u[1] + u[2]) + u[3],
+        ]
+    };
+    for (f, out) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |i: usize, j: usize| du[(i * 4 + j) * plane + f];
+        // Columns first: each row i of dU folded to 3 values, then the rows folded.
+        let rows: Vec<[f32; 3]> = (0..4)
+            .map(|i| fold([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]))
+            .collect();
+        for l in 0..3 {
+            let col = fold([rows[0][l], rows[1][l], rows[2][l], rows[3][l]]);
+            for k in 0..3 {
+                out[k * 3 + l] = col[k];
+            }
+        }
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The three passes straight from the definition, in f64.
+    fn definition(g: &Conv2dGeometry, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
+        let mut y = vec![0.0f64; g.batch * g.c_out * g.oh * g.ow];
+        let mut dx = vec![0.0f64; x.len()];
+        let mut dw = vec![0.0f64; w.len()];
+        for b in 0..g.batch {
+            for co in 0..g.c_out {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let o = ((b * g.c_out + co) * g.oh + oy) * g.ow + ox;
+                        for ci in 0..g.c_in {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy + ky) as isize - g.padding[0] as isize;
+                                    let ix = (ox + kx) as isize - g.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let i =
+                                        ((b * g.c_in + ci) * g.h + iy as usize) * g.w + ix as usize;
+                                    let k = ((co * g.c_in + ci) * 3 + ky) * 3 + kx;
+                                    y[o] += f64::from(w[k]) * f64::from(x[i]);
+                                    dx[i] += f64::from(w[k]) * f64::from(dy[o]);
+                                    dw[k] += f64::from(x[i]) * f64::from(dy[o]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    /// Largest difference relative to the largest magnitude of the reference.
+    fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max)
+            / scale
+    }
+
+    #[test]
+    fn all_three_passes_equal_the_definition_on_odd_shapes() {
+        // Odd and even planes, paddings 0-2, one sample and groups of several (4x4 outputs
+        // group 8 samples), channel counts not multiples of the gemm's tiles.
+        for (batch, c_in, c_out, h, w, pad) in [
+            (2, 16, 17, 7, 5, 1),
+            (3, 19, 16, 8, 8, 0),
+            (10, 16, 20, 4, 4, 1),
+            (1, 17, 18, 6, 9, 2),
+            (5, 16, 16, 3, 3, 1),
+        ] {
+            let g = Conv2dGeometry::new([batch, c_in, h, w], [c_out, c_in, 3, 3], [1, 1], [pad; 2])
+                .unwrap();
+            let x = pseudo_random(batch * c_in * h * w, 1);
+            let wt = pseudo_random(c_out * c_in * 9, 2);
+            let dy = pseudo_random(batch * c_out * g.oh * g.ow, 3);
+            let [y, dx, dw] = definition(&g, &x, &wt, &dy);
+            let errors = [
+                relative_error(&forward(&g, &x, &wt), &y),
+                relative_error(&backward_input(&g, &wt, &dy), &dx),
+                relative_error(&backward_weight(&g, &x, &dy), &dw),
+            ];
+            for (pass, e) in ["forward", "input gradient", "weight gradient"]
+                .iter()
+                .zip(errors)
+            {
+                assert!(e < 1e-5, "{pass} {g:?}: relative error {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_stride_one_3x3_convolutions_with_enough_channels_apply() {
+        let geometry = |c: usize, k: usize, stride: usize, pad: usize| {
+            Conv2dGeometry::new([2, c, 8, 8], [c, c, k, k], [stride; 2], [pad; 2]).unwrap()
+        };
+        assert!(applies(&geometry(64, 3, 1, 1)));
+        assert!(!applies(&geometry(64, 3, 2, 1)));
+        assert!(!applies(&geometry(64, 1, 1, 0)));
+        assert!(!applies(&geometry(8, 3, 1, 1)));
+        assert!(!applies(&geometry(64, 3, 1, 3)));
+        // 7x7 outputs waste 15 of 64 tile positions; 9x9 (from 11x11, no padding) 19 of 100.
+        let odd = |side: usize, pad: usize| {
+            Conv2dGeometry::new([2, 64, side, side], [64, 64, 3, 3], [1, 1], [pad; 2]).unwrap()
+        };
+        assert!(!applies(&odd(7, 1)));
+        assert!(!applies(&odd(11, 0)));
+        assert!(applies(&odd(29, 1)));
+    }
+}
