@@ -111,12 +111,14 @@ def num(d, k):
 def fmt(x):
     return "n/a" if x is None else f"{x:,.1f}"
 
-print(f"vigil:   backend={v.get('backend', 'n/a')} threads={v.get('threads', '?')} batch={v.get('batch', '?')}")
-print(f"pytorch: torch={t.get('torch_version', 'n/a')} threads={t.get('threads', '?')} batch={t.get('batch', '?')}")
+print(f"vigil:   backend={v.get('backend', 'n/a')} threads={v.get('threads', '?')} batch={v.get('batch', '?')} input={v.get('input_shape', '?')}")
+print(f"pytorch: torch={t.get('torch_version', 'n/a')} threads={t.get('threads', '?')} batch={t.get('batch', '?')} input={t.get('input_shape', '?')}")
 rows = [("measurement", "vigil img/s", "pytorch img/s", "vigil/pytorch")]
 missing = False
 for k, label in KEYS:
     a, b = num(v, k), num(t, k)
+    if a is None and b is None and k == "halo_step_img_per_s":
+        continue  # both sides skipped it (--no-halo)
     missing |= a is None or b is None
     ratio = f"{a / b:.2f}x" if a is not None and b else "n/a"
     rows.append((label, fmt(a), fmt(b), ratio))

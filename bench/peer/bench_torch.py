@@ -3,8 +3,8 @@
 per second.
 
 Model: SmallCnn at its reference size (width 32, hidden 128), or with --arch preact-resnet18
-BackdoorBench's PreAct-ResNet-18 (width 64), 1x28x28 inputs, 10 classes, batch 128, random data
-(fixed once, reused every iteration), float32.
+BackdoorBench's PreAct-ResNet-18 (width 64), 1x28x28 inputs (--input-shape 3,32,32 for CIFAR's),
+10 classes, batch 128, random data (fixed once, reused every iteration), float32.
 
   train_step      forward, mean cross-entropy, backward, SGD(momentum 0.9, nesterov,
                   weight decay 5e-4) step.
@@ -21,7 +21,7 @@ BackdoorBench's PreAct-ResNet-18 (width 64), 1x28x28 inputs, 10 classes, batch 1
                   sample, final included; the KL term on the kept iterate; the helper term with
                   a frozen eval-mode copy of the model as helper and the clipped helper input;
                   beta 3, gamma 0.5, eta 2; backward and SGD step. Counts ID images;
-                  --halo-iters timed iterations after one warm-up.
+                  --halo-iters timed iterations after one warm-up; --no-halo skips it.
 
 Each measurement runs --warmup untimed iterations, then --iters timed ones;
 img/s = batch * iters / seconds. Prints ONE JSON object on stdout (everything else goes to stderr).
@@ -75,7 +75,17 @@ def main():
     ap.add_argument("--alpha", type=float, default=2 / 255, help="PGD step size")
     ap.add_argument("--halo-iters", type=int, default=None,
                     help="timed HALO steps (default: iters / 4, at least 2)")
+    ap.add_argument("--no-halo", action="store_true", help="skip the HALO step (the slowest)")
+    ap.add_argument("--input-shape", default="1,28,28",
+                    help="C,H,W, as `vigil throughput --input-shape` (3,32,32: CIFAR)")
     args = ap.parse_args()
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        ap.error("--input-shape takes three positive sizes: C,H,W")
+    channels, height, width_px = shape
     if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.threads < 1:
         ap.error("--iters, --batch and --threads must be >= 1, --warmup >= 0")
 
@@ -84,10 +94,11 @@ def main():
     batch = args.batch
 
     if args.arch == "small-cnn":
-        model = SmallCnn(1, 10, width=args.width or 32, hidden=128, height=28, width_px=28)
+        model = SmallCnn(channels, 10, width=args.width or 32, hidden=128, height=height,
+                         width_px=width_px)
     else:
-        model = PreActResNet18(in_channels=1, num_classes=10, width=args.width or 64)
-    x = torch.rand(batch, 1, 28, 28, dtype=torch.float32)
+        model = PreActResNet18(in_channels=channels, num_classes=10, width=args.width or 64)
+    x = torch.rand(batch, channels, height, width_px, dtype=torch.float32)
     y = torch.randint(0, 10, (batch,))
 
     # (a) training step
@@ -139,7 +150,7 @@ def main():
     helper = copy.deepcopy(model).eval()
     for p in helper.parameters():
         p.requires_grad_(False)
-    xo = torch.rand(batch, 1, 28, 28, dtype=torch.float32)
+    xo = torch.rand(batch, channels, height, width_px, dtype=torch.float32)
     eps, steps, beta, gamma, eta = 8 / 255, 10, 3.0, 0.5, 2.0
     step_size = 2.5 * eps / steps
 
@@ -188,7 +199,7 @@ def main():
         loss.backward()
         opt.step()
 
-    t_halo = timed(halo_step, 1, halo_iters)
+    t_halo = None if args.no_halo else timed(halo_step, 1, halo_iters)
 
     n = batch * args.iters
     out = {
@@ -197,11 +208,13 @@ def main():
         "threads": torch.get_num_threads(),
         "batch": batch,
         "arch": args.arch,
+        "input_shape": list(shape),
         "train_step_img_per_s": round(n / t_train, 1),
         "forward_loss_img_per_s": round(n / t_fwd, 1),
         "pgd_step_img_per_s": round(n / t_pgd, 1),
-        "halo_step_img_per_s": round(batch * halo_iters / t_halo, 1),
     }
+    if t_halo is not None:
+        out["halo_step_img_per_s"] = round(batch * halo_iters / t_halo, 1)
     print(json.dumps(out))
 
 

@@ -32,12 +32,19 @@ pub enum BenchError {
 /// beyond any batch the loops run at, and a larger one would exhaust memory rather than measure.
 pub const MAX_BATCH: usize = 1 << 16;
 
+/// Largest image measured, in values (`c * h * w`): 3x224x224, ImageNet's shape.
+pub const MAX_IMAGE_VALUES: usize = 3 * 224 * 224;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// The model, on 1x28x28 inputs and 10 classes (the small CNN at its reference size by
-    /// default).
+    /// The model, with 10 classes (the small CNN at its reference size by default).
     pub architecture: Architecture,
+    /// Input shape `[channels, height, width]` (1x28x28 by default; 3x32x32 is
+    /// BackdoorBench's CIFAR shape).
+    pub input_shape: [usize; 3],
+    /// Also time the HALO step (the slowest loop by far).
+    pub halo: bool,
     /// Images per batch.
     pub batch: usize,
     /// Untimed iterations first.
@@ -53,6 +60,8 @@ impl Default for BenchConfig {
                 width: 32,
                 hidden: 128,
             },
+            input_shape: [1, 28, 28],
+            halo: true,
             batch: 128,
             warmup: 3,
             iters: 20,
@@ -75,6 +84,13 @@ impl BenchConfig {
                 "at least one timed iteration is needed".into(),
             ));
         }
+        let values = self.input_shape.iter().product::<usize>();
+        if !(1..=MAX_IMAGE_VALUES).contains(&values) || self.input_shape.contains(&0) {
+            return Err(BenchError::InvalidConfig(format!(
+                "the input shape {:?} must have no zero side and at most {MAX_IMAGE_VALUES} values",
+                self.input_shape
+            )));
+        }
         Ok(())
     }
 }
@@ -90,6 +106,8 @@ pub struct BenchReport {
     pub batch: usize,
     /// Timed iterations per measurement.
     pub iters: usize,
+    /// Input shape `[channels, height, width]`.
+    pub input_shape: [usize; 3],
     /// Forward, mean CE, backward, SGD (momentum, Nesterov, weight decay) update.
     pub train_step_img_per_s: f64,
     /// Eval-mode forward, per-sample CE, losses copied to the host.
@@ -97,15 +115,17 @@ pub struct BenchReport {
     /// Input gradient through frozen parameters plus the projected sign step.
     pub pgd_step_img_per_s: f64,
     /// One HALO training step (`batch` ID images and as many outliers, PGD-10 on the KL, the
-    /// helper term with a frozen copy of the model as helper, SGD update), ID images per second.
-    pub halo_step_img_per_s: f64,
+    /// helper term with a frozen copy of the model as helper, SGD update), ID images per second;
+    /// absent when not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halo_step_img_per_s: Option<f64>,
 }
 
-/// The benchmark model: `architecture` on 1x28x28 inputs, 10 classes, no normalisation.
-pub fn bench_spec(architecture: Architecture) -> ModelSpec {
+/// The benchmark model: `architecture` on `input_shape` inputs, 10 classes, no normalisation.
+pub fn bench_spec(architecture: Architecture, input_shape: [usize; 3]) -> ModelSpec {
     ModelSpec {
         architecture,
-        input_shape: [1, 28, 28],
+        input_shape,
         class_names: (0..10).map(|c| c.to_string()).collect(),
         normalization: None,
     }
@@ -113,17 +133,21 @@ pub fn bench_spec(architecture: Architecture) -> ModelSpec {
 
 /// Runs the measurements on `device`.
 /// Fails on settings [`BenchConfig::validate`] refuses, or if the architecture cannot be built
-/// for 1x28x28 inputs.
+/// for the input shape.
 pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchError> {
     config.validate()?;
     let train_device = device.clone().autodiff();
-    let mut classifier = Classifier::new(bench_spec(config.architecture.clone()), &train_device)?;
+    let mut classifier = Classifier::new(
+        bench_spec(config.architecture.clone(), config.input_shape),
+        &train_device,
+    )?;
     let n = config.batch;
+    let [c, h, w] = config.input_shape;
     // Uniform images from a seeded host generator: burn's device RNG is process-global, and
     // library code does not seed it.
     let mut rng = StdRng::seed_from_u64(0);
-    let pixels: Vec<f32> = (0..n * 28 * 28).map(|_| rng.random::<f32>()).collect();
-    let images = Tensor::<4>::from_data(TensorData::new(pixels, [n, 1, 28, 28]), &train_device);
+    let pixels: Vec<f32> = (0..n * c * h * w).map(|_| rng.random::<f32>()).collect();
+    let images = Tensor::<4>::from_data(TensorData::new(pixels, [n, c, h, w]), &train_device);
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &train_device);
 
@@ -165,11 +189,46 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchErr
         x = linf_step(x.clone(), x0.clone(), grad, 2.0 / 255.0, 8.0 / 255.0);
     });
 
-    // One HALO step. `objective_loss` fails only on settings `validate` refuses or on a missing
-    // helper or outlier batch, none of which can happen here.
-    let outliers: Vec<f32> = (0..n * 28 * 28).map(|_| rng.random::<f32>()).collect();
-    let outliers = Tensor::<4>::from_data(TensorData::new(outliers, [n, 1, 28, 28]), &train_device);
-    let helper = frozen(&classifier, &train_device);
+    let halo_step_img_per_s = config.halo.then(|| {
+        halo_step(
+            &config,
+            &mut classifier,
+            (&images, &labels),
+            &mut rng,
+            &mut sgd,
+            &mut slots,
+        )
+    });
+
+    Ok(BenchReport {
+        backend: crate::device::backend_name().to_string(),
+        architecture: config.architecture,
+        batch: n,
+        iters: config.iters,
+        input_shape: config.input_shape,
+        train_step_img_per_s,
+        forward_loss_img_per_s,
+        pgd_step_img_per_s,
+        halo_step_img_per_s,
+    })
+}
+
+/// ID images per second of one HALO step. `objective_loss` fails only on settings `validate`
+/// refuses or on a missing helper or outlier batch, none of which can happen here.
+fn halo_step(
+    config: &BenchConfig,
+    classifier: &mut Classifier,
+    (images, labels): (&Tensor<4>, &Tensor<1, Int>),
+    rng: &mut StdRng,
+    sgd: &mut Sgd,
+    slots: &mut ParamSlots,
+) -> f64 {
+    let train_device = images.device();
+    let n = config.batch;
+    let [c, h, w] = config.input_shape;
+    let outliers: Vec<f32> = (0..n * c * h * w).map(|_| rng.random::<f32>()).collect();
+    let outliers = Tensor::<4>::from_data(TensorData::new(outliers, [n, c, h, w]), &train_device);
+    let helper = frozen(classifier, &train_device);
     let halo = HaloConfig::reference_defaults(Objective::Halo);
     let mut attack_rng = StdRng::seed_from_u64(1);
     let halo_timing = BenchConfig {
@@ -177,9 +236,9 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchErr
         iters: (config.iters / 4).max(2),
         ..config.clone()
     };
-    let halo_step_img_per_s = time(&halo_timing, n, || {
+    time(&halo_timing, n, || {
         let terms = objective_loss(
-            &classifier,
+            classifier,
             Some(&helper),
             images.clone(),
             labels.clone(),
@@ -189,20 +248,8 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchErr
         );
         if let Ok(terms) = terms {
             let grads = terms.total.backward();
-            classifier.network =
-                apply_update(classifier.network.clone(), &grads, &mut sgd, &mut slots);
+            classifier.network = apply_update(classifier.network.clone(), &grads, sgd, slots);
         }
-    });
-
-    Ok(BenchReport {
-        backend: crate::device::backend_name().to_string(),
-        architecture: config.architecture,
-        batch: n,
-        iters: config.iters,
-        train_step_img_per_s,
-        forward_loss_img_per_s,
-        pgd_step_img_per_s,
-        halo_step_img_per_s,
     })
 }
 
@@ -245,6 +292,20 @@ mod tests {
                     ..BenchConfig::default()
                 },
                 "iteration",
+            ),
+            (
+                BenchConfig {
+                    input_shape: [3, 0, 32],
+                    ..BenchConfig::default()
+                },
+                "input shape",
+            ),
+            (
+                BenchConfig {
+                    input_shape: [3, 1024, 1024],
+                    ..BenchConfig::default()
+                },
+                "input shape",
             ),
         ] {
             let e = run(config, &device).unwrap_err();

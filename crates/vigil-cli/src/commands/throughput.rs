@@ -10,18 +10,30 @@ use vigil_core::models::Architecture;
 use vigil_core::throughput::{BenchConfig, run as run_bench};
 
 /// Measure throughput of vigil's inner loops on the small CNN (conv32-conv64-fc128,
-/// 1x28x28, batch 128, random data) or another architecture. A benchmark, not a test: figures
+/// 1x28x28, batch 128, random data) or another architecture and input shape. A benchmark, not a test: figures
 /// depend on the machine.
 #[derive(Args, Debug)]
 pub struct ThroughputArgs {
-    /// Architecture: small-cnn, resnet18, preact-resnet18 or preact-resnet18-halo (1x28x28
-    /// inputs, 10 classes).
+    /// Architecture: small-cnn, resnet18, preact-resnet18 or preact-resnet18-halo (10 classes).
     #[arg(long, value_name = "NAME", default_value = "small-cnn")]
     arch: String,
 
     /// Channel width (small CNN: first conv, default 32; ResNets: stem, default 64).
     #[arg(long, value_name = "N")]
     width: Option<usize>,
+
+    /// Input shape (3,32,32 is BackdoorBench's CIFAR shape).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "C,H,W",
+        default_value = "1,28,28"
+    )]
+    input_shape: Vec<usize>,
+
+    /// Skip the HALO step (by far the slowest measurement).
+    #[arg(long)]
+    no_halo: bool,
 
     /// Images per batch.
     #[arg(long, default_value_t = 128)]
@@ -45,8 +57,12 @@ pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
     if let Some(width) = args.width {
         architecture = architecture.with_width(width);
     }
+    let input_shape = <[usize; 3]>::try_from(args.input_shape.as_slice())
+        .map_err(|_| anyhow::anyhow!("--input-shape takes three sizes: channels,height,width"))?;
     let config = BenchConfig {
         architecture,
+        input_shape,
+        halo: !args.no_halo,
         batch: args.batch,
         warmup: args.warmup,
         iters: args.iters,
@@ -57,8 +73,9 @@ pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
         value["threads"] = rayon::current_num_threads().into();
         println!("{value}");
     } else {
+        let [c, h, w] = report.input_shape;
         println!(
-            "backend {} | {} | batch {} | {} iterations | {} threads",
+            "backend {} | {} on {c}x{h}x{w} | batch {} | {} iterations | {} threads",
             report.backend,
             report.architecture.name(),
             report.batch,
@@ -77,10 +94,9 @@ pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
             "  PGD step              {:>10.0} img/s",
             report.pgd_step_img_per_s
         );
-        println!(
-            "  HALO step (PGD-10)    {:>10.0} ID img/s",
-            report.halo_step_img_per_s
-        );
+        if let Some(halo) = report.halo_step_img_per_s {
+            println!("  HALO step (PGD-10)    {halo:>10.0} ID img/s");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
