@@ -4,14 +4,13 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use vigil_core::device::default_device;
 use vigil_core::evasion::{EvasionConfig, EvasionEvent, RecordEvasion, evade_record_run, files};
-use vigil_core::madfa::input_gradient::InputScore;
 use vigil_core::ood::ScoreKind;
 use vigil_core::progress::Progress;
 
-use super::{RecordRunArgs, parse_fraction};
+use super::{MadfaScoreArg, RecordRunArgs, parse_fraction};
 
 /// Attack the detectors themselves: move triggered inputs, within an L-infinity ball, so each
 /// detector scores them as normal while the model keeps them in the backdoor's target class;
@@ -50,8 +49,8 @@ pub struct EvadeArgs {
     keep: f64,
 
     /// The score attacked and measured.
-    #[arg(long, value_enum, default_value_t = ScoreArg::Recommended)]
-    score: ScoreArg,
+    #[arg(long, value_enum, default_value_t = MadfaScoreArg::Recommended)]
+    score: MadfaScoreArg,
 
     /// Triggered inputs attacked at most (spread evenly over the task's).
     #[arg(long, default_value_t = 100)]
@@ -61,10 +60,10 @@ pub struct EvadeArgs {
     #[arg(long, default_value_t = 0.05)]
     fpr: f64,
 
-    /// The latent detector attacked beside MAD-FA (a differentiable OOD score: mahalanobis,
-    /// knn, msp, energy, ...).
-    #[arg(long, default_value = "mahalanobis")]
-    latent: ScoreKind,
+    /// The detectors attacked beside MAD-FA, each on its own score, comma-separated
+    /// (differentiable OOD scores: mahalanobis, knn, msp, energy, ...).
+    #[arg(long, value_delimiter = ',', default_value = "mahalanobis")]
+    latent: Vec<ScoreKind>,
 
     /// Also score MAD-FA's attacked inputs as a defender with its own chain seed would: exact
     /// traces of fresh chains of the run's settings drawn with this seed, which the attacker
@@ -75,17 +74,6 @@ pub struct EvadeArgs {
     /// Print evasion.json on stdout.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum ScoreArg {
-    /// CLC plus Class CCC, standardised (MAD-FA's recommended score).
-    Recommended,
-    Clc,
-    ClassCcc,
-    MeanCorr,
-    /// Mean correlation with the 5 most correlated trusted samples.
-    NearestCorr,
 }
 
 /// Prints one line per stage.
@@ -117,17 +105,11 @@ pub fn run(args: EvadeArgs) -> Result<ExitCode> {
             eps: args.eps,
             steps: args.steps,
             keep: args.keep,
-            score: match args.score {
-                ScoreArg::Recommended => InputScore::ClcPlusClassCcc,
-                ScoreArg::Clc => InputScore::Clc,
-                ScoreArg::ClassCcc => InputScore::ClassCcc,
-                ScoreArg::MeanCorr => InputScore::MeanCorr,
-                ScoreArg::NearestCorr => InputScore::NearestCorr,
-            },
+            score: args.score.into(),
             max_inputs: args.inputs,
             fpr: args.fpr,
         },
-        latent: args.latent,
+        latent: args.latent.clone(),
         defender_seed: args.defender_seed,
         out: args.paths.out.clone(),
     };

@@ -29,6 +29,7 @@ use vigil_core::data::{DatasetKind, ImageSet, Split};
 use vigil_core::detect::madfa::MadfaSettings;
 use vigil_core::detect::{DetectorSettings, ThresholdSplit};
 use vigil_core::madfa::TraceLoss;
+use vigil_core::madfa::input_gradient::InputScore;
 use vigil_core::models::{Architecture, Classifier, ModelSpec, Normalization};
 
 /// Which dataset, and where to find it.
@@ -330,6 +331,31 @@ impl ThresholdArgs {
                 ThresholdsFrom::CrossFit => ThresholdSplit::CrossFit { folds: self.folds },
             },
             ties: self.ties,
+        }
+    }
+}
+
+/// A differentiable MAD-FA score, attacked through the linearised traces (`vigil evade
+/// --score`, `vigil benchmark ood --madfa-adaptive-score`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MadfaScoreArg {
+    /// CLC plus Class CCC, standardised (MAD-FA's recommended score).
+    Recommended,
+    Clc,
+    ClassCcc,
+    MeanCorr,
+    /// Mean correlation with the 5 most correlated trusted samples.
+    NearestCorr,
+}
+
+impl From<MadfaScoreArg> for InputScore {
+    fn from(score: MadfaScoreArg) -> Self {
+        match score {
+            MadfaScoreArg::Recommended => InputScore::ClcPlusClassCcc,
+            MadfaScoreArg::Clc => InputScore::Clc,
+            MadfaScoreArg::ClassCcc => InputScore::ClassCcc,
+            MadfaScoreArg::MeanCorr => InputScore::MeanCorr,
+            MadfaScoreArg::NearestCorr => InputScore::NearestCorr,
         }
     }
 }

@@ -721,7 +721,7 @@ impl Bench<'_> {
                 self.device,
                 progress,
             )?;
-            let score = madfa::score_name(madfa::ADAPTIVE_COLUMN);
+            let score = madfa::score_name(config.adaptive_score.column());
             for (set, after) in self.data.ood.iter().zip(&ood_after) {
                 part.rows.push(row(
                     &name,

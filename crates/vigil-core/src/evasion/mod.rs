@@ -240,8 +240,9 @@ pub struct RecordEvasion {
     pub data_dir: Option<PathBuf>,
     /// The attack.
     pub config: EvasionConfig,
-    /// The latent detector attacked beside MAD-FA (Mahalanobis by default).
-    pub latent: ScoreKind,
+    /// The latent detectors attacked beside MAD-FA, each on its own score (Mahalanobis by
+    /// default).
+    pub latent: Vec<ScoreKind>,
     /// Also score MAD-FA's attacked inputs as the defender runs it: exact traces of fresh
     /// chains (the run's settings) drawn with this seed, unknown to the attacker
     /// ([`madfa::score_on_fresh_chains`]).
@@ -254,7 +255,7 @@ pub struct RecordEvasion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvasionFile {
     /// Every detector before and after its own adaptive attack: MAD-FA (linearised, the
-    /// attacker's chains), MAD-FA on fresh exact chains if asked, then the latent detector.
+    /// attacker's chains), MAD-FA on fresh exact chains if asked, then each latent detector.
     pub detectors: Vec<DetectionShift>,
     /// The attack: budget, steps, keep weight, the MAD-FA score attacked, the knowledge.
     pub attack: serde_json::Value,
@@ -270,7 +271,7 @@ pub struct EvasionFile {
     pub vigil_version: String,
 }
 
-/// Runs MAD-FA's and the latent detector's adaptive attacks on the task and chains of a record
+/// Runs MAD-FA's and each latent detector's adaptive attack on the task and chains of a record
 /// run, on the same triggered inputs, and writes `evasion.json` and `examples.png`.
 pub fn evade_record_run(
     experiment: &RecordEvasion,
@@ -327,15 +328,21 @@ pub fn evade_record_run(
         device,
         progress,
     )?;
-    let (latent_shift, latent_attacked) = latent::evade(
-        &loaded.classifier,
-        task,
-        &chosen,
-        experiment.latent,
-        &experiment.config,
-        device,
-        progress,
-    )?;
+    let mut latent_shifts = Vec::with_capacity(experiment.latent.len());
+    let mut latent_attacked = Vec::with_capacity(experiment.latent.len());
+    for &kind in &experiment.latent {
+        let (shift, attacked) = latent::evade(
+            &loaded.classifier,
+            task,
+            &chosen,
+            kind,
+            &experiment.config,
+            device,
+            progress,
+        )?;
+        latent_shifts.push(shift);
+        latent_attacked.push(attacked);
+    }
     let fresh = match experiment.defender_seed {
         Some(seed) => Some(madfa::score_on_fresh_chains(
             &loaded.classifier,
@@ -352,7 +359,7 @@ pub fn evade_record_run(
     let c = &experiment.config;
     let mut detectors = vec![madfa_shift];
     detectors.extend(fresh);
-    detectors.push(latent_shift);
+    detectors.extend(latent_shifts);
     let file = EvasionFile {
         detectors,
         attack: serde_json::json!({
@@ -375,7 +382,8 @@ pub fn evade_record_run(
         run: experiment.run.display().to_string(),
         vigil_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    // Examples: eight originals, then each detector's attacked versions and differences.
+    // Examples: eight originals, then each attacked detector's versions (MAD-FA, then each
+    // latent one), then their amplified differences in the same order.
     let shape = task.test.shape();
     let shown = chosen.len().min(8);
     let originals: Vec<&[f32]> = chosen[..shown]
@@ -384,7 +392,7 @@ pub fn evade_record_run(
         .collect();
     let mut rows = vec![originals.clone()];
     let mut diffs = Vec::new();
-    for attacked in [&madfa_attacked, &latent_attacked] {
+    for attacked in std::iter::once(&madfa_attacked).chain(&latent_attacked) {
         let images: Vec<&[f32]> = attacked
             .chunks_exact(shape.num_values())
             .take(shown)

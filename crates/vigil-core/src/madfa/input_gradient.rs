@@ -46,7 +46,8 @@ use crate::kernels::conv2d::{Mat, matmul_threaded};
 use crate::models::{BnMode, Classifier};
 
 /// Which of MAD-FA's scores the function computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InputScore {
     /// `-` mean Pearson correlation with the trusted traces.
     MeanCorr,

@@ -20,7 +20,9 @@ use vigil_core::halo::{Objective, ladder};
 use vigil_core::ood::ScoreKind;
 
 use crate::commands::train::{TrainArgs, train_and_report};
-use crate::commands::{DataArgs, MadfaDetectorArgs, ModelArgs, limit, parse_fraction, trained_on};
+use crate::commands::{
+    DataArgs, MadfaDetectorArgs, MadfaScoreArg, ModelArgs, limit, parse_fraction, trained_on,
+};
 use crate::progress::{Interruptible, bar};
 
 /// OOD detection under attack: every model x OOD score, on the ID test set against each test
@@ -100,8 +102,9 @@ pub struct OodArgs {
 
     /// Add MAD-FA beside the OOD scores: its trusted and sampling sets are drawn from the ID test
     /// images outside the ID test set (so give --id-limit), its chains are walked once per model
-    /// over every setting, and its recommended score is attacked adaptively through linearised
-    /// traces on a subset (docs/madfa.md, "OOD inputs").
+    /// over every setting, and one of its scores (--madfa-adaptive-score, the recommended one
+    /// by default) is attacked adaptively through linearised traces on a subset (docs/madfa.md,
+    /// "OOD inputs").
     #[arg(long)]
     madfa: bool,
 
@@ -125,6 +128,10 @@ pub struct OodArgs {
     /// Steps of the adaptive attack on MAD-FA.
     #[arg(long, value_name = "N", default_value_t = 20, requires = "madfa")]
     madfa_adaptive_steps: usize,
+
+    /// The MAD-FA score the adaptive attack pushes (and its rows measure).
+    #[arg(long, value_enum, default_value_t = MadfaScoreArg::Recommended, requires = "madfa")]
+    madfa_adaptive_score: MadfaScoreArg,
 
     /// L-infinity radius of every attack.
     #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
@@ -351,6 +358,7 @@ fn benchmark_config(args: &OodArgs) -> Result<OodBenchmarkConfig> {
                 sampling_per_class,
                 adaptive_inputs: args.madfa_adaptive_inputs,
                 adaptive_steps: args.madfa_adaptive_steps,
+                adaptive_score: args.madfa_adaptive_score.into(),
             }),
             false => None,
         },

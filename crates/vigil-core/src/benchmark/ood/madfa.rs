@@ -45,12 +45,21 @@ pub struct MadfaInOod {
     pub adaptive_inputs: usize,
     /// Steps of that attack (step `2.5 eps / steps`, the benchmark's eps).
     pub adaptive_steps: usize,
+    /// The score that attack pushes and its rows measure (the recommended one by default;
+    /// absent from settings saved before it was a setting, which attacked that one).
+    #[serde(default = "recommended_score")]
+    pub adaptive_score: InputScore,
+}
+
+/// The recommended score, the adaptive attack's default target.
+fn recommended_score() -> InputScore {
+    InputScore::ClcPlusClassCcc
 }
 
 impl MadfaInOod {
     /// The reference split (250 trusted and 250 sampling images per class), the default
     /// detector, 50 inputs per set attacked adaptively in 20 steps (the adaptive attack on
-    /// triggered inputs uses 20 too, `vigil evade`).
+    /// triggered inputs uses 20 too, `vigil evade`) on the recommended score.
     pub fn defaults() -> Self {
         Self {
             settings: MadfaSettings::default(),
@@ -58,6 +67,7 @@ impl MadfaInOod {
             sampling_per_class: 250,
             adaptive_inputs: 50,
             adaptive_steps: 20,
+            adaptive_score: recommended_score(),
         }
     }
 
@@ -115,12 +125,6 @@ pub fn score_name(column: &str) -> String {
 pub fn score_names() -> Vec<String> {
     SCORE_NAMES.iter().map(|c| score_name(c)).collect()
 }
-
-/// The score the adaptive attack aims at: the recommended one.
-pub const ADAPTIVE_SCORE: InputScore = InputScore::ClcPlusClassCcc;
-
-/// [`ADAPTIVE_SCORE`]'s column name.
-pub const ADAPTIVE_COLUMN: &str = crate::madfa::scores::RECOMMENDED_SCORE;
 
 /// Per setting, the ID scores and each OOD set's scores of one column.
 pub(super) struct SettingScores<'a> {
@@ -217,19 +221,28 @@ pub struct MadfaAdaptiveRow {
     pub id_inputs: usize,
     /// OOD inputs attacked.
     pub ood_inputs: usize,
-    /// AUROC (OOD positive) of the linearised recommended score on these inputs, unattacked.
+    /// The score attacked and measured (its column name; absent from reports made before the
+    /// adaptive score was a setting, which attacked the recommended one).
+    #[serde(default = "recommended_column")]
+    pub score: String,
+    /// AUROC (OOD positive) of the linearised score on these inputs, unattacked.
     pub auroc_before: f64,
     /// The same after the attack.
     pub auroc_after: f64,
 }
 
+fn recommended_column() -> String {
+    crate::madfa::scores::RECOMMENDED_SCORE.to_string()
+}
+
 /// Inputs attacked in lockstep: each step streams the chains' displacements once for them all.
 const ATTACK_CHUNK: usize = 16;
 
-/// Pushes each input of `set` (`chosen` indices) through [`pgd_on_scores`] on the recommended
-/// score, up when `raise`; returns the scores before and after.
+/// Pushes each input of `set` (`chosen` indices) through [`pgd_on_scores`] on `score`, up when
+/// `raise`; returns the scores before and after.
 fn attack_subset(
     scorer: &LinearisedScorer,
+    score: InputScore,
     set: &ImageSet,
     chosen: &[usize],
     budget: (f64, usize),
@@ -249,9 +262,9 @@ fn attack_subset(
             .iter()
             .map(|&x| Ok((x, scorer.predict(x)?)))
             .collect::<Result<_, crate::madfa::MadError>>()?;
-        before.extend(scorer.scores(&labelled, ADAPTIVE_SCORE)?);
+        before.extend(scorer.scores(&labelled, score)?);
         let goals = vec![goal; chunk.len()];
-        let attacked = pgd_on_scores(scorer, &images, budget, ADAPTIVE_SCORE, &goals)?;
+        let attacked = pgd_on_scores(scorer, &images, budget, score, &goals)?;
         after.extend(attacked.into_iter().map(|(_, score, _)| score));
         progress.report(Progress::Images(chunk.len()));
     }
@@ -259,7 +272,7 @@ fn attack_subset(
 }
 
 /// MAD-FA's adaptive setting for one model: `adaptive_inputs` ID test inputs pushed up the
-/// recommended score and as many of each OOD set pushed down it, through the linearised traces
+/// configured score and as many of each OOD set pushed down it, through the linearised traces
 /// of the fitted detector's chains; one [`MadfaAdaptiveRow`] per OOD set, and the after-attack
 /// scores per set (ID, then each OOD set) for the benchmark's adaptive rows.
 #[allow(clippy::type_complexity)]
@@ -274,23 +287,39 @@ pub(super) fn adaptive(
 ) -> Result<(Vec<MadfaAdaptiveRow>, Vec<f64>, Vec<Vec<f64>>), BenchmarkError> {
     let scorer = fitted.linearised_scorer(model.1, device)?;
     let budget = (eps, config.adaptive_steps);
+    let score = config.adaptive_score;
     let n = config.adaptive_inputs;
     // The first `n` of a seeded shuffle (all when fewer), ascending.
     let subset = |set: &ImageSet, seed: u64| set.random_split(n.min(set.len()), seed);
     let id_chosen = subset(&data.id_test, seed)?.0;
-    let (id_before, id_after) =
-        attack_subset(&scorer, &data.id_test, &id_chosen, budget, true, progress)?;
+    let (id_before, id_after) = attack_subset(
+        &scorer,
+        score,
+        &data.id_test,
+        &id_chosen,
+        budget,
+        true,
+        progress,
+    )?;
     let mut rows = Vec::new();
     let mut ood_after = Vec::new();
     for (k, set) in data.ood.iter().enumerate() {
         let chosen = subset(&set.images, seed.wrapping_add(1 + k as u64))?.0;
-        let (before, after) =
-            attack_subset(&scorer, &set.images, &chosen, budget, false, progress)?;
+        let (before, after) = attack_subset(
+            &scorer,
+            score,
+            &set.images,
+            &chosen,
+            budget,
+            false,
+            progress,
+        )?;
         rows.push(MadfaAdaptiveRow {
             model: model.0.to_string(),
             ood_set: set.name.clone(),
             id_inputs: id_chosen.len(),
             ood_inputs: chosen.len(),
+            score: score.column().to_string(),
             auroc_before: evaluate(&id_before, &before)?.auroc,
             auroc_after: evaluate(&id_after, &after)?.auroc,
         });

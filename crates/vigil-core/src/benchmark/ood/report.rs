@@ -208,7 +208,7 @@ impl OodBenchmarkReport {
                 out,
                 "\n## MAD-FA\n\nTrusted and sampling sets: {} and {} held-out ID test images per \
                  class; {} chains, {}. Clean, attacked and transfer rows: one walk of exact traces \
-                 per model. Adaptive rows: the recommended score attacked through linearised \
+                 per model. Adaptive rows: the score {} attacked through linearised \
                  traces of the defender's own chains (white box), {} steps of 2.5 eps / steps, no \
                  random start, on {} seeded inputs of the ID test set and of each OOD set, scored \
                  with the same linearised traces:\n",
@@ -220,6 +220,7 @@ impl OodBenchmarkReport {
                 } else {
                     "the given chain settings"
                 },
+                super::madfa::score_name(m.adaptive_score.column()),
                 m.adaptive_steps,
                 m.adaptive_inputs,
             );

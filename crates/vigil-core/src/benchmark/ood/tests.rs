@@ -408,6 +408,7 @@ fn with_madfa(adaptive_inputs: usize) -> (OodBenchmarkConfig, OodBenchmarkData) 
             sampling_per_class: 4,
             adaptive_inputs,
             adaptive_steps: 2,
+            adaptive_score: crate::madfa::input_gradient::InputScore::ClcPlusClassCcc,
         }),
         adaptive: Vec::new(),
         ..tiny_config()
@@ -456,7 +457,7 @@ fn madfa_joins_every_setting_and_its_adaptive_attack_only_helps_the_attacker() {
         }
     }
     // The adaptive attack aims at the recommended score alone.
-    let recommended = madfa::score_name(madfa::ADAPTIVE_COLUMN);
+    let recommended = madfa::score_name(crate::madfa::scores::RECOMMENDED_SCORE);
     assert_eq!(madfa_rows(&recommended, Setting::Adaptive), 2);
     assert_eq!(
         report
@@ -500,7 +501,7 @@ fn madfa_joins_every_setting_and_its_adaptive_attack_only_helps_the_attacker() {
     let ood = fitted
         .score(&models[0].model, &data.ood[0].images, &device)
         .unwrap();
-    let column = madfa::ADAPTIVE_COLUMN;
+    let column = crate::madfa::scores::RECOMMENDED_SCORE;
     let expected = evaluate(id.column(column).unwrap(), ood.column(column).unwrap()).unwrap();
     let clean = report
         .rows
@@ -527,6 +528,42 @@ fn madfa_joins_every_setting_and_its_adaptive_attack_only_helps_the_attacker() {
     assert!(report.to_markdown().contains("## MAD-FA"));
     assert!(report.score_names().contains(&recommended));
     report.auroc_chart(&recommended).unwrap();
+}
+
+#[test]
+fn madfa_adaptive_attack_aims_at_the_configured_score() {
+    use crate::madfa::input_gradient::InputScore;
+    let device = default_device();
+    let (mut config, data) = with_madfa(2);
+    if let Some(m) = config.madfa.as_mut() {
+        m.adaptive_score = InputScore::NearestCorr;
+    }
+    let models = &contenders()[..1];
+    let quiet = &mut |_: Progress<'_>| {};
+    let report = run(&config, &data, models, None, None, &device, quiet).unwrap();
+    let nearest = madfa::score_name("nearest_corr");
+    let adaptive: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.setting == Setting::Adaptive)
+        .collect();
+    assert_eq!(adaptive.len(), 2);
+    assert!(adaptive.iter().all(|r| r.score == nearest), "{adaptive:?}");
+    assert_eq!(report.madfa_adaptive.len(), 2);
+    for a in &report.madfa_adaptive {
+        assert_eq!(a.score, "nearest_corr");
+        assert!(a.auroc_after <= a.auroc_before + 1e-12, "{a:?}");
+    }
+    assert!(
+        report
+            .to_markdown()
+            .contains("the score madfa-nearest-corr attacked")
+    );
+    // Settings saved before the score was a setting attacked the recommended one.
+    let mut saved = serde_json::to_value(config.madfa.as_ref().unwrap()).unwrap();
+    saved.as_object_mut().unwrap().remove("adaptive_score");
+    let old: MadfaInOod = serde_json::from_value(saved).unwrap();
+    assert_eq!(old.adaptive_score, InputScore::ClcPlusClassCcc);
 }
 
 #[test]
