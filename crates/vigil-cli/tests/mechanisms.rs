@@ -117,12 +117,14 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         "6",
         "--defender-seed",
         "11",
+        "--latent",
+        "mahalanobis,msp",
         "--json",
     ]);
     assert!(evade.status.success(), "evade failed: {}", stderr(&evade));
     let file: serde_json::Value = serde_json::from_slice(&evade.stdout).unwrap();
     let detectors = file["detectors"].as_array().unwrap();
-    assert_eq!(detectors.len(), 3);
+    assert_eq!(detectors.len(), 4);
     assert_eq!(detectors[0]["detector"], "madfa");
     // The same attacked inputs, scored by the defender's own exact chains of another seed.
     assert_eq!(
@@ -131,7 +133,9 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
     );
     assert_eq!(detectors[1]["still_target"], detectors[0]["still_target"]);
     assert_eq!(detectors[1]["max_linf"], detectors[0]["max_linf"]);
+    // Each latent detector on its own score, in the order given.
     assert_eq!(detectors[2]["detector"], "mahalanobis");
+    assert_eq!(detectors[3]["detector"], "msp");
     for report in detectors {
         assert_eq!(report["attacked"], 6, "{report}");
         assert!(report["still_target"].as_u64().unwrap() <= 6);
@@ -180,8 +184,10 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
         serde_json::json!(["badnets", "blended"])
     );
     let rows = report["rows"].as_array().unwrap();
-    // Four feature kinds, on the flagged triggered inputs and on all of them.
-    assert_eq!(rows.len(), 8);
+    // Five feature kinds, on the flagged triggered inputs and on all of them.
+    assert_eq!(rows.len(), 10);
+    let removed = report["trusted_directions_removed"].as_u64().unwrap();
+    assert!(removed >= 1, "{report}");
     let flagged: u64 = report["triggered_flagged"]
         .as_array()
         .unwrap()
@@ -215,7 +221,7 @@ fn two_backdoors_are_recorded_traced_and_clustered() {
     let csv = std::fs::read_to_string(out.join("assignments.csv")).unwrap();
     assert!(
         csv.starts_with(
-            "test_index,source_id,backdoor,flagged,madfa.traces,madfa.trusted_couplings"
+            "test_index,source_id,backdoor,flagged,madfa.traces,madfa.traces_off_trusted,madfa.trusted_couplings"
         )
     );
 

@@ -104,6 +104,12 @@ pub fn run(args: MechanismsArgs) -> Result<ExitCode> {
             .join(", ")
     );
     eprintln!(
+        "madfa.traces_off_trusted: the traces without the {} principal directions that explain \
+         {:.0}% of the trusted traces' variance",
+        report.trusted_directions_removed,
+        100.0 * vigil_core::mechanisms::TRUSTED_VARIANCE_REMOVED
+    );
+    eprintln!(
         "{:<26} {:<10} {:>5} {:>3} {:>7} {:>16}",
         "features", "inputs", "n", "k", "ARI", "ARI (k given)"
     );
