@@ -72,6 +72,22 @@ fn output_size(size: usize, kernel: usize, stride: usize, pad: usize) -> Option<
         .map(|span| span / stride + 1)
 }
 
+/// `n` values in `[-1, 1)` from a seeded linear congruential generator: the kernels' test inputs.
+#[cfg(test)]
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// `[top, left]` of a padding that is the same on both sides of each axis.
 fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
     match *padding {
