@@ -483,6 +483,48 @@ pub fn backward_input_grouped(
 /// memory of [`backward_weight`] on wide layers.
 const PARTIAL_BUDGET: usize = 16 << 20;
 
+/// A sum of `size` floats over a batch of `batch` samples taken in groups of `group`,
+/// independent of the thread count and of scheduling: the groups are cut into a number of
+/// chunks that depends on the sizes only (at most 8, and at most [`PARTIAL_BUDGET`] floats of
+/// partial sums), each chunk sums its groups into its own partial with its own `buffers()`,
+/// and the partials are added in chunk order. `add_group(sum, buffers, first, n, accumulate)`
+/// adds the group of samples `first..first + n` into `sum` (overwriting it when `accumulate`
+/// is false: the chunk's first group). Both weight gradients (direct and Winograd) reduce so.
+pub(super) fn sum_over_batch<B>(
+    (batch, group, size): (usize, usize, usize),
+    buffers: impl Fn() -> B + Sync,
+    add_group: impl Fn(&mut [f32], &mut B, usize, usize, bool) + Sync,
+) -> Vec<f32> {
+    if batch == 0 || size == 0 {
+        return vec![0.0; size];
+    }
+    let group = group.clamp(1, batch);
+    let groups = batch.div_ceil(group);
+    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(groups);
+    let per_chunk = groups.div_ceil(chunks);
+    let partials: Vec<Vec<f32>> = (0..groups.div_ceil(per_chunk))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut sum = vec![0.0f32; size];
+            let mut scratch = buffers();
+            let first = chunk * per_chunk * group;
+            let last = ((chunk + 1) * per_chunk * group).min(batch);
+            for (i, b) in (first..last).step_by(group).enumerate() {
+                add_group(&mut sum, &mut scratch, b, group.min(last - b), i > 0);
+            }
+            sum
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0.0; size]);
+    for part in parts {
+        for (a, b) in sum.iter_mut().zip(&part) {
+            *a += b;
+        }
+    }
+    sum
+}
+
 /// The gradient with respect to the weight, `[c_out, c_in, kh, kw]`, from the input `x` and
 /// the output gradient `dout`.
 ///
@@ -509,42 +551,20 @@ pub fn backward_weight_grouped(
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(dout.len(), g.batch * g.output_len());
     let (k, p) = (g.col_rows(), g.col_cols());
-    let size = g.c_out * k;
-    if g.batch == 0 || size == 0 {
-        return vec![0.0; size];
-    }
-    let groups = g.batch.div_ceil(group);
-    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(groups);
-    let per_chunk = groups.div_ceil(chunks);
-    let partials: Vec<Vec<f32>> = (0..groups.div_ceil(per_chunk))
-        .into_par_iter()
-        .map(|chunk| {
-            let mut dw = vec![0.0f32; size];
-            let GroupBuffers { mut col, mut wide } = GroupBuffers::new(g, group);
-            let first = chunk * per_chunk * group;
-            let last = ((chunk + 1) * per_chunk * group).min(g.batch);
-            for (i, b) in (first..last).step_by(group).enumerate() {
-                let n = group.min(last - b);
-                let xb = &x[b * g.input_len()..(b + n) * g.input_len()];
-                let dout_b = &dout[b * g.output_len()..(b + n) * g.output_len()];
-                matmul(
-                    &mut dw,
-                    Mat::new(side_by_side(g, dout_b, &mut wide), g.c_out, n * p),
-                    Mat::transposed(patches(g, xb, &mut col), k, n * p),
-                    i > 0,
-                );
-            }
-            dw
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; size]);
-    for part in parts {
-        for (a, b) in dw.iter_mut().zip(&part) {
-            *a += b;
-        }
-    }
-    dw
+    sum_over_batch(
+        (g.batch, group, g.c_out * k),
+        || GroupBuffers::new(g, group),
+        |dw, GroupBuffers { col, wide }, b, n, accumulate| {
+            let xb = &x[b * g.input_len()..(b + n) * g.input_len()];
+            let dout_b = &dout[b * g.output_len()..(b + n) * g.output_len()];
+            matmul(
+                dw,
+                Mat::new(side_by_side(g, dout_b, wide), g.c_out, n * p),
+                Mat::transposed(patches(g, xb, col), k, n * p),
+                accumulate,
+            );
+        },
+    )
 }
 
 #[cfg(test)]

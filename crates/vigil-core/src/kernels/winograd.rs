@@ -22,17 +22,13 @@
 
 use rayon::prelude::*;
 
-use super::conv2d::{Conv2dGeometry, Mat, matmul};
+use super::conv2d::{Conv2dGeometry, Mat, matmul, sum_over_batch};
 
 /// Tiles one group of gemms should cover at least: samples whose output has fewer tiles (the
 /// deep layers of a ResNet: 4-16) are grouped so the 16 gemms stay wide. Measured on
 /// PreAct-ResNet-18's layers (`examples/conv_kernels.rs`, 2 threads): 128 beat 64, 256, 512
 /// and 1024 on every layer but one, where it was within noise.
 const GEMM_TILES: usize = 128;
-
-/// Largest number of partial weight gradients held at once (in floats, 64 MiB), as in the
-/// direct kernel.
-const PARTIAL_BUDGET: usize = 16 << 20;
 
 /// Input channels below which the direct kernel wins: with few channels the 16 gemms are too
 /// thin (inner size `c_in`) to make up for the transforms.
@@ -334,56 +330,37 @@ pub fn backward_input(g: &Conv2dGeometry, weight: &[f32], dout: &[f32]) -> Vec<f
     forward_transformed(&transposed, dout, &u)
 }
 
-/// The weight gradient, as [`super::conv2d::backward_weight`] (the same shapes as [`forward`]).
-/// The batch is cut into chunks by the shapes alone and the partial sums
-/// are added in chunk order, so the result does not depend on the thread count.
+/// The weight gradient, as [`super::conv2d::backward_weight`] (the same shapes as [`forward`]),
+/// summed over the batch by [`sum_over_batch`], so the result does not depend on the thread
+/// count.
 pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
     check(g);
     let (input_len, output_len) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
     assert_eq!(x.len(), g.batch * input_len);
     assert_eq!(dout.len(), g.batch * output_len);
     let u_plane = plane_stride(g.c_out * g.c_in);
-    let size = 16 * u_plane;
     let group = group_size(g);
     let [th, tw] = tiles(g);
     let t_max = group * th * tw;
     let (v_plane, m_plane) = (plane_stride(g.c_in * t_max), plane_stride(g.c_out * t_max));
-    let groups = g.batch.div_ceil(group);
-    let chunks = (PARTIAL_BUDGET / size).clamp(1, 8).min(groups);
-    let per_chunk = groups.div_ceil(chunks);
-    let partials: Vec<Vec<f32>> = (0..groups.div_ceil(per_chunk))
-        .into_par_iter()
-        .map(|chunk| {
-            let mut du = vec![0.0f32; size];
-            let mut v = vec![0.0f32; 16 * v_plane];
-            let mut dm = vec![0.0f32; 16 * m_plane];
-            let first = chunk * per_chunk * group;
-            let last = ((chunk + 1) * per_chunk * group).min(g.batch);
-            for (i, b) in (first..last).step_by(group).enumerate() {
-                let n = group.min(last - b);
-                let t = n * th * tw;
-                input_transform(g, &x[b * input_len..(b + n) * input_len], &mut v, v_plane);
-                let dout_b = &dout[b * output_len..(b + n) * output_len];
-                gradient_transform(g, dout_b, &mut dm, m_plane);
-                for xi in 0..16 {
-                    matmul(
-                        &mut du[xi * u_plane..][..g.c_out * g.c_in],
-                        Mat::new(&dm[xi * m_plane..][..g.c_out * t], g.c_out, t),
-                        Mat::transposed(&v[xi * v_plane..][..g.c_in * t], g.c_in, t),
-                        i > 0,
-                    );
-                }
+    let du = sum_over_batch(
+        (g.batch, group, 16 * u_plane),
+        || (vec![0.0f32; 16 * v_plane], vec![0.0f32; 16 * m_plane]),
+        |du, (v, dm), b, n, accumulate| {
+            let t = n * th * tw;
+            input_transform(g, &x[b * input_len..(b + n) * input_len], v, v_plane);
+            let dout_b = &dout[b * output_len..(b + n) * output_len];
+            gradient_transform(g, dout_b, dm, m_plane);
+            for xi in 0..16 {
+                matmul(
+                    &mut du[xi * u_plane..][..g.c_out * g.c_in],
+                    Mat::new(&dm[xi * m_plane..][..g.c_out * t], g.c_out, t),
+                    Mat::transposed(&v[xi * v_plane..][..g.c_in * t], g.c_in, t),
+                    accumulate,
+                );
             }
-            du
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut du = parts.next().unwrap_or_else(|| vec![0.0; size]);
-    for part in parts {
-        for (a, b) in du.iter_mut().zip(&part) {
-            *a += b;
-        }
-    }
+        },
+    );
     weight_from_transformed(&du, g.c_out, g.c_in)
 }
 
@@ -402,9 +379,7 @@ fn weight_from_transformed(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     for (f, out) in dw.chunks_exact_mut(9).enumerate() {
         let at = |i: usize, j: usize| du[(i * 4 + j) * plane + f];
         // Columns first: each row i of dU folded to 3 values, then the rows folded.
-        let rows: Vec<[f32; 3]> = (0..4)
-            .map(|i| fold([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]))
-            .collect();
+        let rows: [[f32; 3]; 4] = std::array::from_fn(|i| fold([0, 1, 2, 3].map(|j| at(i, j))));
         for l in 0..3 {
             let col = fold([rows[0][l], rows[1][l], rows[2][l], rows[3][l]]);
             for k in 0..3 {
