@@ -294,4 +294,15 @@ put("backdoor_test", "zero_images_huge_shape",
     backdoor_test(empty, safetensors({"images": ("F32", [0, 1 << 22, 1 << 22, 1 << 22], b"")})))
 put("backdoor_test", "index_not_json", backdoor_test({}, images)[:5] + b"{{{" + images)
 
+
+# --- GGUF: the language-model fixtures (tests/fixtures/lm, written by gguf-py), cut and bent ---
+
+tiny = fixture("lm/tiny_llama.gguf")
+put("gguf", "tiny_llama.gguf", tiny)
+put("gguf", "quants.gguf", fixture("lm/quants.gguf"))
+put("gguf", "tiny_llama_truncated.gguf", tiny[: len(tiny) // 2])
+put("gguf", "huge_tensor_count.gguf", tiny[:8] + struct.pack("<Q", 1 << 62) + tiny[16:])
+put("gguf", "huge_kv_count.gguf", tiny[:16] + struct.pack("<Q", 1 << 62) + tiny[24:])
+put("gguf", "version_1.gguf", tiny[:4] + struct.pack("<I", 1) + tiny[8:])
+
 print("seeds written to", SEEDS)

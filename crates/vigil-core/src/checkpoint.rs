@@ -395,6 +395,32 @@ fn apply_file_tensors<M: ModuleSnapshot>(
     check_applied(path, what, &result, tensors)
 }
 
+/// Applies tensors named and laid out as a PyTorch `state_dict` to any module, through the same
+/// conversion and checks as a classifier's: the language models' loaders (`lm::weights`).
+pub(crate) fn apply_pytorch_tensors<M: ModuleSnapshot>(
+    path: &Path,
+    what: &str,
+    module: &mut M,
+    tensors: &BTreeMap<String, PackTensor>,
+) -> Result<(), CheckpointError> {
+    apply_file_tensors(path, what, module, tensors, Layout::PyTorch)
+}
+
+/// The tensors of a safetensors file, by name, as the file lays them out.
+pub(crate) fn safetensors_tensors(
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<BTreeMap<String, PackTensor>, CheckpointError> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    store
+        .get_all_tensors()
+        .cloned()
+        .map_err(|e| CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
 /// How many names an error lists of each kind; the rest are counted.
 const SAMPLE: usize = 8;
 

