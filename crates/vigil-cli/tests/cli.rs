@@ -902,3 +902,59 @@ fn ood_benchmark_trains_the_missing_rungs_then_evaluates_them() {
     assert!(stderr(&bad).contains("hal0"), "{}", stderr(&bad));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `vigil generate` on the tiny GGUF Llama of the language-model fixtures: losses, greedy
+/// continuations, the JSON and npz outputs, and clear errors for a missing prompt and a file
+/// that is not GGUF.
+#[test]
+fn generate_runs_a_gguf_language_model_end_to_end() {
+    let dir = temp_dir("generate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = fixture("lm", "tiny_llama.gguf");
+    let (out_json, out_npz) = (dir.join("r.json"), dir.join("r.npz"));
+    let out = vigil(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "the cat sat on",
+        "--prompt",
+        "a",
+        "--max-new",
+        "5",
+        "--out",
+        out_json.to_str().unwrap(),
+        "--logits",
+        out_npz.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "generate failed: {}", stderr(&out));
+    assert_eq!(stdout(&out).matches("prompt (").count(), 2);
+    let results: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        let ids = r["ids"].as_array().unwrap().len();
+        assert_eq!(r["losses"].as_array().unwrap().len(), ids - 1);
+        assert_eq!(r["generated"].as_array().unwrap().len(), 5);
+    }
+    assert!(results[0]["mean_loss"].as_f64().unwrap() > 0.0);
+    let mut npz = vigil_core::npy::NpzReader::new(std::fs::File::open(&out_npz).unwrap()).unwrap();
+    let logits = npz.array::<f32>("logits_0").unwrap();
+    let ids = results[0]["ids"].as_array().unwrap().len();
+    assert_eq!(logits.shape(), &[ids, 64]);
+
+    let out = vigil(&["generate", "--model", model.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no prompt"), "{}", stderr(&out));
+    let not_gguf = dir.join("x.gguf");
+    std::fs::write(&not_gguf, b"not a gguf file at all").unwrap();
+    let out = vigil(&[
+        "generate",
+        "--model",
+        not_gguf.to_str().unwrap(),
+        "--prompt",
+        "a",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("GGUF"), "{}", stderr(&out));
+}

@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod detect;
 pub mod evade;
 pub mod eval;
+pub mod generate;
 pub mod info;
 pub mod mechanisms;
 pub mod merge;
