@@ -1,10 +1,13 @@
 //! Throughput of vigil's three inner loops, for `vigil throughput` and the PyTorch comparison in
 //! `bench/`: a training step, a batched forward with per-sample losses (MAD-FA's hot path), and
 //! a PGD step (input gradient through frozen parameters). Same model, sizes and data as
-//! `bench/peer/bench_torch.py`.
+//! `bench/peer/bench_torch.py`. For language models ([`run_lm`]): a forward with per-sample
+//! mean next-token loss (MAD-FA's traces on text) and a localized SGLD step over every weight,
+//! as `bench/peer/bench_lm_torch.py` measures them with `transformers`.
 
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -119,6 +122,114 @@ pub struct BenchReport {
     /// absent when not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halo_step_img_per_s: Option<f64>,
+}
+
+/// What to measure on a language model.
+#[derive(Debug, Clone)]
+pub struct LmBenchConfig {
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Timed iterations.
+    pub iters: usize,
+}
+
+/// Tokens per second of each language-model loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct LmBenchReport {
+    /// Backend name.
+    pub backend: String,
+    /// The model's sizes.
+    pub model: crate::lm::LlamaConfig,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Timed iterations per measurement.
+    pub iters: usize,
+    /// Forward, per-position next-token losses, their per-sequence mean copied to the host.
+    pub forward_loss_tokens_per_s: f64,
+    /// Forward, mean loss, backward, one localized SGLD step (reference settings, RMSprop
+    /// preconditioner) over every weight.
+    pub sgld_step_tokens_per_s: f64,
+}
+
+/// Measures `model` (built on `device`'s autodiff twin, e.g. by `LanguageModel::load`) on
+/// random tokens from a seeded generator.
+pub fn run_lm(
+    config: &LmBenchConfig,
+    model: crate::lm::LlamaForCausalLm,
+    device: &Device,
+) -> Result<LmBenchReport, BenchError> {
+    use crate::lm::loss::{masked_mean, next_token_losses};
+    use crate::madfa::sgld::{LocalizedSgld, SgldConfig, W_STAR_SLOT};
+    use crate::optim::snapshot_slots;
+
+    let (batch, seq_len) = (config.batch, config.seq_len);
+    if !(1..=MAX_BATCH).contains(&batch) || seq_len < 2 || config.iters == 0 {
+        return Err(BenchError::InvalidConfig(format!(
+            "need 1 to {MAX_BATCH} sequences of at least 2 tokens and one timed iteration, got \
+             {batch} x {seq_len}, {} iterations",
+            config.iters
+        )));
+    }
+    if seq_len > model.config.max_position_embeddings {
+        return Err(BenchError::InvalidConfig(format!(
+            "{seq_len} tokens exceed the model's {} positions",
+            model.config.max_position_embeddings
+        )));
+    }
+    let train_device = device.clone().autodiff();
+    let mut rng = StdRng::seed_from_u64(0);
+    let vocab = model.config.vocab_size as i64;
+    let ids: Vec<i64> = (0..batch * seq_len)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq_len]), device);
+    let mask = Tensor::<2>::ones([batch, seq_len - 1], device);
+    let timing = BenchConfig {
+        warmup: config.warmup,
+        iters: config.iters,
+        ..BenchConfig::default()
+    };
+    let tokens_per_batch = batch * seq_len;
+
+    let inference = model.valid();
+    let forward_loss_tokens_per_s = time(&timing, tokens_per_batch, || {
+        let losses = next_token_losses(inference.forward(tokens.clone()), tokens.clone());
+        let host: Vec<f32> = masked_mean(losses, mask.clone())
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        std::hint::black_box(host);
+    });
+
+    let mut live = inference.clone().fork(&train_device).train();
+    let mut slots = ParamSlots::new();
+    snapshot_slots(&live, &mut slots, W_STAR_SLOT);
+    let sgld = SgldConfig::reference();
+    let train_tokens = tokens.clone().autodiff();
+    let mut step = 0u64;
+    let sgld_step_tokens_per_s = time(&timing, tokens_per_batch, || {
+        let losses = next_token_losses(live.forward(train_tokens.clone()), train_tokens.clone());
+        let grads = losses.mean().backward();
+        let mut rule = LocalizedSgld::new(&sgld, step);
+        live = apply_update(live.clone(), &grads, &mut rule, &mut slots);
+        step += 1;
+    });
+
+    Ok(LmBenchReport {
+        backend: crate::device::backend_name().to_string(),
+        model: inference.config.clone(),
+        batch,
+        seq_len,
+        iters: config.iters,
+        forward_loss_tokens_per_s,
+        sgld_step_tokens_per_s,
+    })
 }
 
 /// The benchmark model: `architecture` on `input_shape` inputs, 10 classes, no normalisation.
@@ -315,5 +426,43 @@ mod tests {
             );
         }
         assert!(BenchConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_language_model_loops_run_and_refuse_impossible_sizes() {
+        let device = crate::device::default_device();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/lm/tiny_llama.gguf");
+        let lm = crate::lm::LanguageModel::load(&path, &device).unwrap();
+        let config = LmBenchConfig {
+            batch: 2,
+            seq_len: 9,
+            warmup: 1,
+            iters: 2,
+        };
+        let report = run_lm(&config, lm.model.clone(), &device).unwrap();
+        assert!(report.forward_loss_tokens_per_s > 0.0 && report.sgld_step_tokens_per_s > 0.0);
+        assert_eq!((report.batch, report.seq_len), (2, 9));
+        for bad in [
+            LmBenchConfig {
+                seq_len: 1,
+                ..config.clone()
+            },
+            LmBenchConfig {
+                batch: 0,
+                ..config.clone()
+            },
+            LmBenchConfig {
+                iters: 0,
+                ..config.clone()
+            },
+            LmBenchConfig {
+                seq_len: 10_000,
+                ..config.clone()
+            },
+        ] {
+            let e = run_lm(&bad, lm.model.clone(), &device).unwrap_err();
+            assert!(matches!(e, BenchError::InvalidConfig(_)), "{e}");
+        }
     }
 }

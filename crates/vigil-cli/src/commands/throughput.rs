@@ -3,11 +3,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use vigil_core::device::default_device;
+use vigil_core::lm::LanguageModel;
 use vigil_core::models::Architecture;
-use vigil_core::throughput::{BenchConfig, run as run_bench};
+use vigil_core::throughput::{BenchConfig, LmBenchConfig, run as run_bench};
 
 /// Measure throughput of vigil's inner loops on the small CNN (conv32-conv64-fc128,
 /// 1x28x28, batch 128, random data) or another architecture and input shape. A benchmark, not a test: figures
@@ -35,9 +36,19 @@ pub struct ThroughputArgs {
     #[arg(long)]
     no_halo: bool,
 
-    /// Images per batch.
+    /// Images per batch (sequences with --lm).
     #[arg(long, default_value_t = 128)]
     batch: usize,
+
+    /// Measure a language model instead (a .gguf file or a Hugging Face folder): forward with
+    /// per-sequence mean next-token loss, and a localized SGLD step over every weight, in
+    /// tokens per second (`bench/peer/bench_lm_torch.py` is the PyTorch side).
+    #[arg(long, value_name = "MODEL")]
+    lm: Option<std::path::PathBuf>,
+
+    /// Tokens per sequence (with --lm).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
 
     /// Untimed warm-up iterations.
     #[arg(long, default_value_t = 3)]
@@ -53,6 +64,9 @@ pub struct ThroughputArgs {
 }
 
 pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.lm {
+        return run_lm(&args, path);
+    }
     let mut architecture = Architecture::by_name(&args.arch)?;
     if let Some(width) = args.width {
         architecture = architecture.with_width(width);
@@ -97,6 +111,45 @@ pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
         if let Some(halo) = report.halo_step_img_per_s {
             println!("  HALO step (PGD-10)    {halo:>10.0} ID img/s");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_lm(args: &ThroughputArgs, path: &std::path::Path) -> Result<ExitCode> {
+    let device = default_device();
+    let lm = LanguageModel::load(path, &device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let config = LmBenchConfig {
+        batch: args.batch,
+        seq_len: args.seq_len,
+        warmup: args.warmup,
+        iters: args.iters,
+    };
+    let report = vigil_core::throughput::run_lm(&config, lm.model, &device)?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["threads"] = rayon::current_num_threads().into();
+        println!("{value}");
+    } else {
+        println!(
+            "backend {} | {} ({} blocks, width {}) | {} x {} tokens | {} iterations | {} threads",
+            report.backend,
+            path.display(),
+            report.model.num_hidden_layers,
+            report.model.hidden_size,
+            report.batch,
+            report.seq_len,
+            report.iters,
+            rayon::current_num_threads()
+        );
+        println!(
+            "  forward + per-sample loss {:>10.0} tokens/s",
+            report.forward_loss_tokens_per_s
+        );
+        println!(
+            "  SGLD step                 {:>10.0} tokens/s",
+            report.sgld_step_tokens_per_s
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
