@@ -305,4 +305,11 @@ put("gguf", "huge_tensor_count.gguf", tiny[:8] + struct.pack("<Q", 1 << 62) + ti
 put("gguf", "huge_kv_count.gguf", tiny[:16] + struct.pack("<Q", 1 << 62) + tiny[24:])
 put("gguf", "version_1.gguf", tiny[:4] + struct.pack("<I", 1) + tiny[8:])
 
+# --- text: fortune databases and JSON-lines prompt/response pairs ---
+
+put("text", "fortunes.txt", b"A day for firm decisions!\n%\nTwo\n\nparagraphs.\n%\n100% sure\n")
+put("text", "pairs.jsonl", b'{"prompt": "Hi", "response": "Hello."}\n\n{"prompt": "a", "response": "b"}\n')
+put("text", "bad_utf8.txt", b"ok\n%\nbad \xff byte\n")
+put("text", "extra_key.jsonl", b'{"prompt": "a", "response": "b", "extra": 1}\n')
+
 print("seeds written to", SEEDS)

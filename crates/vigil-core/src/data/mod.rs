@@ -21,6 +21,7 @@ pub mod mnist_json;
 pub mod ood_sets;
 pub mod sampler;
 pub mod source;
+pub mod text;
 
 mod files;
 #[cfg(test)]
