@@ -24,20 +24,13 @@ import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def timed(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return time.perf_counter() - start
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import timed  # noqa: E402  (the image benchmark's timing loop, shared)
 
 
 def main():

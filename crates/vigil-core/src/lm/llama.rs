@@ -332,7 +332,7 @@ impl LlamaForCausalLm {
         match cache {
             None => {
                 for layer in &self.model.layers {
-                    x = layer.forward(x, &rope, &self.config, None);
+                    x = layer.forward_kv(x, &rope, &self.config, None).0;
                 }
             }
             Some(cache) => {
@@ -372,16 +372,7 @@ impl LlamaForCausalLm {
 }
 
 impl DecoderLayer {
-    fn forward(
-        &self,
-        x: Tensor<3>,
-        rope: &Rope,
-        config: &LlamaConfig,
-        past: Option<(Tensor<4>, Tensor<4>)>,
-    ) -> Tensor<3> {
-        self.forward_kv(x, rope, config, past).0
-    }
-
+    /// The block's output and its keys and values (the past ones and this call's).
     fn forward_kv(
         &self,
         x: Tensor<3>,
