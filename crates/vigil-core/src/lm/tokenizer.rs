@@ -86,7 +86,14 @@ impl Tokenizer {
         };
         let tokens = gguf.get_strings("tokenizer.ggml.tokens")?;
         let merges = gguf.get_strings("tokenizer.ggml.merges")?;
-        let types = gguf.get_ints("tokenizer.ggml.token_type").ok();
+        // Optional, but when present it must read: ignoring a malformed one would silently
+        // drop the special tokens and tokenise chat markup as plain text.
+        const TYPES: &str = "tokenizer.ggml.token_type";
+        let types = if gguf.metadata.contains_key(TYPES) {
+            Some(gguf.get_ints(TYPES)?)
+        } else {
+            None
+        };
         if let Some(types) = &types
             && types.len() != tokens.len()
         {
@@ -277,6 +284,25 @@ mod tests {
             );
         }
         assert!(tokenizer.decode(&[64]).is_err());
+    }
+
+    /// A token-type array of floats instead of integers is an error, not a tokenizer without
+    /// its special tokens.
+    #[test]
+    fn a_malformed_token_type_array_is_refused() {
+        let mut bytes = std::fs::read(fixture("tiny_llama.gguf")).unwrap();
+        let key = b"tokenizer.ggml.token_type";
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("the fixture has token types")
+            + key.len();
+        // After the key: the value type (9, array) and the item type (5, int32).
+        assert_eq!(&bytes[at..at + 8], &[9, 0, 0, 0, 5, 0, 0, 0]);
+        bytes[at + 4] = 6; // float32, the same size
+        let gguf = Gguf::from_bytes(&bytes).unwrap();
+        let err = Tokenizer::from_gguf(&gguf).unwrap_err().to_string();
+        assert!(err.contains("token_type"), "{err}");
     }
 
     #[test]
