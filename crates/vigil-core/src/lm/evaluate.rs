@@ -5,13 +5,13 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, TensorData};
 use ndarray::Array2;
 use ndarray_npy::NpzWriter;
 use serde::Serialize;
 
 use super::loss::next_token_losses;
-use super::{LanguageModel, LmError, greedy};
+use super::{LanguageModel, LmError, greedy, token_tensor};
 use crate::io::write_atomic;
 use crate::progress::Progress;
 
@@ -62,13 +62,7 @@ pub fn evaluate(
         if ids.is_empty() {
             return Err(LmError::Input(format!("prompt {i} has no tokens")));
         }
-        let tokens = Tensor::<2, Int>::from_data(
-            TensorData::new(
-                ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-                [1, ids.len()],
-            ),
-            device,
-        );
+        let tokens = token_tensor(&ids, device);
         let logits = lm.model.forward(tokens.clone());
         let losses = floats(next_token_losses(logits.clone(), tokens).into_data())?;
         let logits = floats(logits.into_data())?;

@@ -1,13 +1,15 @@
 //! Greedy generation with a key/value cache: the prompt runs once, then each new token costs
 //! one position's forward pass.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 
-use super::LmError;
 use super::llama::{KvCache, LlamaForCausalLm};
+use super::{LmError, token_tensor};
+use crate::loss::predictions;
 
-/// The `max_new` tokens that greedily follow `prompt` (argmax of each position's logits,
-/// ties to the lowest id), stopping after `stop` if it is generated.
+/// The `max_new` tokens that greedily follow `prompt` (argmax of each position's logits, ties
+/// to the lowest id, by [`predictions`] as everywhere else), stopping after `stop` if it is
+/// generated.
 pub fn greedy(
     model: &LlamaForCausalLm,
     prompt: &[u32],
@@ -35,21 +37,12 @@ pub fn greedy(
     let mut input = prompt.to_vec();
     let mut generated = Vec::with_capacity(max_new);
     while generated.len() < max_new {
-        let tokens = Tensor::<2, Int>::from_data(
-            TensorData::new(
-                input.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-                [1, input.len()],
-            ),
-            device,
-        );
-        let logits = model.forward_cached(tokens, &mut cache);
+        let logits = model.forward_cached(token_tensor(&input, device), &mut cache);
         let [_, positions, _] = logits.dims();
-        let last: Vec<f32> = logits
+        let last = logits
             .slice([0..1, positions - 1..positions, 0..vocab])
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| LmError::Input(format!("{e:?}")))?;
-        let next = argmax(&last);
+            .reshape([1, vocab]);
+        let next = predictions(last).into_scalar::<i64>() as u32;
         generated.push(next);
         if Some(next) == stop {
             break;
@@ -57,15 +50,4 @@ pub fn greedy(
         input = vec![next];
     }
     Ok(generated)
-}
-
-/// Index of the largest value, the first of equal ones (as `torch.argmax` on CPU).
-fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

@@ -328,24 +328,16 @@ impl LlamaForCausalLm {
         let device = tokens.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let rope = Rope::new(&self.config, start, positions, &device);
+        let mut cache = cache;
         let mut x = self.model.embed_tokens.forward(tokens);
-        match cache {
-            None => {
-                for layer in &self.model.layers {
-                    x = layer.forward_kv(x, &rope, &self.config, None).0;
-                }
-            }
-            Some(cache) => {
-                let fresh = cache.layers.is_empty();
-                for (i, layer) in self.model.layers.iter().enumerate() {
-                    let past = (!fresh).then(|| cache.layers[i].clone());
-                    let (out, kv) = layer.forward_kv(x, &rope, &self.config, past);
-                    x = out;
-                    if fresh {
-                        cache.layers.push(kv);
-                    } else {
-                        cache.layers[i] = kv;
-                    }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let past = cache.as_ref().and_then(|c| c.layers.get(i).cloned());
+            let (out, kv) = layer.forward_kv(x, &rope, &self.config, past);
+            x = out;
+            if let Some(cache) = cache.as_deref_mut() {
+                match cache.layers.get_mut(i) {
+                    Some(slot) => *slot = kv,
+                    None => cache.layers.push(kv),
                 }
             }
         }

@@ -21,7 +21,7 @@ pub use tokenizer::Tokenizer;
 
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::checkpoint::CheckpointError;
 
@@ -45,13 +45,14 @@ impl LanguageModel {
                     .map_err(|e| LmError::Input(format!("cannot read {}: {e}", file.display())))
             };
             let weights = path.join("model.safetensors");
+            let config_json = read("config.json")?;
             let model = weights::load_hf_safetensors(
-                &read("config.json")?,
+                &config_json,
                 read("model.safetensors")?,
                 &weights,
                 device,
             )?;
-            let config: serde_json::Value = serde_json::from_slice(&read("config.json")?)
+            let config: serde_json::Value = serde_json::from_slice(&config_json)
                 .map_err(|e| LmError::Config(format!("config.json: {e}")))?;
             let id = |key: &str| config[key].as_u64().map(|v| v as u32);
             let tokenizer = Tokenizer::from_json(
@@ -73,6 +74,12 @@ impl LanguageModel {
         }
         Ok(Self { model, tokenizer })
     }
+}
+
+/// One sequence of token ids as the model's input, `[1, ids.len()]`.
+pub fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let values: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    Tensor::from_data(TensorData::new(values, [1, ids.len()]), device)
 }
 
 /// Errors building, loading or running a language model.
