@@ -54,7 +54,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     // Boxed: the attack options are by far the largest variant.
     Attack(Box<commands::attack::AttackArgs>),
     Adversarial(Box<commands::adversarial::AdversarialArgs>),
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Train(args) => commands::train::run(args),
+        Command::Train(args) => commands::train::run(*args),
         Command::Attack(args) => commands::attack::run(*args),
         Command::Adversarial(args) => commands::adversarial::run(*args),
         Command::Eval(args) => commands::eval::run(args),

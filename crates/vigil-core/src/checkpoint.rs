@@ -857,7 +857,8 @@ fn parse_header(bytes: &[u8]) -> Result<serde_json::Value, String> {
     serde_json::from_slice(&bytes[8..end]).map_err(|e| format!("header is not JSON: {e}"))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+/// The bytes of a checkpoint file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     std::fs::read(path).map_err(|source| CheckpointError::Read {
         path: path.to_path_buf(),
         source,

@@ -27,6 +27,8 @@ fn config() -> TrainConfig {
         train_limit: None,
         test_limit: None,
         robust: None,
+        adamw: None,
+        text: None,
     }
 }
 
@@ -160,6 +162,6 @@ fn resume_matches(architecture: Architecture) {
 #[test]
 fn resume_without_a_run_is_a_clear_error() {
     let missing = std::env::temp_dir().join("vigil-no-such-run");
-    let err = train::load_resume(&missing, &default_device()).unwrap_err();
+    let err = train::load_resume::<Classifier>(&missing, &default_device()).unwrap_err();
     assert!(err.to_string().contains("vigil-no-such-run"), "{err}");
 }

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use vigil_core::data::DatasetKind;
@@ -11,7 +12,10 @@ use vigil_core::data::glyphs::SYSTEM_FONT_DIR;
 use vigil_core::device::default_device;
 use vigil_core::halo::run::{RobustRequest, TrainRunConfig, train_run};
 use vigil_core::halo::{HaloConfig, Objective, ReferenceRules};
-use vigil_core::train::run_files;
+use vigil_core::lm::LlamaConfig;
+use vigil_core::lm::train::{TextData, open_text_run, train_text_to_end};
+use vigil_core::train::text::TextSettings;
+use vigil_core::train::{SessionOutcome, TrainOutcome, run_files};
 
 use super::training::{SessionPrinter, TrainingArgs};
 use super::{DataArgs, parse_fraction};
@@ -52,6 +56,73 @@ pub struct TrainArgs {
 
     #[command(flatten)]
     robust: RobustArgs,
+
+    #[command(flatten)]
+    text: TextArgs,
+}
+
+/// Language models: --text trains a Llama-style decoder instead of a classifier.
+#[derive(Args, Debug, Clone)]
+struct TextArgs {
+    /// Train a language model on this text: `fortunes` (Debian's fortune databases),
+    /// `fortunes:NAME,...` (some of them), or a JSON-lines file of {"prompt", "response"}
+    /// pairs (only responses are learned). The run folder is also a Hugging Face model folder.
+    #[arg(long, value_name = "SOURCE")]
+    text: Option<String>,
+
+    /// Fine-tune this model (GGUF file, Hugging Face folder, or a vigil text run) instead of
+    /// training a fresh one.
+    #[arg(long, value_name = "MODEL", requires = "text")]
+    init: Option<PathBuf>,
+
+    /// Longest training sequence, in tokens.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    sequence_length: usize,
+
+    /// Entries held out to evaluate on after every epoch.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    eval_size: usize,
+
+    /// Fresh model: tokens of the BPE tokenizer trained on the text.
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    vocab_size: usize,
+
+    /// Fresh model: width of the residual stream.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    hidden_size: usize,
+
+    /// Fresh model: transformer blocks.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    layers: usize,
+
+    /// Fresh model: query heads (key/value heads are half as many).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    heads: usize,
+}
+
+impl TextArgs {
+    /// The text settings these options describe.
+    fn settings(&self) -> TextSettings {
+        let model = self.init.is_none().then(|| LlamaConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: 3 * self.hidden_size,
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            num_key_value_heads: (self.heads / 2).max(1),
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            max_position_embeddings: self.sequence_length.max(2),
+        });
+        TextSettings {
+            sequence_length: self.sequence_length,
+            init: self.init.as_ref().map(|p| p.display().to_string()),
+            model,
+            vocab_size: self.vocab_size,
+            eval_size: self.eval_size,
+        }
+    }
 }
 
 impl TrainArgs {
@@ -220,6 +291,9 @@ impl From<Objective> for ObjectiveArg {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    if let Some(source) = &args.text.text {
+        return train_text(&args, source);
+    }
     let config = args.run_config()?;
     // The library guards the helper a robust run reads; a --helper given without --objective
     // is guarded too, as every file named on the command line.
@@ -234,5 +308,40 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
 /// says whether it finished (success) or was interrupted (130).
 pub fn train_and_report(config: &TrainRunConfig, out: &Path, device: &Device) -> Result<ExitCode> {
     let outcome = train_run(config, out, device, &mut SessionPrinter::default())?;
+    Ok(SessionPrinter::exit_code(outcome))
+}
+
+/// `vigil train --text`: a language model's run.
+fn train_text(args: &TrainArgs, source: &str) -> Result<ExitCode> {
+    if args.robust.objective.is_some() || args.data.dataset.is_some() {
+        anyhow::bail!("--text trains a language model: --objective and --dataset do not apply");
+    }
+    let config = args.training.text_config(source, args.text.settings());
+    vigil_core::io::check_outputs(
+        &args.text.init,
+        run_files()
+            .chain(["config.json", "tokenizer.json"].map(PathBuf::from))
+            .map(|name| args.out.join(name)),
+    )?;
+    let data = TextData::load(source).with_context(|| format!("reading the text {source}"))?;
+    let device = default_device();
+    let mut run = open_text_run(&args.out, args.resume, &config, &data, &device)?;
+    let mut printer = SessionPrinter::for_text(&run.state, run.resumed, &args.out);
+    if !run.state.finished() {
+        eprintln!(
+            "training a language model ({} parameters, {} tokens) on {} {} entries",
+            run.lm.model.num_params(),
+            run.lm.tokenizer.vocab_size(),
+            data.len(),
+            run.state.config.dataset,
+        );
+    }
+    let already_finished = run.state.finished();
+    let outcome = match train_text_to_end(&mut run, &data, &args.out, &device, &mut printer)? {
+        _ if already_finished => SessionOutcome::AlreadyFinished,
+        TrainOutcome::Finished => SessionOutcome::Finished,
+        TrainOutcome::Interrupted => SessionOutcome::Interrupted,
+    };
+    printer.training_ended(&args.out, outcome, &run.state);
     Ok(SessionPrinter::exit_code(outcome))
 }

@@ -9,9 +9,11 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use vigil_core::data::DatasetKind;
 use vigil_core::models::Architecture;
+use vigil_core::optim::adam::AdamConfig;
 use vigil_core::optim::schedule::Schedule;
 use vigil_core::optim::sgd::SgdConfig;
 use vigil_core::progress::Progress;
+use vigil_core::train::text::TextSettings;
 use vigil_core::train::{
     self, Run, RunRequest, SessionOutcome, TrainConfig, TrainEvent, TrainState,
 };
@@ -30,17 +32,18 @@ pub struct TrainingArgs {
     #[arg(long, value_name = "N")]
     width: Option<usize>,
 
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// Passes over the training set [default: 10; with --text 4].
+    #[arg(long)]
+    epochs: Option<usize>,
 
-    /// Training batch size.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
+    /// Training batch size [default: 128; with --text 32].
+    #[arg(long)]
+    batch_size: Option<usize>,
 
-    /// Peak (one-cycle) or initial (step, constant) learning rate.
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    /// Peak (one-cycle) or initial (step, constant) learning rate [default: 0.05; with --text
+    /// 0.002].
+    #[arg(long)]
+    lr: Option<f64>,
 
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = ScheduleKind::OneCycle)]
@@ -62,9 +65,10 @@ pub struct TrainingArgs {
     #[arg(long)]
     no_nesterov: bool,
 
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
+    /// Weight decay: SGD's L2 term [default: 5e-4]; with --text, AdamW's decoupled decay
+    /// [default: 0.01].
+    #[arg(long)]
+    weight_decay: Option<f64>,
 
     /// Random-crop zero padding (0 = none).
     #[arg(long, default_value_t = 0)]
@@ -105,25 +109,16 @@ enum ScheduleKind {
 impl TrainingArgs {
     /// The training configuration these options describe.
     pub fn config(&self, kind: DatasetKind) -> TrainConfig {
-        let schedule = match self.schedule {
-            ScheduleKind::OneCycle => Schedule::one_cycle(self.lr, self.warmup),
-            ScheduleKind::Step => Schedule::Step {
-                lr: self.lr,
-                milestones: self.milestones.clone(),
-                gamma: 0.1,
-            },
-            ScheduleKind::Constant => Schedule::Constant { lr: self.lr },
-        };
         TrainConfig {
             dataset: kind.to_string(),
-            epochs: self.epochs,
-            batch_size: self.batch_size,
+            epochs: self.epochs.unwrap_or(10),
+            batch_size: self.batch_size.unwrap_or(128),
             eval_batch_size: 512,
-            schedule,
+            schedule: self.schedule(0.05),
             sgd: SgdConfig {
                 momentum: self.momentum,
                 nesterov: !self.no_nesterov,
-                weight_decay: self.weight_decay,
+                weight_decay: self.weight_decay.unwrap_or(5e-4),
             },
             crop_padding: self.crop_padding,
             horizontal_flip: self.flip,
@@ -131,6 +126,43 @@ impl TrainingArgs {
             train_limit: self.train_limit,
             test_limit: self.test_limit,
             robust: None,
+            adamw: None,
+            text: None,
+        }
+    }
+
+    /// The schedule these options name, at `default_lr` unless --lr is given.
+    fn schedule(&self, default_lr: f64) -> Schedule {
+        let lr = self.lr.unwrap_or(default_lr);
+        match self.schedule {
+            ScheduleKind::OneCycle => Schedule::one_cycle(lr, self.warmup),
+            ScheduleKind::Step => Schedule::Step {
+                lr,
+                milestones: self.milestones.clone(),
+                gamma: 0.1,
+            },
+            ScheduleKind::Constant => Schedule::Constant { lr },
+        }
+    }
+
+    /// The configuration of a language model's run on `dataset` with `text` settings: AdamW
+    /// and the text defaults for what is not given.
+    pub fn text_config(&self, dataset: &str, text: TextSettings) -> TrainConfig {
+        TrainConfig {
+            dataset: dataset.to_string(),
+            epochs: self.epochs.unwrap_or(4),
+            batch_size: self.batch_size.unwrap_or(32),
+            eval_batch_size: 64,
+            schedule: self.schedule(2e-3),
+            adamw: Some(AdamConfig {
+                weight_decay: self.weight_decay.unwrap_or(0.01),
+                ..AdamConfig::default()
+            }),
+            seed: self.seed,
+            train_limit: self.train_limit,
+            test_limit: None,
+            text: Some(text),
+            ..TrainConfig::small_cnn_default()
         }
     }
 
@@ -231,7 +263,25 @@ impl SessionPrinter {
         }));
     }
 
-    fn training_ended(&mut self, out: &Path, outcome: SessionOutcome, state: &TrainState) {
+    /// A printer for a language model's run of `epochs` epochs, opened (`resumed`) at `state`.
+    pub fn for_text(state: &TrainState, resumed: bool, out: &Path) -> Self {
+        if resumed && !state.finished() {
+            eprintln!(
+                "resuming {} at epoch {}, batch {} (step {})",
+                out.display(),
+                state.epoch + 1,
+                state.batch,
+                state.step
+            );
+        }
+        Self {
+            progress: Some(Interruptible::new(TrainProgress::new(state.config.epochs))),
+            stop_reported: false,
+        }
+    }
+
+    /// Says how a session ended with `outcome` in `out`, at `state`.
+    pub fn training_ended(&mut self, out: &Path, outcome: SessionOutcome, state: &TrainState) {
         let last_accuracy = state.history.last().map_or(0.0, |r| r.test_accuracy);
         match outcome {
             SessionOutcome::AlreadyFinished => eprintln!(

@@ -425,7 +425,11 @@ impl StepRule for RobustStep<'_> {
         if let Some(average) = &mut self.average {
             average.update(classifier, at.step)?;
         }
-        Ok(StepStats { loss, correct })
+        Ok(StepStats {
+            loss,
+            correct,
+            scored: at.samples.len(),
+        })
     }
 
     fn save(&self, run_dir: &Path, step: usize) -> Result<(), TrainError> {

@@ -12,12 +12,15 @@
 //! PyTorch twin: `transformers.LlamaForCausalLM` (`bench/peer/lm_peer.py`, and the fixtures
 //! of `tests/fixtures/lm/make_fixtures.py`).
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::LmError;
@@ -306,6 +309,44 @@ impl LlamaForCausalLm {
             lm_head: (!config.tie_word_embeddings).then(|| linear(d, config.vocab_size)),
             config: config.clone(),
         })
+    }
+
+    /// A fresh model whose weights are a pure function of `seed`: each matrix drawn from
+    /// N(0, 0.02) by its own generator seeded by `(seed, its index)`, norms at 1. Unlike
+    /// [`LlamaForCausalLm::new`] it draws nothing from the device's generator, which other
+    /// threads share.
+    pub fn seeded(config: &LlamaConfig, seed: u64, device: &Device) -> Result<Self, LmError> {
+        struct Redraw {
+            seed: u64,
+            index: u64,
+        }
+        impl ModuleMapper for Redraw {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let (id, tensor, mapper) = param.consume();
+                let dims = tensor.dims();
+                // Norm weights (vectors) keep their 1s; every matrix is redrawn.
+                if D < 2 {
+                    return Param::from_mapped_value(id, tensor, mapper);
+                }
+                let mut rng = StdRng::seed_from_u64(crate::train::mix(self.seed, self.index, 0));
+                self.index += 1;
+                let n: usize = dims.iter().product();
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let z: f32 = StandardNormal.sample(&mut rng);
+                        z * INIT_STD as f32
+                    })
+                    .collect();
+                let device = tensor.device();
+                let require_grad = tensor.is_require_grad();
+                let mut next = Tensor::<D>::from_data(TensorData::new(values, dims), &device);
+                if require_grad {
+                    next = next.require_grad();
+                }
+                Param::from_mapped_value(id, next, mapper)
+            }
+        }
+        Ok(Self::new(config, device)?.map(&mut Redraw { seed, index: 0 }))
     }
 
     /// Logits `[batch, positions, vocab]` of every position of `tokens` `[batch, positions]`.

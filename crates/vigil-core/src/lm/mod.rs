@@ -11,7 +11,9 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod loss;
+pub mod sequences;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use generate::greedy;
@@ -52,27 +54,34 @@ impl LanguageModel {
                 &weights,
                 device,
             )?;
-            let config: serde_json::Value = serde_json::from_slice(&config_json)
-                .map_err(|e| LmError::Config(format!("config.json: {e}")))?;
-            let id = |key: &str| config[key].as_u64().map(|v| v as u32);
             let tokenizer = Tokenizer::from_json(
                 &read("tokenizer.json")?,
-                id("bos_token_id"),
-                id("eos_token_id"),
+                train::special_id(&config_json, "bos_token_id")?,
+                train::special_id(&config_json, "eos_token_id")?,
             )?;
+            train::check_vocabulary(&tokenizer, &model.config)?;
             return Ok(Self { model, tokenizer });
+        }
+        if !is_gguf(path) {
+            let bytes = crate::checkpoint::read(path)?;
+            return Self::from_safetensors(path, bytes, device);
         }
         let gguf = Gguf::open(path)?;
         let model = weights::load_gguf(&gguf, path, device)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        if tokenizer.vocab_size() > model.config.vocab_size {
-            return Err(LmError::Tokenizer(format!(
-                "{} tokens for a model of {}",
-                tokenizer.vocab_size(),
-                model.config.vocab_size
-            )));
-        }
+        train::check_vocabulary(&tokenizer, &model.config)?;
         Ok(Self { model, tokenizer })
+    }
+}
+
+/// Whether the file at `path` starts with GGUF's magic (an unreadable file counts as GGUF, so
+/// the GGUF reader reports why it cannot be read).
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
+        Ok(()) => &magic == b"GGUF",
+        Err(_) => true,
     }
 }
 

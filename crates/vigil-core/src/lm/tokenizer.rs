@@ -194,10 +194,14 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String, LmError> {
+        self.inner.to_string(false).map_err(tokenizer_error)
+    }
+
     /// Writes `tokenizer.json` atomically.
     pub fn save(&self, path: &Path) -> Result<(), LmError> {
-        let json = self.inner.to_string(false).map_err(tokenizer_error)?;
-        crate::io::write_atomic(path, json.as_bytes()).map_err(tokenizer_error)
+        crate::io::write_atomic(path, self.to_json()?.as_bytes()).map_err(tokenizer_error)
     }
 
     /// Tokens in the vocabulary, special ones included.
@@ -216,6 +220,13 @@ impl Tokenizer {
         }
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
+    }
+
+    /// Token ids of `text` continuing a sequence already begun: as [`Tokenizer::encode`]
+    /// without the beginning-of-sequence token (a response after its prompt).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, LmError> {
+        let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Text of token ids (special tokens kept).

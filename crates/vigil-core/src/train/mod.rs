@@ -14,10 +14,12 @@
 
 pub mod robust;
 pub mod session;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::{Device, Gradients, Int, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -26,13 +28,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointError, TensorFile};
 use crate::data::{Augmentation, Batch, ImageSet, augmented_batch};
-use crate::inference::{SampleOutputs, evaluate};
+use crate::inference::evaluate;
 use crate::io::{IoError, write_atomic, write_json_atomic};
 use crate::loss::{cross_entropy, predictions};
 use crate::models::{BnMode, Classifier};
+use crate::optim::adam::AdamConfig;
 use crate::optim::schedule::{Schedule, StepHyper};
 use crate::optim::sgd::{MOMENTUM_SLOT, Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
+
+/// Every optimiser slot a resume saves, SGD's momentum first (its entries carry no prefix).
+const OPTIMIZER_SLOTS: [&str; 3] = [
+    MOMENTUM_SLOT,
+    crate::optim::adam::FIRST,
+    crate::optim::adam::SECOND,
+];
 use crate::progress::Progress;
 
 pub use session::{
@@ -109,6 +119,12 @@ pub struct TrainConfig {
     /// validation split. `None` for plain cross-entropy training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robust: Option<robust::RobustSettings>,
+    /// AdamW instead of SGD (`sgd` is then unused); `None` for SGD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adamw: Option<AdamConfig>,
+    /// A language model's run: its model and sequences. `None` for a classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<text::TextSettings>,
 }
 
 impl TrainConfig {
@@ -127,6 +143,8 @@ impl TrainConfig {
             train_limit: None,
             test_limit: None,
             robust: None,
+            adamw: None,
+            text: None,
         }
     }
 
@@ -148,6 +166,9 @@ impl TrainConfig {
                 "weight decay must be finite and >= 0, got {}",
                 self.sgd.weight_decay
             ));
+        }
+        if let Some(problem) = self.adamw.as_ref().and_then(AdamConfig::problem) {
+            return bad(&problem);
         }
         self.validate_schedule()
     }
@@ -290,8 +311,8 @@ impl TrainState {
         best
     }
 
-    /// Counts batch `b` of the current epoch as done: one optimiser step over `n` images with
-    /// mean loss `loss`, `correct` of them right. Returns the epoch's running mean loss and
+    /// Counts batch `b` of the current epoch as done: one optimiser step over `n` predictions
+    /// (images, or counted tokens) with mean loss `loss`, `correct` of them right. Returns the epoch's running mean loss and
     /// accuracy.
     pub fn record_batch(&mut self, b: usize, n: usize, loss: f64, correct: usize) -> (f64, f64) {
         self.step += 1;
@@ -308,7 +329,7 @@ impl TrainState {
     /// record to the history, moves to the next epoch, and returns the record.
     pub fn finish_epoch(
         &mut self,
-        eval: &SampleOutputs,
+        eval: &Evaluation,
         lr: f64,
         seconds: f64,
         validation_loss: Option<f64>,
@@ -318,8 +339,8 @@ impl TrainState {
             epoch: self.epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
-            test_loss: eval.mean_loss(),
-            test_accuracy: eval.accuracy(),
+            test_loss: eval.mean_loss,
+            test_accuracy: eval.accuracy,
             lr,
             seconds: self.epoch_seconds + seconds,
             validation_loss,
@@ -440,18 +461,21 @@ pub struct StepAt<'a> {
 pub struct StepStats {
     /// The step's mean loss (finite: a rule returns [`TrainError::Diverged`] otherwise).
     pub loss: f64,
-    /// How many of the batch's samples the model classified right.
+    /// How many of the step's predictions were right.
     pub correct: usize,
+    /// How many predictions `correct` and the mean loss are over: the batch's samples for a
+    /// classifier, its counted tokens for a language model.
+    pub scored: usize,
 }
 
 /// One training objective: the part of a step in which plain training, Input-Aware's joint
-/// training and robust (HALO) training differ. [`run`] does the rest: sample order, schedule,
-/// bookkeeping, evaluation, checkpoints, stop and exact resume.
-pub trait StepRule {
-    /// One optimiser step of `classifier` (with optimiser state `slots`) on the batch `at`.
+/// training, robust (HALO) training and language-model training differ. [`run`] does the rest:
+/// sample order, schedule, bookkeeping, evaluation, checkpoints, stop and exact resume.
+pub trait StepRule<T: Trainee = Classifier> {
+    /// One optimiser step of `model` (with optimiser state `slots`) on the batch `at`.
     fn step(
         &mut self,
-        classifier: &mut Classifier,
+        model: &mut T,
         slots: &mut ParamSlots,
         at: &StepAt,
     ) -> Result<StepStats, TrainError>;
@@ -464,23 +488,97 @@ pub trait StepRule {
 
     /// A loss on held-out data after an epoch, if the rule has one: the run keeps the weights
     /// of the epoch where it is lowest in `best.safetensors`.
-    fn validation_loss(
-        &mut self,
-        _classifier: &Classifier,
-        _device: &Device,
-    ) -> Result<Option<f64>, TrainError> {
+    fn validation_loss(&mut self, _model: &T, _device: &Device) -> Result<Option<f64>, TrainError> {
         Ok(None)
     }
 
     /// The weights the run evaluates, validates and keeps as best when they are not the live
     /// ones (an average of the weights); `None` for the live weights. Such a run also writes
     /// them to `average.safetensors` after every epoch.
-    fn evaluated_model(
-        &self,
-        _live: &Classifier,
-        _device: &Device,
-    ) -> Result<Option<Classifier>, TrainError> {
+    fn evaluated_model(&self, _live: &T, _device: &Device) -> Result<Option<T>, TrainError> {
         Ok(None)
+    }
+}
+
+/// A model's loss and accuracy on its evaluation data after an epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss.
+    pub mean_loss: f64,
+    /// Fraction right (classes for a classifier, next tokens for a language model).
+    pub accuracy: f64,
+}
+
+/// What [`run`] trains: a model with a network the optimiser updates, evaluation data it is
+/// measured on after every epoch, and a checkpoint format.
+pub trait Trainee: Sized {
+    /// The module whose parameters the optimiser updates and whose slots a resume saves.
+    type Network: Module;
+    /// The data the model is evaluated on.
+    type EvalSet: ?Sized;
+
+    /// The network.
+    fn network(&self) -> &Self::Network;
+
+    /// Refuses evaluation data (and a configuration) the model cannot take.
+    fn check_eval(&self, set: &Self::EvalSet, config: &TrainConfig) -> Result<(), TrainError>;
+
+    /// Loss and accuracy on `set`, in batches of `batch_size`.
+    fn evaluate(
+        &self,
+        set: &Self::EvalSet,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Evaluation, TrainError>;
+
+    /// Writes the model atomically to `path` with `training` as metadata.
+    fn save(&self, path: &Path, training: Option<&serde_json::Value>) -> Result<(), TrainError>;
+
+    /// Reads a model [`Trainee::save`] wrote, onto `device`.
+    fn load(path: &Path, device: &Device) -> Result<Self, TrainError>;
+}
+
+impl Trainee for Classifier {
+    type Network = crate::models::Network;
+    type EvalSet = ImageSet;
+
+    fn network(&self) -> &Self::Network {
+        &self.network
+    }
+
+    fn check_eval(&self, set: &ImageSet, config: &TrainConfig) -> Result<(), TrainError> {
+        check_fits(self, set, "evaluation")?;
+        // Padding by the image's side or more lets a random crop fall wholly in the padding:
+        // the model would be trained on blank images, silently.
+        let [_, height, width] = self.spec.input_shape;
+        if config.crop_padding >= height.min(width) {
+            return Err(TrainError::InvalidConfig(format!(
+                "crop padding {} must be smaller than the images' side ({height}x{width})",
+                config.crop_padding
+            )));
+        }
+        Ok(())
+    }
+
+    fn evaluate(
+        &self,
+        set: &ImageSet,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Evaluation, TrainError> {
+        let eval = evaluate(self, set, None, batch_size, BnMode::Eval, device);
+        Ok(Evaluation {
+            mean_loss: eval.mean_loss(),
+            accuracy: eval.accuracy(),
+        })
+    }
+
+    fn save(&self, path: &Path, training: Option<&serde_json::Value>) -> Result<(), TrainError> {
+        Ok(checkpoint::save_classifier(path, self, training)?)
+    }
+
+    fn load(path: &Path, device: &Device) -> Result<Self, TrainError> {
+        Ok(checkpoint::load_classifier(path, device)?)
     }
 }
 
@@ -512,6 +610,7 @@ impl StepRule for Supervised<'_> {
         Ok(StepStats {
             loss: loss_value,
             correct,
+            scored: at.samples.len(),
         })
     }
 }
@@ -580,29 +679,20 @@ pub fn train(
 /// `slots` carries the optimiser state (empty for a fresh run). Batches follow the seeded
 /// [`epoch_order`] and the schedule is stepped per batch, so a resumed run continues bit for bit.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
-    classifier: &mut Classifier,
+pub fn run<T: Trainee>(
+    model: &mut T,
     slots: &mut ParamSlots,
     state: &mut TrainState,
     n_train: usize,
-    eval_set: &ImageSet,
+    eval_set: &T::EvalSet,
     run_dir: &Path,
     device: &Device,
     progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
-    rule: &mut impl StepRule,
+    rule: &mut impl StepRule<T>,
 ) -> Result<TrainOutcome, TrainError> {
     let config = state.config.clone();
     config.validate()?;
-    check_fits(classifier, eval_set, "evaluation")?;
-    // Padding by the image's side or more lets a random crop fall wholly in the padding: the
-    // model would be trained on blank images, silently.
-    let [_, height, width] = classifier.spec.input_shape;
-    if config.crop_padding >= height.min(width) {
-        return Err(TrainError::InvalidConfig(format!(
-            "crop padding {} must be smaller than the images' side ({height}x{width})",
-            config.crop_padding
-        )));
-    }
+    model.check_eval(eval_set, &config)?;
     if n_train == 0 {
         return Err(TrainError::DataMismatch("training set is empty".into()));
     }
@@ -634,9 +724,9 @@ pub fn run(
                 hyper,
                 device: &device,
             };
-            let stats = rule.step(classifier, slots, &at)?;
+            let stats = rule.step(model, slots, &at)?;
             let (mean_loss, accuracy) =
-                state.record_batch(b, chunk.len(), stats.loss, stats.correct);
+                state.record_batch(b, stats.scored, stats.loss, stats.correct);
             progress.report(TrainEvent::BatchFinished {
                 batch: b,
                 loss: mean_loss,
@@ -646,21 +736,14 @@ pub fn run(
             if state.batch < steps_per_epoch && progress.should_stop() {
                 state.epoch_seconds += started.elapsed().as_secs_f64();
                 rule.save(run_dir, state.step)?;
-                save_resume(run_dir, classifier, slots, state)?;
+                save_resume(run_dir, model, slots, state)?;
                 return Ok(TrainOutcome::Interrupted);
             }
         }
         progress.report(TrainEvent::Evaluating);
-        let averaged = rule.evaluated_model(classifier, &device)?;
-        let evaluated = averaged.as_ref().unwrap_or(classifier);
-        let eval = evaluate(
-            evaluated,
-            eval_set,
-            None,
-            config.eval_batch_size,
-            BnMode::Eval,
-            &device,
-        );
+        let averaged = rule.evaluated_model(model, &device)?;
+        let evaluated = averaged.as_ref().unwrap_or(model);
+        let eval = evaluated.evaluate(eval_set, config.eval_batch_size, &device)?;
         let validation_loss = rule.validation_loss(evaluated, &device)?;
         let record =
             state.finish_epoch(&eval, lr, started.elapsed().as_secs_f64(), validation_loss);
@@ -674,15 +757,15 @@ pub fn run(
                 map.insert("kept_epoch".into(), epoch.into());
                 map.insert("validation_loss".into(), loss.into());
             }
-            checkpoint::save_classifier(&run_dir.join(files::BEST), evaluated, Some(&meta))?;
+            evaluated.save(&run_dir.join(files::BEST), Some(&meta))?;
         }
         if let Some(average) = &averaged {
             let config = serde_json::to_value(&state.config).ok();
-            checkpoint::save_classifier(&run_dir.join(files::AVERAGE), average, config.as_ref())?;
+            average.save(&run_dir.join(files::AVERAGE), config.as_ref())?;
         }
         // The rule's files first: `save_epoch` writes `state.json` last, naming the step.
         rule.save(run_dir, state.step)?;
-        save_epoch(run_dir, classifier, slots, state)?;
+        save_epoch(run_dir, model, slots, state)?;
         progress.report(TrainEvent::EpochFinished(&record));
         if !state.finished() && progress.should_stop() {
             return Ok(TrainOutcome::Interrupted);
@@ -786,36 +869,51 @@ pub(crate) fn tensor_file_step(file: &TensorFile) -> Option<u64> {
     file.metadata.get(STEP_KEY).and_then(|s| s.parse().ok())
 }
 
-pub(crate) fn save_epoch(
+pub(crate) fn save_epoch<T: Trainee>(
     run_dir: &Path,
-    classifier: &Classifier,
+    model: &T,
     slots: &ParamSlots,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let config = serde_json::to_value(&state.config).ok();
-    checkpoint::save_classifier(&run_dir.join(files::MODEL), classifier, config.as_ref())?;
+    model.save(&run_dir.join(files::MODEL), config.as_ref())?;
     let mut lines = String::new();
     for record in &state.history {
         lines.push_str(&serde_json::to_string(record).unwrap_or_default());
         lines.push('\n');
     }
     write_atomic(&run_dir.join(files::METRICS), lines.as_bytes())?;
-    save_resume(run_dir, classifier, slots, state)
+    save_resume(run_dir, model, slots, state)
 }
 
-pub(crate) fn save_resume(
+/// The name under which slot `slot` of the parameter at `path` is saved in the optimiser
+/// file: SGD's momentum under the parameter's own name (the name runs have always used), every
+/// other slot as `slot/path`.
+fn optimizer_entry(slot: &str, path: &str) -> String {
+    if slot == MOMENTUM_SLOT {
+        path.to_string()
+    } else {
+        format!("{slot}/{path}")
+    }
+}
+
+pub(crate) fn save_resume<T: Trainee>(
     run_dir: &Path,
-    classifier: &Classifier,
+    model: &T,
     slots: &ParamSlots,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let dir = run_dir.join(files::RESUME_DIR);
     let step = serde_json::json!({ "step": state.step });
-    checkpoint::save_classifier(&dir.join(files::MODEL), classifier, Some(&step))?;
+    model.save(&dir.join(files::MODEL), Some(&step))?;
     let mut optimizer = TensorFile::default();
-    for (name, values) in slots.export(&classifier.network, MOMENTUM_SLOT) {
-        let n = values.len();
-        optimizer.tensors.push((name, vec![n], values));
+    for slot in OPTIMIZER_SLOTS {
+        for (name, values) in slots.export(model.network(), slot) {
+            let n = values.len();
+            optimizer
+                .tensors
+                .push((optimizer_entry(slot, &name), vec![n], values));
+        }
     }
     optimizer
         .metadata
@@ -842,11 +940,11 @@ pub fn saved_state(run_dir: &Path) -> Result<Option<TrainState>, TrainError> {
         .map_err(|e| fail(format!("{}: {e}", path.display())))
 }
 
-/// Loads the resume state of `run_dir`: classifier, optimiser slots and position.
-pub fn load_resume(
+/// Loads the resume state of `run_dir`: model, optimiser slots and position.
+pub fn load_resume<T: Trainee>(
     run_dir: &Path,
     device: &Device,
-) -> Result<(Classifier, ParamSlots, TrainState), TrainError> {
+) -> Result<(T, ParamSlots, TrainState), TrainError> {
     let dir = run_dir.join(files::RESUME_DIR);
     let fail = |reason: String| TrainError::Resume {
         path: run_dir.to_path_buf(),
@@ -856,7 +954,7 @@ pub fn load_resume(
         .ok_or_else(|| fail(format!("no {} in {}", files::STATE, dir.display())))?;
     let model_path = dir.join(files::MODEL);
     let model_step = metadata_step(checkpoint::inspect(&model_path)?.training.as_ref());
-    let classifier = checkpoint::load_classifier(&model_path, &device.clone().autodiff())?;
+    let model = T::load(&model_path, &device.clone().autodiff())?;
     let optimizer = TensorFile::load(&dir.join(files::OPTIMIZER))?;
     let optimizer_step = tensor_file_step(&optimizer);
     let step = state.step as u64;
@@ -866,19 +964,29 @@ pub fn load_resume(
         )));
     }
     let mut slots = ParamSlots::new();
-    let entries = optimizer
-        .tensors
-        .into_iter()
-        .map(|(name, _, values)| (name, values))
-        .collect();
-    let rejected = slots.import(&classifier.network, MOMENTUM_SLOT, entries);
+    // Entries of each slot of OPTIMIZER_SLOTS, in its order.
+    let mut by_slot: Vec<Vec<(String, Vec<f32>)>> = vec![Vec::new(); OPTIMIZER_SLOTS.len()];
+    for (name, _, values) in optimizer.tensors {
+        let (slot, path) = match name.split_once('/') {
+            Some((slot, path)) => match OPTIMIZER_SLOTS.iter().position(|&s| s == slot) {
+                Some(i) => (i, path.to_string()),
+                None => return Err(fail(format!("unknown optimizer slot in `{name}`"))),
+            },
+            None => (0, name),
+        };
+        by_slot[slot].push((path, values));
+    }
+    let mut rejected = Vec::new();
+    for (slot, entries) in OPTIMIZER_SLOTS.into_iter().zip(by_slot) {
+        rejected.extend(slots.import(model.network(), slot, entries));
+    }
     if !rejected.is_empty() {
         return Err(fail(format!(
             "optimizer state does not fit the model: {}",
             rejected.join(", ")
         )));
     }
-    Ok((classifier, slots, state))
+    Ok((model, slots, state))
 }
 
 /// What the tests of training runs share: a tiny configuration, a scratch folder, a tiny data set

@@ -203,7 +203,7 @@ fn open(
     request.config.validate()?;
     let state_file = out.join(files::RESUME_DIR).join(files::STATE);
     if resume || state_file.exists() {
-        let (classifier, slots, state) = load_resume(out, device)?;
+        let (classifier, slots, state) = load_resume::<Classifier>(out, device)?;
         if !resume
             && (state.config != request.config
                 || classifier.spec.architecture != request.architecture)

@@ -404,6 +404,7 @@ impl StepRule for JointStep<'_> {
         Ok(StepStats {
             loss: ce_value,
             correct,
+            scored: at.samples.len(),
         })
     }
 

@@ -1,0 +1,612 @@
+//! Training a language model with vigil's one training loop ([`crate::train::run`]): from
+//! scratch on text (the tiny LM, on Debian's fortunes) or fine-tuning a model on
+//! prompt/response pairs (the backdoors). Next-token cross-entropy over the counted tokens
+//! ([`TokenSequences`]), AdamW, the run's schedule stepped per batch.
+//!
+//! A text run's folder is a Hugging Face model folder as well as a vigil run: beside
+//! `model.safetensors` (Hugging Face's names, PyTorch's layout, the model's sizes and tokenizer
+//! in its metadata) it holds `config.json` and `tokenizer.json`, so `transformers` loads it
+//! as it is and every vigil command that takes a model takes the folder or the file.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::loss::next_token_losses;
+use super::sequences::TokenSequences;
+use super::{LanguageModel, LlamaConfig, LlamaForCausalLm, LmError, Tokenizer};
+use crate::checkpoint::{self, TRAINING_KEY, VERSION_KEY};
+use crate::data::text::{FORTUNE_DIR, PromptResponse, TextError, read_fortunes, read_jsonl};
+use crate::io::write_atomic;
+use crate::optim::adam::AdamConfig;
+use crate::optim::{ParamSlots, apply_update};
+use crate::progress::Progress;
+use crate::train::text::TextSettings;
+use crate::train::{
+    Evaluation, StepAt, StepRule, StepStats, TrainConfig, TrainError, TrainEvent, TrainOutcome,
+    TrainState, Trainee, files, finite_loss, load_resume,
+};
+
+/// Metadata key of the model's `config.json` text in its safetensors file.
+pub const CONFIG_KEY: &str = "vigil.lm_config";
+/// Metadata key of the model's `tokenizer.json` text.
+pub const TOKENIZER_KEY: &str = "vigil.tokenizer";
+
+impl LanguageModel {
+    /// Hugging Face's `config.json` for this model (a `LlamaForCausalLM`).
+    pub fn hf_config_json(&self) -> String {
+        let mut value = serde_json::to_value(&self.model.config).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("model_type".into(), "llama".into());
+            map.insert("architectures".into(), vec!["LlamaForCausalLM"].into());
+            map.insert("head_dim".into(), self.model.config.head_dim().into());
+            map.insert("hidden_act".into(), "silu".into());
+            map.insert("bos_token_id".into(), self.tokenizer.bos.into());
+            map.insert("eos_token_id".into(), self.tokenizer.eos.into());
+        }
+        value.to_string()
+    }
+
+    /// The model as safetensors bytes: Hugging Face's tensor names in PyTorch's layout, with
+    /// its `config.json`, tokenizer and `training` in the metadata.
+    pub fn to_safetensors(&self, training: Option<&serde_json::Value>) -> Result<Vec<u8>, LmError> {
+        let tokenizer = self.tokenizer.to_json()?;
+        let mut store = SafetensorsStore::from_bytes(None)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .metadata(CONFIG_KEY, self.hf_config_json())
+            .metadata(TOKENIZER_KEY, tokenizer)
+            .metadata(VERSION_KEY, env!("CARGO_PKG_VERSION"));
+        if let Some(training) = training {
+            store = store.metadata(TRAINING_KEY, training.to_string());
+        }
+        let format = |e: String| LmError::Config(format!("serialising the model: {e}"));
+        self.model
+            .valid()
+            .save_into(&mut store)
+            .map_err(|e| format(e.to_string()))?;
+        store.get_bytes().map_err(|e| format(e.to_string()))
+    }
+
+    /// Reads a model [`LanguageModel::to_safetensors`] wrote (`path` names it in errors).
+    pub fn from_safetensors(path: &Path, bytes: Vec<u8>, device: &Device) -> Result<Self, LmError> {
+        let info = checkpoint::inspect_bytes(path, &bytes)?;
+        let meta = |key: &str| {
+            info.metadata.get(key).cloned().ok_or_else(|| {
+                LmError::Config(format!(
+                    "{} has no `{key}` metadata: not a vigil language model (a Hugging Face \
+                     model is read from its folder)",
+                    path.display()
+                ))
+            })
+        };
+        let config_json = meta(CONFIG_KEY)?;
+        let tokenizer_json = meta(TOKENIZER_KEY)?;
+        let model =
+            super::weights::load_hf_safetensors(config_json.as_bytes(), bytes, path, device)?;
+        let tokenizer = Tokenizer::from_json(
+            tokenizer_json.as_bytes(),
+            special_id(config_json.as_bytes(), "bos_token_id")?,
+            special_id(config_json.as_bytes(), "eos_token_id")?,
+        )?;
+        check_vocabulary(&tokenizer, &model.config)?;
+        Ok(Self { model, tokenizer })
+    }
+
+    /// Writes `config.json` and `tokenizer.json` into `dir`, which with a `model.safetensors`
+    /// makes it a Hugging Face model folder.
+    pub fn save_folder_files(&self, dir: &Path) -> Result<(), LmError> {
+        write_atomic(&dir.join("config.json"), self.hf_config_json().as_bytes())
+            .map_err(|e| LmError::Input(e.to_string()))?;
+        self.tokenizer.save(&dir.join("tokenizer.json"))
+    }
+}
+
+/// The id `config.json` gives the special token `key`, if any.
+pub(crate) fn special_id(config_json: &[u8], key: &str) -> Result<Option<u32>, LmError> {
+    let config: serde_json::Value = serde_json::from_slice(config_json)
+        .map_err(|e| LmError::Config(format!("config.json: {e}")))?;
+    Ok(config[key].as_u64().and_then(|v| u32::try_from(v).ok()))
+}
+
+/// Refuses a tokenizer with more tokens than the model has rows.
+pub(crate) fn check_vocabulary(tokenizer: &Tokenizer, config: &LlamaConfig) -> Result<(), LmError> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(LmError::Tokenizer(format!(
+            "{} tokens for a model of {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+fn lm_error(e: LmError) -> TrainError {
+    match e {
+        LmError::Checkpoint(c) => TrainError::Checkpoint(c),
+        other => TrainError::InvalidConfig(other.to_string()),
+    }
+}
+
+/// Sums over counted predictions: loss, right, counted.
+fn masked_sums(
+    model: &LlamaForCausalLm,
+    set: &TokenSequences,
+    indices: &[usize],
+    device: &Device,
+) -> (Tensor<1>, usize, usize) {
+    let (tokens, mask) = set.batch(indices, device);
+    let logits = model.forward(tokens.clone());
+    let [batch, positions] = tokens.dims();
+    let predicted = logits
+        .clone()
+        .detach()
+        .slice([0..batch, 0..positions - 1])
+        .argmax(2)
+        .reshape([batch, positions - 1]);
+    let targets = tokens.clone().slice([0..batch, 1..positions]);
+    let right = predicted.equal(targets).float() * mask.clone();
+    let right: f32 = right.sum().into_scalar();
+    let counted: f32 = mask.clone().sum().into_scalar();
+    let loss = (next_token_losses(logits, tokens) * mask).sum();
+    (loss, right as usize, counted as usize)
+}
+
+impl Trainee for LanguageModel {
+    type Network = LlamaForCausalLm;
+    type EvalSet = TokenSequences;
+
+    fn network(&self) -> &LlamaForCausalLm {
+        &self.model
+    }
+
+    fn check_eval(&self, set: &TokenSequences, _config: &TrainConfig) -> Result<(), TrainError> {
+        check_sequences(set, &self.model.config, "evaluation")
+    }
+
+    fn evaluate(
+        &self,
+        set: &TokenSequences,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Evaluation, TrainError> {
+        let model = self.model.valid();
+        let device = device.clone().inner();
+        let order: Vec<usize> = (0..set.len()).collect();
+        let (mut loss, mut right, mut counted) = (0.0, 0, 0);
+        for chunk in order.chunks(batch_size.max(1)) {
+            let (l, r, c) = masked_sums(&model, set, chunk, &device);
+            loss += f64::from(l.into_scalar::<f32>());
+            right += r;
+            counted += c;
+        }
+        let counted = counted.max(1) as f64;
+        Ok(Evaluation {
+            mean_loss: loss / counted,
+            accuracy: right as f64 / counted,
+        })
+    }
+
+    fn save(&self, path: &Path, training: Option<&serde_json::Value>) -> Result<(), TrainError> {
+        let bytes = self.to_safetensors(training).map_err(lm_error)?;
+        write_atomic(path, &bytes)?;
+        Ok(())
+    }
+
+    fn load(path: &Path, device: &Device) -> Result<Self, TrainError> {
+        let bytes = checkpoint::read(path)?;
+        Self::from_safetensors(path, bytes, device).map_err(lm_error)
+    }
+}
+
+/// Refuses sequences the model cannot take: none, tokens outside its vocabulary.
+fn check_sequences(
+    set: &TokenSequences,
+    config: &LlamaConfig,
+    what: &str,
+) -> Result<(), TrainError> {
+    if set.is_empty() {
+        return Err(TrainError::DataMismatch(format!(
+            "the {what} text is empty"
+        )));
+    }
+    if let Some(max) = set.max_token()
+        && max as usize >= config.vocab_size
+    {
+        return Err(TrainError::DataMismatch(format!(
+            "{what} token {max} is outside the model's {} tokens",
+            config.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+/// Next-token cross-entropy over the counted tokens of a batch, one AdamW step.
+pub struct NextTokenStep<'a> {
+    /// Training sequences.
+    pub train: &'a TokenSequences,
+    /// The optimiser's settings.
+    pub adamw: AdamConfig,
+}
+
+impl StepRule<LanguageModel> for NextTokenStep<'_> {
+    fn step(
+        &mut self,
+        lm: &mut LanguageModel,
+        slots: &mut ParamSlots,
+        at: &StepAt,
+    ) -> Result<StepStats, TrainError> {
+        let (loss_sum, correct, counted) =
+            masked_sums(&lm.model, self.train, at.samples, at.device);
+        let loss = loss_sum.div_scalar(counted.max(1) as f64);
+        let loss_value = finite_loss(
+            f64::from(loss.clone().into_scalar::<f32>()),
+            at.epoch,
+            at.batch,
+        )?;
+        let grads = loss.backward();
+        let mut rule = self.adamw.at(at.hyper.lr, at.step as i32 + 1);
+        lm.model = apply_update(lm.model.clone(), &grads, &mut rule, slots);
+        Ok(StepStats {
+            loss: loss_value,
+            correct,
+            scored: counted,
+        })
+    }
+}
+
+/// The text a run trains on: plain texts or prompt/response pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextData {
+    /// Texts learned whole.
+    Texts(Vec<String>),
+    /// Pairs whose responses are learned.
+    Pairs(Vec<PromptResponse>),
+}
+
+impl TextData {
+    /// The data a run's `dataset` names: `fortunes` (every Debian fortune database),
+    /// `fortunes:NAME,NAME` (those databases), or a JSON-lines file of pairs.
+    pub fn load(name: &str) -> Result<Self, TextError> {
+        if name == "fortunes" {
+            return read_fortunes(Path::new(FORTUNE_DIR), &[]).map(Self::Texts);
+        }
+        if let Some(names) = name.strip_prefix("fortunes:") {
+            let names: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
+            return read_fortunes(Path::new(FORTUNE_DIR), &names).map(Self::Texts);
+        }
+        read_jsonl(Path::new(name)).map(Self::Pairs)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Pairs(p) => p.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The texts a tokenizer is trained on: the texts, or each pair's prompt and response.
+    pub fn corpus(&self) -> Vec<String> {
+        match self {
+            Self::Texts(t) => t.clone(),
+            Self::Pairs(p) => p
+                .iter()
+                .map(|pair| format!("{}{}", pair.prompt, pair.response))
+                .collect(),
+        }
+    }
+
+    /// The entries at `indices`.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        match self {
+            Self::Texts(t) => Self::Texts(indices.iter().map(|&i| t[i].clone()).collect()),
+            Self::Pairs(p) => Self::Pairs(indices.iter().map(|&i| p[i].clone()).collect()),
+        }
+    }
+
+    /// Token sequences of at most `max_len` tokens.
+    pub fn sequences(
+        &self,
+        tokenizer: &Tokenizer,
+        max_len: usize,
+    ) -> Result<TokenSequences, LmError> {
+        match self {
+            Self::Texts(t) => TokenSequences::from_texts(tokenizer, t, max_len),
+            Self::Pairs(p) => TokenSequences::from_pairs(tokenizer, p, max_len),
+        }
+    }
+
+    /// A seeded split: `held_out` entries to evaluate on, at most `train_limit` of the rest to
+    /// train on (all of them if `None`). Returns (train, evaluation).
+    pub fn split(
+        &self,
+        held_out: usize,
+        train_limit: Option<usize>,
+        seed: u64,
+    ) -> Result<(Self, Self), TrainError> {
+        if held_out >= self.len() {
+            return Err(TrainError::DataMismatch(format!(
+                "{held_out} entries held out for evaluation leave none of {} to train on",
+                self.len()
+            )));
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let (eval, rest) = order.split_at(held_out);
+        let mut train = rest.to_vec();
+        if let Some(limit) = train_limit {
+            train.truncate(limit);
+        }
+        train.sort_unstable();
+        let mut eval = eval.to_vec();
+        eval.sort_unstable();
+        Ok((self.subset(&train), self.subset(&eval)))
+    }
+}
+
+/// A text run ready to train: fresh, or reopened from its folder.
+pub struct TextRun {
+    /// The model and its tokenizer.
+    pub lm: LanguageModel,
+    /// Optimiser state.
+    pub slots: ParamSlots,
+    /// Position and history.
+    pub state: TrainState,
+    /// Whether the run was reopened.
+    pub resumed: bool,
+}
+
+/// Errors of starting or training a text run.
+#[derive(Debug, thiserror::Error)]
+pub enum TextRunError {
+    /// The text could not be read.
+    #[error(transparent)]
+    Text(#[from] TextError),
+    /// The model could not be built, loaded or run.
+    #[error(transparent)]
+    Lm(#[from] LmError),
+    /// Training failed, or the run could not be read or written.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// The folder holds another run.
+    #[error(
+        "{} holds a run with another configuration; pass --resume to continue it as it is, or choose another --out",
+        .0.display()
+    )]
+    OtherRun(PathBuf),
+    /// The configuration is not a text run's.
+    #[error("not a text run: the configuration has no text settings")]
+    NotText,
+}
+
+/// The text settings of `config`, which a text run must have.
+fn text_settings(config: &TrainConfig) -> Result<&TextSettings, TextRunError> {
+    config.text.as_ref().ok_or(TextRunError::NotText)
+}
+
+/// Opens the text run in `out` for `config`: reopens the saved run when `resume` is asked or
+/// when `out` holds a run of the same configuration, refuses another; else starts one from the
+/// settings' `init` model, or a fresh model with a tokenizer trained on `corpus`.
+pub fn open_text_run(
+    out: &Path,
+    resume: bool,
+    config: &TrainConfig,
+    corpus: &TextData,
+    device: &Device,
+) -> Result<TextRun, TextRunError> {
+    config.validate()?;
+    let settings = text_settings(config)?;
+    let train_device = device.clone().autodiff();
+    if resume || out.join(files::RESUME_DIR).join(files::STATE).exists() {
+        let (lm, slots, state) = load_resume::<LanguageModel>(out, device)?;
+        if !resume && state.config != *config {
+            return Err(TextRunError::OtherRun(out.to_path_buf()));
+        }
+        return Ok(TextRun {
+            lm,
+            slots,
+            state,
+            resumed: true,
+        });
+    }
+    let lm = match (&settings.init, &settings.model) {
+        (Some(init), _) => LanguageModel::load(Path::new(init), &train_device)?,
+        (None, Some(sizes)) => {
+            let tokenizer = Tokenizer::train(&corpus.corpus(), settings.vocab_size)?;
+            let sizes = LlamaConfig {
+                vocab_size: tokenizer.vocab_size(),
+                ..sizes.clone()
+            };
+            LanguageModel {
+                model: LlamaForCausalLm::seeded(&sizes, config.seed, &train_device)?,
+                tokenizer,
+            }
+        }
+        (None, None) => {
+            return Err(TextRunError::Train(TrainError::InvalidConfig(
+                "a text run needs a model to start from or the sizes of a fresh one".into(),
+            )));
+        }
+    };
+    std::fs::create_dir_all(out).map_err(|source| {
+        TrainError::Io(crate::io::IoError::Write {
+            path: out.to_path_buf(),
+            source,
+        })
+    })?;
+    lm.save_folder_files(out)?;
+    Ok(TextRun {
+        lm,
+        slots: ParamSlots::new(),
+        state: TrainState::new(config.clone()),
+        resumed: false,
+    })
+}
+
+/// Trains `run` to its end (or until `progress` stops it) on `data` split as its settings say,
+/// checkpointing into `out`.
+pub fn train_text_to_end(
+    run: &mut TextRun,
+    data: &TextData,
+    out: &Path,
+    device: &Device,
+    progress: &mut impl for<'e> Progress<TrainEvent<'e>>,
+) -> Result<TrainOutcome, TextRunError> {
+    let config = run.state.config.clone();
+    let settings = text_settings(&config)?;
+    let (train, eval) = data.split(settings.eval_size, config.train_limit, config.seed)?;
+    let train = train.sequences(&run.lm.tokenizer, settings.sequence_length)?;
+    let eval = eval.sequences(&run.lm.tokenizer, settings.sequence_length)?;
+    check_sequences(&train, &run.lm.model.config, "training")?;
+    if run.state.finished() {
+        return Ok(TrainOutcome::Finished);
+    }
+    let mut rule = NextTokenStep {
+        train: &train,
+        adamw: config.adamw.unwrap_or_default(),
+    };
+    Ok(crate::train::run(
+        &mut run.lm,
+        &mut run.slots,
+        &mut run.state,
+        train.len(),
+        &eval,
+        out,
+        device,
+        progress,
+        &mut rule,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::schedule::Schedule;
+    use crate::train::test_util::{StopAfter, scratch};
+
+    fn corpus() -> TextData {
+        let words = [
+            "the cat", "sat on", "a mat", "the dog", "ran far", "and hid",
+        ];
+        TextData::Texts(
+            (0..40)
+                .map(|i| {
+                    (0..6)
+                        .map(|j| words[(i * 7 + j * 3) % words.len()])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect(),
+        )
+    }
+
+    fn config(epochs: usize) -> TrainConfig {
+        TrainConfig {
+            dataset: "synthetic".into(),
+            epochs,
+            batch_size: 8,
+            eval_batch_size: 16,
+            schedule: Schedule::Constant { lr: 3e-3 },
+            seed: 5,
+            adamw: Some(AdamConfig::default()),
+            text: Some(TextSettings {
+                sequence_length: 16,
+                init: None,
+                model: Some(LlamaConfig {
+                    vocab_size: 0,
+                    hidden_size: 32,
+                    intermediate_size: 64,
+                    num_hidden_layers: 2,
+                    num_attention_heads: 4,
+                    num_key_value_heads: 2,
+                    rms_norm_eps: 1e-5,
+                    rope_theta: 10_000.0,
+                    tie_word_embeddings: true,
+                    max_position_embeddings: 64,
+                }),
+                vocab_size: 300,
+                eval_size: 8,
+            }),
+            ..TrainConfig::small_cnn_default()
+        }
+    }
+
+    fn train(out: &Path, epochs: usize, stop_after: Option<usize>) -> TextRun {
+        let device = Device::default();
+        let data = corpus();
+        let mut run = open_text_run(out, false, &config(epochs), &data, &device).unwrap();
+        train_text_to_end(
+            &mut run,
+            &data,
+            out,
+            &device,
+            &mut StopAfter::new(stop_after),
+        )
+        .unwrap();
+        run
+    }
+
+    fn logits(lm: &LanguageModel) -> Vec<f32> {
+        let device = Device::default();
+        let ids = lm.tokenizer.encode("the cat sat on a mat").unwrap();
+        let model = lm.model.valid();
+        model
+            .forward(super::super::token_tensor(&ids, &device))
+            .into_data()
+            .try_to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_the_run_folder_loads_as_a_model() {
+        let out = scratch("lm-train", "learns");
+        let run = train(&out, 3, None);
+        let history = &run.state.history;
+        assert_eq!(history.len(), 3);
+        assert!(
+            history[2].test_loss < history[0].test_loss - 0.3,
+            "{history:?}"
+        );
+        // The folder (config.json, tokenizer.json, model.safetensors) and the file alone both
+        // load as the trained model.
+        let device = Device::default();
+        let from_folder = LanguageModel::load(&out, &device).unwrap();
+        let from_file = LanguageModel::load(&out.join(files::MODEL), &device).unwrap();
+        let trained = logits(&run.lm);
+        assert_eq!(logits(&from_folder), trained);
+        assert_eq!(logits(&from_file), trained);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_run_resumes_to_the_same_weights() {
+        let whole = scratch("lm-train", "whole");
+        let reference = logits(&train(&whole, 2, None).lm);
+        let parts = scratch("lm-train", "parts");
+        let first = train(&parts, 2, Some(3));
+        assert!(!first.state.finished());
+        // The same command again continues the run; AdamW's two slots come back from disk.
+        let resumed = train(&parts, 2, None);
+        assert!(resumed.resumed && resumed.state.finished());
+        assert_eq!(logits(&resumed.lm), reference);
+        // Another configuration in the same folder is refused.
+        let data = corpus();
+        assert!(matches!(
+            open_text_run(&parts, false, &config(3), &data, &Device::default()),
+            Err(TextRunError::OtherRun(_))
+        ));
+        for dir in [whole, parts] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}
