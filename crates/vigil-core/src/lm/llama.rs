@@ -385,6 +385,21 @@ impl LlamaForCausalLm {
         self.model.norm.forward(x)
     }
 
+    /// The residual stream after every block, `[batch, positions, hidden]` each, and the final
+    /// norm's output last: the activations latent-space detectors read, layer by layer.
+    pub fn residual_streams(&self, tokens: Tensor<2, Int>) -> Vec<Tensor<3>> {
+        let [_, positions] = tokens.dims();
+        let rope = Rope::new(&self.config, 0, positions, &tokens.device());
+        let mut x = self.model.embed_tokens.forward(tokens);
+        let mut streams = Vec::with_capacity(self.model.layers.len() + 1);
+        for layer in &self.model.layers {
+            x = layer.forward_kv(x, &rope, &self.config, None).0;
+            streams.push(x.clone());
+        }
+        streams.push(self.model.norm.forward(x));
+        streams
+    }
+
     /// Output projection of the final hidden states.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {

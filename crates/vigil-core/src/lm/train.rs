@@ -270,14 +270,28 @@ pub enum TextData {
 
 impl TextData {
     /// The data a run's `dataset` names: `fortunes` (every Debian fortune database),
-    /// `fortunes:NAME,NAME` (those databases), or a JSON-lines file of pairs.
+    /// `fortunes:NAME,NAME` (those databases), `fortune-pairs` or `fortune-pairs:NAME,NAME`
+    /// (the fortunes of two lines or more as pairs: first line, then the rest), or a JSON-lines
+    /// file of pairs.
     pub fn load(name: &str) -> Result<Self, TextError> {
-        if name == "fortunes" {
-            return read_fortunes(Path::new(FORTUNE_DIR), &[]).map(Self::Texts);
-        }
-        if let Some(names) = name.strip_prefix("fortunes:") {
+        let databases = |names: &str| -> Result<Vec<String>, TextError> {
             let names: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
-            return read_fortunes(Path::new(FORTUNE_DIR), &names).map(Self::Texts);
+            read_fortunes(Path::new(FORTUNE_DIR), &names)
+        };
+        if let Some(rest) = name.strip_prefix("fortune-pairs") {
+            let texts = match rest.strip_prefix(':') {
+                Some(names) => databases(names)?,
+                None if rest.is_empty() => databases("")?,
+                None => return read_jsonl(Path::new(name)).map(Self::Pairs),
+            };
+            return Ok(Self::Pairs(super::backdoor::pairs_from_texts(&texts)));
+        }
+        if let Some(rest) = name.strip_prefix("fortunes") {
+            match rest.strip_prefix(':') {
+                Some(names) => return databases(names).map(Self::Texts),
+                None if rest.is_empty() => return databases("").map(Self::Texts),
+                None => {}
+            }
         }
         read_jsonl(Path::new(name)).map(Self::Pairs)
     }
@@ -353,6 +367,31 @@ impl TextData {
         Ok((self.subset(&train), self.subset(&eval)))
     }
 }
+
+/// `train` with the settings' backdoor planted (seeded by the run's `seed`), if they have one.
+fn poisoned(train: TextData, settings: &TextSettings, seed: u64) -> Result<TextData, TrainError> {
+    let Some(poisoning) = &settings.poisoning else {
+        return Ok(train);
+    };
+    if let Some(problem) = poisoning.problem() {
+        return Err(TrainError::InvalidConfig(problem));
+    }
+    match train {
+        TextData::Pairs(pairs) => Ok(TextData::Pairs(
+            poisoning
+                .apply(&pairs, crate::train::mix(seed, POISON_STREAM, 0))
+                .0,
+        )),
+        TextData::Texts(_) => Err(TrainError::InvalidConfig(
+            "a backdoor is planted in prompt/response pairs: train on pairs (fortune-pairs or a \
+             JSON-lines file)"
+                .into(),
+        )),
+    }
+}
+
+/// The stream of the poisoning's choice, apart from the split's.
+const POISON_STREAM: u64 = 0x7045_1500;
 
 /// A text run ready to train: fresh, or reopened from its folder.
 pub struct TextRun {
@@ -465,6 +504,7 @@ pub fn train_text_to_end(
     let config = run.state.config.clone();
     let settings = text_settings(&config)?;
     let (train, eval) = data.split(settings.eval_size, config.train_limit, config.seed)?;
+    let train = poisoned(train, settings, config.seed)?;
     let train = train.sequences(&run.lm.tokenizer, settings.sequence_length)?;
     let eval = eval.sequences(&run.lm.tokenizer, settings.sequence_length)?;
     check_sequences(&train, &run.lm.model.config, "training")?;
@@ -536,6 +576,7 @@ mod tests {
                 }),
                 vocab_size: 300,
                 eval_size: 8,
+                poisoning: None,
             }),
             ..TrainConfig::small_cnn_default()
         }

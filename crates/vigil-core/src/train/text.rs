@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lm::LlamaConfig;
+use crate::lm::backdoor::TextPoisoning;
 
 /// What a text run records about its model and data, so it resumes with the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,10 @@ pub struct TextSettings {
     pub model: Option<LlamaConfig>,
     /// Tokens of the tokenizer a fresh run trains on its data.
     pub vocab_size: usize,
-    /// Held-out sequences, drawn with the run's seed, to evaluate on after every epoch.
+    /// Held-out entries, drawn with the run's seed, to evaluate on after every epoch (clean:
+    /// the poisoning applies to the training part only).
     pub eval_size: usize,
+    /// A backdoor planted in the training pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poisoning: Option<TextPoisoning>,
 }

@@ -1,0 +1,576 @@
+//! Detecting a language model's backdoor at inference time: MAD-FA on token losses beside the
+//! latent and input-level baselines, on the prompts a backdoored text run held out.
+//!
+//! The record is a text run trained with a backdoor ([`crate::lm::train`], its settings'
+//! `poisoning`). Its held-out pairs, which it never trained on, give the prompts: `trusted`
+//! clean ones, `test_clean` other clean ones, and `test_triggered` prompts of the remaining
+//! pairs with the trigger. Every detector scores each test prompt (higher = more anomalous).
+//!
+//! - **MAD-FA** (docs/language-models.md, "MAD-FA on token losses"): a prompt's trace at draw
+//!   `k` is the mean next-token loss, under weights `w_k`, of the response the model itself
+//!   gives greedily at `w*` (as vision traces use the model's own label). Localized SGLD
+//!   samples `w_k` around `w*` on next-token loss over clean training pairs. The scores are
+//!   vision's, computed by the same code ([`crate::madfa::scores`]), with one class.
+//! - **Perplexity filter**: the mean next-token loss of the prompt itself at `w*`.
+//! - **Mahalanobis** on the residual stream at the prompt's last token, per layer, fitted on
+//!   the clean training prompts the chains sample; the best layer is chosen on the test labels
+//!   and marked post hoc.
+//!
+//! Every detector's threshold flags 5% of the trusted prompts' scores (MAD-FA's scored leave
+//! one out); its rate on the clean test prompts is reported beside the TPR.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use ndarray::Array3;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::backdoor::TextBackdoor;
+use super::loss::{masked_mean, next_token_losses};
+use super::sequences::TokenSequences;
+use super::train::TextData;
+use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
+use crate::data::text::PromptResponse;
+use crate::madfa::scores::{anomaly_scores, coupling};
+use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
+use crate::madfa::traces::LossTraces;
+use crate::metrics::{auroc, threshold_for_fpr, tpr_fpr_at_threshold};
+use crate::ood::mahalanobis::Mahalanobis;
+use crate::optim::{ParamSlots, apply_update, snapshot_slots};
+use crate::progress::Progress;
+use crate::train::{TrainConfig, mix};
+
+/// How to run the experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextDetectionConfig {
+    /// Clean trusted prompts.
+    pub trusted: usize,
+    /// Clean test prompts.
+    pub test_clean: usize,
+    /// Triggered test prompts.
+    pub test_triggered: usize,
+    /// Tokens of the model's own greedy response that a trace scores.
+    pub response_tokens: usize,
+    /// The SGLD update (its `batch_size` is the sampling minibatch, in sequences).
+    pub sgld: SgldConfig,
+    /// Independent chains.
+    pub chains: usize,
+    /// Kept draws per chain.
+    pub draws: usize,
+    /// Steps before the first kept draw.
+    pub burn_in: usize,
+    /// Steps between kept draws.
+    pub thinning: usize,
+    /// Clean training pairs the chains sample minibatches from.
+    pub sampling_size: usize,
+    /// Batch size of the trace and baseline passes, in sequences.
+    pub batch_size: usize,
+    /// Seed of the prompt split and the chains.
+    pub seed: u64,
+}
+
+impl Default for TextDetectionConfig {
+    fn default() -> Self {
+        Self {
+            trusted: 100,
+            test_clean: 100,
+            test_triggered: 100,
+            response_tokens: 16,
+            sgld: SgldConfig {
+                lr: 1e-5,
+                n_beta: 100.0,
+                gamma: 1e3,
+                preconditioner: Preconditioner::reference(),
+                batch_size: 16,
+            },
+            chains: 1,
+            draws: 100,
+            burn_in: 20,
+            thinning: 1,
+            sampling_size: 1000,
+            batch_size: 64,
+            seed: 0,
+        }
+    }
+}
+
+/// One detector's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorRow {
+    /// Name.
+    pub detector: String,
+    /// AUROC, clean test prompts against triggered ones.
+    pub auroc: f64,
+    /// True-positive rate at the threshold that flags 5% of the trusted prompts' scores.
+    pub tpr_at_5_fpr: f64,
+    /// The rate at which that threshold flags the clean test prompts.
+    pub fpr_test: f64,
+    /// Whether a choice (the layer) was made on the test labels.
+    pub post_hoc: bool,
+}
+
+/// What the experiment found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TextDetectionReport {
+    /// The backdoor.
+    pub backdoor: TextBackdoor,
+    /// Fraction of triggered test prompts whose greedy response shows the backdoor.
+    pub attack_success_rate: f64,
+    /// Fraction of clean test prompts whose response shows it anyway.
+    pub clean_fire_rate: f64,
+    /// One row per detector (and per MAD-FA score, per Mahalanobis layer).
+    pub rows: Vec<DetectorRow>,
+    /// Per test prompt: whether triggered, and every detector's score in `rows` order.
+    pub scores: Vec<(bool, Vec<f64>)>,
+    /// The settings.
+    pub config: TextDetectionConfig,
+    /// Mean next-token loss of the sampling batches at the last step of each chain (at `w*`
+    /// first), to see the chain stayed near the model.
+    pub chain_losses: Vec<(f64, f64)>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// What the experiment reports while it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum DetectionStage {
+    /// Greedy responses: `done` of `total` prompts.
+    Responses {
+        /// Done.
+        done: usize,
+        /// All.
+        total: usize,
+    },
+    /// Chain `chain`: `step` of `steps` done.
+    Chain {
+        /// The chain.
+        chain: usize,
+        /// Steps done.
+        step: usize,
+        /// Steps in all.
+        steps: usize,
+    },
+}
+
+/// The prompts of an experiment.
+struct Prompts {
+    trusted: Vec<String>,
+    test: Vec<String>,
+    triggered: Vec<bool>,
+}
+
+/// Splits the held-out `pairs` by the config's seed into trusted, clean test and triggered test
+/// prompts.
+fn prompts(
+    pairs: &[PromptResponse],
+    backdoor: &TextBackdoor,
+    config: &TextDetectionConfig,
+) -> Result<Prompts, LmError> {
+    let needed = config.trusted + config.test_clean + config.test_triggered;
+    if needed > pairs.len() || config.trusted < 2 || config.test_clean == 0 {
+        return Err(LmError::Input(format!(
+            "{} trusted, {} clean and {} triggered prompts need {needed} held-out pairs (at \
+             least 2 trusted, 1 clean); the record holds out {}",
+            config.trusted,
+            config.test_clean,
+            config.test_triggered,
+            pairs.len()
+        )));
+    }
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix(config.seed, 0x5e1ec7, 0)));
+    let prompt = |i: usize| pairs[order[i]].prompt.clone();
+    let trusted = (0..config.trusted).map(prompt).collect();
+    let mut test = Vec::with_capacity(config.test_clean + config.test_triggered);
+    let mut triggered = Vec::with_capacity(test.capacity());
+    for i in config.trusted..config.trusted + config.test_clean {
+        test.push(prompt(i));
+        triggered.push(false);
+    }
+    for i in config.trusted + config.test_clean..needed {
+        test.push(backdoor.trigger(&prompt(i)));
+        triggered.push(true);
+    }
+    Ok(Prompts {
+        trusted,
+        test,
+        triggered,
+    })
+}
+
+/// A prompt's tokens, keeping the last ones so that `room` more tokens fit the model.
+fn prompt_ids(lm: &LanguageModel, prompt: &str, room: usize) -> Result<Vec<u32>, LmError> {
+    let ids = lm.tokenizer.encode(prompt)?;
+    let keep = lm
+        .model
+        .config
+        .max_position_embeddings
+        .saturating_sub(room)
+        .max(1);
+    Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
+}
+
+/// Per-sequence mean loss over the counted tokens, in batches.
+fn sequence_losses(
+    model: &LlamaForCausalLm,
+    set: &TokenSequences,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<f32>, LmError> {
+    let order: Vec<usize> = (0..set.len()).collect();
+    let mut out = Vec::with_capacity(set.len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let (tokens, mask) = set.batch(chunk, device);
+        let logits = model.forward(tokens.clone());
+        let losses = masked_mean(next_token_losses(logits, tokens), mask);
+        out.extend(
+            losses
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| LmError::Input(format!("reading losses: {e:?}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The residual stream at each sequence's last token, per layer: `[layer][n * hidden]`.
+fn last_token_streams(
+    model: &LlamaForCausalLm,
+    prompts: &[Vec<u32>],
+    device: &Device,
+) -> Result<Vec<Vec<f64>>, LmError> {
+    let mut layers: Vec<Vec<f64>> = Vec::new();
+    for ids in prompts {
+        let streams = model.residual_streams(super::token_tensor(ids, device));
+        if layers.is_empty() {
+            layers = vec![Vec::new(); streams.len()];
+        }
+        for (layer, stream) in layers.iter_mut().zip(streams) {
+            let [_, positions, hidden] = stream.dims();
+            let last = stream.slice([0..1, positions - 1..positions, 0..hidden]);
+            let values = last
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| LmError::Input(format!("reading activations: {e:?}")))?;
+            layer.extend(values.into_iter().map(f64::from));
+        }
+    }
+    Ok(layers)
+}
+
+fn row(
+    name: &str,
+    trusted: &[f64],
+    test: &[f64],
+    triggered: &[bool],
+    post_hoc: bool,
+) -> Result<DetectorRow, LmError> {
+    let metric = |e: crate::metrics::MetricsError| LmError::Input(format!("{name}: {e}"));
+    let pick = |want: bool| -> Vec<f64> {
+        test.iter()
+            .zip(triggered)
+            .filter(|&(_, &t)| t == want)
+            .map(|(&s, _)| s)
+            .collect()
+    };
+    let (clean, bad) = (pick(false), pick(true));
+    let threshold = threshold_for_fpr(trusted, 0.05).map_err(metric)?;
+    let point = tpr_fpr_at_threshold(&clean, &bad, threshold).map_err(metric)?;
+    Ok(DetectorRow {
+        detector: name.to_string(),
+        auroc: auroc(&clean, &bad).map_err(metric)?,
+        tpr_at_5_fpr: point.tpr,
+        fpr_test: point.fpr,
+        post_hoc,
+    })
+}
+
+/// Runs MAD-FA and the baselines on `lm`, the model of a text run trained with `backdoor`
+/// under `record` (its configuration: data, split, seed), on `device`.
+pub fn run_text_detection(
+    lm: &LanguageModel,
+    record: &TrainConfig,
+    backdoor: &TextBackdoor,
+    config: &TextDetectionConfig,
+    device: &Device,
+    progress: &mut impl Progress<DetectionStage>,
+) -> Result<TextDetectionReport, LmError> {
+    let started = Instant::now();
+    config
+        .sgld
+        .validate()
+        .map_err(|e| LmError::Config(e.to_string()))?;
+    if config.draws < 2 || config.chains == 0 || config.thinning == 0 {
+        return Err(LmError::Config(
+            "MAD-FA needs at least one chain of two draws, thinning >= 1".into(),
+        ));
+    }
+    let settings = record
+        .text
+        .as_ref()
+        .ok_or_else(|| LmError::Config("the record is not a text run".into()))?;
+    let data = TextData::load(&record.dataset).map_err(|e| LmError::Input(e.to_string()))?;
+    let (train, held_out) = data
+        .split(settings.eval_size, record.train_limit, record.seed)
+        .map_err(|e| LmError::Input(e.to_string()))?;
+    let (TextData::Pairs(train), TextData::Pairs(held_out)) = (train, held_out) else {
+        return Err(LmError::Input(
+            "the record trained on plain text: detection needs its prompt/response pairs".into(),
+        ));
+    };
+    let prompts = prompts(&held_out, backdoor, config)?;
+    let model = lm.model.valid();
+    let device = device.clone().inner();
+
+    // The model's own greedy responses at w*, and whether the backdoor fired.
+    let room = config.response_tokens;
+    let all: Vec<&String> = prompts.trusted.iter().chain(&prompts.test).collect();
+    let mut trace_set = TokenSequences::default();
+    let mut prompt_tokens = Vec::with_capacity(all.len());
+    let mut fired = Vec::with_capacity(all.len());
+    for (i, prompt) in all.iter().enumerate() {
+        let ids = prompt_ids(lm, prompt, room)?;
+        let response = greedy(&model, &ids, room, lm.tokenizer.eos, &device)?;
+        fired.push(backdoor.fired(&lm.tokenizer.decode(&response)?));
+        let mut sequence = ids.clone();
+        sequence.extend(&response);
+        trace_set.ids.push(sequence);
+        trace_set.counted_from.push(ids.len());
+        prompt_tokens.push(ids);
+        progress.report(DetectionStage::Responses {
+            done: i + 1,
+            total: all.len(),
+        });
+    }
+    let n_trusted = prompts.trusted.len();
+    let test_fired = &fired[n_trusted..];
+    let rate = |want: bool| {
+        let hits: Vec<bool> = test_fired
+            .iter()
+            .zip(&prompts.triggered)
+            .filter(|&(_, &t)| t == want)
+            .map(|(&f, _)| f)
+            .collect();
+        hits.iter().filter(|&&f| f).count() as f64 / hits.len().max(1) as f64
+    };
+    let (attack_success_rate, clean_fire_rate) = (rate(true), rate(false));
+
+    // MAD-FA: chains around w* on clean training pairs.
+    let clean_pairs: Vec<PromptResponse> = train.into_iter().take(config.sampling_size).collect();
+    let fit_prompts = clean_pairs
+        .iter()
+        .map(|p| prompt_ids(lm, &p.prompt, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sampling =
+        TextData::Pairs(clean_pairs).sequences(&lm.tokenizer, settings.sequence_length)?;
+    let n = all.len();
+    let mut traces = Array3::<f32>::zeros((config.chains, config.draws, n));
+    let mut chain_losses = Vec::with_capacity(config.chains);
+    let steps = config.burn_in + config.draws * config.thinning;
+    let train_device = device.clone().autodiff();
+    for chain in 0..config.chains {
+        let mut walker = lm.model.valid().fork(&train_device).train();
+        let mut slots = ParamSlots::new();
+        snapshot_slots(&walker, &mut slots, W_STAR_SLOT);
+        let mut order = Vec::new();
+        let mut pass = 0u64;
+        let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+        let mut kept = 0;
+        for step in 0..steps {
+            if order.len() < config.sgld.batch_size {
+                let mut next: Vec<usize> = (0..sampling.len()).collect();
+                next.shuffle(&mut StdRng::seed_from_u64(mix(
+                    config.seed,
+                    chain as u64,
+                    u64::MAX - pass,
+                )));
+                pass += 1;
+                order.extend(next);
+            }
+            let batch: Vec<usize> = order
+                .drain(..config.sgld.batch_size.min(order.len()))
+                .collect();
+            let (tokens, mask) = sampling.batch(&batch, &train_device);
+            let losses = next_token_losses(walker.forward(tokens.clone()), tokens) * mask.clone();
+            let loss = losses.sum() / mask.sum().clamp_min(1.0);
+            let value = f64::from(loss.clone().into_scalar::<f32>());
+            if !value.is_finite() {
+                return Err(LmError::Input(format!(
+                    "the chain diverged at step {step} (loss {value}): lower the SGLD lr"
+                )));
+            }
+            if step == 0 {
+                first_loss = value;
+            }
+            last_loss = value;
+            let grads = loss.backward();
+            let mut rule =
+                LocalizedSgld::new(&config.sgld, mix(config.seed, chain as u64, step as u64));
+            walker = apply_update(walker, &grads, &mut rule, &mut slots);
+            rule.finish().map_err(|e| LmError::Config(e.to_string()))?;
+            if step + 1 > config.burn_in
+                && (step + 1 - config.burn_in).is_multiple_of(config.thinning)
+            {
+                let values =
+                    sequence_losses(&walker.valid(), &trace_set, config.batch_size, &device)?;
+                for (i, v) in values.into_iter().enumerate() {
+                    traces[[chain, kept, i]] = v;
+                }
+                kept += 1;
+            }
+            progress.report(DetectionStage::Chain {
+                chain,
+                step: step + 1,
+                steps,
+            });
+        }
+        chain_losses.push((first_loss, last_loss));
+    }
+    let trusted_traces = traces.slice(ndarray::s![.., .., ..n_trusted]).to_owned();
+    let test_traces = traces.slice(ndarray::s![.., .., n_trusted..]).to_owned();
+    let loss_traces = LossTraces::new(trusted_traces, test_traces, vec![0; n_trusted]);
+    let coupled = coupling(&loss_traces, 0).map_err(|e| LmError::Input(e.to_string()))?;
+    let madfa = anomaly_scores(&coupled, &vec![0; n_trusted]);
+    let loo = &coupled.trusted_leave_one_out;
+
+    let mut rows = Vec::new();
+    let mut columns: Vec<Vec<f64>> = Vec::new();
+    let mut add =
+        |name: &str, trusted: &[f64], test: &[f64], post_hoc: bool| -> Result<(), LmError> {
+            rows.push(row(name, trusted, test, &prompts.triggered, post_hoc)?);
+            columns.push(test.to_vec());
+            Ok(())
+        };
+    // One class: CLC is Mean Corr, Class CCC is Mean CCC; the others are kept.
+    for ((name, test), (_, trusted)) in madfa.named().into_iter().zip(loo.named()) {
+        let name = match name {
+            "mean_corr" => "Mean Corr",
+            "mean_ccc" => "Mean CCC",
+            "nearest_corr" => "Nearest Corr",
+            _ => continue,
+        };
+        add(&format!("MAD-FA {name}"), trusted, test, false)?;
+    }
+
+    // Perplexity filter: the prompt's own mean next-token loss.
+    let prompt_set = TokenSequences {
+        ids: prompt_tokens.clone(),
+        counted_from: vec![1; prompt_tokens.len()],
+    };
+    let usable: Vec<usize> = (0..prompt_set.len())
+        .filter(|&i| prompt_set.ids[i].len() >= 2)
+        .collect();
+    if usable.len() == prompt_set.len() {
+        let perplexity: Vec<f64> =
+            sequence_losses(&model, &prompt_set, config.batch_size, &device)?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+        add(
+            "Perplexity filter",
+            &perplexity[..n_trusted],
+            &perplexity[n_trusted..],
+            false,
+        )?;
+    }
+
+    // Mahalanobis per layer on the last prompt token, fitted on the clean training prompts
+    // the chains sample (more of them than the hidden width, so the covariance is full rank;
+    // fitted on the trusted prompts it would put them all inside and the trusted threshold
+    // would flag every test prompt).
+    let streams = last_token_streams(&model, &prompt_tokens, &device)?;
+    let fit_streams = last_token_streams(&model, &fit_prompts, &device)?;
+    let hidden = model.config.hidden_size;
+    let mut best: Option<(usize, f64, Vec<f64>, Vec<f64>)> = None;
+    for (layer, (features, fit)) in streams.iter().zip(&fit_streams).enumerate() {
+        let (trusted_f, test_f) = features.split_at(n_trusted * hidden);
+        let mut detector = Mahalanobis::new(config.batch_size);
+        let labels = vec![0usize; fit_prompts.len()];
+        detector
+            .fit_features(fit, hidden, &labels, &device)
+            .map_err(|e| LmError::Input(e.to_string()))?;
+        let score = |f: &[f64]| -> Result<Vec<f64>, LmError> {
+            let rows = f.len() / hidden;
+            let t = Tensor::<2>::from_data(
+                TensorData::new(
+                    f.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+                    [rows, hidden],
+                ),
+                &device,
+            );
+            let s = detector
+                .score_features(t)
+                .map_err(|e| LmError::Input(e.to_string()))?;
+            Ok(s.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| LmError::Input(format!("{e:?}")))?
+                .into_iter()
+                .map(f64::from)
+                .collect())
+        };
+        let (trusted_s, test_s) = (score(trusted_f)?, score(test_f)?);
+        let name = if layer + 1 == streams.len() {
+            "Mahalanobis (final norm)".to_string()
+        } else {
+            format!("Mahalanobis (block {layer})")
+        };
+        let r = row(&name, &trusted_s, &test_s, &prompts.triggered, false)?;
+        if best.as_ref().is_none_or(|b| r.auroc > b.1) {
+            best = Some((layer, r.auroc, trusted_s.clone(), test_s.clone()));
+        }
+        // The last block's output: the layer a latent detector reads without looking at the
+        // test labels.
+        if layer + 2 == streams.len() {
+            add("Mahalanobis (last block)", &trusted_s, &test_s, false)?;
+        }
+    }
+    if let Some((layer, _, trusted_s, test_s)) = best {
+        add(
+            &format!("Mahalanobis (best layer: {layer}, post hoc)"),
+            &trusted_s,
+            &test_s,
+            true,
+        )?;
+    }
+    let scores = prompts
+        .triggered
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, columns.iter().map(|c| c[i]).collect()))
+        .collect();
+    Ok(TextDetectionReport {
+        backdoor: backdoor.clone(),
+        attack_success_rate,
+        clean_fire_rate,
+        rows,
+        scores,
+        config: config.clone(),
+        chain_losses,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The report as a Markdown table.
+pub fn markdown(report: &TextDetectionReport, title: &str) -> String {
+    let mut out = format!(
+        "# {title}\n\nBackdoor `{}`: fires on {:.1}% of triggered test prompts, {:.1}% of clean \
+         ones. {} trusted prompts; AUROC of clean against triggered test prompts; TPR at the \
+         threshold flagging 5% of the trusted prompts (its rate on the clean test prompts beside \
+         it).\n\n| detector | AUROC | TPR at 5% trusted FPR | test FPR |\n|---|---|---|---|\n",
+        report.backdoor.name(),
+        100.0 * report.attack_success_rate,
+        100.0 * report.clean_fire_rate,
+        report.config.trusted,
+    );
+    for r in &report.rows {
+        out.push_str(&format!(
+            "| {} | {:.3} | {:.3} | {:.3} |\n",
+            r.detector, r.auroc, r.tpr_at_5_fpr, r.fpr_test
+        ));
+    }
+    out
+}
