@@ -69,6 +69,10 @@ pub struct TextDetectionConfig {
     pub sampling_size: usize,
     /// Batch size of the trace and baseline passes, in sequences.
     pub batch_size: usize,
+    /// Sample only the last this many blocks and the final norm (the embedding, tied to the
+    /// output projection, and earlier blocks stay at `w*`); `None` samples every weight.
+    #[serde(default)]
+    pub sgld_blocks: Option<usize>,
     /// Seed of the prompt split and the chains.
     pub seed: u64,
 }
@@ -93,6 +97,7 @@ impl Default for TextDetectionConfig {
             thinning: 1,
             sampling_size: 1000,
             batch_size: 64,
+            sgld_blocks: None,
             seed: 0,
         }
     }
@@ -262,6 +267,41 @@ fn last_token_streams(
     Ok(layers)
 }
 
+/// `model` with gradients off outside its last `blocks` blocks and final norm (all on when
+/// `None`): the update leaves parameters without a gradient at `w*`.
+fn sampled_part(
+    mut model: LlamaForCausalLm,
+    blocks: Option<usize>,
+) -> Result<LlamaForCausalLm, LmError> {
+    let Some(blocks) = blocks else {
+        return Ok(model);
+    };
+    let layers = model.model.layers.len();
+    if blocks == 0 || blocks > layers {
+        return Err(LmError::Config(format!(
+            "sampling the last {blocks} blocks of a model of {layers}"
+        )));
+    }
+    model.model.embed_tokens = model.model.embed_tokens.set_require_grad(false);
+    if let Some(head) = model.lm_head.take() {
+        model.lm_head = Some(head.set_require_grad(false));
+    }
+    model.model.layers = model
+        .model
+        .layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            if i + blocks < layers {
+                layer.set_require_grad(false)
+            } else {
+                layer
+            }
+        })
+        .collect();
+    Ok(model)
+}
+
 fn row(
     name: &str,
     trusted: &[f64],
@@ -373,7 +413,10 @@ pub fn run_text_detection(
     let steps = config.burn_in + config.draws * config.thinning;
     let train_device = device.clone().autodiff();
     for chain in 0..config.chains {
-        let mut walker = lm.model.valid().fork(&train_device).train();
+        let mut walker = sampled_part(
+            lm.model.valid().fork(&train_device).train(),
+            config.sgld_blocks,
+        )?;
         let mut slots = ParamSlots::new();
         snapshot_slots(&walker, &mut slots, W_STAR_SLOT);
         let mut order = Vec::new();

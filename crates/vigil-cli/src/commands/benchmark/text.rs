@@ -66,6 +66,10 @@ pub struct TextArgs {
     #[arg(long)]
     n_beta: Option<f64>,
 
+    /// Sample only the last N blocks (and the final norm); default: every weight.
+    #[arg(long, value_name = "N")]
+    sgld_blocks: Option<usize>,
+
     /// Seed of the prompt split and the chains.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -89,6 +93,7 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
         draws: args.draws,
         burn_in: args.burn_in,
         seed: args.seed,
+        sgld_blocks: args.sgld_blocks,
         ..TextDetectionConfig::default()
     };
     if let Some(lr) = args.sgld_lr {
