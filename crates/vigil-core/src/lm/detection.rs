@@ -115,6 +115,10 @@ pub struct DetectorRow {
     pub tpr_at_5_fpr: f64,
     /// The rate at which that threshold flags the clean test prompts.
     pub fpr_test: f64,
+    /// The threshold (scores at or above it are flagged).
+    pub threshold: f64,
+    /// The trusted prompts' scores' median and maximum, beside the threshold.
+    pub trusted_median_max: (f64, f64),
     /// Whether a choice (the layer) was made on the test labels.
     pub post_hoc: bool,
 }
@@ -301,6 +305,12 @@ fn row(
         auroc: auroc(&clean, &bad).map_err(metric)?,
         tpr_at_5_fpr: point.tpr,
         fpr_test: point.fpr,
+        threshold,
+        trusted_median_max: {
+            let mut sorted = trusted.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
+        },
         post_hoc,
     })
 }
