@@ -66,8 +66,18 @@ impl LanguageModel {
             return Ok(Self { model, tokenizer });
         }
         if !is_gguf(path) {
+            // Not GGUF: a vigil language model's safetensors file, or neither.
             let bytes = crate::checkpoint::read(path)?;
-            return Self::from_safetensors(path, bytes, device);
+            return Self::from_safetensors(path, bytes, device).map_err(|e| match e {
+                LmError::Checkpoint(CheckpointError::Format { reason, .. }) => {
+                    LmError::Input(format!(
+                        "{} is neither a GGUF file (no GGUF magic) nor a safetensors model \
+                         ({reason})",
+                        path.display()
+                    ))
+                }
+                other => other,
+            });
         }
         let gguf = Gguf::open(path)?;
         let model = weights::load_gguf(&gguf, path, device)?;
