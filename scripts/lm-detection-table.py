@@ -11,8 +11,17 @@ import statistics
 import sys
 
 
+def name_of(row):
+    """The detector's name, the best layer's number left out (it differs between seeds)."""
+    name = row["detector"]
+    return "Mahalanobis (best layer, post hoc)" if name.startswith("Mahalanobis (best layer") else name
+
+
 def main(paths):
     reports = [json.load(open(p)) for p in paths]
+    for report in reports:
+        for row in report["rows"]:
+            row["detector"] = name_of(row)
     names = [r["detector"] for r in reports[0]["rows"]]
     asr = [r["attack_success_rate"] for r in reports]
     clean = [r["clean_fire_rate"] for r in reports]
