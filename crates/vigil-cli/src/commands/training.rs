@@ -246,15 +246,7 @@ impl SessionPrinter {
     /// non-finite loss still stops them.)
     fn run_opened(&mut self, out: &Path, run: &Run) {
         let state = &run.state;
-        if run.resumed && !state.finished() {
-            eprintln!(
-                "resuming {} at epoch {}, batch {} (step {})",
-                out.display(),
-                state.epoch + 1,
-                state.batch,
-                state.step
-            );
-        }
+        announce_resume(out, state, run.resumed);
         let progress = TrainProgress::new(state.config.epochs);
         self.progress = Some(Interruptible::new(if state.config.robust.is_some() {
             progress
@@ -263,17 +255,9 @@ impl SessionPrinter {
         }));
     }
 
-    /// A printer for a language model's run of `epochs` epochs, opened (`resumed`) at `state`.
+    /// A printer for a language model's run opened (`resumed`) at `state` in `out`.
     pub fn for_text(state: &TrainState, resumed: bool, out: &Path) -> Self {
-        if resumed && !state.finished() {
-            eprintln!(
-                "resuming {} at epoch {}, batch {} (step {})",
-                out.display(),
-                state.epoch + 1,
-                state.batch,
-                state.step
-            );
-        }
+        announce_resume(out, state, resumed);
         Self {
             progress: Some(Interruptible::new(TrainProgress::new(state.config.epochs))),
             stop_reported: false,
@@ -312,6 +296,19 @@ impl SessionPrinter {
                 );
             }
         }
+    }
+}
+
+/// Says where a reopened run with epochs left resumes.
+fn announce_resume(out: &Path, state: &TrainState, resumed: bool) {
+    if resumed && !state.finished() {
+        eprintln!(
+            "resuming {} at epoch {}, batch {} (step {})",
+            out.display(),
+            state.epoch + 1,
+            state.batch,
+            state.step
+        );
     }
 }
 

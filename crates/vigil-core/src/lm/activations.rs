@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{LlamaForCausalLm, LmError};
 use crate::detect::latent::mean_and_covariance;
-use crate::ood::mahalanobis::invert_spd;
+use crate::ood::mahalanobis::ridged_precision;
 
 /// The residual stream at each sequence's last token, per layer: `[layer][n * hidden]`.
 pub fn last_token_streams(
@@ -50,18 +50,9 @@ impl LayerGaussians {
         let mut layers = Vec::with_capacity(streams.len());
         for (l, features) in streams.iter().enumerate() {
             let fail = |why: &str| LmError::Input(format!("layer {l}'s Gaussian: {why}"));
-            let (mean, mut covariance) = mean_and_covariance(features, hidden)
+            let (mean, covariance) = mean_and_covariance(features, hidden)
                 .ok_or_else(|| fail("fewer than two prompts"))?;
-            let ridge = 1e-6
-                * (0..hidden)
-                    .map(|i| covariance[i * hidden + i])
-                    .sum::<f64>()
-                    .max(1e-12)
-                / hidden as f64;
-            for i in 0..hidden {
-                covariance[i * hidden + i] += ridge;
-            }
-            let precision = invert_spd(&covariance, hidden)
+            let precision = ridged_precision(covariance, hidden)
                 .ok_or_else(|| fail("the covariance is not positive definite"))?;
             let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
             layers.push((

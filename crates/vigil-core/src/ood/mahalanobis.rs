@@ -93,17 +93,7 @@ impl Mahalanobis {
                 covariance[b * dim + a] = v;
             }
         }
-        // A small ridge keeps dead (always-zero) ReLU features from making Sigma singular.
-        let ridge = 1e-6
-            * (0..dim)
-                .map(|i| covariance[i * dim + i])
-                .sum::<f64>()
-                .max(1e-12)
-            / dim as f64;
-        for i in 0..dim {
-            covariance[i * dim + i] += ridge;
-        }
-        let precision = invert_spd(&covariance, dim)
+        let precision = ridged_precision(covariance, dim)
             .ok_or_else(|| fail("the feature covariance is not positive definite".into()))?;
         let device = device.clone().inner();
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
@@ -165,6 +155,22 @@ impl OodScore for Mahalanobis {
     fn score(&self, model: &Classifier, x: Tensor<4>) -> Result<Tensor<1>, OodError> {
         self.score_features(model.features(x, BnMode::Eval))
     }
+}
+
+/// The inverse of `covariance` (`dim x dim`) after adding a ridge of 1e-6 times its mean
+/// variance to the diagonal, or `None` if it is still not positive definite. The ridge keeps dead
+/// (always-zero) features, such as ReLU units that never fire, from making it singular.
+pub(crate) fn ridged_precision(mut covariance: Vec<f64>, dim: usize) -> Option<Vec<f64>> {
+    let ridge = 1e-6
+        * (0..dim)
+            .map(|i| covariance[i * dim + i])
+            .sum::<f64>()
+            .max(1e-12)
+        / dim as f64;
+    for i in 0..dim {
+        covariance[i * dim + i] += ridge;
+    }
+    invert_spd(&covariance, dim)
 }
 
 /// Inverse of a symmetric positive definite `dim x dim` matrix through its Cholesky factor, or
