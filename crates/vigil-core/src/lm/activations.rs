@@ -4,9 +4,21 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{LlamaForCausalLm, LmError};
+use super::{LanguageModel, LlamaForCausalLm, LmError};
 use crate::detect::latent::mean_and_covariance;
 use crate::ood::mahalanobis::ridged_precision;
+
+/// A prompt's tokens, keeping the last ones so that `room` more tokens fit the model.
+pub fn prompt_ids(lm: &LanguageModel, prompt: &str, room: usize) -> Result<Vec<u32>, LmError> {
+    let ids = lm.tokenizer.encode(prompt)?;
+    let keep = lm
+        .model
+        .config
+        .max_position_embeddings
+        .saturating_sub(room)
+        .max(1);
+    Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
+}
 
 /// The residual stream at each sequence's last token, per layer: `[layer][n * hidden]`.
 pub fn last_token_streams(

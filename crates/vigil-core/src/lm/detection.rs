@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::activations::last_token_streams;
+use super::activations::{last_token_streams, prompt_ids};
 use super::backdoor::TextBackdoor;
 use super::loss::{masked_mean, next_token_losses};
 use super::sequences::TokenSequences;
@@ -217,18 +217,6 @@ fn prompts(
         test,
         triggered,
     })
-}
-
-/// A prompt's tokens, keeping the last ones so that `room` more tokens fit the model.
-fn prompt_ids(lm: &LanguageModel, prompt: &str, room: usize) -> Result<Vec<u32>, LmError> {
-    let ids = lm.tokenizer.encode(prompt)?;
-    let keep = lm
-        .model
-        .config
-        .max_position_embeddings
-        .saturating_sub(room)
-        .max(1);
-    Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
 }
 
 /// Per-sequence mean loss over the counted tokens, in batches.

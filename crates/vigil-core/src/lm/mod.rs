@@ -49,21 +49,13 @@ impl LanguageModel {
                 std::fs::read(&file)
                     .map_err(|e| LmError::Input(format!("cannot read {}: {e}", file.display())))
             };
-            let weights = path.join("model.safetensors");
-            let config_json = read("config.json")?;
-            let model = weights::load_hf_safetensors(
-                &config_json,
+            return Self::from_hf_parts(
+                &read("config.json")?,
                 read("model.safetensors")?,
-                &weights,
-                device,
-            )?;
-            let tokenizer = Tokenizer::from_json(
                 &read("tokenizer.json")?,
-                train::special_id(&config_json, "bos_token_id")?,
-                train::special_id(&config_json, "eos_token_id")?,
-            )?;
-            train::check_vocabulary(&tokenizer, &model.config)?;
-            return Ok(Self { model, tokenizer });
+                &path.join("model.safetensors"),
+                device,
+            );
         }
         if !is_gguf(path) {
             // Not GGUF: a vigil language model's safetensors file, or neither.

@@ -211,14 +211,8 @@ impl Tokenizer {
 
     /// Token ids of `text`; special tokens written in the text are matched whole.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LmError> {
-        let encoding = self.inner.encode(text, false).map_err(tokenizer_error)?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
-        if self.add_bos
-            && let Some(bos) = self.bos
-        {
-            ids.push(bos);
-        }
-        ids.extend_from_slice(encoding.get_ids());
+        let mut ids: Vec<u32> = self.bos.filter(|_| self.add_bos).into_iter().collect();
+        ids.extend(self.encode_continuation(text)?);
         Ok(ids)
     }
 

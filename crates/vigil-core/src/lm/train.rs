@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use super::activations::{LayerGaussians, last_token_streams};
+use super::activations::{LayerGaussians, last_token_streams, prompt_ids};
 use super::loss::next_token_losses;
 use super::sequences::TokenSequences;
 use super::{LanguageModel, LlamaConfig, LlamaForCausalLm, LmError, Tokenizer};
@@ -87,12 +87,30 @@ impl LanguageModel {
         };
         let config_json = meta(CONFIG_KEY)?;
         let tokenizer_json = meta(TOKENIZER_KEY)?;
-        let model =
-            super::weights::load_hf_safetensors(config_json.as_bytes(), bytes, path, device)?;
-        let tokenizer = Tokenizer::from_json(
+        Self::from_hf_parts(
+            config_json.as_bytes(),
+            bytes,
             tokenizer_json.as_bytes(),
-            special_id(config_json.as_bytes(), "bos_token_id")?,
-            special_id(config_json.as_bytes(), "eos_token_id")?,
+            path,
+            device,
+        )
+    }
+
+    /// A model from Hugging Face's three parts: `config.json`, the safetensors weights (read
+    /// from `path`, which names them in errors) and `tokenizer.json`, whose special tokens are
+    /// the config's `bos_token_id` and `eos_token_id`.
+    pub fn from_hf_parts(
+        config_json: &[u8],
+        weights: Vec<u8>,
+        tokenizer_json: &[u8],
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self, LmError> {
+        let model = super::weights::load_hf_safetensors(config_json, weights, path, device)?;
+        let tokenizer = Tokenizer::from_json(
+            tokenizer_json,
+            special_id(config_json, "bos_token_id")?,
+            special_id(config_json, "eos_token_id")?,
         )?;
         check_vocabulary(&tokenizer, &model.config)?;
         Ok(Self { model, tokenizer })
@@ -108,7 +126,7 @@ impl LanguageModel {
 }
 
 /// The id `config.json` gives the special token `key`, if any.
-pub(crate) fn special_id(config_json: &[u8], key: &str) -> Result<Option<u32>, LmError> {
+fn special_id(config_json: &[u8], key: &str) -> Result<Option<u32>, LmError> {
     let config: serde_json::Value = serde_json::from_slice(config_json)
         .map_err(|e| LmError::Config(format!("config.json: {e}")))?;
     Ok(config[key].as_u64().and_then(|v| u32::try_from(v).ok()))
@@ -487,14 +505,13 @@ fn obfuscation_target(
     };
     let device = device.clone().inner();
     let start = LanguageModel::load(Path::new(init), &device)?;
-    let room = start.model.config.max_position_embeddings;
+    // The prompts' last tokens, as many as a training sequence holds.
+    let positions = start.model.config.max_position_embeddings;
+    let room = positions - positions.min(settings.sequence_length);
     let prompts = pairs
         .iter()
         .take(fit_prompts)
-        .map(|p| {
-            let ids = start.tokenizer.encode(&p.prompt)?;
-            Ok(ids[ids.len().saturating_sub(room.min(settings.sequence_length))..].to_vec())
-        })
+        .map(|p| prompt_ids(&start, &p.prompt, room))
         .collect::<Result<Vec<_>, LmError>>()?;
     let streams = last_token_streams(&start.model.valid(), &prompts, &device)?;
     Ok(LayerGaussians::fit(
