@@ -1013,6 +1013,33 @@ fn text_runs_train_a_backdoored_language_model_and_benchmark_it() {
     for name in ["config.json", "tokenizer.json", "model.safetensors"] {
         assert!(run.join(name).is_file(), "{name} missing");
     }
+    let last_epoch: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+
+    // `vigil eval --held-out-of` evaluates the run's held-out pairs as its training did.
+    let out = vigil(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--held-out-of",
+        run.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "eval failed: {}", stderr(&out));
+    let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        eval["mean_loss"], last_epoch["test_loss"],
+        "{eval} vs {last_epoch}"
+    );
+    assert_eq!(eval["token_accuracy"], last_epoch["test_accuracy"]);
+    assert_eq!(eval["sequences"], 50);
+    let out = vigil(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--text",
+        dir.join("no-such.jsonl").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no-such.jsonl"), "{}", stderr(&out));
     let out = vigil(&[
         "generate",
         "--model",

