@@ -21,29 +21,49 @@ pub fn prompt_ids(lm: &LanguageModel, prompt: &str, room: usize) -> Result<Vec<u
 }
 
 /// The residual stream at each sequence's last token, per layer: `[layer][n * hidden]`.
+/// Sequences run in right-padded batches of [`STREAM_BATCH`]: causal attention keeps a
+/// sequence's last real token from reading the padding after it.
 pub fn last_token_streams(
     model: &LlamaForCausalLm,
     prompts: &[Vec<u32>],
     device: &Device,
 ) -> Result<Vec<Vec<f64>>, LmError> {
+    let hidden = model.config.hidden_size;
     let mut layers: Vec<Vec<f64>> = Vec::new();
-    for ids in prompts {
-        let streams = model.residual_streams(super::token_tensor(ids, device));
+    for chunk in prompts.chunks(STREAM_BATCH) {
+        if let Some(i) = chunk.iter().position(Vec::is_empty) {
+            return Err(LmError::Input(format!(
+                "prompt {i} of a batch has no tokens"
+            )));
+        }
+        let longest = chunk.iter().map(Vec::len).max().unwrap_or(1);
+        let mut tokens = vec![0i64; chunk.len() * longest];
+        for (row, ids) in chunk.iter().enumerate() {
+            for (t, &id) in ids.iter().enumerate() {
+                tokens[row * longest + t] = i64::from(id);
+            }
+        }
+        let tokens = Tensor::from_data(TensorData::new(tokens, [chunk.len(), longest]), device);
+        let streams = model.residual_streams(tokens);
         if layers.is_empty() {
-            layers = vec![Vec::new(); streams.len()];
+            layers = vec![Vec::with_capacity(prompts.len() * hidden); streams.len()];
         }
         for (layer, stream) in layers.iter_mut().zip(streams) {
-            let [_, positions, hidden] = stream.dims();
-            let last = stream.slice([0..1, positions - 1..positions, 0..hidden]);
-            let values = last
+            let values = stream
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|e| LmError::Input(format!("reading activations: {e:?}")))?;
-            layer.extend(values.into_iter().map(f64::from));
+            for (row, ids) in chunk.iter().enumerate() {
+                let at = (row * longest + ids.len() - 1) * hidden;
+                layer.extend(values[at..at + hidden].iter().map(|&v| f64::from(v)));
+            }
         }
     }
     Ok(layers)
 }
+
+/// Prompts per forward pass of [`last_token_streams`].
+pub const STREAM_BATCH: usize = 32;
 
 /// One Gaussian per layer: its mean `[hidden]` and the inverse of its covariance
 /// `[hidden, hidden]` (with a ridge of 1e-6 of the mean variance, as the Mahalanobis detector's),
@@ -98,6 +118,43 @@ impl LayerGaussians {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lm::LlamaConfig;
+
+    /// Prompts of several lengths in one padded batch give each prompt's own last-token
+    /// streams, as it alone gives them.
+    #[test]
+    fn batched_last_token_streams_are_each_prompts_own() {
+        let config = LlamaConfig {
+            vocab_size: 40,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            max_position_embeddings: 32,
+        };
+        let device = Device::default();
+        let model = LlamaForCausalLm::seeded(&config, 1, &device).unwrap();
+        let prompts: Vec<Vec<u32>> =
+            vec![vec![3, 9, 1], vec![7], vec![2, 5, 11, 30, 4, 8], vec![6, 6]];
+        let batched = last_token_streams(&model, &prompts, &device).unwrap();
+        assert_eq!(batched.len(), 3, "two blocks and the final norm");
+        for (i, prompt) in prompts.iter().enumerate() {
+            let alone = last_token_streams(&model, std::slice::from_ref(prompt), &device).unwrap();
+            for (layer, (b, a)) in batched.iter().zip(&alone).enumerate() {
+                let worst = b[i * 16..(i + 1) * 16]
+                    .iter()
+                    .zip(a)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max);
+                assert!(worst < 1e-5, "prompt {i}, layer {layer}: {worst}");
+            }
+        }
+        assert!(last_token_streams(&model, &[vec![]], &device).is_err());
+    }
 
     /// Over the rows a Gaussian was fitted on, `sum_i d_i^T S^-1 d_i = (n - 1) tr(S^-1 S) =
     /// (n - 1) dim` for the sample covariance `S` (divisor `n - 1`), so the mean distance per
