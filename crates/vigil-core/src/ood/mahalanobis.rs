@@ -18,9 +18,14 @@ pub struct Mahalanobis {
 }
 
 #[derive(Debug, Clone)]
-/// What scoring needs, built once at fit on the plain device.
+/// What scoring needs, built once at fit on the plain device. Features and means are taken
+/// relative to `centre`, the fit features' mean: the expansion the score uses
+/// (`f P f - 2 f P mu + mu P mu`) cancels catastrophically in float32 when every feature
+/// shares a large offset (a language model's residual stream), and centring removes it.
 struct Fitted {
-    /// Class means, `[classes, dim]`.
+    /// Mean of the fit features, `[1, dim]`.
+    centre: Tensor<2>,
+    /// Class means minus `centre`, `[classes, dim]`.
     means: Tensor<2>,
     /// Inverse of the shared covariance, `[dim, dim]`.
     precision: Tensor<2>,
@@ -95,15 +100,41 @@ impl Mahalanobis {
         }
         let precision = ridged_precision(covariance, dim)
             .ok_or_else(|| fail("the feature covariance is not positive definite".into()))?;
+        let mut centre = vec![0.0; dim];
+        for row in features.chunks_exact(dim) {
+            for (c, v) in centre.iter_mut().zip(row) {
+                *c += v / n as f64;
+            }
+        }
+        for mean in means.chunks_exact_mut(dim) {
+            for (m, c) in mean.iter_mut().zip(&centre) {
+                *m -= c;
+            }
+        }
+        // mu_c^T P mu_c in float64.
+        let mean_norms: Vec<f64> = means
+            .chunks_exact(dim)
+            .map(|mu| {
+                (0..dim)
+                    .map(|a| {
+                        mu[a]
+                            * (0..dim)
+                                .map(|b| precision[a * dim + b] * mu[b])
+                                .sum::<f64>()
+                    })
+                    .sum()
+            })
+            .collect();
         let device = device.clone().inner();
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let precision =
             Tensor::<2>::from_data(TensorData::new(f32s(&precision), [dim, dim]), &device);
         let means = Tensor::<2>::from_data(TensorData::new(f32s(&means), [classes, dim]), &device);
-        let mean_norms = (means.clone().matmul(precision.clone()) * means.clone())
-            .sum_dim(1)
-            .reshape([1, classes]);
+        let centre = Tensor::<2>::from_data(TensorData::new(f32s(&centre), [1, dim]), &device);
+        let mean_norms =
+            Tensor::<2>::from_data(TensorData::new(f32s(&mean_norms), [1, classes]), &device);
         self.fitted = Some(Fitted {
+            centre,
             means,
             precision,
             mean_norms,
@@ -128,12 +159,15 @@ impl Mahalanobis {
         let precision = on_device_of(fitted.precision.clone(), &features);
         let means = on_device_of(fitted.means.clone(), &features);
         let mm = on_device_of(fitted.mean_norms.clone(), &features);
-        // (f - mu)^T P (f - mu) = f P f - 2 f P mu + mu P mu, for every sample and class.
+        let centre = on_device_of(fitted.centre.clone(), &features);
+        let features = features - centre;
+        // (f - mu)^T P (f - mu) = f P f - 2 f P mu + mu P mu, for every sample and class (f and
+        // mu centred); a distance is never negative, which rounding can still make it by a hair.
         let fp = features.clone().matmul(precision);
         let ff = (fp.clone() * features).sum_dim(1); // [n, 1]
         let fm = fp.matmul(means.transpose()); // [n, classes]
         let distances = ff - fm.mul_scalar(2.0) + mm;
-        Ok(distances.min_dim(1).reshape([n]))
+        Ok(distances.min_dim(1).reshape([n]).clamp_min(0.0))
     }
 }
 

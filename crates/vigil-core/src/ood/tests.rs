@@ -91,6 +91,41 @@ fn mahalanobis_is_the_distance_to_the_closest_class_mean() {
     assert!(matches!(empty_class, Err(OodError::Fit { .. })));
 }
 
+/// Features sharing a large offset (as a language model's residual stream does) score as
+/// they do without it: float32's `f P f - 2 f P mu + mu P mu` cancelled to garbage (negative
+/// distances) before the fit centred them.
+#[test]
+fn a_large_common_offset_does_not_change_mahalanobis_distances() {
+    let (n, dim) = (60, 4);
+    let base: Vec<f64> = (0..n * dim)
+        .map(|i| ((i * 37 % 101) as f64 / 13.0).sin() * (1.0 + (i % dim) as f64 * 0.01))
+        .collect();
+    let offset = |x: &[f64], by: f64| x.iter().map(|v| v + by).collect::<Vec<f64>>();
+    let device = default_device();
+    let query = |by: f64| {
+        let rows: Vec<f32> = offset(&base[..8 * dim], by)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        Tensor::<2>::from_data(TensorData::new(rows, [8, dim]), &device)
+    };
+    let labels = vec![0usize; n];
+    let mut plain = Mahalanobis::new(8);
+    plain.fit_features(&base, dim, &labels, &device).unwrap();
+    let want = host(plain.score_features(query(0.0)).unwrap());
+    let mut shifted = Mahalanobis::new(8);
+    shifted
+        .fit_features(&offset(&base, 300.0), dim, &labels, &device)
+        .unwrap();
+    let got = host(shifted.score_features(query(300.0)).unwrap());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            *g >= 0.0 && (g - w).abs() < 1e-2 * w.max(1.0),
+            "{got:?} vs {want:?}"
+        );
+    }
+}
+
 #[test]
 fn scores_of_a_set_follow_the_model_and_feed_the_metrics() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
