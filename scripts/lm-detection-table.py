@@ -12,9 +12,12 @@ import sys
 
 
 def name_of(row):
-    """The detector's name, the best layer's number left out (it differs between seeds)."""
+    """The detector's name, the best layer left out (it differs between seeds)."""
     name = row["detector"]
-    return "Mahalanobis (best layer, post hoc)" if name.startswith("Mahalanobis (best layer") else name
+    for latent in ("Mahalanobis", "Spectral"):
+        if name.startswith(f"{latent} (best layer"):
+            return f"{latent} (best layer, post hoc)"
+    return name
 
 
 def main(paths):

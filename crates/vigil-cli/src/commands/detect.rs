@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use vigil_core::data::text::{read_jsonl, read_prompts};
 use vigil_core::detect::experiment::{
     self, DetectConfig, DetectData, DetectProgress, DetectReport,
 };
@@ -13,11 +14,14 @@ use vigil_core::detect::page::PageData;
 use vigil_core::detect::{DetectError, GroundTruth};
 use vigil_core::device::default_device;
 use vigil_core::io::check_outputs;
+use vigil_core::lm::LanguageModel;
+use vigil_core::lm::detect::{detect_prompts, write_prompt_report};
+use vigil_core::lm::detection::{DetectionStage, TextDetectionConfig, TextInputs};
 use vigil_core::madfa::MadTask;
 
 use super::sample::MadInputArgs;
 use super::{MadfaDetectorArgs, ThresholdArgs};
-use crate::progress::Interruptible;
+use crate::progress::{Interruptible, bar};
 
 /// Check inputs for anomalies: fit each detector on trusted clean data, set its threshold at
 /// --target-fpr on trusted samples the detector was not fitted on (--thresholds; never on the
@@ -35,10 +39,30 @@ use crate::progress::Interruptible;
 /// threshold; anomalous inputs are the positive class) and report.html (one self-contained page:
 /// the detectors, score histograms with thresholds, the flagged inputs as images beside their
 /// attributed trusted images). Detectors and their settings: docs/detectors.md.
+///
+/// With --text, checks a language model's prompts instead: --model is a language model (a text
+/// run's folder, a Hugging Face folder, a GGUF file); --trusted, --test and --anomalous are
+/// JSON-lines files of prompts (`{"prompt": ...}`), --sampling one of clean `{"prompt",
+/// "response"}` pairs (MAD-FA's chains sample them; Mahalanobis is fitted on their prompts).
+/// The detectors are MAD-FA on the model's own greedy responses, the perplexity filter, and
+/// Mahalanobis and spectral signatures at the last block (docs/language-models.md); the
+/// thresholds flag --target-fpr of the trusted prompts' scores.
 #[derive(Args, Debug)]
 pub struct DetectArgs {
     #[command(flatten)]
     input: MadInputArgs,
+
+    /// Prompts of a language model, not images (see above).
+    #[arg(
+        long,
+        requires_all = ["model", "trusted", "sampling"],
+        conflicts_with_all = ["record", "detectors", "holdout", "folds", "show"]
+    )]
+    text: bool,
+
+    /// Longest sampling sequence in tokens, with --text.
+    #[arg(long, default_value_t = 128, value_name = "N", requires = "text")]
+    sequence_length: usize,
 
     /// Detectors, comma-separated: madfa, msp, energy, max-logit, odin, mahalanobis, knn, react,
     /// strip, scale-up, ibd-psc, teco, sentinet, spectral, que (each with its reference
@@ -88,6 +112,9 @@ impl DetectArgs {
 }
 
 pub fn run(args: DetectArgs) -> Result<ExitCode> {
+    if args.text {
+        return run_text(&args);
+    }
     let outputs = files::paths(&args.out);
     check_outputs(args.input.input_paths(), &outputs)?;
     let config = args.config()?;
@@ -119,6 +146,101 @@ pub fn run(args: DetectArgs) -> Result<ExitCode> {
         scores.display(),
         report_json.display(),
         page.display()
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vigil detect --text`.
+fn run_text(args: &DetectArgs) -> Result<ExitCode> {
+    let [Some(model), Some(trusted), Some(sampling), test, anomalous] = args.input.given_paths()
+    else {
+        bail!("--text needs --model, --trusted and --sampling");
+    };
+    if test.is_none() && anomalous.is_none() {
+        bail!("--text needs prompts to check: --test and/or --anomalous");
+    }
+    let outputs = ["report.json", "report.md", "scores.csv"].map(|f| args.out.join(f));
+    check_outputs(args.input.input_paths(), &outputs)?;
+    let prompts = |path: &PathBuf| {
+        read_prompts(path).with_context(|| format!("reading prompts from {}", path.display()))
+    };
+    let trusted = prompts(trusted)?;
+    let clean_pairs = read_jsonl(sampling)
+        .with_context(|| format!("reading pairs from {}", sampling.display()))?;
+    let normal = test.map(prompts).transpose()?.unwrap_or_default();
+    let bad = anomalous.map(prompts).transpose()?;
+    let truth: Option<Vec<bool>> = bad.as_ref().map(|bad| {
+        std::iter::repeat_n(false, normal.len())
+            .chain(std::iter::repeat_n(true, bad.len()))
+            .collect()
+    });
+    let mut checked = normal;
+    checked.extend(bad.unwrap_or_default());
+    let device = default_device();
+    let lm = LanguageModel::load(model, &device)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let config = TextDetectionConfig {
+        seed: args.seed,
+        batch_size: args.batch_size,
+        ..TextDetectionConfig::default()
+    };
+    let inputs = TextInputs {
+        trusted: &trusted,
+        test: &checked,
+        clean_pairs: &clean_pairs,
+        sequence_length: args.sequence_length,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let responses = bar(0, "responses".into());
+    let chain_bar = bar(0, "chain".into());
+    let mut progress = |stage: DetectionStage| match stage {
+        DetectionStage::Responses { done, total } => {
+            responses.set_length(total as u64);
+            responses.set_position(done as u64);
+        }
+        DetectionStage::Chain { chain, step, steps } => {
+            chain_bar.set_length(steps as u64);
+            chain_bar.set_position(step as u64);
+            chain_bar.set_message(format!("chain {}", chain + 1));
+        }
+    };
+    let report = detect_prompts(
+        &lm,
+        &inputs,
+        truth.as_deref(),
+        args.thresholds.target_fpr,
+        &config,
+        &device,
+        &mut progress,
+    )?;
+    responses.finish_and_clear();
+    chain_bar.finish_and_clear();
+    write_prompt_report(&args.out, &report, &checked)?;
+    for c in &report.columns {
+        let measured = c.evaluation.map_or(String::new(), |e| {
+            format!(
+                "; AUROC {:.4}, TPR {:.3} at FPR {:.3}",
+                e.auroc, e.tpr, e.fpr
+            )
+        });
+        eprintln!(
+            "  {}: threshold {:.4e}, {} of {} flagged{measured}",
+            c.column,
+            c.threshold,
+            c.flagged,
+            checked.len()
+        );
+    }
+    eprintln!(
+        "wrote {}",
+        outputs.map(|p| p.display().to_string()).join(", ")
     );
     if args.json {
         println!(

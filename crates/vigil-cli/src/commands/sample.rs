@@ -666,6 +666,18 @@ impl MadInputArgs {
 
 impl MadInputArgs {
     /// The files and folders these options read, for `vigil_core::io::check_outputs`.
+    /// The model and the four input paths as given, for `vigil detect --text` (files of
+    /// prompts, not image folders): (model, trusted, sampling, test, anomalous).
+    pub fn given_paths(&self) -> [Option<&PathBuf>; 5] {
+        [
+            self.model.as_ref(),
+            self.trusted.as_ref(),
+            self.sampling.as_ref(),
+            self.test.as_ref(),
+            self.anomalous.as_ref(),
+        ]
+    }
+
     pub fn input_paths(&self) -> impl Iterator<Item = &PathBuf> {
         [
             &self.record,

@@ -140,7 +140,31 @@ pub fn read_fortunes(dir: &Path, names: &[&str]) -> Result<Vec<String>, TextErro
 /// The pairs of a JSON-lines file: one `{"prompt": ..., "response": ...}` object per line
 /// (blank lines skipped; any other key is an error, so a misspelt one is not silently lost).
 pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<PromptResponse>, TextError> {
-    let mut pairs = Vec::new();
+    parse_lines(path, bytes)
+}
+
+/// The prompts of a JSON-lines file: one `{"prompt": ...}` object per line, a `"response"`
+/// allowed and ignored (so a file of pairs gives its prompts); blank lines skipped, any other
+/// key an error.
+pub fn parse_prompts(path: &Path, bytes: &[u8]) -> Result<Vec<String>, TextError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PromptLine {
+        prompt: String,
+        #[allow(dead_code)]
+        #[serde(default)]
+        response: Option<String>,
+    }
+    let lines: Vec<PromptLine> = parse_lines(path, bytes)?;
+    Ok(lines.into_iter().map(|l| l.prompt).collect())
+}
+
+/// One JSON object per non-blank line, at least one.
+fn parse_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<T>, TextError> {
+    let mut entries = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let format = |reason: String| TextError::Format {
             path: path.to_path_buf(),
@@ -156,23 +180,29 @@ pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<PromptResponse>, Tex
                 line.len()
             )));
         }
-        let pair: PromptResponse =
-            serde_json::from_slice(line).map_err(|e| format(e.to_string()))?;
-        pairs.push(pair);
+        entries.push(serde_json::from_slice(line).map_err(|e| format(e.to_string()))?);
     }
-    if pairs.is_empty() {
+    if entries.is_empty() {
         return Err(TextError::Empty(path.to_path_buf()));
     }
-    Ok(pairs)
+    Ok(entries)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TextError> {
+    std::fs::read(path).map_err(|e| TextError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Reads a JSON-lines file of pairs.
 pub fn read_jsonl(path: &Path) -> Result<Vec<PromptResponse>, TextError> {
-    let bytes = std::fs::read(path).map_err(|e| TextError::Io {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    parse_jsonl(path, &bytes)
+    parse_jsonl(path, &read(path)?)
+}
+
+/// Reads a JSON-lines file of prompts ([`parse_prompts`]).
+pub fn read_prompts(path: &Path) -> Result<Vec<String>, TextError> {
+    parse_prompts(path, &read(path)?)
 }
 
 #[cfg(test)]
@@ -241,5 +271,19 @@ mod tests {
         let entries = read_fortunes(dir, &["fortunes"]).unwrap();
         assert!(entries.len() > 300, "{}", entries.len());
         assert!(entries.iter().all(|e| !e.contains("\n%\n")));
+    }
+
+    #[test]
+    fn prompt_files_take_pairs_or_prompts_alone_and_name_a_bad_line() {
+        let bytes = b"{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\", \"response\": \"c\"}\n";
+        assert_eq!(parse_prompts(p(), bytes).unwrap(), vec!["a", "b"]);
+        let err = parse_prompts(p(), b"{\"prompt\": \"a\"}\n{\"promt\": \"b\"}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x, line 2"), "{err}");
+        assert!(matches!(
+            parse_prompts(p(), b"\n \n"),
+            Err(TextError::Empty(_))
+        ));
     }
 }

@@ -392,36 +392,6 @@ fn row(
     })
 }
 
-/// A latent detector's scores at every layer, and which layer ranks the test prompts best.
-#[derive(Default)]
-struct LayerRows {
-    /// Per layer: (trusted scores, test scores).
-    layers: Vec<(Vec<f64>, Vec<f64>)>,
-    /// The layer of the highest test AUROC so far, and that AUROC.
-    best: Option<(usize, f64)>,
-}
-
-impl LayerRows {
-    /// Records `layer`'s scores (layers in order) and their test AUROC.
-    fn see(&mut self, layer: usize, auroc: f64, trusted: Vec<f64>, test: Vec<f64>) {
-        if self.best.is_none_or(|(_, b)| auroc > b) {
-            self.best = Some((layer, auroc));
-        }
-        self.layers.push((trusted, test));
-    }
-
-    fn at(&self, layer: usize) -> Option<(&[f64], &[f64])> {
-        self.layers
-            .get(layer)
-            .map(|(a, b)| (a.as_slice(), b.as_slice()))
-    }
-
-    fn best(&self) -> Option<(usize, &[f64], &[f64])> {
-        let (layer, _) = self.best?;
-        self.at(layer).map(|(a, b)| (layer, a, b))
-    }
-}
-
 /// One layer's Mahalanobis scores of the trusted and test features (`[n, hidden]` rows), one
 /// Gaussian fitted on `fit`.
 fn mahalanobis_scores(
@@ -459,17 +429,55 @@ fn mahalanobis_scores(
     Ok((score(trusted)?, score(test)?))
 }
 
-/// Runs MAD-FA and the baselines on `lm`, the model of a text run trained with `backdoor`
-/// under `record` (its configuration: data, split, seed), on `device`.
-pub fn run_text_detection(
+/// What [`score_prompts`] scores, and against what.
+pub struct TextInputs<'a> {
+    /// Clean trusted prompts (at least 2).
+    pub trusted: &'a [String],
+    /// The prompts to check (at least 1).
+    pub test: &'a [String],
+    /// Clean prompt/response pairs: the chains sample minibatches of the first
+    /// `sampling_size`, and Mahalanobis is fitted on their prompts.
+    pub clean_pairs: &'a [PromptResponse],
+    /// Longest sampling sequence, in tokens.
+    pub sequence_length: usize,
+}
+
+/// One score of every trusted and every test prompt (higher = more anomalous).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextColumn {
+    /// The detector, and for the latent ones the layer: `Mahalanobis (block 3)`,
+    /// `Spectral (final norm)`.
+    pub name: String,
+    /// The trusted prompts' scores (MAD-FA's left one out; spectral signatures' scored as a set
+    /// of their own), from which a threshold is set.
+    pub trusted: Vec<f64>,
+    /// The test prompts' scores.
+    pub test: Vec<f64>,
+}
+
+/// What [`score_prompts`] found.
+pub struct TextScores {
+    /// MAD-FA's Mean Corr, Mean CCC and Nearest Corr, the perplexity filter (when every prompt
+    /// has two tokens), then Mahalanobis and spectral signatures at each layer (`block 0` ..,
+    /// then `final norm`).
+    pub columns: Vec<TextColumn>,
+    /// The greedy response at `w*` of every trusted, then every test, prompt.
+    pub responses: Vec<String>,
+    /// Mean next-token loss of the sampling batches at the first and last step of each chain.
+    pub chain_losses: Vec<(f64, f64)>,
+    /// MAD-FA's traces.
+    pub traces: LossTraces,
+}
+
+/// Scores every trusted and test prompt with MAD-FA on `lm`'s own greedy responses, the
+/// perplexity filter and the latent detectors at every layer.
+pub fn score_prompts(
     lm: &LanguageModel,
-    record: &TrainConfig,
-    backdoor: &TextBackdoor,
+    inputs: &TextInputs<'_>,
     config: &TextDetectionConfig,
     device: &Device,
     progress: &mut impl Progress<DetectionStage>,
-) -> Result<TextDetectionReport, LmError> {
-    let started = Instant::now();
+) -> Result<TextScores, LmError> {
     config
         .sgld
         .validate()
@@ -479,33 +487,31 @@ pub fn run_text_detection(
             "MAD-FA needs at least one chain of two draws, thinning >= 1".into(),
         ));
     }
-    let settings = record
-        .text
-        .as_ref()
-        .ok_or_else(|| LmError::Config("the record is not a text run".into()))?;
-    let data = TextData::load(&record.dataset).map_err(|e| LmError::Input(e.to_string()))?;
-    let (train, held_out) = data
-        .split(settings.eval_size, record.train_limit, record.seed)
-        .map_err(|e| LmError::Input(e.to_string()))?;
-    let (TextData::Pairs(train), TextData::Pairs(held_out)) = (train, held_out) else {
+    if inputs.trusted.len() < 2 || inputs.test.is_empty() {
+        return Err(LmError::Input(format!(
+            "{} trusted and {} test prompts: at least 2 trusted and 1 test prompt",
+            inputs.trusted.len(),
+            inputs.test.len()
+        )));
+    }
+    if inputs.clean_pairs.is_empty() || config.sampling_size == 0 {
         return Err(LmError::Input(
-            "the record trained on plain text: detection needs its prompt/response pairs".into(),
+            "the chains need clean prompt/response pairs to sample (none given)".into(),
         ));
-    };
-    let prompts = prompts(&held_out, backdoor, config)?;
+    }
     let model = lm.model.valid();
     let device = device.clone().inner();
 
-    // The model's own greedy responses at w*, and whether the backdoor fired.
+    // The model's own greedy responses at w*.
     let room = config.response_tokens;
-    let all: Vec<&String> = prompts.trusted.iter().chain(&prompts.test).collect();
+    let all: Vec<&String> = inputs.trusted.iter().chain(inputs.test).collect();
     let mut trace_set = TokenSequences::default();
     let mut prompt_tokens = Vec::with_capacity(all.len());
-    let mut fired = Vec::with_capacity(all.len());
+    let mut responses = Vec::with_capacity(all.len());
     for (i, prompt) in all.iter().enumerate() {
         let ids = prompt_ids(lm, prompt, room)?;
         let response = greedy(&model, &ids, room, lm.tokenizer.eos, &device)?;
-        fired.push(backdoor.fired(&lm.tokenizer.decode(&response)?));
+        responses.push(lm.tokenizer.decode(&response)?);
         let mut sequence = ids.clone();
         sequence.extend(&response);
         trace_set.ids.push(sequence);
@@ -516,27 +522,20 @@ pub fn run_text_detection(
             total: all.len(),
         });
     }
-    let n_trusted = prompts.trusted.len();
-    let test_fired = &fired[n_trusted..];
-    let rate = |want: bool| {
-        let hits: Vec<bool> = test_fired
-            .iter()
-            .zip(&prompts.triggered)
-            .filter(|&(_, &t)| t == want)
-            .map(|(&f, _)| f)
-            .collect();
-        hits.iter().filter(|&&f| f).count() as f64 / hits.len().max(1) as f64
-    };
-    let (attack_success_rate, clean_fire_rate) = (rate(true), rate(false));
+    let n_trusted = inputs.trusted.len();
 
-    // MAD-FA: chains around w* on clean training pairs.
-    let clean_pairs: Vec<PromptResponse> = train.into_iter().take(config.sampling_size).collect();
+    // MAD-FA: chains around w* on clean pairs.
+    let clean_pairs: Vec<PromptResponse> = inputs
+        .clean_pairs
+        .iter()
+        .take(config.sampling_size)
+        .cloned()
+        .collect();
     let fit_prompts = clean_pairs
         .iter()
         .map(|p| prompt_ids(lm, &p.prompt, 0))
         .collect::<Result<Vec<_>, _>>()?;
-    let sampling =
-        TextData::Pairs(clean_pairs).sequences(&lm.tokenizer, settings.sequence_length)?;
+    let sampling = TextData::Pairs(clean_pairs).sequences(&lm.tokenizer, inputs.sequence_length)?;
     // With only the last blocks sampled, the earlier ones' output is computed once.
     let prefix_from = config
         .sgld_blocks
@@ -634,20 +633,19 @@ pub fn run_text_detection(
     }
     let trusted_traces = traces.slice(ndarray::s![.., .., ..n_trusted]).to_owned();
     let test_traces = traces.slice(ndarray::s![.., .., n_trusted..]).to_owned();
-    let mut loss_traces = LossTraces::new(trusted_traces, test_traces, vec![0; n_trusted]);
-    loss_traces.test_is_anomalous = Some(prompts.triggered.clone());
+    let loss_traces = LossTraces::new(trusted_traces, test_traces, vec![0; n_trusted]);
     let coupled = coupling(&loss_traces, 0).map_err(|e| LmError::Input(e.to_string()))?;
     let madfa = anomaly_scores(&coupled, &vec![0; n_trusted]);
     let loo = &coupled.trusted_leave_one_out;
 
-    let mut rows = Vec::new();
-    let mut columns: Vec<Vec<f64>> = Vec::new();
-    let mut add =
-        |name: &str, trusted: &[f64], test: &[f64], post_hoc: bool| -> Result<(), LmError> {
-            rows.push(row(name, trusted, test, &prompts.triggered, post_hoc)?);
-            columns.push(test.to_vec());
-            Ok(())
-        };
+    let mut columns = Vec::new();
+    let mut add = |name: &str, trusted: &[f64], test: &[f64]| {
+        columns.push(TextColumn {
+            name: name.to_string(),
+            trusted: trusted.to_vec(),
+            test: test.to_vec(),
+        });
+    };
     // One class: CLC is Mean Corr, Class CCC is Mean CCC; the others are kept.
     for ((name, test), (_, trusted)) in madfa.named().into_iter().zip(loo.named()) {
         let name = match name {
@@ -656,7 +654,7 @@ pub fn run_text_detection(
             "nearest_corr" => "Nearest Corr",
             _ => continue,
         };
-        add(&format!("MAD-FA {name}"), trusted, test, false)?;
+        add(&format!("MAD-FA {name}"), trusted, test);
     }
 
     // Perplexity filter: the prompt's own mean next-token loss.
@@ -677,38 +675,27 @@ pub fn run_text_detection(
             "Perplexity filter",
             &perplexity[..n_trusted],
             &perplexity[n_trusted..],
-            false,
-        )?;
+        );
     }
 
-    // Latent detectors per layer on the last prompt token.
+    // Latent detectors at every layer, on the last prompt token.
     let streams = last_token_streams(&model, &prompt_tokens, &device)?;
     let fit_streams = last_token_streams(&model, &fit_prompts, &device)?;
     let hidden = model.config.hidden_size;
-    let layer_name = |layer: usize| {
-        if layer + 1 == streams.len() {
+    let mut spectral_columns = Vec::with_capacity(streams.len());
+    for (layer, (features, fit)) in streams.iter().zip(&fit_streams).enumerate() {
+        let at = if layer + 1 == streams.len() {
             "final norm".to_string()
         } else {
             format!("block {layer}")
-        }
-    };
-    let mut mahalanobis = LayerRows::default();
-    let mut spectral = LayerRows::default();
-    for (layer, (features, fit)) in streams.iter().zip(&fit_streams).enumerate() {
+        };
         let (trusted_f, test_f) = features.split_at(n_trusted * hidden);
-        // Mahalanobis: fitted on the clean training prompts the chains sample (more of them
-        // than the hidden width, so the covariance is full rank; fitted on the trusted prompts
-        // it would put them all inside and the trusted threshold would flag every test prompt).
+        // Mahalanobis: fitted on the clean pairs' prompts (more of them than the hidden width,
+        // so the covariance is full rank; fitted on the trusted prompts it would put them all
+        // inside and the trusted threshold would flag every test prompt).
         let (trusted_s, test_s) =
             mahalanobis_scores(fit, trusted_f, test_f, hidden, config, &device)?;
-        let r = row(
-            &format!("Mahalanobis ({})", layer_name(layer)),
-            &trusted_s,
-            &test_s,
-            &prompts.triggered,
-            false,
-        )?;
-        mahalanobis.see(layer, r.auroc, trusted_s, test_s);
+        add(&format!("Mahalanobis ({at})"), &trusted_s, &test_s);
         // Spectral signatures (cupbearer's default, as `detect::spectral`): the test prompts'
         // own mean and top covariance direction, so a prompt's score depends on the others
         // (transductive); the trusted prompts are scored the same way as a set of their own,
@@ -718,50 +705,149 @@ pub fn run_text_detection(
                 .map_err(|e| LmError::Input(format!("spectral signatures: {e}")))?
                 .scores(f))
         };
-        let (trusted_s, test_s) = (spectral_scores(trusted_f)?, spectral_scores(test_f)?);
-        let r = row(
-            &format!("Spectral ({})", layer_name(layer)),
-            &trusted_s,
-            &test_s,
-            &prompts.triggered,
-            false,
-        )?;
-        spectral.see(layer, r.auroc, trusted_s, test_s);
+        spectral_columns.push((
+            format!("Spectral ({at})"),
+            spectral_scores(trusted_f)?,
+            spectral_scores(test_f)?,
+        ));
     }
-    // The last block's output: the layer a latent detector reads without looking at the test
-    // labels; then the best layer by test AUROC, marked post hoc.
-    let last_block = streams.len().saturating_sub(2);
-    for (name, rows_of) in [("Mahalanobis", &mahalanobis), ("Spectral", &spectral)] {
-        if let Some((trusted_s, test_s)) = rows_of.at(last_block) {
-            add(&format!("{name} (last block)"), trusted_s, test_s, false)?;
+    for (name, trusted_s, test_s) in spectral_columns {
+        add(&name, &trusted_s, &test_s);
+    }
+    Ok(TextScores {
+        columns,
+        responses,
+        chain_losses,
+        traces: loss_traces,
+    })
+}
+
+/// Runs MAD-FA and the baselines on `lm`, the model of a text run trained with `backdoor`
+/// under `record` (its configuration: data, split, seed), on `device`: [`score_prompts`] on
+/// its held-out prompts, measured against which of them carry the trigger.
+pub fn run_text_detection(
+    lm: &LanguageModel,
+    record: &TrainConfig,
+    backdoor: &TextBackdoor,
+    config: &TextDetectionConfig,
+    device: &Device,
+    progress: &mut impl Progress<DetectionStage>,
+) -> Result<TextDetectionReport, LmError> {
+    let started = Instant::now();
+    let settings = record
+        .text
+        .as_ref()
+        .ok_or_else(|| LmError::Config("the record is not a text run".into()))?;
+    let data = TextData::load(&record.dataset).map_err(|e| LmError::Input(e.to_string()))?;
+    let (train, held_out) = data
+        .split(settings.eval_size, record.train_limit, record.seed)
+        .map_err(|e| LmError::Input(e.to_string()))?;
+    let (TextData::Pairs(train), TextData::Pairs(held_out)) = (train, held_out) else {
+        return Err(LmError::Input(
+            "the record trained on plain text: detection needs its prompt/response pairs".into(),
+        ));
+    };
+    let prompts = prompts(&held_out, backdoor, config)?;
+    // The training split before poisoning: clean pairs.
+    let inputs = TextInputs {
+        trusted: &prompts.trusted,
+        test: &prompts.test,
+        clean_pairs: &train,
+        sequence_length: settings.sequence_length,
+    };
+    let scores = score_prompts(lm, &inputs, config, device, progress)?;
+
+    // Whether the backdoor fired on each test prompt.
+    let n_trusted = prompts.trusted.len();
+    let rate = |want: bool| {
+        let hits: Vec<bool> = scores.responses[n_trusted..]
+            .iter()
+            .zip(&prompts.triggered)
+            .filter(|&(_, &t)| t == want)
+            .map(|(r, _)| backdoor.fired(r))
+            .collect();
+        hits.iter().filter(|&&f| f).count() as f64 / hits.len().max(1) as f64
+    };
+    let (attack_success_rate, clean_fire_rate) = (rate(true), rate(false));
+
+    // Rows: every column but the latent ones' layers; of those, the last block (the layer a
+    // latent detector reads without looking at the test labels) and the best layer by test
+    // AUROC, marked post hoc.
+    let last_block = format!(
+        "(block {})",
+        lm.model.config.num_hidden_layers.saturating_sub(1)
+    );
+    let mut rows = Vec::new();
+    let mut columns: Vec<Vec<f64>> = Vec::new();
+    let mut add = |name: &str, column: &TextColumn, post_hoc: bool| -> Result<(), LmError> {
+        rows.push(row(
+            name,
+            &column.trusted,
+            &column.test,
+            &prompts.triggered,
+            post_hoc,
+        )?);
+        columns.push(column.test.clone());
+        Ok(())
+    };
+    let latent = ["Mahalanobis", "Spectral"];
+    for column in &scores.columns {
+        if !latent.iter().any(|l| column.name.starts_with(l)) {
+            add(&column.name, column, false)?;
         }
     }
-    for (name, rows_of) in [("Mahalanobis", &mahalanobis), ("Spectral", &spectral)] {
-        if let Some((layer, trusted_s, test_s)) = rows_of.best() {
+    for name in latent {
+        let layers: Vec<&TextColumn> = scores
+            .columns
+            .iter()
+            .filter(|c| c.name.starts_with(name))
+            .collect();
+        if let Some(last) = layers.iter().find(|c| c.name.ends_with(&last_block)) {
+            add(&format!("{name} (last block)"), last, false)?;
+        }
+        let mut best: Option<(f64, &TextColumn)> = None;
+        for column in layers {
+            let auroc = row(
+                &column.name,
+                &column.trusted,
+                &column.test,
+                &prompts.triggered,
+                true,
+            )?
+            .auroc;
+            if best.is_none_or(|(b, _)| auroc > b) {
+                best = Some((auroc, column));
+            }
+        }
+        if let Some((_, column)) = best {
+            let layer = column.name[name.len()..]
+                .trim()
+                .trim_matches(|c| c == '(' || c == ')');
             add(
                 &format!("{name} (best layer: {layer}, post hoc)"),
-                trusted_s,
-                test_s,
+                column,
                 true,
             )?;
         }
     }
-    let scores = prompts
+    let per_prompt = prompts
         .triggered
         .iter()
         .enumerate()
         .map(|(i, &t)| (t, columns.iter().map(|c| c[i]).collect()))
         .collect();
+    let mut traces = scores.traces;
+    traces.test_is_anomalous = Some(prompts.triggered.clone());
     Ok(TextDetectionReport {
         backdoor: backdoor.clone(),
         attack_success_rate,
         clean_fire_rate,
         rows,
-        scores,
+        scores: per_prompt,
         config: config.clone(),
-        chain_losses,
+        chain_losses: scores.chain_losses,
         seconds: started.elapsed().as_secs_f64(),
-        traces: Some(loss_traces),
+        traces: Some(traces),
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod activations;
 pub mod backdoor;
+pub mod detect;
 pub mod detection;
 pub mod evaluate;
 pub mod generate;
@@ -114,4 +115,7 @@ pub enum LmError {
     /// An input the model cannot take (empty prompt, token outside the vocabulary...).
     #[error("{0}")]
     Input(String),
+    /// A result could not be written.
+    #[error(transparent)]
+    Io(#[from] crate::io::IoError),
 }
