@@ -252,8 +252,10 @@ pub fn gguf(data: &[u8]) {
     let _ = lm::weights::load_gguf(&file, &origin("gguf"), &default_device());
 }
 
-/// Text data: a fortune database and a JSON-lines file of prompt/response pairs.
+/// Text data: a fortune database, a JSON-lines file of prompt/response pairs and one of
+/// prompts.
 pub fn text(data: &[u8]) {
     let _ = vigil_core::data::text::parse_fortunes(&origin("fortunes"), data);
     let _ = vigil_core::data::text::parse_jsonl(&origin("jsonl"), data);
+    let _ = vigil_core::data::text::parse_prompts(&origin("prompts"), data);
 }
