@@ -145,6 +145,9 @@ pub struct TextDetectionReport {
     pub rows: Vec<DetectorRow>,
     /// Per test prompt: whether triggered, and every detector's score in `rows` order.
     pub scores: Vec<(bool, Vec<f64>)>,
+    /// The model's greedy response at `w*` to each test prompt.
+    #[serde(default)]
+    pub responses: Vec<String>,
     /// The settings.
     pub config: TextDetectionConfig,
     /// Mean next-token loss of the sampling batches at the last step of each chain (at `w*`
@@ -850,6 +853,7 @@ pub fn run_text_detection(
         clean_fire_rate,
         rows,
         scores: per_prompt,
+        responses: scores.responses[n_trusted..].to_vec(),
         config: config.clone(),
         chain_losses: scores.chain_losses,
         seconds: started.elapsed().as_secs_f64(),
