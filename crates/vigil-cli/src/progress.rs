@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use vigil_core::lm::detection::DetectionStage;
 use vigil_core::progress::Progress;
 use vigil_core::train::{EpochRecord, TrainEvent};
 
@@ -111,6 +112,43 @@ pub fn bar(len: u64, prefix: String) -> ProgressBar {
     );
     bar.set_prefix(prefix);
     bar
+}
+
+/// Two bars for a language model's detection: the greedy responses, then each chain's steps.
+pub struct TextDetectionBars {
+    responses: ProgressBar,
+    chain: ProgressBar,
+}
+
+impl TextDetectionBars {
+    pub fn new() -> Self {
+        Self {
+            responses: bar(0, "responses".into()),
+            chain: bar(0, "chain".into()),
+        }
+    }
+
+    /// Clears both bars.
+    pub fn finish(&self) {
+        self.responses.finish_and_clear();
+        self.chain.finish_and_clear();
+    }
+}
+
+impl Progress<DetectionStage> for TextDetectionBars {
+    fn report(&mut self, stage: DetectionStage) {
+        match stage {
+            DetectionStage::Responses { done, total } => {
+                self.responses.set_length(total as u64);
+                self.responses.set_position(done as u64);
+            }
+            DetectionStage::Chain { chain, step, steps } => {
+                self.chain.set_length(steps as u64);
+                self.chain.set_position(step as u64);
+                self.chain.set_message(format!("chain {}", chain + 1));
+            }
+        }
+    }
 }
 
 /// Draws training progress and prints each epoch's record as one JSON line on stdout.

@@ -16,12 +16,12 @@ use vigil_core::device::default_device;
 use vigil_core::io::check_outputs;
 use vigil_core::lm::LanguageModel;
 use vigil_core::lm::detect::{detect_prompts, write_prompt_report};
-use vigil_core::lm::detection::{DetectionStage, TextDetectionConfig, TextInputs};
+use vigil_core::lm::detection::{TextDetectionConfig, TextInputs};
 use vigil_core::madfa::MadTask;
 
 use super::sample::MadInputArgs;
 use super::{MadfaDetectorArgs, ThresholdArgs};
-use crate::progress::{Interruptible, bar};
+use crate::progress::{Interruptible, TextDetectionBars};
 
 /// Check inputs for anomalies: fit each detector on trusted clean data, set its threshold at
 /// --target-fpr on trusted samples the detector was not fitted on (--thresholds; never on the
@@ -198,19 +198,7 @@ fn run_text(args: &DetectArgs) -> Result<ExitCode> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let responses = bar(0, "responses".into());
-    let chain_bar = bar(0, "chain".into());
-    let mut progress = |stage: DetectionStage| match stage {
-        DetectionStage::Responses { done, total } => {
-            responses.set_length(total as u64);
-            responses.set_position(done as u64);
-        }
-        DetectionStage::Chain { chain, step, steps } => {
-            chain_bar.set_length(steps as u64);
-            chain_bar.set_position(step as u64);
-            chain_bar.set_message(format!("chain {}", chain + 1));
-        }
-    };
+    let mut progress = TextDetectionBars::new();
     let report = detect_prompts(
         &lm,
         &inputs,
@@ -220,8 +208,7 @@ fn run_text(args: &DetectArgs) -> Result<ExitCode> {
         &device,
         &mut progress,
     )?;
-    responses.finish_and_clear();
-    chain_bar.finish_and_clear();
+    progress.finish();
     write_prompt_report(&args.out, &report, &checked)?;
     for c in &report.columns {
         let measured = c.evaluation.map_or(String::new(), |e| {

@@ -8,12 +8,10 @@ use clap::Args;
 use vigil_core::device::default_device;
 use vigil_core::io::{write_atomic, write_json_atomic};
 use vigil_core::lm::LanguageModel;
-use vigil_core::lm::detection::{
-    DetectionStage, TextDetectionConfig, markdown, run_text_detection,
-};
+use vigil_core::lm::detection::{TextDetectionConfig, markdown, run_text_detection};
 use vigil_core::train::{files, saved_state};
 
-use crate::progress::bar;
+use crate::progress::TextDetectionBars;
 
 /// Detect a language model's backdoor: MAD-FA on token losses against the perplexity filter and
 /// Mahalanobis on last-token activations (docs/language-models.md).
@@ -112,19 +110,7 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
         .with_context(|| format!("loading {}", model_path.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let responses = bar(0, "responses".into());
-    let chain_bar = bar(0, "chain".into());
-    let mut progress = |stage: DetectionStage| match stage {
-        DetectionStage::Responses { done, total } => {
-            responses.set_length(total as u64);
-            responses.set_position(done as u64);
-        }
-        DetectionStage::Chain { chain, step, steps } => {
-            chain_bar.set_length(steps as u64);
-            chain_bar.set_position(step as u64);
-            chain_bar.set_message(format!("chain {}", chain + 1));
-        }
-    };
+    let mut progress = TextDetectionBars::new();
     let report = run_text_detection(
         &lm,
         &state.config,
@@ -133,8 +119,7 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
         &device,
         &mut progress,
     )?;
-    responses.finish_and_clear();
-    chain_bar.finish_and_clear();
+    progress.finish();
     write_json_atomic(&args.out.join("report.json"), &report)?;
     let title = format!("Backdoor detection on {}", args.record.display());
     let table = markdown(&report, &title);
