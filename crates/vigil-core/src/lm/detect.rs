@@ -92,40 +92,18 @@ pub fn detect_prompts(
         )));
     }
     let scores = score_prompts(lm, inputs, config, device, progress)?;
-    let last_block = format!(
-        "(block {})",
-        lm.model.config.num_hidden_layers.saturating_sub(1)
-    );
     let mut columns = Vec::new();
     for column in &scores.columns {
-        let latent = ["Mahalanobis", "Spectral"]
-            .iter()
-            .find(|l| column.name.starts_with(*l));
-        let name = match latent {
-            Some(_) if !column.name.ends_with(&last_block) => continue,
-            Some(l) => format!("{l} (last block)"),
+        let name = match &column.latent {
+            Some(latent) if !latent.last_block => continue,
+            Some(latent) => format!("{} (last block)", latent.detector),
             None => column.name.clone(),
         };
         let metric = |e: crate::metrics::MetricsError| LmError::Input(format!("{name}: {e}"));
         let threshold = threshold_for_fpr(&column.trusted, target_fpr).map_err(metric)?;
         let evaluation = match truth {
             Some(truth) if truth.iter().any(|&t| t) && truth.iter().any(|&t| !t) => {
-                let pick = |want: bool| -> Vec<f64> {
-                    column
-                        .test
-                        .iter()
-                        .zip(truth)
-                        .filter(|&(_, &t)| t == want)
-                        .map(|(&s, _)| s)
-                        .collect()
-                };
-                let (normal, anomalous) = (pick(false), pick(true));
-                let point = tpr_fpr_at_threshold(&normal, &anomalous, threshold).map_err(metric)?;
-                Some(ColumnEvaluation {
-                    auroc: auroc(&normal, &anomalous).map_err(metric)?,
-                    tpr: point.tpr,
-                    fpr: point.fpr,
-                })
+                Some(evaluate_column(&name, &column.test, truth, threshold)?)
             }
             _ => None,
         };
@@ -146,6 +124,31 @@ pub fn detect_prompts(
         config: config.clone(),
         chain_losses: scores.chain_losses,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `test` scores measured against `truth` (anomalous prompts positive) at `threshold`; `name`
+/// names the column in errors.
+pub(super) fn evaluate_column(
+    name: &str,
+    test: &[f64],
+    truth: &[bool],
+    threshold: f64,
+) -> Result<ColumnEvaluation, LmError> {
+    let metric = |e: crate::metrics::MetricsError| LmError::Input(format!("{name}: {e}"));
+    let pick = |want: bool| -> Vec<f64> {
+        test.iter()
+            .zip(truth)
+            .filter(|&(_, &t)| t == want)
+            .map(|(&s, _)| s)
+            .collect()
+    };
+    let (normal, anomalous) = (pick(false), pick(true));
+    let point = tpr_fpr_at_threshold(&normal, &anomalous, threshold).map_err(metric)?;
+    Ok(ColumnEvaluation {
+        auroc: auroc(&normal, &anomalous).map_err(metric)?,
+        tpr: point.tpr,
+        fpr: point.fpr,
     })
 }
 

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::activations::{last_token_streams, prompt_ids};
 use super::backdoor::TextBackdoor;
+use super::detect::evaluate_column;
 use super::loss::{masked_mean, next_token_losses};
 use super::sequences::TokenSequences;
 use super::train::TextData;
@@ -44,7 +45,7 @@ use crate::detect::spectral::SpectralDirections;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
 use crate::madfa::traces::LossTraces;
-use crate::metrics::{auroc, threshold_for_fpr, tpr_fpr_at_threshold};
+use crate::metrics::threshold_for_fpr;
 use crate::ood::mahalanobis::Mahalanobis;
 use crate::optim::{ParamSlots, apply_update, snapshot_slots};
 use crate::progress::Progress;
@@ -369,22 +370,14 @@ fn row(
     triggered: &[bool],
     post_hoc: bool,
 ) -> Result<DetectorRow, LmError> {
-    let metric = |e: crate::metrics::MetricsError| LmError::Input(format!("{name}: {e}"));
-    let pick = |want: bool| -> Vec<f64> {
-        test.iter()
-            .zip(triggered)
-            .filter(|&(_, &t)| t == want)
-            .map(|(&s, _)| s)
-            .collect()
-    };
-    let (clean, bad) = (pick(false), pick(true));
-    let threshold = threshold_for_fpr(trusted, 0.05).map_err(metric)?;
-    let point = tpr_fpr_at_threshold(&clean, &bad, threshold).map_err(metric)?;
+    let threshold =
+        threshold_for_fpr(trusted, 0.05).map_err(|e| LmError::Input(format!("{name}: {e}")))?;
+    let measured = evaluate_column(name, test, triggered, threshold)?;
     Ok(DetectorRow {
         detector: name.to_string(),
-        auroc: auroc(&clean, &bad).map_err(metric)?,
-        tpr_at_5_fpr: point.tpr,
-        fpr_test: point.fpr,
+        auroc: measured.auroc,
+        tpr_at_5_fpr: measured.tpr,
+        fpr_test: measured.fpr,
         threshold,
         trusted_median_max: {
             let mut sorted = trusted.to_vec();
@@ -445,12 +438,29 @@ pub struct TextInputs<'a> {
     pub sequence_length: usize,
 }
 
+/// The latent detectors, whose columns come one per layer.
+pub const LATENT_DETECTORS: [&str; 2] = ["Mahalanobis", "Spectral"];
+
+/// Which latent detector and layer a per-layer column is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatentLayer {
+    /// One of [`LATENT_DETECTORS`].
+    pub detector: String,
+    /// `block 3`, or `final norm`.
+    pub layer: String,
+    /// Whether it is the last block's output: the layer a latent detector reads without
+    /// looking at labels.
+    pub last_block: bool,
+}
+
 /// One score of every trusted and every test prompt (higher = more anomalous).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextColumn {
     /// The detector, and for the latent ones the layer: `Mahalanobis (block 3)`,
     /// `Spectral (final norm)`.
     pub name: String,
+    /// For a latent detector's column, its detector and layer.
+    pub latent: Option<LatentLayer>,
     /// The trusted prompts' scores (MAD-FA's left one out; spectral signatures' scored as a set
     /// of their own), from which a threshold is set.
     pub trusted: Vec<f64>,
@@ -648,9 +658,10 @@ pub fn score_prompts(
     let loo = &coupled.trusted_leave_one_out;
 
     let mut columns = Vec::new();
-    let mut add = |name: &str, trusted: &[f64], test: &[f64]| {
+    let mut add = |name: &str, latent: Option<LatentLayer>, trusted: &[f64], test: &[f64]| {
         columns.push(TextColumn {
             name: name.to_string(),
+            latent,
             trusted: trusted.to_vec(),
             test: test.to_vec(),
         });
@@ -663,7 +674,7 @@ pub fn score_prompts(
             "nearest_corr" => "Nearest Corr",
             _ => continue,
         };
-        add(&format!("MAD-FA {name}"), trusted, test);
+        add(&format!("MAD-FA {name}"), None, trusted, test);
     }
 
     // Perplexity filter: the prompt's own mean next-token loss.
@@ -682,6 +693,7 @@ pub fn score_prompts(
                 .collect();
         add(
             "Perplexity filter",
+            None,
             &perplexity[..n_trusted],
             &perplexity[n_trusted..],
         );
@@ -693,10 +705,14 @@ pub fn score_prompts(
     let hidden = model.config.hidden_size;
     let mut spectral_columns = Vec::with_capacity(streams.len());
     for (layer, (features, fit)) in streams.iter().zip(&fit_streams).enumerate() {
-        let at = if layer + 1 == streams.len() {
-            "final norm".to_string()
-        } else {
-            format!("block {layer}")
+        let at = |detector: &str| LatentLayer {
+            detector: detector.to_string(),
+            layer: if layer + 1 == streams.len() {
+                "final norm".to_string()
+            } else {
+                format!("block {layer}")
+            },
+            last_block: layer + 2 == streams.len(),
         };
         let (trusted_f, test_f) = features.split_at(n_trusted * hidden);
         // Mahalanobis: fitted on the clean pairs' prompts (more of them than the hidden width,
@@ -704,7 +720,9 @@ pub fn score_prompts(
         // inside and the trusted threshold would flag every test prompt).
         let (trusted_s, test_s) =
             mahalanobis_scores(fit, trusted_f, test_f, hidden, config, &device)?;
-        add(&format!("Mahalanobis ({at})"), &trusted_s, &test_s);
+        let mahalanobis = at(LATENT_DETECTORS[0]);
+        let name = format!("{} ({})", mahalanobis.detector, mahalanobis.layer);
+        add(&name, Some(mahalanobis), &trusted_s, &test_s);
         // Spectral signatures (cupbearer's default, as `detect::spectral`): the test prompts'
         // own mean and top covariance direction, so a prompt's score depends on the others
         // (transductive); the trusted prompts are scored the same way as a set of their own,
@@ -715,13 +733,14 @@ pub fn score_prompts(
                 .scores(f))
         };
         spectral_columns.push((
-            format!("Spectral ({at})"),
+            at(LATENT_DETECTORS[1]),
             spectral_scores(trusted_f)?,
             spectral_scores(test_f)?,
         ));
     }
-    for (name, trusted_s, test_s) in spectral_columns {
-        add(&name, &trusted_s, &test_s);
+    for (spectral, trusted_s, test_s) in spectral_columns {
+        let name = format!("{} ({})", spectral.detector, spectral.layer);
+        add(&name, Some(spectral), &trusted_s, &test_s);
     }
     Ok(TextScores {
         columns,
@@ -782,10 +801,6 @@ pub fn run_text_detection(
     // Rows: every column but the latent ones' layers; of those, the last block (the layer a
     // latent detector reads without looking at the test labels) and the best layer by test
     // AUROC, marked post hoc.
-    let last_block = format!(
-        "(block {})",
-        lm.model.config.num_hidden_layers.saturating_sub(1)
-    );
     let mut rows = Vec::new();
     let mut columns: Vec<Vec<f64>> = Vec::new();
     let mut add = |name: &str, column: &TextColumn, post_hoc: bool| -> Result<(), LmError> {
@@ -799,23 +814,21 @@ pub fn run_text_detection(
         columns.push(column.test.clone());
         Ok(())
     };
-    let latent = ["Mahalanobis", "Spectral"];
-    for column in &scores.columns {
-        if !latent.iter().any(|l| column.name.starts_with(l)) {
-            add(&column.name, column, false)?;
-        }
+    for column in scores.columns.iter().filter(|c| c.latent.is_none()) {
+        add(&column.name, column, false)?;
     }
-    for name in latent {
-        let layers: Vec<&TextColumn> = scores
+    for detector in LATENT_DETECTORS {
+        let layers: Vec<(&TextColumn, &LatentLayer)> = scores
             .columns
             .iter()
-            .filter(|c| c.name.starts_with(name))
+            .filter_map(|c| c.latent.as_ref().map(|l| (c, l)))
+            .filter(|(_, l)| l.detector == detector)
             .collect();
-        if let Some(last) = layers.iter().find(|c| c.name.ends_with(&last_block)) {
-            add(&format!("{name} (last block)"), last, false)?;
+        if let Some((last, _)) = layers.iter().find(|(_, l)| l.last_block) {
+            add(&format!("{detector} (last block)"), last, false)?;
         }
-        let mut best: Option<(f64, &TextColumn)> = None;
-        for column in layers {
+        let mut best: Option<(f64, &TextColumn, &LatentLayer)> = None;
+        for (column, layer) in layers {
             let auroc = row(
                 &column.name,
                 &column.trusted,
@@ -824,16 +837,13 @@ pub fn run_text_detection(
                 true,
             )?
             .auroc;
-            if best.is_none_or(|(b, _)| auroc > b) {
-                best = Some((auroc, column));
+            if best.is_none_or(|(b, _, _)| auroc > b) {
+                best = Some((auroc, column, layer));
             }
         }
-        if let Some((_, column)) = best {
-            let layer = column.name[name.len()..]
-                .trim()
-                .trim_matches(|c| c == '(' || c == ')');
+        if let Some((_, column, layer)) = best {
             add(
-                &format!("{name} (best layer: {layer}, post hoc)"),
+                &format!("{detector} (best layer: {}, post hoc)", layer.layer),
                 column,
                 true,
             )?;
