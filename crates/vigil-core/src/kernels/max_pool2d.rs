@@ -262,7 +262,7 @@ mod tests {
             0.0,
             1.0,
         ];
-        for (h, w) in [(4, 4), (5, 7), (2, 3), (7, 30), (17, 21)] {
+        for (h, w) in [(4, 4), (5, 7), (2, 3)] {
             let x: Vec<f32> = (0..2 * h * w)
                 .map(|i| values[(i * 7 + i / 3) % values.len()])
                 .collect();

@@ -20,11 +20,9 @@
 //! In float32 the transforms cost a little precision (relative error about 1e-6 on these
 //! sizes, against about 2e-7 for im2col); the tests bound it against the definition in f64.
 
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::conv2d::{Conv2dGeometry, Mat, matmul, sum_over_batch};
-use super::lanes::{LANES, Lanes, add, copy, deinterleave, load, neg, store, sub};
 
 /// Tiles one group of gemms should cover at least: samples whose output has fewer tiles (the
 /// deep layers of a ResNet: 4-16) are grouped so the 16 gemms stay wide. Measured on
@@ -131,58 +129,62 @@ fn turned_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 
 /// `V = B^T d B` of every 4x4 patch under the tiles of the samples in `x`, laid out
 /// `[16][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
-/// zero. Plane `ξ` starts at `ξ * plane`, and each plane has room for [`LANES`] values past
-/// its last tile ([`plane_stride`]).
-///
-/// Eight tiles of a tile row at a time ([`Lanes`], compiled for AVX2 where the CPU has it):
-/// each padded input row is first split into its even and odd columns, so that `d[r][c]` of
-/// tiles `tx..tx + 8` are eight contiguous values (column `2 tx + c` is entry `tx + c / 2` of
-/// the even half for even `c`, of the odd half for odd `c`). A tile row's last group writes
-/// up to seven values past its end, into tiles written after it: tiles are written in
-/// increasing order (channel, then sample, then tile), and the plane's slack takes the very
-/// last. The additions are those of one tile at a time in the same order, so the values are
-/// bit for bit the same (`tests::the_transforms_equal_one_tile_at_a_time`).
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// zero. Plane `ξ` starts at `ξ * plane`.
 fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
     let [th, tw] = tiles(g);
-    let per_sample = th * tw;
     let n = x.len() / (g.c_in * g.h * g.w);
-    let t_all = n * per_sample;
-    let mut rows = SplitRows::new(g, 2 * th + 2, tw);
-    let mut planes: Vec<&mut [f32]> = v.chunks_mut(plane).take(16).collect();
-    for ci in 0..g.c_in {
-        for s in 0..n {
+    let t_all = n * th * tw;
+    let (ph, pw) = (g.padding[0] as isize, g.padding[1] as isize);
+    let (h, w) = (g.h as isize, g.w as isize);
+    for s in 0..n {
+        for ci in 0..g.c_in {
             let xp = &x[(s * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
-            rows.split(|y| {
-                let y = y as isize - g.padding[0] as isize;
-                (0..g.h as isize)
-                    .contains(&y)
-                    .then(|| &xp[y as usize * g.w..][..g.w])
-            });
             for ty in 0..th {
-                let at = ci * t_all + s * per_sample + ty * tw;
-                for tx in (0..tw).step_by(LANES) {
-                    let d: [Lanes; 16] =
-                        std::array::from_fn(|k| rows.lanes(2 * ty + k / 4, k % 4, tx));
-                    // Rows: B^T d, column by column; `b[j][i]` is row i, column j of B^T d.
-                    let b: [[Lanes; 4]; 4] = std::array::from_fn(|j| {
+                let y0 = 2 * ty as isize - ph;
+                for tx in 0..tw {
+                    let x0 = 2 * tx as isize - pw;
+                    let mut d = [[0.0f32; 4]; 4];
+                    let inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w;
+                    if inside {
+                        for (r, row) in d.iter_mut().enumerate() {
+                            let start = (y0 as usize + r) * g.w + x0 as usize;
+                            row.copy_from_slice(&xp[start..start + 4]);
+                        }
+                    } else {
+                        for (r, row) in d.iter_mut().enumerate() {
+                            let y = y0 + r as isize;
+                            if !(0..h).contains(&y) {
+                                continue;
+                            }
+                            for (c, value) in row.iter_mut().enumerate() {
+                                let xx = x0 + c as isize;
+                                if (0..w).contains(&xx) {
+                                    *value = xp[y as usize * g.w + xx as usize];
+                                }
+                            }
+                        }
+                    }
+                    // Rows: B^T d, column by column.
+                    let t: [[f32; 4]; 4] = std::array::from_fn(|j| {
                         [
-                            sub(d[j], d[8 + j]),
-                            add(d[4 + j], d[8 + j]),
-                            sub(d[8 + j], d[4 + j]),
-                            sub(d[4 + j], d[12 + j]),
+                            d[0][j] - d[2][j],
+                            d[1][j] + d[2][j],
+                            d[2][j] - d[1][j],
+                            d[1][j] - d[3][j],
                         ]
                     });
-                    // Columns: (B^T d) B.
+                    // Columns: (B^T d) B; `t[j][i]` is row i, column j of B^T d.
+                    let tile = (s * th + ty) * tw + tx;
+                    let base = ci * t_all + tile;
                     for i in 0..4 {
                         let row = [
-                            sub(b[0][i], b[2][i]),
-                            add(b[1][i], b[2][i]),
-                            sub(b[2][i], b[1][i]),
-                            sub(b[1][i], b[3][i]),
+                            t[0][i] - t[2][i],
+                            t[1][i] + t[2][i],
+                            t[2][i] - t[1][i],
+                            t[1][i] - t[3][i],
                         ];
-                        for (j, value) in row.iter().enumerate() {
-                            store(&mut planes[i * 4 + j][at + tx..], value);
+                        for (j, value) in row.into_iter().enumerate() {
+                            v[(i * 4 + j) * plane + base] = value;
                         }
                     }
                 }
@@ -191,112 +193,35 @@ fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
     }
 }
 
-/// The rows of one zero-padded plane split into their even and odd columns, each half padded
-/// with zeros so that eight values can be read from any tile: row `q`, column `2 k + p` of the
-/// padded plane is entry `k` of half `p` of row `q`.
-struct SplitRows {
-    /// `rows` rows of two halves of `half` values.
-    values: Vec<f32>,
-    /// One padded row: `left` zeros, the input row, zeros.
-    padded: Vec<f32>,
-    half: usize,
-    left: usize,
-    width: usize,
-}
-
-impl SplitRows {
-    /// Room for `rows` padded rows of `tiles` tiles of two columns, with `g`'s left padding.
-    fn new(g: &Conv2dGeometry, rows: usize, tiles: usize) -> Self {
-        // Tile `tx` reads entries `tx..tx + 2` of a half; a group of lanes from the last tile
-        // reads 8 from `tiles - 1 + 1`.
-        let half = (tiles + LANES).next_multiple_of(LANES);
-        Self {
-            values: vec![0.0; rows * 2 * half],
-            padded: vec![0.0; 2 * half],
-            half,
-            left: g.padding[1],
-            width: g.w,
-        }
-    }
-
-    /// Fills every row `q` from `row(q)`, the input row under it (`None`: a padding row).
-    #[inline(always)]
-    fn split<'a>(&mut self, row: impl Fn(usize) -> Option<&'a [f32]>) {
-        let half = self.half;
-        for (q, halves) in self.values.chunks_exact_mut(2 * half).enumerate() {
-            let (even, odd) = halves.split_at_mut(half);
-            let Some(row) = row(q) else {
-                even.fill(0.0);
-                odd.fill(0.0);
-                continue;
-            };
-            // Columns past the input row stay zero: only `left..left + width` is ever written.
-            let cut = (self.width).min(2 * half - self.left);
-            copy(&mut self.padded[self.left..][..cut], &row[..cut]);
-            for (k, pair) in self.padded.chunks_exact(2 * LANES).enumerate() {
-                let (e, o) = deinterleave(load(pair), load(&pair[LANES..]));
-                store(&mut even[k * LANES..], &e);
-                store(&mut odd[k * LANES..], &o);
-            }
-        }
-    }
-
-    /// `d[r][c]` of tiles `tx..tx + 8` whose top row is padded row `q - r`: column `c` of
-    /// padded row `q`.
-    #[inline(always)]
-    fn lanes(&self, q: usize, c: usize, tx: usize) -> Lanes {
-        let start = (q * 2 + c % 2) * self.half + tx + c / 2;
-        load(&self.values[start..][..LANES])
-    }
-}
-
 /// `Y = A^T m A` of every tile in `m` (`[16][c_out][tiles]`), written into the samples'
 /// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output. Plane `ξ` of `m` starts
-/// at `ξ * plane`. Eight tiles at a time, as [`input_transform`].
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// at `ξ * plane`.
 fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize) {
     let [th, tw] = tiles(g);
-    let per_sample = th * tw;
-    let row_len = per_sample.next_multiple_of(LANES);
     let n = out.len() / (g.c_out * g.oh * g.ow);
-    let t_all = n * per_sample;
-    // The four outputs of every tile: row `r * 2 + c` holds every tile's output at row r,
-    // column c of the tile.
-    let mut y = vec![0.0f32; 4 * row_len];
+    let t_all = n * th * tw;
     for s in 0..n {
         for co in 0..g.c_out {
-            let base = co * t_all + s * per_sample;
-            for k in (0..per_sample).step_by(LANES) {
-                let len = (per_sample - k).min(LANES);
-                let at: [Lanes; 16] =
-                    std::array::from_fn(|xi| load(&m[xi * plane + base + k..][..len]));
-                // Rows: A^T m (2x4).
-                let r0: [Lanes; 4] = std::array::from_fn(|j| add(add(at[j], at[4 + j]), at[8 + j]));
-                let r1: [Lanes; 4] =
-                    std::array::from_fn(|j| sub(sub(at[4 + j], at[8 + j]), at[12 + j]));
-                let tile = [
-                    add(add(r0[0], r0[1]), r0[2]),
-                    sub(sub(r0[1], r0[2]), r0[3]),
-                    add(add(r1[0], r1[1]), r1[2]),
-                    sub(sub(r1[1], r1[2]), r1[3]),
-                ];
-                for (row, value) in y.chunks_exact_mut(row_len).zip(&tile) {
-                    store(&mut row[k..], value);
-                }
-            }
             let op = &mut out[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
             for ty in 0..th {
-                for r in 0..2 {
-                    let row_y = 2 * ty + r;
-                    if row_y >= g.oh {
-                        break;
-                    }
-                    let row = &mut op[row_y * g.ow..][..g.ow];
-                    for c in 0..2 {
-                        let values = &y[(r * 2 + c) * row_len + ty * tw..][..tw];
-                        for (tx, &value) in values.iter().enumerate() {
-                            if let Some(slot) = row.get_mut(2 * tx + c) {
-                                *slot = value;
+                for tx in 0..tw {
+                    let base = co * t_all + (s * th + ty) * tw + tx;
+                    let at = |i: usize, j: usize| m[(i * 4 + j) * plane + base];
+                    // Rows: A^T m (2x4).
+                    let t = [
+                        std::array::from_fn::<f32, 4, _>(|j| at(0, j) + at(1, j) + at(2, j)),
+                        std::array::from_fn::<f32, 4, _>(|j| at(1, j) - at(2, j) - at(3, j)),
+                    ];
+                    for (r, row) in t.iter().enumerate() {
+                        let y = 2 * ty + r;
+                        if y >= g.oh {
+                            break;
+                        }
+                        let pair = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
+                        for (c, value) in pair.into_iter().enumerate() {
+                            let x = 2 * tx + c;
+                            if x < g.ow {
+                                op[y * g.ow + x] = value;
                             }
                         }
                     }
@@ -308,47 +233,34 @@ fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize
 
 /// `dM = A dY A^T` of every tile of the output gradient `dout` (`[n, c_out, oh, ow]`), laid
 /// out `[16][c_out][tiles]` with plane `ξ` at `ξ * plane`; positions past the output's edge
-/// have no gradient. Eight tiles at a time, as [`input_transform`].
-#[multiversion(targets("x86_64+avx2+fma"))]
+/// have no gradient.
 fn gradient_transform(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32], plane: usize) {
     let [th, tw] = tiles(g);
-    let per_sample = th * tw;
-    let row_len = per_sample.next_multiple_of(LANES);
     let n = dout.len() / (g.c_out * g.oh * g.ow);
-    let t_all = n * per_sample;
-    // Every tile's 2x2 output gradient: row `r * 2 + c` holds every tile's value at row r,
-    // column c of the tile, zero past the output's edge.
-    let mut y = vec![0.0f32; 4 * row_len];
-    let mut planes: Vec<&mut [f32]> = dm.chunks_mut(plane).take(16).collect();
+    let t_all = n * th * tw;
+    // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
+    let lift = |a: f32, b: f32| [a, a + b, a - b, -b];
     for s in 0..n {
         for co in 0..g.c_out {
             let dp = &dout[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
             for ty in 0..th {
-                for r in 0..2 {
-                    let row_y = 2 * ty + r;
-                    let row = (row_y < g.oh).then(|| &dp[row_y * g.ow..][..g.ow]);
-                    for c in 0..2 {
-                        let to = &mut y[(r * 2 + c) * row_len + ty * tw..][..tw];
-                        for (tx, value) in to.iter_mut().enumerate() {
-                            *value = row
-                                .and_then(|row| row.get(2 * tx + c))
-                                .copied()
-                                .unwrap_or(0.0);
+                for tx in 0..tw {
+                    let mut y = [[0.0f32; 2]; 2];
+                    for (r, row) in y.iter_mut().enumerate() {
+                        for (c, value) in row.iter_mut().enumerate() {
+                            let (yy, xx) = (2 * ty + r, 2 * tx + c);
+                            if yy < g.oh && xx < g.ow {
+                                *value = dp[yy * g.ow + xx];
+                            }
                         }
                     }
-                }
-            }
-            let at = co * t_all + s * per_sample;
-            // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
-            let lift = |a: Lanes, b: Lanes| [a, add(a, b), sub(a, b), neg(b)];
-            for k in (0..per_sample).step_by(LANES) {
-                let y: [Lanes; 4] = std::array::from_fn(|row| load(&y[row * row_len + k..]));
-                // A y per column (4x2), then per row (4x4).
-                let cols = [lift(y[0], y[2]), lift(y[1], y[3])];
-                let len = (per_sample - k).min(LANES);
-                for i in 0..4 {
-                    for (j, value) in lift(cols[0][i], cols[1][i]).iter().enumerate() {
-                        store(&mut planes[i * 4 + j][at + k..][..len], value);
+                    // A y per column (4x2), then per row (4x4).
+                    let cols = [lift(y[0][0], y[1][0]), lift(y[0][1], y[1][1])];
+                    let base = co * t_all + (s * th + ty) * tw + tx;
+                    for i in 0..4 {
+                        for (j, value) in lift(cols[0][i], cols[1][i]).into_iter().enumerate() {
+                            dm[(i * 4 + j) * plane + base] = value;
+                        }
                     }
                 }
             }
@@ -517,203 +429,6 @@ mod tests {
             }
         }
         [y, dx, dw]
-    }
-
-    /// One tile at a time, as the transforms were first written: `V = B^T d B` of every 4x4 patch under the tiles of the samples in `x`, laid out
-    /// `[16][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
-    /// zero. Plane `ξ` starts at `ξ * plane`.
-    fn input_transform_per_tile(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
-        let [th, tw] = tiles(g);
-        let n = x.len() / (g.c_in * g.h * g.w);
-        let t_all = n * th * tw;
-        let (ph, pw) = (g.padding[0] as isize, g.padding[1] as isize);
-        let (h, w) = (g.h as isize, g.w as isize);
-        for s in 0..n {
-            for ci in 0..g.c_in {
-                let xp = &x[(s * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
-                for ty in 0..th {
-                    let y0 = 2 * ty as isize - ph;
-                    for tx in 0..tw {
-                        let x0 = 2 * tx as isize - pw;
-                        let mut d = [[0.0f32; 4]; 4];
-                        let inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w;
-                        if inside {
-                            for (r, row) in d.iter_mut().enumerate() {
-                                let start = (y0 as usize + r) * g.w + x0 as usize;
-                                row.copy_from_slice(&xp[start..start + 4]);
-                            }
-                        } else {
-                            for (r, row) in d.iter_mut().enumerate() {
-                                let y = y0 + r as isize;
-                                if !(0..h).contains(&y) {
-                                    continue;
-                                }
-                                for (c, value) in row.iter_mut().enumerate() {
-                                    let xx = x0 + c as isize;
-                                    if (0..w).contains(&xx) {
-                                        *value = xp[y as usize * g.w + xx as usize];
-                                    }
-                                }
-                            }
-                        }
-                        // Rows: B^T d, column by column.
-                        let t: [[f32; 4]; 4] = std::array::from_fn(|j| {
-                            [
-                                d[0][j] - d[2][j],
-                                d[1][j] + d[2][j],
-                                d[2][j] - d[1][j],
-                                d[1][j] - d[3][j],
-                            ]
-                        });
-                        // Columns: (B^T d) B; `t[j][i]` is row i, column j of B^T d.
-                        let tile = (s * th + ty) * tw + tx;
-                        let base = ci * t_all + tile;
-                        for i in 0..4 {
-                            let row = [
-                                t[0][i] - t[2][i],
-                                t[1][i] + t[2][i],
-                                t[2][i] - t[1][i],
-                                t[1][i] - t[3][i],
-                            ];
-                            for (j, value) in row.into_iter().enumerate() {
-                                v[(i * 4 + j) * plane + base] = value;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// `Y = A^T m A` of every tile in `m` (`[16][c_out][tiles]`), written into the samples'
-    /// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output. Plane `ξ` of `m` starts
-    /// at `ξ * plane`.
-    fn output_transform_per_tile(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize) {
-        let [th, tw] = tiles(g);
-        let n = out.len() / (g.c_out * g.oh * g.ow);
-        let t_all = n * th * tw;
-        for s in 0..n {
-            for co in 0..g.c_out {
-                let op = &mut out[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
-                for ty in 0..th {
-                    for tx in 0..tw {
-                        let base = co * t_all + (s * th + ty) * tw + tx;
-                        let at = |i: usize, j: usize| m[(i * 4 + j) * plane + base];
-                        // Rows: A^T m (2x4).
-                        let t = [
-                            std::array::from_fn::<f32, 4, _>(|j| at(0, j) + at(1, j) + at(2, j)),
-                            std::array::from_fn::<f32, 4, _>(|j| at(1, j) - at(2, j) - at(3, j)),
-                        ];
-                        for (r, row) in t.iter().enumerate() {
-                            let y = 2 * ty + r;
-                            if y >= g.oh {
-                                break;
-                            }
-                            let pair = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
-                            for (c, value) in pair.into_iter().enumerate() {
-                                let x = 2 * tx + c;
-                                if x < g.ow {
-                                    op[y * g.ow + x] = value;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// `dM = A dY A^T` of every tile of the output gradient `dout` (`[n, c_out, oh, ow]`), laid
-    /// out `[16][c_out][tiles]` with plane `ξ` at `ξ * plane`; positions past the output's edge
-    /// have no gradient.
-    fn gradient_transform_per_tile(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32], plane: usize) {
-        let [th, tw] = tiles(g);
-        let n = dout.len() / (g.c_out * g.oh * g.ow);
-        let t_all = n * th * tw;
-        // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
-        let lift = |a: f32, b: f32| [a, a + b, a - b, -b];
-        for s in 0..n {
-            for co in 0..g.c_out {
-                let dp = &dout[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
-                for ty in 0..th {
-                    for tx in 0..tw {
-                        let mut y = [[0.0f32; 2]; 2];
-                        for (r, row) in y.iter_mut().enumerate() {
-                            for (c, value) in row.iter_mut().enumerate() {
-                                let (yy, xx) = (2 * ty + r, 2 * tx + c);
-                                if yy < g.oh && xx < g.ow {
-                                    *value = dp[yy * g.ow + xx];
-                                }
-                            }
-                        }
-                        // A y per column (4x2), then per row (4x4).
-                        let cols = [lift(y[0][0], y[1][0]), lift(y[0][1], y[1][1])];
-                        let base = co * t_all + (s * th + ty) * tw + tx;
-                        for i in 0..4 {
-                            for (j, value) in lift(cols[0][i], cols[1][i]).into_iter().enumerate() {
-                                dm[(i * 4 + j) * plane + base] = value;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_transforms_equal_one_tile_at_a_time() {
-        // The vectorised transforms run the per-tile additions in the same order: equal bit
-        // for bit, on odd sides (clipped last tiles), paddings 0-2 and several samples.
-        for (batch, c_in, c_out, h, w, pad) in [
-            (2, 16, 17, 7, 5, 1),
-            (3, 19, 16, 8, 8, 0),
-            (1, 17, 18, 6, 9, 2),
-            (4, 32, 64, 14, 14, 1),
-        ] {
-            let g = Conv2dGeometry::new([batch, c_in, h, w], [c_out, c_in, 3, 3], [1, 1], [pad; 2])
-                .unwrap();
-            let [th, tw] = tiles(&g);
-            let t_all = batch * th * tw;
-            let x = pseudo_random(batch * c_in * h * w, 4);
-            let (v_plane, m_plane) = (plane_stride(c_in * t_all), plane_stride(c_out * t_all));
-            let (mut v, mut want) = (vec![7.0f32; 16 * v_plane], vec![7.0f32; 16 * v_plane]);
-            input_transform(&g, &x, &mut v, v_plane);
-            input_transform_per_tile(&g, &x, &mut want, v_plane);
-            // Past each plane's last tile is slack the transform may write.
-            let used = |a: &[f32], plane: usize, len: usize| -> Vec<f32> {
-                a.chunks(plane).flat_map(|p| p[..len].to_vec()).collect()
-            };
-            assert!(
-                bits_equal(
-                    &used(&v, v_plane, c_in * t_all),
-                    &used(&want, v_plane, c_in * t_all)
-                ),
-                "input transform {g:?}"
-            );
-
-            let dy = pseudo_random(batch * c_out * g.oh * g.ow, 5);
-            let (mut dm, mut want) = (vec![7.0f32; 16 * m_plane], vec![7.0f32; 16 * m_plane]);
-            gradient_transform(&g, &dy, &mut dm, m_plane);
-            gradient_transform_per_tile(&g, &dy, &mut want, m_plane);
-            assert!(
-                bits_equal(
-                    &used(&dm, m_plane, c_out * t_all),
-                    &used(&want, m_plane, c_out * t_all)
-                ),
-                "gradient transform {g:?}"
-            );
-
-            let m = pseudo_random(16 * m_plane, 6);
-            let len = batch * c_out * g.oh * g.ow;
-            let (mut y, mut want) = (vec![7.0f32; len], vec![7.0f32; len]);
-            output_transform(&g, &m, &mut y, m_plane);
-            output_transform_per_tile(&g, &m, &mut want, m_plane);
-            assert!(bits_equal(&y, &want), "output transform {g:?}");
-        }
-    }
-
-    fn bits_equal(a: &[f32], b: &[f32]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
     }
 
     /// Largest difference relative to the largest magnitude of the reference.
