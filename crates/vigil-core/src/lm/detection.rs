@@ -453,6 +453,13 @@ pub struct LatentLayer {
     pub last_block: bool,
 }
 
+impl LatentLayer {
+    /// The column's name: `Mahalanobis (block 3)`, `Spectral (final norm)`.
+    pub fn column_name(&self) -> String {
+        format!("{} ({})", self.detector, self.layer)
+    }
+}
+
 /// One score of every trusted and every test prompt (higher = more anomalous).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextColumn {
@@ -721,8 +728,12 @@ pub fn score_prompts(
         let (trusted_s, test_s) =
             mahalanobis_scores(fit, trusted_f, test_f, hidden, config, &device)?;
         let mahalanobis = at(LATENT_DETECTORS[0]);
-        let name = format!("{} ({})", mahalanobis.detector, mahalanobis.layer);
-        add(&name, Some(mahalanobis), &trusted_s, &test_s);
+        add(
+            &mahalanobis.column_name(),
+            Some(mahalanobis),
+            &trusted_s,
+            &test_s,
+        );
         // Spectral signatures (cupbearer's default, as `detect::spectral`): the test prompts'
         // own mean and top covariance direction, so a prompt's score depends on the others
         // (transductive); the trusted prompts are scored the same way as a set of their own,
@@ -739,8 +750,7 @@ pub fn score_prompts(
         ));
     }
     for (spectral, trusted_s, test_s) in spectral_columns {
-        let name = format!("{} ({})", spectral.detector, spectral.layer);
-        add(&name, Some(spectral), &trusted_s, &test_s);
+        add(&spectral.column_name(), Some(spectral), &trusted_s, &test_s);
     }
     Ok(TextScores {
         columns,
@@ -801,21 +811,20 @@ pub fn run_text_detection(
     // Rows: every column but the latent ones' layers; of those, the last block (the layer a
     // latent detector reads without looking at the test labels) and the best layer by test
     // AUROC, marked post hoc.
-    let mut rows = Vec::new();
-    let mut columns: Vec<Vec<f64>> = Vec::new();
-    let mut add = |name: &str, column: &TextColumn, post_hoc: bool| -> Result<(), LmError> {
-        rows.push(row(
+    let measure = |name: &str, column: &TextColumn, post_hoc: bool| {
+        row(
             name,
             &column.trusted,
             &column.test,
             &prompts.triggered,
             post_hoc,
-        )?);
-        columns.push(column.test.clone());
-        Ok(())
+        )
     };
+    let mut rows = Vec::new();
+    let mut columns: Vec<Vec<f64>> = Vec::new();
     for column in scores.columns.iter().filter(|c| c.latent.is_none()) {
-        add(&column.name, column, false)?;
+        rows.push(measure(&column.name, column, false)?);
+        columns.push(column.test.clone());
     }
     for detector in LATENT_DETECTORS {
         let layers: Vec<(&TextColumn, &LatentLayer)> = scores
@@ -825,28 +834,24 @@ pub fn run_text_detection(
             .filter(|(_, l)| l.detector == detector)
             .collect();
         if let Some((last, _)) = layers.iter().find(|(_, l)| l.last_block) {
-            add(&format!("{detector} (last block)"), last, false)?;
+            rows.push(measure(&format!("{detector} (last block)"), last, false)?);
+            columns.push(last.test.clone());
         }
-        let mut best: Option<(f64, &TextColumn, &LatentLayer)> = None;
+        // Every layer measured once; the best one's row is kept under its own name.
+        let mut best: Option<(DetectorRow, &TextColumn, &LatentLayer)> = None;
         for (column, layer) in layers {
-            let auroc = row(
-                &column.name,
-                &column.trusted,
-                &column.test,
-                &prompts.triggered,
-                true,
-            )?
-            .auroc;
-            if best.is_none_or(|(b, _, _)| auroc > b) {
-                best = Some((auroc, column, layer));
+            let measured = measure(&column.name, column, true)?;
+            if best
+                .as_ref()
+                .is_none_or(|(b, _, _)| measured.auroc > b.auroc)
+            {
+                best = Some((measured, column, layer));
             }
         }
-        if let Some((_, column, layer)) = best {
-            add(
-                &format!("{detector} (best layer: {}, post hoc)", layer.layer),
-                column,
-                true,
-            )?;
+        if let Some((mut measured, column, layer)) = best {
+            measured.detector = format!("{detector} (best layer: {}, post hoc)", layer.layer);
+            rows.push(measured);
+            columns.push(column.test.clone());
         }
     }
     let per_prompt = prompts
