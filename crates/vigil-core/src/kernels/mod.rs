@@ -13,6 +13,7 @@
 //! (tests below and in each kernel module), not bit for bit: sums run in another order.
 
 pub mod conv2d;
+mod lanes;
 pub mod max_pool2d;
 pub mod winograd;
 

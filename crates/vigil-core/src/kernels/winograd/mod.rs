@@ -20,9 +20,12 @@
 //! In float32 the transforms cost a little precision (relative error about 1e-6 on these
 //! sizes, against about 2e-7 for im2col); the tests bound it against the definition in f64.
 
+mod transforms;
+
 use rayon::prelude::*;
 
 use super::conv2d::{Conv2dGeometry, Mat, matmul, sum_over_batch};
+use transforms::{gradient_transform, input_transform, output_transform};
 
 /// Tiles one group of gemms should cover at least: samples whose output has fewer tiles (the
 /// deep layers of a ResNet: 4-16) are grouped so the 16 gemms stay wide. Measured on
@@ -125,147 +128,6 @@ fn turned_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
         }
     }
     turned
-}
-
-/// `V = B^T d B` of every 4x4 patch under the tiles of the samples in `x`, laid out
-/// `[16][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
-/// zero. Plane `ξ` starts at `ξ * plane`.
-fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
-    let [th, tw] = tiles(g);
-    let n = x.len() / (g.c_in * g.h * g.w);
-    let t_all = n * th * tw;
-    let (ph, pw) = (g.padding[0] as isize, g.padding[1] as isize);
-    let (h, w) = (g.h as isize, g.w as isize);
-    for s in 0..n {
-        for ci in 0..g.c_in {
-            let xp = &x[(s * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
-            for ty in 0..th {
-                let y0 = 2 * ty as isize - ph;
-                for tx in 0..tw {
-                    let x0 = 2 * tx as isize - pw;
-                    let mut d = [[0.0f32; 4]; 4];
-                    let inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w;
-                    if inside {
-                        for (r, row) in d.iter_mut().enumerate() {
-                            let start = (y0 as usize + r) * g.w + x0 as usize;
-                            row.copy_from_slice(&xp[start..start + 4]);
-                        }
-                    } else {
-                        for (r, row) in d.iter_mut().enumerate() {
-                            let y = y0 + r as isize;
-                            if !(0..h).contains(&y) {
-                                continue;
-                            }
-                            for (c, value) in row.iter_mut().enumerate() {
-                                let xx = x0 + c as isize;
-                                if (0..w).contains(&xx) {
-                                    *value = xp[y as usize * g.w + xx as usize];
-                                }
-                            }
-                        }
-                    }
-                    // Rows: B^T d, column by column.
-                    let t: [[f32; 4]; 4] = std::array::from_fn(|j| {
-                        [
-                            d[0][j] - d[2][j],
-                            d[1][j] + d[2][j],
-                            d[2][j] - d[1][j],
-                            d[1][j] - d[3][j],
-                        ]
-                    });
-                    // Columns: (B^T d) B; `t[j][i]` is row i, column j of B^T d.
-                    let tile = (s * th + ty) * tw + tx;
-                    let base = ci * t_all + tile;
-                    for i in 0..4 {
-                        let row = [
-                            t[0][i] - t[2][i],
-                            t[1][i] + t[2][i],
-                            t[2][i] - t[1][i],
-                            t[1][i] - t[3][i],
-                        ];
-                        for (j, value) in row.into_iter().enumerate() {
-                            v[(i * 4 + j) * plane + base] = value;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `Y = A^T m A` of every tile in `m` (`[16][c_out][tiles]`), written into the samples'
-/// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output. Plane `ξ` of `m` starts
-/// at `ξ * plane`.
-fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize) {
-    let [th, tw] = tiles(g);
-    let n = out.len() / (g.c_out * g.oh * g.ow);
-    let t_all = n * th * tw;
-    for s in 0..n {
-        for co in 0..g.c_out {
-            let op = &mut out[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let base = co * t_all + (s * th + ty) * tw + tx;
-                    let at = |i: usize, j: usize| m[(i * 4 + j) * plane + base];
-                    // Rows: A^T m (2x4).
-                    let t = [
-                        std::array::from_fn::<f32, 4, _>(|j| at(0, j) + at(1, j) + at(2, j)),
-                        std::array::from_fn::<f32, 4, _>(|j| at(1, j) - at(2, j) - at(3, j)),
-                    ];
-                    for (r, row) in t.iter().enumerate() {
-                        let y = 2 * ty + r;
-                        if y >= g.oh {
-                            break;
-                        }
-                        let pair = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
-                        for (c, value) in pair.into_iter().enumerate() {
-                            let x = 2 * tx + c;
-                            if x < g.ow {
-                                op[y * g.ow + x] = value;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `dM = A dY A^T` of every tile of the output gradient `dout` (`[n, c_out, oh, ow]`), laid
-/// out `[16][c_out][tiles]` with plane `ξ` at `ξ * plane`; positions past the output's edge
-/// have no gradient.
-fn gradient_transform(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32], plane: usize) {
-    let [th, tw] = tiles(g);
-    let n = dout.len() / (g.c_out * g.oh * g.ow);
-    let t_all = n * th * tw;
-    // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
-    let lift = |a: f32, b: f32| [a, a + b, a - b, -b];
-    for s in 0..n {
-        for co in 0..g.c_out {
-            let dp = &dout[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let mut y = [[0.0f32; 2]; 2];
-                    for (r, row) in y.iter_mut().enumerate() {
-                        for (c, value) in row.iter_mut().enumerate() {
-                            let (yy, xx) = (2 * ty + r, 2 * tx + c);
-                            if yy < g.oh && xx < g.ow {
-                                *value = dp[yy * g.ow + xx];
-                            }
-                        }
-                    }
-                    // A y per column (4x2), then per row (4x4).
-                    let cols = [lift(y[0][0], y[1][0]), lift(y[0][1], y[1][1])];
-                    let base = co * t_all + (s * th + ty) * tw + tx;
-                    for i in 0..4 {
-                        for (j, value) in lift(cols[0][i], cols[1][i]).into_iter().enumerate() {
-                            dm[(i * 4 + j) * plane + base] = value;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The forward pass, as [`super::conv2d::forward`], of a 3x3 convolution of stride 1 and
