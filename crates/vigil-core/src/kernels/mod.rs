@@ -12,6 +12,7 @@
 //! Why: `docs/performance.md` ("Own kernels"). The kernels agree with burn's to float rounding
 //! (tests below and in each kernel module), not bit for bit: sums run in another order.
 
+pub mod batch_norm;
 pub mod conv2d;
 mod lanes;
 pub mod max_pool2d;
@@ -64,6 +65,56 @@ pub fn max_pool2d(
     }
 }
 
+/// Batch normalisation of `x` (`[n, c, h, w]`) with the batch's own statistics, then a ReLU if
+/// `relu`, through vigil's fused kernel where it applies: the output, and the batch's mean and
+/// biased variance (detached), as `burn::tensor::module::batch_norm_train` returns them.
+pub fn batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    #[cfg(not(feature = "cuda"))]
+    {
+        extension::batch_norm_train(x, gamma, beta, epsilon, relu)
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+        let output = if relu {
+            burn::tensor::activation::relu(out.output)
+        } else {
+            out.output
+        };
+        (output, out.mean, out.variance)
+    }
+}
+
+/// Batch normalisation of `x` with given statistics `[gamma, beta, mean, variance]` (eval
+/// mode), then a ReLU if `relu`, through vigil's fused kernel where it applies.
+pub fn batch_norm_eval(
+    x: Tensor<4>,
+    operands: [Tensor<1>; 4],
+    epsilon: f64,
+    relu: bool,
+) -> Tensor<4> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        extension::batch_norm_eval(x, operands, epsilon, relu)
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let [gamma, beta, mean, variance] = operands;
+        let out = burn::tensor::module::batch_norm(x, gamma, beta, mean, variance, epsilon);
+        if relu {
+            burn::tensor::activation::relu(out)
+        } else {
+            out
+        }
+    }
+}
+
 /// Output positions along one axis of a window of `kernel` sliding by `stride` over `size`
 /// inputs padded by `pad` on both sides (PyTorch's floor rule); `None` when the window does not
 /// fit. Shared by the convolution's and the pooling's geometry.
@@ -102,7 +153,8 @@ fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
 
 #[cfg(not(feature = "cuda"))]
 mod extension {
-    use super::{conv2d as conv_kernel, max_pool2d as pool_kernel};
+    use super::{batch_norm as bn_kernel, conv2d as conv_kernel, max_pool2d as pool_kernel};
+    use burn::backend::TensorMetadata;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
@@ -111,7 +163,9 @@ mod extension {
     use burn::backend::flex::FlexTensor;
     use burn::backend::ops::{ConvOptions, ModuleOps};
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+    use burn::backend::{
+        AutodiffBackend, Backend, BackendTypes, Dispatch, Flex, Scalar, Shape, backend_extension,
+    };
     use burn::tensor::IntDType;
     use burn::tensor::{DType, Tensor, TensorData};
 
@@ -172,6 +226,56 @@ mod extension {
         ) -> FloatTensor<Self> {
             burn_max_pool2d_backward::<Self>(x, output_grad, kernel, stride, padding)
         }
+
+        /// Batch normalisation of `[n, c, h, w]` with the batch's own statistics, then a ReLU
+        /// if `relu`: the output, and the batch's mean and biased variance (`[c]`).
+        fn vigil_batch_norm_train(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f64,
+            relu: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            burn_batch_norm_train::<Self>(x, gamma, beta, epsilon, relu)
+        }
+
+        /// Batch normalisation with the given statistics (eval mode), then a ReLU if `relu`.
+        fn vigil_batch_norm_eval(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            variance: FloatTensor<Self>,
+            epsilon: f64,
+            relu: bool,
+        ) -> FloatTensor<Self> {
+            burn_batch_norm_eval::<Self>(x, gamma, beta, mean, variance, epsilon, relu)
+        }
+
+        /// Gradients of either batch normalisation with respect to `x`, `gamma` and `beta`,
+        /// given its `output` and the output's gradient; `batch_stats` says which one ran, and
+        /// without `params` the gradients of `gamma` and `beta` may be left zero.
+        #[allow(clippy::too_many_arguments)] // the operands burn's own backward takes, and three flags
+        fn vigil_batch_norm_backward(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            variance: FloatTensor<Self>,
+            output: FloatTensor<Self>,
+            output_grad: FloatTensor<Self>,
+            epsilon: f64,
+            relu: bool,
+            batch_stats: bool,
+            params: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let _ = params; // burn's operations compute every gradient
+            burn_batch_norm_backward::<Self>(
+                [x, gamma, mean, variance, output, output_grad],
+                epsilon,
+                relu,
+                batch_stats,
+            )
+        }
     }
 
     /// The options of [`KernelOps::vigil_conv2d`] for burn's convolution.
@@ -222,6 +326,77 @@ mod extension {
         .x_grad
     }
 
+    /// burn's batch normalisation with batch statistics, then its ReLU.
+    fn burn_batch_norm_train<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let out = B::batch_norm_train(x, gamma, beta, epsilon);
+        let output = if relu {
+            B::relu(out.output)
+        } else {
+            out.output
+        };
+        (output, out.mean, out.variance)
+    }
+
+    /// burn's batch normalisation with given statistics, then its ReLU.
+    fn burn_batch_norm_eval<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        mean: FloatTensor<B>,
+        variance: FloatTensor<B>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<B> {
+        let out = B::batch_norm(x, gamma, beta, mean, variance, epsilon);
+        if relu { B::relu(out) } else { out }
+    }
+
+    /// The batch normalisation's gradients out of burn's operations: the ReLU's mask, then
+    /// burn's own backward for batch statistics, or the affine map's for given ones.
+    fn burn_batch_norm_backward<B: Backend>(
+        [x, gamma, mean, variance, output, output_grad]: [FloatTensor<B>; 6],
+        epsilon: f64,
+        relu: bool,
+        batch_stats: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let grad = if relu {
+            B::relu_backward(output, output_grad)
+        } else {
+            output_grad
+        };
+        if batch_stats {
+            let b = B::batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
+            return (b.x_grad, b.gamma_grad, b.beta_grad);
+        }
+        let channels = x.shape()[1];
+        let per_channel = Shape::new([1, channels, 1, 1]);
+        let inv_std = B::float_reshape(
+            B::float_recip(B::float_sqrt(B::float_add_scalar(
+                variance,
+                Scalar::Float(epsilon),
+            ))),
+            per_channel.clone(),
+        );
+        let xhat = B::float_mul(
+            B::float_sub(x, B::float_reshape(mean, per_channel.clone())),
+            inv_std.clone(),
+        );
+        let channel_sum = |t: FloatTensor<B>| {
+            let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(t, 0), 2), 3);
+            B::float_reshape(summed, Shape::new([channels]))
+        };
+        let dbeta = channel_sum(grad.clone());
+        let dgamma = channel_sum(B::float_mul(grad.clone(), xhat));
+        let scale = B::float_mul(B::float_reshape(gamma, per_channel), inv_std);
+        (B::float_mul(grad, scale), dgamma, dbeta)
+    }
+
     /// A contiguous `f32` copy (or view) of a tensor and its 4-D shape; `None` for other dtypes
     /// or ranks, which then go through burn's operations.
     fn f32_nchw(t: &FlexTensor) -> Option<(FlexTensor, [usize; 4])> {
@@ -264,6 +439,34 @@ mod extension {
         let (x, shape) = f32_nchw(x)?;
         let g = pool_kernel::PoolGeometry::new(shape, kernel, stride, padding)?;
         Some((x, shape, g))
+    }
+
+    /// The batch normalisation's input as a slice, its shape and geometry, and its per-channel
+    /// operands as vectors, if the kernel handles them (`f32`, 4-D, one value per channel).
+    #[allow(clippy::type_complexity)] // one use, spelled out where it is destructured
+    fn bn_operands<const K: usize>(
+        x: &FlexTensor,
+        per_channel: [&FlexTensor; K],
+    ) -> Option<(FlexTensor, [usize; 4], bn_kernel::BnGeometry, [Vec<f32>; K])> {
+        let (x, shape) = f32_nchw(x)?;
+        let mut vectors: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
+        for (v, t) in vectors.iter_mut().zip(per_channel) {
+            if t.dtype() != DType::F32 || t.layout().shape().as_slice() != [shape[1]] {
+                return None;
+            }
+            *v = slice(&t.to_contiguous()).to_vec();
+        }
+        let g = bn_kernel::BnGeometry {
+            batch: shape[0],
+            channels: shape[1],
+            plane: shape[2] * shape[3],
+        };
+        Some((x, shape, g, vectors))
+    }
+
+    fn vector(data: Vec<f32>) -> FlexTensor {
+        let len = data.len();
+        FlexTensor::from_data(TensorData::new(data, [len]))
     }
 
     impl KernelOps for Flex {
@@ -342,6 +545,80 @@ mod extension {
             let dx = pool_kernel::backward(&g, slice(&xc), slice(&gc));
             tensor(dx, shape)
         }
+
+        fn vigil_batch_norm_train(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            beta: FlexTensor,
+            epsilon: f64,
+            relu: bool,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let Some((xc, shape, g, [gamma_v, beta_v])) = bn_operands(&x, [&gamma, &beta]) else {
+                return burn_batch_norm_train::<Self>(x, gamma, beta, epsilon, relu);
+            };
+            let (mean, variance) = bn_kernel::batch_stats(&g, slice(&xc));
+            let inv_std = bn_kernel::inverse_std(&variance, epsilon);
+            let out =
+                bn_kernel::forward(&g, slice(&xc), [&gamma_v, &beta_v, &mean, &inv_std], relu);
+            (tensor(out, shape), vector(mean), vector(variance))
+        }
+
+        fn vigil_batch_norm_eval(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            beta: FlexTensor,
+            mean: FlexTensor,
+            variance: FlexTensor,
+            epsilon: f64,
+            relu: bool,
+        ) -> FlexTensor {
+            let Some((xc, shape, g, [gamma_v, beta_v, mean_v, var_v])) =
+                bn_operands(&x, [&gamma, &beta, &mean, &variance])
+            else {
+                return burn_batch_norm_eval::<Self>(x, gamma, beta, mean, variance, epsilon, relu);
+            };
+            let inv_std = bn_kernel::inverse_std(&var_v, epsilon);
+            let out =
+                bn_kernel::forward(&g, slice(&xc), [&gamma_v, &beta_v, &mean_v, &inv_std], relu);
+            tensor(out, shape)
+        }
+
+        fn vigil_batch_norm_backward(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            mean: FlexTensor,
+            variance: FlexTensor,
+            output: FlexTensor,
+            output_grad: FlexTensor,
+            epsilon: f64,
+            relu: bool,
+            batch_stats: bool,
+            params: bool,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let operands = bn_operands(&x, [&gamma, &mean, &variance]);
+            let (out, grad) = (f32_nchw(&output), f32_nchw(&output_grad));
+            let (Some((xc, shape, g, [gamma_v, mean_v, var_v])), Some((oc, _)), Some((gc, _))) =
+                (operands, out, grad)
+            else {
+                return burn_batch_norm_backward::<Self>(
+                    [x, gamma, mean, variance, output, output_grad],
+                    epsilon,
+                    relu,
+                    batch_stats,
+                );
+            };
+            let inv_std = bn_kernel::inverse_std(&var_v, epsilon);
+            let (dx, dgamma, dbeta) = bn_kernel::backward(
+                &g,
+                slice(&xc),
+                [&gamma_v, &mean_v, &inv_std],
+                slice(&oc),
+                slice(&gc),
+                relu,
+                [batch_stats, params],
+            );
+            (tensor(dx, shape), vector(dgamma), vector(dbeta))
+        }
     }
 
     /// Backward step of [`KernelOps::vigil_conv2d`]: the saved input and weight, the geometry.
@@ -403,6 +680,62 @@ mod extension {
         }
     }
 
+    /// Backward step of both batch normalisations: the saved input and scale, the statistics
+    /// and output the forward produced, and its settings.
+    #[derive(Debug)]
+    struct BatchNormBackward;
+
+    /// What [`BatchNormBackward`] keeps: the checkpointed input and scale, then the mean,
+    /// variance and output, epsilon, whether a ReLU followed, whether batch statistics ran.
+    type BatchNormState<B> = (
+        NodeId,
+        NodeId,
+        [<B as BackendTypes>::FloatTensorPrimitive; 3],
+        f64,
+        bool,
+        bool,
+    );
+
+    impl<B: Backend + KernelOps> Backward<B, 3> for BatchNormBackward {
+        type State = BatchNormState<B>;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, gamma_state, [mean, variance, output], epsilon, relu, batch_stats) =
+                ops.state;
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+            let params = node_gamma.is_some() || node_beta.is_some();
+            let (dx, dgamma, dbeta) = B::vigil_batch_norm_backward(
+                x,
+                gamma,
+                mean,
+                variance,
+                output,
+                grad,
+                epsilon,
+                relu,
+                batch_stats,
+                params,
+            );
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, dx);
+            }
+            if let Some(node) = node_gamma {
+                grads.register::<B>(node.id, dgamma);
+            }
+            if let Some(node) = node_beta {
+                grads.register::<B>(node.id, dbeta);
+            }
+        }
+    }
+
     impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
         fn vigil_conv2d(
             x: FloatTensor<Self>,
@@ -459,6 +792,93 @@ mod extension {
                 )),
             }
         }
+
+        fn vigil_batch_norm_train(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f64,
+            relu: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            match BatchNormBackward
+                .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let gamma_state = prep.checkpoint(&gamma);
+                    let (out, mean, variance) = B::vigil_batch_norm_train(
+                        x.into_primitive(),
+                        gamma.into_primitive(),
+                        beta.into_primitive(),
+                        epsilon,
+                        relu,
+                    );
+                    let saved = [mean.clone(), variance.clone(), out.clone()];
+                    let state = (x_state, gamma_state, saved, epsilon, relu, true);
+                    let out = prep.finish(state, out);
+                    (out, Self::from_inner(mean), Self::from_inner(variance))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, mean, variance) = B::vigil_batch_norm_train(
+                        x.into_primitive(),
+                        gamma.into_primitive(),
+                        beta.into_primitive(),
+                        epsilon,
+                        relu,
+                    );
+                    (
+                        prep.finish(out),
+                        Self::from_inner(mean),
+                        Self::from_inner(variance),
+                    )
+                }
+            }
+        }
+
+        fn vigil_batch_norm_eval(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            variance: FloatTensor<Self>,
+            epsilon: f64,
+            relu: bool,
+        ) -> FloatTensor<Self> {
+            // The running statistics are buffers, never differentiated.
+            let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
+            match BatchNormBackward
+                .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let gamma_state = prep.checkpoint(&gamma);
+                    let out = B::vigil_batch_norm_eval(
+                        x.into_primitive(),
+                        gamma.into_primitive(),
+                        beta.into_primitive(),
+                        mean.clone(),
+                        variance.clone(),
+                        epsilon,
+                        relu,
+                    );
+                    let saved = [mean, variance, out.clone()];
+                    prep.finish((x_state, gamma_state, saved, epsilon, relu, false), out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::vigil_batch_norm_eval(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    mean,
+                    variance,
+                    epsilon,
+                    relu,
+                )),
+            }
+        }
     }
 
     pub fn conv2d(
@@ -486,6 +906,44 @@ mod extension {
             kernel,
             stride,
             padding,
+        ))
+    }
+
+    pub fn batch_norm_train(
+        x: Tensor<4>,
+        gamma: Tensor<1>,
+        beta: Tensor<1>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+        let (out, mean, variance) = <Dispatch as KernelOps>::vigil_batch_norm_train(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            epsilon,
+            relu,
+        );
+        (
+            Tensor::from_dispatch(out),
+            Tensor::from_dispatch(mean),
+            Tensor::from_dispatch(variance),
+        )
+    }
+
+    pub fn batch_norm_eval(
+        x: Tensor<4>,
+        [gamma, beta, mean, variance]: [Tensor<1>; 4],
+        epsilon: f64,
+        relu: bool,
+    ) -> Tensor<4> {
+        Tensor::from_dispatch(<Dispatch as KernelOps>::vigil_batch_norm_eval(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            mean.into_dispatch(),
+            variance.into_dispatch(),
+            epsilon,
+            relu,
         ))
     }
 }
@@ -582,5 +1040,87 @@ mod tests {
         let ours = max_pool2d(x.clone(), [2, 2], [2, 2], [0, 0]);
         let theirs = burn_max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]));
         assert_close(ours, theirs, "inference pool");
+    }
+
+    /// The fused batch normalisation against burn's `batch_norm_train` / `batch_norm` followed
+    /// by its ReLU: outputs, batch statistics and the gradients of x, gamma and beta through
+    /// autodiff, in both modes, with and without the ReLU, and without autodiff.
+    #[test]
+    fn batch_normalisation_agrees_with_burn() {
+        use burn::tensor::activation::relu as burn_relu;
+        use burn::tensor::module::{batch_norm as burn_bn, batch_norm_train as burn_bn_train};
+        fn close1(a: Tensor<1>, b: Tensor<1>, what: &str) {
+            let [n] = a.dims();
+            assert_close(a.reshape([1, n, 1, 1]), b.reshape([1, n, 1, 1]), what);
+        }
+        let device = autodiff_device();
+        for (shape, relu) in [
+            ([3, 4, 5, 5], true),
+            ([2, 3, 1, 7], false),
+            ([4, 2, 2, 2], true),
+        ] {
+            let c = shape[1];
+            let x = (Tensor::<4>::random(shape, Distribution::Default, &device) * 3.0 - 1.0)
+                .require_grad();
+            let gamma =
+                (Tensor::<1>::random([c], Distribution::Default, &device) + 0.5).require_grad();
+            let beta = Tensor::<1>::random([c], Distribution::Default, &device).require_grad();
+            let mean = Tensor::<1>::random([c], Distribution::Default, &device);
+            let var = Tensor::<1>::random([c], Distribution::Default, &device) + 0.3;
+            let activate = |t: Tensor<4>| if relu { burn_relu(t) } else { t };
+            let u = Tensor::<4>::random(shape, Distribution::Default, &device);
+            for batch_stats in [true, false] {
+                let what =
+                    |part: &str| format!("{shape:?} relu {relu} batch {batch_stats}: {part}");
+                let (ours, theirs) = if batch_stats {
+                    let (out, m, v) =
+                        batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu);
+                    let t = burn_bn_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                    close1(m, t.mean, &what("mean"));
+                    close1(v, t.variance, &what("variance"));
+                    (out, activate(t.output))
+                } else {
+                    let operands = [gamma.clone(), beta.clone(), mean.clone(), var.clone()];
+                    let theirs = burn_bn(
+                        x.clone(),
+                        gamma.clone(),
+                        beta.clone(),
+                        mean.clone(),
+                        var.clone(),
+                        1e-5,
+                    );
+                    (
+                        batch_norm_eval(x.clone(), operands, 1e-5, relu),
+                        activate(theirs),
+                    )
+                };
+                assert_close(ours.clone(), theirs.clone(), &what("output"));
+                let g1 = (ours * u.clone()).sum().backward();
+                let g2 = (theirs * u.clone()).sum().backward();
+                assert_close(
+                    x.grad(&g1).unwrap(),
+                    x.grad(&g2).unwrap(),
+                    &what("x gradient"),
+                );
+                close1(
+                    gamma.grad(&g1).unwrap(),
+                    gamma.grad(&g2).unwrap(),
+                    &what("gamma gradient"),
+                );
+                close1(
+                    beta.grad(&g1).unwrap(),
+                    beta.grad(&g2).unwrap(),
+                    &what("beta gradient"),
+                );
+            }
+        }
+        // Without autodiff.
+        let plain = default_device();
+        let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Default, &plain);
+        let ones = Tensor::<1>::ones([3], &plain);
+        let zeros = Tensor::<1>::zeros([3], &plain);
+        let (ours, _, _) = batch_norm_train(x.clone(), ones.clone(), zeros.clone(), 1e-5, true);
+        let theirs = burn_relu(burn_bn_train(x, ones, zeros, 1e-5).output);
+        assert_close(ours, theirs, "inference batch norm");
     }
 }

@@ -6,6 +6,7 @@
 //! another), PyTorch's state-dict names, and PyTorch's update rule, so that a checkpoint trained
 //! in either framework behaves the same in the other.
 
+use crate::kernels;
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
@@ -71,27 +72,41 @@ impl BatchNorm2d {
 
     /// Normalises `input` according to `mode`.
     pub fn forward(&self, input: Tensor<4>, mode: BnMode) -> Tensor<4> {
+        self.normalise(input, mode, false)
+    }
+
+    /// `relu(self.forward(input, mode))` in one pass (the ResNets' pre-activations).
+    pub fn forward_relu(&self, input: Tensor<4>, mode: BnMode) -> Tensor<4> {
+        self.normalise(input, mode, true)
+    }
+
+    /// Both forwards, through `kernels`' fused batch normalisation.
+    fn normalise(&self, input: Tensor<4>, mode: BnMode, relu: bool) -> Tensor<4> {
         match mode {
-            BnMode::Eval => burn::tensor::module::batch_norm(
+            BnMode::Eval => kernels::batch_norm_eval(
                 input,
-                self.weight.val(),
-                self.bias.val(),
-                self.running_mean.value_sync(),
-                self.running_var.value_sync(),
+                [
+                    self.weight.val(),
+                    self.bias.val(),
+                    self.running_mean.value_sync(),
+                    self.running_var.value_sync(),
+                ],
                 self.epsilon,
+                relu,
             ),
             BnMode::Train | BnMode::BatchStatsFrozen => {
                 let [n, _, h, w] = input.dims();
-                let out = burn::tensor::module::batch_norm_train(
+                let (output, mean, variance) = kernels::batch_norm_train(
                     input,
                     self.weight.val(),
                     self.bias.val(),
                     self.epsilon,
+                    relu,
                 );
                 if mode == BnMode::Train {
-                    self.update_running_stats(out.mean, out.variance, n * h * w);
+                    self.update_running_stats(mean, variance, n * h * w);
                 }
-                out.output
+                output
             }
         }
     }

@@ -10,7 +10,6 @@ use crate::kernels::conv2d_layer;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
@@ -64,14 +63,14 @@ impl PreActBlock {
 
     /// `conv2`'s output and the shortcut it is added to (the block's output is their sum).
     fn forward_parts(&self, x: Tensor<4>, bn: BnMode) -> (Tensor<4>, Tensor<4>) {
-        let pre = relu(self.bn1.forward(x.clone(), bn));
+        let pre = self.bn1.forward_relu(x.clone(), bn);
         // The projection sees the pre-activation; the identity sees the raw input.
         let skip = match self.shortcut.first() {
             Some(conv) => conv2d_layer(conv, pre.clone()),
             None => x,
         };
         let out = conv2d_layer(&self.conv1, pre);
-        let out = conv2d_layer(&self.conv2, relu(self.bn2.forward(out, bn)));
+        let out = conv2d_layer(&self.conv2, self.bn2.forward_relu(out, bn));
         (out, skip)
     }
 }
@@ -182,7 +181,7 @@ impl PreActResNet18 {
                 None => last_conv,
             };
             let pooled = match &self.bn {
-                Some(norm) => avg_pool4(relu(norm.forward(out, bn))),
+                Some(norm) => avg_pool4(norm.forward_relu(out, bn)),
                 None => adaptive_avg_pool2d(out, [1, 1]),
             };
             pooled.flatten(1, 3)

@@ -64,7 +64,9 @@ impl BasicBlock {
 
     /// `conv2`'s output (before `bn2`) and the shortcut's output.
     fn forward_parts(&self, x: Tensor<4>, bn: BnMode) -> (Tensor<4>, Tensor<4>) {
-        let out = relu(self.bn1.forward(conv2d_layer(&self.conv1, x.clone()), bn));
+        let out = self
+            .bn1
+            .forward_relu(conv2d_layer(&self.conv1, x.clone()), bn);
         let mut skip = x;
         for part in &self.shortcut {
             skip = match part {
@@ -166,7 +168,7 @@ impl ResNet18 {
         // Without blocks (never built so) the stem is the last convolution.
         let (last_conv, last) = match blocks.split_last() {
             Some((last, earlier)) => {
-                let mut out = relu(self.bn1.forward(stem, bn));
+                let mut out = self.bn1.forward_relu(stem, bn);
                 for block in earlier {
                     out = block.forward(out, bn);
                 }
@@ -178,7 +180,7 @@ impl ResNet18 {
         let rest = move |last_conv: Tensor<4>| {
             let out = match &last {
                 Some((block, skip)) => block.finish(last_conv, skip.clone(), bn),
-                None => relu(self.bn1.forward(last_conv, bn)),
+                None => self.bn1.forward_relu(last_conv, bn),
             };
             avg_pool4(out).flatten(1, 3)
         };
