@@ -16,6 +16,7 @@ pub mod batch_norm;
 pub mod conv2d;
 mod lanes;
 pub mod max_pool2d;
+mod scratch;
 pub mod winograd;
 
 use burn::nn::PaddingConfig2d;

@@ -25,6 +25,7 @@ mod transforms;
 use rayon::prelude::*;
 
 use super::conv2d::{Conv2dGeometry, Mat, matmul, sum_over_batch};
+use super::scratch::scratch;
 use transforms::{gradient_transform, input_transform, output_transform};
 
 /// Tiles one group of gemms should cover at least: samples whose output has fewer tiles (the
@@ -152,7 +153,7 @@ fn forward_transformed(g: &Conv2dGeometry, x: &[f32], u: &[f32]) -> Vec<f32> {
     out.par_chunks_mut(group * output_len)
         .zip(x.par_chunks(group * input_len))
         .for_each_init(
-            || (vec![0.0f32; 16 * v_plane], vec![0.0f32; 16 * m_plane]),
+            || (scratch(16 * v_plane), scratch(16 * m_plane)),
             |(v, m), (out, x)| {
                 let t = (x.len() / input_len) * th * tw;
                 input_transform(g, x, v, v_plane);
@@ -207,7 +208,7 @@ pub fn backward_weight(g: &Conv2dGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> 
     let (v_plane, m_plane) = (plane_stride(g.c_in * t_max), plane_stride(g.c_out * t_max));
     let du = sum_over_batch(
         (g.batch, group, 16 * u_plane),
-        || (vec![0.0f32; 16 * v_plane], vec![0.0f32; 16 * m_plane]),
+        || (scratch(16 * v_plane), scratch(16 * m_plane)),
         |du, (v, dm), b, n, accumulate| {
             let t = n * th * tw;
             input_transform(g, &x[b * input_len..(b + n) * input_len], v, v_plane);
