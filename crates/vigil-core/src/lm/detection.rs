@@ -902,10 +902,7 @@ mod tests {
     use super::*;
     use crate::lm::LlamaConfig;
     use crate::lm::tokenizer::Tokenizer;
-    use crate::optim::adam::AdamConfig;
-    use crate::optim::schedule::Schedule;
     use crate::train::test_util::scratch;
-    use crate::train::text::TextSettings;
 
     struct Quiet;
     impl Progress<DetectionStage> for Quiet {
@@ -954,24 +951,7 @@ mod tests {
             model: LlamaForCausalLm::seeded(&sizes, 3, &Device::default()).unwrap(),
             tokenizer,
         };
-        let record = TrainConfig {
-            dataset: jsonl.to_str().unwrap().into(),
-            epochs: 1,
-            batch_size: 8,
-            eval_batch_size: 16,
-            schedule: Schedule::Constant { lr: 3e-3 },
-            seed: 5,
-            adamw: Some(AdamConfig::default()),
-            text: Some(TextSettings {
-                sequence_length: 32,
-                init: None,
-                model: Some(sizes),
-                vocab_size: 300,
-                eval_size: 30,
-                poisoning: None,
-            }),
-            ..TrainConfig::small_cnn_default()
-        };
+        let record = super::super::train::test_record(jsonl.to_str().unwrap(), 32, sizes, 30);
         (lm, record)
     }
 

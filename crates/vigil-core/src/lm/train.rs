@@ -686,10 +686,38 @@ pub fn train_text_to_end(
     )?)
 }
 
+/// The record of a tiny text run for tests: one epoch, batches of 8, AdamW at a constant 3e-3,
+/// seed 5, a 300-token vocabulary, `model`'s sizes.
+#[cfg(test)]
+pub(crate) fn test_record(
+    dataset: &str,
+    sequence_length: usize,
+    model: LlamaConfig,
+    eval_size: usize,
+) -> TrainConfig {
+    TrainConfig {
+        dataset: dataset.into(),
+        epochs: 1,
+        batch_size: 8,
+        eval_batch_size: 16,
+        schedule: crate::optim::schedule::Schedule::Constant { lr: 3e-3 },
+        seed: 5,
+        adamw: Some(AdamConfig::default()),
+        text: Some(TextSettings {
+            sequence_length,
+            init: None,
+            model: Some(model),
+            vocab_size: 300,
+            eval_size,
+            poisoning: None,
+        }),
+        ..TrainConfig::small_cnn_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::schedule::Schedule;
     use crate::train::test_util::{StopAfter, scratch};
 
     fn corpus() -> TextData {
@@ -709,34 +737,21 @@ mod tests {
     }
 
     fn config(epochs: usize) -> TrainConfig {
+        let sizes = LlamaConfig {
+            vocab_size: 0,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+        };
         TrainConfig {
-            dataset: "synthetic".into(),
             epochs,
-            batch_size: 8,
-            eval_batch_size: 16,
-            schedule: Schedule::Constant { lr: 3e-3 },
-            seed: 5,
-            adamw: Some(AdamConfig::default()),
-            text: Some(TextSettings {
-                sequence_length: 16,
-                init: None,
-                model: Some(LlamaConfig {
-                    vocab_size: 0,
-                    hidden_size: 32,
-                    intermediate_size: 64,
-                    num_hidden_layers: 2,
-                    num_attention_heads: 4,
-                    num_key_value_heads: 2,
-                    rms_norm_eps: 1e-5,
-                    rope_theta: 10_000.0,
-                    tie_word_embeddings: true,
-                    max_position_embeddings: 64,
-                }),
-                vocab_size: 300,
-                eval_size: 8,
-                poisoning: None,
-            }),
-            ..TrainConfig::small_cnn_default()
+            ..test_record("synthetic", 16, sizes, 8)
         }
     }
 
