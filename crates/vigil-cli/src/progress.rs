@@ -88,6 +88,11 @@ impl<P> Interruptible<P> {
             interrupted: interrupt_flag(),
         }
     }
+
+    /// What shows the events.
+    pub fn inner(&self) -> &P {
+        &self.show
+    }
 }
 
 impl<E, P: Progress<E>> Progress<E> for Interruptible<P> {

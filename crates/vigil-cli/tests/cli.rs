@@ -1070,6 +1070,10 @@ fn text_runs_train_a_backdoored_language_model_and_benchmark_it() {
         "4",
     ]);
     assert!(out.status.success(), "benchmark failed: {}", stderr(&out));
+    assert!(
+        !report_dir.join("partial.json").exists(),
+        "the partial file goes once the report is written"
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
@@ -1140,6 +1144,7 @@ fn text_runs_train_a_backdoored_language_model_and_benchmark_it() {
         "detect --text failed: {}",
         stderr(&out)
     );
+    assert!(!detect_dir.join("partial.json").exists());
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(detect_dir.join("report.json")).unwrap()).unwrap();
     let columns = report["columns"].as_array().unwrap();

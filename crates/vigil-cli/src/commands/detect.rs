@@ -14,9 +14,9 @@ use vigil_core::detect::page::PageData;
 use vigil_core::detect::{DetectError, GroundTruth};
 use vigil_core::device::default_device;
 use vigil_core::io::check_outputs;
-use vigil_core::lm::LanguageModel;
 use vigil_core::lm::detect::{detect_prompts, write_prompt_report};
-use vigil_core::lm::detection::{TextDetectionConfig, TextInputs};
+use vigil_core::lm::detection::{PARTIAL_FILE, TextDetectionConfig, TextInputs, remove_partial};
+use vigil_core::lm::{LanguageModel, LmError};
 use vigil_core::madfa::MadTask;
 
 use super::sample::MadInputArgs;
@@ -198,18 +198,29 @@ fn run_text(args: &DetectArgs) -> Result<ExitCode> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut progress = TextDetectionBars::new();
-    let report = detect_prompts(
+    // Responses and finished chains are kept here until the report is written, so that an
+    // interrupted run continues where it stopped.
+    let partial = args.out.join(PARTIAL_FILE);
+    let mut progress = Interruptible::new(TextDetectionBars::new());
+    let report = match detect_prompts(
         &lm,
         &inputs,
         truth.as_deref(),
         args.thresholds.target_fpr,
         &config,
         &device,
+        Some(&partial),
         &mut progress,
-    )?;
-    progress.finish();
+    ) {
+        Err(LmError::Stopped(kept)) => {
+            eprintln!("{kept}");
+            return Ok(ExitCode::from(130));
+        }
+        report => report?,
+    };
+    progress.inner().finish();
     write_prompt_report(&args.out, &report, &checked)?;
+    remove_partial(&partial)?;
     for c in &report.columns {
         let measured = c.evaluation.map_or(String::new(), |e| {
             format!(

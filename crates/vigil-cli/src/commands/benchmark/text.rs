@@ -7,11 +7,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use vigil_core::device::default_device;
 use vigil_core::io::{write_atomic, write_json_atomic};
-use vigil_core::lm::LanguageModel;
-use vigil_core::lm::detection::{TextDetectionConfig, markdown, run_text_detection};
+use vigil_core::lm::detection::{
+    PARTIAL_FILE, TextDetectionConfig, markdown, remove_partial, run_text_detection,
+};
+use vigil_core::lm::{LanguageModel, LmError};
 use vigil_core::train::{files, saved_state};
 
-use crate::progress::TextDetectionBars;
+use crate::progress::{Interruptible, TextDetectionBars};
 
 /// Detect a language model's backdoor: MAD-FA on token losses against the perplexity filter and
 /// Mahalanobis on last-token activations (docs/language-models.md).
@@ -110,16 +112,26 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
         .with_context(|| format!("loading {}", model_path.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut progress = TextDetectionBars::new();
-    let report = run_text_detection(
+    // Responses and finished chains are kept here until the report is written, so that an
+    // interrupted run continues where it stopped.
+    let partial = args.out.join(PARTIAL_FILE);
+    let mut progress = Interruptible::new(TextDetectionBars::new());
+    let report = match run_text_detection(
         &lm,
         &state.config,
         &poisoning.backdoor,
         &config,
         &device,
+        Some(&partial),
         &mut progress,
-    )?;
-    progress.finish();
+    ) {
+        Err(LmError::Stopped(kept)) => {
+            eprintln!("{kept}");
+            return Ok(ExitCode::from(130));
+        }
+        report => report?,
+    };
+    progress.inner().finish();
     write_json_atomic(&args.out.join("report.json"), &report)?;
     let title = format!("Backdoor detection on {}", args.record.display());
     let table = markdown(&report, &title);
@@ -140,6 +152,7 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
     if let Some(traces) = &report.traces {
         traces.save(&args.out.join("traces.npz"))?;
     }
+    remove_partial(&partial)?;
     print!("{table}");
     eprintln!(
         "chain losses (first step, last step): {:?}; {:.0}s; report in {}",
