@@ -5,9 +5,9 @@
 //! subtraction, a division, a multiplication and an addition, each over the whole activation,
 //! then the ReLU; with batch statistics also two transposed copies for the means, and about ten
 //! passes backward. On PreAct-ResNet-18 those passes and copies took 11% of the time
-//! (docs/performance.md). Here the statistics are per-channel sums accumulated in `f64` in a
-//! fixed order (so results do not depend on the thread count), and each pass reads and writes
-//! every value once. The outputs agree with burn's operations to float rounding (tests in
+//! (docs/performance.md). Here the statistics are per-channel sums, eight `f32` lanes per plane
+//! added up in `f64`, in an order fixed by the shapes (so results do not depend on the thread
+//! count), and each pass reads and writes every value once. The outputs agree with burn's operations to float rounding (tests in
 //! `kernels::tests`), not bit for bit: `(x - mean) * (gamma / std) + beta` rounds once less.
 
 use rayon::prelude::*;
@@ -155,11 +155,11 @@ pub fn backward(
                     .zip(channel_planes(g, dy, c));
                 for ((xp, op), dp) in planes {
                     let (mut d_lanes, mut dx_lanes) = ([0.0f32; 8], [0.0f32; 8]);
-                    let quads = xp
+                    let eights = xp
                         .chunks_exact(8)
                         .zip(op.chunks_exact(8))
                         .zip(dp.chunks_exact(8));
-                    for ((xc, oc), dc) in quads {
+                    for ((xc, oc), dc) in eights {
                         for l in 0..8 {
                             let d = passed(oc[l], dc[l]);
                             d_lanes[l] += d;

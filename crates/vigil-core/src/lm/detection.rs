@@ -642,8 +642,12 @@ pub fn score_prompts(
     let model = lm.model.valid();
     let device = device.clone().inner();
 
-    // What an interrupted run kept, if it was this run.
-    let key = PartialScores::key(lm, inputs, config)?;
+    // What an interrupted run kept, if it was this run (the key, a pass over the weights, only
+    // when there is a file to keep it in).
+    let key = match partial {
+        Some(_) => PartialScores::key(lm, inputs, config)?,
+        None => String::new(),
+    };
     let mut kept = match partial {
         Some(path) => PartialScores::load(path, &key)?,
         None => None,

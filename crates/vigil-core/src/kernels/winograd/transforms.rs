@@ -16,7 +16,7 @@ use crate::kernels::conv2d::Conv2dGeometry;
 use crate::kernels::lanes::{F4, transpose};
 
 /// Offsets of every tile's top-left corner in planes of `rows x cols` floats laid end to end,
-/// one plane per sample, `step` floats between neighbouring tiles' corners along each axis.
+/// one plane per sample, two floats between neighbouring tiles' corners along each axis.
 fn tile_corners(n: usize, [th, tw]: [usize; 2], [rows, cols]: [usize; 2]) -> Vec<usize> {
     let mut corners = Vec::with_capacity(n * th * tw);
     for s in 0..n {
@@ -85,6 +85,22 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Copies channel `c` of every sample in `src` (`[n, channels, h, w]`, given as
+/// `[channels, c]` and `[h, w]`) into `dst`'s planes of `rows x cols`, one per sample, with its
+/// top-left value at `[top, left]`; the rest of `dst` is left as it was.
+fn place_channel(
+    (src, [channels, c], [h, w]): (&[f32], [usize; 2], [usize; 2]),
+    (dst, [rows, cols], [top, left]): (&mut [f32], [usize; 2], [usize; 2]),
+) {
+    let n = src.len() / (channels * h * w);
+    for s in 0..n {
+        let plane = &src[(s * channels + c) * h * w..][..h * w];
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            copy_row(&mut dst[s * rows * cols + (y + top) * cols + left..], row);
+        }
+    }
+}
+
 /// Loads `src[k]` into lane `k < len`, zero in the others.
 #[inline(always)]
 fn load_lanes(src: &[f32], len: usize) -> F4 {
@@ -110,13 +126,10 @@ pub(super) fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plan
     let mut padded = vec![0.0f32; n * rows * cols];
     let corners = tile_corners(n, [th, tw], [rows, cols]);
     for ci in 0..g.c_in {
-        for s in 0..n {
-            let plane_in = &x[(s * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
-            for (y, row) in plane_in.chunks_exact(g.w).enumerate() {
-                let at = s * rows * cols + (y + g.padding[0]) * cols + g.padding[1];
-                copy_row(&mut padded[at..], row);
-            }
-        }
+        place_channel(
+            (x, [g.c_in, ci], [g.h, g.w]),
+            (&mut padded, [rows, cols], g.padding),
+        );
         for (group, chunk) in corners.chunks(4).enumerate() {
             let [a, b, c, d] = group_of_four(chunk);
             let per_tile = [
@@ -201,12 +214,10 @@ pub(super) fn gradient_transform(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32
     // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
     let lift = |a: F4, b: F4| [a, a + b, a - b, -b];
     for co in 0..g.c_out {
-        for s in 0..n {
-            let plane_in = &dout[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
-            for (y, row) in plane_in.chunks_exact(g.ow).enumerate() {
-                copy_row(&mut whole[s * rows * cols + y * cols..], row);
-            }
-        }
+        place_channel(
+            (dout, [g.c_out, co], [g.oh, g.ow]),
+            (&mut whole, [rows, cols], [0, 0]),
+        );
         for (group, chunk) in corners.chunks(4).enumerate() {
             let pair_rows = |corner: usize| {
                 let (top, bottom) = (&whole[corner..], &whole[corner + cols..]);
