@@ -166,7 +166,7 @@ pub fn run_lm(
 ) -> Result<LmBenchReport, BenchError> {
     use crate::lm::loss::{masked_mean, next_token_losses};
     use crate::madfa::sgld::{LocalizedSgld, SgldConfig, W_STAR_SLOT};
-    use crate::optim::snapshot_slots;
+    use crate::optim::{snapshot_slots, trainable_values};
 
     let (batch, seq_len) = (config.batch, config.seq_len);
     if !(1..=MAX_BATCH).contains(&batch) || seq_len < 2 || config.iters == 0 {
@@ -207,17 +207,22 @@ pub fn run_lm(
         std::hint::black_box(host);
     });
 
-    let mut live = inference.clone().fork(&train_device).train();
+    let model = inference.clone().fork(&train_device).train();
     let mut slots = ParamSlots::new();
-    snapshot_slots(&live, &mut slots, W_STAR_SLOT);
+    snapshot_slots(&model, &mut slots, W_STAR_SLOT);
     let sgld = SgldConfig::reference();
     let train_tokens = tokens.clone().autodiff();
     let mut step = 0u64;
+    let sampled_values = trainable_values(&model);
+    let mut live = Some(model);
     let sgld_step_tokens_per_s = time(&timing, tokens_per_batch, || {
-        let losses = next_token_losses(live.forward(train_tokens.clone()), train_tokens.clone());
+        // Moved, not cloned, as the text detection's chain does: the update then writes each
+        // weight's buffer in place.
+        let Some(model) = live.take() else { return };
+        let mut rule = LocalizedSgld::prefetched(&sgld, step, sampled_values);
+        let losses = next_token_losses(model.forward(train_tokens.clone()), train_tokens.clone());
         let grads = losses.mean().backward();
-        let mut rule = LocalizedSgld::new(&sgld, step);
-        live = apply_update(live.clone(), &grads, &mut rule, &mut slots);
+        live = Some(apply_update(model, &grads, &mut rule, &mut slots));
         step += 1;
     });
 

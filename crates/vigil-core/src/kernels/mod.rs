@@ -17,11 +17,14 @@ pub mod conv2d;
 mod lanes;
 pub mod max_pool2d;
 mod scratch;
+pub mod sgld_step;
 pub mod winograd;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
+
+pub use sgld_step::SgldScalars;
 
 /// `conv.forward(x)`, through vigil's convolution kernel where it applies.
 pub fn conv2d_layer(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -116,6 +119,78 @@ pub fn batch_norm_eval(
     }
 }
 
+/// What one parameter's SGLD step returns: the next value, the updated squared-gradient average
+/// (RMSprop only) and the squared norms of the drift, localization and noise terms and of
+/// `w - w*` after the step.
+pub type SgldStep = (Tensor<1>, Option<Tensor<1>>, [f64; 4]);
+
+/// One localized SGLD step of a flat parameter (`madfa::sgld`) with the standard-normal draws
+/// `noise`, through [`sgld_step`](mod@sgld_step)'s one-pass kernel where it applies (`f32`
+/// operands; the step reads each value once and updates the value and the average in place when
+/// nothing else holds them).
+pub fn sgld_step(
+    s: &SgldScalars,
+    value: Tensor<1>,
+    grad: Tensor<1>,
+    w_star: Tensor<1>,
+    average: Option<Tensor<1>>,
+    noise: Vec<f32>,
+) -> SgldStep {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let n = noise.len();
+        let f32_of_length =
+            |t: &Tensor<1>, len: usize| t.dtype() == DType::F32 && t.dims() == [len];
+        let average_fits = match (&average, s.rmsprop) {
+            (Some(v), Some(_)) => f32_of_length(v, n),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if [&value, &grad, &w_star].iter().all(|t| f32_of_length(t, n)) && average_fits {
+            return extension::sgld_step(s, value, grad, w_star, average, noise);
+        }
+    }
+    sgld_step_with_tensor_ops(s, value, grad, w_star, average, noise)
+}
+
+/// [`sgld_step`] as burn tensor operations: the definition the kernel is tested against, the
+/// step on a GPU, and the step of a parameter the kernel does not take (not `f32`).
+pub fn sgld_step_with_tensor_ops(
+    s: &SgldScalars,
+    value: Tensor<1>,
+    grad: Tensor<1>,
+    w_star: Tensor<1>,
+    squared_gradient: Option<Tensor<1>>,
+    noise: Vec<f32>,
+) -> SgldStep {
+    let n = noise.len();
+    let device = value.device();
+    let mut v_next = None;
+    let gain = s.rmsprop.map(|[alpha, one_minus_alpha, eps]| {
+        let fresh = grad.clone().square().mul_scalar(one_minus_alpha);
+        let v = match squared_gradient {
+            Some(v) => v.mul_scalar(alpha) + fresh,
+            None => fresh,
+        };
+        v_next = Some(v.clone());
+        v.sqrt().add_scalar(eps).recip()
+    });
+    let noise = Tensor::<1>::from_data(TensorData::new(noise, [n]), &device);
+    let mut drift = grad.mul_scalar(s.drift);
+    let mut pull = (value.clone() - w_star.clone()).mul_scalar(s.pull);
+    let mut noise = noise.mul_scalar(s.noise);
+    if let Some(gain) = gain {
+        drift = drift * gain.clone();
+        pull = pull * gain.clone();
+        noise = noise * gain.sqrt();
+    }
+    let next = value - drift.clone() - pull.clone() + noise.clone();
+    let distance = next.clone() - w_star;
+    let squared =
+        [drift, pull, noise, distance].map(|t| f64::from(t.square().sum().into_scalar::<f32>()));
+    (next, v_next, squared)
+}
+
 /// Output positions along one axis of a window of `kernel` sliding by `stride` over `size`
 /// inputs padded by `pad` on both sides (PyTorch's floor rule); `None` when the window does not
 /// fit. Shared by the convolution's and the pooling's geometry.
@@ -154,6 +229,8 @@ fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
 
 #[cfg(not(feature = "cuda"))]
 mod extension {
+    use super::sgld_step as sgld_kernel;
+    use super::{SgldScalars, SgldStep};
     use super::{batch_norm as bn_kernel, conv2d as conv_kernel, max_pool2d as pool_kernel};
     use burn::backend::TensorMetadata;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -277,6 +354,18 @@ mod extension {
                 batch_stats,
             )
         }
+
+        /// One localized SGLD step of a flat `f32` parameter ([`super::sgld_step`]): the next
+        /// value, the next squared-gradient average (empty for plain SGLD; an empty `average`
+        /// in starts at zero) and the four squared norms as a `[4]` tensor of `f64`.
+        fn vigil_sgld_step(
+            value: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            w_star: FloatTensor<Self>,
+            average: FloatTensor<Self>,
+            noise: FloatTensor<Self>,
+            scalars: SgldScalars,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     }
 
     /// The options of [`KernelOps::vigil_conv2d`] for burn's convolution.
@@ -465,6 +554,15 @@ mod extension {
         Some((x, shape, g, vectors))
     }
 
+    /// `t` contiguous from offset 0 (itself when it already is), for a kernel that writes it in
+    /// place: its storage is then copied only if something else holds it too.
+    fn owned_contiguous(t: FlexTensor) -> FlexTensor {
+        match t.layout().contiguous_offsets() {
+            Some((0, _)) => t,
+            _ => FlexTensor::from_data(t.into_data()),
+        }
+    }
+
     fn vector(data: Vec<f32>) -> FlexTensor {
         let len = data.len();
         FlexTensor::from_data(TensorData::new(data, [len]))
@@ -619,6 +717,36 @@ mod extension {
                 [batch_stats, params],
             );
             (tensor(dx, shape), vector(dgamma), vector(dbeta))
+        }
+
+        fn vigil_sgld_step(
+            value: FlexTensor,
+            grad: FlexTensor,
+            w_star: FlexTensor,
+            average: FlexTensor,
+            noise: FlexTensor,
+            scalars: SgldScalars,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let n = noise.layout().num_elements();
+            let (grad, w_star, noise) = (
+                grad.to_contiguous(),
+                w_star.to_contiguous(),
+                noise.to_contiguous(),
+            );
+            let mut value = owned_contiguous(value);
+            let mut average = match (scalars.rmsprop, average.layout().num_elements()) {
+                (Some(_), 0) => vector(vec![0.0; n]),
+                _ => owned_contiguous(average),
+            };
+            let average_len = average.layout().num_elements();
+            let squared = sgld_kernel::step(
+                &scalars,
+                &mut value.storage_mut::<f32>()[..n],
+                &mut average.storage_mut::<f32>()[..average_len],
+                [slice(&grad), slice(&w_star), slice(&noise)],
+            );
+            let squared = FlexTensor::from_data(TensorData::new(squared.to_vec(), [4]));
+            (value, average, squared)
         }
     }
 
@@ -880,6 +1008,30 @@ mod extension {
                 )),
             }
         }
+
+        fn vigil_sgld_step(
+            value: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            w_star: FloatTensor<Self>,
+            average: FloatTensor<Self>,
+            noise: FloatTensor<Self>,
+            scalars: SgldScalars,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            // An update of the weights, never differentiated.
+            let (value, average, squared) = B::vigil_sgld_step(
+                value.into_primitive(),
+                grad.into_primitive(),
+                w_star.into_primitive(),
+                average.into_primitive(),
+                noise.into_primitive(),
+                scalars,
+            );
+            (
+                Self::from_inner(value),
+                Self::from_inner(average),
+                Self::from_inner(squared),
+            )
+        }
     }
 
     pub fn conv2d(
@@ -946,6 +1098,35 @@ mod extension {
             epsilon,
             relu,
         ))
+    }
+
+    pub fn sgld_step(
+        s: &SgldScalars,
+        value: Tensor<1>,
+        grad: Tensor<1>,
+        w_star: Tensor<1>,
+        average: Option<Tensor<1>>,
+        noise: Vec<f32>,
+    ) -> SgldStep {
+        let device = value.device();
+        let n = noise.len();
+        let average = average.unwrap_or_else(|| Tensor::zeros([0], &device));
+        let noise = Tensor::<1>::from_data(TensorData::new(noise, [n]), &device);
+        let (next, average, squared) = <Dispatch as KernelOps>::vigil_sgld_step(
+            value.into_dispatch(),
+            grad.into_dispatch(),
+            w_star.into_dispatch(),
+            average.into_dispatch(),
+            noise.into_dispatch(),
+            *s,
+        );
+        let squared: Vec<f64> = Tensor::<1>::from_dispatch(squared)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        let squared = std::array::from_fn(|k| squared.get(k).copied().unwrap_or(f64::NAN));
+        let average = s.rmsprop.map(|_| Tensor::from_dispatch(average));
+        (Tensor::from_dispatch(next), average, squared)
     }
 }
 
@@ -1123,5 +1304,84 @@ mod tests {
         let (ours, _, _) = batch_norm_train(x.clone(), ones.clone(), zeros.clone(), 1e-5, true);
         let theirs = burn_relu(burn_bn_train(x, ones, zeros, 1e-5).output);
         assert_close(ours, theirs, "inference batch norm");
+    }
+
+    fn flat(values: &[f32]) -> Tensor<1> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &default_device(),
+        )
+    }
+
+    fn bits(t: Tensor<1>) -> Vec<u32> {
+        let values = t.into_data().try_to_vec::<f32>().unwrap();
+        values.into_iter().map(f32::to_bits).collect()
+    }
+
+    type SgldStepFn =
+        fn(&SgldScalars, Tensor<1>, Tensor<1>, Tensor<1>, Option<Tensor<1>>, Vec<f32>) -> SgldStep;
+
+    /// The one-pass step against the same step as burn's tensor operations, bit for bit in the
+    /// value and the average (norms to 1e-5): RMSprop from a zero and from a given average,
+    /// plain SGLD, lengths across the kernel's lanes and chunks, a value held elsewhere too (it
+    /// must stay unchanged) and one held only by the step.
+    #[test]
+    fn sgld_step_equals_the_tensor_operations() {
+        let rmsprop = SgldScalars {
+            drift: 5e-4,
+            pull: 0.05,
+            noise: 1e-3f32.sqrt(),
+            rmsprop: Some([0.9, 0.1f64 as f32, 0.1]),
+        };
+        let plain = SgldScalars {
+            rmsprop: None,
+            ..rmsprop
+        };
+        for (case, n) in [1usize, 7, 8, 9, 100, (1 << 15) + 3, 3 * (1 << 15) - 5]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 10 * case as u64;
+            let w = pseudo_random(n, seed);
+            let g: Vec<f32> = pseudo_random(n, seed + 1).iter().map(|x| 3.0 * x).collect();
+            let w0 = pseudo_random(n, seed + 2);
+            let noise = pseudo_random(n, seed + 3);
+            let v: Vec<f32> = pseudo_random(n, seed + 4).iter().map(|x| x * x).collect();
+            for (s, average) in [(rmsprop, None), (rmsprop, Some(&v)), (plain, None)] {
+                let run = |step: SgldStepFn, value: Tensor<1>| {
+                    step(
+                        &s,
+                        value,
+                        flat(&g),
+                        flat(&w0),
+                        average.map(|v| flat(v)),
+                        noise.clone(),
+                    )
+                };
+                let shared = flat(&w);
+                let (next, v_next, squared) = run(sgld_step, shared.clone());
+                let (expected, v_expected, squared_expected) =
+                    run(sgld_step_with_tensor_ops, flat(&w));
+                assert_eq!(bits(next), bits(expected), "n = {n}: value");
+                assert_eq!(
+                    bits(shared),
+                    bits(flat(&w)),
+                    "n = {n}: the shared value changed"
+                );
+                assert_eq!(
+                    v_next.map(bits),
+                    v_expected.map(bits),
+                    "n = {n}: the average"
+                );
+                for (a, b) in squared.iter().zip(squared_expected) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs(), "n = {n}: norms {a} vs {b}");
+                }
+                let (owned, _, _) = run(sgld_step, flat(&w));
+                assert_eq!(
+                    bits(owned),
+                    bits(run(sgld_step_with_tensor_ops, flat(&w)).0)
+                );
+            }
+        }
     }
 }

@@ -49,7 +49,7 @@ use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT}
 use crate::madfa::traces::LossTraces;
 use crate::metrics::threshold_for_fpr;
 use crate::ood::mahalanobis::Mahalanobis;
-use crate::optim::{ParamSlots, apply_update, snapshot_slots};
+use crate::optim::{ParamSlots, apply_update, snapshot_slots, trainable_values};
 use crate::progress::Progress;
 use crate::train::{TrainConfig, mix};
 
@@ -758,6 +758,7 @@ pub fn score_prompts(
         )?;
         let mut slots = ParamSlots::new();
         snapshot_slots(&walker, &mut slots, W_STAR_SLOT);
+        let sampled_values = trainable_values(&walker);
         let mut order = Vec::new();
         let mut pass = 0u64;
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
@@ -779,6 +780,11 @@ pub fn score_prompts(
             let batch: Vec<usize> = order
                 .drain(..config.sgld.batch_size.min(order.len()))
                 .collect();
+            let mut rule = LocalizedSgld::prefetched(
+                &config.sgld,
+                mix(config.seed, chain as u64, step as u64),
+                sampled_values,
+            );
             let (tokens, mask) = sampling.batch(&batch, &train_device);
             let logits = batch_logits(&walker, tokens.clone(), sampling_prefix.as_ref(), &batch);
             let losses = next_token_losses(logits, tokens) * mask.clone();
@@ -794,8 +800,6 @@ pub fn score_prompts(
             }
             last_loss = value;
             let grads = loss.backward();
-            let mut rule =
-                LocalizedSgld::new(&config.sgld, mix(config.seed, chain as u64, step as u64));
             walker = apply_update(walker, &grads, &mut rule, &mut slots);
             rule.finish().map_err(|e| LmError::Config(e.to_string()))?;
             if step + 1 > config.burn_in

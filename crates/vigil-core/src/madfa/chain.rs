@@ -36,7 +36,7 @@ use crate::loss::{
 };
 use crate::memory;
 use crate::models::{BnMode, Classifier};
-use crate::optim::{ParamSlots, apply_update, param_infos, snapshot_slots};
+use crate::optim::{ParamSlots, apply_update, param_infos, snapshot_slots, trainable_values};
 use crate::progress::Progress;
 use crate::train::{STEP_KEY, epoch_order, metadata_step, mix, tensor_file_step};
 
@@ -695,6 +695,7 @@ pub fn run_chain(
         done: state.progress.step,
     });
     let record = recorder.is_some();
+    let sampled_values = trainable_values(&state.live.network);
     let paths: HashMap<ParamId, String> = if record {
         param_infos(&state.live.network)
             .into_iter()
@@ -714,6 +715,12 @@ pub fn run_chain(
             chain,
             step,
         );
+        // Created before the forward pass, so its noise is drawn while the passes run.
+        let mut rule = LocalizedSgld::prefetched(
+            &config.sgld,
+            noise_seed(config.seed, chain, step),
+            sampled_values,
+        );
         let b = batch(sampling, &indices, &autodiff);
         let logits = state.live.forward(b.images, config.bn.step_mode());
         let loss = cross_entropy(logits, b.labels);
@@ -730,16 +737,13 @@ pub fn run_chain(
             });
         }
         let grads = loss.backward();
-        let mut rule = LocalizedSgld::new(&config.sgld, noise_seed(config.seed, chain, step));
         if record {
             rule = rule.keeping_noise();
         }
-        state.live.network = apply_update(
-            state.live.network.clone(),
-            &grads,
-            &mut rule,
-            &mut state.slots,
-        );
+        // Moved out rather than cloned (w*'s network holds the place for the moment), so the
+        // update finds each weight's buffer held once and writes it in place.
+        let live = std::mem::replace(&mut state.live.network, w_star.network.clone());
+        state.live.network = apply_update(live, &grads, &mut rule, &mut state.slots);
         let noise = rule.take_noise();
         let norms = rule.finish()?;
         if !norms.distance.is_finite() {

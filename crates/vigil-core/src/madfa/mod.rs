@@ -15,6 +15,7 @@ pub mod chain;
 pub mod experiment;
 pub mod input_gradient;
 pub mod linearised;
+pub mod noise;
 pub mod record;
 pub mod scores;
 pub mod sgld;

@@ -10,17 +10,16 @@
 //! ```
 //!
 //! w* (the trained weights) and `V` live in [`ParamSlots`] beside each parameter. The noise comes
-//! from a host generator the caller seeds, never from burn's process-global device RNG, so a
-//! chain is reproducible whatever else runs in the process.
+//! from a host generator the caller seeds ([`NoiseDraws`]), never from burn's process-global
+//! device RNG, so a chain is reproducible whatever else runs in the process.
 
 use burn::module::ParamId;
-use burn::tensor::{Tensor, TensorData};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::MadError;
+use super::noise::NoiseDraws;
+use crate::kernels::{self, SgldScalars};
 use crate::optim::{ParamSlots, UpdateRule};
 
 /// Slot holding w*, the weights the chain is localized at.
@@ -105,6 +104,22 @@ impl SgldConfig {
         self.lr / 2.0 * self.gamma * self.preconditioner.max_gain()
     }
 
+    /// The constants of one step as the update's kernel takes them.
+    pub fn scalars(&self) -> SgldScalars {
+        let half_lr = self.lr / 2.0;
+        SgldScalars {
+            drift: (half_lr * self.n_beta) as f32,
+            pull: (half_lr * self.gamma) as f32,
+            noise: self.lr.sqrt() as f32,
+            rmsprop: match self.preconditioner {
+                Preconditioner::RmsProp { alpha, eps } => {
+                    Some([alpha as f32, (1.0 - alpha) as f32, eps as f32])
+                }
+                Preconditioner::Identity => None,
+            },
+        }
+    }
+
     /// Checks the values, and refuses settings whose localization term alone diverges.
     pub fn validate(&self) -> Result<(), MadError> {
         let bad = |reason: String| Err(MadError::InvalidConfig(reason));
@@ -160,9 +175,9 @@ pub struct StepNorms {
 /// average is created on the first step.
 pub struct LocalizedSgld<'a> {
     config: &'a SgldConfig,
-    noise: StdRng,
+    noise: NoiseDraws,
     /// Squared norms of drift, localization, noise and distance, one entry per parameter.
-    squared: Vec<[Tensor<1>; 4]>,
+    squared: Vec<[f64; 4]>,
     missing_w_star: usize,
     /// The standard-normal draws of each updated parameter, kept only when asked for
     /// ([`LocalizedSgld::keeping_noise`]).
@@ -175,10 +190,20 @@ impl<'a> LocalizedSgld<'a> {
     pub fn new(config: &'a SgldConfig, noise_seed: u64) -> Self {
         Self {
             config,
-            noise: StdRng::seed_from_u64(noise_seed),
+            noise: NoiseDraws::on_the_spot(noise_seed),
             squared: Vec::new(),
             missing_w_star: 0,
             kept_noise: None,
+        }
+    }
+
+    /// The same step with its noise drawn ahead on a background thread from now on
+    /// ([`NoiseDraws::prefetched`]; the same values): create it before the step's forward pass,
+    /// with `count` the number of values the step updates ([`crate::optim::trainable_values`]).
+    pub fn prefetched(config: &'a SgldConfig, noise_seed: u64, count: usize) -> Self {
+        Self {
+            noise: NoiseDraws::prefetched(noise_seed, count),
+            ..Self::new(config, noise_seed)
         }
     }
 
@@ -210,7 +235,7 @@ impl<'a> LocalizedSgld<'a> {
         let mut sums = [0.0f64; 4];
         for terms in self.squared {
             for (sum, t) in sums.iter_mut().zip(terms) {
-                *sum += f64::from(t.into_scalar::<f32>());
+                *sum += t;
             }
         }
         Ok(StepNorms {
@@ -231,50 +256,21 @@ impl UpdateRule for LocalizedSgld<'_> {
         slots: &mut ParamSlots,
     ) -> Tensor<1> {
         let [n] = value.dims();
-        let device = value.device();
         let Some(w_star) = slots.get(id, W_STAR_SLOT).cloned() else {
             self.missing_w_star += 1;
             return value;
         };
-        let c = self.config;
-        let gain = match c.preconditioner {
-            Preconditioner::RmsProp { alpha, eps } => {
-                let fresh = grad.clone().square().mul_scalar(1.0 - alpha);
-                let v = match slots.take(id, SQUARED_GRADIENT_SLOT) {
-                    Some(v) => v.mul_scalar(alpha) + fresh,
-                    None => fresh,
-                };
-                let gain = v.clone().sqrt().add_scalar(eps).recip();
-                slots.insert(id, SQUARED_GRADIENT_SLOT, v);
-                Some(gain)
-            }
-            Preconditioner::Identity => None,
-        };
-        let noise: Vec<f32> = (&mut self.noise)
-            .sample_iter(StandardNormal)
-            .take(n)
-            .collect();
+        let noise = self.noise.take(n);
         if let Some(kept) = &mut self.kept_noise {
             kept.push((id, noise.clone()));
         }
-        let noise = Tensor::<1>::from_data(TensorData::new(noise, [n]), &device);
-        let half_lr = c.lr / 2.0;
-        let mut drift = grad.mul_scalar(half_lr * c.n_beta);
-        let mut pull = (value.clone() - w_star.clone()).mul_scalar(half_lr * c.gamma);
-        let mut noise = noise.mul_scalar(c.lr.sqrt());
-        if let Some(gain) = gain {
-            drift = drift * gain.clone();
-            pull = pull * gain.clone();
-            noise = noise * gain.sqrt();
+        let average = slots.take(id, SQUARED_GRADIENT_SLOT);
+        let (next, average, squared) =
+            kernels::sgld_step(&self.config.scalars(), value, grad, w_star, average, noise);
+        if let Some(v) = average {
+            slots.insert(id, SQUARED_GRADIENT_SLOT, v);
         }
-        let next = value - drift.clone() - pull.clone() + noise.clone();
-        let distance = next.clone() - w_star;
-        self.squared.push([
-            drift.square().sum(),
-            pull.square().sum(),
-            noise.square().sum(),
-            distance.square().sum(),
-        ]);
+        self.squared.push(squared);
         next
     }
 }
@@ -283,6 +279,10 @@ impl UpdateRule for LocalizedSgld<'_> {
 mod tests {
     use super::*;
     use crate::device::default_device;
+    use burn::tensor::TensorData;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use rand_distr::StandardNormal;
 
     fn t(v: &[f32]) -> Tensor<1> {
         Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &default_device())

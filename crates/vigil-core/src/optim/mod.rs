@@ -113,6 +113,22 @@ pub fn snapshot_slots<M: Module>(module: &M, slots: &mut ParamSlots, name: &'sta
     module.visit(&mut Snapshot { slots, name });
 }
 
+/// How many values the float parameters of `module` that require gradients hold: what one step
+/// of an update rule over it touches at most.
+pub fn trainable_values<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.lazy_shape().num_elements();
+            }
+        }
+    }
+    let mut count = Count(0);
+    module.visit(&mut count);
+    count.0
+}
+
 /// One update rule: new value of a parameter from its value and gradient (both flat, without
 /// autodiff) and its slots.
 pub trait UpdateRule {
