@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
@@ -96,6 +98,12 @@ impl RunIdentity {
     pub fn with_model(mut self, role: &str, model: &Classifier) -> Result<Self, IdentityError> {
         self.weights.insert(role.into(), hash_classifier(model)?);
         Ok(self)
+    }
+
+    /// Adds a hash of any other weights ([`hash_module`]) under `role`.
+    pub fn with_weights_hash(mut self, role: &str, hash: String) -> Self {
+        self.weights.insert(role.into(), hash);
+        self
     }
 
     /// Adds the hash of `set` under `role`.
@@ -291,6 +299,36 @@ pub fn hash_classifier(model: &Classifier) -> Result<String, IdentityError> {
         hash_f32s(&mut hasher, values);
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// BLAKE3 of every float tensor of a module (dotted path, shape, `f32` values in order), as
+/// hex: the weights of a model that is not a [`Classifier`], such as a language model.
+pub fn hash_module<M: Module>(module: &M) -> String {
+    struct Tensors<'a> {
+        hasher: &'a mut blake3::Hasher,
+        paths: std::vec::IntoIter<crate::optim::ParamInfo>,
+    }
+    impl ModuleVisitor for Tensors<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.paths.next().map(|p| p.path).unwrap_or_default();
+            hash_field(self.hasher, path.as_bytes());
+            let value = param.val();
+            let shape = value.dims();
+            self.hasher.update(&(shape.len() as u64).to_le_bytes());
+            for d in shape {
+                self.hasher.update(&(d as u64).to_le_bytes());
+            }
+            let values: Vec<f32> = value.into_data().iter::<f32>().collect();
+            hash_f32s(self.hasher, &values);
+        }
+    }
+    let mut hasher = blake3::Hasher::new();
+    let paths = crate::optim::param_infos(module).into_iter();
+    module.visit(&mut Tensors {
+        hasher: &mut hasher,
+        paths,
+    });
+    hasher.finalize().to_hex().to_string()
 }
 
 /// BLAKE3 of an image set: shape, number of images, pixels (`f32` bits), labels and class

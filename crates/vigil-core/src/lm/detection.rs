@@ -43,6 +43,7 @@ use super::train::TextData;
 use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
 use crate::data::text::PromptResponse;
 use crate::detect::spectral::SpectralDirections;
+use crate::identity::{RunIdentity, hash_json, hash_module};
 use crate::io::write_atomic;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
@@ -508,12 +509,12 @@ pub fn remove_partial(path: &Path) -> Result<(), LmError> {
 }
 
 /// What [`score_prompts`] keeps of an interrupted run in its `partial` file: the greedy
-/// responses and the finished chains, under a key of everything they were computed from (the
-/// settings, the prompts, the sampling pairs and a fingerprint of the weights), so that the same
-/// call continues where it stopped and any other call refuses to mix them in.
+/// responses and the finished chains, with the identity of everything they were computed from
+/// (the settings, the prompts, the sampling pairs, the tokenizer and every weight), so that the
+/// same call continues where it stopped and any other call refuses to mix them in.
 #[derive(Debug, Serialize, Deserialize)]
 struct PartialScores {
-    key: String,
+    identity: RunIdentity,
     /// Token ids of the responses done, in the order of trusted then test prompts.
     responses: Vec<Vec<u32>>,
     chains: Vec<KeptChain>,
@@ -527,47 +528,35 @@ struct KeptChain {
 }
 
 impl PartialScores {
-    /// FNV-1a of the JSON of the settings, prompts and sampling pairs, with the weights'
-    /// parameter count and the sum of the token embedding (a fingerprint of the model).
-    fn key(
+    /// The identity of a text detection (vigil's one [`RunIdentity`]): BLAKE3 of every weight
+    /// and of the tokenizer, the prompts, the sampling pairs and the settings.
+    fn identity(
         lm: &LanguageModel,
         inputs: &TextInputs<'_>,
         config: &TextDetectionConfig,
-    ) -> Result<String, LmError> {
-        let embedding: f64 = lm
-            .model
-            .model
-            .embed_tokens
-            .weight
-            .val()
-            .into_data()
-            .iter::<f32>()
-            .map(f64::from)
-            .sum();
+    ) -> Result<RunIdentity, LmError> {
         let sampled: Vec<&PromptResponse> = inputs
             .clean_pairs
             .iter()
             .take(config.sampling_size)
             .collect();
-        let material = serde_json::to_vec(&(
-            config,
-            inputs.trusted,
-            inputs.test,
-            sampled,
-            inputs.sequence_length,
-            lm.model.num_params(),
-            embedding,
-        ))
-        .map_err(|e| LmError::Input(format!("encoding the run's key: {e}")))?;
-        let hash = material.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        Ok(format!("{hash:016x}"))
+        let settings = serde_json::to_value(config)
+            .map_err(|e| LmError::Input(format!("encoding the run's settings: {e}")))?;
+        let tokenizer = lm.tokenizer.to_json()?;
+        Ok(RunIdentity::new("text-detection", settings)
+            .with_weights_hash("model", hash_module(&lm.model))
+            .with_data_hash("tokenizer", hash_json(&tokenizer))
+            .with_data_hash("trusted prompts", hash_json(&inputs.trusted))
+            .with_data_hash("test prompts", hash_json(&inputs.test))
+            .with_data_hash(
+                "sampling pairs",
+                hash_json(&(sampled, inputs.sequence_length)),
+            ))
     }
 
-    /// The kept stages of this run (`key`), or `None` if `path` does not exist; an error if it
-    /// holds another run's or cannot be read.
-    fn load(path: &Path, key: &str) -> Result<Option<Self>, LmError> {
+    /// The kept stages of the run `identity`, or `None` if `path` does not exist; an error,
+    /// naming what differs, if it holds another run's, or if it cannot be read.
+    fn load(path: &Path, identity: &RunIdentity) -> Result<Option<Self>, LmError> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -577,10 +566,10 @@ impl PartialScores {
         };
         let kept: Self = serde_json::from_slice(&bytes)
             .map_err(|e| LmError::Input(format!("{} is not a partial run: {e}", path.display())))?;
-        if kept.key != key {
+        if let Some(what) = kept.identity.difference(identity) {
             return Err(LmError::Input(format!(
-                "{} holds an interrupted run of other settings, prompts or weights: delete it to \
-                 start this one",
+                "{} holds an interrupted run of other settings, prompts or weights ({what}): \
+                 delete it to start this one",
                 path.display()
             )));
         }
@@ -642,18 +631,18 @@ pub fn score_prompts(
     let model = lm.model.valid();
     let device = device.clone().inner();
 
-    // What an interrupted run kept, if it was this run (the key, a pass over the weights, only
-    // when there is a file to keep it in).
-    let key = match partial {
-        Some(_) => PartialScores::key(lm, inputs, config)?,
-        None => String::new(),
+    // What an interrupted run kept, if it was this run (the identity, a pass over the weights,
+    // only when there is a file to keep it in).
+    let identity = match partial {
+        Some(_) => PartialScores::identity(lm, inputs, config)?,
+        None => RunIdentity::new("text-detection", serde_json::Value::Null),
     };
     let mut kept = match partial {
-        Some(path) => PartialScores::load(path, &key)?,
+        Some(path) => PartialScores::load(path, &identity)?,
         None => None,
     }
     .unwrap_or(PartialScores {
-        key,
+        identity,
         responses: Vec::new(),
         chains: Vec::new(),
     });
@@ -1226,6 +1215,27 @@ mod tests {
         );
         assert!(
             matches!(&refused, Err(LmError::Input(m)) if m.contains("other settings")),
+            "{refused:?}"
+        );
+
+        // The same settings on a model that differs in one weight past the embedding (which
+        // the old key, a sum of the embedding, let through): refused, naming the model.
+        let mut changed = LanguageModel {
+            model: lm.model.clone(),
+            tokenizer: lm.tokenizer.clone(),
+        };
+        changed.model.model.norm.gamma = changed.model.model.norm.gamma.map(|g| g.add_scalar(1e-3));
+        let refused = run_text_detection(
+            &changed,
+            &record,
+            &backdoor,
+            &config,
+            &device,
+            Some(&partial),
+            &mut Quiet,
+        );
+        assert!(
+            matches!(&refused, Err(LmError::Input(m)) if m.contains("other settings") && m.contains("model")),
             "{refused:?}"
         );
     }
