@@ -1,9 +1,11 @@
 //! Progress bars for long work, drawn on stderr so stdout stays machine-readable.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use vigil_core::lm::detection::DetectionStage;
 use vigil_core::progress::Progress;
 use vigil_core::train::{EpochRecord, TrainEvent};
@@ -105,9 +107,17 @@ impl<E, P: Progress<E>> Progress<E> for Interruptible<P> {
     }
 }
 
-/// A bar over `len` items with a message.
+/// A bar over `len` items with a message. When stderr is not a terminal (a log file, a batch
+/// job), where indicatif would draw nothing, the bar is written as a plain line every
+/// [`LOG_EVERY`] instead.
 pub fn bar(len: u64, prefix: String) -> ProgressBar {
     let bar = ProgressBar::new(len);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::term_like_with_hz(
+            Box::new(LogLines::default()),
+            1,
+        ));
+    }
     bar.set_style(
         ProgressStyle::with_template(
             "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec:>10} eta {eta:>4} {msg}",
@@ -117,6 +127,65 @@ pub fn bar(len: u64, prefix: String) -> ProgressBar {
     );
     bar.set_prefix(prefix);
     bar
+}
+
+/// How often a bar is written as a line when stderr is not a terminal.
+pub const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// A bar's "terminal" when stderr is not one: each drawing of the bar becomes one plain line on
+/// stderr, at most one per [`LOG_EVERY`] (the first at once); cursor moves and clears are
+/// dropped, so a log holds a readable history of the run's progress.
+#[derive(Debug, Default)]
+struct LogLines {
+    last: Mutex<Option<Instant>>,
+}
+
+impl LogLines {
+    fn log(&self, line: &str) -> std::io::Result<()> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(());
+        }
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            eprintln!("{line}");
+            *last = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+impl TermLike for LogLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        self.log(line)
+    }
+    fn write_str(&self, line: &str) -> std::io::Result<()> {
+        self.log(line)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Two bars for a language model's detection: the greedy responses, then each chain's steps.

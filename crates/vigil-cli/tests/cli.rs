@@ -38,6 +38,16 @@ fn train_info_eval_end_to_end_on_tiny_data() {
         "3",
     ]);
     assert!(out.status.success(), "train failed: {}", stderr(&out));
+    // stderr is a pipe here, not a terminal: each epoch's bar is still written, as a plain line
+    // (at once, then every 30 s), beside the epoch summaries.
+    let log = stderr(&out);
+    for epoch in 1..=3 {
+        assert!(
+            log.lines()
+                .any(|l| l.trim_start().starts_with(&format!("epoch {epoch}/3 ["))),
+            "no progress line for epoch {epoch}: {log}"
+        );
+    }
     // One JSON line per epoch on stdout, the same lines in metrics.jsonl.
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()
