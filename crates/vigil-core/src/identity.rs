@@ -291,14 +291,19 @@ pub fn hash_classifier(model: &Classifier) -> Result<String, IdentityError> {
     let spec = serde_json::to_vec(&model.spec).map_err(|e| IdentityError::Model(e.to_string()))?;
     hash_field(&mut hasher, &spec);
     for (name, shape, values) in &file.tensors {
-        hash_field(&mut hasher, name.as_bytes());
-        hasher.update(&(shape.len() as u64).to_le_bytes());
-        for &d in shape {
-            hasher.update(&(d as u64).to_le_bytes());
-        }
-        hash_f32s(&mut hasher, values);
+        hash_tensor(&mut hasher, name, shape, values);
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// One named tensor into `hasher`: its name, rank, dimensions and `f32` values.
+fn hash_tensor(hasher: &mut blake3::Hasher, name: &str, shape: &[usize], values: &[f32]) {
+    hash_field(hasher, name.as_bytes());
+    hasher.update(&(shape.len() as u64).to_le_bytes());
+    for &d in shape {
+        hasher.update(&(d as u64).to_le_bytes());
+    }
+    hash_f32s(hasher, values);
 }
 
 /// BLAKE3 of every float tensor of a module (dotted path, shape, `f32` values in order), as
@@ -311,15 +316,10 @@ pub fn hash_module<M: Module>(module: &M) -> String {
     impl ModuleVisitor for Tensors<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let path = self.paths.next().map(|p| p.path).unwrap_or_default();
-            hash_field(self.hasher, path.as_bytes());
             let value = param.val();
             let shape = value.dims();
-            self.hasher.update(&(shape.len() as u64).to_le_bytes());
-            for d in shape {
-                self.hasher.update(&(d as u64).to_le_bytes());
-            }
             let values: Vec<f32> = value.into_data().iter::<f32>().collect();
-            hash_f32s(self.hasher, &values);
+            hash_tensor(self.hasher, &path, &shape, &values);
         }
     }
     let mut hasher = blake3::Hasher::new();

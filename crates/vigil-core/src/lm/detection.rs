@@ -44,7 +44,7 @@ use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
 use crate::data::text::PromptResponse;
 use crate::detect::spectral::SpectralDirections;
 use crate::identity::{RunIdentity, hash_json, hash_module};
-use crate::io::write_atomic;
+use crate::io::write_json_atomic;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
 use crate::madfa::traces::LossTraces;
@@ -577,9 +577,7 @@ impl PartialScores {
     }
 
     fn save(&self, path: &Path) -> Result<(), LmError> {
-        let json = serde_json::to_vec(self)
-            .map_err(|e| LmError::Input(format!("encoding {}: {e}", path.display())))?;
-        Ok(write_atomic(path, &json)?)
+        Ok(write_json_atomic(path, self)?)
     }
 }
 
