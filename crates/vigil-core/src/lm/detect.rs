@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::detection::{DetectionStage, TextDetectionConfig, TextInputs, score_prompts};
 use super::{LanguageModel, LmError};
 use crate::io::{write_atomic, write_json_atomic};
+use crate::madfa::ChainDiagnostics;
 use crate::metrics::{auroc, threshold_for_fpr, tpr_fpr_at_threshold};
 use crate::progress::Progress;
 
@@ -59,8 +60,8 @@ pub struct PromptDetectReport {
     pub truth: Option<Vec<bool>>,
     /// The settings.
     pub config: TextDetectionConfig,
-    /// Mean sampling loss at the first and last step of each chain.
-    pub chain_losses: Vec<(f64, f64)>,
+    /// How each chain went (per-step sampling loss, distance from `w*`, update norms).
+    pub chains: Vec<ChainDiagnostics>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -125,7 +126,7 @@ pub fn detect_prompts(
         responses: scores.responses[n_trusted..].to_vec(),
         truth: truth.map(<[bool]>::to_vec),
         config: config.clone(),
-        chain_losses: scores.chain_losses,
+        chains: scores.chains,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -185,6 +186,8 @@ pub fn write_prompt_report(
             c.column, c.threshold, c.flagged
         ));
     }
+    md.push('\n');
+    md.push_str(&super::detection::describe_chains(&report.chains));
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut csv = String::from("index,prompt");

@@ -45,6 +45,7 @@ use crate::data::text::PromptResponse;
 use crate::detect::spectral::SpectralDirections;
 use crate::identity::{RunIdentity, hash_json, hash_module};
 use crate::io::write_json_atomic;
+use crate::madfa::ChainDiagnostics;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
 use crate::madfa::traces::LossTraces;
@@ -154,9 +155,10 @@ pub struct TextDetectionReport {
     pub responses: Vec<String>,
     /// The settings.
     pub config: TextDetectionConfig,
-    /// Mean next-token loss of the sampling batches at the last step of each chain (at `w*`
-    /// first), to see the chain stayed near the model.
-    pub chain_losses: Vec<(f64, f64)>,
+    /// How each chain went: the sampling minibatch's mean next-token loss (before the update)
+    /// and the distance from `w*` at every step, the update's norms, the median drift-to-noise
+    /// ratio, time in steps and in trace passes; to see whether the chain stayed near the model.
+    pub chains: Vec<ChainDiagnostics>,
     /// Wall time.
     pub seconds: f64,
     /// MAD-FA's traces (trusted and test, per chain and draw), for analysis.
@@ -486,8 +488,8 @@ pub struct TextScores {
     pub columns: Vec<TextColumn>,
     /// The greedy response at `w*` of every trusted, then every test, prompt.
     pub responses: Vec<String>,
-    /// Mean next-token loss of the sampling batches at the first and last step of each chain.
-    pub chain_losses: Vec<(f64, f64)>,
+    /// How each chain went (per-step sampling loss, distance from `w*`, update norms).
+    pub chains: Vec<ChainDiagnostics>,
     /// MAD-FA's traces.
     pub traces: LossTraces,
 }
@@ -520,11 +522,11 @@ struct PartialScores {
     chains: Vec<KeptChain>,
 }
 
-/// One finished chain: its traces (`[draws][prompts]`) and first and last sampling losses.
+/// One finished chain: its traces (`[draws][prompts]`) and how it went.
 #[derive(Debug, Serialize, Deserialize)]
 struct KeptChain {
     traces: Vec<Vec<f32>>,
-    losses: (f64, f64),
+    diagnostics: ChainDiagnostics,
 }
 
 impl PartialScores {
@@ -727,7 +729,7 @@ pub fn score_prompts(
     };
     let n = all.len();
     let mut traces = Array3::<f32>::zeros((config.chains, config.draws, n));
-    let mut chain_losses = Vec::with_capacity(config.chains);
+    let mut chain_diagnostics = Vec::with_capacity(config.chains);
     let steps = config.burn_in + config.draws * config.thinning;
     let train_device = device.clone().autodiff();
     for (chain, done) in kept.chains.iter().enumerate().take(config.chains) {
@@ -736,7 +738,7 @@ pub fn score_prompts(
                 traces[[chain, d, i]] = *v;
             }
         }
-        chain_losses.push(done.losses);
+        chain_diagnostics.push(done.diagnostics.clone());
     }
     for chain in kept.chains.len()..config.chains {
         let mut walker = sampled_part(
@@ -748,12 +750,16 @@ pub fn score_prompts(
         let sampled_values = trainable_values(&walker);
         let mut order = Vec::new();
         let mut pass = 0u64;
-        let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+        let mut diagnostics = ChainDiagnostics {
+            chain,
+            ..ChainDiagnostics::default()
+        };
         let mut draw = 0;
         for step in 0..steps {
             if progress.should_stop() {
                 return Err(stop(&kept));
             }
+            let started = Instant::now();
             if order.len() < config.sgld.batch_size {
                 let mut next: Vec<usize> = (0..sampling.len()).collect();
                 next.shuffle(&mut StdRng::seed_from_u64(mix(
@@ -782,16 +788,15 @@ pub fn score_prompts(
                     "the chain diverged at step {step} (loss {value}): lower the SGLD lr"
                 )));
             }
-            if step == 0 {
-                first_loss = value;
-            }
-            last_loss = value;
             let grads = loss.backward();
             walker = apply_update(walker, &grads, &mut rule, &mut slots);
-            rule.finish().map_err(|e| LmError::Config(e.to_string()))?;
+            let norms = rule.finish().map_err(|e| LmError::Config(e.to_string()))?;
+            diagnostics.record(value, norms);
+            diagnostics.step_seconds += started.elapsed().as_secs_f64();
             if step + 1 > config.burn_in
                 && (step + 1 - config.burn_in).is_multiple_of(config.thinning)
             {
+                let started = Instant::now();
                 let values = sequence_losses(
                     &walker.valid(),
                     &trace_set,
@@ -803,6 +808,7 @@ pub fn score_prompts(
                     traces[[chain, draw, i]] = v;
                 }
                 draw += 1;
+                diagnostics.trace_seconds += started.elapsed().as_secs_f64();
             }
             progress.report(DetectionStage::Chain {
                 chain,
@@ -810,12 +816,15 @@ pub fn score_prompts(
                 steps,
             });
         }
-        chain_losses.push((first_loss, last_loss));
+        let chain_traces: Vec<Vec<f32>> = (0..config.draws)
+            .map(|d| (0..n).map(|i| traces[[chain, d, i]]).collect())
+            .collect();
+        diagnostics.summarize_steps();
+        diagnostics.count_constant_traces(&chain_traces.concat(), config.draws, n, n_trusted);
+        chain_diagnostics.push(diagnostics.clone());
         kept.chains.push(KeptChain {
-            traces: (0..config.draws)
-                .map(|d| (0..n).map(|i| traces[[chain, d, i]]).collect())
-                .collect(),
-            losses: (first_loss, last_loss),
+            traces: chain_traces,
+            diagnostics,
         });
         if let Some(path) = partial {
             kept.save(path)?;
@@ -919,7 +928,7 @@ pub fn score_prompts(
     Ok(TextScores {
         columns,
         responses,
-        chain_losses,
+        chains: chain_diagnostics,
         traces: loss_traces,
     })
 }
@@ -1036,7 +1045,7 @@ pub fn run_text_detection(
         scores: per_prompt,
         responses: scores.responses[n_trusted..].to_vec(),
         config: config.clone(),
-        chain_losses: scores.chain_losses,
+        chains: scores.chains,
         seconds: started.elapsed().as_secs_f64(),
         traces: Some(traces),
     })
@@ -1058,6 +1067,27 @@ pub fn markdown(report: &TextDetectionReport, title: &str) -> String {
         out.push_str(&format!(
             "| {} | {:.3} | {:.3} | {:.3} |\n",
             r.detector, r.auroc, r.tpr_at_5_fpr, r.fpr_test
+        ));
+    }
+    out.push('\n');
+    out.push_str(&describe_chains(&report.chains));
+    out
+}
+
+/// One line per chain: the sampling loss at its start and end (means over up to 20 steps: one
+/// minibatch alone cannot tell a drifting chain from batches that differ), its last distance
+/// from `w*` and median drift-to-noise ratio.
+pub fn describe_chains(chains: &[ChainDiagnostics]) -> String {
+    let mut out = String::new();
+    for d in chains {
+        let window = (d.loss.len() / 5).clamp(1, 20);
+        let (start, end) = d.loss_at_ends(window);
+        out.push_str(&format!(
+            "Chain {}: sampling loss {start:.3} over the first {window} steps, {end:.3} over the \
+             last {window}; distance from w* {:.3e} at the end; median drift / noise {:.3e}.\n",
+            d.chain,
+            d.distance.last().copied().unwrap_or(0.0),
+            d.median_drift_to_noise,
         ));
     }
     out
@@ -1198,7 +1228,16 @@ mod tests {
         .unwrap();
         assert_eq!(resumed.rows, whole.rows);
         assert_eq!(resumed.scores, whole.scores);
-        assert_eq!(resumed.chain_losses, whole.chain_losses);
+        // Every step's loss and norms as the run never stopped (times differ).
+        let per_step = |chains: &[ChainDiagnostics]| -> Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+            chains
+                .iter()
+                .map(|d| (d.loss.clone(), d.distance.clone(), d.noise_norm.clone()))
+                .collect()
+        };
+        assert_eq!(per_step(&resumed.chains), per_step(&whole.chains));
+        assert_eq!(resumed.chains.len(), 2);
+        assert_eq!(resumed.chains[1].loss.len(), steps);
         assert_eq!(resumed.responses, whole.responses);
 
         let other = TextDetectionConfig { seed: 1, ..config };

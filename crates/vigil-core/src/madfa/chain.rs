@@ -281,12 +281,65 @@ pub struct ChainDiagnostics {
 }
 
 impl ChainDiagnostics {
-    fn record(&mut self, loss: f64, norms: StepNorms) {
+    /// Adds one step's minibatch loss and norms.
+    pub(crate) fn record(&mut self, loss: f64, norms: StepNorms) {
         self.loss.push(loss);
         self.drift_norm.push(norms.drift);
         self.localization_norm.push(norms.localization);
         self.noise_norm.push(norms.noise);
         self.distance.push(norms.distance);
+    }
+
+    /// Sets the median drift-to-noise ratio from the recorded steps.
+    pub(crate) fn summarize_steps(&mut self) {
+        let mut ratios: Vec<f64> = self
+            .drift_norm
+            .iter()
+            .zip(&self.noise_norm)
+            .filter(|(_, n)| **n > 0.0)
+            .map(|(a, b)| a / b)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        self.median_drift_to_noise = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    }
+
+    /// Sets the fractions of constant traces from `traces` (`[draws][n]`, the first `n_trusted`
+    /// samples trusted).
+    pub(crate) fn count_constant_traces(
+        &mut self,
+        traces: &[f32],
+        draws: usize,
+        n: usize,
+        n_trusted: usize,
+    ) {
+        let constant = |range: std::ops::Range<usize>| -> f64 {
+            if range.is_empty() {
+                return 0.0;
+            }
+            let len = range.len();
+            let count = range
+                .filter(|&i| (1..draws).all(|k| traces[k * n + i] == traces[i]))
+                .count();
+            count as f64 / len as f64
+        };
+        self.constant_trusted_fraction = constant(0..n_trusted);
+        self.constant_test_fraction = constant(n_trusted..n);
+    }
+
+    /// Mean minibatch loss over the first and over the last `window` steps (fewer when the
+    /// chain is shorter): one minibatch is too noisy to tell a chain that drifts away from w*
+    /// from batches that differ.
+    /// NaN for a chain without steps.
+    pub fn loss_at_ends(&self, window: usize) -> (f64, f64) {
+        let k = window.clamp(1, self.loss.len().max(1));
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+        if self.loss.is_empty() {
+            return (f64::NAN, f64::NAN);
+        }
+        (
+            mean(&self.loss[..k]),
+            mean(&self.loss[self.loss.len() - k..]),
+        )
     }
 }
 
@@ -826,28 +879,9 @@ fn summarize(
     let draws = config.draws;
     let n = inputs.len();
     if let Some(traces) = traces {
-        let constant = |range: std::ops::Range<usize>| -> f64 {
-            if range.is_empty() {
-                return 0.0;
-            }
-            let len = range.len();
-            let count = range
-                .filter(|&i| (1..draws).all(|k| traces[k * n + i] == traces[i]))
-                .count();
-            count as f64 / len as f64
-        };
-        d.constant_trusted_fraction = constant(0..inputs.n_trusted);
-        d.constant_test_fraction = constant(inputs.n_trusted..n);
+        d.count_constant_traces(traces, draws, n, inputs.n_trusted);
     }
-    let mut ratios: Vec<f64> = d
-        .drift_norm
-        .iter()
-        .zip(&d.noise_norm)
-        .filter(|(_, n)| **n > 0.0)
-        .map(|(a, b)| a / b)
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    d.median_drift_to_noise = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    d.summarize_steps();
     d.warnings.clear();
     if d.distance.last().is_none_or(|&x| x == 0.0) {
         d.warnings
@@ -989,4 +1023,48 @@ pub fn run_chains(
         settings_json: serde_json::to_string(&settings).ok(),
     };
     Ok(Some((traces, all_diagnostics)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(loss: &[f64], drift: &[f64], noise: &[f64]) -> ChainDiagnostics {
+        ChainDiagnostics {
+            loss: loss.to_vec(),
+            drift_norm: drift.to_vec(),
+            noise_norm: noise.to_vec(),
+            ..ChainDiagnostics::default()
+        }
+    }
+
+    #[test]
+    fn loss_at_ends_averages_the_first_and_last_steps() {
+        let d = steps(&[1.0, 2.0, 3.0, 4.0, 5.0], &[], &[]);
+        assert_eq!(d.loss_at_ends(2), (1.5, 4.5));
+        assert_eq!(d.loss_at_ends(1), (1.0, 5.0));
+        // A window longer than the chain is the whole chain, at both ends.
+        assert_eq!(d.loss_at_ends(10), (3.0, 3.0));
+        assert_eq!(d.loss_at_ends(0), (1.0, 5.0));
+        let (a, b) = ChainDiagnostics::default().loss_at_ends(3);
+        assert!(a.is_nan() && b.is_nan());
+    }
+
+    #[test]
+    fn the_median_drift_to_noise_skips_steps_without_noise() {
+        // Ratios 0.5, 2 and 3 (the step without noise is skipped): the median is 2.
+        let mut d = steps(&[0.0; 4], &[1.0, 4.0, 9.0, 1.0], &[2.0, 2.0, 3.0, 0.0]);
+        d.summarize_steps();
+        assert_eq!(d.median_drift_to_noise, 2.0);
+    }
+
+    #[test]
+    fn constant_traces_are_counted_per_group() {
+        // Two draws of three samples (the first trusted): sample 0 and sample 2 never move.
+        let traces = [1.0, 2.0, 3.0, 1.0, 2.5, 3.0];
+        let mut d = ChainDiagnostics::default();
+        d.count_constant_traces(&traces, 2, 3, 1);
+        assert_eq!(d.constant_trusted_fraction, 1.0);
+        assert_eq!(d.constant_test_fraction, 0.5);
+    }
 }

@@ -154,11 +154,6 @@ pub fn run(args: TextArgs) -> Result<ExitCode> {
     }
     remove_partial(&partial)?;
     print!("{table}");
-    eprintln!(
-        "chain losses (first step, last step): {:?}; {:.0}s; report in {}",
-        report.chain_losses,
-        report.seconds,
-        args.out.display()
-    );
+    eprintln!("{:.0}s; report in {}", report.seconds, args.out.display());
     Ok(ExitCode::SUCCESS)
 }
