@@ -245,8 +245,8 @@ pub fn claim(
     reusable: &[&str],
 ) -> Result<FolderState, IdentityError> {
     let path = dir.join(IDENTITY_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
+    match crate::io::read_if_present(&path) {
+        Ok(Some(bytes)) => {
             let saved: RunIdentity =
                 serde_json::from_slice(&bytes).map_err(|e| IdentityError::Unreadable {
                     path: path.clone(),
@@ -260,7 +260,7 @@ pub fn claim(
                 }),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(None) => {
             let found: Vec<&str> = reusable
                 .iter()
                 .copied()

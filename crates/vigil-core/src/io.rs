@@ -80,6 +80,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     result.map_err(err)
 }
 
+/// The bytes of `path`, or `None` when it does not exist: a run's state file that is not written
+/// yet. Any other failure to read is an error.
+pub fn read_if_present(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes `path`; a file already absent is fine.
+pub fn remove_if_present(path: &Path) -> Result<(), IoError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(IoError::Write {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), IoError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| IoError::Json {
@@ -227,6 +248,22 @@ mod tests {
         assert_eq!(back["a"], 2);
         let names: Vec<_> = fs::read_dir(dir.join("sub")).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn absent_files_read_as_none_and_remove_as_done() {
+        let dir = scratch("present");
+        let path = dir.join("state.json");
+        assert_eq!(read_if_present(&path).unwrap(), None);
+        remove_if_present(&path).unwrap();
+        fs::write(&path, b"{}").unwrap();
+        assert_eq!(read_if_present(&path).unwrap(), Some(b"{}".to_vec()));
+        remove_if_present(&path).unwrap();
+        assert!(!path.exists());
+        // A folder is not a file: reading and removing it are errors, not "absent".
+        assert!(read_if_present(&dir).is_err());
+        assert!(remove_if_present(&dir).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -54,8 +54,8 @@ impl PartStore {
         stage: &str,
     ) -> Result<Option<T>, BenchmarkError> {
         let path = self.path(group, stage);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
+        match crate::io::read_if_present(&path) {
+            Ok(Some(bytes)) => {
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| BenchmarkError::Part {
@@ -63,7 +63,7 @@ impl PartStore {
                         reason: e.to_string(),
                     })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(BenchmarkError::Part {
                 path,
                 reason: e.to_string(),

@@ -500,14 +500,7 @@ pub const PARTIAL_FILE: &str = "partial.json";
 
 /// Deletes a run's `partial` file once its results are written (an absent file is fine).
 pub fn remove_partial(path: &Path) -> Result<(), LmError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::io::IoError::Write {
-            path: path.to_path_buf(),
-            source: e,
-        }
-        .into()),
-        _ => Ok(()),
-    }
+    Ok(crate::io::remove_if_present(path)?)
 }
 
 /// What [`score_prompts`] keeps of an interrupted run in its `partial` file: the greedy
@@ -559,9 +552,9 @@ impl PartialScores {
     /// The kept stages of the run `identity`, or `None` if `path` does not exist; an error,
     /// naming what differs, if it holds another run's, or if it cannot be read.
     fn load(path: &Path, identity: &RunIdentity) -> Result<Option<Self>, LmError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        let bytes = match crate::io::read_if_present(path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 return Err(LmError::Input(format!("reading {}: {e}", path.display())));
             }
