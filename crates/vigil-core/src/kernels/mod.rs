@@ -14,6 +14,7 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod cross_entropy;
 mod lanes;
 pub mod max_pool2d;
 mod scratch;
@@ -117,6 +118,45 @@ pub fn batch_norm_eval(
             out
         }
     }
+}
+
+/// Cross-entropy of each row of `logits` (`[rows, width]`) against its target, `[rows]`; a row
+/// whose target is `None` gets 0 (and no gradient). Through the fused kernel of
+/// [`cross_entropy`](mod@cross_entropy) for `f32` logits on the CPU when every target is below
+/// `width`; burn's `log_softmax` and `gather` otherwise (other dtypes, GPUs, and targets out of
+/// range, which then fail as they always did).
+pub fn cross_entropy_rows(logits: Tensor<2>, targets: &[Option<u32>]) -> Tensor<1> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let [rows, width] = logits.dims();
+        let in_range = targets.iter().flatten().all(|&t| (t as usize) < width);
+        if logits.dtype() == DType::F32 && in_range && targets.len() == rows {
+            let targets: std::sync::Arc<[u32]> = targets
+                .iter()
+                .map(|t| t.unwrap_or(cross_entropy::IGNORED))
+                .collect();
+            return extension::cross_entropy(logits, targets);
+        }
+    }
+    cross_entropy_rows_with_tensor_ops(logits, targets)
+}
+
+/// [`cross_entropy_rows`] out of burn's operations: the definition the kernel is tested against.
+pub fn cross_entropy_rows_with_tensor_ops(logits: Tensor<2>, targets: &[Option<u32>]) -> Tensor<1> {
+    let [rows, _] = logits.dims();
+    let device = logits.device();
+    let ids: Vec<i64> = targets.iter().map(|t| i64::from(t.unwrap_or(0))).collect();
+    let counted: Vec<f32> = targets
+        .iter()
+        .map(|t| f32::from(u8::from(t.is_some())))
+        .collect();
+    let ids = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(ids, [rows, 1]), &device);
+    let counted = Tensor::<1>::from_data(TensorData::new(counted, [rows]), &device);
+    burn::tensor::activation::log_softmax(logits, 1)
+        .gather(1, ids)
+        .reshape([rows])
+        .neg()
+        * counted
 }
 
 /// What one parameter's SGLD step returns: the next value, the updated squared-gradient average
@@ -229,6 +269,7 @@ fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
 
 #[cfg(not(feature = "cuda"))]
 mod extension {
+    use super::cross_entropy as ce_kernel;
     use super::sgld_step as sgld_kernel;
     use super::{SgldScalars, SgldStep};
     use super::{batch_norm as bn_kernel, conv2d as conv_kernel, max_pool2d as pool_kernel};
@@ -246,6 +287,7 @@ mod extension {
     };
     use burn::tensor::IntDType;
     use burn::tensor::{DType, Tensor, TensorData};
+    use std::sync::Arc;
 
     /// Convolution and max-pooling with vigil's kernels on the CPU backend. The default bodies
     /// are burn's own operations (the `burn_*` functions below): what any backend without its
@@ -366,6 +408,23 @@ mod extension {
             noise: FloatTensor<Self>,
             scalars: SgldScalars,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+        /// Cross-entropy of each row of `f32` logits `[rows, width]` against `targets` (one per
+        /// row, each below `width` or [`ce_kernel::IGNORED`]): the losses and the rows'
+        /// log-sum-exps, both `[rows]` ([`ce_kernel::forward`]).
+        fn vigil_cross_entropy(
+            logits: FloatTensor<Self>,
+            targets: Arc<[u32]>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+        /// Gradient of [`Self::vigil_cross_entropy`]'s losses weighted by `grad` with respect
+        /// to the logits ([`ce_kernel::backward`]).
+        fn vigil_cross_entropy_backward(
+            logits: FloatTensor<Self>,
+            lse: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            targets: Arc<[u32]>,
+        ) -> FloatTensor<Self>;
     }
 
     /// The options of [`KernelOps::vigil_conv2d`] for burn's convolution.
@@ -748,6 +807,40 @@ mod extension {
             let squared = FlexTensor::from_data(TensorData::new(squared.to_vec(), [4]));
             (value, average, squared)
         }
+
+        fn vigil_cross_entropy(
+            logits: FlexTensor,
+            targets: Arc<[u32]>,
+        ) -> (FlexTensor, FlexTensor) {
+            let width = logits
+                .layout()
+                .shape()
+                .as_slice()
+                .last()
+                .copied()
+                .unwrap_or(0);
+            let logits = logits.to_contiguous();
+            let (losses, lse) = ce_kernel::forward(slice(&logits), width, &targets);
+            (vector(losses), vector(lse))
+        }
+
+        fn vigil_cross_entropy_backward(
+            logits: FlexTensor,
+            lse: FlexTensor,
+            grad: FlexTensor,
+            targets: Arc<[u32]>,
+        ) -> FlexTensor {
+            let shape = logits.layout().shape().clone();
+            let width = shape.as_slice().last().copied().unwrap_or(0);
+            let (logits, lse, grad) = (
+                logits.to_contiguous(),
+                lse.to_contiguous(),
+                grad.to_contiguous(),
+            );
+            let dx =
+                ce_kernel::backward(slice(&logits), width, &targets, slice(&lse), slice(&grad));
+            FlexTensor::from_data(TensorData::new(dx, shape))
+        }
     }
 
     /// Backward step of [`KernelOps::vigil_conv2d`]: the saved input and weight, the geometry.
@@ -861,6 +954,35 @@ mod extension {
             }
             if let Some(node) = node_beta {
                 grads.register::<B>(node.id, dbeta);
+            }
+        }
+    }
+
+    /// Backward step of [`KernelOps::vigil_cross_entropy`]: the saved logits, the rows'
+    /// log-sum-exps and the targets.
+    #[derive(Debug)]
+    struct CrossEntropyBackward;
+
+    impl<B: Backend + KernelOps> Backward<B, 1> for CrossEntropyBackward {
+        type State = (
+            NodeId,
+            <B as BackendTypes>::FloatTensorPrimitive,
+            Arc<[u32]>,
+        );
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_logits] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (logits_state, lse, targets) = ops.state;
+            let logits = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(logits_state);
+            if let Some(node) = node_logits {
+                let dx = B::vigil_cross_entropy_backward(logits, lse, grad, targets);
+                grads.register::<B>(node.id, dx);
             }
         }
     }
@@ -1032,6 +1154,44 @@ mod extension {
                 Self::from_inner(squared),
             )
         }
+
+        fn vigil_cross_entropy(
+            logits: FloatTensor<Self>,
+            targets: Arc<[u32]>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            match CrossEntropyBackward
+                .prepare::<C>([logits.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let logits_state = prep.checkpoint(&logits);
+                    let (losses, lse) =
+                        B::vigil_cross_entropy(logits.into_primitive(), targets.clone());
+                    let losses = prep.finish((logits_state, lse.clone(), targets), losses);
+                    (losses, Self::from_inner(lse))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (losses, lse) = B::vigil_cross_entropy(logits.into_primitive(), targets);
+                    (prep.finish(losses), Self::from_inner(lse))
+                }
+            }
+        }
+
+        fn vigil_cross_entropy_backward(
+            logits: FloatTensor<Self>,
+            lse: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            targets: Arc<[u32]>,
+        ) -> FloatTensor<Self> {
+            // A gradient, never differentiated again.
+            Self::from_inner(B::vigil_cross_entropy_backward(
+                logits.into_primitive(),
+                lse.into_primitive(),
+                grad.into_primitive(),
+                targets,
+            ))
+        }
     }
 
     pub fn conv2d(
@@ -1098,6 +1258,12 @@ mod extension {
             epsilon,
             relu,
         ))
+    }
+
+    pub fn cross_entropy(logits: Tensor<2>, targets: Arc<[u32]>) -> Tensor<1> {
+        let (losses, _) =
+            <Dispatch as KernelOps>::vigil_cross_entropy(logits.into_dispatch(), targets);
+        Tensor::from_dispatch(losses)
     }
 
     pub fn sgld_step(
@@ -1325,6 +1491,42 @@ mod tests {
     /// value and the average (norms to 1e-5): RMSprop from a zero and from a given average,
     /// plain SGLD, lengths across the kernel's lanes and chunks, a value held elsewhere too (it
     /// must stay unchanged) and one held only by the step.
+    /// The fused cross-entropy against burn's `log_softmax` and `gather` (the definition), with
+    /// rows left out, on widths around the kernel's lanes and blocks: losses and the gradient
+    /// through autodiff, weighted per row.
+    #[test]
+    fn cross_entropy_rows_agree_with_burn() {
+        let device = autodiff_device();
+        for (rows, width) in [(1, 1), (3, 5), (7, 33), (5, 1031)] {
+            let x = (Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 4.0), &device))
+                .require_grad();
+            let targets: Vec<Option<u32>> = (0..rows)
+                .map(|i| (i % 3 != 1).then_some(((i * 7) % width) as u32))
+                .collect();
+            let weights: Vec<f32> = (0..rows).map(|i| 1.0 + i as f32).collect();
+            let weights = Tensor::<1>::from_data(TensorData::new(weights, [rows]), &device);
+            let ours = cross_entropy_rows(x.clone(), &targets);
+            let theirs = cross_entropy_rows_with_tensor_ops(x.clone(), &targets);
+            let (a, b) = (values(ours.clone()), values(theirs.clone()));
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() < 1e-5 * q.abs().max(1.0), "{a:?} vs {b:?}");
+            }
+            for (i, t) in targets.iter().enumerate() {
+                assert!(t.is_some() || a[i] == 0.0, "row {i} has no target: no loss");
+            }
+            let g1 = (ours * weights.clone()).sum().backward();
+            let g2 = (theirs * weights).sum().backward();
+            let (d1, d2) = (values(x.grad(&g1).unwrap()), values(x.grad(&g2).unwrap()));
+            for (p, q) in d1.iter().zip(&d2) {
+                assert!((p - q).abs() < 1e-5, "{rows}x{width}: {p} vs {q}");
+            }
+        }
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().iter::<f32>().collect()
+    }
+
     #[test]
     fn sgld_step_equals_the_tensor_operations() {
         let rmsprop = SgldScalars {

@@ -4,19 +4,29 @@
 //! A mask chooses the positions that count (a response's tokens, not its prompt's, nor right
 //! padding); MAD-FA's traces on text are the per-sample masked mean (docs/language-models.md).
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
+use crate::kernels::cross_entropy_rows;
+
 /// Cross-entropy of every next-token prediction, `[batch, positions - 1]`.
+///
+/// Every position's logits go through one row-wise cross-entropy (the last position's, which
+/// predicts nothing, with no target), so the logits are neither sliced nor copied: at a
+/// vocabulary of 49,152 they are the largest tensor of the pass (docs/performance.md, "The
+/// language models' loss").
 pub fn next_token_losses(logits: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<2> {
     let [batch, positions, vocab] = logits.dims();
     let predictions = positions.saturating_sub(1);
-    let logits = logits.slice([0..batch, 0..predictions, 0..vocab]);
-    let targets = tokens.slice([0..batch, 1..positions]);
-    log_softmax(logits, 2)
-        .gather(2, targets.reshape([batch, predictions, 1]))
-        .reshape([batch, predictions])
-        .neg()
+    let ids: Vec<i64> = tokens.into_data().iter::<i64>().collect();
+    let targets: Vec<Option<u32>> = (0..batch * positions)
+        .map(|i| {
+            let next = i + 1;
+            (next % positions != 0).then(|| u32::try_from(ids[next]).unwrap_or(u32::MAX))
+        })
+        .collect();
+    cross_entropy_rows(logits.reshape([batch * positions, vocab]), &targets)
+        .reshape([batch, positions])
+        .slice([0..batch, 0..predictions])
 }
 
 /// Per-sample mean of `losses` `[batch, n]` over the positions where `mask` (same shape, 1 or
