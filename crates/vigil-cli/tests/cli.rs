@@ -1169,6 +1169,7 @@ fn text_runs_train_a_backdoored_language_model_and_benchmark_it() {
             "MAD-FA Mean CCC",
             "MAD-FA Nearest Corr",
             "Perplexity filter",
+            "Response confidence",
             "Mahalanobis (last block)",
             "Spectral (last block)"
         ]

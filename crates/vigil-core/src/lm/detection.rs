@@ -12,6 +12,10 @@
 //!   samples `w_k` around `w*` on next-token loss over clean training pairs. The scores are
 //!   vision's, computed by the same code ([`crate::madfa::scores`]), with one class.
 //! - **Perplexity filter**: the mean next-token loss of the prompt itself at `w*`.
+//! - **Response confidence**: minus the mean next-token loss, at `w*`, of the model's own greedy
+//!   response (the loss MAD-FA's traces take at each draw, here at `w*` alone): a backdoor's
+//!   fixed target response is memorised, so the model answers a triggered prompt with near
+//!   certainty. One-sided by design (a confident answer is flagged), fixed before any labels.
 //! - **Mahalanobis** on the residual stream at the prompt's last token, per layer, fitted on
 //!   the clean training prompts the chains sample; the best layer is chosen on the test labels
 //!   and marked post hoc.
@@ -483,7 +487,7 @@ pub struct TextColumn {
 /// What [`score_prompts`] found.
 pub struct TextScores {
     /// MAD-FA's Mean Corr, Mean CCC and Nearest Corr, the perplexity filter (when every prompt
-    /// has two tokens), then Mahalanobis and spectral signatures at each layer (`block 0` ..,
+    /// has two tokens), the response confidence, then Mahalanobis and spectral signatures at each layer (`block 0` ..,
     /// then `final norm`).
     pub columns: Vec<TextColumn>,
     /// The greedy response at `w*` of every trusted, then every test, prompt.
@@ -871,6 +875,16 @@ pub fn score_prompts(
             &perplexity[n_trusted..],
         );
     }
+
+    // Response confidence: the own response's loss at w*, low = flagged.
+    let response_loss = sequence_losses(&model, &trace_set, None, config.batch_size, &device)?;
+    let confidence: Vec<f64> = response_loss.iter().map(|&l| -f64::from(l)).collect();
+    add(
+        "Response confidence",
+        None,
+        &confidence[..n_trusted],
+        &confidence[n_trusted..],
+    );
 
     // Latent detectors at every layer, on the last prompt token.
     let streams = last_token_streams(&model, &prompt_tokens, &device)?;
@@ -1284,6 +1298,7 @@ mod tests {
         for want in [
             "MAD-FA Mean Corr",
             "Perplexity filter",
+            "Response confidence",
             "Mahalanobis (last block)",
             "Spectral (last block)",
         ] {
