@@ -41,7 +41,6 @@ use serde::{Deserialize, Serialize};
 use super::activations::{last_token_streams, prompt_ids};
 use super::backdoor::TextBackdoor;
 use super::detect::evaluate_column;
-use super::loss::{masked_mean, next_token_losses};
 use super::sequences::TokenSequences;
 use super::train::TextData;
 use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
@@ -49,6 +48,7 @@ use crate::data::text::PromptResponse;
 use crate::detect::spectral::SpectralDirections;
 use crate::identity::{RunIdentity, hash_json, hash_module};
 use crate::io::write_json_atomic;
+use crate::kernels::cross_entropy_rows;
 use crate::madfa::ChainDiagnostics;
 use crate::madfa::scores::{anomaly_scores, coupling};
 use crate::madfa::sgld::{LocalizedSgld, Preconditioner, SgldConfig, W_STAR_SLOT};
@@ -299,21 +299,74 @@ impl PrefixStreams {
     }
 }
 
-/// Logits of the sequences at `indices` (`tokens` is their batch): the whole pass, or only the
-/// blocks after a cached prefix.
-fn batch_logits(
+/// The final norm's output for the sequences at `indices` (`tokens` is their batch): the whole
+/// pass, or only the blocks after a cached prefix.
+fn batch_hidden(
     model: &LlamaForCausalLm,
     tokens: Tensor<2, Int>,
     prefix: Option<&PrefixStreams>,
     indices: &[usize],
 ) -> Tensor<3> {
     match prefix {
-        Some(prefix) => model.forward_from(prefix.batch(indices, &tokens.device()), prefix.from),
-        None => model.forward(tokens),
+        Some(prefix) => model.hidden_from(prefix.batch(indices, &tokens.device()), prefix.from),
+        None => model.hidden_states(tokens, None),
     }
 }
 
-/// Per-sequence mean loss over the counted tokens, in batches.
+/// Next-token losses of the sequences at `indices` of `set`, at their counted positions only:
+/// the output projection and the loss run on those rows of `hidden` (the batch's final norm
+/// output, `[batch, longest, hidden]`) and no others. The vocabulary-wide projection is most of
+/// a sampled pass's cost, and a prompt/response pair counts only its response (traces: the own
+/// response of each prompt; the chain: the sampling pairs' responses). Returns each counted
+/// position's loss `[counted]` and, per sequence, the weight `1 / its count` on each of its
+/// positions as a `[batch, counted]` matrix (so `matrix x losses` is the per-sequence mean),
+/// or `None` when no position counts.
+fn counted_token_losses(
+    model: &LlamaForCausalLm,
+    hidden: Tensor<3>,
+    set: &TokenSequences,
+    indices: &[usize],
+) -> Option<(Tensor<1>, Tensor<2>)> {
+    let [batch, longest, width] = hidden.dims();
+    let device = hidden.device();
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut owner = Vec::new();
+    for (row, &i) in indices.iter().enumerate() {
+        let ids = &set.ids[i];
+        // Prediction p (from position p) is of token p + 1, as `TokenSequences::batch` counts.
+        for p in set.counted_from[i].max(1) - 1..ids.len() - 1 {
+            rows.push((row * longest + p) as i64);
+            targets.push(Some(ids[p + 1]));
+            owner.push(row);
+        }
+    }
+    let counted = rows.len();
+    if counted == 0 {
+        return None;
+    }
+    let mut per_sequence = vec![0usize; batch];
+    for &row in &owner {
+        per_sequence[row] += 1;
+    }
+    let mut weights = vec![0f32; batch * counted];
+    for (k, &row) in owner.iter().enumerate() {
+        weights[row * counted + k] = 1.0 / per_sequence[row] as f32;
+    }
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [counted]), &device);
+    let selected = hidden
+        .reshape([batch * longest, width])
+        .select(0, rows)
+        .reshape([1, counted, width]);
+    let logits = model
+        .logits(selected)
+        .reshape([counted, model.config.vocab_size]);
+    let losses = cross_entropy_rows(logits, &targets);
+    let weights = Tensor::<2>::from_data(TensorData::new(weights, [batch, counted]), &device);
+    Some((losses, weights))
+}
+
+/// Per-sequence mean loss over the counted tokens, in batches (0 for a sequence with none).
 fn sequence_losses(
     model: &LlamaForCausalLm,
     set: &TokenSequences,
@@ -324,11 +377,17 @@ fn sequence_losses(
     let order: Vec<usize> = (0..set.len()).collect();
     let mut out = Vec::with_capacity(set.len());
     for chunk in order.chunks(batch_size.max(1)) {
-        let (tokens, mask) = set.batch(chunk, device);
-        let logits = batch_logits(model, tokens.clone(), prefix, chunk);
-        let losses = masked_mean(next_token_losses(logits, tokens), mask);
+        let (tokens, _) = set.batch(chunk, device);
+        let hidden = batch_hidden(model, tokens, prefix, chunk);
+        let Some((losses, weights)) = counted_token_losses(model, hidden, set, chunk) else {
+            out.extend(std::iter::repeat_n(0.0, chunk.len()));
+            continue;
+        };
+        let means = weights
+            .matmul(losses.unsqueeze_dim(1))
+            .reshape([chunk.len()]);
         out.extend(
-            losses
+            means
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|e| LmError::Input(format!("reading losses: {e:?}")))?,
@@ -775,10 +834,15 @@ pub fn score_prompts(
                 mix(config.seed, chain as u64, step as u64),
                 sampled_values,
             );
-            let (tokens, mask) = sampling.batch(&batch, &train_device);
-            let logits = batch_logits(&walker, tokens.clone(), sampling_prefix.as_ref(), &batch);
-            let losses = next_token_losses(logits, tokens) * mask.clone();
-            let loss = losses.sum() / mask.sum().clamp_min(1.0);
+            // The mean over every counted token of the batch (its sequences' responses).
+            let (tokens, _) = sampling.batch(&batch, &train_device);
+            let hidden = batch_hidden(&walker, tokens, sampling_prefix.as_ref(), &batch);
+            let Some((losses, _)) = counted_token_losses(&walker, hidden, &sampling, &batch) else {
+                return Err(LmError::Input(
+                    "a sampling batch holds no counted token (pairs without responses)".into(),
+                ));
+            };
+            let loss = losses.mean();
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
                 return Err(LmError::Input(format!(
@@ -1104,6 +1168,7 @@ pub fn describe_chains(chains: &[ChainDiagnostics]) -> String {
 mod tests {
     use super::*;
     use crate::lm::LlamaConfig;
+    use crate::lm::loss::{masked_mean, next_token_losses};
     use crate::lm::tokenizer::Tokenizer;
     use crate::train::test_util::scratch;
 
@@ -1342,6 +1407,64 @@ mod tests {
     /// Sampling the last block runs it on the first block's output computed once: the
     /// per-sequence losses of a right-padded batch are the whole pass's, and only the last
     /// block gets gradients.
+    /// The output projection at the counted positions only gives what projecting every
+    /// position does: the per-sequence masked mean of every next-token loss (the definition,
+    /// `next_token_losses` over the whole logits), on right-padded batches of pairs whose
+    /// responses start at different positions; and the chain's batch loss is the mean over
+    /// every counted token of the batch.
+    #[test]
+    fn counted_positions_give_the_masked_mean_over_the_whole_logits() {
+        let dir = scratch("lm-detect", "counted");
+        let (lm, record) = setup(&dir, 2);
+        let device = Device::default();
+        let model = lm.model.valid();
+        let settings = record.text.as_ref().unwrap();
+        let set = TextData::load(&record.dataset)
+            .unwrap()
+            .sequences(&lm.tokenizer, settings.sequence_length)
+            .unwrap();
+        let starts: Vec<usize> = set.counted_from.clone();
+        assert!(starts.iter().min() < starts.iter().max(), "{starts:?}");
+        let ours = sequence_losses(&model, &set, None, 7, &device).unwrap();
+        let order: Vec<usize> = (0..set.len()).collect();
+        let mut definition = Vec::new();
+        let (mut sum, mut count) = (0.0f64, 0.0f64);
+        for chunk in order.chunks(7) {
+            let (tokens, mask) = set.batch(chunk, &device);
+            let losses = next_token_losses(model.forward(tokens.clone()), tokens);
+            let masked: Vec<f32> = (losses.clone() * mask.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            sum += masked.iter().map(|&v| f64::from(v)).sum::<f64>();
+            count += f64::from(mask.clone().sum().into_scalar::<f32>());
+            definition.extend(
+                masked_mean(losses, mask)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(ours.len(), definition.len());
+        for (a, b) in ours.iter().zip(&definition) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // The chain's loss on one batch: the mean over its counted tokens.
+        let batch: Vec<usize> = (0..set.len()).collect();
+        let (tokens, _) = set.batch(&batch, &device);
+        let hidden = batch_hidden(&model, tokens, None, &batch);
+        let (losses, weights) = counted_token_losses(&model, hidden, &set, &batch).unwrap();
+        let mean = f64::from(losses.mean().into_scalar::<f32>());
+        assert!(
+            (mean - sum / count).abs() < 1e-5,
+            "{mean} vs {}",
+            sum / count
+        );
+        // Each sequence's weights sum to 1.
+        let rows: Vec<f32> = weights.sum_dim(1).into_data().try_to_vec::<f32>().unwrap();
+        assert!(rows.iter().all(|&w| (w - 1.0).abs() < 1e-6), "{rows:?}");
+    }
+
     #[test]
     fn a_cached_prefix_gives_the_whole_pass_and_only_the_sampled_blocks_move() {
         let dir = scratch("lm-detect", "prefix");

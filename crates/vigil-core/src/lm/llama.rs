@@ -402,13 +402,19 @@ impl LlamaForCausalLm {
     /// [`Self::stream_after`] gives it): the remaining blocks, the final norm, the output
     /// projection.
     pub fn forward_from(&self, stream: Tensor<3>, from: usize) -> Tensor<3> {
+        self.logits(self.hidden_from(stream, from))
+    }
+
+    /// The final norm's output from `stream`, the residual stream entering block `from`: the
+    /// remaining blocks and the final norm, without the output projection.
+    pub fn hidden_from(&self, stream: Tensor<3>, from: usize) -> Tensor<3> {
         let [_, positions, _] = stream.dims();
         let rope = Rope::new(&self.config, 0, positions, &stream.device());
         let mut x = stream;
         for layer in self.model.layers.iter().skip(from) {
             x = layer.forward_kv(x, &rope, &self.config, None).0;
         }
-        self.logits(self.model.norm.forward(x))
+        self.model.norm.forward(x)
     }
 
     /// The residual stream after every block, `[batch, positions, hidden]` each, and the final
