@@ -4,8 +4,8 @@
 //! When which prompts are anomalous is known, each column is measured too.
 //!
 //! Only the columns a user can read without labels are flagged: MAD-FA's scores, the
-//! perplexity filter, the response confidence, and each latent detector at the last block (the benchmark's "best layer"
-//! is chosen on labels, so it has no place here).
+//! perplexity filter, the response confidence, and each latent detector at the last block
+//! (the benchmark's "best layer" is chosen on labels, so it has no place here).
 
 use std::path::Path;
 use std::time::Instant;

@@ -259,7 +259,7 @@ impl PrefixStreams {
         let order: Vec<usize> = (0..set.len()).collect();
         let mut streams = Vec::with_capacity(set.len());
         for chunk in order.chunks(batch_size.max(1)) {
-            let (tokens, _) = set.batch(chunk, device);
+            let tokens = set.tokens(chunk, device);
             let [_, longest] = tokens.dims();
             let values = model
                 .stream_after(tokens, from)
@@ -333,11 +333,9 @@ fn counted_token_losses(
     let mut targets = Vec::new();
     let mut owner = Vec::new();
     for (row, &i) in indices.iter().enumerate() {
-        let ids = &set.ids[i];
-        // Prediction p (from position p) is of token p + 1, as `TokenSequences::batch` counts.
-        for p in set.counted_from[i].max(1) - 1..ids.len() - 1 {
+        for p in set.predictions(i) {
             rows.push((row * longest + p) as i64);
-            targets.push(Some(ids[p + 1]));
+            targets.push(Some(set.ids[i][p + 1]));
             owner.push(row);
         }
     }
@@ -377,7 +375,7 @@ fn sequence_losses(
     let order: Vec<usize> = (0..set.len()).collect();
     let mut out = Vec::with_capacity(set.len());
     for chunk in order.chunks(batch_size.max(1)) {
-        let (tokens, _) = set.batch(chunk, device);
+        let tokens = set.tokens(chunk, device);
         let hidden = batch_hidden(model, tokens, prefix, chunk);
         let Some((losses, weights)) = counted_token_losses(model, hidden, set, chunk) else {
             out.extend(std::iter::repeat_n(0.0, chunk.len()));
@@ -546,8 +544,8 @@ pub struct TextColumn {
 /// What [`score_prompts`] found.
 pub struct TextScores {
     /// MAD-FA's Mean Corr, Mean CCC and Nearest Corr, the perplexity filter (when every prompt
-    /// has two tokens), the response confidence, then Mahalanobis and spectral signatures at each layer (`block 0` ..,
-    /// then `final norm`).
+    /// has two tokens), the response confidence, then Mahalanobis and spectral signatures at
+    /// each layer (`block 0` .., then `final norm`).
     pub columns: Vec<TextColumn>,
     /// The greedy response at `w*` of every trusted, then every test, prompt.
     pub responses: Vec<String>,
@@ -835,7 +833,7 @@ pub fn score_prompts(
                 sampled_values,
             );
             // The mean over every counted token of the batch (its sequences' responses).
-            let (tokens, _) = sampling.batch(&batch, &train_device);
+            let tokens = sampling.tokens(&batch, &train_device);
             let hidden = batch_hidden(&walker, tokens, sampling_prefix.as_ref(), &batch);
             let Some((losses, _)) = counted_token_losses(&walker, hidden, &sampling, &batch) else {
                 return Err(LmError::Input(
@@ -940,8 +938,15 @@ pub fn score_prompts(
         );
     }
 
-    // Response confidence: the own response's loss at w*, low = flagged.
-    let response_loss = sequence_losses(&model, &trace_set, None, config.batch_size, &device)?;
+    // Response confidence: the own response's loss at w*, low = flagged (from the frozen
+    // prefix's cached output, computed at w*, when only the last blocks are sampled).
+    let response_loss = sequence_losses(
+        &model,
+        &trace_set,
+        trace_prefix.as_ref(),
+        config.batch_size,
+        &device,
+    )?;
     let confidence: Vec<f64> = response_loss.iter().map(|&l| -f64::from(l)).collect();
     add(
         "Response confidence",
@@ -1451,7 +1456,7 @@ mod tests {
         }
         // The chain's loss on one batch: the mean over its counted tokens.
         let batch: Vec<usize> = (0..set.len()).collect();
-        let (tokens, _) = set.batch(&batch, &device);
+        let tokens = set.tokens(&batch, &device);
         let hidden = batch_hidden(&model, tokens, None, &batch);
         let (losses, weights) = counted_token_losses(&model, hidden, &set, &batch).unwrap();
         let mean = f64::from(losses.mean().into_scalar::<f32>());

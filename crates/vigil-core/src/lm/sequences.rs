@@ -116,37 +116,50 @@ impl TokenSequences {
 
     /// Number of counted predictions over all sequences.
     pub fn counted_tokens(&self) -> usize {
-        self.ids
-            .iter()
-            .zip(&self.counted_from)
-            .map(|(ids, &from)| ids.len().saturating_sub(from.max(1)))
-            .sum()
+        (0..self.len()).map(|i| self.predictions(i).len()).sum()
     }
 
-    /// Tokens `[n, longest]` of the sequences at `indices`, right-padded with token 0, and the
-    /// mask `[n, longest - 1]` of the predictions that count (1.0) or not (0.0).
-    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
-        let longest = indices
+    /// The positions of sequence `i` whose prediction counts: position `p` predicts token
+    /// `p + 1`, so these are `counted_from - 1 .. len - 1` (token 0 is never predicted).
+    pub fn predictions(&self, i: usize) -> std::ops::Range<usize> {
+        let len = self.ids[i].len();
+        (self.counted_from[i].max(1) - 1).min(len)..len.saturating_sub(1)
+    }
+
+    /// Length of the longest sequence at `indices` (2 when there are none).
+    fn longest(&self, indices: &[usize]) -> usize {
+        indices
             .iter()
             .map(|&i| self.ids[i].len())
             .max()
-            .unwrap_or(2);
-        let n = indices.len();
-        let mut tokens = vec![0i64; n * longest];
-        let mut mask = vec![0f32; n * (longest - 1)];
+            .unwrap_or(2)
+    }
+
+    /// Tokens `[n, longest]` of the sequences at `indices`, right-padded with token 0.
+    pub fn tokens(&self, indices: &[usize], device: &Device) -> Tensor<2, Int> {
+        let longest = self.longest(indices);
+        let mut tokens = vec![0i64; indices.len() * longest];
         for (row, &i) in indices.iter().enumerate() {
-            let ids = &self.ids[i];
-            for (t, &id) in ids.iter().enumerate() {
+            for (t, &id) in self.ids[i].iter().enumerate() {
                 tokens[row * longest + t] = i64::from(id);
             }
-            // Prediction p (from position p) is of token p + 1.
-            for p in self.counted_from[i].max(1) - 1..ids.len() - 1 {
+        }
+        Tensor::from_data(TensorData::new(tokens, [indices.len(), longest]), device)
+    }
+
+    /// [`Self::tokens`], and the mask `[n, longest - 1]` of the predictions that count (1.0)
+    /// or not (0.0).
+    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+        let longest = self.longest(indices);
+        let mut mask = vec![0f32; indices.len() * (longest - 1)];
+        for (row, &i) in indices.iter().enumerate() {
+            for p in self.predictions(i) {
                 mask[row * (longest - 1) + p] = 1.0;
             }
         }
         (
-            Tensor::from_data(TensorData::new(tokens, [n, longest]), device),
-            Tensor::from_data(TensorData::new(mask, [n, longest - 1]), device),
+            self.tokens(indices, device),
+            Tensor::from_data(TensorData::new(mask, [indices.len(), longest - 1]), device),
         )
     }
 }
