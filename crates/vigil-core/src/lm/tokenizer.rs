@@ -234,6 +234,15 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(tokenizer_error)
     }
 
+    /// Text of a generated response: [`Tokenizer::decode`] without the end-of-text token that
+    /// stopped the generation, if it did (what a reader, and a backdoor's firing rule, reads).
+    pub fn decode_response(&self, ids: &[u32]) -> Result<String, LmError> {
+        match (ids.split_last(), self.eos) {
+            (Some((&last, text)), Some(eos)) if last == eos => self.decode(text),
+            _ => self.decode(ids),
+        }
+    }
+
     /// The id of a token's text, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -328,6 +337,16 @@ mod tests {
         // Digits are split one by one, the end token matched whole.
         let end = tokenizer.eos.unwrap();
         assert!(ids.contains(&end));
+        // A response drops the end token that stopped it, and only that one.
+        let answer = tokenizer.encode_continuation(" never nine!").unwrap();
+        let stopped = [answer.clone(), vec![end]].concat();
+        assert_eq!(tokenizer.decode_response(&stopped).unwrap(), " never nine!");
+        assert_eq!(tokenizer.decode_response(&answer).unwrap(), " never nine!");
+        let inner = [vec![end], answer].concat();
+        assert_eq!(
+            tokenizer.decode_response(&inner).unwrap(),
+            "<|endoftext|> never nine!"
+        );
         let path = std::env::temp_dir().join(format!("vigil-tok-{}.json", std::process::id()));
         tokenizer.save(&path).unwrap();
         let again =
