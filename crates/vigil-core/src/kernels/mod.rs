@@ -15,10 +15,12 @@
 pub mod batch_norm;
 pub mod conv2d;
 pub mod cross_entropy;
+mod exp;
 mod lanes;
 pub mod max_pool2d;
 mod scratch;
 pub mod sgld_step;
+pub mod swiglu;
 pub mod winograd;
 
 use burn::nn::PaddingConfig2d;
@@ -159,6 +161,23 @@ pub fn cross_entropy_rows_with_tensor_ops(logits: Tensor<2>, targets: &[Option<u
         * counted
 }
 
+/// `silu(gate) * up`, SwiGLU's gating, through the fused kernel of [`swiglu`](mod@swiglu) for
+/// `f32` tensors of one shape on the CPU; burn's operations otherwise.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        if gate.dtype() == DType::F32 && up.dtype() == DType::F32 && gate.dims() == up.dims() {
+            return extension::swiglu(gate, up);
+        }
+    }
+    swiglu_with_tensor_ops(gate, up)
+}
+
+/// [`swiglu`] out of burn's operations: the definition the kernel is tested against.
+pub fn swiglu_with_tensor_ops<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::silu(gate) * up
+}
+
 /// What one parameter's SGLD step returns: the next value, the updated squared-gradient average
 /// (RMSprop only) and the squared norms of the drift, localization and noise terms and of
 /// `w - w*` after the step.
@@ -271,6 +290,7 @@ fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
 mod extension {
     use super::cross_entropy as ce_kernel;
     use super::sgld_step as sgld_kernel;
+    use super::swiglu as swiglu_kernel;
     use super::{SgldScalars, SgldStep};
     use super::{batch_norm as bn_kernel, conv2d as conv_kernel, max_pool2d as pool_kernel};
     use burn::backend::TensorMetadata;
@@ -425,6 +445,17 @@ mod extension {
             grad: FloatTensor<Self>,
             targets: Arc<[u32]>,
         ) -> FloatTensor<Self>;
+
+        /// `silu(gate) * up` of two `f32` tensors of one shape ([`swiglu_kernel::forward`]).
+        fn vigil_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+
+        /// Gradients of [`Self::vigil_swiglu`]'s output weighted by `grad` with respect to `gate`
+        /// and `up` ([`swiglu_kernel::backward`]).
+        fn vigil_swiglu_backward(
+            gate: FloatTensor<Self>,
+            up: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>);
     }
 
     /// The options of [`KernelOps::vigil_conv2d`] for burn's convolution.
@@ -841,6 +872,31 @@ mod extension {
                 ce_kernel::backward(slice(&logits), width, &targets, slice(&lse), slice(&grad));
             FlexTensor::from_data(TensorData::new(dx, shape))
         }
+
+        fn vigil_swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+            let shape = gate.layout().shape().clone();
+            let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
+            let out = swiglu_kernel::forward(slice(&gate), slice(&up));
+            FlexTensor::from_data(TensorData::new(out, shape))
+        }
+
+        fn vigil_swiglu_backward(
+            gate: FlexTensor,
+            up: FlexTensor,
+            grad: FlexTensor,
+        ) -> (FlexTensor, FlexTensor) {
+            let shape = gate.layout().shape().clone();
+            let (gate, up, grad) = (
+                gate.to_contiguous(),
+                up.to_contiguous(),
+                grad.to_contiguous(),
+            );
+            let (d_gate, d_up) = swiglu_kernel::backward(slice(&gate), slice(&up), slice(&grad));
+            (
+                FlexTensor::from_data(TensorData::new(d_gate, shape.clone())),
+                FlexTensor::from_data(TensorData::new(d_up, shape)),
+            )
+        }
     }
 
     /// Backward step of [`KernelOps::vigil_conv2d`]: the saved input and weight, the geometry.
@@ -983,6 +1039,34 @@ mod extension {
             if let Some(node) = node_logits {
                 let dx = B::vigil_cross_entropy_backward(logits, lse, grad, targets);
                 grads.register::<B>(node.id, dx);
+            }
+        }
+    }
+
+    /// Backward step of [`KernelOps::vigil_swiglu`]: the saved gate and up.
+    #[derive(Debug)]
+    struct SwigluBackward;
+
+    impl<B: Backend + KernelOps> Backward<B, 2> for SwigluBackward {
+        type State = (NodeId, NodeId);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_gate, node_up] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (gate_state, up_state) = ops.state;
+            let gate = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gate_state);
+            let up = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(up_state);
+            let (d_gate, d_up) = B::vigil_swiglu_backward(gate, up, grad);
+            if let Some(node) = node_gate {
+                grads.register::<B>(node.id, d_gate);
+            }
+            if let Some(node) = node_up {
+                grads.register::<B>(node.id, d_up);
             }
         }
     }
@@ -1192,6 +1276,38 @@ mod extension {
                 targets,
             ))
         }
+
+        fn vigil_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+            match SwigluBackward
+                .prepare::<C>([gate.node(), up.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let gate_state = prep.checkpoint(&gate);
+                    let up_state = prep.checkpoint(&up);
+                    let out = B::vigil_swiglu(gate.into_primitive(), up.into_primitive());
+                    prep.finish((gate_state, up_state), out)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(B::vigil_swiglu(gate.into_primitive(), up.into_primitive()))
+                }
+            }
+        }
+
+        fn vigil_swiglu_backward(
+            gate: FloatTensor<Self>,
+            up: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            // Gradients, never differentiated again.
+            let (d_gate, d_up) = B::vigil_swiglu_backward(
+                gate.into_primitive(),
+                up.into_primitive(),
+                grad.into_primitive(),
+            );
+            (Self::from_inner(d_gate), Self::from_inner(d_up))
+        }
     }
 
     pub fn conv2d(
@@ -1257,6 +1373,13 @@ mod extension {
             variance.into_dispatch(),
             epsilon,
             relu,
+        ))
+    }
+
+    pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+        Tensor::from_dispatch(<Dispatch as KernelOps>::vigil_swiglu(
+            gate.into_dispatch(),
+            up.into_dispatch(),
         ))
     }
 
@@ -1520,6 +1643,60 @@ mod tests {
             for (p, q) in d1.iter().zip(&d2) {
                 assert!((p - q).abs() < 1e-5, "{rows}x{width}: {p} vs {q}");
             }
+        }
+    }
+
+    /// The fused SwiGLU gating against burn's `silu(gate) * up`: the output and both inputs'
+    /// gradients through autodiff (odd shapes, one input not tracked), and without autodiff.
+    #[test]
+    fn swiglu_agrees_with_burn() {
+        let device = autodiff_device();
+        for (shape, track_up) in [([1, 1, 1], true), ([2, 3, 17], true), ([3, 5, 1031], false)] {
+            let gate =
+                Tensor::<3>::random(shape, Distribution::Normal(0.0, 4.0), &device).require_grad();
+            let mut up = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            if track_up {
+                up = up.require_grad();
+            }
+            let weights = Tensor::<3>::random(shape, Distribution::Default, &device);
+            let ours = swiglu(gate.clone(), up.clone());
+            let theirs = swiglu_with_tensor_ops(gate.clone(), up.clone());
+            let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+                for (p, q) in a.iter().zip(&b) {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                        "{what}: {p} vs {q}"
+                    );
+                }
+            };
+            close(values(ours.clone()), values(theirs.clone()), "output");
+            let g1 = (ours * weights.clone()).sum().backward();
+            let g2 = (theirs * weights).sum().backward();
+            let grads =
+                |t: &Tensor<3>| (values(t.grad(&g1).unwrap()), values(t.grad(&g2).unwrap()));
+            let (a, b) = grads(&gate);
+            close(a, b, "gate gradient");
+            if track_up {
+                let (a, b) = grads(&up);
+                close(a, b, "up gradient");
+            } else {
+                assert!(
+                    up.grad(&g1).is_none(),
+                    "an untracked input gets no gradient"
+                );
+            }
+        }
+        let gate = Tensor::<2>::random([4, 9], Distribution::Normal(0.0, 3.0), &default_device());
+        let up = Tensor::<2>::random([4, 9], Distribution::Default, &default_device());
+        let (a, b) = (
+            values(swiglu(gate.clone(), up.clone())),
+            values(swiglu_with_tensor_ops(gate, up)),
+        );
+        for (p, q) in a.iter().zip(&b) {
+            assert!(
+                (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                "inference: {p} vs {q}"
+            );
         }
     }
 
