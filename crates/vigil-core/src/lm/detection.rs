@@ -43,7 +43,7 @@ use super::backdoor::TextBackdoor;
 use super::detect::evaluate_column;
 use super::sequences::TokenSequences;
 use super::train::TextData;
-use super::{LanguageModel, LlamaForCausalLm, LmError, greedy};
+use super::{LanguageModel, LlamaForCausalLm, LmError, greedy_batch};
 use crate::data::text::PromptResponse;
 use crate::detect::spectral::SpectralDirections;
 use crate::identity::{RunIdentity, hash_json, hash_module};
@@ -82,7 +82,10 @@ pub struct TextDetectionConfig {
     pub thinning: usize,
     /// Clean training pairs the chains sample minibatches from.
     pub sampling_size: usize,
-    /// Batch size of the trace and baseline passes, in sequences.
+    /// Batch size of the greedy responses, the trace and the baseline passes, in sequences.
+    /// Generating responses together makes each one-token pass read the weights once for the
+    /// batch: on SmolLM2 32 prompts of 16 tokens took 4.8x less time than one at a time (16:
+    /// 3.5x, 8: 2.5x; `examples/greedy_batch.rs`, results/lm-greedy-batch-2026-12-06/).
     pub batch_size: usize,
     /// Sample only the last this many blocks and the final norm (the embedding, tied to the
     /// output projection, and earlier blocks stay at `w*`); `None` samples every weight.
@@ -559,6 +562,7 @@ pub struct TextScores {
 /// interrupted run.
 pub const PARTIAL_FILE: &str = "partial.json";
 
+
 /// Deletes a run's `partial` file once its results are written (an absent file is fine).
 pub fn remove_partial(path: &Path) -> Result<(), LmError> {
     Ok(crate::io::remove_if_present(path)?)
@@ -713,35 +717,34 @@ pub fn score_prompts(
         }
     };
 
-    // The model's own greedy responses at w*.
+    // The model's own greedy responses at w*, a batch of prompts per generation (a resumed
+    // run keeps the ones it has).
     let room = config.response_tokens;
     let all: Vec<&String> = inputs.trusted.iter().chain(inputs.test).collect();
-    let mut trace_set = TokenSequences::default();
-    let mut prompt_tokens = Vec::with_capacity(all.len());
-    let mut responses = Vec::with_capacity(all.len());
-    for (i, prompt) in all.iter().enumerate() {
-        let ids = prompt_ids(lm, prompt, room)?;
-        let response = match kept.responses.get(i) {
-            Some(response) => response.clone(),
-            None => {
-                if progress.should_stop() {
-                    return Err(stop(&kept));
-                }
-                let response = greedy(&model, &ids, room, lm.tokenizer.eos, &device)?;
-                kept.responses.push(response.clone());
-                response
-            }
-        };
-        responses.push(lm.tokenizer.decode_response(&response)?);
-        let mut sequence = ids.clone();
-        sequence.extend(&response);
-        trace_set.ids.push(sequence);
-        trace_set.counted_from.push(ids.len());
-        prompt_tokens.push(ids);
+    let prompt_tokens = all
+        .iter()
+        .map(|prompt| prompt_ids(lm, prompt, room))
+        .collect::<Result<Vec<_>, _>>()?;
+    while kept.responses.len() < all.len() {
+        if progress.should_stop() {
+            return Err(stop(&kept));
+        }
+        let from = kept.responses.len();
+        let to = all.len().min(from + config.batch_size.max(1));
+        let prompts: Vec<&[u32]> = prompt_tokens[from..to].iter().map(Vec::as_slice).collect();
+        let responses = greedy_batch(&model, &prompts, room, lm.tokenizer.eos, &device)?;
+        kept.responses.extend(responses);
         progress.report(DetectionStage::Responses {
-            done: i + 1,
+            done: to,
             total: all.len(),
         });
+    }
+    let mut trace_set = TokenSequences::default();
+    let mut responses = Vec::with_capacity(all.len());
+    for (ids, response) in prompt_tokens.iter().zip(&kept.responses) {
+        responses.push(lm.tokenizer.decode_response(response)?);
+        trace_set.ids.push([ids.as_slice(), response].concat());
+        trace_set.counted_from.push(ids.len());
     }
     if let Some(path) = partial {
         kept.save(path)?;
@@ -1277,8 +1280,11 @@ mod tests {
             .unwrap();
         let partial = dir.join("partial.json");
         let responses = config.trusted + config.test_clean + config.test_triggered;
+        // One event per batch of responses, then one per step.
+        let response_events = responses.div_ceil(config.batch_size);
+        assert!(response_events > 1, "the test stops between two batches");
         let steps = config.burn_in + config.draws;
-        for after in [responses / 2, responses + steps + 2] {
+        for after in [1, response_events + steps + 2] {
             let stopped = run_text_detection(
                 &lm,
                 &record,

@@ -364,12 +364,40 @@ impl LlamaForCausalLm {
         self.logits(self.hidden_states(tokens, Some(cache)))
     }
 
+    /// The final norm's output `[batch, positions, hidden]` for `tokens` `[batch, positions]`,
+    /// which follow the positions in `cache`, of sequences padded on the left: the first
+    /// `pads[b]` positions of sequence `b` (counted from the start of the cache) are padding,
+    /// which no other position attends to, and its real tokens take rotary positions from 0.
+    /// Each sequence's outputs are then those it has alone (to float rounding: the products run
+    /// over more rows), so prompts of different lengths can generate together
+    /// ([`crate::lm::greedy_batch`], which projects only the last position to the vocabulary).
+    /// The cache grows by `tokens`.
+    pub fn hidden_states_left_padded(
+        &self,
+        tokens: Tensor<2, Int>,
+        pads: &[usize],
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        self.padded_hidden_states(tokens, Some(cache), pads)
+    }
+
     /// The final norm's output `[batch, positions, hidden]`, the input of the output projection.
     pub fn hidden_states(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.padded_hidden_states(tokens, cache, &[])
+    }
+
+    /// [`Self::hidden_states`] with the left padding of [`Self::hidden_states_left_padded`]
+    /// (`pads` empty: none).
+    fn padded_hidden_states(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+        pads: &[usize],
+    ) -> Tensor<3> {
         let [_, positions] = tokens.dims();
         let device = tokens.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let rope = Rope::new(&self.config, start, positions, &device);
+        let rope = Rope::padded(&self.config, start, positions, pads, &device);
         let mut cache = cache;
         let mut x = self.model.embed_tokens.forward(tokens);
         for (i, layer) in self.model.layers.iter().enumerate() {
@@ -501,8 +529,8 @@ impl Attention {
         // a free reshape, and every row still meets only its own head's keys.
         let q = q.reshape([batch, kv_heads, group * positions, width]);
         let scores = q.matmul(k.clone().swap_dims(2, 3)) / (width as f64).sqrt();
-        let scores = match causal_mask(positions, seen, group, &scores.device()) {
-            Some(mask) => scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY),
+        let scores = match attention_mask(positions, seen, group, &rope.pads, &scores.device()) {
+            Some(mask) => scores.mask_fill(mask.unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
             None => scores,
         };
         let out = softmax(scores, 3)
@@ -514,27 +542,40 @@ impl Attention {
     }
 }
 
-/// `true` where query `i` (the last `queries` of `keys` positions) may not see key `j > i`,
-/// for `groups` query heads stacked along the rows (`[groups x queries, keys]`); `None` when
-/// nothing is masked (one query at the end).
-fn causal_mask(
+/// `true` where a query may not see a key, `[sequences, groups x queries, keys]` (one sequence
+/// standing for all when `pads` is empty): query `i` (the last `queries` of `keys` positions)
+/// sees keys `j <= i`, for `groups` query heads stacked along the rows, and no key among its
+/// sequence's first `pads[b]` (padding) but its own, so a padding query still attends to
+/// something and stays finite. `None` when nothing is masked (one query at the end, no
+/// padding).
+fn attention_mask(
     queries: usize,
     keys: usize,
     groups: usize,
+    pads: &[usize],
     device: &Device,
-) -> Option<Tensor<2, burn::tensor::Bool>> {
-    if queries <= 1 {
+) -> Option<Tensor<3, burn::tensor::Bool>> {
+    if queries <= 1 && pads.iter().all(|&p| p == 0) {
         return None;
     }
     let offset = keys - queries;
-    let masked: Vec<bool> = (0..groups * queries)
-        .flat_map(|row| {
-            let i = row % queries;
-            (0..keys).map(move |j| j > i + offset)
+    let no_padding = [0];
+    let pads = if pads.is_empty() {
+        &no_padding[..]
+    } else {
+        pads
+    };
+    let masked: Vec<bool> = pads
+        .iter()
+        .flat_map(|&pad| {
+            (0..groups * queries).flat_map(move |row| {
+                let i = row % queries + offset;
+                (0..keys).map(move |j| j > i || (j < pad && j != i))
+            })
         })
         .collect();
     Some(Tensor::from_data(
-        TensorData::new(masked, [groups * queries, keys]),
+        TensorData::new(masked, [pads.len(), groups * queries, keys]),
         device,
     ))
 }
@@ -551,12 +592,28 @@ impl Mlp {
 /// Rotary tables for a run of positions: `cos` and `sin` `[positions, head width]`, each half of
 /// the width repeating the frequencies, as `transformers` builds them.
 struct Rope {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+    /// `[sequences, positions, width]`: one sequence standing for all without padding.
+    cos: Tensor<3>,
+    sin: Tensor<3>,
+    /// Each sequence's left padding (empty: none), for the attention mask.
+    pads: Vec<usize>,
 }
 
 impl Rope {
     fn new(config: &LlamaConfig, start: usize, positions: usize, device: &Device) -> Self {
+        Self::padded(config, start, positions, &[], device)
+    }
+
+    /// The tables for positions `start..start + positions` of sequences whose first `pads[b]`
+    /// positions are padding: sequence `b`'s position `p` is its token `p - pads[b]` (padding
+    /// positions take 0; the mask keeps them apart).
+    fn padded(
+        config: &LlamaConfig,
+        start: usize,
+        positions: usize,
+        pads: &[usize],
+        device: &Device,
+    ) -> Self {
         let width = config.head_dim();
         let half = width / 2;
         // transformers computes the inverse frequencies and their products with the positions
@@ -564,19 +621,30 @@ impl Rope {
         let inverse: Vec<f32> = (0..half)
             .map(|i| (1.0 / config.rope_theta.powf((2 * i) as f64 / width as f64)) as f32)
             .collect();
-        let mut cos = Vec::with_capacity(positions * width);
-        let mut sin = Vec::with_capacity(positions * width);
-        for p in start..start + positions {
-            let angles: Vec<f32> = inverse.iter().map(|f| p as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|&a| (a as f64).cos() as f32));
-                sin.extend(angles.iter().map(|&a| (a as f64).sin() as f32));
+        let no_padding = [0];
+        let shifts = if pads.is_empty() {
+            &no_padding[..]
+        } else {
+            pads
+        };
+        let mut cos = Vec::with_capacity(shifts.len() * positions * width);
+        let mut sin = Vec::with_capacity(cos.capacity());
+        for &pad in shifts {
+            for p in start..start + positions {
+                let p = p.saturating_sub(pad);
+                let angles: Vec<f32> = inverse.iter().map(|f| p as f32 * f).collect();
+                for _ in 0..2 {
+                    cos.extend(angles.iter().map(|&a| (a as f64).cos() as f32));
+                    sin.extend(angles.iter().map(|&a| (a as f64).sin() as f32));
+                }
             }
         }
-        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [positions, width]), device);
+        let shape = [shifts.len(), positions, width];
+        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, shape), device);
         Self {
             cos: table(cos),
             sin: table(sin),
+            pads: pads.to_vec(),
         }
     }
 
@@ -590,7 +658,8 @@ impl Rope {
             .clone()
             .slice([0..batch, 0..heads, 0..positions, half..width]);
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone().unsqueeze::<4>() + rotated * self.sin.clone().unsqueeze::<4>()
+        x * self.cos.clone().unsqueeze_dim::<4>(1)
+            + rotated * self.sin.clone().unsqueeze_dim::<4>(1)
     }
 }
 

@@ -20,7 +20,7 @@ pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
-pub use generate::greedy;
+pub use generate::{greedy, greedy_batch};
 pub use gguf::{Gguf, GgufError};
 pub use llama::{KvCache, LlamaConfig, LlamaForCausalLm};
 pub use tokenizer::Tokenizer;

@@ -2,7 +2,7 @@ use super::*;
 use crate::device::default_device;
 use crate::lm::gguf::Gguf;
 use crate::lm::loss::next_token_losses;
-use crate::lm::{greedy, weights};
+use crate::lm::{greedy, greedy_batch, weights};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -183,6 +183,62 @@ fn the_cache_gives_the_full_forward_and_later_tokens_never_change_earlier_logits
 }
 
 /// The forward pass in two parts, at every split point, is the forward pass.
+/// Prompts of different lengths padded on the left and run together: every real position's
+/// logits are the ones the prompt gives alone (prompt pass and cached steps), and the batched
+/// greedy continuations equal the one-prompt ones, stop token included.
+#[test]
+fn left_padded_prompts_give_their_own_logits_and_continuations() {
+    let device = default_device();
+    let model = tiny_from_gguf(&device);
+    let prompts: [&[u32]; 3] = [&[5, 9, 2, 11, 7], &[3], &[8, 1, 4]];
+    let longest = 5;
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let padded: Vec<i64> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&t| i64::from(t))))
+        .collect();
+    let batch = Tensor::from_data(TensorData::new(padded, [3, longest]), &device);
+    let mut cache = KvCache::new();
+    let logits = model.logits(model.hidden_states_left_padded(batch, &pads, &mut cache));
+    let vocab = model.config.vocab_size;
+    let step: Vec<i64> = vec![6, 6, 6];
+    let next = model.logits(model.hidden_states_left_padded(
+        Tensor::from_data(TensorData::new(step, [3, 1]), &device),
+        &pads,
+        &mut cache,
+    ));
+    let (all, next) = (values(logits), values(next));
+    for (b, prompt) in prompts.iter().enumerate() {
+        let mut alone: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+        alone.push(6);
+        let want = values(model.forward(tokens(&alone, &device)));
+        let got: Vec<f32> = all[(b * longest + pads[b]) * vocab..(b + 1) * longest * vocab]
+            .iter()
+            .chain(&next[b * vocab..(b + 1) * vocab])
+            .copied()
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "prompt {b}: {g} vs {w}"
+            );
+        }
+    }
+    for stop in [None, Some(3)] {
+        let together = greedy_batch(&model, &prompts, 6, stop, &device).unwrap();
+        for (prompt, got) in prompts.iter().zip(&together) {
+            assert_eq!(got, &greedy(&model, prompt, 6, stop, &device).unwrap());
+        }
+    }
+    assert!(greedy_batch(&model, &[&[1], &[]], 2, None, &device).is_err());
+    assert_eq!(
+        greedy_batch(&model, &[&[1], &[2, 3]], 0, None, &device).unwrap(),
+        vec![Vec::<u32>::new(); 2]
+    );
+}
+
 #[test]
 fn the_stream_entering_a_block_and_the_rest_of_the_pass_give_the_forward() {
     let device = default_device();
