@@ -562,7 +562,6 @@ pub struct TextScores {
 /// interrupted run.
 pub const PARTIAL_FILE: &str = "partial.json";
 
-
 /// Deletes a run's `partial` file once its results are written (an absent file is fine).
 pub fn remove_partial(path: &Path) -> Result<(), LmError> {
     Ok(crate::io::remove_if_present(path)?)
