@@ -6,7 +6,9 @@
 
 Prints a Markdown table: each detector's AUROC and TPR at the 5% trusted-FPR threshold, as mean
 +- population standard deviation over the reports given, and the backdoor's attack success rate.
-Given labelled groups, one column per group: AUROC mean +- sd (mean TPR).
+Given labelled groups, one column per group: AUROC mean +- sd (mean TPR); a group of one report
+(one seed) gives its AUROC (TPR), the latent detectors' best layer named, and the firing rates in
+percent.
 """
 import json
 import statistics
@@ -51,6 +53,9 @@ def grouped(args):
         reports = [json.load(open(p)) for p in paths.split(",")]
         for report in reports:
             for row in report["rows"]:
+                row["layer"] = ""
+                if "best layer: " in row["detector"]:
+                    row["layer"] = ", " + row["detector"].split("best layer: ")[1].split(",")[0]
                 row["detector"] = name_of(row)
         groups.append((label, reports))
     names = []
@@ -59,10 +64,17 @@ def grouped(args):
             if row["detector"] not in names:
                 names.append(row["detector"])
     spread = lambda xs: f"{statistics.mean(xs):.3f} ± {statistics.pstdev(xs):.3f}"
-    print("| detector | " + " | ".join(f"{label} ({len(r)} seeds)" for label, r in groups) + " |")
+    heading = lambda label, reps: label if len(reps) == 1 else f"{label} ({len(reps)} seeds)"
+    print("| detector | " + " | ".join(heading(label, r) for label, r in groups) + " |")
     print("|---|" + "---|" * len(groups))
-    fires = [f"{spread([r['attack_success_rate'] for r in reps])} / "
-             f"{spread([r['clean_fire_rate'] for r in reps])}" for _, reps in groups]
+
+    def fired(reps):
+        if len(reps) == 1:
+            return f"{reps[0]['attack_success_rate']:.0%} / {reps[0]['clean_fire_rate']:.0%}"
+        return (f"{spread([r['attack_success_rate'] for r in reps])} / "
+                f"{spread([r['clean_fire_rate'] for r in reps])}")
+
+    fires = [fired(reps) for _, reps in groups]
     print("| backdoor fires (triggered / clean) | " + " | ".join(fires) + " |")
     for name in names:
         cells = []
@@ -72,7 +84,10 @@ def grouped(args):
                 cells.append("-")
                 continue
             tpr = statistics.mean(r["tpr_at_5_fpr"] for r in rows)
-            cells.append(f"{spread([r['auroc'] for r in rows])} ({tpr:.2f})")
+            if len(reports) == 1:
+                cells.append(f"{rows[0]['auroc']:.3f} ({tpr:.2f}){rows[0]['layer']}")
+            else:
+                cells.append(f"{spread([r['auroc'] for r in rows])} ({tpr:.2f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
