@@ -1414,9 +1414,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Sampling the last block runs it on the first block's output computed once: the
-    /// per-sequence losses of a right-padded batch are the whole pass's, and only the last
-    /// block gets gradients.
     /// The output projection at the counted positions only gives what projecting every
     /// position does: the per-sequence masked mean of every next-token loss (the definition,
     /// `next_token_losses` over the whole logits), on right-padded batches of pairs whose
@@ -1475,6 +1472,9 @@ mod tests {
         assert!(rows.iter().all(|&w| (w - 1.0).abs() < 1e-6), "{rows:?}");
     }
 
+    /// Sampling the last block runs it on the first block's output computed once: the
+    /// per-sequence losses of a right-padded batch are the whole pass's, and only the last
+    /// block gets gradients.
     #[test]
     fn a_cached_prefix_gives_the_whole_pass_and_only_the_sampled_blocks_move() {
         let dir = scratch("lm-detect", "prefix");

@@ -3,10 +3,10 @@
 //! longest, so each of those passes reads the weights once for the whole batch (on SmolLM2 a
 //! one-token pass is a matrix-vector product per weight matrix, bound by reading them).
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 
-use super::LmError;
 use super::llama::{KvCache, LlamaForCausalLm};
+use super::{LmError, token_tensor};
 use crate::loss::predictions;
 
 /// The `max_new` tokens that greedily follow `prompt` (argmax of each position's logits, ties
@@ -37,22 +37,26 @@ pub fn greedy_batch(
     let vocab = model.config.vocab_size;
     let limit = model.config.max_position_embeddings;
     for (i, prompt) in prompts.iter().enumerate() {
-        let which = if prompts.len() > 1 {
-            format!("prompt {i}")
-        } else {
-            "the prompt".to_string()
+        let which = || {
+            if prompts.len() > 1 {
+                format!("prompt {i}")
+            } else {
+                "the prompt".to_string()
+            }
         };
         if prompt.is_empty() {
-            return Err(LmError::Input(format!("{which} has no tokens")));
+            return Err(LmError::Input(format!("{} has no tokens", which())));
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(LmError::Input(format!(
-                "{which}: token {bad} is outside the model's {vocab} tokens"
+                "{}: token {bad} is outside the model's {vocab} tokens",
+                which()
             )));
         }
         if prompt.len() + max_new > limit {
             return Err(LmError::Input(format!(
-                "{which}: {} tokens and {max_new} new ones exceed the model's {limit} positions",
+                "{}: {} tokens and {max_new} new ones exceed the model's {limit} positions",
+                which(),
                 prompt.len()
             )));
         }
@@ -73,8 +77,8 @@ pub fn greedy_batch(
     let mut cache = KvCache::new();
     while finished.iter().any(|f| !f) {
         let rows = input.len() / n;
-        let hidden =
-            model.hidden_states_left_padded(batch_tensor(&input, n, device), &pads, &mut cache);
+        let tokens = token_tensor(&input, device).reshape([n, rows]);
+        let hidden = model.hidden_states_left_padded(tokens, &pads, &mut cache);
         let [_, _, width] = hidden.dims();
         // Only the last position's logits matter: projecting the whole prompt to the
         // vocabulary would cost batch x prompt x vocabulary floats for nothing.
@@ -95,10 +99,4 @@ pub fn greedy_batch(
         input = next;
     }
     Ok(generated)
-}
-
-/// `ids` as a `[rows, ids.len() / rows]` token tensor.
-fn batch_tensor(ids: &[u32], rows: usize, device: &Device) -> Tensor<2, Int> {
-    let values: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
-    Tensor::from_data(TensorData::new(values, [rows, ids.len() / rows]), device)
 }

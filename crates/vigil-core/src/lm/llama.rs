@@ -542,8 +542,9 @@ impl Attention {
     }
 }
 
-/// `true` where a query may not see a key, `[sequences, groups x queries, keys]` (one sequence
-/// standing for all when `pads` is empty): query `i` (the last `queries` of `keys` positions)
+/// `true` where a query may not see a key, `[sequences, groups x queries, keys]`, `pads` holding
+/// each sequence's left padding ([`Rope::pads`]; one entry 0 stands for every sequence of an
+/// unpadded batch): query `i` (the last `queries` of `keys` positions)
 /// sees keys `j <= i`, for `groups` query heads stacked along the rows, and no key among its
 /// sequence's first `pads[b]` (padding) but its own, so a padding query still attends to
 /// something and stays finite. `None` when nothing is masked (one query at the end, no
@@ -559,12 +560,6 @@ fn attention_mask(
         return None;
     }
     let offset = keys - queries;
-    let no_padding = [0];
-    let pads = if pads.is_empty() {
-        &no_padding[..]
-    } else {
-        pads
-    };
     let masked: Vec<bool> = pads
         .iter()
         .flat_map(|&pad| {
@@ -589,13 +584,14 @@ impl Mlp {
     }
 }
 
-/// Rotary tables for a run of positions: `cos` and `sin` `[positions, head width]`, each half of
-/// the width repeating the frequencies, as `transformers` builds them.
+/// Rotary tables for a run of positions: `cos` and `sin` `[sequences, positions, head width]`,
+/// each half of the width repeating the frequencies, as `transformers` builds them.
 struct Rope {
-    /// `[sequences, positions, width]`: one sequence standing for all without padding.
+    /// `[sequences, positions, width]`, one row of `pads` each.
     cos: Tensor<3>,
     sin: Tensor<3>,
-    /// Each sequence's left padding (empty: none), for the attention mask.
+    /// Each sequence's left padding, for the attention mask; `[0]` for a batch without
+    /// padding, whose sequences all share one table.
     pads: Vec<usize>,
 }
 
@@ -621,15 +617,14 @@ impl Rope {
         let inverse: Vec<f32> = (0..half)
             .map(|i| (1.0 / config.rope_theta.powf((2 * i) as f64 / width as f64)) as f32)
             .collect();
-        let no_padding = [0];
-        let shifts = if pads.is_empty() {
-            &no_padding[..]
+        let pads = if pads.is_empty() {
+            vec![0]
         } else {
-            pads
+            pads.to_vec()
         };
-        let mut cos = Vec::with_capacity(shifts.len() * positions * width);
+        let mut cos = Vec::with_capacity(pads.len() * positions * width);
         let mut sin = Vec::with_capacity(cos.capacity());
-        for &pad in shifts {
+        for &pad in &pads {
             for p in start..start + positions {
                 let p = p.saturating_sub(pad);
                 let angles: Vec<f32> = inverse.iter().map(|f| p as f32 * f).collect();
@@ -639,12 +634,12 @@ impl Rope {
                 }
             }
         }
-        let shape = [shifts.len(), positions, width];
+        let shape = [pads.len(), positions, width];
         let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, shape), device);
         Self {
             cos: table(cos),
             sin: table(sin),
-            pads: pads.to_vec(),
+            pads,
         }
     }
 
