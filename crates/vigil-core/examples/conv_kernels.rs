@@ -1,8 +1,8 @@
 //! Achieved GFLOP/s of vigil's convolution kernels on the 3x3 layers of PreAct-ResNet-18
 //! (width 64; the first convolution of each stage at its stride-1 shape), forward and both
 //! backward passes, one gemm per sample against several samples per gemm
-//! ([`conv2d::group_size`]) and against Winograd's F(2x2, 3x3) ([`winograd`], what the layers
-//! run). Winograd's rate is the direct convolution's flops over its time (effective GFLOP/s).
+//! ([`conv2d::group_size`]) and against Winograd's F(2x2, 3x3) and F(4x4, 3x3) ([`winograd`],
+//! what the layers run). Winograd's rate is the direct convolution's flops over its time (effective GFLOP/s).
 //! A kernel benchmark, not a test: run it on an idle machine.
 //!
 //!     cargo run --release -p vigil-core --example conv_kernels -- [HW] [BATCH] [REPS]
@@ -85,19 +85,25 @@ fn main() {
             let layer = format!("{channels}x{side}x{side}");
             row(&layer, &group.to_string(), [fwd, bin, bw].map(gflops));
         }
-        let fwd = median_seconds(reps, || {
-            std::hint::black_box(winograd::forward(&g, &x, &w));
-        });
-        let bin = median_seconds(reps, || {
-            std::hint::black_box(winograd::backward_input(&g, &w, &dout));
-        });
+        // Weight gradients run with 2x2 tiles in both rows (F(4x4, 3x3) has no weight pass).
         let bw = median_seconds(reps, || {
             std::hint::black_box(winograd::backward_weight(&g, &x, &dout));
         });
-        row(
-            &format!("{channels}x{side}x{side}"),
-            "winograd",
-            [fwd, bin, bw].map(gflops),
-        );
+        for (variant, kind) in [
+            (winograd::Variant::F2x2, "winograd 2x2"),
+            (winograd::Variant::F4x4, "winograd 4x4"),
+        ] {
+            let fwd = median_seconds(reps, || {
+                std::hint::black_box(winograd::forward_with(variant, &g, &x, &w));
+            });
+            let bin = median_seconds(reps, || {
+                std::hint::black_box(winograd::backward_input_with(variant, &g, &w, &dout));
+            });
+            row(
+                &format!("{channels}x{side}x{side}"),
+                kind,
+                [fwd, bin, bw].map(gflops),
+            );
+        }
     }
 }

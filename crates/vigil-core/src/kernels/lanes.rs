@@ -1,19 +1,20 @@
 //! Four `f32` lanes as one value: SSE registers on x86-64 (part of its baseline, so no run-time
 //! detection and no build flag), plain arrays elsewhere. The kernels' transforms work on four
 //! tiles at once with these, the same arithmetic in the same order as one tile at a time, so
-//! results are bit for bit those of the scalar definitions (`winograd::transforms` tests).
+//! F(2x2, 3x3)'s results are bit for bit those of the scalar definitions (`winograd::f2x2`
+//! tests).
 //!
-//! Four lanes rather than eight: every Winograd tile is 4x4, so a tile's rows and the transposes
-//! between tiles and planes are exactly one register wide, and groups of four tiles fill the
-//! lanes on every layer (eight-lane rows of one tile row did not: docs/performance.md,
-//! "tried and reverted").
+//! Four lanes rather than eight: F(2x2, 3x3)'s tiles are 4x4, so a tile's rows and the
+//! transposes between tiles and planes are exactly one register wide (F(4x4, 3x3)'s six-value
+//! rows are two overlapping loads), and groups of four tiles fill the lanes on every layer
+//! (eight-lane rows of one tile row did not: docs/performance.md, "tried and reverted").
 
 use std::ops::{Add, Neg, Sub};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::{
-        __m128, _mm_add_ps, _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_set1_ps,
+        __m128, _mm_add_ps, _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_mul_ps, _mm_set1_ps,
         _mm_setzero_ps, _mm_storeu_ps, _mm_sub_ps, _mm_unpackhi_ps, _mm_unpacklo_ps, _mm_xor_ps,
     };
 
@@ -61,6 +62,12 @@ mod imp {
         #[inline(always)]
         pub fn neg(self) -> Self {
             Self(unsafe { _mm_xor_ps(self.0, _mm_set1_ps(-0.0)) })
+        }
+
+        /// Every lane times `c`.
+        #[inline(always)]
+        pub fn scale(self, c: f32) -> Self {
+            Self(unsafe { _mm_mul_ps(self.0, _mm_set1_ps(c)) })
         }
     }
 
@@ -119,6 +126,11 @@ mod imp {
         pub fn neg(self) -> Self {
             Self(self.0.map(|v| -v))
         }
+
+        #[inline(always)]
+        pub fn scale(self, c: f32) -> Self {
+            Self(self.0.map(|v| v * c))
+        }
     }
 
     #[inline(always)]
@@ -168,11 +180,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lanes_add_subtract_negate_and_transpose_as_arrays_do() {
+    fn lanes_add_subtract_scale_negate_and_transpose_as_arrays_do() {
         let a = F4::load(&[1.0, -2.0, 0.0, 4.5]);
         let b = F4::load(&[0.5, 3.0, -0.0, -1.0]);
         assert_eq!((a + b).to_array(), [1.5, 1.0, 0.0, 3.5]);
         assert_eq!((a - b).to_array(), [0.5, -5.0, 0.0, 5.5]);
+        assert_eq!(a.scale(-2.0).to_array(), [-2.0, 4.0, -0.0, -9.0]);
         let negated = (-b).to_array();
         assert_eq!(negated, [-0.5, -3.0, 0.0, 1.0]);
         assert!(negated[2].is_sign_positive(), "-(-0.0) is +0.0");

@@ -1,4 +1,6 @@
-//! Winograd's three tile transforms, four tiles at a time.
+//! Winograd's F(2x2, 3x3): 2x2 output tiles from 4x4 input patches, 16 multiplications per 4
+//! outputs. The filter transform, the three tile transforms (four tiles at a time) and the
+//! weight gradient's way back from the transformed domain.
 //!
 //! Each transform walks one channel's tiles in their order in the transformed arrays (tile
 //! `s * th * tw + ty * tw + tx` of the samples in a group) four at a time: a group of four may
@@ -11,39 +13,64 @@
 //! The arithmetic is the per-tile definition's, in the same order, so results are bit for bit
 //! those of the one-tile-at-a-time transforms kept below as the tests' reference.
 
-use super::tiles;
+use super::planes::{
+    group_of_four, load_lanes, place_channel, store_lanes, take_channel, tile_corners,
+};
+use super::{plane_stride, tiles};
 use crate::kernels::conv2d::Conv2dGeometry;
 use crate::kernels::lanes::{F4, transpose};
 
-/// Offsets of every tile's top-left corner in planes of `rows x cols` floats laid end to end,
-/// one plane per sample, two floats between neighbouring tiles' corners along each axis.
-fn tile_corners(n: usize, [th, tw]: [usize; 2], [rows, cols]: [usize; 2]) -> Vec<usize> {
-    let mut corners = Vec::with_capacity(n * th * tw);
-    for s in 0..n {
-        for ty in 0..th {
-            for tx in 0..tw {
-                corners.push(s * rows * cols + 2 * ty * cols + 2 * tx);
+/// `U = G g G^T` of every filter, laid out `[16][c_out][c_in]`.
+pub(super) fn filter_transform(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = plane_stride(c_out * c_in);
+    let mut u = vec![0.0f32; 16 * plane];
+    for (f, g) in weight.chunks_exact(9).enumerate() {
+        // Rows: G g (4x3).
+        let mut t = [[0.0f32; 3]; 4];
+        for j in 0..3 {
+            let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+            t[0][j] = g0;
+            t[1][j] = 0.5 * (g0 + g1 + g2);
+            t[2][j] = 0.5 * (g0 - g1 + g2);
+            t[3][j] = g2;
+        }
+        // Columns: (G g) G^T (4x4).
+        for (i, row) in t.iter().enumerate() {
+            let (a, b, c) = (row[0], row[1], row[2]);
+            let out = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+            for (j, v) in out.into_iter().enumerate() {
+                u[(i * 4 + j) * plane + f] = v;
             }
         }
     }
-    corners
+    u
 }
 
-/// The four lanes of a group of up to four tiles: the group's own, or, for the last group of a
-/// plane, the tiles it has and copies of its last (their results are dropped).
-fn group_of_four(chunk: &[usize]) -> [usize; 4] {
-    let last = chunk.len() - 1;
-    [
-        chunk[0],
-        chunk[1.min(last)],
-        chunk[2.min(last)],
-        chunk[3.min(last)],
-    ]
+/// `dW = G^T dU G` of every filter from `dU` (`[16][c_out][c_in]`), as `[c_out, c_in, 3, 3]`.
+pub(super) fn weight_from_transformed(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = plane_stride(c_out * c_in);
+    let mut dw = vec![0.0f32; c_out * c_in * 9];
+    // G^T u for a 4-vector u: G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+    let fold = |u: [f32; 4]| {
+        [
+            u[0] + 0.5 * (u[1] + u[2]),
+            0.5 * (u[1] - u[2]),
+            0.5 * (u[1] + u[2]) + u[3],
+        ]
+    };
+    for (f, out) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |i: usize, j: usize| du[(i * 4 + j) * plane + f];
+        // Columns first: each row i of dU folded to 3 values, then the rows folded.
+        let rows: [[f32; 3]; 4] = std::array::from_fn(|i| fold([0, 1, 2, 3].map(|j| at(i, j))));
+        for l in 0..3 {
+            let col = fold([rows[0][l], rows[1][l], rows[2][l], rows[3][l]]);
+            for k in 0..3 {
+                out[k * 3 + l] = col[k];
+            }
+        }
+    }
+    dw
 }
-
-// The hot loops below spell their four tiles and sixteen planes out rather than through
-// `array::map` or `array::from_fn`, whose closures the compiler left as calls (a profile put
-// 8% of PreAct-ResNet-18's time in them and their copies).
 
 /// `B^T d B` of the patch at `corner` of zero-padded planes `cols` floats wide: lane i of
 /// element j is row i, column j.
@@ -60,71 +87,18 @@ fn input_tile(padded: &[f32], corner: usize, cols: usize) -> [F4; 4] {
     [c[0] - c[2], c[1] + c[2], c[2] - c[1], c[1] - c[3]]
 }
 
-/// Stores lane `k < len` of `value` at `dst[k]`: all four at once for a full group.
-#[inline(always)]
-fn store_lanes(value: F4, dst: &mut [f32], len: usize) {
-    if len == 4 {
-        value.store(dst);
-    } else {
-        dst[..len].copy_from_slice(&value.to_array()[..len]);
-    }
-}
-
-/// `dst[..src.len()] = src`, four floats at a time: rows of 4-28 floats, too short for a call
-/// to `memmove` (what `copy_from_slice` becomes) to pay for itself.
-#[inline(always)]
-fn copy_row(dst: &mut [f32], src: &[f32]) {
-    let dst = &mut dst[..src.len()];
-    let mut k = 0;
-    while k + 4 <= src.len() {
-        F4::load(&src[k..]).store(&mut dst[k..]);
-        k += 4;
-    }
-    for (d, s) in dst[k..].iter_mut().zip(&src[k..]) {
-        *d = *s;
-    }
-}
-
-/// Copies channel `c` of every sample in `src` (`[n, channels, h, w]`, given as
-/// `[channels, c]` and `[h, w]`) into `dst`'s planes of `rows x cols`, one per sample, with its
-/// top-left value at `[top, left]`; the rest of `dst` is left as it was.
-fn place_channel(
-    (src, [channels, c], [h, w]): (&[f32], [usize; 2], [usize; 2]),
-    (dst, [rows, cols], [top, left]): (&mut [f32], [usize; 2], [usize; 2]),
-) {
-    let n = src.len() / (channels * h * w);
-    for s in 0..n {
-        let plane = &src[(s * channels + c) * h * w..][..h * w];
-        for (y, row) in plane.chunks_exact(w).enumerate() {
-            copy_row(&mut dst[s * rows * cols + (y + top) * cols + left..], row);
-        }
-    }
-}
-
-/// Loads `src[k]` into lane `k < len`, zero in the others.
-#[inline(always)]
-fn load_lanes(src: &[f32], len: usize) -> F4 {
-    if len == 4 {
-        F4::load(src)
-    } else {
-        let mut lanes = [0.0f32; 4];
-        lanes[..len].copy_from_slice(&src[..len]);
-        F4::load(&lanes)
-    }
-}
-
 /// `V = B^T d B` of every 4x4 patch under the tiles of the samples in `x`, laid out
 /// `[16][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
 /// zero. Plane `ξ` starts at `ξ * plane`.
 pub(super) fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
-    let [th, tw] = tiles(g);
+    let [th, tw] = tiles(g, 2);
     let n = x.len() / (g.c_in * g.h * g.w);
     let t_all = n * th * tw;
     // The patches of the last tile row and column end at 2 th + 1 and 2 tw + 1; the input sits
     // at (padding, padding), and the zeros around it are never overwritten.
     let (rows, cols) = (2 * th + 2, 2 * tw + 2);
     let mut padded = vec![0.0f32; n * rows * cols];
-    let corners = tile_corners(n, [th, tw], [rows, cols]);
+    let corners = tile_corners(n, [th, tw], [rows, cols], 2);
     for ci in 0..g.c_in {
         place_channel(
             (x, [g.c_in, ci], [g.h, g.w]),
@@ -159,14 +133,14 @@ pub(super) fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plan
 /// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output. Plane `ξ` of `m` starts
 /// at `ξ * plane`.
 pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize) {
-    let [th, tw] = tiles(g);
+    let [th, tw] = tiles(g, 2);
     let n = out.len() / (g.c_out * g.oh * g.ow);
     let t_all = n * th * tw;
     // Whole tiles first (an odd side computes one row or column past the output), then the
     // output's part of them.
     let (rows, cols) = (2 * th, 2 * tw);
     let mut whole = vec![0.0f32; n * rows * cols];
-    let corners = tile_corners(n, [th, tw], [rows, cols]);
+    let corners = tile_corners(n, [th, tw], [rows, cols], 2);
     for co in 0..g.c_out {
         for (group, chunk) in corners.chunks(4).enumerate() {
             let base = co * t_all + 4 * group;
@@ -191,12 +165,7 @@ pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], p
                 whole[corner + cols..corner + cols + 2].copy_from_slice(&tile[2..]);
             }
         }
-        for s in 0..n {
-            let plane_out = &mut out[(s * g.c_out + co) * g.oh * g.ow..][..g.oh * g.ow];
-            for (y, row) in plane_out.chunks_exact_mut(g.ow).enumerate() {
-                copy_row(row, &whole[s * rows * cols + y * cols..][..g.ow]);
-            }
-        }
+        take_channel((&whole, [rows, cols]), (out, [g.c_out, co], [g.oh, g.ow]));
     }
 }
 
@@ -204,13 +173,13 @@ pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], p
 /// out `[16][c_out][tiles]` with plane `ξ` at `ξ * plane`; positions past the output's edge
 /// have no gradient.
 pub(super) fn gradient_transform(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32], plane: usize) {
-    let [th, tw] = tiles(g);
+    let [th, tw] = tiles(g, 2);
     let n = dout.len() / (g.c_out * g.oh * g.ow);
     let t_all = n * th * tw;
     // Whole-tile planes whose positions past the output stay zero.
     let (rows, cols) = (2 * th, 2 * tw);
     let mut whole = vec![0.0f32; n * rows * cols];
-    let corners = tile_corners(n, [th, tw], [rows, cols]);
+    let corners = tile_corners(n, [th, tw], [rows, cols], 2);
     // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
     let lift = |a: F4, b: F4| [a, a + b, a - b, -b];
     for co in 0..g.c_out {
@@ -257,7 +226,7 @@ mod tests {
         /// `[16][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
         /// zero. Plane `ξ` starts at `ξ * plane`.
         pub fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
-            let [th, tw] = tiles(g);
+            let [th, tw] = tiles(g, 2);
             let n = x.len() / (g.c_in * g.h * g.w);
             let t_all = n * th * tw;
             let (ph, pw) = (g.padding[0] as isize, g.padding[1] as isize);
@@ -323,7 +292,7 @@ mod tests {
         /// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output. Plane `ξ` of `m` starts
         /// at `ξ * plane`.
         pub fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize) {
-            let [th, tw] = tiles(g);
+            let [th, tw] = tiles(g, 2);
             let n = out.len() / (g.c_out * g.oh * g.ow);
             let t_all = n * th * tw;
             for s in 0..n {
@@ -365,7 +334,7 @@ mod tests {
         /// out `[16][c_out][tiles]` with plane `ξ` at `ξ * plane`; positions past the output's edge
         /// have no gradient.
         pub fn gradient_transform(g: &Conv2dGeometry, dout: &[f32], dm: &mut [f32], plane: usize) {
-            let [th, tw] = tiles(g);
+            let [th, tw] = tiles(g, 2);
             let n = dout.len() / (g.c_out * g.oh * g.ow);
             let t_all = n * th * tw;
             // A = [1 0; 1 1; 1 -1; 0 -1] applied to a pair.
@@ -420,7 +389,7 @@ mod tests {
         ] {
             let g = Conv2dGeometry::new([batch, c_in, h, w], [c_out, c_in, 3, 3], [1, 1], [pad; 2])
                 .unwrap();
-            let [th, tw] = tiles(&g);
+            let [th, tw] = tiles(&g, 2);
             let t_all = batch * th * tw;
             let x = pseudo_random(batch * c_in * h * w, 5);
             let dout = pseudo_random(batch * c_out * g.oh * g.ow, 6);

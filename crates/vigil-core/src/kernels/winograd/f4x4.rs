@@ -1,0 +1,182 @@
+//! Winograd's F(4x4, 3x3): 4x4 output tiles from 6x6 input patches, 36 multiplications per 16
+//! outputs, 4x fewer than im2col's 144 (F(2x2, 3x3) saves 2.25x). The filter transform and the
+//! input and output transforms of the forward pass (which the input gradient is too).
+//!
+//! With the interpolation points 0, 1, -1, 2, -2 and infinity (Lavin and Gray 2016):
+//!
+//! ```text
+//! B^T = [4  0 -5  0 1 0;       G = [ 1/4     0     0;     A^T = [1 1  1 1  1 0;
+//!        0 -4 -4  1 1 0;            -1/6  -1/6  -1/6;             0 1 -1 2 -2 0;
+//!        0  4 -4 -1 1 0;            -1/6   1/6  -1/6;             0 1  1 4  4 0;
+//!        0 -2 -1  2 1 0;            1/24  1/12   1/6;             0 1 -1 8 -8 1]
+//!        0  2 -1 -2 1 0;            1/24 -1/12   1/6;
+//!        0  4  0 -5 0 1]               0     0     1]
+//! ```
+//!
+//! The larger constants cost precision in float32: relative errors of a few 1e-6 where
+//! F(2x2, 3x3) has about 1e-6 (the tests bound both against the definition in f64). The
+//! lanes are four consecutive tiles, as in [`super::f2x2`]; a tile's six-value rows are two
+//! overlapping four-value loads, transposed so that each lane holds one tile.
+
+use super::planes::tile_corners;
+use super::planes::{group_of_four, load_lanes, place_channel, store_lanes, take_channel};
+use super::{plane_stride, tiles};
+use crate::kernels::conv2d::Conv2dGeometry;
+use crate::kernels::lanes::{F4, transpose};
+
+/// `G u` for a filter row or column `u` (3 values), in f64.
+fn filter_lift([g0, g1, g2]: [f64; 3]) -> [f64; 6] {
+    [
+        g0 / 4.0,
+        -(g0 + g1 + g2) / 6.0,
+        -(g0 - g1 + g2) / 6.0,
+        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        g2,
+    ]
+}
+
+/// `U = G g G^T` of every filter, laid out `[36][c_out][c_in]`; computed in f64 and rounded
+/// once (the thirds and sixths of `G` are not exact in binary).
+pub(super) fn filter_transform(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let plane = plane_stride(c_out * c_in);
+    let mut u = vec![0.0f32; 36 * plane];
+    for (f, g) in weight.chunks_exact(9).enumerate() {
+        let g = |k: usize| f64::from(g[k]);
+        // Columns of G g (6x3), one per filter column j.
+        let cols = [0, 1, 2].map(|j| filter_lift([g(j), g(3 + j), g(6 + j)]));
+        for i in 0..6 {
+            let row = filter_lift([cols[0][i], cols[1][i], cols[2][i]]);
+            for (j, v) in row.into_iter().enumerate() {
+                u[(i * 6 + j) * plane + f] = v as f32;
+            }
+        }
+    }
+    u
+}
+
+/// `B^T d` of six values.
+#[inline(always)]
+fn input_lift([d0, d1, d2, d3, d4, d5]: [F4; 6]) -> [F4; 6] {
+    let (a, b) = (d4 - d2.scale(4.0), d3 - d1.scale(4.0));
+    let (c, e) = (d4 - d2, (d3 - d1).scale(2.0));
+    [
+        d0.scale(4.0) - d2.scale(5.0) + d4,
+        a + b,
+        a - b,
+        c + e,
+        c - e,
+        d1.scale(4.0) - d3.scale(5.0) + d5,
+    ]
+}
+
+/// `A^T m` of six values.
+#[inline(always)]
+fn output_fold([m0, m1, m2, m3, m4, m5]: [F4; 6]) -> [F4; 4] {
+    let (a, b) = (m1 + m2, m1 - m2);
+    let (c, d) = (m3 + m4, m3 - m4);
+    [
+        m0 + a + c,
+        b + d.scale(2.0),
+        a + c.scale(4.0),
+        b + d.scale(8.0) + m5,
+    ]
+}
+
+/// Row `r` (six values) of the patches at four corners of zero-padded planes `cols` floats
+/// wide, lane k holding tile k: two overlapping four-value loads per tile, transposed.
+#[inline(always)]
+fn patch_row([a, b, c, d]: [usize; 4], padded: &[f32], at: usize) -> [F4; 6] {
+    let load = |corner: usize, offset: usize| F4::load(&padded[corner + at + offset..]);
+    let low = transpose([load(a, 0), load(b, 0), load(c, 0), load(d, 0)]);
+    let high = transpose([load(a, 2), load(b, 2), load(c, 2), load(d, 2)]);
+    [low[0], low[1], low[2], low[3], high[2], high[3]]
+}
+
+/// `V = B^T d B` of every 6x6 patch under the tiles of the samples in `x`, laid out
+/// `[36][c_in][tiles]` (tile `s * th * tw + ty * tw + tx`); positions outside the input read
+/// zero. Plane `ξ` starts at `ξ * plane`.
+pub(super) fn input_transform(g: &Conv2dGeometry, x: &[f32], v: &mut [f32], plane: usize) {
+    let [th, tw] = tiles(g, 4);
+    let n = x.len() / (g.c_in * g.h * g.w);
+    let t_all = n * th * tw;
+    // The patches of the last tile row and column end at 4 th + 1 and 4 tw + 1; the input sits
+    // at (padding, padding), and the zeros around it are never overwritten.
+    let (rows, cols) = (4 * th + 2, 4 * tw + 2);
+    let mut padded = vec![0.0f32; n * rows * cols];
+    let corners = tile_corners(n, [th, tw], [rows, cols], 4);
+    for ci in 0..g.c_in {
+        place_channel(
+            (x, [g.c_in, ci], [g.h, g.w]),
+            (&mut padded, [rows, cols], g.padding),
+        );
+        for (group, chunk) in corners.chunks(4).enumerate() {
+            let four = group_of_four(chunk);
+            // Columns: B^T d; `t[i][c]` is row i, column c of B^T d, lanes are tiles.
+            let mut d = [[F4::zero(); 6]; 6];
+            for (r, row) in d.iter_mut().enumerate() {
+                *row = patch_row(four, &padded, r * cols);
+            }
+            let mut t = [[F4::zero(); 6]; 6];
+            for c in 0..6 {
+                let column = input_lift([d[0][c], d[1][c], d[2][c], d[3][c], d[4][c], d[5][c]]);
+                for (i, value) in column.into_iter().enumerate() {
+                    t[i][c] = value;
+                }
+            }
+            // Rows: (B^T d) B, each value one store into its plane.
+            let base = ci * t_all + 4 * group;
+            for (i, row) in t.into_iter().enumerate() {
+                for (j, value) in input_lift(row).into_iter().enumerate() {
+                    store_lanes(value, &mut v[(i * 6 + j) * plane + base..], chunk.len());
+                }
+            }
+        }
+    }
+}
+
+/// `Y = A^T m A` of every tile in `m` (`[36][c_out][tiles]`), written into the samples'
+/// output planes `out` (`[n, c_out, oh, ow]`), clipped to the output. Plane `ξ` of `m` starts
+/// at `ξ * plane`.
+pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], plane: usize) {
+    let [th, tw] = tiles(g, 4);
+    let n = out.len() / (g.c_out * g.oh * g.ow);
+    let t_all = n * th * tw;
+    let (rows, cols) = (4 * th, 4 * tw);
+    let mut whole = vec![0.0f32; n * rows * cols];
+    let corners = tile_corners(n, [th, tw], [rows, cols], 4);
+    for co in 0..g.c_out {
+        for (group, chunk) in corners.chunks(4).enumerate() {
+            let base = co * t_all + 4 * group;
+            let at = |xi: usize| load_lanes(&m[xi * plane + base..], chunk.len());
+            // Rows: A^T m (4x6), column by column.
+            let mut t = [[F4::zero(); 6]; 4];
+            #[expect(
+                clippy::needless_range_loop,
+                reason = "j picks six planes of `m` as well as a column of `t`"
+            )]
+            for j in 0..6 {
+                let folded = output_fold([
+                    at(j),
+                    at(6 + j),
+                    at(12 + j),
+                    at(18 + j),
+                    at(24 + j),
+                    at(30 + j),
+                ]);
+                for (k, value) in folded.into_iter().enumerate() {
+                    t[k][j] = value;
+                }
+            }
+            // Columns: (A^T m) A, then each output row back from lanes to tiles.
+            for (k, row) in t.into_iter().enumerate() {
+                let y = output_fold(row);
+                let per_tile = transpose(y);
+                for (corner, tile) in chunk.iter().zip(per_tile) {
+                    tile.store(&mut whole[corner + k * cols..]);
+                }
+            }
+        }
+        take_channel((&whole, [rows, cols]), (out, [g.c_out, co], [g.oh, g.ow]));
+    }
+}
