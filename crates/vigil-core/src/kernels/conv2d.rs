@@ -220,13 +220,14 @@ fn col2im_add_at(g: &Conv2dGeometry, col: &[f32], dx: &mut [f32], ld: usize, off
     }
 }
 
-/// Row-major matrix operand for [`matmul`]: data, rows, columns, and whether it is read
-/// transposed (then `rows x cols` is the shape after transposition).
+/// Row-major matrix operand for [`matmul`]: data, rows, columns, the distance between rows,
+/// and whether it is read transposed (then `rows x cols` is the shape after transposition).
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
+    row_stride: usize,
     transposed: bool,
 }
 
@@ -237,6 +238,23 @@ impl<'a> Mat<'a> {
             data,
             rows,
             cols,
+            row_stride: cols,
+            transposed: false,
+        }
+    }
+
+    /// A `rows x cols` matrix whose row `r` is `data[r * row_stride..][..cols]`.
+    pub(crate) fn rows_apart(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(cols <= row_stride, "Mat: rows overlap");
+        assert!(
+            data.len() >= rows.saturating_sub(1) * row_stride + cols,
+            "Mat: data length"
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
             transposed: false,
         }
     }
@@ -248,6 +266,7 @@ impl<'a> Mat<'a> {
             data,
             rows: cols,
             cols: rows,
+            row_stride: cols,
             transposed: true,
         }
     }
@@ -257,7 +276,7 @@ impl<'a> Mat<'a> {
         if self.transposed {
             (self.rows as isize, 1)
         } else {
-            (1, self.cols as isize)
+            (1, self.row_stride as isize)
         }
     }
 }
@@ -278,8 +297,9 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
     assert_eq!(dst.len(), a.rows * b.cols, "matmul: output size");
     let (a_cs, a_rs) = a.strides();
     let (b_cs, b_rs) = b.strides();
-    // SAFETY: the pointers and strides describe exactly the slices checked above (a: rows x
-    // cols read through its strides, b likewise, dst row-major a.rows x b.cols); gemm reads
+    // SAFETY: the pointers and strides stay within the slices checked above and in `Mat`'s
+    // constructors (a: rows x cols read through its strides, b likewise, dst row-major
+    // a.rows x b.cols); gemm reads
     // `dst` only when `accumulate` is set.
     unsafe {
         gemm::gemm(

@@ -20,39 +20,70 @@
 
 use super::planes::tile_corners;
 use super::planes::{group_of_four, load_lanes, place_channel, store_lanes, take_channel};
-use super::{plane_stride, tiles};
-use crate::kernels::conv2d::Conv2dGeometry;
+use rayon::prelude::*;
+
+use super::tiles;
+use crate::kernels::conv2d::{Conv2dGeometry, Mat};
 use crate::kernels::lanes::{F4, transpose};
 
 /// `G u` for a filter row or column `u` (3 values), in f64.
-fn filter_lift([g0, g1, g2]: [f64; 3]) -> [f64; 6] {
+#[inline(always)]
+fn filter_lift(g0: f64, g1: f64, g2: f64) -> [f64; 6] {
+    const SIXTH: f64 = 1.0 / 6.0;
     [
-        g0 / 4.0,
-        -(g0 + g1 + g2) / 6.0,
-        -(g0 - g1 + g2) / 6.0,
-        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        0.25 * g0,
+        -SIXTH * (g0 + g1 + g2),
+        -SIXTH * (g0 - g1 + g2),
+        (0.25 * g0 + 0.5 * g1 + g2) * SIXTH,
+        (0.25 * g0 - 0.5 * g1 + g2) * SIXTH,
         g2,
     ]
 }
 
-/// `U = G g G^T` of every filter, laid out `[36][c_out][c_in]`; computed in f64 and rounded
-/// once (the thirds and sixths of `G` are not exact in binary).
-pub(super) fn filter_transform(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let plane = plane_stride(c_out * c_in);
-    let mut u = vec![0.0f32; 36 * plane];
-    for (f, g) in weight.chunks_exact(9).enumerate() {
-        let g = |k: usize| f64::from(g[k]);
-        // Columns of G g (6x3), one per filter column j.
-        let cols = [0, 1, 2].map(|j| filter_lift([g(j), g(3 + j), g(6 + j)]));
-        for i in 0..6 {
-            let row = filter_lift([cols[0][i], cols[1][i], cols[2][i]]);
-            for (j, v) in row.into_iter().enumerate() {
-                u[(i * 6 + j) * plane + f] = v as f32;
-            }
+/// `G g G^T` of one 3x3 filter, row-major 6x6; in f64, rounded once (the sixths of `G` are not
+/// exact in binary).
+#[inline(always)]
+fn transform_filter(g: &[f32]) -> [f32; 36] {
+    let g = |k: usize| f64::from(g[k]);
+    // Columns of G g (6x3), one per filter column.
+    let c0 = filter_lift(g(0), g(3), g(6));
+    let c1 = filter_lift(g(1), g(4), g(7));
+    let c2 = filter_lift(g(2), g(5), g(8));
+    let mut out = [0.0f32; 36];
+    for (i, row) in out.chunks_exact_mut(6).enumerate() {
+        for (value, lifted) in row.iter_mut().zip(filter_lift(c0[i], c1[i], c2[i])) {
+            *value = lifted as f32;
         }
     }
+    out
+}
+
+/// `U = G g G^T` of every filter, laid out `[c_out][36][c_in]`: output channel `co`'s
+/// transformed filters at position `ξ` are the row `(co * 36 + ξ) * c_in`, so `U[ξ]` is a
+/// `[c_out, c_in]` matrix with rows `36 c_in` apart ([`filters_at`]). Unlike F(2x2, 3x3)'s
+/// `[16][c_out][c_in]` planes, each output channel's values are written close together, in
+/// parallel over output channels: written plane by plane, 36 planes 1 MB apart, the transform
+/// of a 512-channel layer's filters cost more than its gemms.
+pub(super) fn filter_transform(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut u = vec![0.0f32; c_out * 36 * c_in];
+    if c_in == 0 {
+        return u;
+    }
+    u.par_chunks_mut(36 * c_in)
+        .zip(weight.par_chunks(9 * c_in))
+        .for_each(|(rows, filters)| {
+            for (ci, g) in filters.chunks_exact(9).enumerate() {
+                for (xi, value) in transform_filter(g).into_iter().enumerate() {
+                    rows[xi * c_in + ci] = value;
+                }
+            }
+        });
     u
+}
+
+/// `U[ξ]` of [`filter_transform`]'s output, `[c_out, c_in]`.
+pub(super) fn filters_at(u: &[f32], xi: usize, c_out: usize, c_in: usize) -> Mat<'_> {
+    Mat::rows_apart(&u[xi * c_in..], c_out, c_in, 36 * c_in)
 }
 
 /// `B^T d` of six values.

@@ -27,7 +27,7 @@ mod planes;
 
 use rayon::prelude::*;
 
-use super::conv2d::{Conv2dGeometry, Mat, matmul, sum_over_batch};
+use super::conv2d::{Conv2dGeometry, Mat, matmul, matmul_threaded, sum_over_batch};
 use super::scratch::scratch;
 
 /// Winograd's two tile sizes.
@@ -71,18 +71,30 @@ impl Variant {
             Variant::F4x4 => f4x4::filter_transform(weight, c_out, c_in),
         }
     }
+
+    /// The transformed filters `U[ξ]` (`[c_out, c_in]`) in [`Variant::filter_transform`]'s
+    /// output `u`.
+    fn filters_at(self, u: &[f32], xi: usize, c_out: usize, c_in: usize) -> Mat<'_> {
+        match self {
+            Variant::F2x2 => {
+                let plane = plane_stride(c_out * c_in);
+                Mat::new(&u[xi * plane..][..c_out * c_in], c_out, c_in)
+            }
+            Variant::F4x4 => f4x4::filters_at(u, xi, c_out, c_in),
+        }
+    }
 }
 
 /// See [`Variant::gemm_tiles`]. Measured on PreAct-ResNet-18's 64 x 32x32 and 128 x 16x16
 /// layers: 32 and 64 tiles within noise of each other, 128 a little and 256 clearly slower.
 const F4X4_GEMM_TILES: usize = 64;
 
-/// 4x4 tiles per sample below which F(2x2, 3x3) runs instead. On the deep layers (8x8 and 4x4
-/// outputs: 4 and 1 tiles per sample) F(4x4, 3x3)'s 36 filter planes, 2.25x F(2x2, 3x3)'s, are
-/// read for few tiles each and its filter transform outweighs the flops saved: measured
-/// 0.7-1.0x F(2x2, 3x3) at 8x8 and 0.3x at 4x4; 1.3x at 16x16 and 32x32
-/// (`examples/conv_kernels.rs`).
-const F4X4_MIN_TILES: usize = 16;
+/// 4x4 tiles per sample below which F(2x2, 3x3) runs instead. On the deepest layers' 4x4
+/// outputs (one tile per sample) F(4x4, 3x3)'s 36 gemms have one column per sample and measured
+/// 0.4-0.6x F(2x2, 3x3)'s 16 of four columns per sample; from four tiles per sample (8x8 and 7x7
+/// outputs) up it measured 1.1-1.4x (`examples/conv_kernels.rs`,
+/// `results/bench-kernels-2026-12-06-f4x4/`).
+const F4X4_MIN_TILES: usize = 4;
 
 /// Input channels below which the direct kernel wins: with few channels the gemms are too
 /// thin (inner size `c_in`) to make up for the transforms.
@@ -188,18 +200,20 @@ pub fn forward_with(variant: Variant, g: &Conv2dGeometry, x: &[f32], weight: &[f
     forward_transformed(variant, g, x, &u)
 }
 
-/// The forward pass with the filters already transformed (`[positions][c_out][c_in]`).
+/// The forward pass with the filters already transformed ([`Variant::filter_transform`]).
 fn forward_transformed(variant: Variant, g: &Conv2dGeometry, x: &[f32], u: &[f32]) -> Vec<f32> {
     let (input_len, output_len) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
     assert_eq!(x.len(), g.batch * input_len);
     let positions = variant.positions();
-    let u_plane = plane_stride(g.c_out * g.c_in);
-    assert_eq!(u.len(), positions * u_plane);
     let mut out = vec![0.0f32; g.batch * output_len];
     let group = group_size(g, variant);
     let [th, tw] = tiles(g, variant.tile());
     let t_max = group * th * tw;
     let (v_plane, m_plane) = (plane_stride(g.c_in * t_max), plane_stride(g.c_out * t_max));
+    // A batch that makes one group (the deepest layers: one 4x4 tile per sample) would run on
+    // one thread: its gemms take every thread instead. Each output is still computed by one
+    // thread in one order, so results do not depend on the thread count.
+    let one_group = group >= g.batch;
     out.par_chunks_mut(group * output_len)
         .zip(x.par_chunks(group * input_len))
         .for_each_init(
@@ -211,12 +225,16 @@ fn forward_transformed(variant: Variant, g: &Conv2dGeometry, x: &[f32], u: &[f32
                     Variant::F4x4 => f4x4::input_transform(g, x, v, v_plane),
                 }
                 for xi in 0..positions {
-                    matmul(
+                    let (dst, filters, patches) = (
                         &mut m[xi * m_plane..][..g.c_out * t],
-                        Mat::new(&u[xi * u_plane..][..g.c_out * g.c_in], g.c_out, g.c_in),
+                        variant.filters_at(u, xi, g.c_out, g.c_in),
                         Mat::new(&v[xi * v_plane..][..g.c_in * t], g.c_in, t),
-                        false,
                     );
+                    if one_group {
+                        matmul_threaded(dst, filters, patches);
+                    } else {
+                        matmul(dst, filters, patches, false);
+                    }
                 }
                 match variant {
                     Variant::F2x2 => f2x2::output_transform(g, m, out, m_plane),
@@ -407,13 +425,15 @@ mod tests {
         assert!(!applies(&odd(5, 0)));
         assert!(!applies(&odd(5, 1)));
         assert!(applies(&odd(29, 1)));
-        // 4x4 tiles where they waste at most a quarter (14x14 in 16x16: 23%; not 17x17 in
-        // 20x20: 28%) and a sample's output holds 16 of them or more (not 8x8's 4 or 7x7's).
+        // 4x4 tiles where they waste at most a quarter (14x14 in 16x16 and 7x7 in 8x8: 23%;
+        // not 17x17 in 20x20: 28%, or 6x6 in 8x8) and a sample's output holds 4 of them or more
+        // (not a 4x4 output's one).
         assert_eq!(variant(&odd(16, 1)), Variant::F4x4);
         assert_eq!(variant(&odd(14, 1)), Variant::F4x4);
-        assert_eq!(variant(&odd(28, 1)), Variant::F4x4);
+        assert_eq!(variant(&odd(8, 1)), Variant::F4x4);
+        assert_eq!(variant(&odd(7, 1)), Variant::F4x4);
         assert_eq!(variant(&odd(17, 1)), Variant::F2x2);
-        assert_eq!(variant(&odd(8, 1)), Variant::F2x2);
-        assert_eq!(variant(&odd(7, 1)), Variant::F2x2);
+        assert_eq!(variant(&odd(6, 1)), Variant::F2x2);
+        assert_eq!(variant(&odd(4, 1)), Variant::F2x2);
     }
 }
