@@ -13,8 +13,9 @@
 //!        0  4  0 -5 0 1]               0     0     1]
 //! ```
 //!
-//! The larger constants cost precision in float32: relative errors of a few 1e-6 where
-//! F(2x2, 3x3) has about 1e-6 (the tests bound both against the definition in f64). The
+//! The larger constants cost precision in float32: relative errors of 0.5-5e-6 on the tests'
+//! shapes where F(2x2, 3x3) has 0.1-0.4e-6 (the tests bound both against the definition in
+//! f64). The
 //! lanes are four consecutive tiles, as in [`super::f2x2`]; a tile's six-value rows are two
 //! overlapping four-value loads, transposed so that each lane holds one tile.
 

@@ -372,8 +372,9 @@ mod tests {
 
     #[test]
     fn all_three_passes_equal_the_definition_on_odd_shapes() {
-        // Odd and even planes, paddings 0-2, one sample and groups of several (4x4 outputs
-        // group 8 samples), channel counts not multiples of the gemm's tiles.
+        // Odd and even planes, paddings 0-2, one sample and groups of several (the 4x4
+        // outputs' batch of 10 is a single group, whose gemms take every thread), channel
+        // counts not multiples of the gemm's tiles.
         for (batch, c_in, c_out, h, w, pad) in [
             (2, 16, 17, 7, 5, 1),
             (3, 19, 16, 8, 8, 0),
