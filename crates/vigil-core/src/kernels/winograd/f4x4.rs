@@ -15,14 +15,14 @@
 //!
 //! The larger constants cost precision in float32: relative errors of 0.5-5e-6 on the tests'
 //! shapes where F(2x2, 3x3) has 0.1-0.4e-6 (the tests bound both against the definition in
-//! f64). The
-//! lanes are four consecutive tiles, as in [`super::f2x2`]; a tile's six-value rows are two
-//! overlapping four-value loads, transposed so that each lane holds one tile.
+//! f64). The lanes are four consecutive tiles, as in [`super::f2x2`]; a tile's six-value rows
+//! are two overlapping four-value loads, transposed so that each lane holds one tile.
 
-use super::planes::tile_corners;
-use super::planes::{group_of_four, load_lanes, place_channel, store_lanes, take_channel};
 use rayon::prelude::*;
 
+use super::planes::{
+    group_of_four, load_lanes, place_channel, store_lanes, take_channel, tile_corners,
+};
 use super::tiles;
 use crate::kernels::conv2d::{Conv2dGeometry, Mat};
 use crate::kernels::lanes::{F4, transpose};
