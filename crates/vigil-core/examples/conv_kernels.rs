@@ -2,8 +2,8 @@
 //! (width 64; the first convolution of each stage at its stride-1 shape), forward and both
 //! backward passes, one gemm per sample against several samples per gemm
 //! ([`conv2d::group_size`]) and against Winograd's F(2x2, 3x3) and F(4x4, 3x3) ([`winograd`],
-//! what the layers run). Winograd's rate is the direct convolution's flops over its time (effective GFLOP/s).
-//! A kernel benchmark, not a test: run it on an idle machine.
+//! what the layers run). Winograd's rate is the direct convolution's flops over its time
+//! (effective GFLOP/s). A kernel benchmark, not a test: run it on an idle machine.
 //!
 //!     cargo run --release -p vigil-core --example conv_kernels -- [HW] [BATCH] [REPS]
 //!

@@ -299,8 +299,7 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, parallelism: P
     let (b_cs, b_rs) = b.strides();
     // SAFETY: the pointers and strides stay within the slices checked above and in `Mat`'s
     // constructors (a: rows x cols read through its strides, b likewise, dst row-major
-    // a.rows x b.cols); gemm reads
-    // `dst` only when `accumulate` is set.
+    // a.rows x b.cols); gemm reads `dst` only when `accumulate` is set.
     unsafe {
         gemm::gemm(
             a.rows,
