@@ -14,8 +14,9 @@ use std::ops::{Add, Neg, Sub};
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::{
-        __m128, _mm_add_ps, _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_mul_ps, _mm_set1_ps,
-        _mm_setzero_ps, _mm_storeu_ps, _mm_sub_ps, _mm_unpackhi_ps, _mm_unpacklo_ps, _mm_xor_ps,
+        __m128, _mm_add_ps, _mm_and_ps, _mm_andnot_ps, _mm_cmpge_ps, _mm_cmpunord_ps, _mm_loadu_ps,
+        _mm_movehl_ps, _mm_movelh_ps, _mm_mul_ps, _mm_or_ps, _mm_set1_ps, _mm_setzero_ps,
+        _mm_shuffle_ps, _mm_storeu_ps, _mm_sub_ps, _mm_unpackhi_ps, _mm_unpacklo_ps, _mm_xor_ps,
     };
 
     /// Four lanes in one SSE register.
@@ -68,6 +69,65 @@ mod imp {
         #[inline(always)]
         pub fn scale(self, c: f32) -> Self {
             Self(unsafe { _mm_mul_ps(self.0, _mm_set1_ps(c)) })
+        }
+
+        /// Per lane, all bits set where `self` wins against `o` under the first-maximum rule
+        /// (`self >= o`, or `self` is NaN), all clear elsewhere: a mask for [`F4::select`].
+        #[inline(always)]
+        pub fn keeps_first(self, o: Self) -> Self {
+            // SAFETY: SSE, as in `zero`. `cmpunord(x, x)` is true exactly where `x` is NaN.
+            Self(unsafe { _mm_or_ps(_mm_cmpge_ps(self.0, o.0), _mm_cmpunord_ps(self.0, self.0)) })
+        }
+
+        /// Per lane, `if_set` where the mask `self` is set and `if_clear` where it is clear;
+        /// `self` must hold all-set or all-clear lanes (from [`F4::keeps_first`]).
+        #[inline(always)]
+        pub fn select(self, if_set: Self, if_clear: Self) -> Self {
+            // SAFETY: SSE, as in `zero` (SSE4.1's blend is not in the baseline).
+            Self(unsafe {
+                _mm_or_ps(
+                    _mm_and_ps(self.0, if_set.0),
+                    _mm_andnot_ps(self.0, if_clear.0),
+                )
+            })
+        }
+
+        /// The bits of `self` and `o` (masks combine with it; a mask and values keep the values
+        /// where the mask is set and give `+0.0` elsewhere).
+        #[inline(always)]
+        pub fn and(self, o: Self) -> Self {
+            Self(unsafe { _mm_and_ps(self.0, o.0) })
+        }
+
+        /// The bits of `o` where `self` is clear: `!self & o`.
+        #[inline(always)]
+        pub fn and_not(self, o: Self) -> Self {
+            Self(unsafe { _mm_andnot_ps(self.0, o.0) })
+        }
+
+        /// Eight consecutive values, `a` then `b`, split into their even and odd positions.
+        #[inline(always)]
+        pub fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+            // SAFETY: SSE, as in `zero`. Selector 0b10_00_10_00 takes lanes 0 and 2 of each
+            // operand, 0b11_01_11_01 lanes 1 and 3.
+            unsafe {
+                (
+                    Self(_mm_shuffle_ps::<0b10_00_10_00>(a.0, b.0)),
+                    Self(_mm_shuffle_ps::<0b11_01_11_01>(a.0, b.0)),
+                )
+            }
+        }
+
+        /// The inverse of [`F4::deinterleave`]: `even` and `odd` woven into eight values.
+        #[inline(always)]
+        pub fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            // SAFETY: SSE, as in `zero`.
+            unsafe {
+                (
+                    Self(_mm_unpacklo_ps(even.0, odd.0)),
+                    Self(_mm_unpackhi_ps(even.0, odd.0)),
+                )
+            }
         }
     }
 
@@ -130,6 +190,54 @@ mod imp {
         #[inline(always)]
         pub fn scale(self, c: f32) -> Self {
             Self(self.0.map(|v| v * c))
+        }
+
+        #[inline(always)]
+        pub fn keeps_first(self, o: Self) -> Self {
+            Self(std::array::from_fn(|k| {
+                let wins = self.0[k] >= o.0[k] || self.0[k].is_nan();
+                f32::from_bits(if wins { u32::MAX } else { 0 })
+            }))
+        }
+
+        #[inline(always)]
+        pub fn select(self, if_set: Self, if_clear: Self) -> Self {
+            Self(std::array::from_fn(|k| {
+                let m = self.0[k].to_bits();
+                f32::from_bits((m & if_set.0[k].to_bits()) | (!m & if_clear.0[k].to_bits()))
+            }))
+        }
+
+        #[inline(always)]
+        pub fn and(self, o: Self) -> Self {
+            Self(std::array::from_fn(|k| {
+                f32::from_bits(self.0[k].to_bits() & o.0[k].to_bits())
+            }))
+        }
+
+        #[inline(always)]
+        pub fn and_not(self, o: Self) -> Self {
+            Self(std::array::from_fn(|k| {
+                f32::from_bits(!self.0[k].to_bits() & o.0[k].to_bits())
+            }))
+        }
+
+        #[inline(always)]
+        pub fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+            let (a, b) = (a.0, b.0);
+            (
+                Self([a[0], a[2], b[0], b[2]]),
+                Self([a[1], a[3], b[1], b[3]]),
+            )
+        }
+
+        #[inline(always)]
+        pub fn interleave(even: Self, odd: Self) -> (Self, Self) {
+            let (e, o) = (even.0, odd.0);
+            (
+                Self([e[0], o[0], e[1], o[1]]),
+                Self([e[2], o[2], e[3], o[3]]),
+            )
         }
     }
 
@@ -203,5 +311,36 @@ mod tests {
         a.store(&mut out);
         assert_eq!(out, [1.0, -2.0, 0.0, 4.5, 9.0]);
         assert_eq!(F4::zero().to_array(), [0.0; 4]);
+    }
+
+    #[test]
+    fn masks_selects_and_weaves_follow_their_scalar_definitions() {
+        let nan = f32::NAN;
+        let x = F4::load(&[1.0, nan, 2.0, -0.0]);
+        let y = F4::load(&[1.0, 3.0, nan, 0.0]);
+        let wins = x.keeps_first(y).to_array().map(f32::to_bits);
+        // A tie keeps `x`, NaN in `x` keeps it, NaN in `y` alone beats it, `-0.0 >= 0.0`.
+        assert_eq!(wins, [u32::MAX, u32::MAX, 0, u32::MAX]);
+        let mask = x.keeps_first(y);
+        let picked = mask.select(x, y).to_array();
+        assert_eq!(picked[0], 1.0);
+        assert!(picked[1].is_nan() && picked[2].is_nan());
+        assert!(picked[3].to_bits() == (-0.0f32).to_bits());
+        let grad = F4::load(&[5.0, -6.0, 7.0, -0.0]);
+        assert_eq!(
+            mask.and(grad).to_array().map(f32::to_bits),
+            [5.0f32, -6.0, 0.0, -0.0].map(f32::to_bits)
+        );
+        assert_eq!(
+            mask.and_not(grad).to_array().map(f32::to_bits),
+            [0.0f32, 0.0, 7.0, 0.0].map(f32::to_bits)
+        );
+        let a = F4::load(&[0.0, 1.0, 2.0, 3.0]);
+        let b = F4::load(&[4.0, 5.0, 6.0, 7.0]);
+        let (even, odd) = F4::deinterleave(a, b);
+        assert_eq!(even.to_array(), [0.0, 2.0, 4.0, 6.0]);
+        assert_eq!(odd.to_array(), [1.0, 3.0, 5.0, 7.0]);
+        let (lo, hi) = F4::interleave(even, odd);
+        assert_eq!((lo.to_array(), hi.to_array()), (a.to_array(), b.to_array()));
     }
 }

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::lanes::F4;
 use super::output_size;
 
 /// Shapes of one pooling: input `[batch, channels, h, w]`, output `[batch, channels, oh, ow]`.
@@ -105,12 +106,18 @@ pub fn forward(g: &PoolGeometry, x: &[f32]) -> Vec<f32> {
             .for_each(|(out, plane)| {
                 for (line, rows) in out.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
                     let (r0, r1) = rows.split_at(g.w);
-                    for ((v, p0), p1) in line
-                        .iter_mut()
-                        .zip(r0.chunks_exact(2))
-                        .zip(r1.chunks_exact(2))
-                    {
-                        *v = PairWindow::new(p0, p1).max;
+                    if g.ow < 4 {
+                        for ((v, p0), p1) in line
+                            .iter_mut()
+                            .zip(r0.chunks_exact(2))
+                            .zip(r1.chunks_exact(2))
+                        {
+                            *v = PairWindow::new(p0, p1).max;
+                        }
+                        continue;
+                    }
+                    for ox in groups_of_four(g.ow) {
+                        PairWindows::new(r0, r1, ox).max.store(&mut line[ox..]);
                     }
                 }
             });
@@ -161,6 +168,58 @@ impl PairWindow {
     }
 }
 
+/// The output columns at which groups of four side-by-side windows start: `0, 4, 8, ...` and,
+/// when `ow` is not a multiple of four, a last group ending at `ow` that overlaps the one before
+/// (2x2 windows of stride 2 share no input, so a window done twice writes the same values).
+/// Rows of fewer than four windows take the one-window loops instead.
+fn groups_of_four(ow: usize) -> impl Iterator<Item = usize> {
+    let last = (!ow.is_multiple_of(4) && ow >= 4).then(|| ow - 4);
+    (0..ow / 4).map(|group| 4 * group).chain(last)
+}
+
+/// Four side-by-side 2x2 windows from output column `ox` of one row of windows: [`PairWindow`]
+/// on four lanes, the same comparisons in the same order, so the same maxima and winners bit
+/// for bit. `top` and `left` are lane masks.
+struct PairWindows {
+    max: F4,
+    top: F4,
+    left: F4,
+}
+
+impl PairWindows {
+    /// `r0` and `r1` are the windows' two input rows (at least `2 * (ox + 4)` values each).
+    #[inline(always)]
+    fn new(r0: &[f32], r1: &[f32], ox: usize) -> Self {
+        let at = 2 * ox;
+        let (top_l, top_r) = F4::deinterleave(F4::load(&r0[at..]), F4::load(&r0[at + 4..]));
+        let (bottom_l, bottom_r) = F4::deinterleave(F4::load(&r1[at..]), F4::load(&r1[at + 4..]));
+        let top_left = top_l.keeps_first(top_r);
+        let bottom_left = bottom_l.keeps_first(bottom_r);
+        let top_max = top_left.select(top_l, top_r);
+        let bottom_max = bottom_left.select(bottom_l, bottom_r);
+        let top = top_max.keeps_first(bottom_max);
+        Self {
+            max: top.select(top_max, bottom_max),
+            top,
+            left: top.select(top_left, bottom_left),
+        }
+    }
+
+    /// Writes the four windows' input gradients into the rows `d0` and `d1`: each window's
+    /// gradient (the first four of `grads`) at its maximum, `+0.0` at its other three places.
+    #[inline(always)]
+    fn scatter(&self, grads: &[f32], d0: &mut [f32], d1: &mut [f32], ox: usize) {
+        let grad = F4::load(grads);
+        let (top, bottom) = (self.top.and(grad), self.top.and_not(grad));
+        let at = 2 * ox;
+        for (row_grad, d) in [(top, d0), (bottom, d1)] {
+            let (lo, hi) = F4::interleave(self.left.and(row_grad), self.left.and_not(row_grad));
+            lo.store(&mut d[at..]);
+            hi.store(&mut d[at + 4..]);
+        }
+    }
+}
+
 /// The gradient with respect to the input: each output gradient goes to its window's first
 /// maximum in `x`; overlapping windows add up.
 pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
@@ -185,6 +244,12 @@ pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
                 for ((drows, rows), grads) in lines {
                     let (r0, r1) = rows.split_at(g.w);
                     let (d0, d1) = drows.split_at_mut(g.w);
+                    if g.ow >= 4 {
+                        for ox in groups_of_four(g.ow) {
+                            PairWindows::new(r0, r1, ox).scatter(&grads[ox..], d0, d1, ox);
+                        }
+                        continue;
+                    }
                     let windows = r0
                         .chunks_exact(2)
                         .zip(r1.chunks_exact(2))
@@ -246,7 +311,9 @@ mod tests {
     }
 
     /// The 2x2 loops against the general first-maximum scan (`argmax`) on ties, NaN and odd
-    /// sizes: values bit for bit, gradients exactly.
+    /// sizes: values bit for bit, gradients exactly. Rows of four or more windows take the
+    /// four-lane loops (7, 9 and 14 windows end on an overlapping group), shorter ones the
+    /// one-window loops.
     #[test]
     fn pair_windows_follow_the_general_rule() {
         let values = [
@@ -262,7 +329,16 @@ mod tests {
             0.0,
             1.0,
         ];
-        for (h, w) in [(4, 4), (5, 7), (2, 3)] {
+        for (h, w) in [
+            (4, 4),
+            (5, 7),
+            (2, 3),
+            (2, 8),
+            (6, 14),
+            (3, 19),
+            (4, 28),
+            (5, 9),
+        ] {
             let x: Vec<f32> = (0..2 * h * w)
                 .map(|i| values[(i * 7 + i / 3) % values.len()])
                 .collect();

@@ -1490,7 +1490,13 @@ mod tests {
 
     #[test]
     fn max_pooling_agrees_with_burn() {
-        for (k, s, p, size) in [(2, 2, 0, 8), (2, 2, 0, 7), (3, 2, 1, 9), (3, 1, 1, 5)] {
+        for (k, s, p, size) in [
+            (2, 2, 0, 8),
+            (2, 2, 0, 7),
+            (2, 2, 0, 20),
+            (3, 2, 1, 9),
+            (3, 1, 1, 5),
+        ] {
             let device = autodiff_device();
             let x = Tensor::<4>::random([2, 3, size, size], Distribution::Default, &device)
                 .require_grad();
@@ -1511,6 +1517,55 @@ mod tests {
         let ours = max_pool2d(x.clone(), [2, 2], [2, 2], [0, 0]);
         let theirs = burn_max_pool2d(x, MaxPoolOptions::new([2, 2]).with_stride([2, 2]));
         assert_close(ours, theirs, "inference pool");
+    }
+
+    /// The small CNN pools before its ReLUs (`models::small_cnn`): both orders give the same
+    /// values and the same input gradients bit for bit, on windows with ties, zeros of both
+    /// signs, all-negative windows and NaN.
+    #[test]
+    fn pool_then_relu_equals_relu_then_pool() {
+        use burn::tensor::activation::relu;
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            1.0,
+            f32::NAN,
+            2.5,
+            -3.0,
+            0.0,
+            2.5,
+            -0.5,
+        ];
+        let (shape, n) = ([2, 3, 6, 22], 2 * 3 * 6 * 22);
+        let data: Vec<f32> = (0..n)
+            .map(|i| values[(i * 5 + i / 7) % values.len()])
+            .collect();
+        let device = autodiff_device();
+        let run = |pool_first: bool| {
+            let x = Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &device)
+                .require_grad();
+            let y = if pool_first {
+                relu(max_pool2d(x.clone(), [2, 2], [2, 2], [0, 0]))
+            } else {
+                max_pool2d(relu(x.clone()), [2, 2], [2, 2], [0, 0])
+            };
+            let u: Vec<f32> = (0..y.dims().iter().product::<usize>())
+                .map(|i| 1.0 + i as f32)
+                .collect();
+            let u = Tensor::<4>::from_data(TensorData::new(u, y.dims()), &device);
+            let grads = (y.clone() * u).sum().backward();
+            let bits = |t: Tensor<4>| -> Vec<u32> {
+                let v = t.into_data().try_to_vec::<f32>().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            (bits(y), bits(x.grad(&grads).unwrap()))
+        };
+        let (pool_first, relu_first) = (run(true), run(false));
+        assert_eq!(pool_first.0, relu_first.0, "values");
+        assert_eq!(pool_first.1, relu_first.1, "input gradients");
+        assert!(pool_first.0.iter().any(|&b| f32::from_bits(b).is_nan()));
     }
 
     /// The fused batch normalisation against burn's `batch_norm_train` / `batch_norm` followed

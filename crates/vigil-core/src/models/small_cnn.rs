@@ -65,9 +65,12 @@ impl SmallCnn {
         &self,
         x: Tensor<4>,
     ) -> (Tensor<4>, impl Fn(Tensor<4>) -> Tensor<2> + '_) {
-        let x = pool2(relu(conv2d_layer(&self.conv1, x)));
+        // Pooling before the ReLU, not after: the two commute exactly (values, gradients and
+        // NaN; `pool_then_relu_equals_relu_then_pool`), and the ReLU then runs on a quarter
+        // of the values, forward and backward.
+        let x = relu(pool2(conv2d_layer(&self.conv1, x)));
         let rest = |last_conv: Tensor<4>| {
-            let x: Tensor<2> = pool2(relu(last_conv)).flatten(1, 3);
+            let x: Tensor<2> = relu(pool2(last_conv)).flatten(1, 3);
             relu(self.fc1.forward(x))
         };
         (conv2d_layer(&self.conv2, x), rest)
