@@ -14,6 +14,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::fill::par_chunks_filled;
 use super::output_size;
 
 /// Shapes of one convolution: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
@@ -356,29 +357,28 @@ pub fn forward_grouped(g: &Conv2dGeometry, x: &[f32], weight: &[f32], group: usi
     let group = group.clamp(1, g.batch.max(1));
     assert_eq!(x.len(), g.batch * g.input_len());
     assert_eq!(weight.len(), g.c_out * g.col_rows());
-    let mut out = vec![0.0; g.batch * g.output_len()];
     let (k, p) = (g.col_rows(), g.col_cols());
     let w = Mat::new(weight, g.c_out, k);
     // Per group: the samples' patches side by side ([k, n p]), one gemm into [c_out, n p], and
     // each sample's columns copied to its own output planes (a sample alone writes them in
     // place: its planes are its [c_out, p] matrix).
-    out.par_chunks_mut((group * g.output_len()).max(1))
-        .zip(x.par_chunks((group * g.input_len()).max(1)))
-        .for_each_init(
-            || GroupBuffers::new(g, group),
-            |GroupBuffers { col, wide }, (out, x)| {
-                let n = x.len() / g.input_len();
-                let col = Mat::new(patches(g, x, col), k, n * p);
-                if n == 1 {
-                    matmul(out, w, col, false);
-                } else {
-                    let wide = &mut wide[..g.c_out * n * p];
-                    matmul(wide, w, col, false);
-                    unpack_columns(g, wide, out, n);
-                }
-            },
-        );
-    out
+    par_chunks_filled(
+        g.batch * g.output_len(),
+        group * g.output_len(),
+        || GroupBuffers::new(g, group),
+        |GroupBuffers { col, wide }, index, out| {
+            let n = group.min(g.batch - index * group);
+            let x = &x[index * group * g.input_len()..][..n * g.input_len()];
+            let col = Mat::new(patches(g, x, col), k, n * p);
+            if n == 1 {
+                matmul(out, w, col, false);
+            } else {
+                let wide = &mut wide[..g.c_out * n * p];
+                matmul(wide, w, col, false);
+                unpack_columns(g, wide, out, n);
+            }
+        },
+    )
 }
 
 /// Scratch matrices of one group of samples: patches `[k, n p]` and an output-shaped

@@ -5,8 +5,7 @@
 //! same first-maximum rule as the forward), so the forward writes nothing but its output.
 //! Padding counts as minus infinity, as in PyTorch; no dilation, no ceil mode.
 
-use rayon::prelude::*;
-
+use super::fill::par_chunks_filled;
 use super::lanes::F4;
 use super::output_size;
 
@@ -96,43 +95,41 @@ impl PoolGeometry {
 pub fn forward(g: &PoolGeometry, x: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     assert_eq!(x.len(), g.planes * plane_in);
-    let mut out = vec![0.0; g.planes * plane_out];
     if plane_out == 0 {
-        return out;
+        return Vec::new();
     }
-    if g.is_pair() {
-        out.par_chunks_mut(plane_out)
-            .zip(x.par_chunks(plane_in))
-            .for_each(|(out, plane)| {
-                for (line, rows) in out.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
-                    let (r0, r1) = rows.split_at(g.w);
-                    if g.ow < 4 {
-                        for ((v, p0), p1) in line
-                            .iter_mut()
-                            .zip(r0.chunks_exact(2))
-                            .zip(r1.chunks_exact(2))
-                        {
-                            *v = PairWindow::new(p0, p1).max;
-                        }
-                        continue;
-                    }
-                    for ox in groups_of_four(g.ow) {
-                        PairWindows::new(r0, r1, ox).max.store(&mut line[ox..]);
+    par_chunks_filled(
+        g.planes * plane_out,
+        plane_out,
+        || (),
+        |_, p, out| {
+            let plane = &x[p * plane_in..][..plane_in];
+            if !g.is_pair() {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        out[oy * g.ow + ox] = plane[g.argmax(plane, oy, ox)];
                     }
                 }
-            });
-        return out;
-    }
-    out.par_chunks_mut(plane_out)
-        .zip(x.par_chunks(plane_in.max(1)))
-        .for_each(|(out, plane)| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    out[oy * g.ow + ox] = plane[g.argmax(plane, oy, ox)];
+                return;
+            }
+            for (line, rows) in out.chunks_exact_mut(g.ow).zip(plane.chunks_exact(2 * g.w)) {
+                let (r0, r1) = rows.split_at(g.w);
+                if g.ow < 4 {
+                    for ((v, p0), p1) in line
+                        .iter_mut()
+                        .zip(r0.chunks_exact(2))
+                        .zip(r1.chunks_exact(2))
+                    {
+                        *v = PairWindow::new(p0, p1).max;
+                    }
+                    continue;
+                }
+                for ox in groups_of_four(g.ow) {
+                    PairWindows::new(r0, r1, ox).max.store(&mut line[ox..]);
                 }
             }
-        });
-    out
+        },
+    )
 }
 
 /// `x` wins against `y` under the first-maximum rule when it comes first: ties and NaN in `x`
@@ -226,64 +223,61 @@ pub fn backward(g: &PoolGeometry, x: &[f32], dout: &[f32]) -> Vec<f32> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     assert_eq!(x.len(), g.planes * plane_in);
     assert_eq!(dout.len(), g.planes * plane_out);
-    // Zeroed once here: positions under no window (an odd last row or column) keep 0, and
-    // overlapping windows add onto it.
-    let mut dx = vec![0.0; g.planes * plane_in];
     if plane_in == 0 {
-        return dx;
+        return Vec::new();
     }
-    if g.is_pair() {
-        dx.par_chunks_mut(plane_in)
-            .zip(x.par_chunks(plane_in))
-            .zip(dout.par_chunks(plane_out.max(1)))
-            .for_each(|((dx, plane), dout)| {
-                let lines = dx
-                    .chunks_exact_mut(2 * g.w)
-                    .zip(plane.chunks_exact(2 * g.w))
-                    .zip(dout.chunks_exact(g.ow.max(1)));
-                for ((drows, rows), grads) in lines {
-                    let (r0, r1) = rows.split_at(g.w);
-                    let (d0, d1) = drows.split_at_mut(g.w);
-                    if g.ow >= 4 {
-                        for ox in groups_of_four(g.ow) {
-                            PairWindows::new(r0, r1, ox).scatter(&grads[ox..], d0, d1, ox);
-                        }
-                        continue;
-                    }
-                    let windows = r0
-                        .chunks_exact(2)
-                        .zip(r1.chunks_exact(2))
-                        .zip(d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)))
-                        .zip(grads);
-                    for (((p0, p1), (q0, q1)), &grad) in windows {
-                        let win = PairWindow::new(p0, p1);
-                        let pick = |top: bool, left: bool| {
-                            if (win.top == top) & (win.left == left) {
-                                grad
-                            } else {
-                                0.0
-                            }
-                        };
-                        q0[0] = pick(true, true);
-                        q0[1] = pick(true, false);
-                        q1[0] = pick(false, true);
-                        q1[1] = pick(false, false);
+    // Each plane arrives zeroed: positions under no window (an odd last row or column) keep 0,
+    // and overlapping windows add onto it.
+    par_chunks_filled(
+        g.planes * plane_in,
+        plane_in,
+        || (),
+        |_, p, dx| {
+            let plane = &x[p * plane_in..][..plane_in];
+            let dout = &dout[p * plane_out..][..plane_out];
+            if !g.is_pair() {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        dx[g.argmax(plane, oy, ox)] += dout[oy * g.ow + ox];
                     }
                 }
-            });
-        return dx;
-    }
-    dx.par_chunks_mut(plane_in)
-        .zip(x.par_chunks(plane_in))
-        .zip(dout.par_chunks(plane_out.max(1)))
-        .for_each(|((dx, plane), dout)| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    dx[g.argmax(plane, oy, ox)] += dout[oy * g.ow + ox];
+                return;
+            }
+            let lines = dx
+                .chunks_exact_mut(2 * g.w)
+                .zip(plane.chunks_exact(2 * g.w))
+                .zip(dout.chunks_exact(g.ow.max(1)));
+            for ((drows, rows), grads) in lines {
+                let (r0, r1) = rows.split_at(g.w);
+                let (d0, d1) = drows.split_at_mut(g.w);
+                if g.ow >= 4 {
+                    for ox in groups_of_four(g.ow) {
+                        PairWindows::new(r0, r1, ox).scatter(&grads[ox..], d0, d1, ox);
+                    }
+                    continue;
+                }
+                let windows = r0
+                    .chunks_exact(2)
+                    .zip(r1.chunks_exact(2))
+                    .zip(d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)))
+                    .zip(grads);
+                for (((p0, p1), (q0, q1)), &grad) in windows {
+                    let win = PairWindow::new(p0, p1);
+                    let pick = |top: bool, left: bool| {
+                        if (win.top == top) & (win.left == left) {
+                            grad
+                        } else {
+                            0.0
+                        }
+                    };
+                    q0[0] = pick(true, true);
+                    q0[1] = pick(true, false);
+                    q1[0] = pick(false, true);
+                    q1[1] = pick(false, false);
                 }
             }
-        });
-    dx
+        },
+    )
 }
 
 #[cfg(test)]

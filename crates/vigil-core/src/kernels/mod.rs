@@ -16,6 +16,7 @@ pub mod batch_norm;
 pub mod conv2d;
 pub mod cross_entropy;
 mod exp;
+mod fill;
 mod lanes;
 pub mod max_pool2d;
 mod scratch;

@@ -25,9 +25,9 @@ mod f2x2;
 mod f4x4;
 mod planes;
 
-use rayon::prelude::*;
 
 use super::conv2d::{Conv2dGeometry, Mat, matmul, matmul_threaded, sum_over_batch};
+use super::fill::par_chunks_filled;
 use super::scratch::scratch;
 
 /// Winograd's two tile sizes.
@@ -205,7 +205,6 @@ fn forward_transformed(variant: Variant, g: &Conv2dGeometry, x: &[f32], u: &[f32
     let (input_len, output_len) = (g.c_in * g.h * g.w, g.c_out * g.oh * g.ow);
     assert_eq!(x.len(), g.batch * input_len);
     let positions = variant.positions();
-    let mut out = vec![0.0f32; g.batch * output_len];
     let group = group_size(g, variant);
     let [th, tw] = tiles(g, variant.tile());
     let t_max = group * th * tw;
@@ -214,35 +213,36 @@ fn forward_transformed(variant: Variant, g: &Conv2dGeometry, x: &[f32], u: &[f32
     // 8x8 ones) would run on one thread: its gemms take every thread instead. Each output is still computed by one
     // thread in one order, so results do not depend on the thread count.
     let one_group = group >= g.batch;
-    out.par_chunks_mut(group * output_len)
-        .zip(x.par_chunks(group * input_len))
-        .for_each_init(
-            || (scratch(positions * v_plane), scratch(positions * m_plane)),
-            |(v, m), (out, x)| {
-                let t = (x.len() / input_len) * th * tw;
-                match variant {
-                    Variant::F2x2 => f2x2::input_transform(g, x, v, v_plane),
-                    Variant::F4x4 => f4x4::input_transform(g, x, v, v_plane),
+    par_chunks_filled(
+        g.batch * output_len,
+        group * output_len,
+        || (scratch(positions * v_plane), scratch(positions * m_plane)),
+        |(v, m), index, out| {
+            let n = group.min(g.batch - index * group);
+            let x = &x[index * group * input_len..][..n * input_len];
+            let t = n * th * tw;
+            match variant {
+                Variant::F2x2 => f2x2::input_transform(g, x, v, v_plane),
+                Variant::F4x4 => f4x4::input_transform(g, x, v, v_plane),
+            }
+            for xi in 0..positions {
+                let (dst, filters, patches) = (
+                    &mut m[xi * m_plane..][..g.c_out * t],
+                    variant.filters_at(u, xi, g.c_out, g.c_in),
+                    Mat::new(&v[xi * v_plane..][..g.c_in * t], g.c_in, t),
+                );
+                if one_group {
+                    matmul_threaded(dst, filters, patches);
+                } else {
+                    matmul(dst, filters, patches, false);
                 }
-                for xi in 0..positions {
-                    let (dst, filters, patches) = (
-                        &mut m[xi * m_plane..][..g.c_out * t],
-                        variant.filters_at(u, xi, g.c_out, g.c_in),
-                        Mat::new(&v[xi * v_plane..][..g.c_in * t], g.c_in, t),
-                    );
-                    if one_group {
-                        matmul_threaded(dst, filters, patches);
-                    } else {
-                        matmul(dst, filters, patches, false);
-                    }
-                }
-                match variant {
-                    Variant::F2x2 => f2x2::output_transform(g, m, out, m_plane),
-                    Variant::F4x4 => f4x4::output_transform(g, m, out, m_plane),
-                }
-            },
-        );
-    out
+            }
+            match variant {
+                Variant::F2x2 => f2x2::output_transform(g, m, out, m_plane),
+                Variant::F4x4 => f4x4::output_transform(g, m, out, m_plane),
+            }
+        },
+    )
 }
 
 /// The input gradient, as [`super::conv2d::backward_input`]: a forward pass of `dout` with the
