@@ -5,8 +5,9 @@
 //! Each transform walks one channel's tiles in their order in the transformed arrays (tile
 //! `s * th * tw + ty * tw + tx` of the samples in a group) four at a time: a group of four may
 //! span tile rows and samples, so the lanes fill on every layer, down to ResNet's 2x2-tile deep
-//! layers. The input's planes are first copied into zero-padded planes (and the output's
-//! assembled in whole-tile planes), so no tile needs an edge case. Within a group, the 16 values
+//! layers. The input's planes are first copied into zero-padded planes, so no input tile needs
+//! an edge case; output tiles are written straight into the output, their rows and columns
+//! past its edge dropped ([`super::planes::OutputTile`]). Within a group, the 16 values
 //! of a tile's position `ξ` are one four-lane store into plane `ξ`; transposes move between a
 //! tile's rows and the tiles' lanes ([`super::super::lanes`]).
 //!
@@ -14,7 +15,7 @@
 //! those of the one-tile-at-a-time transforms kept below as the tests' reference.
 
 use super::planes::{
-    group_of_four, load_lanes, place_channel, store_lanes, take_channel, tile_corners,
+    group_of_four, load_lanes, output_tiles, place_channel, store_lanes, tile_corners,
 };
 use super::{plane_stride, tiles};
 use crate::kernels::conv2d::Conv2dGeometry;
@@ -136,13 +137,12 @@ pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], p
     let [th, tw] = tiles(g, 2);
     let n = out.len() / (g.c_out * g.oh * g.ow);
     let t_all = n * th * tw;
-    // Whole tiles first (an odd side computes one row or column past the output), then the
-    // output's part of them.
-    let (rows, cols) = (2 * th, 2 * tw);
-    let mut whole = vec![0.0f32; n * rows * cols];
-    let corners = tile_corners(n, [th, tw], [rows, cols], 2);
+    // Each tile straight into the output, clipped to it (an odd side computes one row or
+    // column past the output).
+    let places = output_tiles(n, [th, tw], g.c_out, [g.oh, g.ow], 2);
     for co in 0..g.c_out {
-        for (group, chunk) in corners.chunks(4).enumerate() {
+        let channel = co * g.oh * g.ow;
+        for (group, chunk) in places.chunks(4).enumerate() {
             let base = co * t_all + 4 * group;
             // Lanes are tiles: `at[i * 4 + j]` is every tile's value at row i, column j.
             let mut at = [F4::zero(); 16];
@@ -159,13 +159,14 @@ pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], p
             let y = [pair(t0), pair(t1)];
             // Lane order back to tiles: each tile's [y00, y01, y10, y11].
             let per_tile = transpose([y[0][0], y[0][1], y[1][0], y[1][1]]);
-            for (corner, tile) in chunk.iter().zip(per_tile) {
-                let tile = tile.to_array();
-                whole[*corner..*corner + 2].copy_from_slice(&tile[..2]);
-                whole[corner + cols..corner + cols + 2].copy_from_slice(&tile[2..]);
+            for (tile, values) in chunk.iter().zip(per_tile) {
+                let values = values.to_array();
+                for (k, row) in values.chunks_exact(2).take(tile.rows).enumerate() {
+                    let at = channel + tile.at + k * g.ow;
+                    out[at..at + tile.cols].copy_from_slice(&row[..tile.cols]);
+                }
             }
         }
-        take_channel((&whole, [rows, cols]), (out, [g.c_out, co], [g.oh, g.ow]));
     }
 }
 

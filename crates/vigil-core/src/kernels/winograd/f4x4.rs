@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use super::planes::{
-    group_of_four, load_lanes, place_channel, store_lanes, take_channel, tile_corners,
+    group_of_four, load_lanes, output_tiles, place_channel, store_lanes, tile_corners,
 };
 use super::tiles;
 use crate::kernels::conv2d::{Conv2dGeometry, Mat};
@@ -174,11 +174,10 @@ pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], p
     let [th, tw] = tiles(g, 4);
     let n = out.len() / (g.c_out * g.oh * g.ow);
     let t_all = n * th * tw;
-    let (rows, cols) = (4 * th, 4 * tw);
-    let mut whole = vec![0.0f32; n * rows * cols];
-    let corners = tile_corners(n, [th, tw], [rows, cols], 4);
+    let places = output_tiles(n, [th, tw], g.c_out, [g.oh, g.ow], 4);
     for co in 0..g.c_out {
-        for (group, chunk) in corners.chunks(4).enumerate() {
+        let channel = co * g.oh * g.ow;
+        for (group, chunk) in places.chunks(4).enumerate() {
             let base = co * t_all + 4 * group;
             let at = |xi: usize| load_lanes(&m[xi * plane + base..], chunk.len());
             // Rows: A^T m (4x6), column by column.
@@ -200,15 +199,17 @@ pub(super) fn output_transform(g: &Conv2dGeometry, m: &[f32], out: &mut [f32], p
                     t[k][j] = value;
                 }
             }
-            // Columns: (A^T m) A, then each output row back from lanes to tiles.
+            // Columns: (A^T m) A, then each output row back from lanes to tiles, stored
+            // straight into the output, clipped to it.
             for (k, row) in t.into_iter().enumerate() {
-                let y = output_fold(row);
-                let per_tile = transpose(y);
-                for (corner, tile) in chunk.iter().zip(per_tile) {
-                    tile.store(&mut whole[corner + k * cols..]);
+                let per_tile = transpose(output_fold(row));
+                for (tile, values) in chunk.iter().zip(per_tile) {
+                    if k < tile.rows {
+                        let at = channel + tile.at + k * g.ow;
+                        store_lanes(values, &mut out[at..], tile.cols);
+                    }
                 }
             }
         }
-        take_channel((&whole, [rows, cols]), (out, [g.c_out, co], [g.oh, g.ow]));
     }
 }

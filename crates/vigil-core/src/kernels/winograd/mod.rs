@@ -25,7 +25,6 @@ mod f2x2;
 mod f4x4;
 mod planes;
 
-
 use super::conv2d::{Conv2dGeometry, Mat, matmul, matmul_threaded, sum_over_batch};
 use super::fill::par_chunks_filled;
 use super::scratch::scratch;

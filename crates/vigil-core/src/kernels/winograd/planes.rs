@@ -1,6 +1,6 @@
-//! What both tile sizes' transforms share: where tiles sit in a group's planes, groups of four
-//! tiles as four lanes, and row copies between the tensors' planes and the zero-padded or
-//! whole-tile planes the transforms read and write.
+//! What both tile sizes' transforms share: where tiles sit in a group's planes and in the
+//! output, groups of four tiles as four lanes, and row copies from the tensors' planes into the
+//! zero-padded or whole-tile planes the transforms read.
 
 use crate::kernels::lanes::F4;
 
@@ -90,17 +90,36 @@ pub(super) fn place_channel(
     }
 }
 
-/// Copies the visible `oh x ow` part of channel `c`'s whole-tile planes (`rows x cols`, one per
-/// sample) into `out` (`[n, channels, oh, ow]`).
-pub(super) fn take_channel(
-    (whole, [rows, cols]): (&[f32], [usize; 2]),
-    (out, [channels, c], [oh, ow]): (&mut [f32], [usize; 2], [usize; 2]),
-) {
-    let n = out.len() / (channels * oh * ow);
+/// Where one output tile's values go: the offset of its top-left value in channel 0 of the
+/// output (`[n, channels, oh, ow]`; channel `c` adds `c * oh * ow`) and how many of its rows
+/// and columns lie inside the output (tiles on the last row or column may overhang it).
+#[derive(Clone, Copy)]
+pub(super) struct OutputTile {
+    pub(super) at: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+}
+
+/// Every tile of `n` samples' outputs, in the order of [`tile_corners`], `step` the tile's
+/// side: the output transforms write each tile's rows straight into the output, clipped.
+pub(super) fn output_tiles(
+    n: usize,
+    [th, tw]: [usize; 2],
+    channels: usize,
+    [oh, ow]: [usize; 2],
+    step: usize,
+) -> Vec<OutputTile> {
+    let mut tiles = Vec::with_capacity(n * th * tw);
     for s in 0..n {
-        let plane_out = &mut out[(s * channels + c) * oh * ow..][..oh * ow];
-        for (y, row) in plane_out.chunks_exact_mut(ow).enumerate() {
-            copy_row(row, &whole[s * rows * cols + y * cols..][..ow]);
+        for ty in 0..th {
+            for tx in 0..tw {
+                tiles.push(OutputTile {
+                    at: s * channels * oh * ow + step * (ty * ow + tx),
+                    rows: step.min(oh - step * ty),
+                    cols: step.min(ow - step * tx),
+                });
+            }
         }
     }
+    tiles
 }
