@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::fill::par_chunks_filled;
 use super::output_size;
+use super::scratch::{Scratch, scratch};
 
 /// Shapes of one convolution: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`,
 /// output `[batch, c_out, oh, ow]`, symmetric zero padding.
@@ -92,17 +93,6 @@ impl Conv2dGeometry {
 
     fn output_len(&self) -> usize {
         self.c_out * self.col_cols()
-    }
-
-    /// A scratch im2col matrix for one sample (empty for pointwise convolutions, which read the
-    /// input itself).
-    fn col_buffer(&self) -> Vec<f32> {
-        let len = if self.is_pointwise() {
-            0
-        } else {
-            self.col_rows() * self.col_cols()
-        };
-        vec![0.0; len]
     }
 
     /// A 1x1 convolution with stride 1 and no padding: the input plane is its own im2col.
@@ -383,23 +373,30 @@ pub fn forward_grouped(g: &Conv2dGeometry, x: &[f32], weight: &[f32], group: usi
 
 /// Scratch matrices of one group of samples: patches `[k, n p]` and an output-shaped
 /// `[c_out, n p]`; for one sample per gemm only the patches (none for a pointwise
-/// convolution, which reads the input itself).
+/// convolution, which reads the input itself). From the thread's pool ([`scratch`]), holding
+/// whatever their last user left: every pass writes all it reads (im2col writes the padding's
+/// zeros too, the gemms overwrite, the packing copies whole planes).
 struct GroupBuffers {
-    col: Vec<f32>,
-    wide: Vec<f32>,
+    col: Scratch,
+    wide: Scratch,
 }
 
 impl GroupBuffers {
     fn new(g: &Conv2dGeometry, group: usize) -> Self {
         if group == 1 {
+            let col = if g.is_pointwise() {
+                0
+            } else {
+                g.col_rows() * g.col_cols()
+            };
             return Self {
-                col: g.col_buffer(),
-                wide: Vec::new(),
+                col: scratch(col),
+                wide: scratch(0),
             };
         }
         Self {
-            col: vec![0.0; g.col_rows() * group * g.col_cols()],
-            wide: vec![0.0; g.c_out * group * g.col_cols()],
+            col: scratch(g.col_rows() * group * g.col_cols()),
+            wide: scratch(g.c_out * group * g.col_cols()),
         }
     }
 }
