@@ -8,7 +8,8 @@
 //!     cargo run --release -p vigil-core --example conv_kernels -- [HW] [BATCH] [REPS]
 //!
 //! HW is the input's side (28: Fashion-MNIST, 32: CIFAR), default 28; BATCH 64; REPS 5 (the
-//! median is printed). Threads: rayon's default, or RAYON_NUM_THREADS.
+//! median is printed). Threads: rayon's default, or RAYON_NUM_THREADS. The last line is the gemm
+//! crate's rate on one 1024x1024x1024 product, a practical peak for this machine.
 
 use std::time::Instant;
 
@@ -106,4 +107,51 @@ fn main() {
             );
         }
     }
+    println!(
+        "gemm crate, one 1024x1024x1024 product on every thread: {:.1} GFLOP/s (a practical peak)",
+        gemm_peak(reps)
+    );
+}
+
+/// The gemm crate's rate on one large square product, split over rayon's threads: the ceiling
+/// the kernels' gemms work under on this machine, beside which `vigil throughput`'s GFLOP/s
+/// can be read.
+fn gemm_peak(reps: usize) -> f64 {
+    let n = 1024;
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect();
+    let b: Vec<f32> = (0..n * n)
+        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0)
+        .collect();
+    let mut c = vec![0.0f32; n * n];
+    let seconds = median_seconds(reps, || {
+        // SAFETY: the three buffers hold n x n floats each, row-major (row stride n, column
+        // stride 1), and `c` is not read (`read_dst` false).
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        std::hint::black_box(&c);
+    });
+    2.0 * (n * n * n) as f64 / seconds / 1e9
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::attack::pgd::{frozen, input_gradient, linf_step};
 use crate::halo::{HaloConfig, Objective, objective_loss};
 use crate::loss::{cross_entropy, cross_entropy_per_sample};
+use crate::models::flops::forward_flops;
 use crate::models::{Architecture, BnMode, Classifier, ModelError, ModelSpec};
 use crate::optim::sgd::{Sgd, SgdConfig};
 use crate::optim::{ParamSlots, apply_update};
@@ -122,6 +123,18 @@ pub struct BenchReport {
     /// absent when not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halo_step_img_per_s: Option<f64>,
+    /// Forward flops of one image as the layers define them ([`forward_flops`]; Winograd
+    /// kernels do fewer), in GFLOP.
+    pub forward_gflop_per_image: f64,
+    /// The training step's rate in GFLOP/s, counted as three forward passes per image
+    /// (forward, input gradients, weight gradients: the usual convention; the input's own
+    /// gradient is not computed, so slightly less is done).
+    pub train_step_gflop_per_s: f64,
+    /// The forward pass's rate in GFLOP/s.
+    pub forward_loss_gflop_per_s: f64,
+    /// The PGD step's rate in GFLOP/s, counted as two forward passes per image (forward and
+    /// input gradients).
+    pub pgd_step_gflop_per_s: f64,
 }
 
 /// What to measure on a language model.
@@ -316,6 +329,8 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchErr
         )
     });
 
+    let gflop =
+        forward_flops(&bench_spec(config.architecture.clone(), config.input_shape)) as f64 / 1e9;
     Ok(BenchReport {
         backend: crate::device::backend_name().to_string(),
         architecture: config.architecture,
@@ -326,6 +341,10 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchErr
         forward_loss_img_per_s,
         pgd_step_img_per_s,
         halo_step_img_per_s,
+        forward_gflop_per_image: gflop,
+        train_step_gflop_per_s: 3.0 * gflop * train_step_img_per_s,
+        forward_loss_gflop_per_s: gflop * forward_loss_img_per_s,
+        pgd_step_gflop_per_s: 2.0 * gflop * pgd_step_img_per_s,
     })
 }
 
@@ -383,6 +402,37 @@ fn time(config: &BenchConfig, batch: usize, mut step: impl FnMut()) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tiny run of the three loops: positive rates, and each GFLOP/s figure is the model's
+    /// forward count times the loop's passes (3 training, 1 forward, 2 PGD) times its rate.
+    #[test]
+    fn the_loops_run_and_their_flop_rates_follow_the_image_rates() {
+        let config = BenchConfig {
+            halo: false,
+            batch: 2,
+            warmup: 0,
+            iters: 1,
+            ..BenchConfig::default()
+        };
+        let report = run(config, &crate::device::default_device()).unwrap();
+        assert_eq!(report.forward_gflop_per_image, 8_482_304.0 / 1e9);
+        for (passes, img, gflop) in [
+            (
+                3.0,
+                report.train_step_img_per_s,
+                report.train_step_gflop_per_s,
+            ),
+            (
+                1.0,
+                report.forward_loss_img_per_s,
+                report.forward_loss_gflop_per_s,
+            ),
+            (2.0, report.pgd_step_img_per_s, report.pgd_step_gflop_per_s),
+        ] {
+            assert!(img > 0.0 && img.is_finite());
+            assert_eq!(gflop, passes * report.forward_gflop_per_image * img);
+        }
+    }
 
     #[test]
     fn zero_or_huge_batches_and_no_iterations_are_refused_before_any_work() {

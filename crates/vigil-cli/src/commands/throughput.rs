@@ -89,24 +89,25 @@ pub fn run(args: ThroughputArgs) -> Result<ExitCode> {
     } else {
         let [c, h, w] = report.input_shape;
         println!(
-            "backend {} | {} on {c}x{h}x{w} | batch {} | {} iterations | {} threads",
+            "backend {} | {} on {c}x{h}x{w} ({:.4} GFLOP per image forward) | batch {} | {} iterations | {} threads",
             report.backend,
             report.architecture.name(),
+            report.forward_gflop_per_image,
             report.batch,
             report.iters,
             rayon::current_num_threads()
         );
         println!(
-            "  training step         {:>10.0} img/s",
-            report.train_step_img_per_s
+            "  training step         {:>10.0} img/s  {:>7.1} GFLOP/s",
+            report.train_step_img_per_s, report.train_step_gflop_per_s
         );
         println!(
-            "  forward + per-sample  {:>10.0} img/s",
-            report.forward_loss_img_per_s
+            "  forward + per-sample  {:>10.0} img/s  {:>7.1} GFLOP/s",
+            report.forward_loss_img_per_s, report.forward_loss_gflop_per_s
         );
         println!(
-            "  PGD step              {:>10.0} img/s",
-            report.pgd_step_img_per_s
+            "  PGD step              {:>10.0} img/s  {:>7.1} GFLOP/s",
+            report.pgd_step_img_per_s, report.pgd_step_gflop_per_s
         );
         if let Some(halo) = report.halo_step_img_per_s {
             println!("  HALO step (PGD-10)    {halo:>10.0} ID img/s");

@@ -31,7 +31,8 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
-    /// `None` when the window does not fit, or padding exceeds half the window (PyTorch's rule).
+    /// `None` when the window does not fit, padding exceeds half the window (PyTorch's rule) or
+    /// the input is empty.
     pub fn new(
         x: [usize; 4],
         kernel: [usize; 2],
@@ -39,7 +40,9 @@ impl PoolGeometry {
         padding: [usize; 2],
     ) -> Option<Self> {
         let [batch, channels, h, w] = x;
-        if stride.contains(&0) || kernel.contains(&0) {
+        // An empty plane has no window to take a maximum of (padding alone could give it an
+        // output position): left to burn's pooling.
+        if stride.contains(&0) || kernel.contains(&0) || h == 0 || w == 0 {
             return None;
         }
         if 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1] {
@@ -291,6 +294,7 @@ mod tests {
         let g = PoolGeometry::new([1, 1, 7, 7], [3, 3], [2, 2], [1, 1]).unwrap();
         assert_eq!((g.oh, g.ow), (4, 4));
         assert!(PoolGeometry::new([1, 1, 7, 7], [2, 2], [2, 2], [2, 2]).is_none());
+        assert!(PoolGeometry::new([1, 1, 0, 3], [2, 2], [2, 2], [1, 1]).is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `[0, 1]` pixel space.
 
 pub mod batch_norm;
+pub mod flops;
 pub mod host_init;
 mod layers;
 pub mod preact_resnet;
