@@ -2,7 +2,8 @@
 //! detection and no build flag), plain arrays elsewhere. The kernels' transforms work on four
 //! tiles at once with these, the same arithmetic in the same order as one tile at a time, so
 //! F(2x2, 3x3)'s results are bit for bit those of the scalar definitions (`winograd::f2x2`
-//! tests).
+//! tests). The 2x2 max-pooling takes four windows at once with the lane masks, selects and
+//! (de)interleaving below (`max_pool2d`).
 //!
 //! Four lanes rather than eight: F(2x2, 3x3)'s tiles are 4x4, so a tile's rows and the
 //! transposes between tiles and planes are exactly one register wide (F(4x4, 3x3)'s six-value

@@ -3,7 +3,9 @@
 //! burn-flex pools through its generic 3-D path with an index tensor kept for the backward
 //! pass. Here the backward pass finds each window's maximum again from the saved input (the
 //! same first-maximum rule as the forward), so the forward writes nothing but its output.
-//! Padding counts as minus infinity, as in PyTorch; no dilation, no ceil mode.
+//! Padding counts as minus infinity, as in PyTorch; no dilation, no ceil mode. 2x2 windows of
+//! stride 2 (the small CNN's) run four at a time on SSE lanes (`PairWindows`), with the same
+//! comparisons as one at a time.
 
 use super::fill::par_chunks_filled;
 use super::lanes::F4;
