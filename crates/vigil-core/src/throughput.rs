@@ -329,8 +329,7 @@ pub fn run(config: BenchConfig, device: &Device) -> Result<BenchReport, BenchErr
         )
     });
 
-    let gflop =
-        forward_flops(&bench_spec(config.architecture.clone(), config.input_shape)) as f64 / 1e9;
+    let gflop = forward_flops(&classifier.spec) as f64 / 1e9;
     Ok(BenchReport {
         backend: crate::device::backend_name().to_string(),
         architecture: config.architecture,
