@@ -13,12 +13,14 @@
 //! (tests below and in each kernel module), not bit for bit: sums run in another order.
 
 pub mod batch_norm;
+pub mod causal_softmax;
 pub mod conv2d;
 pub mod cross_entropy;
 mod exp;
 mod fill;
 mod lanes;
 pub mod max_pool2d;
+pub mod rms_norm;
 mod scratch;
 pub mod sgld_step;
 pub mod swiglu;
@@ -179,6 +181,78 @@ pub fn swiglu_with_tensor_ops<const D: usize>(gate: Tensor<D>, up: Tensor<D>) ->
     burn::tensor::activation::silu(gate) * up
 }
 
+/// RMSNorm over the last axis, `x / sqrt(mean(x^2) + epsilon) * gamma`, through the fused
+/// kernel of [`rms_norm`](mod@rms_norm) for `f32` operands on the CPU; burn's operations
+/// otherwise.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, epsilon: f64) -> Tensor<D> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let width = x.dims().last().copied().unwrap_or(0);
+        if x.dtype() == DType::F32
+            && gamma.dtype() == DType::F32
+            && width > 0
+            && gamma.dims() == [width]
+        {
+            return extension::rms_norm(x, gamma, epsilon);
+        }
+    }
+    rms_norm_with_tensor_ops(x, gamma, epsilon)
+}
+
+/// [`rms_norm`] out of burn's operations, as burn's `RmsNorm` module computes it: the
+/// definition the kernel is tested against.
+pub fn rms_norm_with_tensor_ops<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let rms = (x.clone().square().mean_dim(D - 1) + epsilon).sqrt();
+    (x / rms) * gamma.unsqueeze()
+}
+
+/// Causal attention's softmax of `scores` `[.., groups x queries, keys]` divided by `divisor`:
+/// row `r` is query `r mod queries`, the last `queries` of `keys` positions, and sees keys up
+/// to its own (the rest weigh 0). Through the fused kernel of
+/// [`causal_softmax`](mod@causal_softmax) for `f32` scores on the CPU; burn's operations
+/// otherwise. Panics unless the rows are a multiple of `queries` and `1 <= queries <= keys`.
+pub fn causal_softmax(scores: Tensor<4>, queries: usize, divisor: f64) -> Tensor<4> {
+    let [_, _, rows, keys] = scores.dims();
+    assert!(
+        (1..=keys).contains(&queries) && rows % queries == 0,
+        "{rows} rows of {keys} keys do not stack {queries} queries"
+    );
+    #[cfg(not(feature = "cuda"))]
+    {
+        if scores.dtype() == DType::F32 {
+            return extension::causal_softmax(scores, queries, divisor);
+        }
+    }
+    causal_softmax_with_tensor_ops(scores, queries, divisor)
+}
+
+/// [`causal_softmax`] out of burn's operations (a division, a mask filled with minus infinity,
+/// burn's softmax): the definition the kernel is tested against.
+pub fn causal_softmax_with_tensor_ops(
+    scores: Tensor<4>,
+    queries: usize,
+    divisor: f64,
+) -> Tensor<4> {
+    let [_, _, rows, keys] = scores.dims();
+    let offset = keys - queries;
+    let hidden: Vec<bool> = (0..rows)
+        .flat_map(|row| (0..keys).map(move |j| j > row % queries + offset))
+        .collect();
+    let mask = Tensor::<2, burn::tensor::Bool>::from_data(
+        TensorData::new(hidden, [rows, keys]),
+        &scores.device(),
+    );
+    let scores = scores / divisor;
+    burn::tensor::activation::softmax(
+        scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY),
+        3,
+    )
+}
+
 /// What one parameter's SGLD step returns: the next value, the updated squared-gradient average
 /// (RMSprop only) and the squared norms of the drift, localization and noise terms and of
 /// `w - w*` after the step.
@@ -289,7 +363,9 @@ fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
 
 #[cfg(not(feature = "cuda"))]
 mod extension {
+    use super::causal_softmax as softmax_kernel;
     use super::cross_entropy as ce_kernel;
+    use super::rms_norm as rms_kernel;
     use super::sgld_step as sgld_kernel;
     use super::swiglu as swiglu_kernel;
     use super::{SgldScalars, SgldStep};
@@ -457,6 +533,40 @@ mod extension {
             up: FloatTensor<Self>,
             grad: FloatTensor<Self>,
         ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+        /// RMSNorm of `f32` `x` over its last axis, scaled by `gamma` (that axis' width): the
+        /// output and each row's `1 / rms` ([`rms_kernel::forward`]).
+        fn vigil_rms_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+        /// Gradients of [`Self::vigil_rms_norm`]'s output weighted by `grad` with respect to `x`
+        /// and `gamma` ([`rms_kernel::backward`]).
+        fn vigil_rms_norm_backward(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            inverse: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+        /// Causal softmax of `f32` scores `[.., rows, keys]` divided by `divisor`
+        /// ([`softmax_kernel::forward`]).
+        fn vigil_causal_softmax(
+            scores: FloatTensor<Self>,
+            queries: usize,
+            divisor: f32,
+        ) -> FloatTensor<Self>;
+
+        /// Gradient of [`Self::vigil_causal_softmax`]'s output `probs` weighted by `grad` with
+        /// respect to the scores ([`softmax_kernel::backward`]).
+        fn vigil_causal_softmax_backward(
+            probs: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            queries: usize,
+            divisor: f32,
+        ) -> FloatTensor<Self>;
     }
 
     /// The options of [`KernelOps::vigil_conv2d`] for burn's convolution.
@@ -898,6 +1008,62 @@ mod extension {
                 FlexTensor::from_data(TensorData::new(d_up, shape)),
             )
         }
+
+        fn vigil_rms_norm(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            epsilon: f64,
+        ) -> (FlexTensor, FlexTensor) {
+            let shape = x.layout().shape().clone();
+            let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+            let (out, inverse) = rms_kernel::forward(slice(&x), slice(&gamma), epsilon);
+            (
+                FlexTensor::from_data(TensorData::new(out, shape)),
+                vector(inverse),
+            )
+        }
+
+        fn vigil_rms_norm_backward(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            inverse: FlexTensor,
+            grad: FlexTensor,
+        ) -> (FlexTensor, FlexTensor) {
+            let shape = x.layout().shape().clone();
+            let (x, gamma, inverse, grad) = (
+                x.to_contiguous(),
+                gamma.to_contiguous(),
+                inverse.to_contiguous(),
+                grad.to_contiguous(),
+            );
+            let (dx, d_gamma) =
+                rms_kernel::backward(slice(&x), slice(&gamma), slice(&inverse), slice(&grad));
+            (
+                FlexTensor::from_data(TensorData::new(dx, shape)),
+                vector(d_gamma),
+            )
+        }
+
+        fn vigil_causal_softmax(scores: FlexTensor, queries: usize, divisor: f32) -> FlexTensor {
+            let shape = scores.layout().shape().clone();
+            let keys = shape.as_slice().last().copied().unwrap_or(0);
+            let scores = scores.to_contiguous();
+            let out = softmax_kernel::forward(slice(&scores), queries, keys, divisor);
+            FlexTensor::from_data(TensorData::new(out, shape))
+        }
+
+        fn vigil_causal_softmax_backward(
+            probs: FlexTensor,
+            grad: FlexTensor,
+            queries: usize,
+            divisor: f32,
+        ) -> FlexTensor {
+            let shape = probs.layout().shape().clone();
+            let keys = shape.as_slice().last().copied().unwrap_or(0);
+            let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
+            let ds = softmax_kernel::backward(slice(&probs), slice(&grad), queries, keys, divisor);
+            FlexTensor::from_data(TensorData::new(ds, shape))
+        }
     }
 
     /// Backward step of [`KernelOps::vigil_conv2d`]: the saved input and weight, the geometry.
@@ -1068,6 +1234,59 @@ mod extension {
             }
             if let Some(node) = node_up {
                 grads.register::<B>(node.id, d_up);
+            }
+        }
+    }
+
+    /// Backward step of [`KernelOps::vigil_rms_norm`]: the saved input and scale, and the
+    /// rows' `1 / rms` the forward produced.
+    #[derive(Debug)]
+    struct RmsNormBackward;
+
+    impl<B: Backend + KernelOps> Backward<B, 2> for RmsNormBackward {
+        type State = (NodeId, NodeId, <B as BackendTypes>::FloatTensorPrimitive);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x, node_gamma] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, gamma_state, inverse) = ops.state;
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+            let (dx, d_gamma) = B::vigil_rms_norm_backward(x, gamma, inverse, grad);
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, dx);
+            }
+            if let Some(node) = node_gamma {
+                grads.register::<B>(node.id, d_gamma);
+            }
+        }
+    }
+
+    /// Backward step of [`KernelOps::vigil_causal_softmax`]: the output the forward produced,
+    /// the queries per stack and the divisor.
+    #[derive(Debug)]
+    struct CausalSoftmaxBackward;
+
+    impl<B: Backend + KernelOps> Backward<B, 1> for CausalSoftmaxBackward {
+        type State = (<B as BackendTypes>::FloatTensorPrimitive, usize, f32);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node_scores] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (probs, queries, divisor) = ops.state;
+            if let Some(node) = node_scores {
+                let ds = B::vigil_causal_softmax_backward(probs, grad, queries, divisor);
+                grads.register::<B>(node.id, ds);
             }
         }
     }
@@ -1309,6 +1528,85 @@ mod extension {
             );
             (Self::from_inner(d_gate), Self::from_inner(d_up))
         }
+
+        fn vigil_rms_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            match RmsNormBackward
+                .prepare::<C>([x.node(), gamma.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let gamma_state = prep.checkpoint(&gamma);
+                    let (out, inverse) =
+                        B::vigil_rms_norm(x.into_primitive(), gamma.into_primitive(), epsilon);
+                    let out = prep.finish((x_state, gamma_state, inverse.clone()), out);
+                    (out, Self::from_inner(inverse))
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, inverse) =
+                        B::vigil_rms_norm(x.into_primitive(), gamma.into_primitive(), epsilon);
+                    (prep.finish(out), Self::from_inner(inverse))
+                }
+            }
+        }
+
+        fn vigil_rms_norm_backward(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            inverse: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            // Gradients, never differentiated again.
+            let (dx, d_gamma) = B::vigil_rms_norm_backward(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                inverse.into_primitive(),
+                grad.into_primitive(),
+            );
+            (Self::from_inner(dx), Self::from_inner(d_gamma))
+        }
+
+        fn vigil_causal_softmax(
+            scores: FloatTensor<Self>,
+            queries: usize,
+            divisor: f32,
+        ) -> FloatTensor<Self> {
+            match CausalSoftmaxBackward
+                .prepare::<C>([scores.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let probs = B::vigil_causal_softmax(scores.into_primitive(), queries, divisor);
+                    prep.finish((probs.clone(), queries, divisor), probs)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::vigil_causal_softmax(
+                    scores.into_primitive(),
+                    queries,
+                    divisor,
+                )),
+            }
+        }
+
+        fn vigil_causal_softmax_backward(
+            probs: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            queries: usize,
+            divisor: f32,
+        ) -> FloatTensor<Self> {
+            // A gradient, never differentiated again.
+            Self::from_inner(B::vigil_causal_softmax_backward(
+                probs.into_primitive(),
+                grad.into_primitive(),
+                queries,
+                divisor,
+            ))
+        }
     }
 
     pub fn conv2d(
@@ -1381,6 +1679,23 @@ mod extension {
         Tensor::from_dispatch(<Dispatch as KernelOps>::vigil_swiglu(
             gate.into_dispatch(),
             up.into_dispatch(),
+        ))
+    }
+
+    pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, epsilon: f64) -> Tensor<D> {
+        let (out, _) = <Dispatch as KernelOps>::vigil_rms_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            epsilon,
+        );
+        Tensor::from_dispatch(out)
+    }
+
+    pub fn causal_softmax(scores: Tensor<4>, queries: usize, divisor: f64) -> Tensor<4> {
+        Tensor::from_dispatch(<Dispatch as KernelOps>::vigil_causal_softmax(
+            scores.into_dispatch(),
+            queries,
+            divisor as f32,
         ))
     }
 
@@ -1752,6 +2067,107 @@ mod tests {
             assert!(
                 (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
                 "inference: {p} vs {q}"
+            );
+        }
+    }
+
+    #[test]
+    fn rms_norm_agrees_with_burn() {
+        let device = autodiff_device();
+        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (p, q) in a.iter().zip(&b) {
+                assert!(
+                    (p - q).abs() <= 2e-5 * (1.0 + q.abs()),
+                    "{what}: {p} vs {q}"
+                );
+            }
+        };
+        for (shape, track_gamma) in [([1, 1, 1], true), ([2, 3, 17], true), ([3, 70, 128], false)] {
+            let x =
+                Tensor::<3>::random(shape, Distribution::Normal(0.0, 2.0), &device).require_grad();
+            let mut gamma =
+                Tensor::<1>::random([shape[2]], Distribution::Normal(1.0, 0.5), &device);
+            if track_gamma {
+                gamma = gamma.require_grad();
+            }
+            let weights = Tensor::<3>::random(shape, Distribution::Default, &device);
+            let ours = rms_norm(x.clone(), gamma.clone(), 1e-5);
+            let theirs = rms_norm_with_tensor_ops(x.clone(), gamma.clone(), 1e-5);
+            close(values(ours.clone()), values(theirs.clone()), "output");
+            // As burn's own module computes it, too.
+            let module = burn::nn::RmsNorm {
+                gamma: burn::module::Param::from_tensor(gamma.clone()),
+                epsilon: 1e-5,
+            };
+            close(
+                values(ours.clone()),
+                values(module.forward(x.clone())),
+                "burn's RmsNorm",
+            );
+            let g1 = (ours * weights.clone()).sum().backward();
+            let g2 = (theirs * weights).sum().backward();
+            close(
+                values(x.grad(&g1).unwrap()),
+                values(x.grad(&g2).unwrap()),
+                "x gradient",
+            );
+            if track_gamma {
+                close(
+                    values(gamma.grad(&g1).unwrap()),
+                    values(gamma.grad(&g2).unwrap()),
+                    "gamma gradient",
+                );
+            } else {
+                assert!(
+                    gamma.grad(&g1).is_none(),
+                    "an untracked scale gets no gradient"
+                );
+            }
+        }
+        let x = Tensor::<2>::random([4, 9], Distribution::Default, &default_device());
+        let gamma = Tensor::<1>::random([9], Distribution::Default, &default_device());
+        close(
+            values(rms_norm(x.clone(), gamma.clone(), 1e-6)),
+            values(rms_norm_with_tensor_ops(x, gamma, 1e-6)),
+            "inference",
+        );
+    }
+
+    #[test]
+    fn causal_softmax_agrees_with_burn() {
+        let device = autodiff_device();
+        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (p, q) in a.iter().zip(&b) {
+                assert!(
+                    (p - q).abs() <= 1e-6 * (1.0 + q.abs()),
+                    "{what}: {p} vs {q}"
+                );
+            }
+        };
+        // [batch, kv heads, groups x queries, keys]: a square, two groups stacked, queries
+        // after earlier keys, one query.
+        for (shape, queries) in [
+            ([1, 1, 1, 1], 1),
+            ([2, 2, 10, 5], 5),
+            ([1, 3, 6, 7], 3),
+            ([2, 1, 2, 9], 1),
+            ([4, 2, 256, 128], 128),
+        ] {
+            let scores =
+                Tensor::<4>::random(shape, Distribution::Normal(0.0, 8.0), &device).require_grad();
+            let weights = Tensor::<4>::random(shape, Distribution::Default, &device);
+            let divisor = 32f64.sqrt();
+            let ours = causal_softmax(scores.clone(), queries, divisor);
+            let theirs = causal_softmax_with_tensor_ops(scores.clone(), queries, divisor);
+            close(values(ours.clone()), values(theirs.clone()), "output");
+            let g1 = (ours * weights.clone()).sum().backward();
+            let g2 = (theirs * weights).sum().backward();
+            close(
+                values(scores.grad(&g1).unwrap()),
+                values(scores.grad(&g2).unwrap()),
+                "score gradient",
             );
         }
     }

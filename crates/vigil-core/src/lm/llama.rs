@@ -411,7 +411,7 @@ impl LlamaForCausalLm {
                 }
             }
         }
-        self.model.norm.forward(x)
+        rms_norm(&self.model.norm, x)
     }
 
     /// The residual stream entering block `blocks`, `[batch, positions, hidden]` (the
@@ -443,7 +443,7 @@ impl LlamaForCausalLm {
         for layer in self.model.layers.iter().skip(from) {
             x = layer.forward_kv(x, &rope, &self.config, None).0;
         }
-        self.model.norm.forward(x)
+        rms_norm(&self.model.norm, x)
     }
 
     /// The residual stream after every block, `[batch, positions, hidden]` each, and the final
@@ -457,7 +457,7 @@ impl LlamaForCausalLm {
             x = layer.forward_kv(x, &rope, &self.config, None).0;
             streams.push(x.clone());
         }
-        streams.push(self.model.norm.forward(x));
+        streams.push(rms_norm(&self.model.norm, x));
         streams
     }
 
@@ -489,11 +489,17 @@ impl DecoderLayer {
         config: &LlamaConfig,
         past: Option<(Tensor<4>, Tensor<4>)>,
     ) -> (Tensor<3>, (Tensor<4>, Tensor<4>)) {
-        let (attended, kv) =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), rope, config, past);
+        let (attended, kv) = self.self_attn.forward(
+            rms_norm(&self.input_layernorm, x.clone()),
+            rope,
+            config,
+            past,
+        );
         let h = x + attended;
-        let out = h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h));
+        let out = h.clone()
+            + self
+                .mlp
+                .forward(rms_norm(&self.post_attention_layernorm, h));
         (out, kv)
     }
 }
@@ -528,12 +534,21 @@ impl Attention {
         // head are stacked along the positions: `[batch, kv heads, group x positions, width]`,
         // a free reshape, and every row still meets only its own head's keys.
         let q = q.reshape([batch, kv_heads, group * positions, width]);
-        let scores = q.matmul(k.clone().swap_dims(2, 3)) / (width as f64).sqrt();
-        let scores = match attention_mask(positions, seen, group, &rope.pads, &scores.device()) {
-            Some(mask) => scores.mask_fill(mask.unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
-            None => scores,
+        let scores = q.matmul(k.clone().swap_dims(2, 3));
+        let divisor = (width as f64).sqrt();
+        let weights = if rope.pads.iter().all(|&p| p == 0) {
+            // Causal attention alone: the mask, the scaling and the softmax in one kernel.
+            kernels::causal_softmax(scores, positions, divisor)
+        } else {
+            let scores = scores / divisor;
+            let scores = match attention_mask(positions, seen, group, &rope.pads, &scores.device())
+            {
+                Some(mask) => scores.mask_fill(mask.unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
+                None => scores,
+            };
+            softmax(scores, 3)
         };
-        let out = softmax(scores, 3)
+        let out = weights
             .matmul(v.clone())
             .reshape([batch, heads, positions, width])
             .swap_dims(1, 2)
@@ -573,6 +588,12 @@ fn attention_mask(
         TensorData::new(masked, [pads.len(), groups * queries, keys]),
         device,
     ))
+}
+
+/// `norm` applied to `x` through vigil's fused kernel ([`kernels::rms_norm`]), which computes
+/// what burn's `RmsNorm::forward` does in one pass each way.
+fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    kernels::rms_norm(x, norm.gamma.val(), norm.epsilon)
 }
 
 impl Mlp {
