@@ -79,15 +79,15 @@ fn main() -> ExitCode {
     keep_freed_memory();
     end_quietly_on_broken_pipe();
     let cli = Cli::parse();
-    if let Some(threads) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-    {
-        eprintln!("error: cannot start {threads} threads: {e}");
+    // Built here whether or not --threads is given: the pool's workers need the main thread's
+    // stack size to run the command (below).
+    if let Err(e) = vigil_core::pool::build(cli.threads) {
+        eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let result = match cli.command {
+    // The command runs on a worker of the pool its parallel loops use, so they start without
+    // waking threads and putting this one to sleep at every operation (vigil_core::pool).
+    let result = vigil_core::pool::run(move || match cli.command {
         Command::Train(args) => commands::train::run(*args),
         Command::Attack(args) => commands::attack::run(*args),
         Command::Adversarial(args) => commands::adversarial::run(*args),
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Detect(args) => commands::detect::run(*args),
         Command::Throughput(args) => commands::throughput::run(args),
         Command::Benchmark(args) => commands::benchmark::run(args),
-    };
+    });
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -36,6 +36,7 @@ pub mod models;
 pub mod npy;
 pub mod ood;
 pub mod optim;
+pub mod pool;
 pub mod progress;
 pub mod report;
 pub mod throughput;
