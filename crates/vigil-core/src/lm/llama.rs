@@ -9,6 +9,10 @@
 //! ([`crate::lm::weights`]). The rotary encoding is Hugging Face's: the two halves of each head
 //! are rotated against each other (`rotate_half`), not neighbouring pairs.
 //!
+//! The element-wise parts run as vigil's fused kernels ([`kernels::rms_norm`],
+//! [`kernels::causal_softmax`], [`kernels::swiglu`]), each one pass forward and one backward
+//! where burn would run several operations (docs/performance.md).
+//!
 //! PyTorch twin: `transformers.LlamaForCausalLM` (`bench/peer/lm_peer.py`, and the fixtures
 //! of `tests/fixtures/lm/make_fixtures.py`).
 
