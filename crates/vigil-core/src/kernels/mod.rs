@@ -214,9 +214,13 @@ pub fn rms_norm_with_tensor_ops<const D: usize>(
 /// row `r` is query `r mod queries`, the last `queries` of `keys` positions, and sees keys up
 /// to its own (the rest weigh 0). Through the fused kernel of
 /// [`causal_softmax`](mod@causal_softmax) for `f32` scores on the CPU; burn's operations
-/// otherwise. Panics unless the rows are a multiple of `queries` and `1 <= queries <= keys`.
+/// otherwise. Empty scores (no sequences, queries or keys) come back as they are; otherwise it
+/// panics unless the rows are a multiple of `queries` and `1 <= queries <= keys`.
 pub fn causal_softmax(scores: Tensor<4>, queries: usize, divisor: f64) -> Tensor<4> {
     let [_, _, rows, keys] = scores.dims();
+    if scores.shape().num_elements() == 0 {
+        return scores;
+    }
     assert!(
         (1..=keys).contains(&queries) && rows % queries == 0,
         "{rows} rows of {keys} keys do not stack {queries} queries"
@@ -2170,6 +2174,9 @@ mod tests {
                 "score gradient",
             );
         }
+        // An empty sequence (no queries, no keys) passes through, as burn's softmax lets it.
+        let empty = Tensor::<4>::zeros([2, 1, 0, 0], &default_device());
+        assert_eq!(causal_softmax(empty, 0, 1.0).dims(), [2, 1, 0, 0]);
     }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
