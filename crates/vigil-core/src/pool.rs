@@ -7,7 +7,7 @@
 //! (the tiny LM's at batch 4 x 128 tokens), so those hand-offs cost a large share of it. Started
 //! from a worker, the same loop runs its first part on that worker while the others steal the
 //! rest, and nobody sleeps between operations: on the tiny LM the forward pass ran 1.3x and the
-//! SGLD step 1.1x faster (docs/performance.md, "Running on the pool"). [`run`] therefore moves
+//! SGLD step 1.1x faster (docs/performance.md, "The tiny LM: ..."). [`run`] therefore moves
 //! a whole job (a command of the CLI) onto a worker.
 
 /// Stack of each worker thread: the size of a Linux main thread's, since [`run`] gives a
