@@ -544,12 +544,9 @@ impl Attention {
             // Causal attention alone: the mask, the scaling and the softmax in one kernel.
             kernels::causal_softmax(scores, positions, divisor)
         } else {
-            let scores = scores / divisor;
-            let scores = match attention_mask(positions, seen, group, &rope.pads, &scores.device())
-            {
-                Some(mask) => scores.mask_fill(mask.unsqueeze_dim::<4>(1), f32::NEG_INFINITY),
-                None => scores,
-            };
+            let mask = attention_mask(positions, seen, group, &rope.pads, &scores.device());
+            let scores =
+                (scores / divisor).mask_fill(mask.unsqueeze_dim::<4>(1), f32::NEG_INFINITY);
             softmax(scores, 3)
         };
         let out = weights
@@ -561,23 +558,19 @@ impl Attention {
     }
 }
 
-/// `true` where a query may not see a key, `[sequences, groups x queries, keys]`, `pads` holding
-/// each sequence's left padding ([`Rope::pads`]; one entry 0 stands for every sequence of an
-/// unpadded batch): query `i` (the last `queries` of `keys` positions)
-/// sees keys `j <= i`, for `groups` query heads stacked along the rows, and no key among its
-/// sequence's first `pads[b]` (padding) but its own, so a padding query still attends to
-/// something and stays finite. `None` when nothing is masked (one query at the end, no
-/// padding).
+/// `true` where a query may not see a key, `[sequences, groups x queries, keys]`, for a batch of
+/// left-padded sequences, `pads` holding each one's padding ([`Rope::pads`]): query `i` (the last
+/// `queries` of `keys` positions) sees keys `j <= i`, for `groups` query heads stacked along the
+/// rows, and no key among its sequence's first `pads[b]` (padding) but its own, so a padding
+/// query still attends to something and stays finite. Batches without padding take
+/// [`kernels::causal_softmax`], which masks as it goes.
 fn attention_mask(
     queries: usize,
     keys: usize,
     groups: usize,
     pads: &[usize],
     device: &Device,
-) -> Option<Tensor<3, burn::tensor::Bool>> {
-    if queries <= 1 && pads.iter().all(|&p| p == 0) {
-        return None;
-    }
+) -> Tensor<3, burn::tensor::Bool> {
     let offset = keys - queries;
     let masked: Vec<bool> = pads
         .iter()
@@ -588,10 +581,10 @@ fn attention_mask(
             })
         })
         .collect();
-    Some(Tensor::from_data(
+    Tensor::from_data(
         TensorData::new(masked, [pads.len(), groups * queries, keys]),
         device,
-    ))
+    )
 }
 
 /// `norm` applied to `x` through vigil's fused kernel ([`kernels::rms_norm`]), which computes
